@@ -1,0 +1,25 @@
+/* Public entry points that route to the float32 or float64 build of the numeric code. */
+#include "engine.h"
+#include "numeric/numeric.h"
+
+#define BY_DTYPE(m, call) ((m)->cfg.dtype == SF_F64 ? call##_f64 : call##_f32)
+
+sf_status sf_forward(sf_model *m, const uint8_t *x, int B, int T, void *out, int n_threads) {
+    return BY_DTYPE(m, forward)(m, x, B, T, out, n_threads);
+}
+
+sf_status sf_loss_and_grad(sf_model *m, const uint8_t *x, const void *y, int B, int T, sf_loss loss, int grad,
+                           double *loss_out, void *out, int n_threads) {
+    if (loss != SF_LOSS_MSE && loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", loss);
+    return BY_DTYPE(m, loss_and_grad)(m, x, y, B, T, loss, grad, loss_out, out, n_threads);
+}
+
+sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sampler *s, const sf_train_config *tc,
+                   int64_t first_step, int64_t n_steps, double *loss, double *acc, double *lr, double *grad_norm,
+                   int64_t *done, int n_threads, sf_stop_hook stop, void *stop_ctx) {
+    if (tc->loss != SF_LOSS_MSE && tc->loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", tc->loss);
+    return BY_DTYPE(m, train)(m, o, t, s, tc, first_step, n_steps, loss, acc, lr, grad_norm, done, n_threads, stop,
+                              stop_ctx);
+}
+
+const char *sf_cpu_path(void) { return gemm_path_f32(); }

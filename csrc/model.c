@@ -1,0 +1,141 @@
+/* Model configuration, the parameter table (names, shapes, offsets) and buffer ownership. */
+#include "engine.h"
+#include "numeric/numeric.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Per-layer tensors in nn.TransformerEncoderLayer's named_parameters() order. */
+static const struct {
+    const char *suffix;
+    sf_tensor_kind kind;
+} layer_slots[] = {
+    {"self_attn.in_proj_weight", SF_KIND_WEIGHT}, {"self_attn.in_proj_bias", SF_KIND_BIAS},
+    {"self_attn.out_proj.weight", SF_KIND_WEIGHT}, {"self_attn.out_proj.bias", SF_KIND_BIAS},
+    {"linear1.weight", SF_KIND_WEIGHT},            {"linear1.bias", SF_KIND_BIAS},
+    {"linear2.weight", SF_KIND_WEIGHT},            {"linear2.bias", SF_KIND_BIAS},
+    {"norm1.weight", SF_KIND_NORM_WEIGHT},         {"norm1.bias", SF_KIND_NORM_BIAS},
+    {"norm2.weight", SF_KIND_NORM_WEIGHT},         {"norm2.bias", SF_KIND_NORM_BIAS},
+};
+
+int sf_layer_slots(const sf_config *c) { return c->norm == SF_NORM_NONE ? 8 : 12; }
+
+int sf_tensor_index(const sf_model *m, int layer, int slot) {
+    return 2 + layer * sf_layer_slots(&m->cfg) + slot;
+}
+
+sf_status sf_config_check(const sf_config *c) {
+    if (c->n_positions < 1) return sf_fail(SF_EINVAL, "n_positions must be >= 1, got %d", c->n_positions);
+    if (c->n_positions > (1 << 20))
+        return sf_fail(SF_EINVAL, "n_positions must be <= %d, got %d", 1 << 20, c->n_positions);
+    if (c->d_model < 2 || c->d_model % 2)
+        return sf_fail(SF_EINVAL, "d_model must be even and >= 2 (token and position halves), got %d", c->d_model);
+    if (c->n_heads < 1) return sf_fail(SF_EINVAL, "n_heads must be >= 1, got %d", c->n_heads);
+    if (c->d_model % c->n_heads)
+        return sf_fail(SF_EINVAL, "d_model (%d) must be divisible by n_heads (%d)", c->d_model, c->n_heads);
+    if (c->d_model > 65536) return sf_fail(SF_EINVAL, "d_model must be <= 65536, got %d", c->d_model);
+    if (c->n_layers < 1 || c->n_layers > SF_MAX_LAYERS)
+        return sf_fail(SF_EINVAL, "n_layers must be in [1, %d], got %d", SF_MAX_LAYERS, c->n_layers);
+    if (c->d_ff < 1 || c->d_ff > (1 << 20)) return sf_fail(SF_EINVAL, "d_ff must be in [1, 2^20], got %d", c->d_ff);
+    if (c->norm < SF_NORM_POST || c->norm > SF_NORM_NONE) return sf_fail(SF_EINVAL, "norm must be post, pre or none");
+    if (!(c->ln_eps >= 0) || !isfinite(c->ln_eps))
+        return sf_fail(SF_EINVAL, "ln_eps must be finite and >= 0, got %g", c->ln_eps);
+    if (c->activation < SF_ACT_RELU || c->activation > SF_ACT_GELU_TANH)
+        return sf_fail(SF_EINVAL, "activation must be relu, gelu or gelu_tanh");
+    if (c->dtype != SF_F32 && c->dtype != SF_F64) return sf_fail(SF_EINVAL, "dtype must be float32 or float64");
+    if (c->final_norm && c->norm != SF_NORM_PRE)
+        return sf_fail(SF_EINVAL, "final_norm is only available with norm='pre'");
+    return SF_OK;
+}
+
+static void add_tensor(sf_model *m, const char *name, int ndim, int64_t r, int64_t c,
+                       sf_tensor_kind kind, int layer) {
+    sf_tensor_info *t = &m->tensors[m->n_tensors++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->shape[0] = r;
+    t->shape[1] = ndim == 2 ? c : 1;
+    t->size = ndim == 2 ? r * c : r;
+    t->offset = m->n_params;
+    t->kind = kind;
+    t->layer = layer;
+    m->n_params += t->size;
+}
+
+static void build_tensor_table(sf_model *m) {
+    const sf_config *c = &m->cfg;
+    int64_t d = c->d_model, h = d / 2, f = c->d_ff;
+    add_tensor(m, "embedding.weight", 2, 2, h, SF_KIND_TOKEN_EMBEDDING, -1);
+    add_tensor(m, "positional_encoding.weight", 2, c->n_positions, h, SF_KIND_POSITIONAL, -1);
+    const int64_t shapes[12][3] = {{2, 3 * d, d}, {1, 3 * d, 0}, {2, d, d}, {1, d, 0}, {2, f, d}, {1, f, 0},
+                                   {2, d, f},     {1, d, 0},     {1, d, 0}, {1, d, 0}, {1, d, 0}, {1, d, 0}};
+    for (int l = 0; l < c->n_layers; l++) {
+        for (int s = 0; s < sf_layer_slots(c); s++) {
+            char name[96];
+            snprintf(name, sizeof name, "encoders.layers.%d.%s", l, layer_slots[s].suffix);
+            add_tensor(m, name, (int)shapes[s][0], shapes[s][1], shapes[s][2], layer_slots[s].kind, l);
+        }
+    }
+    if (c->final_norm) {
+        add_tensor(m, "encoders.norm.weight", 1, d, 0, SF_KIND_NORM_WEIGHT, -1);
+        add_tensor(m, "encoders.norm.bias", 1, d, 0, SF_KIND_NORM_BIAS, -1);
+    }
+    add_tensor(m, "linear_head.weight", 2, 1, d, SF_KIND_WEIGHT, -1);
+    add_tensor(m, "linear_head.bias", 1, 1, 0, SF_KIND_BIAS, -1);
+}
+
+sf_status sf_model_create(const sf_config *cfg, uint64_t seed, int identical_layers, sf_model **out) {
+    *out = NULL;
+    sf_status st = sf_config_check(cfg);
+    if (st) return st;
+    sf_model *m = calloc(1, sizeof *m);
+    if (!m) return sf_fail(SF_ENOMEM, "out of memory creating the model");
+    m->cfg = *cfg;
+    m->elem = cfg->dtype == SF_F64 ? 8 : 4;
+    int max_tensors = 2 + cfg->n_layers * 12 + 4;
+    m->tensors = calloc((size_t)max_tensors, sizeof *m->tensors);
+    if (!m->tensors) {
+        free(m);
+        return sf_fail(SF_ENOMEM, "out of memory creating the model");
+    }
+    build_tensor_table(m);
+    size_t bytes = (size_t)m->n_params * m->elem;
+    st = sf_check_budget(2 * bytes, "the parameter and gradient buffers");
+    if (st == SF_OK) {
+        m->params = sf_alloc(bytes);
+        m->grads = sf_alloc(bytes);
+        if (!m->params || !m->grads) st = sf_fail(SF_ENOMEM, "could not allocate %.3g GB of parameters", 2 * bytes / 1e9);
+    }
+    if (st == SF_OK) st = sf_model_reinit(m, seed, identical_layers);
+    if (st) {
+        sf_model_free(m);
+        return st;
+    }
+    *out = m;
+    return SF_OK;
+}
+
+void sf_model_free(sf_model *m) {
+    if (!m) return;
+    sf_free(m->params);
+    sf_free(m->grads);
+    sf_free(m->work.base);
+    free(m->tensors);
+    free(m);
+}
+
+sf_status sf_model_reinit(sf_model *m, uint64_t seed, int identical_layers) {
+    return m->cfg.dtype == SF_F64 ? model_init_f64(m, seed, identical_layers)
+                                  : model_init_f32(m, seed, identical_layers);
+}
+
+const sf_config *sf_model_config(const sf_model *m) { return &m->cfg; }
+int64_t sf_model_num_params(const sf_model *m) { return m->n_params; }
+void *sf_model_params(sf_model *m) { return m->params; }
+void *sf_model_grads(sf_model *m) { return m->grads; }
+int sf_model_num_tensors(const sf_model *m) { return m->n_tensors; }
+const sf_tensor_info *sf_model_tensor(const sf_model *m, int i) {
+    return i >= 0 && i < m->n_tensors ? &m->tensors[i] : NULL;
+}
+int sf_model_last_threads(const sf_model *m) { return m->last_threads; }

@@ -1,0 +1,119 @@
+/* The sensiformer._engine extension module: build facts, threads, memory limit, and the
+ * registration of the Model and Optimizer types and the training functions. */
+#define SF_MODULE_MAIN
+#include "py_util.h"
+
+PyObject *sf_py_raise(sf_status st) {
+    PyObject *type = PyExc_RuntimeError;
+    if (st == SF_EINVAL) type = PyExc_ValueError;
+    else if (st == SF_ENOMEM) type = PyExc_MemoryError;
+    else if (st == SF_ENUMERIC) type = PyExc_FloatingPointError;
+    PyErr_SetString(type, sf_last_error());
+    return NULL;
+}
+
+PyArrayObject *sf_py_array(PyObject *obj, int typenum, int ndim, const char *what) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a NumPy array", what);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != typenum) {
+        PyArray_Descr *want = PyArray_DescrFromType(typenum);
+        PyErr_Format(PyExc_TypeError, "%s must have dtype %S, got %S", what, (PyObject *)want,
+                     (PyObject *)PyArray_DESCR(a));
+        Py_XDECREF(want);
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d dimension(s), got %d", what, ndim, PyArray_NDIM(a));
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) || !PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous, aligned and in native byte order", what);
+        return NULL;
+    }
+    Py_INCREF(a);
+    return a;
+}
+
+PyObject *sf_py_view(PyObject *owner, void *data, int ndim, npy_intp *shape, int typenum, int writeable) {
+    PyObject *arr = PyArray_New(&PyArray_Type, ndim, shape, typenum, NULL, data, 0,
+                                writeable ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO, NULL);
+    if (!arr) return NULL;
+    Py_INCREF(owner);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+int sf_py_stop_hook(void *ctx) {
+    sf_py_unlocked *u = ctx;
+    PyEval_RestoreThread(u->saved);
+    int stop = PyErr_CheckSignals() != 0;
+    u->saved = PyEval_SaveThread();
+    return stop;
+}
+
+/* ---- module-level functions ------------------------------------------------------------------ */
+
+static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
+    return Py_BuildValue("{s:O,s:s,s:s,s:i,s:L}", "openmp", sf_openmp_enabled() ? Py_True : Py_False, "cpu_path",
+                         sf_cpu_path(), "build_flags", sf_build_flags(), "default_threads", sf_default_threads(),
+                         "memory_limit", (long long)sf_memory_limit());
+}
+
+static PyObject *py_set_default_threads(PyObject *self, PyObject *arg) {
+    int n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    sf_set_default_threads(n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_resolve_threads(PyObject *self, PyObject *arg) {
+    int n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLong(sf_resolve_threads(n));
+}
+
+static PyObject *py_set_memory_limit(PyObject *self, PyObject *arg) {
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    sf_set_memory_limit(n);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"build_info", py_build_info, METH_NOARGS, "Facts about this build: OpenMP, CPU path, flags, threads, memory limit."},
+    {"set_default_threads", py_set_default_threads, METH_O, "Default thread count (<= 0: OpenMP's default)."},
+    {"resolve_threads", py_resolve_threads, METH_O, "The thread count a call with n_threads=n would use."},
+    {"set_memory_limit", py_set_memory_limit, METH_O, "Largest allocation in bytes (<= 0: 80% of RAM)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef engine_module = {PyModuleDef_HEAD_INIT, "sensiformer._engine",
+                                           "The sensiformer C engine (private: use the sensiformer package).", -1,
+                                           NULL, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__engine(void) {
+    import_array();
+    if (PyType_Ready(&SfModelType) < 0 || PyType_Ready(&SfOptimizerType) < 0) return NULL;
+    /* one method table made of the module's and the training file's */
+    static PyMethodDef all[64];
+    int n = 0;
+    for (PyMethodDef *d = module_methods; d->ml_name; d++) all[n++] = *d;
+    for (PyMethodDef *d = sf_train_methods; d->ml_name; d++) all[n++] = *d;
+    engine_module.m_methods = all;
+    PyObject *m = PyModule_Create(&engine_module);
+    if (!m) return NULL;
+    Py_INCREF(&SfModelType);
+    Py_INCREF(&SfOptimizerType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&SfModelType) < 0 ||
+        PyModule_AddObject(m, "Optimizer", (PyObject *)&SfOptimizerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,56 @@
+/* Numeric kernels of one precision (see real.h). Conventions, as in llm.c: outputs first,
+ * then inputs, then sizes; a shape comment per tensor; each forward is next to its backward
+ * in the source. Gradients of parameters are overwritten (each parameter has one use). */
+#ifndef SF_KERNELS_H
+#define SF_KERNELS_H
+
+#include "../engine.h"
+#include "../threads.h"
+#include "real.h"
+#include "numeric.h"
+
+/* gemm.c */
+void SF(gemm)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb,
+              real *C, long ldc, const real *bias, int accumulate, sf_par *par);
+
+/* linear.c: Y (M,out) = X (M,in) W^T + b, W (out,in); wt is scratch of in*out. */
+void SF(linear_forward)(real *Y, const real *X, const real *W, const real *b, long M, long in, long out,
+                        real *wt, sf_par *par);
+/* dX (M,in) (+)= dY W;  dW (out,in) = dY^T X;  db (out) = column sums of dY. Any output may be NULL. */
+void SF(linear_backward)(real *dX, int accumulate_dx, real *dW, real *db, const real *dY, const real *X,
+                         const real *W, long M, long in, long out, sf_par *par);
+/* out (N) = column sums of Y (M,N) (ldy = row stride), in row order. */
+void SF(column_sums)(real *out, const real *Y, long M, long N, long ldy, sf_par *par);
+
+/* layers.c */
+void SF(embedding_forward)(real *X, const uint8_t *tokens, const real *tok, const real *pos, long B,
+                           long T, long d, sf_par *par);
+void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
+                            long T, long P, long d, sf_par *par);
+void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
+                           double eps, long N, long d, sf_par *par);
+void SF(layernorm_backward)(real *dX, int accumulate_dx, real *dg, real *db, const real *dY,
+                            const real *X, const real *mean, const real *rstd, const real *g, long N,
+                            long d, sf_par *par);
+void SF(activation_forward)(real *Y, const real *X, long n, sf_activation act, sf_par *par);
+void SF(activation_backward)(real *dX, const real *dY, const real *X, long n, sf_activation act,
+                             sf_par *par);
+/* out (B) = X (B,d) . w + b */
+void SF(readout_forward)(real *out, const real *X, const real *w, const real *b, long B, long d);
+void SF(readout_backward)(real *dX, real *dw, real *db, const real *dout, const real *X, const real *w,
+                          long B, long d);
+/* Mean loss over B outputs; dout (may be NULL) gets d(loss)/d(out). */
+double SF(loss_forward_backward)(real *dout, const real *out, const real *y, long B, sf_loss loss);
+
+/* attention.c: per (batch, head) softmax(Q K^T / sqrt(dh)) V.
+ * Q (B,Tq,d) rows are the last Tq positions; KV (B,T,2d) holds K then V; P (B,H,Tq,T) saved. */
+/* Scratch (elements) the attention kernels need for nt threads. */
+long SF(attention_scratch)(long T, long Tq, long d, long H, int nt);
+void SF(attention_forward)(real *ctx, real *P, const real *Q, const real *KV, long B, long T, long Tq,
+                           long d, long H, real *scratch, sf_par *par);
+/* dQ (B,Tq,d), dKV (B,T,2d) overwritten. */
+void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P, const real *Q,
+                            const real *KV, long B, long T, long Tq, long d, long H, real *scratch,
+                            sf_par *par);
+
+#endif

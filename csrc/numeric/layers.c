@@ -1,0 +1,204 @@
+/* Embedding, LayerNorm, activations, readout and losses: each forward next to its backward. */
+#include "kernels.h"
+
+#include <string.h>
+
+#define PARALLEL_MIN 32768
+#define THREADS_FOR(work) ((work) >= PARALLEL_MIN ? par->nt : 1)
+
+/* ---- embedding: X[b,t] = [tok[x[b,t]] ; pos[t]] ------------------------------------------ */
+
+/* X (B,T,d); tok (2,d/2); pos (P,d/2) */
+void SF(embedding_forward)(real *X, const uint8_t *tokens, const real *tok, const real *pos, long B,
+                           long T, long d, sf_par *par) {
+    const long h = d / 2;
+#pragma omp parallel for num_threads(THREADS_FOR(B * T * d)) schedule(static)
+    for (long r = 0; r < B * T; r++) {
+        real *x = X + r * d;
+        memcpy(x, tok + tokens[r] * h, h * sizeof(real));
+        memcpy(x + h, pos + (r % T) * h, h * sizeof(real));
+    }
+}
+
+/* dtok (2,d/2), dpos (P,d/2) overwritten; dX (B,T,d) */
+void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
+                            long T, long P, long d, sf_par *par) {
+    const long h = d / 2;
+    memset(dpos, 0, (size_t)(P * h) * sizeof(real));
+#pragma omp parallel num_threads(THREADS_FOR(B * T * d))
+    {
+        /* positions: each thread owns a range of t and sums over b in order */
+        long lo, hi;
+        sf_partition(T, 1, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        for (long t = lo; t < hi; t++) {
+            real *g = dpos + t * h;
+            for (long b = 0; b < B; b++) {
+                const real *s = dX + (b * T + t) * d + h;
+#pragma omp simd
+                for (long j = 0; j < h; j++) g[j] += s[j];
+            }
+        }
+        /* tokens: each thread owns a range of columns and walks all rows in order */
+        sf_partition(h, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        if (lo < hi) {
+            for (long j = lo; j < hi; j++) dtok[j] = dtok[h + j] = 0;
+            for (long r = 0; r < B * T; r++) {
+                real *g = dtok + tokens[r] * h;
+                const real *s = dX + r * d;
+                for (long j = lo; j < hi; j++) g[j] += s[j];
+            }
+        }
+    }
+}
+
+/* ---- LayerNorm over the last dimension (biased variance, eps inside the sqrt) ------------- */
+
+/* Y, X (N,d); mean, rstd (N) saved for backward; g, b (d) */
+void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
+                           double eps, long N, long d, sf_par *par) {
+#pragma omp parallel for num_threads(THREADS_FOR(N * d)) schedule(static)
+    for (long r = 0; r < N; r++) {
+        const real *x = X + r * d;
+        double s = 0, v = 0;
+        for (long j = 0; j < d; j++) s += x[j];
+        const double mu = s / d;
+        for (long j = 0; j < d; j++) v += (x[j] - mu) * (x[j] - mu);
+        const double rs = 1.0 / sqrt(v / d + eps);
+        mean[r] = (real)mu;
+        rstd[r] = (real)rs;
+        real *y = Y + r * d;
+        const real m_ = (real)mu, rs_ = (real)rs;
+#pragma omp simd
+        for (long j = 0; j < d; j++) y[j] = (x[j] - m_) * rs_ * g[j] + b[j];
+    }
+}
+
+/* dX (N,d) (+)= d/dX; dg, db (d) overwritten (may be NULL) */
+void SF(layernorm_backward)(real *dX, int accumulate_dx, real *dg, real *db, const real *dY,
+                            const real *X, const real *mean, const real *rstd, const real *g, long N,
+                            long d, sf_par *par) {
+#pragma omp parallel num_threads(THREADS_FOR(N * d))
+    {
+#pragma omp for schedule(static)
+        for (long r = 0; r < N; r++) {
+            const real *x = X + r * d, *dy = dY + r * d;
+            const real m_ = mean[r], rs = rstd[r];
+            double s1 = 0, s2 = 0;
+            for (long j = 0; j < d; j++) {
+                const double gdy = (double)g[j] * dy[j];
+                s1 += gdy;
+                s2 += gdy * ((x[j] - m_) * rs);
+            }
+            const real m1 = (real)(s1 / d), m2 = (real)(s2 / d);
+            real *dx = dX + r * d;
+            if (accumulate_dx) {
+#pragma omp simd
+                for (long j = 0; j < d; j++) dx[j] += rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
+            } else {
+#pragma omp simd
+                for (long j = 0; j < d; j++) dx[j] = rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
+            }
+        }
+        if (dg || db) { /* parameter gradients: columns owned by threads, rows summed in order */
+            long lo, hi;
+            sf_partition(d, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+            for (long j0 = lo; j0 < hi; j0 += 64) {
+                const long w = hi - j0 < 64 ? hi - j0 : 64;
+                double ag[64] = {0}, ab[64] = {0};
+                for (long r = 0; r < N; r++) {
+                    const real *x = X + r * d + j0, *dy = dY + r * d + j0;
+                    const real m_ = mean[r], rs = rstd[r];
+#pragma omp simd
+                    for (long q = 0; q < w; q++) {
+                        ag[q] += (double)dy[q] * ((x[q] - m_) * rs);
+                        ab[q] += dy[q];
+                    }
+                }
+                for (long q = 0; q < w; q++) {
+                    if (dg) dg[j0 + q] = (real)ag[q];
+                    if (db) db[j0 + q] = (real)ab[q];
+                }
+            }
+        }
+    }
+}
+
+/* ---- activations --------------------------------------------------------------------------- */
+
+#define SQRT1_2 R(0.70710678118654752440)
+#define INV_SQRT_2PI R(0.39894228040143267794)
+#define SQRT_2_PI R(0.79788456080286535588)
+#define GELU_C R(0.044715)
+
+void SF(activation_forward)(real *Y, const real *X, long n, sf_activation act, sf_par *par) {
+#pragma omp parallel for num_threads(THREADS_FOR(n * 4)) schedule(static)
+    for (long i = 0; i < n; i++) {
+        const real x = X[i];
+        if (act == SF_ACT_RELU) Y[i] = x > 0 ? x : 0;
+        else if (act == SF_ACT_GELU) Y[i] = R(0.5) * x * (1 + rerf(x * SQRT1_2));
+        else Y[i] = R(0.5) * x * (1 + rtanh(SQRT_2_PI * (x + GELU_C * x * x * x)));
+    }
+}
+
+/* dX (n) = dY * act'(X) */
+void SF(activation_backward)(real *dX, const real *dY, const real *X, long n, sf_activation act,
+                             sf_par *par) {
+#pragma omp parallel for num_threads(THREADS_FOR(n * 4)) schedule(static)
+    for (long i = 0; i < n; i++) {
+        const real x = X[i];
+        real dydx;
+        if (act == SF_ACT_RELU) {
+            dydx = x > 0 ? 1 : 0;
+        } else if (act == SF_ACT_GELU) {
+            dydx = R(0.5) * (1 + rerf(x * SQRT1_2)) + x * INV_SQRT_2PI * rexp(R(-0.5) * x * x);
+        } else {
+            const real t = rtanh(SQRT_2_PI * (x + GELU_C * x * x * x));
+            dydx = R(0.5) * (1 + t) + R(0.5) * x * (1 - t * t) * SQRT_2_PI * (1 + 3 * GELU_C * x * x);
+        }
+        dX[i] = dY[i] * dydx;
+    }
+}
+
+/* ---- readout: one scalar per sequence ------------------------------------------------------ */
+
+void SF(readout_forward)(real *out, const real *X, const real *w, const real *b, long B, long d) {
+    for (long i = 0; i < B; i++) {
+        const real *x = X + i * d;
+        real s = 0;
+        for (long j = 0; j < d; j++) s += x[j] * w[j];
+        out[i] = s + b[0];
+    }
+}
+
+/* dX (B,d), dw (d), db (1) overwritten */
+void SF(readout_backward)(real *dX, real *dw, real *db, const real *dout, const real *X, const real *w,
+                          long B, long d) {
+    double sb = 0;
+    for (long i = 0; i < B; i++) {
+        for (long j = 0; j < d; j++) dX[i * d + j] = dout[i] * w[j];
+        sb += dout[i];
+    }
+    for (long j = 0; j < d; j++) {
+        double s = 0;
+        for (long i = 0; i < B; i++) s += (double)dout[i] * X[i * d + j];
+        dw[j] = (real)s;
+    }
+    db[0] = (real)sb;
+}
+
+/* ---- losses (mean over the batch) ------------------------------------------------------------ */
+
+double SF(loss_forward_backward)(real *dout, const real *out, const real *y, long B, sf_loss loss) {
+    double total = 0;
+    for (long i = 0; i < B; i++) {
+        const double z = out[i], t = y[i];
+        if (loss == SF_LOSS_MSE) {
+            total += (z - t) * (z - t);
+            if (dout) dout[i] = (real)(2.0 * (z - t) / B);
+        } else {
+            total += (z > 0 ? z : 0) - z * t + log1p(exp(-fabs(z)));
+            if (dout) dout[i] = (real)((1.0 / (1.0 + exp(-z)) - t) / B);
+        }
+    }
+    return total / B;
+}

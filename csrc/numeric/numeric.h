@@ -1,0 +1,23 @@
+/* Entry points of the numeric translation units, declared for both precisions so the common
+ * (precision-independent) code can dispatch on the model's dtype. */
+#ifndef SF_NUMERIC_H
+#define SF_NUMERIC_H
+
+#include "../engine.h"
+
+#define SF_DECLARE_NUMERIC(sfx)                                                                       \
+    sf_status model_init_##sfx(sf_model *m, uint64_t seed, int identical_layers);                    \
+    sf_status forward_##sfx(sf_model *m, const uint8_t *x, int B, int T, void *out, int nt);       \
+    sf_status loss_and_grad_##sfx(sf_model *m, const uint8_t *x, const void *y, int B, int T,        \
+                                  sf_loss loss, int grad, double *loss_out, void *out, int nt);     \
+    sf_status optimizer_step_##sfx(sf_optimizer *o, double *grad_norm, int nt);                     \
+    sf_status train_##sfx(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sampler *s,    \
+                          const sf_train_config *tc, int64_t first_step, int64_t n_steps,           \
+                          double *loss, double *acc, double *lr, double *grad_norm, int64_t *done, \
+                          int nt, sf_stop_hook stop, void *stop_ctx);                               \
+    const char *gemm_path_##sfx(void);
+
+SF_DECLARE_NUMERIC(f32)
+SF_DECLARE_NUMERIC(f64)
+
+#endif

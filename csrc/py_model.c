@@ -1,0 +1,201 @@
+/* sensiformer._engine.Model: owns an sf_model; parameters are exposed as zero-copy views. */
+#include "py_util.h"
+
+int sf_py_model_ready(SfModelObject *m) {
+    if (!m->model) {
+        PyErr_SetString(PyExc_RuntimeError, "the engine model was not initialised");
+        return -1;
+    }
+    return 0;
+}
+
+int sf_py_model_acquire(SfModelObject *m) {
+    if (sf_py_model_ready(m) < 0) return -1;
+    if (m->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this model is being used by another call (one thread at a time per model)");
+        return -1;
+    }
+    m->busy = 1;
+    return 0;
+}
+
+void sf_py_model_release(SfModelObject *m) { m->busy = 0; }
+
+static int model_init(SfModelObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"n_positions", "d_model", "n_heads", "n_layers", "d_ff", "norm", "final_norm", "ln_eps",
+                            "activation", "dtype", "seed", "identical_layers", NULL};
+    sf_config c = {0};
+    int norm, act, dtype, final_norm, identical;
+    unsigned long long seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiiipdiiKp", names, &c.n_positions, &c.d_model, &c.n_heads,
+                                     &c.n_layers, &c.d_ff, &norm, &final_norm, &c.ln_eps, &act, &dtype, &seed,
+                                     &identical))
+        return -1;
+    c.norm = norm, c.final_norm = final_norm, c.activation = act, c.dtype = dtype;
+    if (self->model) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is already initialised");
+        return -1;
+    }
+    sf_status st = sf_model_create(&c, seed, identical, &self->model);
+    if (st) {
+        sf_py_raise(st);
+        return -1;
+    }
+    return 0;
+}
+
+static void model_dealloc(SfModelObject *self) {
+    sf_model_free(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *model_tensors(SfModelObject *self, PyObject *noargs) {
+    if (sf_py_model_ready(self) < 0) return NULL;
+    int n = sf_model_num_tensors(self->model);
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    for (int i = 0; i < n; i++) {
+        const sf_tensor_info *t = sf_model_tensor(self->model, i);
+        PyObject *shape = t->ndim == 2 ? Py_BuildValue("(LL)", (long long)t->shape[0], (long long)t->shape[1])
+                                       : Py_BuildValue("(L)", (long long)t->shape[0]);
+        PyObject *item = shape ? Py_BuildValue("(sNLLii)", t->name, shape, (long long)t->offset, (long long)t->size,
+                                               (int)t->kind, t->layer)
+                               : NULL;
+        if (!item) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static PyObject *model_flat(SfModelObject *self, PyObject *arg) {
+    if (sf_py_model_ready(self) < 0) return NULL;
+    const char *which = PyUnicode_AsUTF8(arg);
+    if (!which) return NULL;
+    void *data;
+    if (!strcmp(which, "params")) data = sf_model_params(self->model);
+    else if (!strcmp(which, "grads")) data = sf_model_grads(self->model);
+    else return PyErr_Format(PyExc_ValueError, "flat() takes 'params' or 'grads', got %R", arg);
+    npy_intp n = (npy_intp)sf_model_num_params(self->model);
+    return sf_py_view((PyObject *)self, data, 1, &n, sf_py_typenum(sf_model_config(self->model)->dtype), 1);
+}
+
+static PyObject *model_forward(SfModelObject *self, PyObject *args) {
+    PyObject *xo;
+    int nt;
+    if (!PyArg_ParseTuple(args, "Oi", &xo, &nt)) return NULL;
+    if (sf_py_model_ready(self) < 0) return NULL;
+    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x");
+    if (!x) return NULL;
+    npy_intp B = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1);
+    PyObject *out = PyArray_SimpleNew(1, &B, sf_py_typenum(sf_model_config(self->model)->dtype));
+    if (!out || sf_py_model_acquire(self) < 0) {
+        Py_DECREF(x);
+        Py_XDECREF(out);
+        return NULL;
+    }
+    sf_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = sf_forward(self->model, PyArray_DATA(x), (int)B, (int)T, PyArray_DATA((PyArrayObject *)out), nt);
+    Py_END_ALLOW_THREADS
+    sf_py_model_release(self);
+    Py_DECREF(x);
+    if (st) {
+        Py_DECREF(out);
+        return sf_py_raise(st);
+    }
+    return out;
+}
+
+static PyObject *model_loss_and_grad(SfModelObject *self, PyObject *args) {
+    PyObject *xo, *yo;
+    int loss_kind, grad, nt;
+    if (!PyArg_ParseTuple(args, "OOipi", &xo, &yo, &loss_kind, &grad, &nt)) return NULL;
+    if (sf_py_model_ready(self) < 0) return NULL;
+    const sf_config *c = sf_model_config(self->model);
+    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x");
+    PyArrayObject *y = x ? sf_py_array(yo, sf_py_typenum(c->dtype), 1, "y") : NULL;
+    if (!y) {
+        Py_XDECREF(x);
+        return NULL;
+    }
+    npy_intp B = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1);
+    if (PyArray_DIM(y, 0) != B) {
+        Py_DECREF(x);
+        Py_DECREF(y);
+        return PyErr_Format(PyExc_ValueError, "y has %zd labels for %zd inputs", (Py_ssize_t)PyArray_DIM(y, 0),
+                            (Py_ssize_t)B);
+    }
+    PyObject *out = PyArray_SimpleNew(1, &B, sf_py_typenum(c->dtype));
+    if (!out || sf_py_model_acquire(self) < 0) {
+        Py_DECREF(x);
+        Py_DECREF(y);
+        Py_XDECREF(out);
+        return NULL;
+    }
+    double loss = 0;
+    sf_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = sf_loss_and_grad(self->model, PyArray_DATA(x), PyArray_DATA(y), (int)B, (int)T, loss_kind, grad, &loss,
+                          PyArray_DATA((PyArrayObject *)out), nt);
+    Py_END_ALLOW_THREADS
+    sf_py_model_release(self);
+    Py_DECREF(x);
+    Py_DECREF(y);
+    if (st) {
+        Py_DECREF(out);
+        return sf_py_raise(st);
+    }
+    return Py_BuildValue("(dN)", loss, out);
+}
+
+static PyObject *model_reinit(SfModelObject *self, PyObject *args) {
+    unsigned long long seed;
+    int identical;
+    if (!PyArg_ParseTuple(args, "Kp", &seed, &identical)) return NULL;
+    if (sf_py_model_acquire(self) < 0) return NULL;
+    sf_status st = sf_model_reinit(self->model, seed, identical);
+    sf_py_model_release(self);
+    if (st) return sf_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *model_get_num_params(SfModelObject *self, void *closure) {
+    if (sf_py_model_ready(self) < 0) return NULL;
+    return PyLong_FromLongLong(sf_model_num_params(self->model));
+}
+
+static PyObject *model_get_last_threads(SfModelObject *self, void *closure) {
+    if (sf_py_model_ready(self) < 0) return NULL;
+    return PyLong_FromLong(sf_model_last_threads(self->model));
+}
+
+static PyMethodDef model_methods[] = {
+    {"tensors", (PyCFunction)model_tensors, METH_NOARGS, "[(name, shape, offset, size, kind, layer), ...]"},
+    {"flat", (PyCFunction)model_flat, METH_O, "flat('params' | 'grads'): a writable view of the whole buffer"},
+    {"forward", (PyCFunction)model_forward, METH_VARARGS, "forward(x uint8 (B,T), n_threads) -> (B,)"},
+    {"loss_and_grad", (PyCFunction)model_loss_and_grad, METH_VARARGS,
+     "loss_and_grad(x, y, loss_kind, grad, n_threads) -> (loss, outputs); fills the gradient buffer"},
+    {"reinit", (PyCFunction)model_reinit, METH_VARARGS, "reinit(seed, identical_layers)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef model_getset[] = {
+    {"num_params", (getter)model_get_num_params, NULL, "number of parameters", NULL},
+    {"last_threads", (getter)model_get_last_threads, NULL, "team size of the last parallel call", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject SfModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sensiformer._engine.Model",
+    .tp_basicsize = sizeof(SfModelObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Engine-side model (private: use sensiformer.Transformer).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)model_init,
+    .tp_dealloc = (destructor)model_dealloc,
+    .tp_methods = model_methods,
+    .tp_getset = model_getset,
+};

@@ -1,0 +1,54 @@
+/* Helpers shared by the CPython/NumPy boundary files (py_*.c, module.c). Nothing numeric. */
+#ifndef SF_PY_UTIL_H
+#define SF_PY_UTIL_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define PY_ARRAY_UNIQUE_SYMBOL sensiformer_ARRAY_API
+#ifndef SF_MODULE_MAIN
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "engine.h"
+
+/* Raise the Python exception matching an engine status (message from sf_last_error). */
+PyObject *sf_py_raise(sf_status st);
+
+/* Borrow `obj` as a C-contiguous, aligned array of exactly `typenum` and `ndim` dimensions;
+ * anything else raises TypeError/ValueError naming `what`. Returns a new reference. */
+PyArrayObject *sf_py_array(PyObject *obj, int typenum, int ndim, const char *what);
+
+/* A NumPy array viewing `data` and keeping `owner` alive. */
+PyObject *sf_py_view(PyObject *owner, void *data, int ndim, npy_intp *shape, int typenum, int writeable);
+
+static inline int sf_py_typenum(sf_dtype dt) { return dt == SF_F64 ? NPY_FLOAT64 : NPY_FLOAT32; }
+
+/* Stop hook for long C loops: re-takes the GIL briefly and runs Python's signal handlers. */
+typedef struct {
+    PyThreadState *saved;
+} sf_py_unlocked;
+int sf_py_stop_hook(void *ctx);
+
+/* The Model type (py_model.c), for the other files. */
+typedef struct {
+    PyObject_HEAD
+    sf_model *model;
+    int busy; /* one call at a time per model: the workspace is shared */
+} SfModelObject;
+extern PyTypeObject SfModelType;
+extern PyTypeObject SfOptimizerType;
+int sf_py_model_ready(SfModelObject *m); /* -1 with an exception if uninitialised */
+int sf_py_model_acquire(SfModelObject *m);
+void sf_py_model_release(SfModelObject *m);
+
+typedef struct {
+    PyObject_HEAD
+    sf_optimizer *opt;
+    SfModelObject *owner;
+} SfOptimizerObject;
+
+extern PyMethodDef sf_train_methods[];
+
+#endif

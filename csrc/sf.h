@@ -1,0 +1,194 @@
+/* sensiformer engine: public C API.
+ *
+ * Plain C11, no Python types. Every function that can fail returns an sf_status and leaves
+ * a message in sf_last_error() (thread-local); nothing here prints or exits.
+ *
+ * A model owns one contiguous parameter buffer and an identically laid-out gradient buffer.
+ * Tensors are named views into them (offsets in elements), in the official PyTorch
+ * named_parameters() order of Hahn & Rofin's TorchModel.
+ */
+#ifndef SF_H
+#define SF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    SF_OK = 0,
+    SF_EINVAL = 1,      /* bad argument (message names it) */
+    SF_ENOMEM = 2,      /* allocation failed or over the memory limit */
+    SF_EINTR = 3,       /* interrupted by the caller's stop hook */
+    SF_ENUMERIC = 4,    /* non-finite loss or parameters */
+} sf_status;
+
+typedef enum { SF_F32 = 0, SF_F64 = 1 } sf_dtype;
+typedef enum { SF_NORM_POST = 0, SF_NORM_PRE = 1, SF_NORM_NONE = 2 } sf_norm;
+typedef enum { SF_ACT_RELU = 0, SF_ACT_GELU = 1, SF_ACT_GELU_TANH = 2 } sf_activation;
+
+typedef struct {
+    int n_positions;     /* rows of the positional table = longest input */
+    int d_model;         /* even, divisible by n_heads */
+    int n_heads;
+    int n_layers;
+    int d_ff;            /* FFN width */
+    sf_norm norm;
+    int final_norm;      /* 1: LayerNorm after the stack (only meaningful with SF_NORM_PRE) */
+    double ln_eps;       /* >= 0 */
+    sf_activation activation;
+    sf_dtype dtype;
+} sf_config;
+
+/* What a tensor is, for weight-decay masks and probe exclusions. */
+typedef enum {
+    SF_KIND_TOKEN_EMBEDDING = 0,
+    SF_KIND_POSITIONAL = 1,
+    SF_KIND_WEIGHT = 2,
+    SF_KIND_BIAS = 3,
+    SF_KIND_NORM_WEIGHT = 4,
+    SF_KIND_NORM_BIAS = 5,
+} sf_tensor_kind;
+
+typedef struct {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    int64_t offset;      /* in elements, into the parameter buffer */
+    int64_t size;
+    sf_tensor_kind kind;
+    int layer;           /* encoder layer index, -1 outside the stack */
+} sf_tensor_info;
+
+typedef struct sf_model sf_model;
+
+/* ---- errors, memory, threads ------------------------------------------------------------ */
+const char *sf_last_error(void);
+void sf_set_memory_limit(int64_t bytes);      /* <= 0 restores the default */
+int64_t sf_memory_limit(void);
+int sf_resolve_threads(int n_threads);        /* <= 0: default; clamps to what the build allows */
+void sf_set_default_threads(int n);
+int sf_default_threads(void);
+int sf_openmp_enabled(void);
+const char *sf_cpu_path(void);                /* which kernel clone runs here, e.g. "x86-64-v4" */
+const char *sf_build_flags(void);
+
+/* Called between training steps (and between long chunks of other work); return nonzero to
+ * stop. The engine then returns SF_EINTR with the model in a consistent state. */
+typedef int (*sf_stop_hook)(void *ctx);
+
+/* ---- model ----------------------------------------------------------------------------- */
+sf_status sf_config_check(const sf_config *cfg);
+sf_status sf_model_create(const sf_config *cfg, uint64_t seed, int identical_layers, sf_model **out);
+void sf_model_free(sf_model *m);
+const sf_config *sf_model_config(const sf_model *m);
+int64_t sf_model_num_params(const sf_model *m);
+void *sf_model_params(sf_model *m);
+void *sf_model_grads(sf_model *m);
+int sf_model_num_tensors(const sf_model *m);
+const sf_tensor_info *sf_model_tensor(const sf_model *m, int i);
+int sf_model_last_threads(const sf_model *m); /* team size of the last parallel call */
+sf_status sf_model_reinit(sf_model *m, uint64_t seed, int identical_layers);
+
+/* Forward on tokens x (B, T) of 0/1 bytes, T <= n_positions; out (B) in the model dtype. */
+sf_status sf_forward(sf_model *m, const uint8_t *x, int B, int T, void *out, int n_threads);
+
+typedef enum { SF_LOSS_MSE = 0, SF_LOSS_BCE = 1 } sf_loss;
+
+/* Loss of outputs against labels y (B, model dtype); with grad=1 also fills the gradient
+ * buffer (overwriting it). out may be NULL. */
+sf_status sf_loss_and_grad(sf_model *m, const uint8_t *x, const void *y, int B, int T,
+                           sf_loss loss, int grad, double *loss_out, void *out, int n_threads);
+
+/* ---- targets and samplers (the C training loop's data) ---------------------------------- */
+typedef enum {
+    SF_TARGET_PARITY = 0,
+    SF_TARGET_MAJORITY = 1,   /* ties -> 0, as the paper */
+    SF_TARGET_FIRST = 2,
+    SF_TARGET_MEAN = 3,
+    SF_TARGET_TABLE = 4,      /* values[idx(x)], x_1 most significant */
+} sf_target_kind;
+
+typedef struct {
+    sf_target_kind kind;
+    int n;                    /* input length */
+    const double *table;      /* SF_TARGET_TABLE: 2^n values */
+} sf_target;
+
+sf_status sf_target_eval(const sf_target *t, const uint8_t *x, int64_t B, int T, double *y);
+
+typedef enum {
+    SF_SAMPLE_UNIFORM = 0,    /* fresh uniform bits each step */
+    SF_SAMPLE_SUBSET = 1,     /* uniform with replacement from a fixed set of input indices */
+    SF_SAMPLE_DATASET = 2,    /* uniform with replacement from given rows (x, y) */
+} sf_sampler_kind;
+
+typedef struct {
+    sf_sampler_kind kind;
+    const int64_t *subset;    /* SF_SAMPLE_SUBSET */
+    int64_t subset_size;
+    const uint8_t *data_x;    /* SF_SAMPLE_DATASET: (rows, T) */
+    const double *data_y;     /* (rows) */
+    int64_t data_rows;
+} sf_sampler;
+
+/* Deterministic batch number `step` of a run keyed by `seed` (counter-based: depends only on
+ * seed, step and position). y may be NULL. */
+sf_status sf_sample_batch(const sf_target *t, const sf_sampler *s, uint64_t seed, int64_t step,
+                          int B, int T, uint8_t *x, double *y);
+
+/* ---- optimizers ------------------------------------------------------------------------ */
+typedef enum { SF_OPT_ADAMW = 0, SF_OPT_ADAM = 1, SF_OPT_SGD = 2 } sf_optimizer_kind;
+typedef enum { SF_SCHED_CONSTANT = 0, SF_SCHED_WARMUP_COSINE = 1 } sf_schedule_kind;
+
+typedef struct {
+    sf_optimizer_kind kind;
+    double lr, beta1, beta2, eps, weight_decay;
+    double momentum, dampening;
+    int nesterov;
+    int decay_norm_bias_embedding;  /* 0: exclude LayerNorm, biases and embeddings from decay */
+    sf_schedule_kind schedule;
+    int64_t warmup_steps;           /* linear warm-up from lr/warmup to lr */
+    int64_t total_steps;            /* cosine decay horizon (0: no decay after warm-up) */
+    double min_lr;                  /* cosine floor */
+    double clip_norm;               /* > 0: clip the global gradient norm (torch semantics) */
+} sf_optim_config;
+
+typedef struct sf_optimizer sf_optimizer;
+
+sf_status sf_optimizer_create(sf_model *m, const sf_optim_config *cfg, sf_optimizer **out);
+void sf_optimizer_free(sf_optimizer *o);
+sf_status sf_optimizer_set_config(sf_optimizer *o, const sf_optim_config *cfg);
+const sf_optim_config *sf_optimizer_config(const sf_optimizer *o);
+/* State buffers (model dtype, laid out like the parameters): Adam m and v; SGD momentum in m. */
+void *sf_optimizer_state(sf_optimizer *o, int which);
+int64_t sf_optimizer_step_count(const sf_optimizer *o);
+void sf_optimizer_set_step_count(sf_optimizer *o, int64_t step);
+double sf_optimizer_lr_at(const sf_optimizer *o, int64_t step);
+/* One update from the model's current gradient buffer. grad_norm_out may be NULL. */
+sf_status sf_optimizer_step(sf_optimizer *o, double *grad_norm_out, int n_threads);
+
+/* ---- training loop --------------------------------------------------------------------- */
+typedef struct {
+    sf_loss loss;
+    int pm1_labels;        /* 1: regress on 2y-1 (the paper's negative_value=-1) */
+    int batch_size;
+    int seq_len;
+    uint64_t seed;         /* data stream */
+    double threshold;      /* accuracy: (out > threshold) == (label > threshold) */
+} sf_train_config;
+
+/* Runs steps [first_step, first_step + n_steps) of the data stream; per-step loss, accuracy,
+ * lr and grad norm go to the given arrays (each n_steps long, any may be NULL). *done is the
+ * number of completed steps (also on SF_EINTR / SF_ENUMERIC). */
+sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sampler *s,
+                   const sf_train_config *tc, int64_t first_step, int64_t n_steps,
+                   double *loss, double *acc, double *lr, double *grad_norm, int64_t *done,
+                   int n_threads, sf_stop_hook stop, void *stop_ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SF_H */

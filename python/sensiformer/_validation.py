@@ -1,0 +1,96 @@
+"""Argument checks shared by the public API: clear exceptions that name the argument."""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+
+def check_int(value, name, minimum=None, maximum=None):
+    """Return ``value`` as an int, refusing bools, floats and out-of-range values."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = operator.index(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_float(value, name, minimum=None, maximum=None, allow_inf=False):
+    """Return ``value`` as a finite float within the given closed range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if np.isnan(value) or (not allow_inf and not np.isfinite(value)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_seed(seed, name="seed"):
+    """Seeds are non-negative integers below 2**64."""
+    return check_int(seed, name, 0, 2**64 - 1)
+
+
+def as_tokens(x, name="x", max_length=None):
+    """A (batch, length) array of 0/1 tokens as C-contiguous uint8 (copied only if needed)."""
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and np.all(np.isin(arr, (0.0, 1.0))):
+            pass  # floats that are exactly 0/1 are accepted
+        else:
+            raise TypeError(f"{name} must be an integer or bool array of 0/1 tokens, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        raise ValueError(f"{name} must be 2-D (batch, length); for one sequence use {name}[None, :]")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (batch, length), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one sequence of length >= 1, got shape {arr.shape}")
+    if max_length is not None and arr.shape[1] > max_length:
+        raise ValueError(f"{name} has length {arr.shape[1]}, longer than the model's n_positions={max_length}")
+    if arr.dtype != np.uint8:
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{name} must hold tokens 0 or 1, found values in [{lo}, {hi}]")
+        arr = arr.astype(np.uint8)
+    elif arr.max() > 1:
+        raise ValueError(f"{name} must hold tokens 0 or 1, found {int(arr.max())}")
+    return np.ascontiguousarray(arr)
+
+
+def as_values(y, name, length, dtype):
+    """A 1-D finite real array of ``length`` entries in ``dtype`` (C-contiguous)."""
+    arr = np.asarray(y)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
+    arr = arr.reshape(-1) if arr.ndim == 2 and 1 in arr.shape else arr
+    if arr.ndim != 1 or arr.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {np.shape(y)}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    return arr
+
+
+def resolve_threads(n_threads):
+    """None -> the package default; otherwise a positive integer."""
+    from . import _engine
+
+    if n_threads is None:
+        return 0
+    return _engine.resolve_threads(check_int(n_threads, "n_threads", 1, 512))

@@ -1,0 +1,259 @@
+"""The encoder transformer of Hahn & Rofin (2024), backed by the C engine."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from . import _engine
+from ._validation import (as_tokens, as_values, check_choice, check_float, check_int, check_seed,
+                          resolve_threads)
+
+NORMS = {"post": 0, "pre": 1, "none": 2}
+ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_tanh": 2}
+DTYPES = {"float32": 0, "float64": 1}
+LOSSES = {"mse": 0, "bce": 1}
+# sf_tensor_kind in csrc/sf.h
+TENSOR_KINDS = ("token_embedding", "positional", "weight", "bias", "norm_weight", "norm_bias")
+FORMAT_VERSION = 1
+
+
+class Transformer:
+    """Encoder-only transformer on 0/1 tokens with a scalar readout at the last position.
+
+    The architecture is the official ``TorchModel``: token embedding (2 -> d/2) concatenated
+    with a learned positional embedding (n_positions -> d/2), ``n_layers`` encoder layers
+    (multi-head self-attention without mask, FFN, residuals, LayerNorm) and ``Linear(d, 1)``
+    read at the last position.
+
+    Parameters
+    ----------
+    n_positions : int
+        Longest input; rows of the positional table.
+    d_model : int
+        Width (even, divisible by ``n_heads``).
+    n_heads, n_layers : int
+    d_ff : int, optional
+        FFN width (default ``d_model``, as the paper).
+    norm : {"post", "pre", "none"}
+        LayerNorm placement ("post" is ``nn.TransformerEncoderLayer``'s default).
+    ln_eps : float
+        LayerNorm epsilon (>= 0; 0 is allowed).
+    activation : {"relu", "gelu", "gelu_tanh"}
+        FFN activation; "gelu" is PyTorch's exact erf form.
+    dtype : {"float32", "float64"}
+    seed : int
+        Initialisation seed (PyTorch's init distributions, not its random bits).
+    final_norm : bool
+        LayerNorm after the stack (only with ``norm="pre"``).
+    identical_layers : bool
+        Start every layer as a copy of the first, as ``nn.TransformerEncoder`` does (default).
+    """
+
+    def __init__(self, n_positions, d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5,
+                 activation="relu", dtype="float32", seed=0, final_norm=False, identical_layers=True):
+        n_positions = check_int(n_positions, "n_positions", 1, 1 << 20)
+        d_model = check_int(d_model, "d_model", 2)
+        if d_model % 2:
+            raise ValueError(f"d_model must be even (token and position halves), got {d_model}")
+        n_heads = check_int(n_heads, "n_heads", 1)
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        n_layers = check_int(n_layers, "n_layers", 1, 64)
+        d_ff = d_model if d_ff is None else check_int(d_ff, "d_ff", 1)
+        check_choice(norm, "norm", tuple(NORMS))
+        ln_eps = check_float(ln_eps, "ln_eps", 0.0)
+        check_choice(activation, "activation", tuple(ACTIVATIONS))
+        dtype = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+        check_choice(dtype, "dtype", tuple(DTYPES))
+        seed = check_seed(seed)
+        if not isinstance(final_norm, (bool, np.bool_)):
+            raise TypeError(f"final_norm must be a bool, got {final_norm!r}")
+        if final_norm and norm != "pre":
+            raise ValueError("final_norm=True needs norm='pre'")
+        self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                            d_ff=d_ff, norm=norm, ln_eps=ln_eps, activation=activation, dtype=dtype,
+                            seed=seed, final_norm=bool(final_norm), identical_layers=bool(identical_layers))
+        self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, NORMS[norm], bool(final_norm),
+                                     ln_eps, ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers))
+        self._flat = self._engine.flat("params")
+        self._flat_grad = self._engine.flat("grads")
+        self._tensors = [dict(name=n, shape=s, offset=o, size=z, kind=TENSOR_KINDS[k], layer=l)
+                         for n, s, o, z, k, l in self._engine.tensors()]
+        self._params = OrderedDict((t["name"], self._view(self._flat, t)) for t in self._tensors)
+        self._grads = OrderedDict((t["name"], self._view(self._flat_grad, t)) for t in self._tensors)
+
+    @staticmethod
+    def _view(flat, t):
+        return flat[t["offset"]:t["offset"] + t["size"]].reshape(t["shape"])
+
+    # ---- description ------------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        """The constructor arguments (a copy)."""
+        return dict(self._config)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._config["dtype"])
+
+    @property
+    def n_positions(self) -> int:
+        return self._config["n_positions"]
+
+    @property
+    def num_parameters(self) -> int:
+        return self._flat.size
+
+    @property
+    def tensor_info(self) -> list[dict]:
+        """Name, shape, offset into ``flat``, size, kind and layer of every tensor."""
+        return [dict(t) for t in self._tensors]
+
+    @property
+    def last_threads(self) -> int:
+        """How many threads the last parallel engine call actually used."""
+        return self._engine.last_threads
+
+    def __repr__(self):
+        c = self._config
+        return (f"Transformer(n_positions={c['n_positions']}, d_model={c['d_model']}, n_heads={c['n_heads']}, "
+                f"n_layers={c['n_layers']}, d_ff={c['d_ff']}, norm={c['norm']!r}, dtype={c['dtype']!r}, "
+                f"params={self.num_parameters})")
+
+    # ---- parameters -------------------------------------------------------------------------
+    def parameters(self) -> "OrderedDict[str, np.ndarray]":
+        """Name -> writable zero-copy view, in the official ``named_parameters()`` order."""
+        return OrderedDict(self._params)
+
+    named_parameters = parameters
+
+    def gradients(self) -> "OrderedDict[str, np.ndarray]":
+        """Name -> view of the gradient buffer (filled by ``loss_and_grad`` and training)."""
+        return OrderedDict(self._grads)
+
+    @property
+    def flat(self) -> np.ndarray:
+        """All parameters as one writable flat view, in ``parameters()`` order."""
+        return self._flat
+
+    @flat.setter
+    def flat(self, values):
+        values = np.asarray(values)
+        if values.shape != self._flat.shape:
+            raise ValueError(f"flat must have shape {self._flat.shape}, got {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("flat must be finite")
+        self._flat[...] = values
+
+    @property
+    def flat_grad(self) -> np.ndarray:
+        """The gradient buffer as one flat view."""
+        return self._flat_grad
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of the parameters keyed by the official PyTorch names."""
+        return OrderedDict((name, view.copy()) for name, view in self._params.items())
+
+    def load_state_dict(self, state, strict: bool = True) -> None:
+        """Copy parameters in from a mapping of names to arrays (NumPy arrays or torch tensors).
+
+        With ``strict=True`` the keys must match exactly. Shapes must always match; nothing is
+        written unless every entry is valid.
+        """
+        if not hasattr(state, "items"):
+            raise TypeError("state must be a mapping of parameter names to arrays")
+        arrays = {}
+        for key, value in state.items():
+            if key not in self._params:
+                if strict:
+                    raise KeyError(f"unexpected key {key!r} in state (strict=True)")
+                continue
+            if hasattr(value, "detach"):  # a torch tensor
+                value = value.detach().cpu().numpy()
+            value = np.asarray(value)
+            target = self._params[key]
+            if value.shape != target.shape:
+                raise ValueError(f"{key}: shape {value.shape} does not match the model's {target.shape}")
+            if not np.issubdtype(value.dtype, np.number) or not np.all(np.isfinite(value)):
+                raise ValueError(f"{key}: values must be finite numbers")
+            arrays[key] = value
+        missing = [k for k in self._params if k not in arrays]
+        if strict and missing:
+            raise KeyError(f"missing keys in state (strict=True): {missing}")
+        for key, value in arrays.items():
+            self._params[key][...] = value
+
+    # ---- computation ------------------------------------------------------------------------
+    def forward(self, x, n_threads=None) -> np.ndarray:
+        """Outputs (batch,) for tokens ``x`` (batch, length), length <= n_positions."""
+        x = as_tokens(x, "x", self.n_positions)
+        return self._engine.forward(x, resolve_threads(n_threads))
+
+    __call__ = forward
+
+    def _loss(self, x, y, loss, grad, n_threads):
+        check_choice(loss, "loss", tuple(LOSSES))
+        x = as_tokens(x, "x", self.n_positions)
+        y = as_values(y, "y", x.shape[0], self.dtype)
+        if loss == "bce" and not np.all((y >= 0) & (y <= 1)):
+            raise ValueError("loss='bce' needs labels in [0, 1]")
+        return self._engine.loss_and_grad(x, y, LOSSES[loss], grad, resolve_threads(n_threads))
+
+    def loss(self, x, y, loss="mse", n_threads=None) -> float:
+        """Mean loss of ``forward(x)`` against labels ``y`` (MSE on raw outputs, or BCE with logits)."""
+        return self._loss(x, y, loss, False, n_threads)[0]
+
+    def loss_and_grad(self, x, y, loss="mse", n_threads=None):
+        """``(loss, gradients)``: the gradients as a dict of arrays (copies) keyed like ``parameters()``.
+
+        The model's gradient buffer (``gradients()``, ``flat_grad``) holds them too.
+        """
+        value, _ = self._loss(x, y, loss, True, n_threads)
+        return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
+
+    # ---- copies and files -------------------------------------------------------------------
+    def _constructor_args(self, **overrides):
+        args = dict(self._config)
+        args.update(overrides)
+        return args
+
+    def astype(self, dtype) -> "Transformer":
+        """A copy with parameters converted to ``dtype`` (e.g. probe a float32 model in float64)."""
+        other = Transformer(**self._constructor_args(dtype=np.dtype(dtype).name))
+        other._flat[...] = self._flat
+        return other
+
+    def copy(self) -> "Transformer":
+        return self.astype(self.dtype)
+
+    def reinitialize(self, seed=None) -> None:
+        """Draw fresh initial parameters (with ``seed``, default the constructor's)."""
+        seed = self._config["seed"] if seed is None else check_seed(seed)
+        self._engine.reinit(seed, self._config["identical_layers"])
+
+    def save(self, path) -> None:
+        """Write the config and parameters to an ``.npz`` file (no pickle)."""
+        arrays = {f"param/{k}": v for k, v in self._params.items()}
+        meta = json.dumps(dict(format_version=FORMAT_VERSION, kind="Transformer", config=self._config))
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, __meta__=np.array(meta), **arrays)
+        tmp.replace(path)
+
+
+def load(path) -> Transformer:
+    """Load a model written by ``Transformer.save``."""
+    with np.load(path, allow_pickle=False) as data:
+        if "__meta__" not in data:
+            raise ValueError(f"{path} is not a sensiformer model file")
+        meta = json.loads(str(data["__meta__"]))
+        if meta.get("kind") != "Transformer":
+            raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a Transformer")
+        model = Transformer(**meta["config"])
+        model.load_state_dict({k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")})
+    return model
