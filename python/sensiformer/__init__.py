@@ -1,1 +1,25 @@
-"""sensiformer"""
+"""sensiformer: train small transformers on Boolean functions in a C engine, and probe
+why sensitive functions are hard for them (Hahn & Rofin, ACL 2024).
+
+Quick start::
+
+    import sensiformer as sf
+    model = sf.Transformer(n_positions=10, d_model=64)
+    trainer = sf.Trainer(model, sf.targets.Parity(10))
+    history = trainer.fit(2000)
+"""
+
+__version__ = "0.1.0"
+
+from . import targets
+from ._config import get_num_threads, set_memory_limit, set_num_threads, show_config
+from .estimate import Estimate
+from .model import Transformer, load
+from .optim import SGD, Adam, AdamW, Optimizer
+from .targets import restricted_subset
+from .trainer import Callback, DivergenceError, Trainer
+
+__all__ = [
+    "Adam", "AdamW", "Callback", "DivergenceError", "Estimate", "Optimizer", "SGD", "Trainer", "Transformer",
+    "get_num_threads", "load", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",
+]

@@ -1,0 +1,144 @@
+"""Optimizers with torch.optim semantics, run by the C engine.
+
+An optimizer is configured first and bound to one model when training starts (``Trainer``
+does this; ``bind`` does it by hand). Its state (moments, step count) lives in the engine,
+laid out like ``model.flat``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _engine
+from ._validation import check_choice, check_float, check_int, resolve_threads
+
+_KINDS = {"adamw": 0, "adam": 1, "sgd": 2}
+_SCHEDULES = {"constant": 0, "cosine": 1}
+
+
+class Optimizer:
+    """Common machinery: configuration, binding to a model, state and the LR schedule.
+
+    Parameters common to all optimizers
+    -----------------------------------
+    lr : float
+        Peak learning rate.
+    weight_decay : float
+    decay_all : bool
+        Apply weight decay to every parameter, as the paper does (default); ``False`` excludes
+        LayerNorm gains/biases, all biases and the embeddings.
+    schedule : {"constant", "cosine"}
+        "cosine": linear warm-up over ``warmup_steps`` then cosine decay to ``min_lr`` at
+        ``total_steps`` ("constant" with ``warmup_steps > 0`` warms up, then stays flat).
+    clip_norm : float or None
+        Clip the global gradient norm as ``torch.nn.utils.clip_grad_norm_``.
+    """
+
+    _kind = ""
+
+    def __init__(self, lr, weight_decay, decay_all=True, schedule="constant", warmup_steps=0, total_steps=0,
+                 min_lr=0.0, clip_norm=None, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, dampening=0.0,
+                 nesterov=False):
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair, got {betas!r}")
+        check_choice(schedule, "schedule", tuple(_SCHEDULES))
+        self.hyper = dict(
+            lr=check_float(lr, "lr", 0.0), beta1=check_float(betas[0], "betas[0]", 0.0, 1.0 - 1e-16),
+            beta2=check_float(betas[1], "betas[1]", 0.0, 1.0 - 1e-16), eps=check_float(eps, "eps", 0.0),
+            weight_decay=check_float(weight_decay, "weight_decay", 0.0),
+            momentum=check_float(momentum, "momentum", 0.0), dampening=check_float(dampening, "dampening", 0.0, 1.0),
+            nesterov=bool(nesterov), decay_all=bool(decay_all), schedule=schedule,
+            warmup_steps=check_int(warmup_steps, "warmup_steps", 0), total_steps=check_int(total_steps, "total_steps", 0),
+            min_lr=check_float(min_lr, "min_lr", 0.0),
+            clip_norm=0.0 if clip_norm is None else check_float(clip_norm, "clip_norm", 0.0))
+        if schedule == "cosine" and self.hyper["total_steps"] and self.hyper["total_steps"] < self.hyper["warmup_steps"]:
+            raise ValueError("total_steps must be >= warmup_steps")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
+        if schedule == "constant" and self.hyper["warmup_steps"]:
+            self.hyper["schedule"] = "cosine"  # warm-up then flat: a cosine with no horizon
+        self._engine = None
+        self._model = None
+
+    def bind(self, model) -> "Optimizer":
+        """Attach to ``model`` (allocates the state). An optimizer serves one model."""
+        if self._model is not None:
+            if self._model is not model:
+                raise ValueError("this optimizer is already bound to another model; create a new one")
+            return self
+        h = self.hyper
+        self._engine = _engine.Optimizer(
+            model._engine, _KINDS[self._kind], h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"],
+            h["momentum"], h["dampening"], h["nesterov"], h["decay_all"], _SCHEDULES[h["schedule"]],
+            h["warmup_steps"], h["total_steps"], h["min_lr"], h["clip_norm"])
+        self._model = model
+        return self
+
+    def _bound(self):
+        if self._engine is None:
+            raise RuntimeError("bind(model) the optimizer first (Trainer does it for you)")
+        return self._engine
+
+    def step(self, n_threads=None) -> float:
+        """One update from the model's gradient buffer; returns the gradient norm (pre-clipping)."""
+        return self._bound().step(resolve_threads(n_threads))
+
+    def zero_grad(self) -> None:
+        """Kept for PyTorch habits: gradients are overwritten by every backward, so a no-op."""
+
+    @property
+    def step_count(self) -> int:
+        """Number of updates taken (torch's ``state['step']``)."""
+        return self._bound().step_count
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of the update after ``step`` updates."""
+        return self._bound().lr_at(check_int(step, "step", 0))
+
+    def state_dict(self) -> dict:
+        """Copies of the state: step count and moment buffers (laid out like ``model.flat``)."""
+        eng = self._bound()
+        return dict(kind=self._kind, hyper=dict(self.hyper), step=eng.step_count, exp_avg=eng.state(0).copy(),
+                    exp_avg_sq=eng.state(1).copy())
+
+    def load_state_dict(self, state: dict) -> None:
+        eng = self._bound()
+        if state.get("kind") != self._kind:
+            raise ValueError(f"state is for {state.get('kind')!r}, this optimizer is {self._kind!r}")
+        for key, which in (("exp_avg", 0), ("exp_avg_sq", 1)):
+            arr = np.asarray(state[key])
+            if arr.shape != eng.state(which).shape:
+                raise ValueError(f"{key} has shape {arr.shape}, expected {eng.state(which).shape}")
+            eng.state(which)[...] = arr
+        eng.step_count = check_int(state["step"], "step", 0)
+
+    def __repr__(self):
+        shown = {k: v for k, v in self.hyper.items() if k in ("lr", "weight_decay", "schedule")}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+class AdamW(Optimizer):
+    """AdamW (decoupled weight decay), ``torch.optim.AdamW`` semantics and defaults."""
+
+    _kind = "adamw"
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, **kwargs):
+        super().__init__(lr, weight_decay, betas=betas, eps=eps, **kwargs)
+
+
+class Adam(Optimizer):
+    """Adam with L2 weight decay added to the gradient, ``torch.optim.Adam`` semantics."""
+
+    _kind = "adam"
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **kwargs):
+        super().__init__(lr, weight_decay, betas=betas, eps=eps, **kwargs)
+
+
+class SGD(Optimizer):
+    """SGD with optional (Nesterov) momentum and dampening, ``torch.optim.SGD`` semantics."""
+
+    _kind = "sgd"
+
+    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, **kwargs):
+        super().__init__(lr, weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov, **kwargs)

@@ -1,0 +1,248 @@
+"""Training: the C loop runs whole stretches of steps; Python only logs between them."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import _engine
+from ._validation import as_tokens, as_values, check_choice, check_int, check_seed, resolve_threads
+from .model import LOSSES
+from .optim import AdamW, Optimizer
+from .targets import Target, all_inputs, inputs_from_indices
+
+# sf_sampler_kind in csrc/sf.h
+_UNIFORM, _SUBSET, _DATASET = range(3)
+# engine status codes (csrc/sf.h)
+_OK, _EINVAL, _ENOMEM, _EINTR, _ENUMERIC = range(5)
+_EXACT_EVAL_MAX_N = 16
+_EVAL_CHUNK = 1 << 16
+
+
+class DivergenceError(FloatingPointError):
+    """Training stopped because the loss or the gradient stopped being finite.
+
+    The model keeps the parameters from before the failing step; ``trainer.status`` is
+    ``"diverged"`` and the history ends at the last finite step.
+    """
+
+
+class Callback:
+    """Runs every ``every`` steps during ``Trainer.fit``; may return metrics for the history.
+
+    Subclass and implement ``__call__(self, trainer) -> dict | None``, or wrap a function with
+    ``Callback(fn, every=k)``.
+    """
+
+    def __init__(self, fn=None, every=100):
+        self.every = check_int(every, "every", 1)
+        self._fn = fn
+
+    def __call__(self, trainer):
+        if self._fn is None:
+            raise NotImplementedError("subclass Callback or pass fn")
+        return self._fn(trainer)
+
+
+class Trainer:
+    """Train a ``Transformer`` on a target function (or a fixed dataset) with the C loop.
+
+    Parameters
+    ----------
+    model : Transformer
+    target : Target, optional
+        The function to learn; batches of fresh uniform inputs are drawn every step (or from
+        ``train_subset``). Omit it when passing ``data``.
+    loss : {"mse", "bce"}
+        MSE on raw outputs (the paper) or BCE with logits.
+    optimizer : Optimizer, optional
+        Default: a fresh ``AdamW(lr=3e-4, weight_decay=0.1)``, the paper's setting.
+    batch_size : int
+    seed : int
+        Seed of the data stream: batch k is a pure function of (seed, k).
+    train_subset : array of int, optional
+        Indices of the inputs to train on (``restricted_subset(n, m, seed)`` gives the official
+        restricted sampler's set); batches are drawn from it with replacement.
+    n_threads : int, optional
+    labels : {"01", "pm1"}
+        Regress on the target's {0,1} values, or on 2y-1 (the paper's ``negative_value=-1``).
+    data : (x, y), optional
+        Train on these rows instead of a target: x (rows, length) tokens, y (rows,) labels.
+    seq_len : int, optional
+        Input length (default: the target's n or the data's width).
+    """
+
+    def __init__(self, model, target=None, loss="mse", optimizer=None, batch_size=1024, seed=0,
+                 train_subset=None, n_threads=None, labels="01", data=None, seq_len=None):
+        self.model = model
+        self.loss = check_choice(loss, "loss", tuple(LOSSES))
+        self.labels = check_choice(labels, "labels", ("01", "pm1"))
+        if loss == "bce" and labels == "pm1":
+            raise ValueError("loss='bce' needs labels='01'")
+        self.batch_size = check_int(batch_size, "batch_size", 1, 1 << 24)
+        self.seed = check_seed(seed)
+        self.n_threads = None if n_threads is None else check_int(n_threads, "n_threads", 1, 512)
+        self.optimizer = AdamW(lr=3e-4, weight_decay=0.1) if optimizer is None else optimizer
+        if not isinstance(self.optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a sensiformer optimizer (AdamW, Adam, SGD), got {optimizer!r}")
+        self.optimizer.bind(model)
+        self.target = target
+        self._set_data(target, train_subset, data, seq_len)
+        self.step_count = 0
+        self.status = "ready"
+        self._rows = []
+
+    # ---- data ----------------------------------------------------------------------------
+    def _set_data(self, target, train_subset, data, seq_len):
+        if (target is None) == (data is None):
+            raise ValueError("give exactly one of target and data")
+        self.train_subset = None
+        self.data = None
+        if target is not None:
+            if not isinstance(target, Target):
+                raise TypeError(f"target must be a sensiformer.targets.Target, got {target!r}")
+            self.seq_len = target.n if seq_len is None else check_int(seq_len, "seq_len", 1)
+            if target.engine_spec()[2] is not None and self.seq_len != target.n:
+                raise ValueError(f"seq_len={self.seq_len} but the target's truth table is for n={target.n}")
+            if train_subset is not None:
+                subset = np.asarray(train_subset)
+                if not np.issubdtype(subset.dtype, np.integer) or subset.ndim != 1 or subset.size == 0:
+                    raise ValueError("train_subset must be a non-empty 1-D array of input indices")
+                if self.seq_len > 62:
+                    raise ValueError("train_subset needs seq_len <= 62")
+                if subset.min() < 0 or subset.max() >= 2**self.seq_len:
+                    raise ValueError(f"train_subset indices must lie in [0, 2**{self.seq_len})")
+                self.train_subset = np.ascontiguousarray(subset, dtype=np.int64)
+            self._sampler = (_SUBSET if self.train_subset is not None else _UNIFORM, self.train_subset, None, None)
+            self._target_spec = target.engine_spec()
+        else:
+            if train_subset is not None:
+                raise ValueError("train_subset only applies to a target")
+            if not (isinstance(data, (tuple, list)) and len(data) == 2):
+                raise TypeError("data must be a pair (x, y)")
+            x = as_tokens(data[0], "data x", self.model.n_positions)
+            y = as_values(data[1], "data y", x.shape[0], np.float64)
+            self.seq_len = x.shape[1]
+            self.data = (x, y)
+            self._sampler = (_DATASET, None, x, y)
+            self._target_spec = (0, self.seq_len, None)  # unused by the dataset sampler
+        if self.seq_len > self.model.n_positions:
+            raise ValueError(f"inputs of length {self.seq_len} exceed the model's n_positions={self.model.n_positions}")
+
+    @property
+    def _threshold(self):
+        return 0.5 if (self.loss == "mse" and self.labels == "01") else 0.0
+
+    def sample_batch(self, step=None):
+        """Batch number ``step`` (default: the next one) of the training stream: ``(x, y)``."""
+        step = self.step_count if step is None else check_int(step, "step", 0)
+        return _engine.sample_batch(self._target_spec, self._sampler, self.seed, step, self.batch_size, self.seq_len)
+
+    # ---- training --------------------------------------------------------------------------
+    def fit(self, steps, log_every=100, callbacks=(), progress=True) -> pd.DataFrame:
+        """Train for ``steps`` more steps; returns the whole history so far.
+
+        Each history row summarises ``log_every`` steps: mean training loss and accuracy,
+        the learning rate and mean gradient norm, wall time, and the metrics of callbacks that
+        ran at that step. Ctrl-C stops within a second and keeps every finished step.
+        """
+        steps = check_int(steps, "steps", 0)
+        log_every = check_int(log_every, "log_every", 1)
+        callbacks = [cb if hasattr(cb, "every") else Callback(cb, every=log_every) for cb in callbacks]
+        from tqdm.auto import tqdm
+
+        end = self.step_count + steps
+        window = []
+        bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=True)
+        started = time.perf_counter()
+        try:
+            while self.step_count < end:
+                boundaries = [end, (self.step_count // log_every + 1) * log_every]
+                boundaries += [(self.step_count // cb.every + 1) * cb.every for cb in callbacks]
+                chunk = min(boundaries) - self.step_count
+                status, done, losses, accs, lrs, gns, message, pending = _engine.train(
+                    self.model._engine, self.optimizer._engine, self._target_spec, self._sampler, LOSSES[self.loss],
+                    self.labels == "pm1", self.batch_size, self.seq_len, self.seed, self._threshold,
+                    self.step_count, chunk, resolve_threads(self.n_threads))
+                window.append((losses[:done], accs[:done], lrs[:done], gns[:done]))
+                self.step_count += done
+                bar.update(done)
+                if status != _OK:
+                    self._log(window, started, {})
+                    self.status = "interrupted" if status == _EINTR else "diverged"
+                    if status == _ENUMERIC:
+                        raise DivergenceError(message)
+                    raise pending if pending is not None else KeyboardInterrupt(message)
+                extra = {}
+                for cb in callbacks:
+                    if self.step_count % cb.every == 0:
+                        extra.update(cb(self) or {})
+                if self.step_count % log_every == 0 or self.step_count == end or extra:
+                    self._log(window, started, extra)
+                    window = []
+                    if progress and self._rows:
+                        bar.set_postfix(loss=f"{self._rows[-1]['loss']:.4g}")
+            self.status = "ok"
+        finally:
+            bar.close()
+        return self.history
+
+    def _log(self, window, started, extra):
+        if not window or sum(len(w[0]) for w in window) == 0:
+            if extra:
+                self._rows.append(dict(step=self.step_count, **extra))
+            return
+        loss, acc, lr, gn = (np.concatenate([w[i] for w in window]) for i in range(4))
+        self._rows.append(dict(step=self.step_count, loss=float(loss.mean()), accuracy=float(acc.mean()),
+                               lr=float(lr[-1]), grad_norm=float(gn.mean()),
+                               time=time.perf_counter() - started, **extra))
+
+    def step(self, x, y) -> float:
+        """One update on the given batch; returns its loss (before the update)."""
+        value = self.model._loss(x, y, self.loss, True, self.n_threads)[0]
+        self.optimizer.step(self.n_threads)
+        return value
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per log point (see ``fit``)."""
+        return pd.DataFrame(self._rows)
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def evaluate(self, batches=10, batch_size=None, exact=None, seed=None) -> dict:
+        """Loss and accuracy of the current model on the training distribution.
+
+        Exact over all 2^n inputs when ``exact`` (default when n <= 16 with uniform inputs),
+        over the whole training set for ``train_subset``/``data``, and otherwise over
+        ``batches`` fresh batches from an evaluation stream (seeded by ``seed``).
+        """
+        if self.data is not None:
+            x, y = self.data
+        elif self.train_subset is not None:
+            x = inputs_from_indices(np.unique(self.train_subset), self.seq_len)
+            y = self.target(x)
+        else:
+            exact = self.seq_len <= _EXACT_EVAL_MAX_N if exact is None else bool(exact)
+            if exact:
+                x = all_inputs(self.seq_len)
+                y = self.target(x)
+            else:
+                batches = check_int(batches, "batches", 1)
+                bs = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", 1)
+                eval_seed = (check_seed(self.seed if seed is None else seed) ^ 0x5EEDE7A1) & (2**64 - 1)
+                pairs = [_engine.sample_batch(self._target_spec, (_UNIFORM, None, None, None), eval_seed, k, bs,
+                                              self.seq_len) for k in range(batches)]
+                x = np.concatenate([p[0] for p in pairs])
+                y = np.concatenate([p[1] for p in pairs])
+        y_used = 2 * y - 1 if self.labels == "pm1" else y
+        out = np.concatenate([self.model.forward(x[i:i + _EVAL_CHUNK], self.n_threads)
+                              for i in range(0, len(x), _EVAL_CHUNK)]).astype(np.float64)
+        if self.loss == "mse":
+            loss = float(np.mean((out - y_used) ** 2))
+        else:
+            loss = float(np.mean(np.maximum(out, 0) - out * y_used + np.log1p(np.exp(-np.abs(out)))))
+        label_threshold = 0.0 if self.labels == "pm1" else 0.5
+        accuracy = float(np.mean((out > self._threshold) == (y_used > label_threshold)))
+        return dict(loss=loss, accuracy=accuracy, n_inputs=int(len(x)))
