@@ -1,0 +1,48 @@
+"""Shared fixtures. Tests use only the public API (plus sensiformer.interop for PyTorch)."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+try:
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=200, deadline=None)
+    settings.register_profile("dev", max_examples=50, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+except ImportError:  # pragma: no cover
+    pass
+
+
+def randomize(model, seed=0, scale=0.5):
+    """Give every parameter (LN gains and biases included) random values, so that the
+    init's structure (gain 1, zero biases, identical layers) cannot hide index mix-ups."""
+    rng = np.random.default_rng(seed)
+    model.flat[:] = rng.normal(scale=scale, size=model.flat.size)
+    for name, p in model.parameters().items():
+        if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "encoders.norm.weight":
+            p[:] = 1.0 + rng.uniform(-0.5, 0.5, size=p.shape)
+    return model
+
+
+@pytest.fixture
+def random_model():
+    """Factory: ``random_model(seed=..., **Transformer kwargs)`` -> randomised Transformer."""
+    import sensiformer as sf
+
+    def make(seed=0, scale=0.5, **kwargs):
+        kwargs.setdefault("dtype", "float64")
+        return randomize(sf.Transformer(**kwargs), seed=seed, scale=scale)
+
+    return make
+
+
+@pytest.fixture
+def torch():
+    """PyTorch in float64-friendly, single-process form; the test extra installs it."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
