@@ -42,6 +42,7 @@ void SF(attention_forward)(real *ctx, real *P, const real *Q, const real *KV, lo
                            long d, long H, real *scratch, sf_par *par) {
     const long dh = d / H;
     const int nt = attention_threads(B, T, Tq, d, H, par);
+    (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
     {
         real *kt = scratch + (long)SF_THREAD_ID() * (dh * T + Tq * T);
@@ -83,6 +84,7 @@ void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P
                             sf_par *par) {
     const long dh = d / H;
     const int nt = attention_threads(B, T, Tq, d, H, par);
+    (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
     {
         real *w = scratch + (long)SF_THREAD_ID() * (dh * T + Tq * T);

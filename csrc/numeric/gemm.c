@@ -82,7 +82,7 @@ static void gemm_edge(long mr, long nr, long kc, const real *a, long sai, long s
 typedef void (*gemm_tiles_fn)(long, long, long, long, long, const real *, long, long, const real *,
                               long, real *, long, const real *, int);
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX512F__)
+#if defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX512F__)
 #define SF_X86_DISPATCH 1
 DEFINE_GEMM_TILES(gemm_tiles_v4, 8, 128, __attribute__((target("arch=x86-64-v4"))))
 DEFINE_GEMM_TILES(gemm_tiles_v3, 4, 64, __attribute__((target("arch=x86-64-v3"))))

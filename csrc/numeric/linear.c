@@ -23,6 +23,7 @@ void SF(column_sums)(real *out, const real *Y, long M, long N, long ldy, sf_par 
     enum { W = 64 };
     const long blocks = (N + W - 1) / W;
     const int nt = M * N >= PARALLEL_MIN && blocks > 1 ? par->nt : 1;
+    (void)nt; /* unused in a serial build */
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (long blk = 0; blk < blocks; blk++) {
         const long j0 = blk * W, w = N - j0 < W ? N - j0 : W;
