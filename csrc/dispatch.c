@@ -2,6 +2,8 @@
 #include "engine.h"
 #include "numeric/numeric.h"
 
+#include <math.h>
+
 #define BY_DTYPE(m, call) ((m)->cfg.dtype == SF_F64 ? call##_f64 : call##_f32)
 
 sf_status sf_forward(sf_model *m, const uint8_t *x, int B, int T, void *out, int n_threads) {
@@ -23,3 +25,24 @@ sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sa
 }
 
 const char *sf_cpu_path(void) { return gemm_path_f32(); }
+
+sf_status sf_sharpness(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
+                       double sigma, int repeats, uint64_t seed, const unsigned char *mask, const void *noise,
+                       int shared_draws, double *base, double *perturbed, int n_threads, sf_stop_hook stop,
+                       void *stop_ctx) {
+    if (n_batches < 1 || repeats < 1) return sf_fail(SF_EINVAL, "need at least one batch and one draw");
+    if (!(sigma >= 0) || !isfinite(sigma)) return sf_fail(SF_EINVAL, "sigma must be finite and >= 0, got %g", sigma);
+    sf_status st = sf_check_tokens(x, (int64_t)n_batches * B * T);
+    if (st) return st;
+    return BY_DTYPE(m, sharpness)(m, x, y, n_batches, B, T, loss, sigma, repeats, seed, mask, noise, shared_draws, base,
+                                  perturbed, n_threads, stop, stop_ctx);
+}
+
+int sf_ln_count(const sf_model *m) { return ln_count_f32(&m->cfg); }
+
+sf_status sf_ln_blowup(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs, double *means,
+                       int n_threads) {
+    sf_status st = sf_check_tokens(x, (int64_t)B * T);
+    if (st) return st;
+    return BY_DTYPE(m, ln_blowup)(m, x, B, T, theory, maxs, means, n_threads);
+}

@@ -40,6 +40,9 @@ struct sf_optimizer {
 /* Errors: set the thread-local message and return the code. */
 sf_status sf_fail(sf_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* SF_EINVAL unless every token is 0 or 1. */
+sf_status sf_check_tokens(const uint8_t *x, int64_t n);
+
 /* Aligned, zeroed allocation counted against the memory limit; free with sf_free. */
 void *sf_alloc(size_t bytes);
 void sf_free(void *p);

@@ -50,5 +50,15 @@ typedef struct {
 } SfOptimizerObject;
 
 extern PyMethodDef sf_train_methods[];
+extern PyMethodDef sf_boolean_methods[]; /* py_boolean.c */
+
+/* The options dict of a target spec (kind, n, table, options) (py_boolean.c): fills the option
+ * fields of `t`, keeping the arrays it borrows in `refs` until sf_py_target_refs_release. */
+typedef struct {
+    PyArrayObject *bits, *set_offsets, *coefficients, *table;
+} sf_py_target_refs;
+int sf_py_target_options(PyObject *options, sf_target *t, sf_py_target_refs *refs);
+void sf_py_target_refs_release(sf_py_target_refs *refs);
+extern PyMethodDef sf_probe_methods[];
 
 #endif

@@ -109,12 +109,27 @@ typedef enum {
     SF_TARGET_FIRST = 2,
     SF_TARGET_MEAN = 3,
     SF_TARGET_TABLE = 4,      /* values[idx(x)], x_1 most significant */
+    SF_TARGET_SPARSE_PARITY = 5, /* parity of the positions bits[0..n_bits) */
+    SF_TARGET_JUNTA = 6,      /* table[idx of x at bits[0..n_bits)], bits[0] most significant */
+    SF_TARGET_FOURIER = 7,    /* g(x) = sum_t coefficients[t] chi_{S_t}(x), chi_S(x) = (-1)^(sum_{i in S} x_i) */
 } sf_target_kind;
 
+/* Values are on the {0,1} scale. Zero-initialise, then set what the kind needs: the fields
+ * after `table` are options (zero = none). */
 typedef struct {
     sf_target_kind kind;
     int n;                    /* input length */
-    const double *table;      /* SF_TARGET_TABLE: 2^n values */
+    const double *table;      /* SF_TARGET_TABLE: 2^n values; SF_TARGET_JUNTA: 2^n_bits values */
+    const int32_t *bits;      /* 0-based positions: SPARSE_PARITY its set, JUNTA the positions it reads,
+                                 FOURIER every set's positions back to back */
+    int64_t n_bits;
+    const int64_t *set_offsets; /* FOURIER: set t is bits[set_offsets[t] .. set_offsets[t+1]) */
+    const double *coefficients; /* FOURIER: one per set */
+    int64_t n_terms;
+    int sign_output;          /* FOURIER: 1 -> value 1 where g(x) < 0 else 0 (sign g on {0,1});
+                                 0 -> the real value (1 - g(x)) / 2, so that 1 - 2y = g */
+    double noise;             /* sf_sample_batch flips each label y -> 1 - y with this probability,
+                                 drawn per (seed, step, row); sf_target_eval stays noiseless */
 } sf_target;
 
 sf_status sf_target_eval(const sf_target *t, const uint8_t *x, int64_t B, int T, double *y);
@@ -138,6 +153,10 @@ typedef struct {
  * seed, step and position). y may be NULL. */
 sf_status sf_sample_batch(const sf_target *t, const sf_sampler *s, uint64_t seed, int64_t step,
                           int B, int T, uint8_t *x, double *y);
+
+/* flip[b] = 1 where sf_sample_batch flips the label of row b of batch `step` under label noise
+ * with probability p (the same counter-based draw). */
+sf_status sf_label_noise(uint8_t *flip, uint64_t seed, int64_t step, int64_t B, double p);
 
 /* ---- optimizers ------------------------------------------------------------------------ */
 typedef enum { SF_OPT_ADAMW = 0, SF_OPT_ADAM = 1, SF_OPT_SGD = 2 } sf_optimizer_kind;
@@ -187,6 +206,26 @@ sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sa
                    const sf_train_config *tc, int64_t first_step, int64_t n_steps,
                    double *loss, double *acc, double *lr, double *grad_norm, int64_t *done,
                    int n_threads, sf_stop_hook stop, void *stop_ctx);
+
+/* ---- probes ---------------------------------------------------------------------------- */
+
+/* Gaussian sharpness. x holds n_batches batches of B rows (T tokens each), y their labels (model
+ * dtype). base[b] = L_b(theta); perturbed[r * n_batches + b] = L_b(theta + sigma z), where z is
+ * draw r for every batch (shared_draws) or draw (r, b), standard normal on the tensors whose mask
+ * entry is 1 (noise: explicit draws, repeats x n_params, or NULL for counter-based ones keyed by
+ * seed). Parameters are restored by copy, also on interruption. */
+sf_status sf_sharpness(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
+                       double sigma, int repeats, uint64_t seed, const unsigned char *mask, const void *noise,
+                       int shared_draws, double *base, double *perturbed, int n_threads, sf_stop_hook stop,
+                       void *stop_ctx);
+
+/* Number of LayerNorms the blowup probe reports: norm1 and norm2 of every layer (+ the final one). */
+int sf_ln_count(const sf_model *m);
+/* Per LayerNorm (layer-major: norm1, norm2, ..., final) and sample: max and mean over positions of
+ * 1/std of the LayerNorm's input; the last layer counts the readout position only (as the official
+ * hooks do). theory=0: unbiased std without eps (the official measure); 1: 1/sqrt(var + eps). */
+sf_status sf_ln_blowup(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs, double *means,
+                       int n_threads);
 
 #ifdef __cplusplus
 }

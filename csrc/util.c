@@ -25,6 +25,13 @@ sf_status sf_fail(sf_status code, const char *fmt, ...) {
     return code;
 }
 
+sf_status sf_check_tokens(const uint8_t *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (x[i] > 1)
+            return sf_fail(SF_EINVAL, "x must hold tokens 0 or 1, found %d at flat index %lld", x[i], (long long)i);
+    return SF_OK;
+}
+
 /* ---- memory ------------------------------------------------------------------------------ */
 
 static int64_t memory_limit;  /* 0: default */

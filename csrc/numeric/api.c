@@ -3,17 +3,11 @@
 
 #include <string.h>
 
-static sf_status check_tokens(const uint8_t *x, long n) {
-    for (long i = 0; i < n; i++)
-        if (x[i] > 1) return sf_fail(SF_EINVAL, "x must hold tokens 0 or 1, found %d at flat index %ld", x[i], i);
-    return SF_OK;
-}
-
 sf_status SF(forward)(sf_model *m, const uint8_t *x, int B, int T, void *out, int nt) {
     sf_par par = {sf_resolve_threads(nt), 1};
     acts a;
     sf_status st = SF(encoder_reserve)(m, B, T, par.nt, &a);
-    if (!st) st = check_tokens(x, (long)B * T);
+    if (!st) st = sf_check_tokens(x, (int64_t)B * T);
     if (st) return st;
     SF(encoder_forward)(m, x, &a, &par);
     memcpy(out, a.out, (size_t)B * sizeof(real));
@@ -26,7 +20,7 @@ sf_status SF(loss_and_grad)(sf_model *m, const uint8_t *x, const void *y, int B,
     sf_par par = {sf_resolve_threads(nt), 1};
     acts a;
     sf_status st = SF(encoder_reserve)(m, B, T, par.nt, &a);
-    if (!st) st = check_tokens(x, (long)B * T);
+    if (!st) st = sf_check_tokens(x, (int64_t)B * T);
     if (st) return st;
     SF(encoder_forward)(m, x, &a, &par);
     *loss_out = SF(loss_forward_backward)(grad ? a.g_out : NULL, a.out, (const real *)y, B, loss);

@@ -15,7 +15,15 @@
                           const sf_train_config *tc, int64_t first_step, int64_t n_steps,           \
                           double *loss, double *acc, double *lr, double *grad_norm, int64_t *done, \
                           int nt, sf_stop_hook stop, void *stop_ctx);                               \
-    const char *gemm_path_##sfx(void);
+    const char *gemm_path_##sfx(void);                                                               \
+    sf_status sharpness_##sfx(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, \
+                              sf_loss loss, double sigma, int repeats, uint64_t seed,                 \
+                              const unsigned char *mask, const void *noise, int shared_draws,         \
+                              double *base, double *perturbed, int nt, sf_stop_hook stop,             \
+                              void *stop_ctx);                                                         \
+    int ln_count_##sfx(const sf_config *c);                                                           \
+    sf_status ln_blowup_##sfx(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs,  \
+                              double *means, int nt);
 
 SF_DECLARE_NUMERIC(f32)
 SF_DECLARE_NUMERIC(f64)

@@ -41,11 +41,7 @@ sf_status SF(train)(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_s
         }
         if ((st = sf_sample_batch(t, s, tc->seed, first_step + i, B, T, x, y))) break;
         for (int b = 0; b < B; b++) labels[b] = (real)(tc->pm1_labels ? 2 * y[b] - 1 : y[b]);
-        for (long k = 0; k < (long)B * T; k++)
-                if (x[k] > 1) {
-                    st = sf_fail(SF_EINVAL, "the training data hold a token %d outside {0, 1}", x[k]);
-                    goto out;
-                }
+        if ((st = sf_check_tokens(x, (int64_t)B * T))) break;
         SF(encoder_forward)(m, x, &a, &par);
         const double l = SF(loss_forward_backward)(a.g_out, a.out, labels, B, tc->loss);
         if (!isfinite(l)) {

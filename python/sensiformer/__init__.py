@@ -11,7 +11,7 @@ Quick start::
 
 __version__ = "0.1.0"
 
-from . import targets
+from . import probes, targets
 from ._config import get_num_threads, set_memory_limit, set_num_threads, show_config
 from .estimate import Estimate
 from .model import Transformer, load
@@ -21,5 +21,5 @@ from .trainer import Callback, DivergenceError, Trainer
 
 __all__ = [
     "Adam", "AdamW", "Callback", "DivergenceError", "Estimate", "Optimizer", "SGD", "Trainer", "Transformer",
-    "get_num_threads", "load", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",
+    "get_num_threads", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",
 ]

@@ -1,0 +1,122 @@
+/* Probes of a trained model: Gaussian sharpness (expected loss increase under parameter noise)
+ * and LayerNorm blowup (the normalisation factors of the LayerNorm inputs). */
+#include "encoder.h"
+#include "../rng.h"
+
+#include <string.h>
+
+/* Mean loss of the current parameters on batch b of (n_batches * B, T) inputs. */
+static double batch_loss(sf_model *m, const uint8_t *x, const real *y, int b, int B, int T, sf_loss loss, acts *a,
+                         sf_par *par) {
+    SF(encoder_forward)(m, x + (size_t)b * B * T, a, par);
+    return SF(loss_forward_backward)(NULL, a->out, y + (size_t)b * B, B, loss);
+}
+
+/* theta = backup + sigma * z on the masked tensors (z: explicit or counter-based normals keyed by
+ * the draw and the flat index, so a draw never depends on the mask or the thread count). */
+static void perturb(sf_model *m, real *theta, const real *backup, const unsigned char *mask, double sigma,
+                    const real *z, uint64_t key, sf_par *par) {
+    for (int t = 0; t < m->n_tensors; t++) {
+        const sf_tensor_info *ti = &m->tensors[t];
+        if (!mask[t]) continue;
+        const long lo = ti->offset, hi = ti->offset + ti->size;
+#pragma omp parallel for num_threads(hi - lo >= 65536 ? par->nt : 1) schedule(static)
+        for (long i = lo; i < hi; i++) {
+            const double zi = z ? (double)z[i] : sf_normal(key, (uint64_t)i);
+            theta[i] = (real)(backup[i] + sigma * zi);
+        }
+    }
+}
+
+sf_status SF(sharpness)(sf_model *m, const uint8_t *x, const void *y_, int n_batches, int B, int T, sf_loss loss,
+                        double sigma, int repeats, uint64_t seed, const unsigned char *mask, const void *noise_,
+                        int shared_draws, double *base, double *perturbed, int nt, sf_stop_hook stop,
+                        void *stop_ctx) {
+    const real *y = y_, *noise = noise_;
+    sf_par par = {sf_resolve_threads(nt), 1};
+    acts a;
+    sf_status st = SF(encoder_reserve)(m, B, T, par.nt, &a);
+    if (st) return st;
+    const size_t bytes = (size_t)m->n_params * sizeof(real);
+    if ((st = sf_check_budget(bytes, "the sharpness probe's parameter backup"))) return st;
+    real *theta = (real *)m->params, *backup = sf_alloc(bytes);
+    if (!backup) return sf_fail(SF_ENOMEM, "could not allocate the sharpness probe's parameter backup");
+    memcpy(backup, theta, bytes);
+    for (int b = 0; b < n_batches; b++) base[b] = batch_loss(m, x, y, b, B, T, loss, &a, &par);
+    for (int r = 0; r < repeats && st == SF_OK; r++) {
+        if (stop && stop(stop_ctx)) {
+            st = sf_fail(SF_EINTR, "interrupted after %d of %d draws", r, repeats);
+            break;
+        }
+        for (int b = 0; b < n_batches; b++) {
+            /* shared: draw r serves every batch (the official code's reuse); else draw (r, b) */
+            if (b == 0 || !shared_draws) {
+                const uint64_t draw = shared_draws ? (uint64_t)r : (uint64_t)r * n_batches + b;
+                perturb(m, theta, backup, mask, sigma, noise ? noise + (size_t)r * m->n_params : NULL,
+                        sf_key(seed, SF_STREAM_NOISE, draw), &par);
+            }
+            perturbed[(size_t)r * n_batches + b] = batch_loss(m, x, y, b, B, T, loss, &a, &par);
+        }
+    }
+    memcpy(theta, backup, bytes); /* restore by copy: theta + sz - sz is not theta in floating point */
+    sf_free(backup);
+    m->last_threads = par.used;
+    return st;
+}
+
+/* ---- LayerNorm blowup ------------------------------------------------------------------------ */
+
+/* Per sample: max and mean over the rows [t0, t1) of each sequence of 1/std(row), with
+ * std = sqrt(sum (x - mean)^2 / (d - 1)) (official: torch.std, unbiased, no eps) or
+ * sqrt(sum (x - mean)^2 / d + eps) (theory: what LayerNorm divides by). */
+static void inv_std_stats(double *maxs, double *means, const real *X, long B, long rows_per_seq, long t0, long d,
+                          int theory, double eps, const sf_par *par) {
+#pragma omp parallel for num_threads(B * (rows_per_seq - t0) * d >= 65536 ? par->nt : 1) schedule(static)
+    for (long b = 0; b < B; b++) {
+        double mx = 0, sum = 0;
+        for (long t = t0; t < rows_per_seq; t++) {
+            const real *x = X + (b * rows_per_seq + t) * d;
+            double s = 0, v = 0;
+            for (long j = 0; j < d; j++) s += x[j];
+            const double mu = s / d;
+            for (long j = 0; j < d; j++) v += (x[j] - mu) * (x[j] - mu);
+            const double inv = theory ? 1.0 / sqrt(v / d + eps) : 1.0 / sqrt(v / (d - 1));
+            mx = t == t0 || inv > mx ? inv : mx;
+            sum += inv;
+        }
+        maxs[b] = mx;
+        means[b] = sum / (rows_per_seq - t0);
+    }
+}
+
+int SF(ln_count)(const sf_config *c) {
+    return c->norm == SF_NORM_NONE ? 0 : 2 * c->n_layers + (c->final_norm ? 1 : 0);
+}
+
+sf_status SF(ln_blowup)(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs, double *means,
+                        int nt) {
+    const sf_config *c = &m->cfg;
+    if (c->norm == SF_NORM_NONE) return sf_fail(SF_EINVAL, "a model with norm='none' has no LayerNorm to probe");
+    if (!theory && c->d_model < 2) return sf_fail(SF_EINVAL, "the unbiased std needs d_model >= 2");
+    sf_par par = {sf_resolve_threads(nt), 1};
+    acts a;
+    sf_status st = SF(encoder_reserve)(m, B, T, par.nt, &a);
+    if (st) return st;
+    SF(encoder_forward)(m, x, &a, &par);
+    const long d = c->d_model, L = c->n_layers;
+    const int pre = c->norm == SF_NORM_PRE;
+    for (long l = 0; l < L; l++) {
+        const layer_acts *s = &a.layer[l];
+        /* The inputs the official forward hooks see: post-LN norm1(r1), norm2(r2); pre-LN norm1(x),
+         * norm2(h). In the last layer only the readout position counts (rows_per_seq = Tq = 1). */
+        const real *in1 = pre ? s->x : s->r1, *in2 = pre ? s->h : s->r2;
+        const long rows1 = pre ? T : s->Tq, first1 = pre && s->Tq < T ? T - 1 : 0;
+        double *mx = maxs + 2 * l * B, *mn = means + 2 * l * B;
+        inv_std_stats(mx, mn, in1, B, rows1, first1, d, theory, c->ln_eps, &par);
+        inv_std_stats(mx + B, mn + B, in2, B, s->Tq, 0, d, theory, c->ln_eps, &par);
+    }
+    if (c->final_norm)
+        inv_std_stats(maxs + 2 * L * B, means + 2 * L * B, a.final_in, B, 1, 0, d, theory, c->ln_eps, &par);
+    m->last_threads = par.used;
+    return SF_OK;
+}

@@ -1,0 +1,95 @@
+/* The probe functions of sensiformer._engine: sharpness and LayerNorm blowup. */
+#include "py_util.h"
+
+/* sharpness(model, x uint8 (n_batches*B, T), y (n_batches*B,), B, loss, sigma, repeats, seed,
+ *           mask uint8 (n_tensors,), noise (repeats, P) or None, shared_draws, n_threads)
+ * -> (base float64 (n_batches,), perturbed float64 (repeats, n_batches)) */
+static PyObject *py_sharpness(PyObject *self, PyObject *args) {
+    PyObject *mo, *xo, *yo, *masko, *noiseo;
+    int B, loss, repeats, shared, nt;
+    double sigma;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "O!OOiidiKOOpi", &SfModelType, &mo, &xo, &yo, &B, &loss, &sigma, &repeats, &seed,
+                          &masko, &noiseo, &shared, &nt))
+        return NULL;
+    SfModelObject *model = (SfModelObject *)mo;
+    if (sf_py_model_ready(model) < 0) return NULL;
+    const int typenum = sf_py_typenum(sf_model_config(model->model)->dtype);
+    const npy_intp P = (npy_intp)sf_model_num_params(model->model);
+    PyArrayObject *x = NULL, *y = NULL, *mask = NULL, *noise = NULL;
+    PyObject *base = NULL, *perturbed = NULL, *result = NULL;
+    if (!(x = sf_py_array(xo, NPY_UINT8, 2, "x")) || !(y = sf_py_array(yo, typenum, 1, "y")) ||
+        !(mask = sf_py_array(masko, NPY_UINT8, 1, "mask")))
+        goto done;
+    if (noiseo != Py_None && !(noise = sf_py_array(noiseo, typenum, 2, "noise"))) goto done;
+    const npy_intp rows = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1);
+    if (B < 1 || rows % B) {
+        PyErr_Format(PyExc_ValueError, "x has %zd rows, not a multiple of batch_size=%d", (Py_ssize_t)rows, B);
+        goto done;
+    }
+    if (PyArray_DIM(y, 0) != rows || PyArray_DIM(mask, 0) != sf_model_num_tensors(model->model) ||
+        (noise && (PyArray_DIM(noise, 0) != repeats || PyArray_DIM(noise, 1) != P))) {
+        PyErr_SetString(PyExc_ValueError, "y, mask or noise has the wrong shape");
+        goto done;
+    }
+    npy_intp nb = rows / B, shape[2] = {repeats, nb};
+    if (!(base = PyArray_SimpleNew(1, &nb, NPY_FLOAT64)) || !(perturbed = PyArray_SimpleNew(2, shape, NPY_FLOAT64)))
+        goto done;
+    if (sf_py_model_acquire(model) < 0) goto done;
+    sf_py_unlocked u;
+    u.saved = PyEval_SaveThread();
+    sf_status st = sf_sharpness(model->model, PyArray_DATA(x), PyArray_DATA(y), (int)nb, B, (int)T, loss, sigma,
+                                repeats, seed, PyArray_DATA(mask), noise ? PyArray_DATA(noise) : NULL, shared,
+                                PyArray_DATA((PyArrayObject *)base), PyArray_DATA((PyArrayObject *)perturbed), nt,
+                                sf_py_stop_hook, &u);
+    PyEval_RestoreThread(u.saved);
+    sf_py_model_release(model);
+    if (st == SF_EINTR && PyErr_Occurred()) goto done; /* the signal handler's exception */
+    if (st) {
+        sf_py_raise(st);
+        goto done;
+    }
+    result = Py_BuildValue("(OO)", base, perturbed);
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    Py_XDECREF(mask);
+    Py_XDECREF(noise);
+    Py_XDECREF(base);
+    Py_XDECREF(perturbed);
+    return result;
+}
+
+/* ln_blowup(model, x uint8 (B,T), theory, n_threads) -> (maxs, means), each float64 (n_ln, B) */
+static PyObject *py_ln_blowup(PyObject *self, PyObject *args) {
+    PyObject *mo, *xo;
+    int theory, nt;
+    if (!PyArg_ParseTuple(args, "O!Opi", &SfModelType, &mo, &xo, &theory, &nt)) return NULL;
+    SfModelObject *model = (SfModelObject *)mo;
+    if (sf_py_model_ready(model) < 0) return NULL;
+    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x");
+    if (!x) return NULL;
+    npy_intp shape[2] = {sf_ln_count(model->model), PyArray_DIM(x, 0)};
+    PyObject *maxs = PyArray_SimpleNew(2, shape, NPY_FLOAT64), *means = PyArray_SimpleNew(2, shape, NPY_FLOAT64);
+    PyObject *result = NULL;
+    if (maxs && means && sf_py_model_acquire(model) == 0) {
+        sf_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = sf_ln_blowup(model->model, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), theory,
+                          PyArray_DATA((PyArrayObject *)maxs), PyArray_DATA((PyArrayObject *)means), nt);
+        Py_END_ALLOW_THREADS
+        sf_py_model_release(model);
+        if (st) sf_py_raise(st);
+        else result = Py_BuildValue("(OO)", maxs, means);
+    }
+    Py_XDECREF(x);
+    Py_XDECREF(maxs);
+    Py_XDECREF(means);
+    return result;
+}
+
+PyMethodDef sf_probe_methods[] = {
+    {"sharpness", py_sharpness, METH_VARARGS, "Gaussian sharpness draws (see py_probes.c)."},
+    {"ln_blowup", py_ln_blowup, METH_VARARGS, "Per-LayerNorm, per-sample max and mean of 1/std of LN inputs."},
+    {NULL, NULL, 0, NULL},
+};

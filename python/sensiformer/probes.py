@@ -1,0 +1,202 @@
+"""Loss-landscape and internal-state probes (Hahn & Rofin 2024, §1.4–1.6 of the spec).
+
+* ``sharpness``: expected loss increase under Gaussian parameter noise, with a standard error.
+* ``ln_blowup``: LayerNorm blowup as the official hooks measure it, or in the theory's form.
+* ``param_norm``, ``tensor_norms``, ``distance``: parameter norms (positional embeddings
+  excluded by default, as the paper).
+
+Losses are raw MSE on the label scale the model was trained on; the paper's plots multiply
+sharpness by 4 (the {0,1} -> ±1 conversion), which ``sharpness(..., as_pm1=True)`` applies.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+
+from . import _engine
+from ._validation import as_tokens, as_values, check_choice, check_float, check_int, check_seed, resolve_threads
+from .estimate import Estimate
+from .model import LOSSES
+
+DEFAULT_SIGMA = 0.02
+
+
+def tensor_mask(model, exclude=("positional",)) -> np.ndarray:
+    """Per tensor 1 if it is included, 0 if excluded.
+
+    ``exclude`` holds tensor kinds ("positional", "token_embedding", "weight", "bias",
+    "norm_weight", "norm_bias") or glob patterns of parameter names
+    (e.g. ``"encoders.layers.0.*"``).
+    """
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    exclude = tuple(exclude or ())
+    for pattern in exclude:
+        if not isinstance(pattern, str):
+            raise TypeError(f"exclude must hold strings, got {pattern!r}")
+    info = model.tensor_info
+    kinds = {t["kind"] for t in info}
+    mask = np.ones(len(info), dtype=np.uint8)
+    for i, t in enumerate(info):
+        for pattern in exclude:
+            if pattern == t["kind"] or (pattern not in kinds and fnmatch.fnmatchcase(t["name"], pattern)):
+                mask[i] = 0
+    return mask
+
+
+def _included_size(model, mask):
+    return int(sum(t["size"] for t, keep in zip(model.tensor_info, mask) if keep))
+
+
+def _batches(model, x, y, batch_size):
+    x = as_tokens(x, "x", model.n_positions)
+    y = as_values(y, "y", x.shape[0], model.dtype)
+    batch_size = x.shape[0] if batch_size is None else check_int(batch_size, "batch_size", 1)
+    if x.shape[0] % batch_size:
+        raise ValueError(f"x has {x.shape[0]} rows, not a multiple of batch_size={batch_size}")
+    return x, y, batch_size
+
+
+def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("positional",), noise=None,
+              batch_size=None, paper_compatible=False, as_pm1=False, loss="mse", n_threads=None) -> Estimate:
+    """Gaussian sharpness: E_z[L(θ + σz)] − L(θ), z ~ N(0, I) on the included parameters.
+
+    Parameters
+    ----------
+    model : Transformer
+    x, y : arrays
+        Inputs (rows, length) and labels (rows,) on the scale the model was trained on. With
+        ``batch_size`` the rows are split into batches of that size (default: one batch).
+    sigma : float, optional
+        Noise standard deviation per coordinate (default 0.02, the paper's epsilon).
+    rho : float, optional
+        Alternatively the noise norm: σ = ρ / sqrt(number of perturbed parameters).
+    repeats : int
+        Number of noise draws R.
+    seed : int
+        Noise seed. Draw r is a fixed function of (seed, r): the same seed gives common random
+        numbers across calls and over training.
+    exclude : tuple of str
+        Tensors left unperturbed (kinds or name patterns; see ``tensor_mask``). The paper
+        excludes the positional embeddings.
+    noise : array (repeats, num_parameters), optional
+        Explicit standard-normal draws laid out like ``model.flat`` (entries of excluded
+        tensors are ignored).
+    paper_compatible : bool
+        Use the same R draws for every batch, as the official code does; otherwise each batch
+        gets its own draws (more independent noise per call).
+    as_pm1 : bool
+        Multiply by 4: the ±1-scale value of a model trained on {0,1} labels (the paper's plots).
+
+    Returns
+    -------
+    Estimate
+        Mean over the R draws of the batch-averaged loss increase, its standard error over
+        draws, and the per-draw values in ``samples``. The model's parameters are unchanged
+        (restored by copy).
+    """
+    check_choice(loss, "loss", tuple(LOSSES))
+    x, y, batch_size = _batches(model, x, y, batch_size)
+    repeats = check_int(repeats, "repeats", 1, 1 << 20)
+    seed = check_seed(seed)
+    mask = tensor_mask(model, exclude)
+    if sigma is not None and rho is not None:
+        raise ValueError("give sigma or rho, not both")
+    if rho is not None:
+        sigma = check_float(rho, "rho", 0.0) / np.sqrt(max(_included_size(model, mask), 1))
+    sigma = DEFAULT_SIGMA if sigma is None else check_float(sigma, "sigma", 0.0)
+    if noise is not None:
+        noise = np.asarray(noise)
+        if noise.ndim == 1:
+            noise = noise[None, :]
+        if noise.shape != (repeats, model.num_parameters):
+            raise ValueError(f"noise must have shape (repeats, num_parameters) = {(repeats, model.num_parameters)}, "
+                             f"got {noise.shape}")
+        if not np.all(np.isfinite(noise)):
+            raise ValueError("noise must be finite")
+        noise = np.ascontiguousarray(noise, dtype=model.dtype)
+    shared = bool(paper_compatible) or noise is not None
+    base, perturbed = _engine.sharpness(model._engine, x, y, batch_size, LOSSES[loss], sigma, repeats, seed, mask,
+                                        noise, shared, resolve_threads(n_threads))
+    per_draw = (perturbed - base[None, :]).mean(axis=1)
+    if as_pm1:
+        per_draw = 4.0 * per_draw
+    return Estimate.from_samples(per_draw)
+
+
+LN_AGGREGATES = ("maxs_prod", "means_prod", "maxs_sum", "means_sum")
+
+
+def ln_names(model) -> list[str]:
+    """Names of the LayerNorms ``ln_blowup`` reports, in its order."""
+    c = model.config
+    if c["norm"] == "none":
+        return []
+    names = [f"encoders.layers.{i}.norm{j}" for i in range(c["n_layers"]) for j in (1, 2)]
+    return names + (["encoders.norm"] if c["final_norm"] else [])
+
+
+def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None) -> dict:
+    """LayerNorm blowup: the normalisation factors 1/std of every LayerNorm's input.
+
+    ``definition="official"`` reproduces the official hooks exactly: 1/std with the unbiased
+    std and no eps (``torch.std``), all positions except in the last layer, where only the
+    readout position counts. ``definition="theory"``: 1/sqrt(var + eps) with the biased
+    variance, the factor LayerNorm actually applies.
+
+    Returns a dict with, per LayerNorm (keys ``"<ln name>/max"`` and ``"<ln name>/mean"``), the
+    batch mean of the per-sample max and mean over positions; the aggregates ``maxs_prod``
+    (the paper's "LayerNorm blowup"), ``means_prod``, ``maxs_sum`` and ``means_sum`` (product or
+    sum over LayerNorms per sample, then the batch mean); and, with ``per_sample=True``, the
+    arrays ``maxs`` and ``means`` of shape (n_layernorms, batch).
+    """
+    check_choice(definition, "definition", ("official", "theory"))
+    if model.config["norm"] == "none":
+        raise ValueError("the model has norm='none': there is no LayerNorm to probe")
+    x = as_tokens(x, "x", model.n_positions)
+    maxs, means = _engine.ln_blowup(model._engine, x, definition == "theory", resolve_threads(n_threads))
+    result = {}
+    for name, mx, mn in zip(ln_names(model), maxs, means):
+        result[f"{name}/max"] = float(mx.mean())
+        result[f"{name}/mean"] = float(mn.mean())
+    result["maxs_prod"] = float(np.prod(maxs, axis=0).mean())
+    result["means_prod"] = float(np.prod(means, axis=0).mean())
+    result["maxs_sum"] = float(np.sum(maxs, axis=0).mean())
+    result["means_sum"] = float(np.sum(means, axis=0).mean())
+    if per_sample:
+        result["maxs"], result["means"] = maxs, means
+    return result
+
+
+def param_norm(model, exclude=("positional",)) -> float:
+    """L2 norm of all parameters except the excluded ones (the paper excludes positional
+    embeddings; its initial value is about 35.8 for the default d=128 model)."""
+    mask = tensor_mask(model, exclude)
+    total = 0.0
+    for t, keep in zip(model.tensor_info, mask):
+        if keep:
+            seg = model.flat[t["offset"]:t["offset"] + t["size"]].astype(np.float64)
+            total += float(seg @ seg)
+    return float(np.sqrt(total))
+
+
+def tensor_norms(model) -> dict:
+    """Frobenius norm of every parameter tensor, keyed by name."""
+    return {name: float(np.linalg.norm(p.astype(np.float64))) for name, p in model.parameters().items()}
+
+
+def distance(model, reference, exclude=("positional",)) -> float:
+    """L2 distance between the parameters of two models of the same shape (e.g. from init)."""
+    ref_flat = reference.flat if hasattr(reference, "flat") else np.asarray(reference)
+    if ref_flat.shape != model.flat.shape:
+        raise ValueError(f"reference has {ref_flat.shape[0]} parameters, the model {model.flat.shape[0]}")
+    mask = tensor_mask(model, exclude)
+    total = 0.0
+    for t, keep in zip(model.tensor_info, mask):
+        if keep:
+            sl = slice(t["offset"], t["offset"] + t["size"])
+            diff = model.flat[sl].astype(np.float64) - ref_flat[sl].astype(np.float64)
+            total += float(diff @ diff)
+    return float(np.sqrt(total))
