@@ -14,12 +14,13 @@ __version__ = "0.1.0"
 from . import probes, targets
 from ._config import get_num_threads, set_memory_limit, set_num_threads, show_config
 from .estimate import Estimate
+from .measure import Measure
 from .model import Transformer, load
 from .optim import SGD, Adam, AdamW, Optimizer
 from .targets import restricted_subset
 from .trainer import Callback, DivergenceError, Trainer
 
 __all__ = [
-    "Adam", "AdamW", "Callback", "DivergenceError", "Estimate", "Optimizer", "SGD", "Trainer", "Transformer",
+    "Adam", "AdamW", "Callback", "DivergenceError", "Estimate", "Measure", "Optimizer", "SGD", "Trainer", "Transformer",
     "get_num_threads", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",
 ]

@@ -1,0 +1,74 @@
+"""Probes during training: the paper's "dynamic" curves from one ``Trainer.fit`` call."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import probes
+from ._validation import check_float, check_int, check_seed
+from .trainer import Callback
+
+_MEASURE_STREAM = 0x3EA5_0E5E  # keeps measurement batches apart from training batches
+
+
+class Measure(Callback):
+    """Every ``every`` steps, probe the model on fixed measurement batches.
+
+    The history rows at those steps get ``measure_loss``, ``sharpness`` and
+    ``sharpness_stderr`` (same noise draws at every measurement: common random numbers over
+    training, as the official dynamic runs re-seed), the LayerNorm blowup aggregates
+    (``blowup_maxs_prod`` etc.) and ``param_norm`` (positional embeddings excluded).
+
+    Parameters
+    ----------
+    x, y : arrays, optional
+        Measurement inputs and labels (on the trainer's label scale). Default: ``n_batches``
+        batches drawn once from the trainer's input distribution.
+    every : int
+    n_batches : int
+        Number of measurement batches (of the trainer's batch size) when x is not given.
+    sharpness, blowup, norm : bool
+        Which probes to run.
+    sigma, repeats, seed : sharpness settings (the paper's dynamic runs use R=500).
+    definition : {"official", "theory"}
+        LayerNorm blowup form.
+    """
+
+    def __init__(self, x=None, y=None, every=100, n_batches=1, sharpness=True, blowup=True, norm=True,
+                 sigma=probes.DEFAULT_SIGMA, repeats=10, seed=0, definition="official"):
+        super().__init__(every=every)
+        if (x is None) != (y is None):
+            raise ValueError("give both x and y, or neither")
+        self.x, self.y = x, y
+        self.n_batches = check_int(n_batches, "n_batches", 1)
+        self.do_sharpness, self.do_blowup, self.do_norm = bool(sharpness), bool(blowup), bool(norm)
+        self.sigma = check_float(sigma, "sigma", 0.0)
+        self.repeats = check_int(repeats, "repeats", 1)
+        self.seed = check_seed(seed)
+        self.definition = definition
+
+    def _data(self, trainer):
+        if self.x is None:
+            # a stream of its own: same trainer seed, disjoint step range far beyond training
+            pairs = [trainer.sample_batch(step=(1 << 62) + _MEASURE_STREAM + k) for k in range(self.n_batches)]
+            x = np.concatenate([p[0] for p in pairs])
+            y = np.concatenate([p[1] for p in pairs])
+            self.x, self.y = x, (2 * y - 1 if trainer.labels == "pm1" else y)
+        return self.x, self.y
+
+    def __call__(self, trainer):
+        model = trainer.model
+        x, y = self._data(trainer)
+        batch = len(x) // self.n_batches if len(x) % self.n_batches == 0 else len(x)
+        row = dict(measure_loss=model.loss(x, y, loss=trainer.loss, n_threads=trainer.n_threads))
+        if self.do_sharpness:
+            est = probes.sharpness(model, x, y, sigma=self.sigma, repeats=self.repeats, seed=self.seed,
+                                   batch_size=batch, paper_compatible=True, loss=trainer.loss,
+                                   n_threads=trainer.n_threads)
+            row.update(sharpness=est.value, sharpness_stderr=est.stderr)
+        if self.do_blowup and model.config["norm"] != "none":
+            blow = probes.ln_blowup(model, x, definition=self.definition, n_threads=trainer.n_threads)
+            row.update({f"blowup_{k}": blow[k] for k in probes.LN_AGGREGATES})
+        if self.do_norm:
+            row["param_norm"] = probes.param_norm(model)
+        return row
