@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 from . import probes, targets
 from ._config import get_num_threads, set_memory_limit, set_num_threads, show_config
+from .checkpoint import Checkpoint, CheckpointError
 from .estimate import Estimate
 from .measure import Measure
 from .model import Transformer, load
@@ -21,6 +22,6 @@ from .targets import restricted_subset
 from .trainer import Callback, DivergenceError, Trainer
 
 __all__ = [
-    "Adam", "AdamW", "Callback", "DivergenceError", "Estimate", "Measure", "Optimizer", "SGD", "Trainer", "Transformer",
+    "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "Optimizer", "SGD", "Trainer", "Transformer",
     "get_num_threads", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",
 ]

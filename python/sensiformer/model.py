@@ -248,7 +248,7 @@ class Transformer:
 
 def load(path) -> Transformer:
     """Load a model written by ``Transformer.save``."""
-    with np.load(path, allow_pickle=False) as data:
+    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
         if "__meta__" not in data:
             raise ValueError(f"{path} is not a sensiformer model file")
         meta = json.loads(str(data["__meta__"]))

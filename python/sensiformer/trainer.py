@@ -205,6 +205,22 @@ class Trainer:
         self.optimizer.step(self.n_threads)
         return value
 
+    def save_checkpoint(self, path) -> None:
+        """Save model, optimizer state, data-stream position and history atomically."""
+        from . import checkpoint
+
+        checkpoint.save(self, path)
+
+    def load_checkpoint(self, path) -> None:
+        """Restore a checkpoint of an equivalent trainer; training then continues bit-identically.
+
+        A damaged file or one from a different setup raises ``CheckpointError`` and changes
+        nothing.
+        """
+        from . import checkpoint
+
+        checkpoint.load(self, path)
+
     @property
     def history(self) -> pd.DataFrame:
         """One row per log point (see ``fit``)."""
