@@ -10,19 +10,7 @@
 
 /* ---- workspace layout ---------------------------------------------------------------------- */
 
-typedef struct {
-    char *p;
-    size_t used;
-} bump;
-
-static real *take(bump *b, long elements) {
-    real *r = b->p ? (real *)(b->p + b->used) : NULL;
-    b->used += ((size_t)elements * sizeof(real) + SF_ALIGN - 1) / SF_ALIGN * SF_ALIGN;
-    return r;
-}
-
-/* Lays out (or, with base == NULL, only measures) the workspace for a batch (B, T). */
-static size_t layout(const sf_config *c, long B, long T, int nt, char *base, acts *a) {
+size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base, acts *a) {
     bump b = {base, 0};
     const long d = c->d_model, F = c->d_ff, H = c->n_heads, L = c->n_layers, N = B * T;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
@@ -84,10 +72,10 @@ sf_status SF(encoder_reserve)(sf_model *m, long B, long T, int nt, acts *a) {
         return sf_fail(SF_EINVAL, "sequence length must be in [1, n_positions=%d], got %ld", c->n_positions, T);
     a->layer = a->layer_storage;
     if (c->n_layers > SF_MAX_LAYERS_INLINE) return sf_fail(SF_EINVAL, "at most %d layers", SF_MAX_LAYERS_INLINE);
-    size_t bytes = layout(c, B, T, nt, NULL, a);
+    size_t bytes = SF(encoder_layout)(c, B, T, nt, NULL, a);
     sf_status st = sf_workspace_reserve(&m->work, bytes);
     if (st) return st;
-    layout(c, B, T, nt, m->work.base, a);
+    SF(encoder_layout)(c, B, T, nt, m->work.base, a);
     return SF_OK;
 }
 
@@ -123,25 +111,6 @@ void SF(encoder_params)(const sf_model *m, real *base, params *p) {
 }
 
 /* ---- forward -------------------------------------------------------------------------------- */
-
-/* dst (B,d) = rows b*T + T-1 of src (B,T,d) */
-static void gather_last(real *dst, const real *src, long B, long T, long d) {
-    for (long b = 0; b < B; b++) memcpy(dst + b * d, src + (b * T + T - 1) * d, (size_t)d * sizeof(real));
-}
-
-/* dst (B,T,d) rows b*T + T-1 += src (B,d) */
-static void scatter_add_last(real *dst, const real *src, long B, long T, long d) {
-    for (long b = 0; b < B; b++) {
-        real *r = dst + (b * T + T - 1) * d;
-        const real *s = src + b * d;
-        for (long j = 0; j < d; j++) r[j] += s[j];
-    }
-}
-
-static void add_into(real *dst, const real *src, long n) {
-#pragma omp simd
-    for (long i = 0; i < n; i++) dst[i] += src[i];
-}
 
 static void layer_forward(const sf_config *c, const layer_params *w, layer_acts *s, long B, long T,
                           real *attn_scratch, real *wt, sf_par *par) {

@@ -5,6 +5,8 @@
 
 #include "kernels.h"
 
+#include <string.h>
+
 #define SF_MAX_LAYERS_INLINE SF_MAX_LAYERS
 
 typedef struct {
@@ -51,10 +53,47 @@ typedef struct {
 } acts;
 
 void SF(encoder_params)(const sf_model *m, real *base, params *p);
+/* Lay out (or, with base == NULL, only measure) a workspace for (B, T) at base; returns its
+ * bytes. a->layer must point at storage for n_layers entries. The HVP lays its tangents out
+ * with the same function, so every tangent sits where its primal would. */
+size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base, acts *a);
 /* Size the model's workspace for (B, T) with nt threads and point `a` into it. */
 sf_status SF(encoder_reserve)(sf_model *m, long B, long T, int nt, acts *a);
 void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par);
 /* Needs a->g_out (B) = d(loss)/d(out) and the activations of the forward on the same x. */
 void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par);
+
+/* ---- small helpers shared by the encoder's drivers (forward/backward, HVP) ---------------- */
+
+/* A bump allocator over a workspace; with p == NULL it only measures. */
+typedef struct {
+    char *p;
+    size_t used;
+} bump;
+
+static inline real *take(bump *b, long elements) {
+    real *r = b->p ? (real *)(b->p + b->used) : NULL;
+    b->used += ((size_t)elements * sizeof(real) + SF_ALIGN - 1) / SF_ALIGN * SF_ALIGN;
+    return r;
+}
+
+/* dst (B,d) = rows b*T + T-1 of src (B,T,d) */
+static inline void gather_last(real *dst, const real *src, long B, long T, long d) {
+    for (long b = 0; b < B; b++) memcpy(dst + b * d, src + (b * T + T - 1) * d, (size_t)d * sizeof(real));
+}
+
+/* dst (B,T,d) rows b*T + T-1 += src (B,d) */
+static inline void scatter_add_last(real *dst, const real *src, long B, long T, long d) {
+    for (long b = 0; b < B; b++) {
+        real *r = dst + (b * T + T - 1) * d;
+        const real *s = src + b * d;
+        for (long j = 0; j < d; j++) r[j] += s[j];
+    }
+}
+
+static inline void add_into(real *dst, const real *src, long n) {
+#pragma omp simd
+    for (long i = 0; i < n; i++) dst[i] += src[i];
+}
 
 #endif
