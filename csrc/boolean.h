@@ -29,7 +29,7 @@ sf_status sf_fwht(double *a, int n, int n_threads);
 sf_status sf_fourier(double *coef, const double *v, int n, int map01, int n_threads);
 
 /* From Fourier coefficients: weight[k] = sum_{|S|=k} coef[S]^2 and maxabs[k] = max_{|S|=k}
- * |coef[S]|, for k = 0..n. Either output may be NULL. */
+ * |coef[S]|, for k = 0..n (both n + 1 long). */
 sf_status sf_degree_stats(double *weight, double *maxabs, const double *coef, int n, int n_threads);
 
 /* sf_fourier followed by sf_degree_stats, through a scratch table counted against the memory

@@ -134,21 +134,24 @@ typedef struct {
     sf_target target;
     sf_sampler sampler;
     PyArrayObject *table, *subset, *data_x, *data_y;
+    sf_py_target_refs options;
 } data_spec;
 
 static void data_spec_release(data_spec *s) {
+    sf_py_target_refs_release(&s->options);
     Py_XDECREF(s->table);
     Py_XDECREF(s->subset);
     Py_XDECREF(s->data_x);
     Py_XDECREF(s->data_y);
 }
 
-/* target: (kind, n, table or None); sampler: (kind, subset or None, data_x or None, data_y or None) */
+/* target: (kind, n, table or None[, options dict]); sampler: (kind, subset or None, data_x or None,
+ * data_y or None) */
 static int data_spec_parse(PyObject *target, PyObject *sampler, data_spec *s) {
     memset(s, 0, sizeof *s);
     int kind, n;
-    PyObject *table;
-    if (!PyArg_ParseTuple(target, "iiO", &kind, &n, &table)) return -1;
+    PyObject *table, *options = NULL;
+    if (!PyArg_ParseTuple(target, "iiO|O", &kind, &n, &table, &options)) return -1;
     s->target.kind = kind, s->target.n = n;
     if (table != Py_None) {
         if (!(s->table = sf_py_array(table, NPY_FLOAT64, 1, "table"))) return -1;
@@ -161,6 +164,7 @@ static int data_spec_parse(PyObject *target, PyObject *sampler, data_spec *s) {
         PyErr_SetString(PyExc_ValueError, "a table target needs its table");
         return -1;
     }
+    if (options && sf_py_target_options(options, &s->target, &s->options) < 0) return -1;
     if (!sampler) return 0;
     PyObject *subset, *dx, *dy;
     if (!PyArg_ParseTuple(sampler, "iOOO", &kind, &subset, &dx, &dy)) return -1;
