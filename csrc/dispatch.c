@@ -46,3 +46,19 @@ sf_status sf_ln_blowup(sf_model *m, const uint8_t *x, int B, int T, int theory, 
     if (st) return st;
     return BY_DTYPE(m, ln_blowup)(m, x, B, T, theory, maxs, means, n_threads);
 }
+
+sf_status sf_hvp(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
+                 const void *v, int k, void *hv, double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx) {
+    if (loss != SF_LOSS_MSE && loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", loss);
+    if (n_batches < 1 || k < 0) return sf_fail(SF_EINVAL, "need at least one batch and k >= 0 directions");
+    sf_status st = sf_check_tokens(x, (int64_t)n_batches * B * T);
+    if (st) return st;
+    return BY_DTYPE(m, hvp)(m, x, y, n_batches, B, T, loss, v, k, hv, loss_out, n_threads, stop, stop_ctx);
+}
+
+sf_status sf_attention_logits(sf_model *m, const uint8_t *x, int B, int T, double *maxs, double *means,
+                              int n_threads) {
+    sf_status st = sf_check_tokens(x, (int64_t)B * T);
+    if (st) return st;
+    return BY_DTYPE(m, attention_logits)(m, x, B, T, maxs, means, n_threads);
+}

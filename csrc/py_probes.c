@@ -1,4 +1,5 @@
-/* The probe functions of sensiformer._engine: sharpness and LayerNorm blowup. */
+/* The probe functions of sensiformer._engine: sharpness, LayerNorm blowup, Hessian-vector
+ * products and the attention-logit scale. */
 #include "py_util.h"
 
 /* sharpness(model, x uint8 (n_batches*B, T), y (n_batches*B,), B, loss, sigma, repeats, seed,
@@ -88,8 +89,87 @@ static PyObject *py_ln_blowup(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* hvp(model, x uint8 (n_batches*B, T), y (n_batches*B,), B, loss, v (k, P), n_threads)
+ * -> (hv (k, P) model dtype, loss float) */
+static PyObject *py_hvp(PyObject *self, PyObject *args) {
+    PyObject *mo, *xo, *yo, *vo;
+    int B, loss, nt;
+    if (!PyArg_ParseTuple(args, "O!OOiiOi", &SfModelType, &mo, &xo, &yo, &B, &loss, &vo, &nt)) return NULL;
+    SfModelObject *model = (SfModelObject *)mo;
+    if (sf_py_model_ready(model) < 0) return NULL;
+    const int typenum = sf_py_typenum(sf_model_config(model->model)->dtype);
+    const npy_intp P = (npy_intp)sf_model_num_params(model->model);
+    PyArrayObject *x = NULL, *y = NULL, *v = NULL;
+    PyObject *hv = NULL, *result = NULL;
+    if (!(x = sf_py_array(xo, NPY_UINT8, 2, "x")) || !(y = sf_py_array(yo, typenum, 1, "y")) ||
+        !(v = sf_py_array(vo, typenum, 2, "v")))
+        goto done;
+    const npy_intp rows = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1), k = PyArray_DIM(v, 0);
+    if (B < 1 || rows % B) {
+        PyErr_Format(PyExc_ValueError, "x has %zd rows, not a multiple of batch_size=%d", (Py_ssize_t)rows, B);
+        goto done;
+    }
+    if (PyArray_DIM(y, 0) != rows || PyArray_DIM(v, 1) != P || k > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "y or v has the wrong shape");
+        goto done;
+    }
+    npy_intp shape[2] = {k, P};
+    if (!(hv = PyArray_SimpleNew(2, shape, typenum))) goto done;
+    if (sf_py_model_acquire(model) < 0) goto done;
+    double value = 0;
+    sf_py_unlocked u;
+    u.saved = PyEval_SaveThread();
+    sf_status st = sf_hvp(model->model, PyArray_DATA(x), PyArray_DATA(y), (int)(rows / B), B, (int)T, loss,
+                          PyArray_DATA(v), (int)k, PyArray_DATA((PyArrayObject *)hv), &value, nt, sf_py_stop_hook, &u);
+    PyEval_RestoreThread(u.saved);
+    sf_py_model_release(model);
+    if (st == SF_EINTR && PyErr_Occurred()) goto done; /* the signal handler's exception */
+    if (st) {
+        sf_py_raise(st);
+        goto done;
+    }
+    result = Py_BuildValue("(Od)", hv, value);
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    Py_XDECREF(v);
+    Py_XDECREF(hv);
+    return result;
+}
+
+/* attention_logits(model, x uint8 (B,T), n_threads) -> (maxs, means), each float64 (n_layers, n_heads) */
+static PyObject *py_attention_logits(PyObject *self, PyObject *args) {
+    PyObject *mo, *xo;
+    int nt;
+    if (!PyArg_ParseTuple(args, "O!Oi", &SfModelType, &mo, &xo, &nt)) return NULL;
+    SfModelObject *model = (SfModelObject *)mo;
+    if (sf_py_model_ready(model) < 0) return NULL;
+    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x");
+    if (!x) return NULL;
+    const sf_config *c = sf_model_config(model->model);
+    npy_intp shape[2] = {c->n_layers, c->n_heads};
+    PyObject *maxs = PyArray_SimpleNew(2, shape, NPY_FLOAT64), *means = PyArray_SimpleNew(2, shape, NPY_FLOAT64);
+    PyObject *result = NULL;
+    if (maxs && means && sf_py_model_acquire(model) == 0) {
+        sf_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = sf_attention_logits(model->model, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
+                                 PyArray_DATA((PyArrayObject *)maxs), PyArray_DATA((PyArrayObject *)means), nt);
+        Py_END_ALLOW_THREADS
+        sf_py_model_release(model);
+        if (st) sf_py_raise(st);
+        else result = Py_BuildValue("(OO)", maxs, means);
+    }
+    Py_XDECREF(x);
+    Py_XDECREF(maxs);
+    Py_XDECREF(means);
+    return result;
+}
+
 PyMethodDef sf_probe_methods[] = {
     {"sharpness", py_sharpness, METH_VARARGS, "Gaussian sharpness draws (see py_probes.c)."},
     {"ln_blowup", py_ln_blowup, METH_VARARGS, "Per-LayerNorm, per-sample max and mean of 1/std of LN inputs."},
+    {"hvp", py_hvp, METH_VARARGS, "Exact Hessian-vector products (see py_probes.c)."},
+    {"attention_logits", py_attention_logits, METH_VARARGS, "Per-layer, per-head max and mean |q.k|/sqrt(d_head)."},
     {NULL, NULL, 0, NULL},
 };

@@ -227,6 +227,21 @@ int sf_ln_count(const sf_model *m);
 sf_status sf_ln_blowup(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs, double *means,
                        int n_threads);
 
+/* Exact Hessian-vector products of the mean loss by forward-over-reverse: hv[i] = H v[i] for the
+ * k directions v (k x n_params, laid out like the parameters, model dtype), H the Hessian of the
+ * average over n_batches batches of B rows (x: (n_batches*B, T), y: (n_batches*B)) of the
+ * batch-mean loss. loss_out (may be NULL) gets that average loss. The gradient buffer is not
+ * touched. Deterministic: the same bits for any thread count. */
+sf_status sf_hvp(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
+                 const void *v, int k, void *hv, double *loss_out, int n_threads, sf_stop_hook stop,
+                 void *stop_ctx);
+
+/* Attention-logit scale: per layer and head (n_layers x n_heads, row-major), max and mean of
+ * |q . k| / sqrt(d_head) over the batch, the query rows the model computes (every position,
+ * except the last layer's readout position only) and every key. */
+sf_status sf_attention_logits(sf_model *m, const uint8_t *x, int B, int T, double *maxs, double *means,
+                              int n_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -28,4 +28,15 @@
 SF_DECLARE_NUMERIC(f32)
 SF_DECLARE_NUMERIC(f64)
 
+/* Hessian-vector products (hvp.c) and the attention-logit probe (logits.c). */
+#define SF_DECLARE_HVP(sfx)                                                                            \
+    sf_status hvp_##sfx(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss, \
+                        const void *v, int k, void *hv, double *loss_out, int nt, sf_stop_hook stop,          \
+                        void *stop_ctx);                                                                      \
+    sf_status attention_logits_##sfx(sf_model *m, const uint8_t *x, int B, int T, double *maxs, double *means, \
+                                     int nt);
+
+SF_DECLARE_HVP(f32)
+SF_DECLARE_HVP(f64)
+
 #endif

@@ -1,0 +1,234 @@
+/* Exact Hessian-vector products by forward-over-reverse (Pearlmutter's R-operator).
+ *
+ * For a direction v on the parameters, H v = d/de grad L(theta + e v) at e = 0. After the
+ * ordinary forward, a tangent forward carries the directional derivative of every saved
+ * activation (the tangent workspace is laid out by encoder_layout exactly like the primal one,
+ * aliases included, so every tangent sits where its primal would). The backward then runs the
+ * primal gradient and its tangent together, layer by layer; the tangents of the parameter
+ * gradients are H v. The primal gradients of parameters are never formed, so the model's
+ * gradient buffer is left alone. The last layer's readout-position shortcut (Tq = 1, see
+ * encoder.c) carries over unchanged: no other position reaches the loss. */
+#include "encoder.h"
+#include "tangent.h"
+
+#include <string.h>
+
+typedef struct {
+    acts a;        /* primal activations and backward scratch */
+    acts t;        /* their tangents */
+    real *attn;    /* tangent attention scratch */
+} hvp_work;
+
+static sf_status hvp_reserve(sf_model *m, long B, long T, int nt, hvp_work *w) {
+    const sf_config *c = &m->cfg;
+    sf_status st = SF(encoder_reserve)(m, B, T, nt, &w->a); /* validates B, T and the layer count */
+    if (st) return st;
+    w->t.layer = w->t.layer_storage;
+    const size_t primal = SF(encoder_layout)(c, B, T, nt, NULL, &w->a);
+    const size_t tangent = SF(encoder_layout)(c, B, T, nt, NULL, &w->t);
+    bump extra = {NULL, 0};
+    take(&extra, SF(attention_tangent_scratch)(T, T, c->d_model, c->n_heads, nt));
+    if ((st = sf_workspace_reserve(&m->work, primal + tangent + extra.used))) return st;
+    char *base = m->work.base;
+    SF(encoder_layout)(c, B, T, nt, base, &w->a);
+    SF(encoder_layout)(c, B, T, nt, base + primal, &w->t);
+    w->attn = (real *)(base + primal + tangent);
+    return SF_OK;
+}
+
+/* ---- tangent forward --------------------------------------------------------------------------- */
+
+/* w: parameters, v: the direction (same layout); s: saved activations, ts: their tangents. */
+static void layer_tangent_forward(const sf_config *c, const layer_params *w, const layer_params *v,
+                                  const layer_acts *s, layer_acts *ts, long B, long T, real *attn, real *wt,
+                                  sf_par *par) {
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
+    const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
+    if (pre)
+        SF(layernorm_tangent_forward)(ts->a_in, ts->ln1_mean, ts->ln1_rstd, ts->x, s->x, s->ln1_mean, s->ln1_rstd,
+                                      w->g1, v->g1, v->be1, N, d, par);
+    if (Tq < T) {
+        gather_last(ts->xq, ts->x, B, T, d);
+        if (pre) gather_last(ts->aq, ts->a_in, B, T, d);
+    }
+    SF(linear_tangent_forward)(ts->q, ts->aq, s->aq, w->w_in, v->w_in, v->b_in, Nq, d, d, wt, par);
+    SF(linear_tangent_forward)(ts->kv, ts->a_in, s->a_in, w->w_in + d * d, v->w_in + d * d, v->b_in + d, N, d,
+                               2 * d, wt, par);
+    SF(attention_tangent_forward)(ts->ctx, ts->p, ts->q, ts->kv, s->p, s->q, s->kv, B, T, Tq, d, H, attn, par);
+    SF(linear_tangent_forward)(ts->r1, ts->ctx, s->ctx, w->w_out, v->w_out, v->b_out, Nq, d, d, wt, par);
+    add_into(ts->r1, ts->xq, Nq * d);
+    if (post)
+        SF(layernorm_tangent_forward)(ts->h, ts->ln1_mean, ts->ln1_rstd, ts->r1, s->r1, s->ln1_mean, s->ln1_rstd,
+                                      w->g1, v->g1, v->be1, Nq, d, par);
+    if (pre)
+        SF(layernorm_tangent_forward)(ts->f_in, ts->ln2_mean, ts->ln2_rstd, ts->h, s->h, s->ln2_mean, s->ln2_rstd,
+                                      w->g2, v->g2, v->be2, Nq, d, par);
+    SF(linear_tangent_forward)(ts->a1, ts->f_in, s->f_in, w->w1, v->w1, v->b1, Nq, d, F, wt, par);
+    SF(activation_tangent_forward)(ts->act, ts->a1, s->a1, Nq * F, c->activation, par);
+    SF(linear_tangent_forward)(ts->r2, ts->act, s->act, w->w2, v->w2, v->b2, Nq, F, d, wt, par);
+    add_into(ts->r2, ts->h, Nq * d);
+    if (post)
+        SF(layernorm_tangent_forward)(ts->out, ts->ln2_mean, ts->ln2_rstd, ts->r2, s->r2, s->ln2_mean, s->ln2_rstd,
+                                      w->g2, v->g2, v->be2, Nq, d, par);
+}
+
+static void tangent_forward(sf_model *m, const uint8_t *x, const params *p, const params *v, hvp_work *w,
+                            sf_par *par) {
+    const sf_config *c = &m->cfg;
+    acts *a = &w->a, *t = &w->t;
+    const long B = a->B, T = a->T, d = c->d_model;
+    SF(embedding_forward)(t->layer[0].x, x, v->tok, v->pos, B, T, d, par);
+    for (int l = 0; l < c->n_layers; l++)
+        layer_tangent_forward(c, &p->layer[l], &v->layer[l], &a->layer[l], &t->layer[l], B, T, w->attn, t->wt, par);
+    if (c->final_norm)
+        SF(layernorm_tangent_forward)(t->final_out, t->final_mean, t->final_rstd, t->final_in, a->final_in,
+                                      a->final_mean, a->final_rstd, p->gf, v->gf, v->bf, B, d, par);
+    SF(readout_tangent_forward)(t->out, t->final_out, a->final_out, p->w_head, v->w_head, v->b_head, B, d);
+}
+
+/* ---- backward with tangents ------------------------------------------------------------------ */
+
+/* Mirrors encoder.c's layer_backward. (g_out, tg_out) (Nq,d): the gradient w.r.t. the layer
+ * output and its tangent; writes (g_x, tg_x) (N,d) for the layer input and the layer's blocks
+ * of H v to hv. a and t hold the primal and tangent scratch. */
+static void layer_tangent_backward(const sf_config *c, const layer_params *w, const layer_params *v,
+                                   layer_params *hv, const layer_acts *s, const layer_acts *ts, acts *a, acts *t,
+                                   const real *g_out, const real *tg_out, real *g_x, real *tg_x, long B, long T,
+                                   real *attn, sf_par *par) {
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
+    const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
+    /* out = LN2(r2) (post) or r2 */
+    const real *g_r2 = g_out, *tg_r2 = tg_out;
+    if (post) {
+        SF(layernorm_tangent_backward)(a->g_r2, t->g_r2, 0, hv->g2, hv->be2, g_out, tg_out, s->r2, ts->r2, s->ln2_mean,
+                                       s->ln2_rstd, ts->ln2_mean, ts->ln2_rstd, w->g2, v->g2, Nq, d, par);
+        g_r2 = a->g_r2, tg_r2 = t->g_r2;
+    }
+    /* r2 = h + linear2(act(linear1(f_in))) */
+    memcpy(a->g_h, g_r2, (size_t)(Nq * d) * sizeof(real));
+    memcpy(t->g_h, tg_r2, (size_t)(Nq * d) * sizeof(real));
+    SF(linear_tangent_backward)(a->g_f, t->g_f, 0, hv->w2, hv->b2, g_r2, tg_r2, s->act, ts->act, w->w2, v->w2, Nq, F,
+                                d, par);
+    SF(activation_tangent_backward)(a->g_f, t->g_f, a->g_f, t->g_f, s->a1, ts->a1, Nq * F, c->activation, par);
+    if (pre) {
+        SF(linear_tangent_backward)(a->g_ctx, t->g_ctx, 0, hv->w1, hv->b1, a->g_f, t->g_f, s->f_in, ts->f_in, w->w1,
+                                    v->w1, Nq, d, F, par);
+        SF(layernorm_tangent_backward)(a->g_h, t->g_h, 1, hv->g2, hv->be2, a->g_ctx, t->g_ctx, s->h, ts->h,
+                                       s->ln2_mean, s->ln2_rstd, ts->ln2_mean, ts->ln2_rstd, w->g2, v->g2, Nq, d, par);
+    } else {
+        SF(linear_tangent_backward)(a->g_h, t->g_h, 1, hv->w1, hv->b1, a->g_f, t->g_f, s->f_in, ts->f_in, w->w1, v->w1,
+                                    Nq, d, F, par);
+    }
+    /* h = LN1(r1) (post) or r1; r1 = xq + out_proj(attention) */
+    const real *g_r1 = a->g_h, *tg_r1 = t->g_h;
+    if (post) {
+        SF(layernorm_tangent_backward)(a->g_r1, t->g_r1, 0, hv->g1, hv->be1, a->g_h, t->g_h, s->r1, ts->r1,
+                                       s->ln1_mean, s->ln1_rstd, ts->ln1_mean, ts->ln1_rstd, w->g1, v->g1, Nq, d, par);
+        g_r1 = a->g_r1, tg_r1 = t->g_r1;
+    }
+    SF(linear_tangent_backward)(a->g_ctx, t->g_ctx, 0, hv->w_out, hv->b_out, g_r1, tg_r1, s->ctx, ts->ctx, w->w_out,
+                                v->w_out, Nq, d, d, par);
+    SF(attention_tangent_backward)(a->g_q, a->g_kv, t->g_q, t->g_kv, a->g_ctx, t->g_ctx, s->p, ts->p, s->q, ts->q,
+                                   s->kv, ts->kv, B, T, Tq, d, H, attn, par);
+    /* in_proj: weight rows [0,d) from the queries, [d,3d) from keys and values */
+    real *g_ain = pre ? a->g_ain : g_x, *tg_ain = pre ? t->g_ain : tg_x;
+    SF(linear_tangent_backward)(g_ain, tg_ain, 0, hv->w_in + d * d, hv->b_in + d, a->g_kv, t->g_kv, s->a_in,
+                                ts->a_in, w->w_in + d * d, v->w_in + d * d, N, d, 2 * d, par);
+    if (Tq == T) {
+        SF(linear_tangent_backward)(g_ain, tg_ain, 1, hv->w_in, hv->b_in, a->g_q, t->g_q, s->aq, ts->aq, w->w_in,
+                                    v->w_in, Nq, d, d, par);
+    } else {
+        SF(linear_tangent_backward)(a->g_aq, t->g_aq, 0, hv->w_in, hv->b_in, a->g_q, t->g_q, s->aq, ts->aq, w->w_in,
+                                    v->w_in, Nq, d, d, par);
+        scatter_add_last(g_ain, a->g_aq, B, T, d);
+        scatter_add_last(tg_ain, t->g_aq, B, T, d);
+    }
+    if (pre)
+        SF(layernorm_tangent_backward)(g_x, tg_x, 0, hv->g1, hv->be1, g_ain, tg_ain, s->x, ts->x, s->ln1_mean,
+                                       s->ln1_rstd, ts->ln1_mean, ts->ln1_rstd, w->g1, v->g1, N, d, par);
+    /* the residual path from xq */
+    if (Tq == T) {
+        add_into(g_x, g_r1, N * d);
+        add_into(tg_x, tg_r1, N * d);
+    } else {
+        scatter_add_last(g_x, g_r1, B, T, d);
+        scatter_add_last(tg_x, tg_r1, B, T, d);
+    }
+}
+
+/* Needs a->g_out from the loss and the tangent forward; writes H v to hvp (parameter layout). */
+static void tangent_backward(sf_model *m, const uint8_t *x, const params *p, const params *v, params *hv,
+                             hvp_work *w, sf_loss loss, sf_par *par) {
+    const sf_config *c = &m->cfg;
+    acts *a = &w->a, *t = &w->t;
+    const long B = a->B, T = a->T, d = c->d_model, L = c->n_layers;
+    SF(loss_tangent)(t->g_out, a->out, t->out, B, loss);
+    const int fn = c->final_norm;
+    SF(readout_tangent_backward)(fn ? a->g_next : a->g_cur, fn ? t->g_next : t->g_cur, hv->w_head, hv->b_head, a->g_out,
+                                 t->g_out, a->final_out, t->final_out, p->w_head, v->w_head, B, d);
+    if (fn)
+        SF(layernorm_tangent_backward)(a->g_cur, t->g_cur, 0, hv->gf, hv->bf, a->g_next, t->g_next, a->final_in,
+                                       t->final_in, a->final_mean, a->final_rstd, t->final_mean, t->final_rstd, p->gf,
+                                       v->gf, B, d, par);
+    real *g_out = a->g_cur, *g_in = a->g_next, *tg_out = t->g_cur, *tg_in = t->g_next;
+    for (long l = L - 1; l >= 0; l--) {
+        layer_tangent_backward(c, &p->layer[l], &v->layer[l], &hv->layer[l], &a->layer[l], &t->layer[l], a, t, g_out,
+                               tg_out, g_in, tg_in, B, T, w->attn, par);
+        real *s = g_out;
+        g_out = g_in, g_in = s;
+        s = tg_out;
+        tg_out = tg_in, tg_in = s;
+    }
+    SF(embedding_backward)(hv->tok, hv->pos, tg_out, x, B, T, c->n_positions, d, par);
+}
+
+/* ---- entry point --------------------------------------------------------------------------------- */
+
+sf_status SF(hvp)(sf_model *m, const uint8_t *x, const void *y_, int n_batches, int B, int T, sf_loss loss,
+                  const void *v_, int k, void *hv_, double *loss_out, int nt, sf_stop_hook stop, void *stop_ctx) {
+    const real *y = y_, *v = v_;
+    real *hv = hv_;
+    const long P = m->n_params;
+    sf_par par = {sf_resolve_threads(nt), 1};
+    hvp_work w;
+    sf_status st = hvp_reserve(m, B, T, par.nt, &w);
+    if (st) return st;
+    /* with several batches each H_b v is formed here, then averaged into hv in batch order */
+    real *one = NULL;
+    if (n_batches > 1) {
+        if ((st = sf_check_budget((size_t)P * sizeof(real), "the HVP's per-batch product"))) return st;
+        if (!(one = sf_alloc((size_t)P * sizeof(real))))
+            return sf_fail(SF_ENOMEM, "could not allocate the HVP's per-batch product");
+    }
+    params p, pv, ph;
+    p.layer = p.layer_storage, pv.layer = pv.layer_storage, ph.layer = ph.layer_storage;
+    SF(encoder_params)(m, (real *)m->params, &p);
+    double total = 0;
+    for (int b = 0; b < n_batches && st == SF_OK; b++) {
+        const uint8_t *xb = x + (size_t)b * B * T;
+        SF(encoder_forward)(m, xb, &w.a, &par);
+        total += SF(loss_forward_backward)(w.a.g_out, w.a.out, y + (size_t)b * B, B, loss);
+        for (int i = 0; i < k; i++) {
+            if (stop && stop(stop_ctx)) {
+                st = sf_fail(SF_EINTR, "interrupted at direction %d of %d, batch %d of %d", i, k, b, n_batches);
+                break;
+            }
+            real *out = hv + (size_t)i * P;
+            SF(encoder_params)(m, (real *)(v + (size_t)i * P), &pv);
+            SF(encoder_params)(m, n_batches > 1 ? one : out, &ph);
+            tangent_forward(m, xb, &p, &pv, &w, &par);
+            tangent_backward(m, xb, &p, &pv, &ph, &w, loss, &par);
+            if (n_batches > 1) { /* running mean in a fixed order: out = sum_b H_b v / n_batches */
+                const real scale = (real)(1.0 / n_batches);
+                if (b == 0)
+                    for (long j = 0; j < P; j++) out[j] = one[j] * scale;
+                else
+                    for (long j = 0; j < P; j++) out[j] += one[j] * scale;
+            }
+        }
+    }
+    if (loss_out) *loss_out = total / n_batches;
+    sf_free(one);
+    m->last_threads = par.used;
+    return st;
+}
