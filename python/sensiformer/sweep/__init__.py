@@ -1,0 +1,152 @@
+"""Resumable sweeps: run many configurations, keep every finished result in a store.
+
+>>> from sensiformer import experiments, sweep
+>>> exp = experiments.scaling(preset="quick")                     # doctest: +SKIP
+>>> store = sweep.run(exp, store="results.db")                    # doctest: +SKIP
+>>> store.runs(sweep=exp.sweep)                                   # doctest: +SKIP
+
+Each run is keyed by ``RunConfig.key`` (a hash of the fields that change its results; see
+``sensiformer.sweep.config``). ``run`` skips keys the store already holds, so rerunning a
+sweep after a crash, a kill or Ctrl-C executes only the runs that had not finished. Results
+are written by this (driver) process as they arrive, one transaction per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+
+from .config import CONVERGED_MSE, HASH_VERSION, RunConfig, as_config, hex_to_table, table_to_hex
+from .executors import make_backend, usable_cpus
+from .runner import SCRATCHPAD_MESSAGE, check_runnable, execute, provenance
+from .store import Store
+
+__all__ = ["CONVERGED_MSE", "HASH_VERSION", "RunConfig", "Store", "SweepResult", "as_config", "check_runnable",
+           "execute", "hex_to_table", "provenance", "run", "run_configs", "table_to_hex", "usable_cpus",
+           "SCRATCHPAD_MESSAGE"]
+
+
+class SweepFailures(RuntimeWarning):
+    """Some runs of a sweep raised; they are in ``store.failures()`` and a rerun retries them."""
+
+
+@dataclass
+class SweepResult:
+    """What one call of ``run_configs`` did."""
+
+    sweep: str
+    total: int
+    skipped: int = 0
+    executed: int = 0
+    failed: list = field(default_factory=list)
+    keys: list = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _as_store(store) -> Store:
+    if isinstance(store, Store):
+        return store
+    if store is None:
+        raise ValueError("give a store: a Store or the path of a SQLite file, e.g. store='results.db'")
+    return Store(store)
+
+
+def default_sweep_name(configs) -> str:
+    digest = hashlib.sha256("".join(c.key for c in configs).encode()).hexdigest()[:10]
+    return f"configs-{digest}"
+
+
+def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_threads=None, progress=True,
+                tags=None) -> SweepResult:
+    """Run a list of configurations (RunConfig or dicts), skipping those already stored.
+
+    Parameters
+    ----------
+    configs : list of RunConfig or dict
+    store : Store or path
+    executor : None, "processes", "serial", "tcp://host:port", distributed.Client or Executor
+        Default: local processes sized to the machine (``usable_cpus()`` runs at once, one
+        thread each; a single pending run gets every core).
+    sweep : str, optional
+        Name under which the store records the membership of these runs.
+    max_workers, n_threads : int, optional
+        Override the local pool's size and the threads each run uses.
+    progress : bool
+        One tqdm bar for the sweep (``TQDM_DISABLE=1`` silences it).
+
+    Returns
+    -------
+    SweepResult
+    """
+    from tqdm.auto import tqdm
+
+    store = _as_store(store)
+    configs = [as_config(c) for c in configs]
+    for c in configs:
+        check_runnable(c)
+    sweep = sweep or default_sweep_name(configs)
+    store.add_members(sweep, [(i, c.key, {**c.tags, **(tags or {})}) for i, c in enumerate(configs)])
+    done = store.keys()
+    todo, seen = [], set()
+    for c in configs:
+        if c.key not in done and c.key not in seen:
+            seen.add(c.key)
+            todo.append(c)
+    unique = len({c.key for c in configs})
+    result = SweepResult(sweep=sweep, total=unique, skipped=unique - len(todo), keys=[c.key for c in configs])
+    if not todo:
+        return result
+    backend = make_backend(executor, len(todo), max_workers, n_threads)
+    bar = tqdm(total=unique, initial=result.skipped, desc=sweep, unit="run", disable=not progress, leave=True)
+    futures = []
+    interrupted = False
+    try:
+        futures = [backend.submit(c.to_dict()) for c in todo]
+        for fut in backend.as_completed(futures):
+            res = backend.result(fut)
+            if "failed" in res:
+                store.add_failure(res["key"], res["config"], res["failed"], sweep)
+                result.failed.append(res["key"])
+            else:
+                store.write(res)
+                result.executed += 1
+            bar.update(1)
+            bar.set_postfix(failed=len(result.failed), refresh=False)
+    except BaseException:
+        interrupted = True
+        result.interrupted = True
+        backend.cancel(futures)
+        raise
+    finally:
+        bar.close()
+        backend.close(interrupted=interrupted)
+    if result.failed:
+        warnings.warn(f"{len(result.failed)} run(s) of {sweep} failed; see store.failures() "
+                      f"(a rerun retries them)", SweepFailures, stacklevel=2)
+    return result
+
+
+def run(experiment, store="results.db", executor=None, max_workers=None, n_threads=None, progress=True,
+        stages=None) -> Store:
+    """Run an experiment (``sensiformer.experiments.*``) or a list of configurations.
+
+    Finished runs are skipped, so a rerun resumes. Returns the ``Store``; read results with
+    ``store.runs(sweep=experiment.sweep)`` or ``experiment.results(store)``.
+
+    ``stages`` limits a multi-stage experiment (e.g. generalization: "fit" then "refit") to the
+    named stages.
+    """
+    store = _as_store(store)
+    if hasattr(experiment, "stages") and hasattr(experiment, "sweep"):
+        experiment.check_runnable()
+        for stage in experiment.stages:
+            if stages is not None and stage.name not in stages:
+                continue
+            configs = stage.build(store)
+            run_configs(configs, store, executor=executor, sweep=experiment.stage_sweep(stage),
+                        max_workers=max_workers, n_threads=n_threads, progress=progress)
+        return store
+    run_configs(experiment, store, executor=executor, max_workers=max_workers, n_threads=n_threads,
+                progress=progress)
+    return store

@@ -1,0 +1,215 @@
+"""One run of a sweep: its configuration and the key that identifies its results.
+
+A ``RunConfig`` holds everything that determines a run's results: target, model, optimiser,
+training length, evaluation and probe settings. Its ``key`` is a hash of exactly those
+fields, so a rerun of the same configuration finds the stored result and is skipped.
+
+What the key covers
+-------------------
+Every field of ``RunConfig`` except ``tags``. In particular the seeds, the model and optimiser
+hyper-parameters, the number of steps and the logging interval (it decides which history rows
+are recorded), and every final/dynamic probe setting (they decide the recorded metrics).
+
+What it does not cover
+----------------------
+* ``tags``: free-form labels (which sub-sweep, which manifest entry) that do not change results;
+* the thread count: the engine gives bitwise-identical results for any ``n_threads``;
+* where and how the run executes (executor, process, machine) and progress bars;
+* the package version: upgrading sensiformer keeps old results valid; every stored row carries
+  its version, git commit and build in its provenance columns, so mixed stores stay auditable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+#: Bumped when the meaning of a field changes, so old keys can never collide with new runs.
+HASH_VERSION = 1
+#: The paper's run filter: eval MSE below this on the {0,1} label scale.
+CONVERGED_MSE = 1e-3
+TARGETS = ("parity", "majority", "first", "mean", "random", "table")
+MODELS = ("encoder", "scratchpad")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Configuration of one training run and its probes (defaults: the paper's §3.3 defaults).
+
+    Target
+        ``target`` is one of "parity", "majority", "first", "mean", "random" (the official
+        ``RandomFunc(target_seed)`` table) or "table" (``target_table``: the truth table as a
+        hex string of 2^n bits, x_1 the most significant bit of the index; see ``table_to_hex``).
+    Model
+        ``model`` "encoder" (the official TorchModel) or "scratchpad" (the encoder-decoder of
+        issue 5, not yet available); ``n_positions`` defaults to the largest length used.
+    Training
+        AdamW(lr, weight_decay) on fresh uniform batches (or batches drawn from
+        ``restricted_subset(n, train_subset, subset_seed)`` when ``train_subset`` = m is set),
+        ``seed`` seeds both the initialisation and the data stream, as the official
+        ``random_state`` does. ``train_lengths`` (length generalisation) trains on several
+        lengths in turn, ``length_chunk`` steps each.
+    Evaluation
+        Exact over all 2^n inputs for n <= 16 (over the training subset with ``train_subset``,
+        as the official code), else over ``eval_batches`` fresh batches.
+    Final probes (``measure``)
+        ``measure_batches`` fresh batches: sharpness (sigma, R repeats, the same noise draws
+        for every batch and every run, as the official code), LayerNorm blowup
+        (``blowup_definition``) and the parameter norm.
+    Dynamics
+        ``dynamic_every`` > 0 probes every that many steps on ``dynamic_batches`` fixed batches
+        with ``dynamic_repeats`` noise draws (common random numbers over training).
+    Extras
+        ``save_predictions`` stores the thresholded predictions on all 2^n inputs;
+        ``train_sharpness_repeats`` > 0 measures sharpness on the whole training subset;
+        ``eval_lengths`` evaluates at these lengths too.
+    """
+
+    target: str = "parity"
+    n: int = 20
+    target_seed: int = 0
+    target_table: str | None = None
+    model: str = "encoder"
+    d_model: int = 128
+    n_heads: int = 2
+    n_layers: int = 2
+    d_ff: int | None = None
+    norm: str = "post"
+    ln_eps: float = 1e-5
+    dtype: str = "float32"
+    n_positions: int | None = None
+    seed: int = 0
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    batch_size: int = 1024
+    steps: int = 10_000
+    log_every: int = 100
+    train_subset: int | None = None
+    subset_seed: int | None = None
+    train_lengths: tuple = ()
+    length_chunk: int = 10
+    eval_batches: int = 1000
+    measure: bool = True
+    measure_batches: int = 1000
+    sharpness_sigma: float = 0.02
+    sharpness_repeats: int = 10
+    sharpness_seed: int = 0
+    blowup_definition: str = "official"
+    dynamic_every: int = 0
+    dynamic_batches: int = 1
+    dynamic_repeats: int = 500
+    save_predictions: bool = False
+    train_sharpness_repeats: int = 0
+    eval_lengths: tuple = ()
+    tags: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "tags":
+                if not isinstance(value, Mapping):
+                    raise TypeError(f"tags must be a mapping, got {value!r}")
+                fix("tags", dict(value))
+            elif f.type in ("int", "int | None") and value is not None:
+                if isinstance(value, bool) or int(value) != value:
+                    raise TypeError(f"{f.name} must be an integer, got {value!r}")
+                fix(f.name, int(value))
+            elif f.type == "float":
+                fix(f.name, float(value))
+            elif f.type == "bool":
+                fix(f.name, bool(value))
+            elif f.type == "tuple":
+                fix(f.name, tuple(int(v) for v in value))
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.target == "table":
+            if self.target_table is None or len(self.target_table) * 4 != max(2**self.n, 4):
+                raise ValueError(f"target='table' needs target_table: hex of 2**n = {2**self.n} bits")
+        elif self.target_table is not None:
+            raise ValueError("target_table is only used with target='table'")
+        if self.train_subset is not None and not 1 <= self.train_subset <= 2**self.n:
+            raise ValueError(f"train_subset must be in [1, 2**n], got {self.train_subset}")
+        for name in ("steps", "batch_size", "log_every", "eval_batches", "measure_batches", "sharpness_repeats",
+                     "dynamic_batches", "dynamic_repeats", "length_chunk"):
+            if getattr(self, name) < (0 if name == "steps" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.blowup_definition not in ("official", "theory"):
+            raise ValueError(f"blowup_definition must be 'official' or 'theory', got {self.blowup_definition!r}")
+        if self.train_lengths and self.target not in ("parity", "majority", "first", "mean"):
+            raise ValueError("train_lengths needs a length-generic target (parity, majority, first, mean)")
+
+    # ---- identity ---------------------------------------------------------------------------
+    def hashed_fields(self) -> dict:
+        """The fields the key covers (all but ``tags``), JSON-ready."""
+        d = dataclasses.asdict(self)
+        d.pop("tags")
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @property
+    def key(self) -> str:
+        """20 hex digits of SHA-256 over the canonical JSON of ``hashed_fields()``."""
+        payload = json.dumps({"v": HASH_VERSION, **self.hashed_fields()}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    @property
+    def positions(self) -> int:
+        """The model's n_positions: explicit, or the longest length it sees."""
+        if self.n_positions is not None:
+            return self.n_positions
+        return max((self.n, *self.train_lengths, *self.eval_lengths))
+
+    def to_dict(self) -> dict:
+        d = self.hashed_fields()
+        d["tags"] = dict(self.tags)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown RunConfig fields: {sorted(unknown)}")
+        return cls(**dict(d))
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def as_config(obj) -> RunConfig:
+    """A RunConfig from a RunConfig or a mapping of its fields."""
+    if isinstance(obj, RunConfig):
+        return obj
+    if isinstance(obj, Mapping):
+        return RunConfig.from_dict(obj)
+    raise TypeError(f"expected a RunConfig or a dict of its fields, got {type(obj).__name__}")
+
+
+def table_to_hex(bits) -> str:
+    """A 0/1 truth table (length 2^n, index order) as a hex string (x_1 = MSB of the index)."""
+    import numpy as np
+
+    b = np.asarray(bits).astype(np.uint8).reshape(-1)
+    if b.size < 4:
+        b = np.concatenate([b, np.zeros(4 - b.size, np.uint8)])
+    if b.size % 8 == 4:
+        return np.packbits(np.concatenate([b, np.zeros(4, np.uint8)])).tobytes().hex()[:-1]
+    return np.packbits(b).tobytes().hex()
+
+
+def hex_to_table(text: str, n: int):
+    """Inverse of ``table_to_hex``: a float64 0/1 array of length 2^n."""
+    import numpy as np
+
+    raw = bytes.fromhex(text if len(text) % 2 == 0 else text + "0")
+    return np.unpackbits(np.frombuffer(raw, np.uint8))[: 2**n].astype(np.float64)

@@ -1,0 +1,197 @@
+"""Where runs execute: in this process, in local worker processes, or on a Dask cluster.
+
+Workers only compute (``runner.execute_safely``); the driver that called ``sweep.run``
+receives each result and writes it to the store. Local pools use the ``forkserver`` start
+method (``spawn`` where it is unavailable): never ``fork`` after OpenMP has started threads,
+which can hang libgomp.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+
+from .runner import execute_safely
+
+
+def usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _mp_context():
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+class Backend:
+    """The seam every executor goes through: submit, iterate completions, cancel, close."""
+
+    name = "backend"
+    n_threads = 1
+    workers = 1
+
+    def submit(self, config: dict):
+        raise NotImplementedError
+
+    def as_completed(self, futures):
+        raise NotImplementedError
+
+    def result(self, future):
+        return future.result()
+
+    def cancel(self, futures):
+        for f in futures:
+            f.cancel()
+
+    def close(self, interrupted=False):
+        pass
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.workers} worker(s) x {self.n_threads} thread(s)"
+
+
+class SerialBackend(Backend):
+    """Runs each configuration in this process, one at a time, when its result is requested."""
+
+    name = "serial"
+
+    def __init__(self, n_threads=None):
+        self.n_threads = n_threads or usable_cpus()
+
+    def submit(self, config):
+        return config
+
+    def as_completed(self, futures):
+        return iter(futures)
+
+    def result(self, future):
+        return execute_safely(future, self.n_threads)
+
+    def cancel(self, futures):
+        pass
+
+
+class LocalBackend(Backend):
+    """A ``ProcessPoolExecutor`` (forkserver) sized to the machine: with k runs at once each
+    run gets cores // k threads (1 when the pool is full)."""
+
+    name = "processes"
+
+    def __init__(self, n_runs, max_workers=None, n_threads=None):
+        cpus = usable_cpus()
+        self.workers = max(1, min(max_workers or cpus, n_runs))
+        self.n_threads = n_threads or max(1, cpus // self.workers)
+        self.pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=_mp_context())
+
+    def submit(self, config):
+        return self.pool.submit(execute_safely, config, self.n_threads)
+
+    def as_completed(self, futures):
+        return cf.as_completed(futures)
+
+    def close(self, interrupted=False):
+        if interrupted:
+            # stop runs in flight: their results would be thrown away anyway
+            for proc in list(getattr(self.pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            self.pool.shutdown(wait=True)
+
+
+class FuturesBackend(Backend):
+    """Any ``concurrent.futures.Executor`` the caller made (it stays open afterwards)."""
+
+    name = "executor"
+
+    def __init__(self, executor, n_threads=None):
+        self.executor = executor
+        self.n_threads = n_threads or 1
+        self.workers = getattr(executor, "_max_workers", 1)
+
+    def submit(self, config):
+        return self.executor.submit(execute_safely, config, self.n_threads)
+
+    def as_completed(self, futures):
+        return cf.as_completed(futures)
+
+
+class DaskBackend(Backend):
+    """A dask.distributed cluster: ``"tcp://host:port"`` (connect, and close the connection
+    afterwards) or an existing ``distributed.Client`` (left open). Each run uses one thread
+    unless ``n_threads`` says otherwise (Dask workers run one task per worker thread)."""
+
+    name = "dask"
+
+    def __init__(self, client_or_address, n_threads=None):
+        try:
+            import distributed
+        except ImportError as err:
+            raise ImportError("running on a Dask cluster needs dask.distributed: "
+                              "pip install 'sensiformer[sweep]'") from err
+        self._distributed = distributed
+        if isinstance(client_or_address, str):
+            self.client = distributed.Client(client_or_address, set_as_default=False)
+            self._own = True
+        else:
+            self.client = client_or_address
+            self._own = False
+        self.n_threads = n_threads or 1
+        try:
+            self.workers = sum(w.get("nthreads", 1) for w in self.client.scheduler_info()["workers"].values())
+        except Exception:  # noqa: BLE001 - only used for the description
+            self.workers = 0
+
+    def submit(self, config):
+        from .config import as_config
+
+        key = f"sensiformer-run-{as_config(config).key}"
+        return self.client.submit(execute_safely, config, self.n_threads, key=key, pure=False, retries=0)
+
+    def as_completed(self, futures):
+        return self._distributed.as_completed(futures)
+
+    def cancel(self, futures):
+        self.client.cancel(list(futures))
+
+    def close(self, interrupted=False):
+        if self._own:
+            self.client.close()
+
+    def describe(self):
+        return f"dask {self.client.scheduler.address}: {self.workers} worker thread(s) x {self.n_threads} thread(s)"
+
+
+def make_backend(executor, n_runs, max_workers=None, n_threads=None) -> Backend:
+    """``executor``: None / "processes" (local pool), "serial", "tcp://host:port" or
+    "dask" (a Dask scheduler; "dask" uses the address in dask's config), a
+    ``distributed.Client``, or any ``concurrent.futures.Executor``."""
+    if executor is None or executor in ("processes", "local"):
+        if n_runs <= 1 and max_workers in (None, 1):
+            return SerialBackend(n_threads)  # one run: no pool start-up, all cores for it
+        return LocalBackend(n_runs, max_workers, n_threads)
+    if executor == "serial":
+        return SerialBackend(n_threads)
+    if isinstance(executor, str):
+        if executor == "dask":
+            import dask
+
+            address = dask.config.get("scheduler-address", None)
+            if not address:
+                raise ValueError("executor='dask' needs a scheduler address in dask's config "
+                                 "(or pass executor='tcp://host:port')")
+            return DaskBackend(address, n_threads)
+        if "://" in executor:
+            return DaskBackend(executor, n_threads)
+        raise ValueError(f"unknown executor {executor!r}: use 'processes', 'serial', 'tcp://host:port' "
+                         "or a distributed.Client / concurrent.futures.Executor")
+    if type(executor).__name__ == "Client" and hasattr(executor, "scheduler_info"):
+        return DaskBackend(executor, n_threads)
+    if isinstance(executor, cf.Executor):
+        return FuturesBackend(executor, n_threads)
+    raise TypeError(f"unsupported executor {executor!r}")

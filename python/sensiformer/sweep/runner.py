@@ -1,0 +1,252 @@
+"""Execute one ``RunConfig``: train, evaluate, probe; return a plain dict for the store.
+
+This is the only code that runs on workers (local processes or Dask workers). It never
+touches the store: the driver writes what it returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .. import targets
+from .config import CONVERGED_MSE, RunConfig, as_config, hex_to_table
+
+# measurement batches come from a stream of their own, far from the training and Measure streams
+_FINAL_STREAM = (1 << 62) + 0x00F1_4A15_0000
+_EVAL_STREAM = (1 << 62) + 0x00E7_A100_0000
+_EXACT_MAX_N = 16
+SCRATCHPAD_MESSAGE = ("the scratchpad experiment needs the encoder-decoder (scratchpad) model of issue 5, "
+                      "which sensiformer does not have yet; its grid is defined (experiments.scratchpad(...).configs) "
+                      "but it cannot run")
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit():
+    """The git commit of the package source (``+dirty`` when it has local changes), or None."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "csrc", "python", "setup.py"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+@functools.lru_cache(maxsize=1)
+def _static_provenance():
+    import sensiformer as sf
+
+    info = sf.show_config(print_out=False)
+    return dict(version=sf.__version__, git_commit=_git_commit(), build=info.get("build_flags"),
+                cpu_path=info.get("cpu_path"),
+                openmp=str(info.get("openmp")), host=socket.gethostname(), python=platform.python_version(),
+                numpy=np.__version__)
+
+
+def provenance(n_threads, seed) -> dict:
+    """Where and how a run executed: package version, git commit, engine build and CPU path,
+    thread count, seed, host."""
+    prov = dict(_static_provenance())
+    prov.update(n_threads=int(n_threads), seed=int(seed))
+    return prov
+
+
+def check_runnable(config: RunConfig) -> None:
+    """Raise NotImplementedError for configurations the engine cannot run yet."""
+    if config.model == "scratchpad":
+        raise NotImplementedError(SCRATCHPAD_MESSAGE)
+
+
+class _Table(targets.RandomFunction):
+    """A given truth table (e.g. a learned completion) as a training target."""
+
+    def __init__(self, table, n):  # RandomFunction's table machinery with our table
+        targets.Target.__init__(self, n)
+        self.seed = None
+        self.table = np.ascontiguousarray(table, dtype=np.float64)
+
+    def __repr__(self):
+        return f"Table(n={self.n})"
+
+
+def _target(cfg: RunConfig, n=None):
+    n = cfg.n if n is None else n
+    if cfg.target == "random":
+        return targets.RandomFunction(n, cfg.target_seed)
+    if cfg.target == "table":
+        return _Table(hex_to_table(cfg.target_table, n), n)
+    return {"parity": targets.Parity, "majority": targets.Majority, "first": targets.First,
+            "mean": targets.Mean}[cfg.target](n)
+
+
+def _finite(x):
+    return float(x) if x is not None and math.isfinite(float(x)) else float("nan")
+
+
+def _evaluate(trainer, cfg, n_threads):
+    """Exact over all inputs (or the training subset) when n <= 16, else fresh batches."""
+    exact = trainer.train_subset is not None or trainer.seq_len <= _EXACT_MAX_N
+    if exact:
+        res = trainer.evaluate(exact=True)
+    else:
+        res = trainer.evaluate(batches=cfg.eval_batches, exact=False, seed=cfg.seed)
+    return dict(eval_loss=_finite(res["loss"]), eval_accuracy=_finite(res["accuracy"]),
+                eval_inputs=int(res["n_inputs"]), eval_exact=bool(exact))
+
+
+def _measurement_data(trainer, batches):
+    pairs = [trainer.sample_batch(step=_FINAL_STREAM + k) for k in range(batches)]
+    return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+
+def _final_probes(model, trainer, cfg, n_threads):
+    from .. import probes
+
+    x, y = _measurement_data(trainer, cfg.measure_batches)
+    if trainer.labels == "pm1":
+        y = 2 * y - 1
+    out = dict(measure_loss=_finite(model.loss(x, y, n_threads=n_threads)))
+    est = probes.sharpness(model, x, y, sigma=cfg.sharpness_sigma, repeats=cfg.sharpness_repeats,
+                           seed=cfg.sharpness_seed, batch_size=trainer.batch_size, paper_compatible=True,
+                           n_threads=n_threads)
+    out.update(sharpness=_finite(est.value), sharpness_stderr=_finite(est.stderr))
+    if model.config["norm"] != "none":
+        blow = probes.ln_blowup(model, x, definition=cfg.blowup_definition, n_threads=n_threads)
+        out.update({f"blowup_{k}": _finite(blow[k]) for k in probes.LN_AGGREGATES})
+    out["param_norm"] = probes.param_norm(model)
+    return out
+
+
+def _train_multi_length(model, cfg, optimizer, n_threads, history_rows):
+    """Length generalisation: round-robin over ``train_lengths``, ``length_chunk`` steps each."""
+    import sensiformer as sf
+
+    trainers = [sf.Trainer(model, _target(cfg, k), optimizer=optimizer, batch_size=cfg.batch_size,
+                           seed=cfg.seed + 7919 * i, n_threads=n_threads)
+                for i, k in enumerate(cfg.train_lengths)]
+    done = 0
+    window = []
+    while done < cfg.steps:
+        for tr in trainers:
+            chunk = min(cfg.length_chunk, cfg.steps - done)
+            if chunk <= 0:
+                break
+            h = tr.fit(chunk, log_every=chunk, progress=False)
+            window.append((chunk, float(h["loss"].iloc[-1])))
+            done += chunk
+            if done % cfg.log_every < chunk or done == cfg.steps:
+                w = sum(c for c, _ in window)
+                history_rows.append(dict(step=done, loss=sum(c * l for c, l in window) / w))
+                window = []
+    return trainers
+
+
+def execute(config, n_threads: int = 1) -> dict:
+    """Run one configuration and return ``{key, status, config, metrics, artifacts, history,
+    provenance, started, finished, duration}``.
+
+    ``status`` is "ok", or "diverged" when the loss stopped being finite (metrics then describe
+    the last finite parameters). Other exceptions propagate (the sweep records them as
+    failures and a rerun tries again).
+    """
+    import sensiformer as sf
+
+    cfg = as_config(config)
+    check_runnable(cfg)
+    started = time.time()
+    t0 = time.perf_counter()
+    model = sf.Transformer(cfg.positions, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
+                           d_ff=cfg.d_ff, norm=cfg.norm, ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
+    optimizer = sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    subset = None
+    if cfg.train_subset is not None:
+        subset = sf.restricted_subset(cfg.n, cfg.train_subset, cfg.seed if cfg.subset_seed is None else cfg.subset_seed)
+    trainer = sf.Trainer(model, _target(cfg), optimizer=optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
+                         train_subset=subset, n_threads=n_threads)
+    status = "ok"
+    error = None
+    history_rows = []
+    metrics = {}
+    try:
+        if cfg.train_lengths:
+            _train_multi_length(model, cfg, optimizer, n_threads, history_rows)
+        else:
+            callbacks = []
+            if cfg.dynamic_every:
+                callbacks.append(sf.Measure(every=cfg.dynamic_every, n_batches=cfg.dynamic_batches,
+                                            repeats=cfg.dynamic_repeats, sigma=cfg.sharpness_sigma, seed=cfg.seed,
+                                            definition=cfg.blowup_definition))
+            trainer.fit(cfg.steps, log_every=cfg.log_every, callbacks=callbacks, progress=False)
+    except sf.DivergenceError as err:
+        status, error = "diverged", str(err)
+    finally:
+        if not cfg.train_lengths:
+            history_rows = trainer.history.to_dict("records")
+    history_rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
+                     if not (isinstance(v, float) and math.isnan(v) and k not in ("loss",))}
+                    for row in history_rows]
+    metrics["steps_done"] = trainer.step_count if not cfg.train_lengths else cfg.steps
+    metrics["train_seconds"] = time.perf_counter() - t0
+    if history_rows and history_rows[-1].get("loss") is not None:
+        metrics["final_train_loss"] = float(history_rows[-1]["loss"])
+    metrics.update(_evaluate(trainer, cfg, n_threads))
+    metrics["converged"] = bool(metrics["eval_loss"] < CONVERGED_MSE)
+    metrics["converge_threshold"] = CONVERGED_MSE
+    metrics["label_scale"] = trainer.labels  # "01": losses and sharpness on the {0,1} scale
+    if cfg.dynamic_every:
+        conv = [r["step"] for r in history_rows if r.get("measure_loss") is not None and r["measure_loss"] < 0.01]
+        metrics["convergence_step"] = conv[0] if conv else None
+    if cfg.measure and status == "ok":
+        metrics.update(_final_probes(model, trainer, cfg, n_threads))
+    elif cfg.measure:
+        metrics["param_norm"] = sf.probes.param_norm(model)
+    artifacts = {}
+    if cfg.train_sharpness_repeats and subset is not None:
+        from ..targets import inputs_from_indices
+
+        xs = inputs_from_indices(np.unique(subset), cfg.n)
+        est = sf.probes.sharpness(model, xs, trainer.target(xs), sigma=cfg.sharpness_sigma,
+                                  repeats=cfg.train_sharpness_repeats, seed=cfg.sharpness_seed, n_threads=n_threads)
+        metrics.update(train_sharpness=_finite(est.value), train_sharpness_stderr=_finite(est.stderr))
+    if cfg.save_predictions:
+        from ..targets import all_inputs
+        from .config import table_to_hex
+
+        preds = (model.forward(all_inputs(cfg.n), n_threads) > 0.5).astype(np.uint8)
+        artifacts["predictions"] = table_to_hex(preds)
+    for length in cfg.eval_lengths:
+        tr = sf.Trainer(model, _target(cfg, length), optimizer=sf.AdamW(), batch_size=cfg.batch_size,
+                        seed=cfg.seed, n_threads=n_threads)
+        res = _evaluate(tr, cfg, n_threads)
+        metrics[f"eval_loss@{length}"] = res["eval_loss"]
+        metrics[f"eval_accuracy@{length}"] = res["eval_accuracy"]
+    finished = time.time()
+    return dict(key=cfg.key, status=status, error=error, config=cfg.to_dict(), metrics=metrics, artifacts=artifacts,
+                history=history_rows, provenance=provenance(n_threads, cfg.seed), started=started, finished=finished,
+                duration=time.perf_counter() - t0)
+
+
+def execute_safely(config, n_threads: int = 1) -> dict:
+    """``execute``, but an exception becomes ``{"key", "failed": traceback}`` (for executors
+    whose futures should not carry arbitrary exceptions back)."""
+    try:
+        return execute(config, n_threads)
+    except NotImplementedError:
+        raise
+    except Exception:  # noqa: BLE001 - reported to the driver, which records the failure
+        cfg = as_config(config)
+        return dict(key=cfg.key, failed=traceback.format_exc(), config=cfg.to_dict(), pid=os.getpid())
