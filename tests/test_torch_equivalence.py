@@ -8,8 +8,10 @@ Spec: reference/paper.md §3.1 (architecture, init, sizes) and §8 (equivalence 
   random, so index mix-ups cannot hide behind the init's structure. Both implementations
   evaluate the same expression in IEEE double with different operation orders, so they differ
   by a modest multiple of the unit roundoff 1.1e-16 times the conditioning of these small
-  networks (measured worst case ~3e-14); 1e-10 leaves four orders of magnitude of margin while
-  any real mistake (a wrong index, a missing term, eps in the wrong place) shows up at >= 1e-6.
+  networks: typically ~1e-14, worst measured ~1e-12 (a 3-layer model without LayerNorm whose
+  random weights give gradients ~1e5). 1e-10 leaves two orders of magnitude of margin there
+  (four typically), while any real mistake (a wrong index, a missing term, eps in the wrong
+  place) shows up at >= 1e-6.
 * float32: our float32 error with respect to a float64 reference is at most 3x PyTorch's own
   float32 error (see ``test_float32_error_is_comparable_to_torch`` for the floor).
 * init, parameter counts, identical layers, and state_dict round trips in both directions.
@@ -119,7 +121,7 @@ def test_config_grid_is_covered():
     assert all(m["ln_eps"] > 0 for m in ms)
     assert any(c["seq_len"] == c["model"]["n_positions"] for c in CONFIGS)
     assert any(c["seq_len"] < c["model"]["n_positions"] for c in CONFIGS)
-    assert any(c["seq_len"] == 1 for c in CONFIGS) or True  # T=1 is covered by test_single_token_input
+    # T = 1 has its own test (test_single_token_input)
 
 
 def _inputs(c, dtype=np.float64):
@@ -130,8 +132,8 @@ def _inputs(c, dtype=np.float64):
     return x, y_real.astype(dtype), y_bits
 
 
-def _check_f64(torch, random_model, cfg, seq_len, batch, seed, rtol=F64_RTOL):
-    model = random_model(seed=seed, **cfg)
+def _check_f64(torch, random_model, cfg, seq_len, batch, seed, rtol=F64_RTOL, scale=0.5):
+    model = random_model(seed=seed, scale=scale, **cfg)
     module = interop.to_torch(model)
     c = dict(seq_len=seq_len, batch=batch, seed=seed)
     x, y_real, y_bits = _inputs(c)
@@ -175,10 +177,15 @@ def test_single_token_input(torch, random_model, norm, final_norm):
 
 @pytest.mark.parametrize("norm,final_norm", NORM_VARIANTS)
 def test_wider_model_matches_torch_float64(torch, random_model, norm, final_norm):
-    """A wider, longer case so the blocked GEMM kernels leave their tail paths (d=48, T=17)."""
+    """A wider, longer case so the blocked GEMM kernels leave their tail paths (d=48, T=17).
+
+    Weights N(0, 0.25^2) (~1.7/sqrt(d)): at the default 0.5 a 48-wide model without LayerNorm
+    has gradients ~1e7 and both float64 implementations lose ~4 more digits to conditioning
+    (measured 3e-11 there), which would test conditioning rather than the engine.
+    """
     cfg = dict(n_positions=17, d_model=48, n_heads=4, n_layers=2, d_ff=40, norm=norm, final_norm=final_norm,
                activation="gelu")
-    _check_f64(torch, random_model, cfg, seq_len=17, batch=9, seed=11)
+    _check_f64(torch, random_model, cfg, seq_len=17, batch=9, seed=11, scale=0.25)
 
 
 @pytest.mark.parametrize("norm,final_norm", NORM_VARIANTS[:3])
@@ -209,70 +216,79 @@ def test_ln_eps_is_used(torch, random_model):
 
 # ---- float32 against float64 -------------------------------------------------------------------
 F32_CONFIGS = [
-    dict(n_positions=6, d_model=8, n_heads=2, n_layers=2, d_ff=12, norm="post", activation="relu", T=6, B=8),
+    dict(n_positions=6, d_model=8, n_heads=2, n_layers=2, d_ff=12, norm="post", activation="relu", T=6),
     dict(n_positions=7, d_model=16, n_heads=4, n_layers=3, d_ff=10, norm="pre", final_norm=True,
-         activation="gelu", T=5, B=9),
-    dict(n_positions=7, d_model=12, n_heads=3, n_layers=2, d_ff=20, norm="none", activation="gelu_tanh", T=7, B=5),
-    dict(n_positions=10, d_model=32, n_heads=2, n_layers=2, d_ff=32, norm="pre", activation="relu", T=10, B=16),
-    dict(n_positions=12, d_model=64, n_heads=4, n_layers=2, d_ff=48, norm="post", activation="gelu", T=12, B=32),
+         activation="gelu", T=5),
+    dict(n_positions=7, d_model=12, n_heads=3, n_layers=2, d_ff=20, norm="none", activation="gelu_tanh", T=7),
+    dict(n_positions=10, d_model=32, n_heads=2, n_layers=2, d_ff=32, norm="pre", activation="relu", T=10),
+    dict(n_positions=12, d_model=48, n_heads=4, n_layers=2, d_ff=40, norm="post", activation="gelu", T=12),
 ]
+F32_DRAWS = 6
+F32_BATCH = 32
 
 
 @pytest.mark.parametrize("loss", ["mse", "bce"])
 @pytest.mark.parametrize("i", range(len(F32_CONFIGS)))
 def test_float32_error_is_comparable_to_torch(torch, random_model, i, loss):
-    """Our float32 error w.r.t. a float64 reference is <= 3x torch-float32's error.
+    """Our float32 error w.r.t. a float64 reference is <= 3x torch-float32's error, per tensor.
 
     The reference is PyTorch float64 on the *same* float32-representable weights
     (``model.astype("float64")``), so both float32 runs are measured against the exact
     function they are asked to compute.
 
-    Floor: rounding errors of two different (but equally valid) summation orders are random
-    variables, and on an individual tensor PyTorch can be far luckier than typical (e.g. a
-    bias gradient summed in an order that happens to cancel; errors differ by 5-10x between
-    tensors of the same layer). So the yardstick for a tensor is
-    ``max(torch error on it, torch's median relative error over all gradient tensors of this
-    model, 1e-6 relative)``: 1e-6 is ~17 float32 ulps (u = 6e-8), the error one gets from a
-    handful of correctly rounded operations at this depth. The total gradient error (all
-    tensors together) and the forward output must also be within 3x, without any floor
-    beyond 1e-6 relative.
+    Statistics: rounding errors of two different (equally valid) operation orders are random
+    variables. On a single random model our error / torch's error has a geometric mean of
+    ~0.9-1.0 over many draws but individual draws scatter up to ~3.5x either way (e.g. one
+    output whose rounding happens to be 6x torch's, inherited by every gradient). So errors are
+    pooled over F32_DRAWS random models and batches of 32 per configuration:
+    ``sqrt(sum_draws ||ours - ref||^2 / sum_draws ||ref||^2)``, which brings the measured worst
+    per-tensor ratio down to ~2.4 with 3x as the bar.
+
+    Floor: the yardstick is ``max(torch's pooled relative error, 1e-6)``. 1e-6 is ~17 float32
+    ulps (u = 6e-8), the error of a handful of correctly rounded operations at this depth, and
+    keeps a tensor on which torch happens to be (nearly) exact (a scalar bias gradient, say)
+    from demanding better than float32 can promise. The forward outputs and the loss values
+    (all draws together) and the whole gradient vector are held to the same bar.
     """
     spec = dict(F32_CONFIGS[i])
-    seq_len, batch = spec.pop("T"), spec.pop("B")
-    model32 = random_model(seed=70 + i, dtype="float32", **spec)
-    model64 = model32.astype("float64")
-    np.testing.assert_array_equal(model64.flat, model32.flat.astype(np.float64))
-    rng = np.random.default_rng(90 + i)
-    x = rng.integers(0, 2, size=(batch, seq_len), dtype=np.uint8)
-    y = rng.integers(0, 2, size=batch).astype(np.float64)  # exact in float32, valid for both losses
-
-    ref_out, ref_loss, ref_grads = torch_outputs_and_grads(torch, interop.to_torch(model64), x, y, loss)
-    t32_out, t32_loss, t32_grads = torch_outputs_and_grads(torch, interop.to_torch(model32), x, y, loss)
-    out = model32.forward(x)
-    assert out.dtype == np.float32
-    value, grads = model32.loss_and_grad(x, y.astype(np.float32), loss=loss)
-    assert all(g.dtype == np.float32 for g in grads.values())
-
+    seq_len = spec.pop("T")
     floor = 1e-6
-    ours_out, torch_out = rel_err(out, ref_out), rel_err(t32_out, ref_out)
-    assert ours_out <= 3 * max(torch_out, floor), (ours_out, torch_out)
-    ours_loss = abs(value - ref_loss) / abs(ref_loss)
-    torch_loss = abs(t32_loss - ref_loss) / abs(ref_loss)
-    assert ours_loss <= 3 * max(torch_loss, floor), (ours_loss, torch_loss)
+    sums = {}  # name -> [ours sq err, torch sq err, ref sq norm]
 
-    ours_rel = {k: rel_err(grads[k], ref_grads[k]) for k in ref_grads}
-    torch_rel = {k: rel_err(t32_grads[k], ref_grads[k]) for k in ref_grads}
-    median = float(np.median(list(torch_rel.values())))
-    bad = {k: (ours_rel[k], torch_rel[k]) for k in ref_grads
-           if ours_rel[k] > 3 * max(torch_rel[k], median, floor)}
-    assert not bad, f"float32 gradient errors (ours, torch) more than 3x torch's (median {median:.2e}): {bad}"
+    def add(name, ours, theirs, ref):
+        ours, theirs, ref = (np.asarray(a, dtype=np.float64).ravel() for a in (ours, theirs, ref))
+        acc = sums.setdefault(name, [0.0, 0.0, 0.0])
+        acc[0] += float(np.sum((ours - ref) ** 2))
+        acc[1] += float(np.sum((theirs - ref) ** 2))
+        acc[2] += float(np.sum(ref ** 2))
 
-    ref_all = np.concatenate([ref_grads[k].ravel() for k in ref_grads])
-    ours_all = rel_err(np.concatenate([grads[k].ravel() for k in ref_grads]), ref_all)
-    torch_all = rel_err(np.concatenate([t32_grads[k].ravel() for k in ref_grads]), ref_all)
-    assert ours_all <= 3 * max(torch_all, floor), (ours_all, torch_all)
-    # and the float32 result is a float32-accurate answer at all (not merely "as bad as torch")
-    assert ours_all < 1e-4
+    for draw in range(F32_DRAWS):
+        seed = 100 * i + draw
+        model32 = random_model(seed=seed, dtype="float32", **spec)
+        model64 = model32.astype("float64")
+        np.testing.assert_array_equal(model64.flat, model32.flat.astype(np.float64))
+        rng = np.random.default_rng(10_000 + seed)
+        x = rng.integers(0, 2, size=(F32_BATCH, seq_len), dtype=np.uint8)
+        y = rng.integers(0, 2, size=F32_BATCH).astype(np.float64)  # exact in float32, valid for both losses
+
+        ref_out, ref_loss, ref_grads = torch_outputs_and_grads(torch, interop.to_torch(model64), x, y, loss)
+        t32_out, t32_loss, t32_grads = torch_outputs_and_grads(torch, interop.to_torch(model32), x, y, loss)
+        out = model32.forward(x)
+        assert out.dtype == np.float32
+        value, grads = model32.loss_and_grad(x, y.astype(np.float32), loss=loss)
+        assert all(g.dtype == np.float32 for g in grads.values())
+        add("forward", out, t32_out, ref_out)
+        add("loss", value, t32_loss, ref_loss)
+        for name in ref_grads:
+            add(name, grads[name], t32_grads[name], ref_grads[name])
+        add("all gradients", *(np.concatenate([g[k].ravel() for k in ref_grads])
+                               for g in (grads, t32_grads, ref_grads)))
+
+    errors = {k: (math.sqrt(a / r), math.sqrt(b / r)) for k, (a, b, r) in sums.items()}
+    bad = {k: v for k, v in errors.items() if v[0] > 3 * max(v[1], floor)}
+    assert not bad, f"float32 relative errors (ours, torch) where ours > 3x max(torch, {floor}): {bad}"
+    # and the float32 answers are float32-accurate at all (not merely "as bad as torch")
+    assert errors["all gradients"][0] < 1e-4 and errors["forward"][0] < 1e-5, errors
 
 
 # ---- structure and initialisation ------------------------------------------------------------
@@ -405,7 +421,7 @@ def test_init_statistics_follow_pytorch_rules(torch):
     module = interop.reference_module_class()(**model.config).double()
     for name, tp in module.state_dict().items():
         ours, theirs = p[name], tp.numpy()
-        if theirs.std() == 0:
+        if theirs.size > 1 and theirs.std() == 0:  # PyTorch constants (zeros, ones)
             np.testing.assert_array_equal(ours, theirs, err_msg=name)
         elif theirs.size >= 1000:
             assert abs(ours.std() / theirs.std() - 1) < 0.1, name
