@@ -12,7 +12,7 @@ static int parse_optim_config(PyObject *args, PyObject *kw, sf_optim_config *c, 
     int kind, nesterov, decay_all, schedule;
     long long warmup, total;
     memset(c, 0, sizeof *c);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iddddddpppiLLdd", names, &SfModelType, model, &kind, &c->lr,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!idddddddppiLLdd", names, &SfModelType, model, &kind, &c->lr,
                                      &c->beta1, &c->beta2, &c->eps, &c->weight_decay, &c->momentum, &c->dampening,
                                      &nesterov, &decay_all, &schedule, &warmup, &total, &c->min_lr, &c->clip_norm))
         return -1;

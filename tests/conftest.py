@@ -50,3 +50,12 @@ def torch():
         torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     return torch
+
+
+def pytest_sessionstart(session):
+    """Under .ci/sanitize.sh, make sure the sanitized build is the one under test."""
+    expected = os.environ.get("SENSIFORMER_EXPECT_PATH")
+    if expected:
+        import sensiformer
+
+        assert os.path.realpath(sensiformer.__file__).startswith(os.path.realpath(expected)), sensiformer.__file__

@@ -167,18 +167,8 @@ OPTIMIZERS = [
 ]
 
 
-# Known engine bug (reported, not fixed here): csrc/py_train.c parses the optimizer arguments
-# with the format "O!iddddddpppiLLdd", i.e. 6 'd' and 3 'p' where 7 'd' and 2 'p' are needed, so
-# `dampening` is read as a bool predicate into a double (an int 0/1 in its low bytes, i.e.
-# 0 or 4.9e-324): SGD dampening is silently ignored. Strict xfail: once fixed, XPASS fails
-# the run and this marker must go.
-DAMPENING_BUG = pytest.mark.xfail(strict=True, reason="engine bug: SGD dampening ignored (py_train.c "
-                                                      "format string reads dampening with 'p')")
-
-
 def _optimizer_params():
-    return [pytest.param(o, id=o[0], marks=[DAMPENING_BUG] if "dampening" in o[0] else [])
-            for o in OPTIMIZERS]
+    return [pytest.param(o, id=o[0]) for o in OPTIMIZERS]
 
 
 @pytest.mark.parametrize("feed", ["autograd", "ours"])
@@ -235,7 +225,6 @@ def test_gradient_clipping_matches_clip_grad_norm(torch, random_model, which, cl
         assert all(n > clip for n in ours)  # clipping was active at every step
 
 
-@DAMPENING_BUG
 def test_sgd_dampening_minimal():
     """Minimal reproduction of the dampening bug: two SGD steps with gradient 1 from 0.
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Build tests/c/test_engine.c against the engine sources alone (no Python), with extra flags
+# (e.g. -fsanitize=...). Usage: build_c_tests.sh OUTPUT [CFLAGS...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$1; shift
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+flags=(-std=gnu11 -O1 -g -fno-omit-frame-pointer -ffp-contract=fast -fopenmp -DSF_HAVE_OPENMP=1 -Icsrc "$@")
+objs=()
+for src in csrc/*.c; do
+    case $(basename "$src") in module.c|py_*.c) continue;; esac
+    gcc "${flags[@]}" -c "$src" -o "$tmp/$(basename "$src" .c).o"; objs+=("$tmp/$(basename "$src" .c).o")
+done
+for precision in 0 1; do
+    for src in csrc/numeric/*.c; do
+        o="$tmp/$(basename "$src" .c)_$precision.o"
+        gcc "${flags[@]}" -DSF_DOUBLE=$precision -c "$src" -o "$o"; objs+=("$o")
+    done
+done
+gcc "${flags[@]}" tests/c/test_engine.c "${objs[@]}" -o "$out" -lm

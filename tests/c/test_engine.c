@@ -1,0 +1,166 @@
+/* Pure-C tests of the engine (no Python): every public entry point, for valgrind and
+ * sanitizers. Built and run by .ci/memcheck.sh; prints "N passed, M failed". */
+#include "sf.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                                               \
+    do {                                                                                               \
+        if (cond) {                                                                                    \
+            passed++;                                                                                  \
+        } else {                                                                                       \
+            failed++;                                                                                  \
+            printf("FAILED %s:%d: ", __FILE__, __LINE__);                                              \
+            printf(__VA_ARGS__);                                                                       \
+            printf(" [%s]\n", sf_last_error());                                                        \
+        }                                                                                              \
+    } while (0)
+
+static sf_config config(sf_norm norm, sf_dtype dtype) {
+    sf_config c = {.n_positions = 7, .d_model = 8, .n_heads = 2, .n_layers = 2, .d_ff = 12, .norm = norm,
+                   .final_norm = norm == SF_NORM_PRE, .ln_eps = 1e-5, .activation = SF_ACT_GELU, .dtype = dtype};
+    return c;
+}
+
+static void fill_tokens(uint8_t *x, int n, unsigned seed) {
+    for (int i = 0; i < n; i++) x[i] = (uint8_t)((seed = seed * 1103515245u + 12345u) >> 16 & 1);
+}
+
+/* Central differences of the float64 loss against the engine's gradient, on a few entries. */
+static void test_gradient(sf_norm norm) {
+    sf_config c = config(norm, SF_F64);
+    sf_model *m = NULL;
+    CHECK(sf_model_create(&c, 1, 0, &m) == SF_OK, "create");
+    if (!m) return;
+    enum { B = 3, T = 6 };
+    uint8_t x[B * T];
+    double y[B] = {0.3, -0.2, 1.0}, loss, lp, lm;
+    fill_tokens(x, B * T, 7);
+    CHECK(sf_loss_and_grad(m, x, y, B, T, SF_LOSS_MSE, 1, &loss, NULL, 1) == SF_OK, "loss_and_grad");
+    double *p = sf_model_params(m), *g = sf_model_grads(m);
+    const int64_t n = sf_model_num_params(m);
+    double *grad = malloc((size_t)n * sizeof *grad);
+    memcpy(grad, g, (size_t)n * sizeof *grad);
+    double worst = 0;
+    for (int64_t i = 0; i < n; i += 17) {
+        const double keep = p[i], h = 1e-6;
+        p[i] = keep + h;
+        sf_loss_and_grad(m, x, y, B, T, SF_LOSS_MSE, 0, &lp, NULL, 1);
+        p[i] = keep - h;
+        sf_loss_and_grad(m, x, y, B, T, SF_LOSS_MSE, 0, &lm, NULL, 1);
+        p[i] = keep;
+        /* truncation ~h^2, rounding ~1e-16/h: allow 1e-6 relative plus 1e-8 absolute */
+        const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
+        if (err > worst) worst = err;
+    }
+    CHECK(worst < 1, "finite differences (norm %d): worst relative error %g", norm, worst);
+    free(grad);
+    sf_model_free(m);
+}
+
+static void test_training(sf_dtype dtype, sf_optimizer_kind kind, sf_sampler_kind sampler) {
+    sf_config c = config(SF_NORM_POST, dtype);
+    c.n_positions = 6;
+    sf_model *m = NULL;
+    sf_optimizer *o = NULL;
+    sf_optim_config oc = {.kind = kind, .lr = kind == SF_OPT_SGD ? 0.05 : 3e-3, .beta1 = 0.9, .beta2 = 0.999,
+                          .eps = 1e-8, .weight_decay = 0.01, .momentum = 0.9, .decay_norm_bias_embedding = 1,
+                          .schedule = SF_SCHED_WARMUP_COSINE, .warmup_steps = 5, .total_steps = 60, .clip_norm = 1.0};
+    CHECK(sf_model_create(&c, 2, 1, &m) == SF_OK, "create");
+    CHECK(m && sf_optimizer_create(m, &oc, &o) == SF_OK, "optimizer");
+    if (!m || !o) return;
+    int64_t subset[4] = {0, 5, 17, 63};
+    uint8_t data_x[4 * 6];
+    double data_y[4] = {0, 1, 1, 0};
+    fill_tokens(data_x, 24, 3);
+    sf_target t = {.kind = SF_TARGET_FIRST, .n = 6};
+    sf_sampler s = {.kind = sampler, .subset = subset, .subset_size = 4, .data_x = data_x, .data_y = data_y,
+                    .data_rows = 4};
+    sf_train_config tc = {.loss = SF_LOSS_MSE, .batch_size = 32, .seq_len = 6, .seed = 9, .threshold = 0.5};
+    double loss[60], acc[60], lr[60], gn[60];
+    int64_t done = 0;
+    CHECK(sf_train(m, o, &t, &s, &tc, 0, 60, loss, acc, lr, gn, &done, 2, NULL, NULL) == SF_OK, "train");
+    CHECK(done == 60, "all steps done (%lld)", (long long)done);
+    CHECK(loss[59] < loss[0], "loss decreases (%g -> %g, optimizer %d, sampler %d)", loss[0], loss[59], kind, sampler);
+    CHECK(sf_optimizer_step_count(o) == 60, "step count");
+    sf_optimizer_free(o);
+    sf_model_free(m);
+}
+
+static void test_probes(sf_dtype dtype) {
+    sf_config c = config(SF_NORM_PRE, dtype);
+    sf_model *m = NULL;
+    CHECK(sf_model_create(&c, 3, 1, &m) == SF_OK, "create");
+    if (!m) return;
+    enum { B = 4, T = 7, NB = 2, R = 3 };
+    uint8_t x[NB * B * T];
+    double yd[NB * B] = {0, 1, 0, 1, 1, 1, 0, 0};
+    float yf[NB * B];
+    for (int i = 0; i < NB * B; i++) yf[i] = (float)yd[i];
+    fill_tokens(x, NB * B * T, 5);
+    const int n_tensors = sf_model_num_tensors(m);
+    unsigned char *mask = calloc((size_t)n_tensors, 1);
+    for (int i = 0; i < n_tensors; i++) mask[i] = sf_model_tensor(m, i)->kind != SF_KIND_POSITIONAL;
+    const size_t bytes = (size_t)sf_model_num_params(m) * (dtype == SF_F64 ? 8 : 4);
+    void *before = malloc(bytes);
+    memcpy(before, sf_model_params(m), bytes);
+    double base[NB], pert[R * NB];
+    CHECK(sf_sharpness(m, x, dtype == SF_F64 ? (void *)yd : (void *)yf, NB, B, T, SF_LOSS_MSE, 0.02, R, 11, mask, NULL,
+                       0, base, pert, 2, NULL, NULL) == SF_OK, "sharpness");
+    CHECK(memcmp(before, sf_model_params(m), bytes) == 0, "sharpness restores the parameters");
+    const int n_ln = sf_ln_count(m);
+    double *maxs = malloc(sizeof(double) * n_ln * B), *means = malloc(sizeof(double) * n_ln * B);
+    CHECK(n_ln == 5, "norm1, norm2 per layer and the final norm (%d)", n_ln);
+    CHECK(sf_ln_blowup(m, x, B, T, 0, maxs, means, 2) == SF_OK, "blowup");
+    int ok = 1;
+    for (int i = 0; i < n_ln * B; i++) ok &= maxs[i] >= means[i] && means[i] > 0 && isfinite(maxs[i]);
+    CHECK(ok, "blowup max >= mean > 0");
+    free(maxs);
+    free(means);
+    free(before);
+    free(mask);
+    sf_model_free(m);
+}
+
+static void test_errors(void) {
+    sf_config c = config(SF_NORM_POST, SF_F32);
+    sf_model *m = NULL;
+    c.d_model = 7;
+    CHECK(sf_model_create(&c, 0, 1, &m) == SF_EINVAL && !m, "odd d_model refused");
+    c = config(SF_NORM_POST, SF_F32);
+    c.n_heads = 3;
+    CHECK(sf_model_create(&c, 0, 1, &m) == SF_EINVAL, "heads must divide d_model");
+    c = config(SF_NORM_POST, SF_F32);
+    c.ln_eps = NAN;
+    CHECK(sf_model_create(&c, 0, 1, &m) == SF_EINVAL, "NaN eps refused");
+    c = config(SF_NORM_POST, SF_F32);
+    CHECK(sf_model_create(&c, 0, 1, &m) == SF_OK, "create");
+    uint8_t x[64 * 7] = {0, 1, 2};
+    float out[64];
+    CHECK(sf_forward(m, x, 2, 7, out, 1) == SF_EINVAL, "token 2 refused");
+    CHECK(sf_forward(m, x, 2, 8, out, 1) == SF_EINVAL, "length > n_positions refused");
+    sf_set_memory_limit(100000);
+    x[2] = 0;
+    CHECK(sf_forward(m, x, 64, 7, out, 1) == SF_ENOMEM, "workspace over the memory limit refused");
+    sf_set_memory_limit(0);
+    CHECK(sf_forward(m, x, 64, 7, out, 1) == SF_OK, "forward after the limit is lifted");
+    sf_model_free(m);
+}
+
+int main(void) {
+    for (int norm = SF_NORM_POST; norm <= SF_NORM_NONE; norm++) test_gradient(norm);
+    for (int dtype = SF_F32; dtype <= SF_F64; dtype++) {
+        for (int kind = SF_OPT_ADAMW; kind <= SF_OPT_SGD; kind++) test_training(dtype, kind, SF_SAMPLE_UNIFORM);
+        test_training(dtype, SF_OPT_ADAMW, SF_SAMPLE_SUBSET);
+        test_training(dtype, SF_OPT_ADAMW, SF_SAMPLE_DATASET);
+        test_probes(dtype);
+    }
+    test_errors();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
