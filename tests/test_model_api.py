@@ -19,6 +19,15 @@ LAYER_SUFFIXES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models gain nothing from threads, and on an oversubscribed machine every OpenMP barrier
+    can cost milliseconds: run single-threaded unless a test asks for threads explicitly."""
+    sf.set_num_threads(1)
+    yield
+    sf.set_num_threads(None)
+
+
 def official_names(n_layers, norm="post", final_norm=False):
     names = ["embedding.weight", "positional_encoding.weight"]
     for i in range(n_layers):
@@ -400,13 +409,8 @@ def test_show_config(capsys):
     assert "openmp" in out and "cpu_path" in out and info["cpu_path"] in out
 
 
-@pytest.fixture
-def restore_threads():
-    yield
+def test_num_threads_round_trip():
     sf.set_num_threads(None)
-
-
-def test_num_threads_round_trip(restore_threads):
     default = sf.get_num_threads()
     assert default >= 1
     openmp = sf.show_config(print_out=False)["openmp"]

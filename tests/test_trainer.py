@@ -13,6 +13,15 @@ from sensiformer import targets
 COLUMNS = ["step", "loss", "accuracy", "lr", "grad_norm", "time"]
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models gain nothing from threads, and on an oversubscribed machine every OpenMP barrier
+    can cost milliseconds: run single-threaded unless a test asks for threads explicitly."""
+    sf.set_num_threads(1)
+    yield
+    sf.set_num_threads(None)
+
+
 def bug(reason):
     return pytest.mark.xfail(strict=True, reason=f"BUG: {reason}")
 
