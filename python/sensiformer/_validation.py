@@ -94,3 +94,41 @@ def resolve_threads(n_threads):
     if n_threads is None:
         return 0
     return _engine.resolve_threads(check_int(n_threads, "n_threads", 1, 512))
+
+
+# ---- Boolean truth tables (sensiformer.analysis and sensiformer.targets) -------------------------
+
+MAX_TABLE_N = 26  # 2^26 float64 values = 512 MiB; csrc/boolean.h's SF_BOOLEAN_MAX_N
+
+
+def as_truth_table(values, name="truth_table", max_n=MAX_TABLE_N):
+    """``(table, n)``: 2**n finite real values as a C-contiguous float64 array (copied only if needed)."""
+    arr = np.asarray(values)
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array (bool, int or float), got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (2**n values in truth-table order), got shape {arr.shape}")
+    size = arr.shape[0]
+    if size < 2 or size & (size - 1):
+        raise ValueError(f"{name} must have 2**n entries for some n >= 1, got {size}")
+    n = size.bit_length() - 1
+    if n > max_n:
+        raise ValueError(f"{name} has 2**{n} entries, but exact analysis handles n <= {max_n}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise ValueError(f"{name} must be finite, found {arr[i]} at index {i}")
+    return arr, n
+
+
+def check_boolean_table(table, name, scale):
+    """Refuse values other than {0, 1} (scale '01') or {-1, +1} (scale 'pm1'), naming the first."""
+    low = 0.0 if scale == "01" else -1.0
+    bad = (table != low) & (table != 1.0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        allowed = "{0, 1}" if scale == "01" else "{-1, +1}"
+        raise ValueError(f"{name} must be Boolean ({allowed} for scale={scale!r}) here, "
+                         f"found {float(table[i])} at index {i}")
+    return table
