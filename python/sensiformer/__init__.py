@@ -12,6 +12,7 @@ Quick start::
 __version__ = "0.1.0"
 
 from . import probes, targets
+from . import analysis
 from ._config import get_num_threads, set_memory_limit, set_num_threads, show_config
 from .checkpoint import Checkpoint, CheckpointError
 from .estimate import Estimate
