@@ -4,6 +4,10 @@
 * ``ln_blowup``: LayerNorm blowup as the official hooks measure it, or in the theory's form.
 * ``param_norm``, ``tensor_norms``, ``distance``: parameter norms (positional embeddings
   excluded by default, as the paper).
+* ``attention_logit_scale``: max and mean |q.k|/sqrt(d_head) per layer and head.
+* Hessian probes (``hvp``, ``hessian_eigenvalues``, ``hessian_trace``, ``hessian_density``;
+  see ``sensiformer.hessian``) and landscape probes (``worst_case_sharpness``,
+  ``landscape_1d``, ``landscape_2d``; see ``sensiformer.landscape``), re-exported here.
 
 Losses are raw MSE on the label scale the model was trained on; the paper's plots multiply
 sharpness by 4 (the {0,1} -> ±1 conversion), which ``sharpness(..., as_pm1=True)`` applies.
@@ -200,3 +204,21 @@ def distance(model, reference, exclude=("positional",)) -> float:
             diff = model.flat[sl].astype(np.float64) - ref_flat[sl].astype(np.float64)
             total += float(diff @ diff)
     return float(np.sqrt(total))
+
+
+def attention_logit_scale(model, x, n_threads=None) -> dict:
+    """Attention-logit scale |q.k| / sqrt(d_head), on which the paper's sensitivity bound
+    depends exponentially.
+
+    Returns a dict with ``"max"`` and ``"mean"``, arrays of shape (n_layers, n_heads): over the
+    batch, every key, and the queries the model computes (every position, except in the last
+    layer the readout position only, the one query that reaches the output).
+    """
+    x = as_tokens(x, "x", model.n_positions)
+    maxs, means = _engine.attention_logits(model._engine, x, resolve_threads(n_threads))
+    return {"max": maxs, "mean": means}
+
+
+# The Hessian and landscape probes live in their own modules; they import this one.
+from .hessian import hessian_density, hessian_eigenvalues, hessian_matrix, hessian_trace, hvp  # noqa: E402
+from .landscape import landscape_1d, landscape_2d, random_direction, worst_case_sharpness  # noqa: E402
