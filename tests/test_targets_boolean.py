@@ -128,6 +128,7 @@ def test_callable_beyond_24_bits_cannot_drive_the_c_loop():
         target.engine_spec()
     with pytest.raises(NotImplementedError, match="n <= 24"):
         sf.Trainer(sf.Transformer(30, d_model=16), target)
+    assert target.boolean is None  # not tabulated, so unknown
     assert A.estimate_sensitivity(target, 30, samples=8).value == 1.0  # Monte-Carlo still works
 
 

@@ -291,8 +291,6 @@ def _chunk_rows(model, n, chunk_size):
     return check_int(chunk_size, "chunk_size", 1)
 
 
-
-
 def _check_exact_n(n, where):
     if n > MAX_EXACT_N:
         raise ValueError(f"{where} enumerates all 2**n inputs, and n={n} is beyond the exact limit of {MAX_EXACT_N}; "
@@ -316,7 +314,8 @@ def truth_table(model, n, chunk_size=None, progress=False, n_threads=None) -> np
     n : int
         Input length, 1 <= n <= 26 (and <= the model's n_positions).
     chunk_size : int, optional
-        Inputs per call (default: about 16k tokens), so memory stays bounded whatever n is.
+        Inputs per call, rounded down to a power of two (default: about 16k tokens for a
+        Transformer, 1M for a callable), so memory stays bounded whatever n is.
     progress : bool
         Show a tqdm progress bar.
     n_threads : int, optional
@@ -325,7 +324,8 @@ def truth_table(model, n, chunk_size=None, progress=False, n_threads=None) -> np
     Returns
     -------
     numpy.ndarray
-        (2^n,) float64 outputs in truth-table order (x_1 the most significant bit).
+        (2^n,) float64 outputs in truth-table order (x_1 the most significant bit). A Target
+        gives ``target.truth_table()``.
     """
     n = check_int(n, "n", 1)
     _check_exact_n(n, "truth_table")
@@ -430,7 +430,7 @@ def estimate_sensitivity(model, n, samples=DEFAULT_SAMPLES, seed=0, threshold=No
                 inf_sq += (d2**2).sum(axis=0)
                 bar.update(m)
     inf = inf_sum / samples
-    inf_stderr = np.sqrt(np.maximum(inf_sq / samples - inf**2, 0.0) * samples / (samples - 1) / samples)
+    inf_stderr = np.sqrt(np.maximum(inf_sq / samples - inf**2, 0.0) / (samples - 1))  # sample std / sqrt(samples)
     return SensitivityEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(samples)), samples, s, exact=False, n=n,
                                scale="01" if threshold is not None else scale, threshold=threshold,
                                influences=inf, influence_stderr=inf_stderr)

@@ -330,7 +330,7 @@ class FourierFunction(Target):
     _kind = _FOURIER
 
     def __init__(self, coefficients, n=None, output="real", noise=0.0):
-        self.output = check_choice(output, "output", ("real", "sign"))
+        output = check_choice(output, "output", ("real", "sign"))
         if isinstance(coefficients, Mapping):
             if n is None:
                 raise ValueError("n is required when coefficients is a mapping {positions: coefficient}")
@@ -345,11 +345,16 @@ class FourierFunction(Target):
             member = inputs_from_indices(index, self.n)  # (terms, n): is position j in the set?
             sets = [np.flatnonzero(row) for row in member]
             values = dense[index]
-        sizes = np.array([len(S) for S in sets], dtype=np.int64)
+        self._set_terms(sets, values, output)
+
+    def _set_terms(self, sets, values, output):
+        """Store the terms as the engine reads them: positions back to back, set offsets, coefficients."""
+        sizes = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
         self.set_offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-        self.bits = (np.concatenate(sets) if sets else np.zeros(0)).astype(np.int32)
+        self.bits = np.fromiter(itertools.chain.from_iterable(sets), dtype=np.int32, count=int(sizes.sum()))
         self.coefficients = np.ascontiguousarray(values, dtype=np.float64)
-        self.boolean = self.output == "sign"
+        self.output = output
+        self.boolean = output == "sign"
 
     def _from_mapping(self, coefficients):
         sets, values, seen = [], [], set()
@@ -421,11 +426,13 @@ class RandomDegree(FourierFunction):
         m = sum(math.comb(n, j) for j in range(k + 1))
         if m > self.MAX_TERMS:
             raise ValueError(f"n={n}, k={k} gives {m} Fourier terms, more than {self.MAX_TERMS}; lower k")
+        output = check_choice(output, "output", ("sign", "real"))
+        Target.__init__(self, n, noise)
         self.seed = check_seed(seed)
-        values = np.random.default_rng(self.seed).normal(scale=1 / np.sqrt(m), size=m)
-        sets = itertools.chain.from_iterable(itertools.combinations(range(n), j) for j in range(k + 1))
-        super().__init__(dict(zip(sets, values)), n=n, output=output, noise=noise)
         self.k = k
+        values = np.random.default_rng(self.seed).normal(scale=1 / np.sqrt(m), size=m)
+        sets = list(itertools.chain.from_iterable(itertools.combinations(range(n), j) for j in range(k + 1)))
+        self._set_terms(sets, values, output)  # sorted, distinct sets by construction: no checks needed
 
     def _repr_args(self):
         return f"n={self.n}, k={self.k}, seed={self.seed}, output={self.output!r}"
@@ -481,8 +488,10 @@ class Callable(Target):
         return self._cache
 
     @property
-    def boolean(self) -> bool:
-        """Whether fn is {0,1}-valued (tabulates it; n <= 24)."""
+    def boolean(self) -> bool | None:
+        """Whether fn is {0,1}-valued, from its table (n <= 24; None beyond: not tabulated)."""
+        if self.n > CALLABLE_TABLE_MAX_N:
+            return None
         table = self._table()
         return bool(np.all((table == 0) | (table == 1)))
 
