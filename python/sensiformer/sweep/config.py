@@ -64,7 +64,10 @@ class RunConfig:
         with ``dynamic_repeats`` noise draws (common random numbers over training).
     Extras
         ``save_predictions`` stores the thresholded predictions on all 2^n inputs;
-        ``train_sharpness_repeats`` > 0 measures sharpness on the whole training subset;
+        ``train_sharpness_repeats`` > 0 measures sharpness (R = that many draws) on one batch
+        holding a whole input subset: ``restricted_subset(n, sharpness_subset,
+        sharpness_subset_seed)`` if given (generalization: the parent run's training set),
+        else the training subset;
         ``eval_lengths`` evaluates at these lengths too.
     """
 
@@ -103,6 +106,8 @@ class RunConfig:
     dynamic_repeats: int = 500
     save_predictions: bool = False
     train_sharpness_repeats: int = 0
+    sharpness_subset: int | None = None
+    sharpness_subset_seed: int | None = None
     eval_lengths: tuple = ()
     tags: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 

@@ -22,6 +22,20 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: below this much work per step (d_model x batch x length) a run is too small to gain from a
+#: second thread: OpenMP's barriers cost more than they save, badly so on a busy machine
+SMALL_RUN_WORK = 1 << 21
+
+
+def threads_for(config: dict, workers: int, n_threads=None) -> int:
+    """Threads for one run: explicit ``n_threads``, else the cores left per concurrent run for
+    runs large enough to use them, else 1."""
+    if n_threads:
+        return int(n_threads)
+    work = config["d_model"] * config["batch_size"] * max(config["n"], *(config.get("train_lengths") or [0]))
+    return max(1, usable_cpus() // max(workers, 1)) if work >= SMALL_RUN_WORK else 1
+
+
 def _mp_context():
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
@@ -60,7 +74,8 @@ class SerialBackend(Backend):
     name = "serial"
 
     def __init__(self, n_threads=None):
-        self.n_threads = n_threads or usable_cpus()
+        self._n_threads = n_threads
+        self.n_threads = n_threads or "1 or all"
 
     def submit(self, config):
         return config
@@ -69,26 +84,28 @@ class SerialBackend(Backend):
         return iter(futures)
 
     def result(self, future):
-        return execute_safely(future, self.n_threads)
+        return execute_safely(future, threads_for(future, 1, self._n_threads))
 
     def cancel(self, futures):
         pass
 
 
 class LocalBackend(Backend):
-    """A ``ProcessPoolExecutor`` (forkserver) sized to the machine: with k runs at once each
-    run gets cores // k threads (1 when the pool is full)."""
+    """A ``ProcessPoolExecutor`` (forkserver) sized to the machine: min(cores, runs) workers;
+    each run gets cores // workers threads if it is large enough to use them (``threads_for``),
+    else 1 (so 1 whenever the pool is full)."""
 
     name = "processes"
 
     def __init__(self, n_runs, max_workers=None, n_threads=None):
         cpus = usable_cpus()
         self.workers = max(1, min(max_workers or cpus, n_runs))
+        self._n_threads = n_threads
         self.n_threads = n_threads or max(1, cpus // self.workers)
         self.pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=_mp_context())
 
     def submit(self, config):
-        return self.pool.submit(execute_safely, config, self.n_threads)
+        return self.pool.submit(execute_safely, config, threads_for(config, self.workers, self._n_threads))
 
     def as_completed(self, futures):
         return cf.as_completed(futures)

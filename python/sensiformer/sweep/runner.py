@@ -215,10 +215,15 @@ def execute(config, n_threads: int = 1) -> dict:
     elif cfg.measure:
         metrics["param_norm"] = sf.probes.param_norm(model)
     artifacts = {}
-    if cfg.train_sharpness_repeats and subset is not None:
+    if cfg.train_sharpness_repeats and (subset is not None or cfg.sharpness_subset is not None):
         from ..targets import inputs_from_indices
 
-        xs = inputs_from_indices(np.unique(subset), cfg.n)
+        if cfg.sharpness_subset is not None:
+            probe_seed = cfg.seed if cfg.sharpness_subset_seed is None else cfg.sharpness_subset_seed
+            probe_set = sf.restricted_subset(cfg.n, cfg.sharpness_subset, probe_seed)
+        else:
+            probe_set = subset
+        xs = inputs_from_indices(np.unique(probe_set), cfg.n)
         est = sf.probes.sharpness(model, xs, trainer.target(xs), sigma=cfg.sharpness_sigma,
                                   repeats=cfg.train_sharpness_repeats, seed=cfg.sharpness_seed, n_threads=n_threads)
         metrics.update(train_sharpness=_finite(est.value), train_sharpness_stderr=_finite(est.stderr))

@@ -1,0 +1,98 @@
+"""Figures 3 and 12–14: loss, sharpness, blowup and norm during training on PARITY, aligned at
+the convergence step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..sweep.config import RunConfig
+from ._base import Experiment, Stage, resolve, run_fields
+from .scaling import _PAPER
+
+#: the official convergence step: first logged step whose measurement-batch loss is below this
+CONVERGENCE_LOSS = 0.01
+
+_DYN = dict(_PAPER, target="parity", n=25, dynamic_every=100, dynamic_batches=1, dynamic_repeats=500, measure=False)
+PRESETS = {
+    "20k": {
+        # sweeps/dynamic_metrics_1.yaml: seed 0..100 x wd {0, .1, .2, .3}, 20k steps = 404 runs
+        "paper": dict(_DYN, seeds=tuple(range(101)), weight_decays=(0.0, 0.1, 0.2, 0.3), steps=20_000),
+        "quick": dict(_DYN, n=10, seeds=tuple(range(4)), weight_decays=(0.0, 0.1), steps=3000, d_model=64,
+                      batch_size=128, lr=2e-3, dynamic_every=50, dynamic_repeats=20, log_every=50, eval_batches=50),
+        "ci": dict(_DYN, n=5, seeds=(0,), weight_decays=(0.1,), steps=300, d_model=16, batch_size=64, lr=3e-3,
+                   dynamic_every=50, dynamic_repeats=4, log_every=50, eval_batches=4),
+    },
+    "100k": {
+        # sweeps/dynamic_metrics_2.yaml: seed 0..100 x wd {0, .1}, 100k steps = 202 runs
+        "paper": dict(_DYN, seeds=tuple(range(101)), weight_decays=(0.0, 0.1), steps=100_000),
+        "quick": dict(_DYN, n=10, seeds=tuple(range(2)), weight_decays=(0.0, 0.1), steps=10_000, d_model=64,
+                      batch_size=128, lr=2e-3, dynamic_every=200, dynamic_repeats=20, log_every=200, eval_batches=50),
+        "ci": dict(_DYN, n=5, seeds=(0,), weight_decays=(0.0,), steps=400, d_model=16, batch_size=64, lr=3e-3,
+                   dynamic_every=100, dynamic_repeats=4, log_every=100, eval_batches=4),
+    },
+}
+
+
+def dynamics(preset: str = "ci", variant: str = "20k", **overrides) -> Experiment:
+    """PARITY training with probes every ``dynamic_every`` steps (the Measure callback).
+
+    Parameters
+    ----------
+    preset : {"ci", "quick", "paper"}
+        "paper": n=25, d=128, B=1024, probes every 100 steps on one fixed batch with R=500
+        noise draws (re-seeded with the run seed: the same draws at every step), no final
+        measurement; variant "20k" is ``dynamic_metrics_1`` (404 runs), "100k" is
+        ``dynamic_metrics_2`` (202 runs).
+    **overrides
+        ``target``, ``n``, ``seeds``, ``weight_decays``, ``steps``, ``dynamic_every``,
+        ``dynamic_repeats``, ``dynamic_batches`` and the model/training settings.
+    """
+    if variant not in PRESETS:
+        raise ValueError(f"variant must be '20k' or '100k', got {variant!r}")
+    params, changed = resolve("dynamics", PRESETS[variant], preset, overrides)
+    fields = run_fields(params)
+    fields.pop("weight_decay")
+
+    def build(store=None):
+        return [RunConfig(target=params["target"], n=params["n"], seed=s, weight_decay=wd, **fields,
+                          tags=dict(experiment="dynamics", variant=variant))
+                for s in params["seeds"] for wd in params["weight_decays"]]
+
+    return Experiment(name="dynamics", preset=preset, params=params, overrides=changed, stages=[Stage("train", build)],
+                      figures="Fig. 3, 12-14", variant=None if variant == "20k" else variant, _plot=_figure,
+                      _report=_report)
+
+
+def aligned_history(history: pd.DataFrame, loss_column: str = "measure_loss",
+                    threshold: float = CONVERGENCE_LOSS) -> pd.DataFrame:
+    """Add ``convergence_step`` (the first logged step whose ``loss_column`` < threshold; NaN if
+    never) and ``steps_after_convergence`` = step - convergence_step to each run's history."""
+    if not len(history):
+        return history.assign(convergence_step=pd.Series(dtype=float), steps_after_convergence=pd.Series(dtype=float))
+    probed = history.dropna(subset=[loss_column]) if loss_column in history else history.iloc[0:0]
+    below = probed[probed[loss_column] < threshold]
+    first = below.groupby("key")["step"].min()
+    out = history.copy()
+    out["convergence_step"] = out["key"].map(first).astype(float)
+    out["steps_after_convergence"] = out["step"] - out["convergence_step"]
+    return out
+
+
+def _figure(exp, store, **kwargs):
+    from .. import plot
+
+    return plot.dynamics_figure(aligned_history(exp.history(store)), **kwargs)
+
+
+def _report(exp, store):
+    hist = aligned_history(exp.history(store))
+    if not len(hist):
+        return f"{exp.sweep}: no finished runs"
+    per_run = hist.groupby("key").agg(wd=("weight_decay", "first"), conv=("convergence_step", "first"))
+    lines = [f"{exp.sweep}: {len(per_run)} runs"]
+    for wd, g in per_run.groupby("wd"):
+        c = g["conv"].dropna()
+        lines.append(f"  weight decay {wd:g}: {len(c)}/{len(g)} converged (measurement loss < {CONVERGENCE_LOSS}), "
+                     f"median convergence step {np.median(c) if len(c) else float('nan'):.0f}")
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""Figures 4 and 15: what transformers learn from part of a random function, and how sharp
+the fitted solutions are.
+
+Stage "fit": a random function on n=10 (``RandomFunction(n, target_seed)``) is trained on an
+m-subset (``restricted_subset(10, m, seed)``); the model's thresholded predictions on all
+1024 inputs are stored.
+
+Manifest (an explicit, sorted list, not the official ``os.listdir`` order): for every fit run
+whose predictions reproduce all its training labels, a *learned* completion (the
+predictions); for m=256 also a *random* completion, the official recipe: a fresh
+``RandomFunction(10, s)`` with ``s`` drawn by ``numpy.random.RandomState(0).randint(0, 10000)``
+in manifest order (the official ``set_random_seed(0)`` + ``np.random.randint``), whose
+training-set entries are overwritten by the true labels. Each entry carries its average
+sensitivity. Order: group ("256_random" = learned + random completions of m=256, then
+"128_512" = learned completions of the other m), kind (learned before random), m,
+target_seed, seed.
+
+Stage "refit": a fresh transformer per seed is trained on each completion over the whole
+input space; its final sharpness, blowup and norm are measured, and its sharpness on the
+parent's training subset (R=100) is the "train sharpness" of Fig. 15 (for learned
+completions; for random ones the figure uses the full-space sharpness, as the official plot).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..sweep.config import RunConfig, hex_to_table, table_to_hex
+from ._base import Experiment, Stage, average_sensitivity, resolve, run_fields
+from .scaling import _PAPER
+
+N = 10
+_GEN = dict(_PAPER, n=N)
+PRESETS = {
+    # generalization_first_step_{1,2}: seed 0..9 x target_seed 0..9 x m in {256} / {128, 512, 1024} (100 + 300 runs);
+    # generalization_second_step_{1,2}: seed 0..4 x each manifest entry (<= 200 / <= 300 entries)
+    "paper": dict(_GEN, seeds=tuple(range(10)), target_seeds=tuple(range(10)), subset_sizes=(128, 256, 512, 1024),
+                  random_completion_sizes=(256,), refit_seeds=tuple(range(5)), train_sharpness_repeats=100,
+                  refit_steps=10_000),
+    "quick": dict(_GEN, seeds=(0, 1), target_seeds=tuple(range(6)), subset_sizes=(128, 256, 512),
+                  random_completion_sizes=(256,), refit_seeds=(0,), train_sharpness_repeats=100, d_model=64,
+                  batch_size=128, lr=2e-3, steps=1500, refit_steps=2500, log_every=250, measure_batches=16,
+                  refit_per_group=6),
+    # ci: n=6 so that small models fit their subsets exactly within a few hundred steps
+    "ci": dict(_GEN, n=6, seeds=(0,), target_seeds=(0, 1), subset_sizes=(8, 16), random_completion_sizes=(16,),
+               refit_seeds=(0,), train_sharpness_repeats=8, d_model=16, batch_size=32, lr=3e-3, steps=300,
+               refit_steps=300, log_every=100, measure_batches=2, refit_per_group=2),
+}
+for _p in PRESETS.values():
+    _p.setdefault("refit_per_group", None)
+
+
+def group_names(subset_sizes, random_sizes):
+    """The two manifest groups: completions of the sizes that also get random completions
+    (official directory "256_random"), and the learned completions of the other sizes
+    (official "128_512", which also holds m=1024)."""
+    other = sorted(m for m in subset_sizes if m not in random_sizes)
+    first = "_".join(map(str, sorted(random_sizes))) + "_random"
+    second = "128_512" if other == [128, 512, 1024] else "_".join(map(str, other)) or "none"
+    return first, second
+
+
+def _group(m, random_sizes, subset_sizes):
+    a, b = group_names(subset_sizes, random_sizes)
+    return a if m in random_sizes else b
+
+
+def completion_manifest(fit_runs: pd.DataFrame, random_completion_sizes=(256,), n: int = N,
+                        subset_sizes=(128, 256, 512, 1024)) -> pd.DataFrame:
+    """The sorted explicit manifest of completions from the fit stage's runs.
+
+    ``fit_runs`` needs the columns ``key``, ``seed``, ``target_seed``, ``train_subset`` and
+    ``predictions`` (hex; ``store.runs(..., artifacts=True)``). Returns one row per completion:
+    group, kind ("learned"/"random"), m, target_seed, seed (of the parent), parent key,
+    random_seed (random completions), table (hex), average_sensitivity.
+    """
+    from .. import targets
+
+    cols = ["group", "kind", "n", "m", "target_seed", "seed", "parent", "random_seed", "table", "average_sensitivity"]
+    if not len(fit_runs):
+        return pd.DataFrame(columns=cols)
+    runs = fit_runs.sort_values(["train_subset", "target_seed", "seed", "key"]).reset_index(drop=True)
+    entries = []
+    for r in runs.itertuples():
+        if not isinstance(r.predictions, str):
+            continue
+        preds = hex_to_table(r.predictions, n)
+        truth = targets.RandomFunction(n, int(r.target_seed)).table
+        subset = targets.restricted_subset(n, int(r.train_subset), int(r.seed))
+        if not np.array_equal(preds[subset], truth[subset]):
+            continue  # the official pipeline keeps only runs that reproduce every training label
+        base = dict(m=int(r.train_subset), target_seed=int(r.target_seed), seed=int(r.seed), parent=r.key)
+        entries.append(dict(base, kind="learned", random_seed=None, table=preds, subset=subset, truth=truth))
+    # random completions, in the manifest order of their parents
+    legacy = np.random.RandomState(0)
+    for e in [e for e in entries if e["m"] in random_completion_sizes]:
+        s = int(legacy.randint(0, 10000))
+        table = targets.RandomFunction(n, s).table.copy()
+        table[e["subset"]] = e["truth"][e["subset"]]
+        entries.append(dict(e, kind="random", random_seed=s, table=table))
+    rows = []
+    for e in entries:
+        rows.append(dict(group=_group(e["m"], random_completion_sizes, subset_sizes), kind=e["kind"], n=n, m=e["m"],
+                         target_seed=e["target_seed"], seed=e["seed"], parent=e["parent"],
+                         random_seed=e["random_seed"], table=table_to_hex(e["table"]),
+                         average_sensitivity=average_sensitivity(e["table"])))
+    df = pd.DataFrame(rows, columns=cols)
+    order = dict(zip(group_names(subset_sizes, random_completion_sizes), (0, 1)))
+    df = df.sort_values(by=["group", "kind", "m", "target_seed", "seed"],
+                        key=lambda c: c.map(order) if c.name == "group" else c).reset_index(drop=True)
+    df.index.name = "file_idx"
+    return df
+
+
+def refit_configs(manifest: pd.DataFrame, params: dict) -> list[RunConfig]:
+    """Stage 2: ``refit_seeds`` x every manifest entry (per group in manifest order, the
+    official ``seed x file idx`` grid), trained on the whole input space."""
+    fields = run_fields(params)
+    fields["steps"] = params["refit_steps"]
+    configs = []
+    for group in group_names(params["subset_sizes"], params["random_completion_sizes"]):
+        entries = manifest[manifest["group"] == group]
+        if params.get("refit_per_group") is not None:
+            entries = entries.groupby("kind", group_keys=False).head(params["refit_per_group"])
+        for seed in params["refit_seeds"]:
+            for idx, e in entries.iterrows():
+                learned = e["kind"] == "learned"
+                configs.append(RunConfig(
+                    target="table", n=params["n"], target_table=e["table"], seed=seed, **fields,
+                    train_sharpness_repeats=params["train_sharpness_repeats"] if learned else 0,
+                    sharpness_subset=int(e["m"]) if learned else None,
+                    sharpness_subset_seed=int(e["seed"]) if learned else None,
+                    tags=dict(experiment="generalization", group=group, file_idx=int(idx), kind=e["kind"],
+                              m=int(e["m"]), parent=e["parent"], parent_seed=int(e["seed"]),
+                              target_seed_parent=int(e["target_seed"]),
+                              average_sensitivity=float(e["average_sensitivity"]))))
+    return configs
+
+
+def fit_configs(params: dict) -> list[RunConfig]:
+    """Stage 1: the official first-step grids (m=256 first, then the other sizes)."""
+    fields = run_fields(params)
+    fields.update(measure=False)
+    sizes = sorted(params["subset_sizes"], key=lambda m: (m not in params["random_completion_sizes"], m))
+    return [RunConfig(target="random", n=params["n"], target_seed=ts, seed=s, train_subset=m, save_predictions=True,
+                      **fields, tags=dict(experiment="generalization", stage="fit", m=m))
+            for m in sizes for s in params["seeds"] for ts in params["target_seeds"]]
+
+
+def generalization(preset: str = "ci", **overrides) -> Experiment:
+    """Random functions on n=10 learned from m-subsets; learned vs random completions.
+
+    Parameters (overridable): ``n``, ``seeds``, ``target_seeds``, ``subset_sizes``,
+    ``random_completion_sizes``, ``refit_seeds``, ``refit_steps``, ``refit_per_group``
+    (cap on manifest entries per group and kind that get refitted; None = all),
+    ``train_sharpness_repeats`` and the model/training settings. "paper" gives the official
+    grids: 100 + 300 fit runs, then 5 refits of each of <= 200 + <= 300 completions
+    (1000 + 1500 runs when every fit succeeds).
+    """
+    params, changed = resolve("generalization", PRESETS, preset, overrides)
+    exp = Experiment(name="generalization", preset=preset, params=params, overrides=changed, stages=[],
+                     figures="Fig. 4, 15", _plot=_figure, _report=_report, _results=_results)
+
+    def build_fit(store=None):
+        return fit_configs(params)
+
+    def build_refit(store):
+        return refit_configs(manifest(exp, store), params)
+
+    exp.stages = [Stage("fit", build_fit), Stage("refit", build_refit, needs_store=True)]
+    exp.manifest = lambda store: manifest(exp, store)
+    return exp
+
+
+def manifest(exp, store) -> pd.DataFrame:
+    """The completion manifest of this experiment's finished fit runs."""
+    from ..sweep import Store
+
+    store = store if isinstance(store, Store) else Store(store)
+    fit = store.runs(sweep=exp.stage_sweep("fit"), artifacts=True)
+    return completion_manifest(fit, exp.params["random_completion_sizes"], exp.params["n"], exp.params["subset_sizes"])
+
+
+def _results(exp, store):
+    """Refit runs joined with their manifest entries (one row per refit)."""
+    return store.runs(sweep=exp.stage_sweep("refit"))
+
+
+def _figure(exp, store, **kwargs):
+    from .. import plot
+
+    return plot.generalization_figure(exp.results(store), manifest(exp, store), **kwargs)
+
+
+def _report(exp, store):
+    man = manifest(exp, store)
+    lines = [f"{exp.sweep}: {len(man)} completions"]
+    for (kind, m), g in man.groupby(["kind", "m"]):
+        a = g["average_sensitivity"]
+        lines.append(f"  {kind:8s} m={m:5d}: {len(g):4d} functions, average sensitivity "
+                     f"{a.mean():.3f} ± {a.std(ddof=1) if len(a) > 1 else float('nan'):.3f} (1 SD)")
+    res = exp.results(store)
+    if len(res):
+        conv = res[res["converged"] == True]  # noqa: E712
+        lines.append(f"  refits: {len(res)} runs, {len(conv)} converged (eval MSE < 1e-3)")
+    return "\n".join(lines)

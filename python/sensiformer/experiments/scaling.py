@@ -1,0 +1,80 @@
+"""Figure 1 and 5–8: sharpness, LayerNorm blowup and parameter norm against input length."""
+
+from __future__ import annotations
+
+from ..sweep.config import RunConfig
+from ._base import Experiment, Stage, resolve, run_fields
+
+TARGETS = ("parity", "majority", "first", "mean")
+#: sweeps/length_scaling_2.yaml
+LONG_LENGTHS = (4, 31, 57, 84, 111, 138, 164, 191, 218, 245, 271, 298, 325, 352, 378, 405, 432, 459, 485, 512)
+
+_PAPER = dict(d_model=128, n_heads=2, n_layers=2, batch_size=1024, lr=3e-4, weight_decay=0.1, steps=10_000,
+              log_every=100, eval_batches=1000, measure_batches=1000, sharpness_sigma=0.02, sharpness_repeats=10,
+              dtype="float32", blowup_definition="official")
+
+PRESETS = {
+    "short": {
+        # sweeps/length_scaling_1.yaml: n 4..30 x seed 0..9 x 4 targets, default settings = 1080 runs
+        "paper": dict(_PAPER, targets=TARGETS, lengths=tuple(range(4, 31)), seeds=tuple(range(10))),
+        # measured on the 2-core machine: see README ("Reproducing the paper")
+        "quick": dict(_PAPER, targets=TARGETS, lengths=(4, 6, 8, 10), seeds=tuple(range(5)), d_model=64,
+                      batch_size=128, lr=2e-3, steps=2500, log_every=250, eval_batches=50, measure_batches=16),
+        "ci": dict(_PAPER, targets=TARGETS, lengths=(4, 6), seeds=(0,), d_model=16, batch_size=64, lr=3e-3,
+                   steps=300, log_every=100, eval_batches=4, measure_batches=2),
+    },
+    "long": {
+        # sweeps/length_scaling_2.yaml: 20 lengths up to 512 x seed 0..9 x 3 targets, d=4, B=128 = 600 runs
+        "paper": dict(_PAPER, targets=("majority", "first", "mean"), lengths=LONG_LENGTHS, seeds=tuple(range(10)),
+                      d_model=4, batch_size=128),
+        "quick": dict(_PAPER, targets=("majority", "first", "mean"), lengths=(4, 32, 64, 128), seeds=(0, 1, 2),
+                      d_model=4, batch_size=128, lr=3e-3, steps=2000, log_every=250, eval_batches=20,
+                      measure_batches=8),
+        "ci": dict(_PAPER, targets=("majority", "first"), lengths=(4, 24), seeds=(0,), d_model=4, batch_size=32,
+                   lr=3e-3, steps=100, log_every=50, eval_batches=2, measure_batches=2),
+    },
+}
+
+
+def scaling(preset: str = "ci", variant: str = "short", **overrides) -> Experiment:
+    """Sharpness (×4 in plots), LN blowup (official ``maxs_prod``) and parameter norm vs length.
+
+    Parameters
+    ----------
+    preset : {"ci", "quick", "paper"}
+        "paper" is the official grid exactly (variant "short": ``length_scaling_1``, 1080 runs
+        of the d=128 model, 10k steps; variant "long": ``length_scaling_2``, 600 runs of the
+        d=4 model up to n=512). "quick" shows PARITY's sharpness rising with n, unlike the
+        other targets, in about 10 minutes on 2 cores; "ci" runs every code path in seconds.
+    variant : {"short", "long"}
+    **overrides
+        Any parameter: ``targets``, ``lengths``, ``seeds``, ``d_model``, ``n_heads``,
+        ``n_layers``, ``batch_size``, ``lr``, ``weight_decay``, ``steps``, ``log_every``,
+        ``eval_batches``, ``measure_batches``, ``sharpness_sigma``, ``sharpness_repeats``,
+        ``dtype``, ``blowup_definition``.
+    """
+    if variant not in PRESETS:
+        raise ValueError(f"variant must be 'short' or 'long', got {variant!r}")
+    params, changed = resolve("scaling", PRESETS[variant], preset, overrides)
+
+    def build(store=None):
+        # the official sweep's grid order: n, seed, target (wandb enumerates the product)
+        return [RunConfig(target=t, n=n, seed=s, **run_fields(params),
+                          tags=dict(experiment="scaling", variant=variant))
+                for n in params["lengths"] for s in params["seeds"] for t in params["targets"]]
+
+    return Experiment(name="scaling", preset=preset, params=params, overrides=changed, stages=[Stage("train", build)],
+                      figures="Fig. 1, 5-8", variant=None if variant == "short" else variant,
+                      _plot=_figure, _report=_report)
+
+
+def _figure(exp, store, **kwargs):
+    from .. import plot
+
+    return plot.scaling_figure(exp.results(store), **kwargs)
+
+
+def _report(exp, store):
+    from .. import plot
+
+    return plot.scaling_report(exp.results(store))

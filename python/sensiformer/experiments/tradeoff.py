@@ -1,0 +1,91 @@
+"""Figures 2, 9, 10: the parameter-norm / LayerNorm-blowup tradeoff (random sweeps)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..sweep.config import RunConfig
+from ._base import Experiment, Stage, resolve, run_fields
+from .scaling import _PAPER
+
+TARGETS = ("parity", "majority", "first", "mean")
+
+# The four official random sweeps (sweeps/weight_norm_blowup_tradeoff_{1..4}.yaml). Each part:
+# (run count, lengths: ("uniform", lo, hi) inclusive ints or ("values", ...), seeds (inclusive),
+# targets). lr ~ U[1e-4, 5e-4] and weight_decay ~ U[0, 0.4] everywhere; ints are drawn
+# uniformly and inclusively (wandb int_uniform), floats uniformly, categories uniformly.
+PAPER_PARTS = {
+    "tradeoff_1": dict(runs=1000, lengths=("uniform", 4, 25), seeds=(0, 1000), targets=("majority", "first", "mean")),
+    "tradeoff_2": dict(runs=1000, lengths=("uniform", 4, 25), seeds=(0, 1000), targets=("parity",)),
+    "tradeoff_3": dict(runs=500, lengths=("values", 5, 10, 15, 20), seeds=(0, 1000), targets=TARGETS),
+    "tradeoff_4": dict(runs=500, lengths=("values", 5, 10, 15, 20), seeds=(1001, 2000), targets=TARGETS),
+}
+
+PRESETS = {
+    "paper": dict(_PAPER, parts=PAPER_PARTS, lr_range=(1e-4, 5e-4), weight_decay_range=(0.0, 0.4), sample_seed=0),
+    "quick": dict(_PAPER, parts={
+        "tradeoff_1": dict(runs=12, lengths=("uniform", 4, 10), seeds=(0, 1000), targets=("majority", "first", "mean")),
+        "tradeoff_2": dict(runs=24, lengths=("uniform", 4, 10), seeds=(0, 1000), targets=("parity",)),
+        "tradeoff_3": dict(runs=16, lengths=("values", 4, 6, 8, 10), seeds=(0, 1000), targets=TARGETS),
+    }, lr_range=(1e-3, 3e-3), weight_decay_range=(0.0, 0.4), sample_seed=0, d_model=64, batch_size=128, steps=2500,
+        log_every=250, eval_batches=50, measure_batches=16),
+    "ci": dict(_PAPER, parts={
+        "tradeoff_2": dict(runs=2, lengths=("uniform", 4, 6), seeds=(0, 1000), targets=("parity",)),
+        "tradeoff_3": dict(runs=2, lengths=("values", 4, 6), seeds=(0, 1000), targets=("first", "majority")),
+    }, lr_range=(1e-3, 3e-3), weight_decay_range=(0.0, 0.4), sample_seed=0, d_model=16, batch_size=64, steps=200,
+        log_every=100, eval_batches=4, measure_batches=2),
+}
+
+
+def sample_part(part: dict, rng: np.random.Generator, lr_range, wd_range) -> list[dict]:
+    """Draw one random sweep's run parameters (n, seed, target, lr, weight_decay)."""
+    kind, *spec = part["lengths"]
+    out = []
+    for _ in range(part["runs"]):
+        n = int(rng.integers(spec[0], spec[1], endpoint=True)) if kind == "uniform" else int(rng.choice(spec))
+        seed = int(rng.integers(part["seeds"][0], part["seeds"][1], endpoint=True))
+        target = str(part["targets"][int(rng.integers(len(part["targets"])))])
+        lr = float(rng.uniform(*lr_range))
+        wd = float(rng.uniform(*wd_range))
+        out.append(dict(n=n, seed=seed, target=target, lr=lr, weight_decay=wd))
+    return out
+
+
+def tradeoff(preset: str = "ci", **overrides) -> Experiment:
+    """Random sweeps over length, learning rate and weight decay; parameter norm vs blowup.
+
+    "paper" draws the four official random sweeps with their distributions and run counts
+    (1000 + 1000 + 500 + 500; see ``PAPER_PARTS``) from ``numpy.random.default_rng(sample_seed)``
+    (the official draws came from wandb's sweep controller and cannot be replayed). Each run is
+    tagged with its part. Overridable: ``parts``, ``lr_range``, ``weight_decay_range``,
+    ``sample_seed`` and the model/training settings (``d_model``, ``batch_size``, ``steps``, ...).
+    """
+    params, changed = resolve("tradeoff", PRESETS, preset, overrides)
+    fields = run_fields(params)
+    fields.pop("lr"), fields.pop("weight_decay")
+
+    def build(store=None):
+        rng = np.random.default_rng(params["sample_seed"])
+        configs = []
+        for name in sorted(params["parts"]):
+            for draw in sample_part(params["parts"][name], rng, params["lr_range"], params["weight_decay_range"]):
+                configs.append(RunConfig(**draw, **fields, tags=dict(experiment="tradeoff", part=name)))
+        return configs
+
+    return Experiment(name="tradeoff", preset=preset, params=params, overrides=changed, stages=[Stage("train", build)],
+                      figures="Fig. 2, 9, 10", _plot=_figure, _report=_report)
+
+
+def _figure(exp, store, **kwargs):
+    from .. import plot
+
+    return plot.tradeoff_figure(exp.results(store), **kwargs)
+
+
+def _report(exp, store):
+    df = exp.results(store)
+    if not len(df):
+        return f"{exp.sweep}: no finished runs"
+    conv = df[df["converged"] == True]  # noqa: E712
+    counts = conv.groupby("target").size().to_dict()
+    return (f"{exp.sweep}: {len(df)} runs, {len(conv)} converged (eval MSE < 1e-3) by target: {counts}")

@@ -1,0 +1,406 @@
+"""The paper's figures from the store's DataFrames (matplotlib, imported lazily).
+
+Every ``*_ax`` function takes a DataFrame (``store.runs(...)`` / ``store.history(...)`` or an
+experiment's ``results(store)``) and an optional ``ax`` and returns the Axes; ``*_figure``
+functions compose a whole figure and return the Figure. Nothing here calls ``plt.show()``.
+
+Style as the official plots: mean ± 2 SD across seeds as a line with a band, every run as a
+dot; sharpness multiplied by 4 (the {0,1} -> ±1 label scale; plots only, the store keeps the
+raw value); log axes for LayerNorm blowup. Only converged runs (eval MSE < 1e-3) are drawn
+unless ``converged_only=False``; ``converged_counts`` shows how many that leaves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+#: the paper's colours per target (seaborn's default palette order)
+COLORS = {"parity": "#1f77b4", "majority": "#ff7f0e", "first": "#2ca02c", "mean": "#d62728"}
+LABELS = {"parity": "PARITY", "majority": "MAJORITY", "first": "FIRST", "mean": "MEAN"}
+SINGLE_COLUMN = (3.5, 2.625)
+
+
+def _plt():
+    import matplotlib.pyplot as plt  # lazily: matplotlib is the optional "plot" extra
+
+    return plt
+
+
+def _style(ax):
+    ax.set_facecolor("white")
+    ax.grid(True, color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return ax
+
+
+def _legend(ax, fontsize="small"):
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=fontsize)
+
+
+def _axes(ax, figsize=SINGLE_COLUMN):
+    if ax is None:
+        plt = _plt()
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return _style(ax)
+
+
+def converged(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that pass the paper's filter (eval MSE < 1e-3)."""
+    if not len(runs) or "converged" not in runs:
+        return runs.iloc[0:0]
+    return runs[runs["converged"].astype(bool) & (runs["status"] == "ok")]
+
+
+def _column(runs, metric):
+    values = runs[metric].astype(float)
+    return 4.0 * values if metric in ("sharpness", "sharpness_stderr") else values
+
+
+def _mean_band(ax, df, x, metric, color, label):
+    """Mean ± 2 SD across seeds per x, plus every run as a dot."""
+    y = _column(df, metric)
+    grouped = pd.DataFrame({"x": df[x].astype(float), "y": y}).groupby("x")["y"]
+    mean, sd = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+    ax.plot(mean.index, mean.values, color=color, label=label, linewidth=1.5, marker="o", markersize=2.5)
+    ax.fill_between(mean.index, (mean - 2 * sd).values, (mean + 2 * sd).values, color=color, alpha=0.2,
+                    linewidth=0)
+    ax.scatter(df[x].astype(float), y, color=color, s=6, alpha=0.5, linewidths=0)
+
+
+def metric_vs_length_ax(runs, metric="sharpness", targets=None, ax=None, converged_only=True, log=False,
+                        ylabel=None):
+    """Any final metric vs input length n, one colour per target (mean ± 2 SD + runs)."""
+    ax = _axes(ax)
+    df = converged(runs) if converged_only else runs
+    targets = targets or [t for t in COLORS if len(df) and t in set(df["target"])]
+    for t in targets:
+        sub = df[df["target"] == t]
+        if len(sub) and metric in sub:
+            _mean_band(ax, sub.dropna(subset=[metric]), "n", metric, COLORS.get(t), LABELS.get(t, t))
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("input length $n$")
+    ax.set_ylabel(ylabel or metric)
+    if targets:
+        _legend(ax, "small")
+    return ax
+
+
+def sharpness_vs_length_ax(runs, targets=None, ax=None, converged_only=True):
+    """Fig. 1 / 5: sharpness (×4) vs n."""
+    ax = metric_vs_length_ax(runs, "sharpness", targets, ax, converged_only, ylabel="sharpness (×4)")
+    ax.yaxis.set_major_formatter(_four_decimals())
+    return ax
+
+
+def blowup_vs_length_ax(runs, targets=None, ax=None, converged_only=True):
+    """Fig. 6/7: LayerNorm blowup (official ``maxs_prod``) vs n, log axis."""
+    return metric_vs_length_ax(runs, "blowup_maxs_prod", targets, ax, converged_only, log=True,
+                               ylabel="LayerNorm blowup")
+
+
+def norm_vs_length_ax(runs, targets=None, ax=None, converged_only=True):
+    """Fig. 7/8: parameter norm (positional embeddings excluded) vs n."""
+    return metric_vs_length_ax(runs, "param_norm", targets, ax, converged_only, ylabel="parameter norm")
+
+
+def _four_decimals():
+    from matplotlib.ticker import FormatStrFormatter
+
+    return FormatStrFormatter("%.4f")
+
+
+# ---- regression slopes --------------------------------------------------------------------------
+def _t_quantile(p, df):
+    """Student-t quantile (scipy if present, else a Cornish-Fisher expansion, < 1e-3 off for df >= 3)."""
+    try:
+        from scipy import stats
+
+        return float(stats.t.ppf(p, df))
+    except ImportError:  # pragma: no cover - scipy is usually there
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf(p)
+        g1 = (z**3 + z) / 4
+        g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+        g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+        return z + g1 / df + g2 / df**2 + g3 / df**3
+
+
+def slopes(runs, metric="sharpness", x="n", converged_only=True, level=0.95) -> pd.DataFrame:
+    """Least-squares slope of ``metric`` (sharpness ×4) vs ``x`` per target with a ``level``
+    confidence interval (t distribution), r, and the number of runs used."""
+    df = converged(runs) if converged_only else runs
+    rows = []
+    for t in [t for t in COLORS if len(df) and t in set(df["target"])] + sorted(
+            set(df["target"]) - set(COLORS) if len(df) else []):
+        sub = df[df["target"] == t].dropna(subset=[metric])
+        xs, ys = sub[x].astype(float).to_numpy(), _column(sub, metric).to_numpy()
+        k = len(xs)
+        row = dict(target=t, slope=math.nan, ci_low=math.nan, ci_high=math.nan, stderr=math.nan, r=math.nan, runs=k,
+                   lengths=int(len(set(xs))))
+        if k >= 3 and len(set(xs)) >= 2:
+            xm, ym = xs.mean(), ys.mean()
+            sxx = ((xs - xm) ** 2).sum()
+            slope = ((xs - xm) * (ys - ym)).sum() / sxx
+            resid = ys - (ym + slope * (xs - xm))
+            se = math.sqrt((resid**2).sum() / (k - 2) / sxx)
+            q = _t_quantile(0.5 + level / 2, k - 2)
+            syy = ((ys - ym) ** 2).sum()
+            row.update(slope=slope, stderr=se, ci_low=slope - q * se, ci_high=slope + q * se,
+                       r=float(((xs - xm) * (ys - ym)).sum() / math.sqrt(sxx * syy)) if syy > 0 else math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["target", "slope", "ci_low", "ci_high", "stderr", "r", "runs", "lengths"])
+
+
+def converged_counts(runs) -> pd.DataFrame:
+    """Converged runs / finished runs per (target, n), as strings "k/m"."""
+    if not len(runs):
+        return pd.DataFrame()
+    ok = runs["converged"].astype(bool) & (runs["status"] == "ok")
+    table = runs.assign(ok=ok).groupby(["target", "n"])["ok"].agg(["sum", "count"])
+    text = table.apply(lambda r: f"{int(r['sum'])}/{int(r['count'])}", axis=1).unstack("n")
+    order = [t for t in COLORS if t in text.index] + [t for t in text.index if t not in COLORS]
+    return text.loc[order]
+
+
+def scaling_report(runs) -> str:
+    """The printed summary of a scaling sweep: slopes with 95% CIs and converged-run counts."""
+    if not len(runs):
+        return "no finished runs"
+    s = slopes(runs)
+    lines = ["sharpness (×4) vs length: least-squares slope per target, converged runs only (eval MSE < 1e-3)"]
+    for r in s.itertuples():
+        lines.append(f"  {LABELS.get(r.target, r.target):9s} slope {r.slope:+.5f} per bit   95% CI "
+                     f"[{r.ci_low:+.5f}, {r.ci_high:+.5f}]   r={r.r:+.2f}   {r.runs} runs over {r.lengths} lengths")
+    verdict = parity_verdict(s)
+    if verdict:
+        lines.append(verdict)
+    lines.append("converged runs / finished runs per (target, n):")
+    lines.append(converged_counts(runs).to_string())
+    return "\n".join(lines)
+
+
+def parity_verdict(slope_table) -> str:
+    """Whether PARITY's slope is positive with a CI above every other target's CI."""
+    s = slope_table.set_index("target")
+    if "parity" not in s.index or not np.isfinite(s.loc["parity", "ci_low"]):
+        return ""
+    others = [t for t in s.index if t != "parity" and np.isfinite(s.loc[t, "ci_high"])]
+    above = all(s.loc["parity", "ci_low"] > s.loc[t, "ci_high"] for t in others)
+    positive = s.loc["parity", "ci_low"] > 0
+    return (f"PARITY's slope is {'positive' if positive else 'NOT significantly positive'} and its CI lies "
+            f"{'above' if above else 'NOT above'} the CIs of {', '.join(LABELS.get(t, t) for t in others)}")
+
+
+def scaling_figure(runs, targets=None, converged_only=True):
+    """Fig. 1 / 5–8 in one row: sharpness (×4), LayerNorm blowup (log) and parameter norm vs n."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(3 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.3), layout="constrained")
+    sharpness_vs_length_ax(runs, targets, axes[0], converged_only)
+    blowup_vs_length_ax(runs, targets, axes[1], converged_only)
+    norm_vs_length_ax(runs, targets, axes[2], converged_only)
+    for ax in axes[1:]:
+        legend = ax.get_legend()
+        if legend:
+            legend.remove()
+    s = slopes(runs, converged_only=converged_only)
+    if len(s):
+        text = "; ".join(f"{LABELS.get(r.target, r.target)} {r.slope:+.4f}" for r in s.itertuples()
+                         if np.isfinite(r.slope))
+        axes[0].set_title(f"slopes per bit: {text}", fontsize="x-small", loc="left")
+    return fig
+
+
+# ---- tradeoff -------------------------------------------------------------------------------------
+def tradeoff_ax(runs, ax=None, target=None, color_by="n", converged_only=True, colorbar=True):
+    """Fig. 2/9/10: parameter norm vs LayerNorm blowup (log x axis); colour by n (plasma) or target."""
+    ax = _axes(ax)
+    df = converged(runs) if converged_only else runs
+    if target is not None and len(df):
+        df = df[df["target"] == target]
+    df = df.dropna(subset=["blowup_maxs_prod", "param_norm"]) if len(df) else df
+    if color_by == "n":
+        sc = ax.scatter(df["blowup_maxs_prod"] if len(df) else [], df["param_norm"] if len(df) else [],
+                        c=df["n"] if len(df) else [], cmap="plasma", s=10, alpha=0.8, linewidths=0)
+        if colorbar and len(df):
+            ax.figure.colorbar(sc, ax=ax, label="input length $n$")
+    else:
+        for t in [t for t in COLORS if len(df) and t in set(df["target"])]:
+            sub = df[df["target"] == t]
+            ax.scatter(sub["blowup_maxs_prod"], sub["param_norm"], color=COLORS[t], label=LABELS[t], s=10,
+                       alpha=0.8, linewidths=0)
+        if len(df):
+            _legend(ax, "small")
+    ax.set_xscale("log")
+    ax.set_xlabel("LayerNorm blowup")
+    ax.set_ylabel("parameter norm")
+    if target is not None:
+        ax.set_title(LABELS.get(target, target), fontsize="small")
+    return ax
+
+
+def tradeoff_figure(runs, converged_only=True):
+    """PARITY coloured by n, and every target at once (coloured by target)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0] + 0.8, SINGLE_COLUMN[1] + 0.3), layout="constrained")
+    tradeoff_ax(runs, axes[0], target="parity", color_by="n", converged_only=converged_only)
+    tradeoff_ax(runs, axes[1], color_by="target", converged_only=converged_only)
+    axes[1].set_title("all targets", fontsize="small")
+    return fig
+
+
+# ---- dynamics -------------------------------------------------------------------------------------
+DYNAMIC_PANELS = (("measure_loss", "loss", False), ("sharpness", "sharpness (×4)", False),
+                  ("blowup_maxs_prod", "LayerNorm blowup", True), ("param_norm", "weight norm", False))
+
+
+def dynamics_axes(history, weight_decay=None, axes=None, window=None, min_fraction=0.25):
+    """Fig. 3 / 12: loss, sharpness (×4), blowup (log) and weight norm against steps after
+    convergence (``experiments.aligned_history``). Individual runs faint; the bold line is the
+    mean over steps that at least ``min_fraction`` of the runs reach."""
+    plt = _plt()
+    if axes is None:
+        _, axes = plt.subplots(len(DYNAMIC_PANELS), 1, figsize=(SINGLE_COLUMN[0], 1.6 * len(DYNAMIC_PANELS)),
+                               sharex=True, layout="constrained")
+    df = history
+    if weight_decay is not None and len(df):
+        df = df[np.isclose(df["weight_decay"].astype(float), weight_decay)]
+    df = df.dropna(subset=["steps_after_convergence"]) if len(df) else df
+    if window is not None and len(df):
+        df = df[(df["steps_after_convergence"] >= window[0]) & (df["steps_after_convergence"] <= window[1])]
+    n_runs = df["key"].nunique() if len(df) else 0
+    for ax, (metric, label, log) in zip(axes, DYNAMIC_PANELS):
+        _style(ax)
+        if len(df) and metric in df:
+            sub = df.dropna(subset=[metric])
+            y = _column(sub, metric)
+            for _, g in sub.assign(_y=y).groupby("key"):
+                ax.plot(g["steps_after_convergence"], g["_y"], color="#1f77b4",
+                        alpha=max(0.05, min(0.5, 3.0 / max(n_runs, 1))), linewidth=0.8)
+            agg = sub.assign(_y=y).groupby("steps_after_convergence")["_y"].agg(["mean", "count"])
+            agg = agg[agg["count"] >= max(1, math.ceil(min_fraction * n_runs))]
+            ax.plot(agg.index, agg["mean"], color="#08306b", linewidth=1.8)
+        ax.axvline(0, color="red", linestyle="--", linewidth=0.8)
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylabel(label, fontsize="small")
+    axes[-1].set_xlabel("steps after convergence")
+    title = f"{n_runs} converged runs" + (f", weight decay {weight_decay:g}" if weight_decay is not None else "")
+    axes[0].set_title(title, fontsize="small")
+    return axes
+
+
+def dynamics_figure(history, weight_decays=None):
+    """One column of the four dynamic panels per weight decay."""
+    plt = _plt()
+    if weight_decays is None:
+        weight_decays = sorted(set(history["weight_decay"].astype(float))) if len(history) else [None]
+    fig, axes = plt.subplots(len(DYNAMIC_PANELS), len(weight_decays),
+                             figsize=(SINGLE_COLUMN[0] * len(weight_decays), 1.6 * len(DYNAMIC_PANELS)),
+                             sharex="col", squeeze=False, layout="constrained")
+    for j, wd in enumerate(weight_decays):
+        dynamics_axes(history, wd, axes=axes[:, j])
+    return fig
+
+
+# ---- generalization -------------------------------------------------------------------------------
+GROUP_COLORS = {("learned", 128): "#9ecae1", ("learned", 256): "#3182bd", ("learned", 512): "#08519c",
+                ("learned", 1024): "#08306b", ("random", 256): "#e6550d"}
+
+
+def _group_label(kind, m):
+    return f"{kind} completion, m={m}"
+
+
+def _partial(df, include_m):
+    """Rows of completions from proper subsets (m < 2^n; the paper leaves out m=1024 at n=10)."""
+    if include_m is not None:
+        return df[df["m"].isin(include_m)]
+    return df[df["m"].astype(int) < 2 ** df["n"].astype(int)]
+
+
+def generalization_ax(refits, ax=None, converged_only=True, include_m=None):
+    """Fig. 4: sharpness (×4) of the refitted transformer vs the average sensitivity of its
+    target function, per completion group (m = 2^n, e.g. 1024, excluded as in the paper)."""
+    ax = _axes(ax)
+    df = converged(refits) if converged_only else refits
+    if len(df):
+        df = _partial(df, include_m)
+        for (kind, m), g in df.groupby(["kind", "m"]):
+            ax.scatter(g["average_sensitivity"], 4 * g["sharpness"].astype(float), s=10, alpha=0.8, linewidths=0,
+                       color=GROUP_COLORS.get((kind, m)), label=_group_label(kind, m))
+        _legend(ax, "x-small")
+    ax.set_xlabel("average sensitivity of the function")
+    ax.set_ylabel("sharpness (×4)")
+    return ax
+
+
+def sensitivity_hist_ax(manifest, ax=None, include_m=None):
+    """Distribution of average sensitivity of learned vs random completions (the jointplot's margin)."""
+    ax = _axes(ax)
+    if len(manifest):
+        df = _partial(manifest, include_m)
+        bins = np.linspace(0, max(6.0, float(df["average_sensitivity"].max()) + 0.1), 40)
+        for (kind, m), g in df.groupby(["kind", "m"]):
+            ax.hist(g["average_sensitivity"], bins=bins, alpha=0.6, color=GROUP_COLORS.get((kind, m)),
+                    label=_group_label(kind, m))
+        _legend(ax, "x-small")
+    ax.set_xlabel("average sensitivity")
+    ax.set_ylabel("functions")
+    return ax
+
+
+def train_sharpness_ax(refits, ax=None, converged_only=True):
+    """Fig. 15: sharpness (×4) vs sharpness on the parent's training set (not ×4, as the official
+    plot; random completions use their full-space sharpness)."""
+    ax = _axes(ax)
+    df = converged(refits) if converged_only else refits
+    if len(df):
+        train = df["train_sharpness"] if "train_sharpness" in df else pd.Series(np.nan, index=df.index)
+        train = train.astype(float).where(df["kind"] == "learned", df["sharpness"].astype(float))
+        df = df.assign(_train=train).dropna(subset=["_train"])
+        for (kind, m), g in df.groupby(["kind", "m"]):
+            ax.scatter(g["_train"], 4 * g["sharpness"].astype(float), s=10, alpha=0.8, linewidths=0,
+                       color=GROUP_COLORS.get((kind, m)), label=_group_label(kind, m))
+        if len(df):
+            _legend(ax, "x-small")
+    ax.set_xlabel("sharpness on the training set")
+    ax.set_ylabel("sharpness (×4)")
+    return ax
+
+
+def generalization_figure(refits, manifest):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(3 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.3), layout="constrained")
+    sensitivity_hist_ax(manifest, axes[0])
+    generalization_ax(refits, axes[1])
+    train_sharpness_ax(refits, axes[2])
+    return fig
+
+
+# ---- length generalisation ------------------------------------------------------------------------
+def length_generalization_ax(long_form, ax=None, metric="eval_accuracy"):
+    """Accuracy by evaluation length (trained lengths shaded)."""
+    ax = _axes(ax)
+    if len(long_form):
+        for t in [t for t in COLORS if t in set(long_form["target"])]:
+            _mean_band(ax, long_form[long_form["target"] == t].rename(columns={"length": "n"}), "n", metric,
+                       COLORS[t], LABELS[t])
+        trained = long_form[long_form["trained"]]["length"]
+        if len(trained):
+            ax.axvspan(trained.min() - 0.5, trained.max() + 0.5, color="#eeeeee", zorder=0)
+        _legend(ax, "small")
+    ax.set_xlabel("evaluation length")
+    ax.set_ylabel("accuracy" if metric == "eval_accuracy" else metric)
+    return ax
+
+
+def length_generalization_figure(long_form):
+    return length_generalization_ax(long_form).figure
