@@ -197,3 +197,18 @@ def test_hessian_probe_arguments_are_checked(tiny):
         sf.probes.hessian_trace(model, x, y, block="positional_encoding.weight")
     with pytest.raises(ValueError, match="max_size"):
         sf.probes.hessian_matrix(model, x, y, max_size=10)
+
+
+def test_measure_callback_records_hessian_and_logit_scale():
+    model = sf.Transformer(4, d_model=8, seed=0)
+    x = sf.targets.all_inputs(4)
+    y = sf.targets.Parity(4)(x)
+    measure = sf.Measure(x, y, every=10, hessian=True, hessian_samples=5, hessian_iters=10, logit_scale=True)
+    trainer = sf.Trainer(model, sf.targets.Parity(4), batch_size=16, n_threads=1)
+    history = trainer.fit(20, callbacks=[measure], progress=False)
+    rows = history.dropna(subset=["hessian_top"])
+    assert len(rows) == 2
+    for column in ("hessian_top", "hessian_trace", "hessian_trace_stderr", "logit_max", "logit_mean"):
+        assert np.all(np.isfinite(rows[column]))
+    top = sf.probes.hessian_eigenvalues(model, x, y, k=1, max_iter=10, seed=0).values[0]
+    assert rows["hessian_top"].iloc[-1] == top  # measured at the last step, same start vector

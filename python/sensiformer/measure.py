@@ -17,7 +17,10 @@ class Measure(Callback):
     The history rows at those steps get ``measure_loss``, ``sharpness`` and
     ``sharpness_stderr`` (same noise draws at every measurement: common random numbers over
     training, as the official dynamic runs re-seed), the LayerNorm blowup aggregates
-    (``blowup_maxs_prod`` etc.) and ``param_norm`` (positional embeddings excluded).
+    (``blowup_maxs_prod`` etc.) and ``param_norm`` (positional embeddings excluded); optionally
+    the Hessian's top eigenvalue and Hutchinson trace (``hessian_top``, ``hessian_trace`` and
+    ``hessian_trace_stderr``; same probe vectors at every measurement) and the attention-logit
+    scale (``logit_max``: max over layers and heads, ``logit_mean``: mean of the per-head means).
 
     Parameters
     ----------
@@ -32,10 +35,16 @@ class Measure(Callback):
     sigma, repeats, seed : sharpness settings (the paper's dynamic runs use R=500).
     definition : {"official", "theory"}
         LayerNorm blowup form.
+    hessian : bool
+        Also measure the Hessian (on the sharpness parameter set): top eigenvalue by Lanczos
+        (``hessian_iters`` steps at most) and the trace from ``hessian_samples`` probes.
+    logit_scale : bool
+        Also measure the attention-logit scale |q.k|/sqrt(d_head).
     """
 
     def __init__(self, x=None, y=None, every=100, n_batches=1, sharpness=True, blowup=True, norm=True,
-                 sigma=probes.DEFAULT_SIGMA, repeats=10, seed=0, definition="official"):
+                 sigma=probes.DEFAULT_SIGMA, repeats=10, seed=0, definition="official", hessian=False,
+                 hessian_samples=20, hessian_iters=30, logit_scale=False):
         super().__init__(every=every)
         if (x is None) != (y is None):
             raise ValueError("give both x and y, or neither")
@@ -46,6 +55,9 @@ class Measure(Callback):
         self.repeats = check_int(repeats, "repeats", 1)
         self.seed = check_seed(seed)
         self.definition = definition
+        self.do_hessian, self.do_logits = bool(hessian), bool(logit_scale)
+        self.hessian_samples = check_int(hessian_samples, "hessian_samples", 1)
+        self.hessian_iters = check_int(hessian_iters, "hessian_iters", 1)
 
     def _data(self, trainer):
         if self.x is None:
@@ -71,4 +83,12 @@ class Measure(Callback):
             row.update({f"blowup_{k}": blow[k] for k in probes.LN_AGGREGATES})
         if self.do_norm:
             row["param_norm"] = probes.param_norm(model)
+        if self.do_hessian:
+            kw = dict(seed=self.seed, loss=trainer.loss, batch_size=batch, n_threads=trainer.n_threads)
+            top = probes.hessian_eigenvalues(model, x, y, k=1, max_iter=self.hessian_iters, **kw)
+            trace = probes.hessian_trace(model, x, y, samples=self.hessian_samples, **kw)
+            row.update(hessian_top=float(top.values[0]), hessian_trace=trace.value, hessian_trace_stderr=trace.stderr)
+        if self.do_logits:
+            scale = probes.attention_logit_scale(model, x, n_threads=trainer.n_threads)
+            row.update(logit_max=float(scale["max"].max()), logit_mean=float(scale["mean"].mean()))
         return row
