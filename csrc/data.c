@@ -142,6 +142,8 @@ sf_status sf_sample_batch(const sf_target *t, const sf_sampler *s, uint64_t seed
         break;
     case SF_SAMPLE_DATASET:
         if (s->data_rows < 1) return sf_fail(SF_EINVAL, "the dataset is empty");
+        if (s->data_width != T)
+            return sf_fail(SF_EINVAL, "the dataset's inputs have length %d, not the batch length %d", s->data_width, T);
         for (int b = 0; b < B; b++) {
             const int64_t row = (int64_t)sf_below(key, (uint64_t)b, (uint64_t)s->data_rows);
             memcpy(x + (int64_t)b * T, s->data_x + row * T, (size_t)T);

@@ -184,6 +184,7 @@ static int data_spec_parse(PyObject *target, PyObject *sampler, data_spec *s) {
         s->sampler.data_x = PyArray_DATA(s->data_x);
         s->sampler.data_y = PyArray_DATA(s->data_y);
         s->sampler.data_rows = PyArray_DIM(s->data_x, 0);
+        s->sampler.data_width = (int)PyArray_DIM(s->data_x, 1);
     }
     if (kind == SF_SAMPLE_SUBSET && !s->subset) {
         PyErr_SetString(PyExc_ValueError, "the subset sampler needs train_subset");
@@ -249,68 +250,69 @@ static PyObject *py_sample_batch(PyObject *self, PyObject *args) {
 }
 
 /* train(model, optimizer, target, sampler, loss, pm1, batch_size, seq_len, seed, threshold,
- *       first_step, n_steps, n_threads)
- * -> (status, done, losses, accuracies, lrs, grad_norms, message, pending_exception)
- * An interrupt or divergence still returns the completed steps; the caller re-raises. */
+ *       first_step, n_steps, n_threads, record float64 (4, n_steps), done int64 (1,))
+ * -> (status, message, pending_exception)
+ * The loop writes each finished step's loss, accuracy, lr and gradient norm into `record` and
+ * the count of finished steps into `done` as it goes, so the caller's bookkeeping survives an
+ * interrupt at any moment. An interrupt or divergence returns normally; the caller re-raises. */
 static PyObject *py_train(PyObject *self, PyObject *args) {
-    PyObject *mo, *oo, *target, *sampler;
+    PyObject *mo, *oo, *target, *sampler, *recordo, *doneo;
     int loss_kind, pm1, B, T, nt;
     unsigned long long seed;
     double threshold;
     long long first, n_steps;
-    if (!PyArg_ParseTuple(args, "O!O!OOipiiKdLLi", &SfModelType, &mo, &SfOptimizerType, &oo, &target, &sampler,
-                          &loss_kind, &pm1, &B, &T, &seed, &threshold, &first, &n_steps, &nt))
+    if (!PyArg_ParseTuple(args, "O!O!OOipiiKdLLiOO", &SfModelType, &mo, &SfOptimizerType, &oo, &target, &sampler,
+                          &loss_kind, &pm1, &B, &T, &seed, &threshold, &first, &n_steps, &nt, &recordo, &doneo))
         return NULL;
     SfModelObject *model = (SfModelObject *)mo;
     SfOptimizerObject *opt = (SfOptimizerObject *)oo;
     if (sf_py_model_ready(model) < 0 || optimizer_ready(opt) < 0) return NULL;
     if (opt->owner != model) return PyErr_Format(PyExc_ValueError, "the optimizer belongs to another model");
     if (n_steps < 0 || first < 0) return PyErr_Format(PyExc_ValueError, "steps must be >= 0");
-    data_spec s;
-    if (data_spec_parse(target, sampler, &s) < 0) {
-        data_spec_release(&s);
-        return NULL;
-    }
-    npy_intp n = (npy_intp)n_steps;
-    PyObject *losses = PyArray_ZEROS(1, &n, NPY_FLOAT64, 0), *accs = PyArray_ZEROS(1, &n, NPY_FLOAT64, 0);
-    PyObject *lrs = PyArray_ZEROS(1, &n, NPY_FLOAT64, 0), *gns = PyArray_ZEROS(1, &n, NPY_FLOAT64, 0);
+    PyArrayObject *record = sf_py_array(recordo, NPY_FLOAT64, 2, "record");
+    PyArrayObject *done = record ? sf_py_array(doneo, NPY_INT64, 1, "done") : NULL;
     PyObject *result = NULL;
-    if (losses && accs && lrs && gns && sf_py_model_acquire(model) == 0) {
-        sf_train_config tc = {loss_kind, pm1, B, T, seed, threshold};
-        int64_t done = 0;
-        sf_py_unlocked u;
-        u.saved = PyEval_SaveThread();
-        sf_status st = sf_train(model->model, opt->opt, &s.target, &s.sampler, &tc, first, n_steps,
-                                PyArray_DATA((PyArrayObject *)losses), PyArray_DATA((PyArrayObject *)accs),
-                                PyArray_DATA((PyArrayObject *)lrs), PyArray_DATA((PyArrayObject *)gns), &done, nt,
-                                sf_py_stop_hook, &u);
-        PyEval_RestoreThread(u.saved);
-        sf_py_model_release(model);
-        if (st == SF_EINVAL || st == SF_ENOMEM) {
-            sf_py_raise(st);
-        } else {
-            PyObject *pending = Py_None;
-            Py_INCREF(pending);
-            if (st == SF_EINTR && PyErr_Occurred()) { /* the exception raised by a signal handler */
-                PyObject *type, *value, *tb;
-                Py_DECREF(pending);
-                PyErr_Fetch(&type, &value, &tb);
-                PyErr_NormalizeException(&type, &value, &tb);
-                if (tb) PyException_SetTraceback(value, tb);
-                Py_XDECREF(type);
-                Py_XDECREF(tb);
-                pending = value ? value : Py_None;
-                if (!value) Py_INCREF(Py_None);
-            }
-            result = Py_BuildValue("(iLOOOOsN)", (int)st, (long long)done, losses, accs, lrs, gns,
-                                   st ? sf_last_error() : "", pending);
-        }
+    data_spec s;
+    if (!done) goto out_arrays;
+    if (PyArray_DIM(record, 0) != 4 || PyArray_DIM(record, 1) < n_steps || PyArray_DIM(done, 0) != 1 ||
+        !PyArray_ISWRITEABLE(record) || !PyArray_ISWRITEABLE(done)) {
+        PyErr_SetString(PyExc_ValueError, "record must be writable (4, n_steps) and done writable (1,)");
+        goto out_arrays;
     }
-    Py_XDECREF(losses);
-    Py_XDECREF(accs);
-    Py_XDECREF(lrs);
-    Py_XDECREF(gns);
+    if (data_spec_parse(target, sampler, &s) < 0) goto out_spec;
+    if (sf_py_model_acquire(model) < 0) goto out_spec;
+    sf_train_config tc = {loss_kind, pm1, B, T, seed, threshold};
+    double *rec = PyArray_DATA(record);
+    const npy_intp stride = PyArray_DIM(record, 1);
+    sf_py_unlocked u;
+    u.saved = PyEval_SaveThread();
+    sf_status st = sf_train(model->model, opt->opt, &s.target, &s.sampler, &tc, first, n_steps, rec, rec + stride,
+                            rec + 2 * stride, rec + 3 * stride, (int64_t *)PyArray_DATA(done), nt, sf_py_stop_hook, &u);
+    PyEval_RestoreThread(u.saved);
+    sf_py_model_release(model);
+    if (st == SF_EINVAL || st == SF_ENOMEM) {
+        sf_py_raise(st);
+        goto out_spec;
+    }
+    PyObject *pending = Py_None;
+    if (st == SF_EINTR && PyErr_Occurred()) { /* the exception raised by a signal handler */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb && value) PyException_SetTraceback(value, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        pending = value ? value : Py_None;
+        if (!value) Py_INCREF(Py_None);
+    } else {
+        Py_INCREF(pending);
+    }
+    result = Py_BuildValue("(isN)", (int)st, st ? sf_last_error() : "", pending);
+out_spec:
     data_spec_release(&s);
+out_arrays:
+    Py_XDECREF(record);
+    Py_XDECREF(done);
     return result;
 }
 

@@ -144,7 +144,8 @@ typedef struct {
     sf_sampler_kind kind;
     const int64_t *subset;    /* SF_SAMPLE_SUBSET */
     int64_t subset_size;
-    const uint8_t *data_x;    /* SF_SAMPLE_DATASET: (rows, T) */
+    const uint8_t *data_x;    /* SF_SAMPLE_DATASET: (rows, data_width) */
+    int data_width;           /* must equal the batch length T */
     const double *data_y;     /* (rows) */
     int64_t data_rows;
 } sf_sampler;

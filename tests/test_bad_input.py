@@ -104,11 +104,11 @@ ISOLATED = {
     "train with uninit optimizer": (
         "m = sf.Transformer(4, d_model=8)\n"
         "_engine.train(m._engine, uninit_optimizer(), (0, 4, None), (0, None, None, None), 0, False, 2, 4, 0,"
-        " 0.5, 0, 1, 1)", "RuntimeError", r"optimizer was not initialised"),
+        " 0.5, 0, 1, 1, np.zeros((4, 1)), np.zeros(1, np.int64))", "RuntimeError", r"optimizer was not initialised"),
     "train with uninit model": (
         "m = sf.Transformer(4, d_model=8); o = sf.AdamW().bind(m)\n"
         "_engine.train(uninit_model(), o._engine, (0, 4, None), (0, None, None, None), 0, False, 2, 4, 0,"
-        " 0.5, 0, 1, 1)", "RuntimeError", r"model was not initialised"),
+        " 0.5, 0, 1, 1, np.zeros((4, 1)), np.zeros(1, np.int64))", "RuntimeError", r"model was not initialised"),
     "Model initialised twice": ("m = sf.Transformer(4, d_model=8)\n"
                                 "m._engine.__init__(4, 8, 2, 2, 8, 0, False, 1e-5, 0, 0, 0, True)",
                                 "RuntimeError", r"already initialised"),
@@ -149,12 +149,12 @@ ISOLATED = {
     "engine dataset tokens outside 0/1": (
         "m = sf.Transformer(4, d_model=8); o = sf.AdamW().bind(m)\n"
         "_engine.train(m._engine, o._engine, (0, 4, None), (2, None, np.full((3, 4), 5, np.uint8), np.zeros(3)),"
-        " 0, False, 2, 4, 0, 0.5, 0, 1, 1)", "ValueError", r"token.*\b5\b|\b5\b.*outside"),
-    # data_x has 2 columns but the batch asks for length 4: the engine copies 4 bytes per row out
-    # of a 6-byte buffer (a heap over-read) instead of refusing the mismatch.
+        " 0, False, 2, 4, 0, 0.5, 0, 1, 1, np.zeros((4, 1)), np.zeros(1, np.int64))", "ValueError",
+        r"token.*\b5\b|\b5\b.*outside"),
+    # data_x has 2 columns but the batch asks for length 4: refused (no over-read)
     "engine dataset width mismatch": pytest.param(
         "_engine.sample_batch((0, 4, None), (2, None, np.zeros((3, 2), np.uint8), np.zeros(3)), 0, 0, 2, 4)",
-        "ValueError", r"(length|width|columns)", marks=bug("sample_batch/train do not check data_x width == T")),
+        "ValueError", r"(length|width|columns)"),
     # --- files ---
     "load non-model npz": ("p = os.path.join(WORKDIR, 'other.npz'); np.savez(p, a=np.zeros(3)); sf.load(p)",
                            "ValueError", r"other\.npz is not a sensiformer model file"),
@@ -177,16 +177,13 @@ ISOLATED = {
         "p = os.path.join(WORKDIR, 'full.npz'); sf.Transformer(4, d_model=8).save(p)\n"
         "data = open(p, 'rb').read(); q = os.path.join(WORKDIR, 'truncated.npz')\n"
         "open(q, 'wb').write(data[:len(data) // 2]); sf.load(q)",
-        "ValueError", r"truncated\.npz", marks=bug("sf.load raises zipfile.BadZipFile 'File is not a zip file', "
-                                                  "which is not a ValueError and does not name the file")),
+        "ValueError", r"truncated\.npz"),
     "load garbage file": pytest.param(
         "q = os.path.join(WORKDIR, 'garbage.npz'); open(q, 'wb').write(b'hello world, not a model'); sf.load(q)",
-        "ValueError", r"garbage\.npz", marks=bug("sf.load on a non-npz file says 'This file contains pickled "
-                                                "(object) data' (misleading) without naming the file")),
+        "ValueError", r"garbage\.npz"),
     "load npy file": pytest.param(
         "q = os.path.join(WORKDIR, 'arr.npy'); np.save(q, np.zeros(3)); sf.load(q)",
-        "ValueError", r"arr\.npy", marks=bug("sf.load on a .npy file raises TypeError \"'numpy.ndarray' object "
-                                            "does not support the context manager protocol\"")),
+        "ValueError", r"arr\.npy"),
     # --- load_state_dict must validate everything before writing anything ---
     "load_state_dict overflow into float32": pytest.param(
         "m = sf.Transformer(4, d_model=8); before = m.flat.copy()\n"
@@ -196,9 +193,7 @@ ISOLATED = {
         "    m.load_state_dict(state)\n"
         "finally:\n"
         "    assert np.array_equal(before, m.flat), 'parameters were modified by a failing load_state_dict'\n",
-        "ValueError", r"linear_head\.bias", marks=bug("load_state_dict casts 1e300 into a float32 model: writes "
-                                                     "inf (RuntimeWarning only); with warnings as errors it "
-                                                     "stops half-way, leaving a partial write")),
+        "ValueError", r"linear_head\.bias"),
     "load_state_dict complex values": pytest.param(
         "m = sf.Transformer(4, d_model=8, dtype='float64'); before = m.flat.copy()\n"
         "state = {k: v + 1 for k, v in m.state_dict().items()}\n"
@@ -207,9 +202,7 @@ ISOLATED = {
         "    m.load_state_dict(state)\n"
         "finally:\n"
         "    assert np.array_equal(before, m.flat), 'parameters were modified by a failing load_state_dict'\n",
-        "TypeError|ValueError", r"linear_head\.bias", marks=bug("load_state_dict accepts complex arrays (drops "
-                                                               "the imaginary part with a ComplexWarning; "
-                                                               "partial write under warnings-as-errors)")),
+        "TypeError|ValueError", r"linear_head\.bias"),
 }
 
 
@@ -469,14 +462,11 @@ def test_forward_rejects_bad_n_threads(model, x, n_threads, exc, pattern):
                  id="dtype float16"),
     pytest.param(dict(dtype="int"), ValueError, r"dtype must be one of", id="dtype int"),
     pytest.param(dict(dtype=np.int32), ValueError, r"dtype must be one of", id="dtype np.int32"),
-    pytest.param(dict(dtype=["float32"]), TypeError, r"dtype", id="dtype list",
-                 marks=bug("dtype=['float32'] raises numpy's 'Field elements must be 2- or 3-tuples' "
-                           "without naming dtype")),
+    pytest.param(dict(dtype=["float32"]), TypeError, r"dtype", id="dtype list"),
     pytest.param(dict(final_norm=1), TypeError, r"final_norm must be a bool", id="final_norm int"),
     pytest.param(dict(final_norm=True), ValueError, r"final_norm=True needs norm='pre'", id="final_norm post"),
     pytest.param(dict(identical_layers="no"), TypeError, r"identical_layers must be a bool",
-                 id="identical_layers str", marks=bug("identical_layers='no' is accepted as True (bool('no')), "
-                                                      "unlike final_norm which requires a bool")),
+                 id="identical_layers str"),
 ])
 def test_transformer_rejects_bad_config(kwargs, exc, pattern):
     args = dict(n_positions=N, d_model=16)
@@ -485,7 +475,6 @@ def test_transformer_rejects_bad_config(kwargs, exc, pattern):
         sf.Transformer(**args)
 
 
-@bug("dtype=None silently builds a float64 model (np.dtype(None) is float64), although the default is float32")
 def test_transformer_dtype_none_is_not_silently_float64():
     try:
         m = sf.Transformer(N, d_model=16, dtype=None)
@@ -535,8 +524,7 @@ def test_transformer_dtype_none_is_not_silently_float64():
     pytest.param(sf.AdamW, dict(clip_norm=-1.0), ValueError, r"clip_norm must be >= 0", id="negative clip"),
     pytest.param(sf.AdamW, dict(clip_norm=float("nan")), ValueError, r"clip_norm must be finite", id="NaN clip"),
     pytest.param(sf.AdamW, dict(min_lr=-1.0), ValueError, r"min_lr must be >= 0", id="negative min_lr"),
-    pytest.param(sf.AdamW, dict(decay_all="no"), TypeError, r"decay_all must be a bool", id="decay_all str",
-                 marks=bug("decay_all='no' is accepted and means True (bool('no'))")),
+    pytest.param(sf.AdamW, dict(decay_all="no"), TypeError, r"decay_all must be a bool", id="decay_all str"),
 ])
 def test_optimizer_rejects_bad_hyperparameters(cls, kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern):
@@ -586,11 +574,8 @@ def _small():
                  id="subset 2-D"),
     pytest.param(dict(train_subset=np.array([2**63], dtype=np.uint64)), ValueError, r"train_subset indices",
                  id="subset uint64 huge"),
-    pytest.param(dict(train_subset=[0.0, 1.0]), TypeError, r"train_subset", id="subset float",
-                 marks=bug("a float train_subset raises ValueError, not TypeError (x and y use TypeError "
-                           "for a wrong dtype)")),
-    pytest.param(dict(train_subset=["a"]), TypeError, r"train_subset", id="subset str",
-                 marks=bug("a string train_subset raises ValueError, not TypeError")),
+    pytest.param(dict(train_subset=[0.0, 1.0]), TypeError, r"train_subset", id="subset float"),
+    pytest.param(dict(train_subset=["a"]), TypeError, r"train_subset", id="subset str"),
     pytest.param(dict(seq_len=N + 1), ValueError, r"inputs of length 9 exceed the model's n_positions=8",
                  id="seq_len > n_positions"),
     pytest.param(dict(seq_len=0), ValueError, r"seq_len must be >= 1", id="seq_len 0"),
@@ -648,21 +633,16 @@ def test_trainer_data_with_train_subset():
         sf.Trainer(_small(), data=(np.zeros((4, N), int), np.zeros(4)), train_subset=[0, 1])
 
 
-@bug("Trainer(data=(x, y), seq_len=k) silently ignores seq_len and uses x.shape[1]")
 def test_trainer_data_with_conflicting_seq_len():
     with pytest.raises(ValueError, match=r"seq_len"):
         sf.Trainer(_small(), data=(np.zeros((4, 6), int), np.zeros(4)), seq_len=3)
 
 
-@bug("Trainer(loss='bce', data=(x, y)) accepts labels outside [0, 1] (Transformer.loss refuses them); "
-     "evaluate() then reports a negative BCE")
 def test_trainer_bce_rejects_labels_outside_unit_interval():
     with pytest.raises(ValueError, match=r"bce.*\[0, 1\]|labels"):
         sf.Trainer(_small(), data=(np.zeros((4, 6), int), np.array([0.0, 5.0, 1.0, 0.0])), loss="bce")
 
 
-@bug("a Trainer that fails validation has already bound the caller's optimizer to the model, so the "
-     "optimizer is refused by the corrected Trainer")
 def test_failed_trainer_construction_does_not_bind_the_optimizer():
     opt = sf.AdamW(lr=1e-3)
     with pytest.raises(ValueError, match=r"n_positions"):
@@ -718,9 +698,9 @@ def _changed_state(model):
                  r"linear_head\.bias: values must be finite", id="NaN"),
     pytest.param(lambda s: s["encoders.layers.1.linear1.weight"].__setitem__((3, 3), np.inf), ValueError,
                  r"encoders\.layers\.1\.linear1\.weight: values must be finite", id="inf deep"),
-    pytest.param(lambda s: s.update({"linear_head.bias": np.array(["a"])}), ValueError,
+    pytest.param(lambda s: s.update({"linear_head.bias": np.array(["a"])}), TypeError,
                  r"linear_head\.bias: values must be finite numbers", id="strings"),
-    pytest.param(lambda s: s.update({"linear_head.bias": np.array([0.5], dtype=object)}), ValueError,
+    pytest.param(lambda s: s.update({"linear_head.bias": np.array([0.5], dtype=object)}), TypeError,
                  r"linear_head\.bias", id="object"),
 ])
 def test_load_state_dict_rejects_and_writes_nothing(model, edit, exc, pattern):
@@ -750,9 +730,7 @@ def test_load_state_dict_non_strict_ignores_unknown_but_checks_known(model):
     pytest.param(lambda n: np.full(n, np.nan), ValueError, r"flat must be finite", id="NaN"),
     pytest.param(lambda n: np.zeros(n + 1), ValueError, r"flat must have shape", id="shape"),
     pytest.param(lambda n: np.zeros((1, n)), ValueError, r"flat must have shape", id="2-D"),
-    pytest.param(lambda n: np.array(["a"] * n), TypeError, r"flat", id="strings",
-                 marks=bug("model.flat = <string array> raises numpy's \"ufunc 'isfinite' not supported\" "
-                           "TypeError, which does not name flat")),
+    pytest.param(lambda n: np.array(["a"] * n), TypeError, r"flat", id="strings"),
 ])
 def test_flat_setter_rejects_and_writes_nothing(model, values, exc, pattern):
     before = model.flat.copy()

@@ -118,9 +118,6 @@ def test_training_continues_after_ctrl_c():
     assert after["after_last"] == after["after_steps"]
 
 
-@bug("a KeyboardInterrupt raised while Python code runs between C chunks (e.g. Ctrl-C during a slow "
-     "callback) leaves trainer.status at 'ready'/'ok' and drops the finished steps since the last log row "
-     "from the history")
 def test_ctrl_c_during_a_callback_keeps_status_and_history():
     """Python raises KeyboardInterrupt wherever SIGINT lands; during a (slow) callback that is
     Python code in fit's loop. Simulated deterministically by a callback that raises it."""

@@ -35,7 +35,7 @@ long SF(attention_scratch)(long T, long Tq, long d, long H, int nt) {
 }
 
 static int attention_threads(long B, long T, long Tq, long d, long H, const sf_par *par) {
-    return B * H > 1 && B * H * Tq * T * d >= 65536 ? par->nt : 1;
+    return B * H > 1 && B * H * Tq * T * d >= 1048576 ? par->nt : 1;
 }
 
 void SF(attention_forward)(real *ctx, real *P, const real *Q, const real *KV, long B, long T, long Tq,

@@ -127,7 +127,7 @@ void SF(gemm)(long M, long N, long K, const real *A, long sai, long sak, const r
         return;
     }
     int nt = par->nt;
-    if ((double)M * N * K < 65536.0) nt = 1; /* not worth a fork/join */
+    if ((double)M * N * K < 1048576.0) nt = 1; /* ~20 us of work: not worth a fork/join */
     /* Split rows when there are enough of them, else columns (small-M weight gradients). */
     const int by_rows = M >= (long)nt * tile_rows * 2 || N < (long)nt * tile_cols * 2;
     if (nt == 1) {

@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-#define PARALLEL_MIN 32768
+#define PARALLEL_MIN 131072
 #define THREADS_FOR(work) ((work) >= PARALLEL_MIN ? par->nt : 1)
 
 /* ---- embedding: X[b,t] = [tok[x[b,t]] ; pos[t]] ------------------------------------------ */

@@ -2,7 +2,7 @@
 #include "kernels.h"
 
 /* Below this many elements a row or column loop runs on the calling thread. */
-#define PARALLEL_MIN 32768
+#define PARALLEL_MIN 131072
 
 void SF(linear_forward)(real *Y, const real *X, const real *W, const real *b, long M, long in, long out,
                         real *wt, sf_par *par) {

@@ -34,6 +34,32 @@ def check_float(value, name, minimum=None, maximum=None, allow_inf=False):
     return value
 
 
+def check_bool(value, name):
+    """Only real booleans: bool('no') is True, so strings are refused rather than guessed."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return bool(value)
+
+
+def as_finite_array(value, name, dtype, shape=None):
+    """``value`` (array-like or torch tensor) as a finite real array of ``dtype``; the checks run
+    on the converted values, so an overflow in the cast (1e300 into float32) is caught."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{name} must be finite numbers (a real numeric array), got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be finite numbers (real, not complex), got dtype {arr.dtype}")
+    if shape is not None and arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = arr.astype(dtype)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite in {np.dtype(dtype).name} (NaN, inf or overflow found)")
+    return arr
+
+
 def check_choice(value, name, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from . import _engine
-from ._validation import (as_tokens, as_values, check_choice, check_float, check_int, check_seed,
-                          resolve_threads)
+from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
+                          check_seed, resolve_threads)
 
 NORMS = {"post": 0, "pre": 1, "none": 2}
 ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_tanh": 2}
@@ -67,11 +68,10 @@ class Transformer:
         check_choice(norm, "norm", tuple(NORMS))
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
         check_choice(activation, "activation", tuple(ACTIVATIONS))
-        dtype = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-        check_choice(dtype, "dtype", tuple(DTYPES))
+        dtype = _dtype_name(dtype)
         seed = check_seed(seed)
-        if not isinstance(final_norm, (bool, np.bool_)):
-            raise TypeError(f"final_norm must be a bool, got {final_norm!r}")
+        final_norm = check_bool(final_norm, "final_norm")
+        identical_layers = check_bool(identical_layers, "identical_layers")
         if final_norm and norm != "pre":
             raise ValueError("final_norm=True needs norm='pre'")
         self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
@@ -142,12 +142,7 @@ class Transformer:
 
     @flat.setter
     def flat(self, values):
-        values = np.asarray(values)
-        if values.shape != self._flat.shape:
-            raise ValueError(f"flat must have shape {self._flat.shape}, got {values.shape}")
-        if not np.all(np.isfinite(values)):
-            raise ValueError("flat must be finite")
-        self._flat[...] = values
+        self._flat[...] = as_finite_array(values, "flat", self.dtype, self._flat.shape)
 
     @property
     def flat_grad(self) -> np.ndarray:
@@ -172,15 +167,10 @@ class Transformer:
                 if strict:
                     raise KeyError(f"unexpected key {key!r} in state (strict=True)")
                 continue
-            if hasattr(value, "detach"):  # a torch tensor
-                value = value.detach().cpu().numpy()
-            value = np.asarray(value)
-            target = self._params[key]
-            if value.shape != target.shape:
-                raise ValueError(f"{key}: shape {value.shape} does not match the model's {target.shape}")
-            if not np.issubdtype(value.dtype, np.number) or not np.all(np.isfinite(value)):
-                raise ValueError(f"{key}: values must be finite numbers")
-            arrays[key] = value
+            shape = self._params[key].shape
+            if np.shape(value) != shape:
+                raise ValueError(f"{key}: shape {np.shape(value)} does not match the model's {shape}")
+            arrays[key] = as_finite_array(value, f"{key}: values", self.dtype)
         missing = [k for k in self._params if k not in arrays]
         if strict and missing:
             raise KeyError(f"missing keys in state (strict=True): {missing}")
@@ -246,14 +236,36 @@ class Transformer:
         tmp.replace(path)
 
 
+def _dtype_name(dtype):
+    if isinstance(dtype, str):
+        return check_choice(dtype, "dtype", tuple(DTYPES))
+    if isinstance(dtype, (np.dtype, type)):
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = repr(dtype)
+        return check_choice(name, "dtype", tuple(DTYPES))
+    raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+
+
 def load(path) -> Transformer:
     """Load a model written by ``Transformer.save``."""
-    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
-        if "__meta__" not in data:
-            raise ValueError(f"{path} is not a sensiformer model file")
-        meta = json.loads(str(data["__meta__"]))
-        if meta.get("kind") != "Transformer":
-            raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a Transformer")
-        model = Transformer(**meta["config"])
-        model.load_state_dict({k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")})
+    try:
+        with open(path, "rb") as fh:
+            data = np.load(fh, allow_pickle=False)
+            if not hasattr(data, "files"):
+                raise ValueError("an .npy array, not an .npz archive")
+            with data:
+                contents = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} is not a readable sensiformer model file ({err})") from err
+    if "__meta__" not in contents:
+        raise ValueError(f"{path} is not a sensiformer model file")
+    meta = json.loads(str(contents["__meta__"]))
+    if meta.get("kind") != "Transformer":
+        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a Transformer")
+    model = Transformer(**meta["config"])
+    model.load_state_dict({k[len("param/"):]: v for k, v in contents.items() if k.startswith("param/")})
     return model

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _engine
-from ._validation import check_choice, check_float, check_int, resolve_threads
+from ._validation import check_bool, check_choice, check_float, check_int, resolve_threads
 
 _KINDS = {"adamw": 0, "adam": 1, "sgd": 2}
 _SCHEDULES = {"constant": 0, "cosine": 1}
@@ -47,7 +47,7 @@ class Optimizer:
             beta2=check_float(betas[1], "betas[1]", 0.0, 1.0 - 1e-16), eps=check_float(eps, "eps", 0.0),
             weight_decay=check_float(weight_decay, "weight_decay", 0.0),
             momentum=check_float(momentum, "momentum", 0.0), dampening=check_float(dampening, "dampening", 0.0, 1.0),
-            nesterov=bool(nesterov), decay_all=bool(decay_all), schedule=schedule,
+            nesterov=check_bool(nesterov, "nesterov"), decay_all=check_bool(decay_all, "decay_all"), schedule=schedule,
             warmup_steps=check_int(warmup_steps, "warmup_steps", 0), total_steps=check_int(total_steps, "total_steps", 0),
             min_lr=check_float(min_lr, "min_lr", 0.0),
             clip_norm=0.0 if clip_norm is None else check_float(clip_norm, "clip_norm", 0.0))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 
 import numpy as np
@@ -19,6 +22,22 @@ _UNIFORM, _SUBSET, _DATASET = range(3)
 _OK, _EINVAL, _ENOMEM, _EINTR, _ENUMERIC = range(5)
 _EXACT_EVAL_MAX_N = 16
 _EVAL_CHUNK = 1 << 16
+
+
+@contextlib.contextmanager
+def _defer_interrupt():
+    """Hold back SIGINT for a few lines of bookkeeping, then deliver it (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if caught:
+        signal.raise_signal(signal.SIGINT)
 
 
 class DivergenceError(FloatingPointError):
@@ -87,11 +106,12 @@ class Trainer:
         self.optimizer = AdamW(lr=3e-4, weight_decay=0.1) if optimizer is None else optimizer
         if not isinstance(self.optimizer, Optimizer):
             raise TypeError(f"optimizer must be a sensiformer optimizer (AdamW, Adam, SGD), got {optimizer!r}")
-        self.optimizer.bind(model)
         self.target = target
         self._set_data(target, train_subset, data, seq_len)
+        self.optimizer.bind(model)  # last: a Trainer that fails validation leaves the optimizer free
         self.step_count = 0
         self.status = "ready"
+        self._chunk = None  # (first step, record, done) of the C chunk in flight
         self._rows = []
 
     # ---- data ----------------------------------------------------------------------------
@@ -108,7 +128,9 @@ class Trainer:
                 raise ValueError(f"seq_len={self.seq_len} but the target's truth table is for n={target.n}")
             if train_subset is not None:
                 subset = np.asarray(train_subset)
-                if not np.issubdtype(subset.dtype, np.integer) or subset.ndim != 1 or subset.size == 0:
+                if subset.size and not np.issubdtype(subset.dtype, np.integer):
+                    raise TypeError(f"train_subset must hold integer input indices, got dtype {subset.dtype}")
+                if subset.ndim != 1 or subset.size == 0:
                     raise ValueError("train_subset must be a non-empty 1-D array of input indices")
                 if self.seq_len > 62:
                     raise ValueError("train_subset needs seq_len <= 62")
@@ -124,6 +146,10 @@ class Trainer:
                 raise TypeError("data must be a pair (x, y)")
             x = as_tokens(data[0], "data x", self.model.n_positions)
             y = as_values(data[1], "data y", x.shape[0], np.float64)
+            if seq_len is not None and check_int(seq_len, "seq_len", 1) != x.shape[1]:
+                raise ValueError(f"seq_len={seq_len} but the data's inputs have length {x.shape[1]}")
+            if self.loss == "bce" and not np.all((y >= 0) & (y <= 1)):
+                raise ValueError("loss='bce' needs data labels in [0, 1]")
             self.seq_len = x.shape[1]
             self.data = (x, y)
             self._sampler = (_DATASET, None, x, y)
@@ -157,37 +183,68 @@ class Trainer:
         window = []
         bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=True)
         started = time.perf_counter()
+        self.status = "running"
         try:
-            while self.step_count < end:
-                boundaries = [end, (self.step_count // log_every + 1) * log_every]
-                boundaries += [(self.step_count // cb.every + 1) * cb.every for cb in callbacks]
-                chunk = min(boundaries) - self.step_count
-                status, done, losses, accs, lrs, gns, message, pending = _engine.train(
-                    self.model._engine, self.optimizer._engine, self._target_spec, self._sampler, LOSSES[self.loss],
-                    self.labels == "pm1", self.batch_size, self.seq_len, self.seed, self._threshold,
-                    self.step_count, chunk, resolve_threads(self.n_threads))
-                window.append((losses[:done], accs[:done], lrs[:done], gns[:done]))
-                self.step_count += done
-                bar.update(done)
-                if status != _OK:
-                    self._log(window, started, {})
-                    self.status = "interrupted" if status == _EINTR else "diverged"
-                    if status == _ENUMERIC:
-                        raise DivergenceError(message)
-                    raise pending if pending is not None else KeyboardInterrupt(message)
-                extra = {}
-                for cb in callbacks:
-                    if self.step_count % cb.every == 0:
-                        extra.update(cb(self) or {})
-                if self.step_count % log_every == 0 or self.step_count == end or extra:
-                    self._log(window, started, extra)
-                    window = []
-                    if progress and self._rows:
-                        bar.set_postfix(loss=f"{self._rows[-1]['loss']:.4g}")
+            self._fit_loop(end, log_every, callbacks, window, started, bar, progress)
             self.status = "ok"
+        except BaseException as err:
+            # Ctrl-C or an error in a callback between C chunks: keep what finished
+            if self.status == "running":
+                self._absorb_chunk(window)
+                self._log(window, started, {})
+                self.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            raise
         finally:
             bar.close()
         return self.history
+
+    def _fit_loop(self, end, log_every, callbacks, window, started, bar, progress):
+        """Alternate C chunks (up to the next log or callback step) with logging and callbacks."""
+        while self.step_count < end:
+            boundaries = [end, (self.step_count // log_every + 1) * log_every]
+            boundaries += [(self.step_count // cb.every + 1) * cb.every for cb in callbacks]
+            chunk = min(boundaries) - self.step_count
+            record, done = np.zeros((4, chunk)), np.zeros(1, dtype=np.int64)
+            self._chunk = (self.step_count, record, done)
+            status, message, pending = _engine.train(
+                self.model._engine, self.optimizer._engine, self._target_spec, self._sampler, LOSSES[self.loss],
+                self.labels == "pm1", self.batch_size, self.seq_len, self.seed, self._threshold,
+                self.step_count, chunk, resolve_threads(self.n_threads), record, done)
+            finished = self._absorb_chunk(window)
+            bar.update(finished)
+            if status != _OK:
+                self._log(window, started, {})
+                window.clear()
+                self.status = "interrupted" if status == _EINTR else "diverged"
+                if status == _ENUMERIC:
+                    raise DivergenceError(message)
+                raise pending if pending is not None else KeyboardInterrupt(message)
+            extra = {}
+            for cb in callbacks:
+                if self.step_count % cb.every == 0:
+                    extra.update(cb(self) or {})
+            if self.step_count % log_every == 0 or self.step_count == end or extra:
+                self._log(window, started, extra)
+                window.clear()
+                if progress and self._rows:
+                    bar.set_postfix(loss=f"{self._rows[-1].get('loss', float('nan')):.4g}")
+
+    def _absorb_chunk(self, window) -> int:
+        """Move the steps the C loop finished into the window and the step count, once.
+
+        The loop records its progress in the chunk's buffers as it goes; this runs with Ctrl-C
+        deferred, and again from ``fit``'s error path, so an interrupt landing between the C
+        call and this bookkeeping loses nothing and counts nothing twice.
+        """
+        with _defer_interrupt():
+            if self._chunk is None:
+                return 0
+            start, record, done = self._chunk
+            n = int(done[0])
+            window.append(tuple(record[:, :n]))
+            self.step_count = start + n
+            self._chunk = None
+        return n
 
     def _log(self, window, started, extra):
         if not window or sum(len(w[0]) for w in window) == 0:

@@ -80,7 +80,7 @@ static void test_training(sf_dtype dtype, sf_optimizer_kind kind, sf_sampler_kin
     fill_tokens(data_x, 24, 3);
     sf_target t = {.kind = SF_TARGET_FIRST, .n = 6};
     sf_sampler s = {.kind = sampler, .subset = subset, .subset_size = 4, .data_x = data_x, .data_y = data_y,
-                    .data_rows = 4};
+                    .data_width = 6, .data_rows = 4};
     sf_train_config tc = {.loss = SF_LOSS_MSE, .batch_size = 32, .seq_len = 6, .seed = 9, .threshold = 0.5};
     double loss[60], acc[60], lr[60], gn[60];
     int64_t done = 0;
