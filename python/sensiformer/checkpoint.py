@@ -34,13 +34,36 @@ def _digest(meta: str, arrays: dict) -> str:
     return h.hexdigest()
 
 
+def _fingerprint(*parts) -> str:
+    """SHA-256 of nested tuples/dicts of scalars and arrays (e.g. a target's engine spec)."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, dict):
+            for k in sorted(x):
+                h.update(str(k).encode())
+                feed(x[k])
+        elif isinstance(x, (tuple, list)):
+            h.update(b"(")
+            for item in x:
+                feed(item)
+            h.update(b")")
+        elif isinstance(x, np.ndarray):
+            h.update(str((x.dtype, x.shape)).encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        else:
+            h.update(repr(x).encode())
+
+    feed(parts)
+    return h.hexdigest()
+
+
 def _describe(trainer) -> dict:
-    """What must match for a checkpoint to belong to a trainer."""
-    spec = trainer._target_spec
+    """What must match for a checkpoint to belong to a trainer (data by fingerprint)."""
     return dict(model=trainer.model.config, optimizer_kind=trainer.optimizer._kind,
                 optimizer=trainer.optimizer.hyper, loss=trainer.loss, labels=trainer.labels,
                 batch_size=trainer.batch_size, seed=trainer.seed, seq_len=trainer.seq_len,
-                target_kind=int(spec[0]), sampler_kind=int(trainer._sampler[0]))
+                data=_fingerprint(trainer._target_spec, trainer._sampler))
 
 
 def save(trainer, path) -> None:
@@ -48,13 +71,6 @@ def save(trainer, path) -> None:
     path = Path(path)
     opt = trainer.optimizer.state_dict()
     arrays = dict(params=trainer.model.flat, exp_avg=opt["exp_avg"], exp_avg_sq=opt["exp_avg_sq"])
-    spec = trainer._target_spec
-    if spec[2] is not None:
-        arrays["target_table"] = spec[2]
-    if trainer.train_subset is not None:
-        arrays["train_subset"] = trainer.train_subset
-    if trainer.data is not None:
-        arrays["data_x"], arrays["data_y"] = trainer.data
     meta = json.dumps(dict(format_version=FORMAT_VERSION, describe=_describe(trainer),
                            step_count=trainer.step_count, optimizer_step=opt["step"], status=trainer.status,
                            history=trainer._rows), default=float)
@@ -90,15 +106,8 @@ def load(trainer, path) -> None:
     expected = json.loads(json.dumps(_describe(trainer), default=float))
     if state["describe"] != expected:
         diff = sorted(k for k in expected if state["describe"].get(k) != expected[k])
-        raise CheckpointError(f"{path} belongs to a different setup (differs in: {', '.join(diff)})")
-    table = trainer._target_spec[2]
-    if table is not None and not np.array_equal(contents.get("target_table"), table):
-        raise CheckpointError(f"{path} was trained on a different target table")
-    if trainer.train_subset is not None and not np.array_equal(contents.get("train_subset"), trainer.train_subset):
-        raise CheckpointError(f"{path} was trained on a different train_subset")
-    if trainer.data is not None and not (np.array_equal(contents.get("data_x"), trainer.data[0])
-                                         and np.array_equal(contents.get("data_y"), trainer.data[1])):
-        raise CheckpointError(f"{path} was trained on different data")
+        raise CheckpointError(f"{path} belongs to a different setup (differs in: {', '.join(diff)}; "
+                              "'data' covers the target, its options and noise, train_subset and data)")
     if contents["params"].shape != trainer.model.flat.shape:
         raise CheckpointError(f"{path} has {contents['params'].shape[0]} parameters, the model "
                               f"{trainer.model.flat.shape[0]}")

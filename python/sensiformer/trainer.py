@@ -289,7 +289,8 @@ class Trainer:
 
         Exact over all 2^n inputs when ``exact`` (default when n <= 16 with uniform inputs),
         over the whole training set for ``train_subset``/``data``, and otherwise over
-        ``batches`` fresh batches from an evaluation stream (seeded by ``seed``).
+        ``batches`` fresh batches from an evaluation stream (seeded by ``seed``). Labels are the
+        target's clean values (a target's label noise affects training batches only).
         """
         if self.data is not None:
             x, y = self.data
@@ -308,7 +309,7 @@ class Trainer:
                 pairs = [_engine.sample_batch(self._target_spec, (_UNIFORM, None, None, None), eval_seed, k, bs,
                                               self.seq_len) for k in range(batches)]
                 x = np.concatenate([p[0] for p in pairs])
-                y = np.concatenate([p[1] for p in pairs])
+                y = self.target(x)  # the clean function: label noise is a property of training data
         y_used = 2 * y - 1 if self.labels == "pm1" else y
         out = np.concatenate([self.model.forward(x[i:i + _EVAL_CHUNK], self.n_threads)
                               for i in range(0, len(x), _EVAL_CHUNK)]).astype(np.float64)
