@@ -85,7 +85,19 @@ static PyObject *py_set_memory_limit(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_measure_peak(PyObject *self, PyObject *args) {
+    int dbl, nt;
+    double budget;
+    if (!PyArg_ParseTuple(args, "pid", &dbl, &nt, &budget)) return NULL;
+    double gflops;
+    Py_BEGIN_ALLOW_THREADS
+    gflops = sf_measure_peak_gflops(dbl, nt, budget);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(gflops);
+}
+
 static PyMethodDef module_methods[] = {
+    {"measure_peak", py_measure_peak, METH_VARARGS, "measure_peak(float64, n_threads, seconds) -> GFLOP/s"},
     {"build_info", py_build_info, METH_NOARGS, "Facts about this build: OpenMP, CPU path, flags, threads, memory limit."},
     {"set_default_threads", py_set_default_threads, METH_O, "Default thread count (<= 0: OpenMP's default)."},
     {"resolve_threads", py_resolve_threads, METH_O, "The thread count a call with n_threads=n would use."},

@@ -74,6 +74,9 @@ int sf_default_threads(void);
 int sf_openmp_enabled(void);
 const char *sf_cpu_path(void);                /* which kernel clone runs here, e.g. "x86-64-v4" */
 const char *sf_build_flags(void);
+/* Measured FMA throughput (GFLOP/s) of this CPU's kernel path on n_threads threads, float32 or
+ * float64, taking about `seconds`. */
+double sf_measure_peak_gflops(int dtype_double, int n_threads, double seconds);
 
 /* Called between training steps (and between long chunks of other work); return nonzero to
  * stop. The engine then returns SF_EINTR with the model in a consistent state. */

@@ -25,15 +25,28 @@ def set_memory_limit(nbytes: int | None) -> None:
     _engine.set_memory_limit(0 if nbytes is None else check_int(nbytes, "nbytes", 1))
 
 
-def show_config(print_out: bool = True) -> dict:
+def measure_peak(dtype="float32", n_threads=None, seconds=0.5) -> float:
+    """Measured FMA throughput in GFLOP/s of this CPU's kernel path (the denominator of the
+    "fraction of peak" the benchmarks report)."""
+    from ._validation import check_choice, check_float, resolve_threads
+
+    check_choice(dtype, "dtype", ("float32", "float64"))
+    return _engine.measure_peak(dtype == "float64", resolve_threads(n_threads), check_float(seconds, "seconds", 0.01))
+
+
+def show_config(print_out: bool = True, peak: bool = False) -> dict:
     """Describe this build: OpenMP, the kernel path chosen for this CPU, flags, threads.
 
-    Returns the facts as a dict (and prints them unless ``print_out=False``).
+    With ``peak=True`` it also measures the fp32 and fp64 FMA peak on the default thread count
+    (about a second). Returns the facts as a dict (and prints them unless ``print_out=False``).
     """
     from . import __version__
 
     info = dict(_engine.build_info())
     info["version"] = __version__
+    if peak:
+        info["peak_gflops_fp32"] = round(measure_peak("float32"), 1)
+        info["peak_gflops_fp64"] = round(measure_peak("float64"), 1)
     if print_out:
         for key, value in info.items():
             print(f"{key:>16}: {value}")
