@@ -131,5 +131,37 @@ def main():
                 torch_hvp(module, x, yd, v_tensors), repeats)
 
 
+def jobs(threads, quick=False):
+    """Harness jobs (for compare.py): sharpness vs the official proxy, HVP vs double backward."""
+    import harness
+    import torch
+
+    from sensiformer.interop import to_torch
+
+    d, n, batch = (32, 10, 256) if quick else (128, 20, 1024)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2, size=(batch, n)).astype(np.uint8)
+    y = sf.targets.Parity(n)(x).astype(np.float32)
+    model = sf.Transformer(n, d_model=d, seed=0)
+    module = to_torch(model).eval()
+    config = f"d={d}, n={n}, B={batch}, float32"
+    forward = harness_flops = None
+    try:
+        import bench_train_step
+
+        forward = bench_train_step.executed_flops(d, n, batch) / 3
+    except ImportError:  # pragma: no cover
+        pass
+    harness_flops = None if forward is None else 11 * forward  # base loss + 10 perturbed forwards
+    yield harness.Job("sharpness, R=10 (vs official)", config, sensiformer_sharpness(model, x, y, threads),
+                      torch_sharpness(module, x, y, no_grad=False), flops=harness_flops)
+    module.train()
+    v = rng.normal(size=model.num_parameters).astype(np.float32)
+    v_tensors = [torch.from_numpy(v[t["offset"]:t["offset"] + t["size"]].reshape(t["shape"]).copy())
+                 for t in model.tensor_info]
+    yield harness.Job("Hessian-vector product", config, sensiformer_hvp(model, x, y, v, threads),
+                      torch_hvp(module, x, y, v_tensors), theirs_label="double backward")
+
+
 if __name__ == "__main__":
     main()

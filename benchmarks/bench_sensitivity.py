@@ -9,18 +9,17 @@ reshape-and-stack per stage, then ``sum_S |S| f^(S)^2``. sensiformer runs
 * ``average_sensitivity(table)`` (method="flips", the default): direct flip counting, bit-packed
   for a 0/1 table.
 
-Timings alternate NumPy / fourier / flips; reported are medians over repeats and the ratios
-NumPy / sensiformer (> 1: sensiformer is faster). All three results are checked to agree.
+Timings alternate sensiformer / NumPy (harness.py); reported are medians over repeats and the
+ratios NumPy / sensiformer (> 1: sensiformer is faster). All results are checked to agree.
 
-    python benchmarks/bench_sensitivity.py [--n 22] [--repeats 7] [--threads N]
+    python benchmarks/bench_sensitivity.py [--n 22] [--repeats 7] [--threads N] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
+import harness
 import numpy as np
 
 import sensiformer as sf
@@ -42,46 +41,28 @@ def numpy_average_sensitivity(table):
     return float(np.dot(sizes, coef * coef))
 
 
-def timed(fn, times):
-    """Run fn once, appending its wall time to ``times``; returns its value."""
-    start = time.perf_counter()
-    value = fn()
-    times.append(time.perf_counter() - start)
-    return value
+def jobs(threads, quick=False, n=None):
+    """Exact average sensitivity of one random 2^n table: both C routes vs the NumPy FWHT."""
+    n = n or (18 if quick else 22)
+    table = np.random.default_rng(0).integers(0, 2, 2**n).astype(np.float64)
+    reference = numpy_average_sensitivity(table)
+    for method in ("fourier", "flips"):
+        ours = lambda m=method: sf.analysis.average_sensitivity(table, method=m, n_threads=threads)  # noqa: E731
+        value = ours()
+        assert abs(value - reference) <= 1e-9 * reference, (method, value, reference)
+        yield harness.Job(f"exact avg sensitivity ({method})", f"random table, n={n}", ours,
+                          lambda: numpy_average_sensitivity(table), theirs_label="numpy FWHT")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=22)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="sensiformer threads (default: all)")
+    parser = harness.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--n", type=int, default=None, help="table size 2^n (default 22; --quick: 18)")
     args = parser.parse_args()
-
-    table = np.random.default_rng(0).integers(0, 2, 2**args.n).astype(np.float64)
-    runs = {
-        "numpy FWHT": lambda: numpy_average_sensitivity(table),
-        "sensiformer fourier": lambda: sf.analysis.average_sensitivity(table, method="fourier", n_threads=args.threads),
-        "sensiformer flips": lambda: sf.analysis.average_sensitivity(table, n_threads=args.threads),
-    }
-    times = {name: [] for name in runs}
-    values = {}
-    for name, fn in runs.items():  # warm-up: first-touch pages, thread pool
-        values[name] = fn()
-    for _ in range(args.repeats):  # interleaved, so drifting machine load hits every contender alike
-        for name, fn in runs.items():
-            assert timed(fn, times[name]) == values[name]
-    reference = values["numpy FWHT"]
-    for name, value in values.items():
-        assert abs(value - reference) <= 1e-9 * reference, (name, value, reference)
-
-    threads = sf.get_num_threads() if args.threads is None else args.threads
-    print(f"exact average sensitivity of a random Boolean 2^{args.n} truth table "
-          f"(as = {reference:.6f}); medians of {args.repeats}, sensiformer threads = {threads}")
-    base = statistics.median(times["numpy FWHT"])
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        ratio = "" if name == "numpy FWHT" else f"   NumPy / this = {base / med:6.1f}x"
-        print(f"  {name:<22} {med * 1e3:9.2f} ms{ratio}")
+    machine = harness.describe_machine(args.threads, peak=False)
+    rows = [harness.measure(job, args.repeats) for job in jobs(args.threads, args.quick, args.n)]
+    harness.print_table(rows, machine)
+    if args.json:
+        harness.write_json(rows, machine, args.json)
 
 
 if __name__ == "__main__":

@@ -1,54 +1,52 @@
-"""Training-step time of sensiformer vs the official PyTorch model, side by side in one process.
+"""Training-step time of sensiformer vs the official PyTorch model, side by side (not a test).
 
-Each repeat times `steps` training steps (sample a batch, forward, MSE, backward, AdamW) with
-sensiformer's C loop and with PyTorch (the official TorchModel architecture, train mode,
-torch.optim.AdamW, fresh torch.randint batches), alternating A B A B. Reported: medians over
-repeats, the ratio PyTorch/sensiformer (> 1 means sensiformer is faster), and GFLOP/s by the
-nominal count PyTorch executes (3x the forward FLOPs of every position in every layer:
-3 * B * n * L * (2*(4 d^2 + 2 d d_ff) + 4 n d)); sensiformer skips the last layer's
-non-readout positions, so its executed FLOPs are lower than this nominal count.
+Each call times ``steps`` training steps (sample a batch, forward, MSE, backward, AdamW) with
+sensiformer's C loop and with PyTorch (the official TorchModel architecture in train mode,
+torch.optim.AdamW, fresh torch.randint batches), interleaved, medians (see harness.py).
 
-    python benchmarks/bench_train_step.py [--quick] [--threads N]
+FLOPs (2 per multiply-add) are those sensiformer executes: 3x the forward (backward = dX + dW,
+each the size of the forward GEMMs), where the forward computes every position in layers
+0..L-2 but only keys/values plus the readout position in the last layer:
+    B * [(L-1) n (8d^2 + 4 d d_ff + 4 n d) + n 4d^2 + (4d^2 + 4 n d + 4 d d_ff + 2d)].
+PyTorch executes more (every position of every layer): B L n (8d^2 + 4 d d_ff + 4 n d).
+
+    python benchmarks/bench_train_step.py [--quick] [--threads N] [--repeats R] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-import numpy as np
-
+import harness
 import sensiformer as sf
 
 CONFIGS = {
-    "paper default (d=128, n=20, B=1024)": dict(d_model=128, n=20, batch=1024),
-    "paper default at n=30": dict(d_model=128, n=30, batch=1024),
-    "quick start (d=64, n=10, B=256)": dict(d_model=64, n=10, batch=256),
-    "long length (d=4, n=256, B=128)": dict(d_model=4, n=256, batch=128),
-    "scratchpad width (d=32, n=128, B=128)": dict(d_model=32, n=128, batch=128),
+    "paper default": dict(d_model=128, n=20, batch=1024),
+    "paper default, n=30": dict(d_model=128, n=30, batch=1024),
+    "quick start": dict(d_model=64, n=10, batch=256),
+    "long length, n=256": dict(d_model=4, n=256, batch=128),
+    "long length, n=512": dict(d_model=4, n=512, batch=128),
+    "scratchpad width": dict(d_model=32, n=128, batch=128),
 }
-QUICK = {"quick start (d=64, n=10, B=256)": dict(d_model=64, n=10, batch=256)}
+QUICK = {"quick start": dict(d_model=64, n=10, batch=256)}
 
 
-def nominal_flops(d, n, batch, layers=2, d_ff=None):
-    d_ff = d if d_ff is None else d_ff
-    forward = batch * n * layers * (2 * (4 * d * d + 2 * d * d_ff) + 4 * n * d)
-    return 3 * forward
+def executed_flops(d, n, batch, layers=2, d_ff=None):
+    """Training-step FLOPs sensiformer executes (see the module docstring)."""
+    f = d if d_ff is None else d_ff
+    full = n * (8 * d * d + 4 * d * f + 4 * n * d)
+    last = n * 4 * d * d + (4 * d * d + 4 * n * d + 4 * d * f + 2 * d)
+    return 3.0 * batch * ((layers - 1) * full + last)
 
 
-def make_sensiformer(cfg, threads):
+def sensiformer_steps(cfg, threads, steps):
     model = sf.Transformer(cfg["n"], d_model=cfg["d_model"], seed=0)
     trainer = sf.Trainer(model, sf.targets.Parity(cfg["n"]), optimizer=sf.AdamW(lr=3e-4, weight_decay=0.1),
                          batch_size=cfg["batch"], n_threads=threads)
-
-    def run(steps):
-        trainer.fit(steps, log_every=steps, progress=False)
-
-    return run
+    return lambda: trainer.fit(steps, log_every=steps, progress=False)
 
 
-def make_torch(cfg, threads):
+def torch_steps(cfg, threads, steps):
     import torch
 
     from sensiformer.interop import to_torch
@@ -59,7 +57,7 @@ def make_torch(cfg, threads):
     opt = torch.optim.AdamW(module.parameters(), lr=3e-4, weight_decay=0.1)
     criterion = torch.nn.MSELoss()
 
-    def run(steps):
+    def run():
         for _ in range(steps):
             x = torch.randint(0, 2, (cfg["batch"], cfg["n"]))
             y = (x.sum(dim=1) % 2).float()
@@ -71,35 +69,25 @@ def make_torch(cfg, threads):
     return run
 
 
-def time_once(run, steps):
-    t0 = time.perf_counter()
-    run(steps)
-    return (time.perf_counter() - t0) / steps
+def jobs(threads, quick=False):
+    for name, cfg in (QUICK if quick else CONFIGS).items():
+        flops = executed_flops(cfg["d_model"], cfg["n"], cfg["batch"])
+        steps = max(1, int(2e9 / flops))  # about 2 GFLOP of work per timed call
+        yield harness.Job(f"training step ({name})", f"d={cfg['d_model']} n={cfg['n']} B={cfg['batch']}",
+                          sensiformer_steps(cfg, threads, steps), torch_steps(cfg, threads, steps),
+                          flops=flops * steps, extra=dict(steps_per_call=steps))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one small config, few repeats (CI smoke)")
-    parser.add_argument("--threads", type=int, default=sf.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
-    configs = QUICK if args.quick else CONFIGS
-    repeats = args.repeats or (3 if args.quick else 7)
-    print(f"threads={args.threads}  cpu_path={sf.show_config(print_out=False)['cpu_path']}  repeats={repeats}")
-    print(f"{'config':42s} {'sensiformer ms':>15s} {'pytorch ms':>11s} {'ratio':>7s} {'GFLOP/s (sf)':>13s}")
-    for name, cfg in configs.items():
-        ours, theirs = make_sensiformer(cfg, args.threads), make_torch(cfg, args.threads)
-        flops = nominal_flops(cfg["d_model"], cfg["n"], cfg["batch"])
-        steps = max(1, int(2e9 / flops))  # about 2 GFLOP of nominal work per timing
-        ours(1), theirs(1)  # warm-up
-        t_ours, t_theirs = [], []
-        for _ in range(repeats):
-            t_ours.append(time_once(ours, steps))
-            t_theirs.append(time_once(theirs, steps))
-        a, b = statistics.median(t_ours), statistics.median(t_theirs)
-        print(f"{name:42s} {1e3 * a:15.2f} {1e3 * b:11.2f} {b / a:7.2f} {flops / a / 1e9:13.1f}")
+    args = harness.add_common_args(argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)).parse_args()
+    machine = harness.describe_machine(args.threads)
+    rows = [harness.measure(job, 1 if args.quick else args.repeats, machine["peak_gflops_fp32"])
+            for job in jobs(args.threads, args.quick)]
+    harness.print_table(rows, machine)
+    if args.json:
+        harness.write_json(rows, machine, args.json)
 
 
 if __name__ == "__main__":
-    np.seterr(all="raise")
     main()

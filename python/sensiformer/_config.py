@@ -42,8 +42,11 @@ def show_config(print_out: bool = True, peak: bool = False) -> dict:
     """
     from . import __version__
 
+    import os
+
     info = dict(_engine.build_info())
     info["version"] = __version__
+    info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     if peak:
         info["peak_gflops_fp32"] = round(measure_peak("float32"), 1)
         info["peak_gflops_fp64"] = round(measure_peak("float64"), 1)

@@ -1,0 +1,94 @@
+"""Every benchmark job, sensiformer vs PyTorch (or NumPy), side by side in one process.
+
+Runs the jobs of bench_train_step.py, bench_probes.py and bench_sensitivity.py plus the model
+truth table and Monte-Carlo sensitivity, interleaved with medians (harness.py), and prints one
+table: time of each side, the ratio (> 1: sensiformer is faster), achieved GFLOP/s (FLOPs
+sensiformer executes, formulas in each script) and the fraction of the fp32 FMA peak measured
+in the same run (sensiformer.show_config(peak=True)). --json writes the rows for comparison
+across commits.
+
+    python benchmarks/compare.py [--quick] [--threads N] [--repeats R] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import bench_probes
+import bench_sensitivity
+import bench_train_step
+import harness
+import numpy as np
+
+import sensiformer as sf
+
+
+def truth_table_jobs(threads, quick=False):
+    """The model's function on all 2^n inputs: sensiformer's chunked forward vs batched torch."""
+    import torch
+
+    from sensiformer.interop import to_torch
+
+    n, d = (12, 32) if quick else (16, 128)
+    model = sf.Transformer(n, d_model=d, seed=0)
+    module = to_torch(model).eval()
+    x = torch.from_numpy(sf.targets.all_inputs(n).astype(np.int64))
+
+    def theirs():
+        with torch.no_grad():
+            return torch.cat([module(x[i:i + 4096]) for i in range(0, len(x), 4096)])
+
+    flops = bench_train_step.executed_flops(d, n, 2**n) / 3
+    yield harness.Job("exact model truth table", f"d={d}, all 2^{n} inputs",
+                      lambda: sf.analysis.truth_table(model, n, progress=False, n_threads=threads), theirs,
+                      flops=flops)
+
+
+def mc_sensitivity_jobs(threads, quick=False):
+    """Monte-Carlo sensitivity: 256 inputs, each with its n flips, in batched forwards."""
+    import torch
+
+    from sensiformer.interop import to_torch
+
+    n, d, samples = (10, 32, 64) if quick else (20, 128, 256)
+    model = sf.Transformer(n, d_model=d, seed=0)
+    module = to_torch(model).eval()
+
+    def theirs():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 2, (samples, n), generator=g)
+        flips = x[:, None, :].repeat(1, n + 1, 1)
+        idx = torch.arange(n)
+        flips[:, idx + 1, idx] ^= 1  # row 0 is the input, row i+1 flips bit i
+        with torch.no_grad():
+            out = (module(flips.reshape(-1, n)) > 0.5).reshape(samples, n + 1)
+        return (out[:, 1:] != out[:, :1]).sum(dim=1).double().mean().item()
+
+    flops = bench_train_step.executed_flops(d, n, samples * (n + 1)) / 3
+    yield harness.Job("Monte-Carlo sensitivity", f"d={d}, n={n}, {samples} inputs x (n+1)",
+                      lambda: sf.analysis.model_sensitivity(model, n, exact=False, samples=samples, seed=0,
+                                                            n_threads=threads), theirs, flops=flops)
+
+
+def main():
+    args = harness.add_common_args(argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)).parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    machine = harness.describe_machine(args.threads)
+    repeats = 1 if args.quick else args.repeats
+    sources = (bench_train_step.jobs, bench_probes.jobs, mc_sensitivity_jobs, truth_table_jobs,
+               bench_sensitivity.jobs)
+    rows = []
+    for source in sources:
+        for job in source(args.threads, args.quick):
+            rows.append(harness.measure(job, repeats, machine["peak_gflops_fp32"]))
+            print(f"  measured {job.name} ({job.config})", flush=True)
+    harness.print_table(rows, machine)
+    if args.json:
+        harness.write_json(rows, machine, args.json)
+
+
+if __name__ == "__main__":
+    main()
