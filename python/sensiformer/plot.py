@@ -357,12 +357,13 @@ def sensitivity_hist_ax(manifest, ax=None, include_m=None):
     return ax
 
 
-def train_sharpness_ax(refits, ax=None, converged_only=True):
+def train_sharpness_ax(refits, ax=None, converged_only=True, include_m=None):
     """Fig. 15: sharpness (×4) vs sharpness on the parent's training set (not ×4, as the official
     plot; random completions use their full-space sharpness)."""
     ax = _axes(ax)
     df = converged(refits) if converged_only else refits
     if len(df):
+        df = _partial(df, include_m)
         train = df["train_sharpness"] if "train_sharpness" in df else pd.Series(np.nan, index=df.index)
         train = train.astype(float).where(df["kind"] == "learned", df["sharpness"].astype(float))
         df = df.assign(_train=train).dropna(subset=["_train"])
@@ -404,3 +405,31 @@ def length_generalization_ax(long_form, ax=None, metric="eval_accuracy"):
 
 def length_generalization_figure(long_form):
     return length_generalization_ax(long_form).figure
+
+
+# ---- sensitivity at initialisation ------------------------------------------------------------------
+INIT_COLORS = {"pytorch": "#1f77b4", "gaussian": "#ff7f0e", "uniform": "#2ca02c", "xavier_uniform": "#d62728",
+               "xavier_normal": "#9467bd"}
+
+
+def init_sensitivity_axes(runs, axes=None):
+    """Average sensitivity relative to a random function's n/2, and the fraction of
+    zero-sensitivity inputs K_0 / 2^n, vs n per initialisation (mean ± 2 SD + runs)."""
+    plt = _plt()
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0], SINGLE_COLUMN[1]), layout="constrained")
+    df = runs.assign(relative=runs["model_as"] / (runs["n"] / 2)) if len(runs) else runs
+    for ax, metric, label in zip(axes, ("relative", "model_k0_fraction"),
+                                 ("average sensitivity / (n/2)", "zero-sensitivity inputs $K_0/2^n$")):
+        _style(ax)
+        if len(df):
+            for init in [i for i in INIT_COLORS if i in set(df["init"])]:
+                _mean_band(ax, df[df["init"] == init], "n", metric, INIT_COLORS[init], init)
+        ax.set_xlabel("input length $n$")
+        ax.set_ylabel(label)
+    _legend(axes[0], "x-small")
+    return axes
+
+
+def init_sensitivity_figure(runs):
+    return init_sensitivity_axes(runs)[0].figure

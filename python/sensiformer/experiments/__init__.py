@@ -15,6 +15,7 @@ function                          figures                  paper preset (officia
 ``generalization()``              Fig. 4, 15               first_step_1/2: 100/300; second_step_1/2: 1000/1500
 ``scratchpad()``                  Fig. 11                  scratchpad: 300 runs (needs issue 5's model)
 ``length_generalization()``       beyond the paper
+``init_sensitivity()``            beyond the paper         (the 2026 follow-up's random-init profiles)
 ================================  =======================  =======================================
 
 Presets: ``"paper"`` = the official grids and settings; ``"quick"`` = a scaled-down grid that
@@ -25,6 +26,7 @@ every code path in seconds (the default, for tests and notebooks).
 from ._base import PRESETS, Experiment, Stage, average_sensitivity
 from .dynamics import aligned_history, dynamics
 from .generalization import completion_manifest, generalization
+from .init_sensitivity import init_sensitivity
 from .length_generalization import length_generalization
 from .scaling import scaling
 from .scratchpad import scratchpad
@@ -38,16 +40,8 @@ EXPERIMENTS = {
     "generalization": generalization,
     "scratchpad": scratchpad,
     "length_generalization": length_generalization,
+    "init_sensitivity": init_sensitivity,
 }
-
-
-def init_sensitivity(*args, **kwargs):
-    """Sensitivity profiles of randomly initialised models (the 2026 follow-up, paper.md §2.6).
-
-    Not available yet: it needs ``sensiformer.analysis`` (exact sensitivity profiles).
-    """
-    raise NotImplementedError("init_sensitivity needs sensiformer.analysis (sensitivity profiles), "
-                              "which is not available yet")
 
 
 __all__ = ["EXPERIMENTS", "Experiment", "PRESETS", "Stage", "aligned_history", "average_sensitivity",

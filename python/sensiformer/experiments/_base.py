@@ -163,16 +163,11 @@ def average_sensitivity(tables) -> np.ndarray:
 
     ``tables`` is (2^n,) or (k, 2^n); returns a float or an array of k values. Equals the
     official ``fast_average_sensitivity`` (the Fourier form sum_S |S| f^(S)^2 on ±1 values).
+    Computed exactly by ``sensiformer.analysis.average_sensitivity`` (C, bit-packed flips).
     """
-    # TODO: switch to sensiformer.analysis.average_sensitivity (the C kernels) once that module lands.
-    t = np.asarray(tables)
-    single = t.ndim == 1
-    t = np.atleast_2d(t).astype(bool)
-    size = t.shape[1]
-    n = int(round(np.log2(size)))
-    if 2**n != size:
-        raise ValueError(f"a truth table has 2^n entries, got {size}")
-    idx = np.arange(size)
-    flips = sum((t != t[:, idx ^ (1 << j)]).sum(axis=1) for j in range(n))
-    result = flips / size
-    return float(result[0]) if single else result
+    from .. import analysis
+
+    t = np.asarray(tables, dtype=np.float64)
+    if t.ndim == 1:
+        return analysis.average_sensitivity(t)
+    return np.array([analysis.average_sensitivity(row) for row in np.atleast_2d(t)])

@@ -106,6 +106,7 @@ def completion_manifest(fit_runs: pd.DataFrame, random_completion_sizes=(256,), 
                          random_seed=e["random_seed"], table=table_to_hex(e["table"]),
                          average_sensitivity=average_sensitivity(e["table"])))
     df = pd.DataFrame(rows, columns=cols)
+    df["random_seed"] = df["random_seed"].astype("Int64")
     order = dict(zip(group_names(subset_sizes, random_completion_sizes), (0, 1)))
     df = df.sort_values(by=["group", "kind", "m", "target_seed", "seed"],
                         key=lambda c: c.map(order) if c.name == "group" else c).reset_index(drop=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from .config import CONVERGED_MSE, HASH_VERSION, RunConfig, as_config, hex_to_table, table_to_hex
@@ -81,10 +82,10 @@ def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_t
     """
     from tqdm.auto import tqdm
 
-    store = _as_store(store)
     configs = [as_config(c) for c in configs]
     for c in configs:
         check_runnable(c)
+    store = _as_store(store)
     sweep = sweep or default_sweep_name(configs)
     store.add_members(sweep, [(i, c.key, {**c.tags, **(tags or {})}) for i, c in enumerate(configs)])
     done = store.keys()
@@ -104,7 +105,13 @@ def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_t
     try:
         futures = [backend.submit(c.to_dict()) for c in todo]
         for fut in backend.as_completed(futures):
-            res = backend.result(fut)
+            try:
+                res = backend.result(fut)
+            except BrokenProcessPool as err:
+                raise RuntimeError(
+                    "a worker process died (every finished run is stored; rerun to resume). If this is a script, "
+                    "put the sweep under `if __name__ == '__main__':` (worker processes are started with "
+                    "forkserver/spawn and import the main module), or use executor='serial'") from err
             if "failed" in res:
                 store.add_failure(res["key"], res["config"], res["failed"], sweep)
                 result.failed.append(res["key"])
@@ -137,9 +144,10 @@ def run(experiment, store="results.db", executor=None, max_workers=None, n_threa
     ``stages`` limits a multi-stage experiment (e.g. generalization: "fit" then "refit") to the
     named stages.
     """
-    store = _as_store(store)
     if hasattr(experiment, "stages") and hasattr(experiment, "sweep"):
         experiment.check_runnable()
+    store = _as_store(store)
+    if hasattr(experiment, "stages") and hasattr(experiment, "sweep"):
         for stage in experiment.stages:
             if stages is not None and stage.name not in stages:
                 continue

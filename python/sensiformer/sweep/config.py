@@ -33,6 +33,7 @@ HASH_VERSION = 1
 CONVERGED_MSE = 1e-3
 TARGETS = ("parity", "majority", "first", "mean", "random", "table")
 MODELS = ("encoder", "scratchpad")
+INITS = ("pytorch", "gaussian", "uniform", "xavier_uniform", "xavier_normal")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,14 @@ class RunConfig:
         holding a whole input subset: ``restricted_subset(n, sharpness_subset,
         sharpness_subset_seed)`` if given (generalization: the parent run's training set),
         else the training subset;
-        ``eval_lengths`` evaluates at these lengths too.
+        ``eval_lengths`` evaluates at these lengths too; ``model_sensitivity`` records the exact
+        average sensitivity and sensitivity profile of the Boolean function ``out >
+        sensitivity_threshold`` the final model computes on {0,1}^n (n <= 26).
+    Initialisation
+        ``init`` "pytorch" (the official model's init, seeded by ``seed``) or, for every weight
+        matrix and embedding table with biases set to 0 and LayerNorms left at gain 1 / bias 0:
+        "gaussian" (N(0, 1)), "uniform" (U(-1, 1)), "xavier_uniform", "xavier_normal" (the
+        follow-up paper's four initialisations).
     """
 
     target: str = "parity"
@@ -109,6 +117,9 @@ class RunConfig:
     sharpness_subset: int | None = None
     sharpness_subset_seed: int | None = None
     eval_lengths: tuple = ()
+    init: str = "pytorch"
+    model_sensitivity: bool = False
+    sensitivity_threshold: float = 0.5
     tags: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -146,6 +157,8 @@ class RunConfig:
                      "dynamic_batches", "dynamic_repeats", "length_chunk"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.blowup_definition not in ("official", "theory"):
             raise ValueError(f"blowup_definition must be 'official' or 'theory', got {self.blowup_definition!r}")
         if self.train_lengths and self.target not in ("parity", "majority", "first", "mean"):

@@ -171,7 +171,7 @@ class DaskBackend(Backend):
         return self.client.submit(execute_safely, config, self.n_threads, key=key, pure=False, retries=0)
 
     def as_completed(self, futures):
-        return self._distributed.as_completed(futures)
+        return self._distributed.as_completed(futures, loop=self.client.loop)
 
     def cancel(self, futures):
         self.client.cancel(list(futures))

@@ -93,6 +93,31 @@ def _target(cfg: RunConfig, n=None):
             "mean": targets.Mean}[cfg.target](n)
 
 
+def _initialise(model, scheme, seed):
+    """Overwrite the PyTorch init with one of the follow-up paper's schemes (see RunConfig)."""
+    if scheme == "pytorch":
+        return
+    rng = np.random.default_rng([seed, 0x1A17])
+    for t, view in zip(model.tensor_info, model.parameters().values()):
+        if t["kind"] in ("norm_weight", "norm_bias"):
+            continue
+        if t["kind"] == "bias":
+            view[...] = 0.0
+            continue
+        shape = view.shape
+        fan_out, fan_in = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+        if scheme == "gaussian":
+            values = rng.normal(0.0, 1.0, shape)
+        elif scheme == "uniform":
+            values = rng.uniform(-1.0, 1.0, shape)
+        elif scheme == "xavier_uniform":
+            a = np.sqrt(6.0 / (fan_in + fan_out))
+            values = rng.uniform(-a, a, shape)
+        else:  # xavier_normal
+            values = rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), shape)
+        view[...] = values
+
+
 def _finite(x):
     return float(x) if x is not None and math.isfinite(float(x)) else float("nan")
 
@@ -171,6 +196,7 @@ def execute(config, n_threads: int = 1) -> dict:
     t0 = time.perf_counter()
     model = sf.Transformer(cfg.positions, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
                            d_ff=cfg.d_ff, norm=cfg.norm, ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
+    _initialise(model, cfg.init, cfg.seed)
     optimizer = sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay)
     subset = None
     if cfg.train_subset is not None:
@@ -233,6 +259,14 @@ def execute(config, n_threads: int = 1) -> dict:
 
         preds = (model.forward(all_inputs(cfg.n), n_threads) > 0.5).astype(np.uint8)
         artifacts["predictions"] = table_to_hex(preds)
+    if cfg.model_sensitivity:
+        from .. import analysis
+
+        res = analysis.model_sensitivity(model, cfg.n, threshold=cfg.sensitivity_threshold, n_threads=n_threads)
+        profile = [int(k) for k in res.profile]
+        metrics.update(model_as=float(res.value), model_k0_fraction=profile[0] / 2**cfg.n,
+                       model_ones_fraction=float(np.mean(res.table > 0.5)) if res.table is not None else None)
+        artifacts["sensitivity_profile"] = profile
     for length in cfg.eval_lengths:
         tr = sf.Trainer(model, _target(cfg, length), optimizer=sf.AdamW(), batch_size=cfg.batch_size,
                         seed=cfg.seed, n_threads=n_threads)

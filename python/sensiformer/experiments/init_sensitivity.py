@@ -1,0 +1,75 @@
+"""Beyond the paper: the sensitivity of randomly initialised transformers (the 2026 follow-up,
+paper.md §2.6), across lengths, widths, depths and initialisations.
+
+No training (``steps=0``): each run builds a model, initialises it (``init``: the official
+PyTorch init or the follow-up's Gaussian / uniform / Xavier-uniform / Xavier-normal), and
+records the exact average sensitivity and sensitivity profile ``K_k = #{x : s(x) = k}`` of the
+Boolean function ``out > threshold`` on {0,1}^n (``sensiformer.analysis.model_sensitivity``).
+The default threshold 0 is the sign of the output, as the follow-up's recognizer.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..sweep.config import INITS, RunConfig
+from ._base import Experiment, Stage, resolve
+from .scaling import _PAPER
+
+_INIT = dict(n_heads=2, batch_size=_PAPER["batch_size"], dtype="float32", threshold=0.0)
+PRESETS = {
+    "paper": dict(_INIT, lengths=(8, 12, 16, 20), widths=(16, 64, 256), depths=(1, 2, 4), inits=INITS,
+                  seeds=tuple(range(20))),
+    "quick": dict(_INIT, lengths=(6, 10, 14), widths=(16, 64), depths=(2,), inits=INITS, seeds=tuple(range(5))),
+    "ci": dict(_INIT, lengths=(4, 6), widths=(8,), depths=(1,), inits=("pytorch", "gaussian"), seeds=(0,)),
+}
+
+
+def init_sensitivity(preset: str = "ci", **overrides) -> Experiment:
+    """Average sensitivity and sensitivity profile of random models at initialisation.
+
+    Overridable: ``lengths``, ``widths``, ``depths``, ``inits``, ``seeds``, ``n_heads``,
+    ``threshold``, ``dtype``.
+    """
+    params, changed = resolve("init_sensitivity", PRESETS, preset, overrides)
+
+    def build(store=None):
+        return [RunConfig(target="parity", n=n, d_model=d, n_layers=L, n_heads=params["n_heads"], init=init, seed=s,
+                          steps=0, measure=False, model_sensitivity=True, sensitivity_threshold=params["threshold"],
+                          dtype=params["dtype"], batch_size=params["batch_size"], eval_batches=1,
+                          tags=dict(experiment="init_sensitivity"))
+                for n in params["lengths"] for d in params["widths"] for L in params["depths"]
+                for init in params["inits"] for s in params["seeds"]]
+
+    return Experiment(name="init_sensitivity", preset=preset, params=params, overrides=changed,
+                      stages=[Stage("init", build)], figures="beyond the paper (follow-up §2.6)", _plot=_figure,
+                      _report=_report)
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean average sensitivity, its ratio to a random function's n/2, and the mean fraction of
+    zero-sensitivity inputs, per (init, d_model, n_layers, n)."""
+    if not len(runs):
+        return pd.DataFrame()
+    g = runs.groupby(["init", "d_model", "n_layers", "n"])
+    out = g.agg(runs=("key", "size"), average_sensitivity=("model_as", "mean"),
+                zero_sensitivity_fraction=("model_k0_fraction", "mean"), ones_fraction=("model_ones_fraction", "mean"))
+    out["relative_to_random"] = out["average_sensitivity"] / (out.index.get_level_values("n").to_numpy() / 2)
+    return out.reset_index()
+
+
+def _figure(exp, store, **kwargs):
+    from .. import plot
+
+    return plot.init_sensitivity_figure(exp.results(store), **kwargs)
+
+
+def _report(exp, store):
+    table = summary(exp.results(store))
+    if not len(table):
+        return f"{exp.sweep}: no finished runs"
+    with pd.option_context("display.width", 160):
+        return (f"{exp.sweep}: sensitivity of the function out > {exp.params['threshold']} at initialisation "
+                f"(a uniformly random function has n/2 and almost no zero-sensitivity inputs)\n"
+                + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+

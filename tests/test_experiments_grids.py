@@ -1,0 +1,142 @@
+"""The paper presets reproduce the official sweep grids of paper.md §4 exactly."""
+
+import collections
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sensiformer import experiments as E
+from sensiformer.sweep import table_to_hex
+
+DEFAULTS = dict(d_model=128, n_heads=2, n_layers=2, batch_size=1024, lr=3e-4, weight_decay=0.1, steps=10_000,
+                sharpness_sigma=0.02, sharpness_repeats=10, blowup_definition="official", dtype="float32")
+
+
+def settings(c, **expected):
+    want = dict(DEFAULTS, **expected)
+    return {k: getattr(c, k) for k in want} == want
+
+
+def test_length_scaling_1():
+    configs = E.scaling("paper").configs()
+    assert len(configs) == 1080
+    got = [(c.n, c.seed, c.target) for c in configs]
+    want = list(itertools.product(range(4, 31), range(10), ("parity", "majority", "first", "mean")))
+    assert got == want
+    assert all(settings(c) and c.measure and c.measure_batches == 1000 for c in configs)
+    assert len({c.key for c in configs}) == 1080
+
+
+def test_length_scaling_2():
+    configs = E.scaling("paper", variant="long").configs()
+    assert len(configs) == 600
+    lengths = [4, 31, 57, 84, 111, 138, 164, 191, 218, 245, 271, 298, 325, 352, 378, 405, 432, 459, 485, 512]
+    assert sorted({c.n for c in configs}) == lengths
+    assert {(c.n, c.seed, c.target) for c in configs} == set(
+        itertools.product(lengths, range(10), ("majority", "first", "mean")))
+    assert all(settings(c, d_model=4, batch_size=128) for c in configs)
+
+
+def test_tradeoff_random_sweeps():
+    configs = E.tradeoff("paper").configs()
+    parts = collections.defaultdict(list)
+    for c in configs:
+        parts[c.tags["part"]].append(c)
+    assert {k: len(v) for k, v in parts.items()} == dict(tradeoff_1=1000, tradeoff_2=1000, tradeoff_3=500,
+                                                          tradeoff_4=500)
+    for name, runs in parts.items():
+        lengths = {c.n for c in runs}
+        seeds = [c.seed for c in runs]
+        targets = {c.target for c in runs}
+        assert all(1e-4 <= c.lr <= 5e-4 and 0.0 <= c.weight_decay <= 0.4 for c in runs)
+        assert all(settings(c, lr=c.lr, weight_decay=c.weight_decay) for c in runs)
+        if name in ("tradeoff_1", "tradeoff_2"):
+            assert lengths == set(range(4, 26)), "n ~ U{4..25}: every value appears in 1000 draws"
+            assert min(seeds) >= 0 and max(seeds) <= 1000
+            assert targets == ({"majority", "first", "mean"} if name == "tradeoff_1" else {"parity"})
+        else:
+            assert lengths == {5, 10, 15, 20}
+            assert targets == {"parity", "majority", "first", "mean"}
+            lo, hi = (0, 1000) if name == "tradeoff_3" else (1001, 2000)
+            assert lo <= min(seeds) and max(seeds) <= hi
+        lrs = np.array([c.lr for c in runs])
+        assert abs(lrs.mean() - 3e-4) < 2e-5, "uniform on [1e-4, 5e-4]"
+    # reproducible draws
+    assert [c.key for c in E.tradeoff("paper").configs()] == [c.key for c in configs]
+    assert [c.key for c in E.tradeoff("paper", sample_seed=1).configs()] != [c.key for c in configs]
+
+
+@pytest.mark.parametrize("variant,count,wds,steps", [("20k", 404, (0.0, 0.1, 0.2, 0.3), 20_000),
+                                                     ("100k", 202, (0.0, 0.1), 100_000)])
+def test_dynamic_metrics(variant, count, wds, steps):
+    configs = E.dynamics("paper", variant=variant).configs()
+    assert len(configs) == count
+    assert {(c.seed, c.weight_decay) for c in configs} == set(itertools.product(range(101), wds))
+    assert all(settings(c, weight_decay=c.weight_decay, steps=steps) and c.target == "parity" and c.n == 25
+               and c.dynamic_every == 100 and c.dynamic_batches == 1 and c.dynamic_repeats == 500 and not c.measure
+               for c in configs)
+
+
+def test_scratchpad_grid_and_refusal(tmp_path):
+    exp = E.scratchpad("paper")
+    configs = exp.configs()
+    lengths = [4, 39, 74, 109, 144, 179, 215, 250, 285, 320, 355, 390, 426, 461, 496, 531, 566, 601, 637, 672, 707,
+               742, 777, 812, 848, 883, 918, 953, 988, 1024]
+    assert len(configs) == 300
+    assert {(c.n, c.seed) for c in configs} == set(itertools.product(lengths, range(10)))
+    assert all(settings(c, d_model=32, batch_size=128) and c.model == "scratchpad" and c.target == "parity"
+               for c in configs)
+    with pytest.raises(NotImplementedError, match="issue 5"):
+        exp.run(store=tmp_path / "r.db")
+    assert not (tmp_path / "r.db").exists(), "nothing is created for an experiment that cannot run"
+
+
+def test_generalization_first_step():
+    configs = E.generalization("paper").configs()
+    assert len(configs) == 400, "only the fit stage can be built without results"
+    by_m = collections.Counter(c.train_subset for c in configs)
+    assert by_m == {256: 100, 128: 100, 512: 100, 1024: 100}
+    assert {(c.seed, c.target_seed) for c in configs if c.train_subset == 256} == set(
+        itertools.product(range(10), range(10)))
+    assert all(c.n == 10 and c.target == "random" and c.save_predictions and not c.measure for c in configs)
+
+
+def test_generalization_second_step_from_a_full_manifest():
+    """With every fit succeeding, the manifest has 200 + 300 entries and the refits are
+    5 x 200 = 1000 and 5 x 300 = 1500 runs (generalization_second_step_{1,2})."""
+    from sensiformer.experiments.generalization import refit_configs
+
+    exp = E.generalization("paper")
+    rows = []
+    for group, kinds in (("256_random", (("learned", 256), ("random", 256))),
+                         ("128_512", (("learned", 128), ("learned", 512), ("learned", 1024)))):
+        for kind, m in kinds:
+            for i in range(100):
+                rows.append(dict(group=group, kind=kind, n=10, m=m, target_seed=i % 10, seed=i // 10,
+                                 parent=f"p{m}-{i}", random_seed=None, average_sensitivity=2.0,
+                                 table=table_to_hex(np.random.default_rng(len(rows)).integers(0, 2, 1024))))
+    manifest = pd.DataFrame(rows)
+    configs = refit_configs(manifest, exp.params)
+    groups = collections.Counter(c.tags["group"] for c in configs)
+    assert groups == {"256_random": 1000, "128_512": 1500}
+    assert {c.seed for c in configs} == set(range(5))
+    assert all(c.target == "table" and c.train_subset is None and c.measure and c.steps == 10_000 for c in configs)
+    learned = [c for c in configs if c.tags["kind"] == "learned"]
+    assert all(c.train_sharpness_repeats == 100 and c.sharpness_subset == c.tags["m"] for c in learned)
+
+
+def test_presets_and_overrides():
+    for fn in E.EXPERIMENTS.values():
+        for preset in ("ci", "quick", "paper"):
+            assert fn(preset).configs() or fn is E.generalization
+        with pytest.raises(ValueError, match="preset"):
+            fn("huge")
+        with pytest.raises(TypeError, match="unknown parameter"):
+            fn("ci", no_such_parameter=1)
+    exp = E.scaling("quick", lengths=range(4, 7), steps=10)
+    assert exp.sweep.startswith("scaling/quick+") and E.scaling("quick").sweep == "scaling/quick"
+    assert E.scaling("quick", steps=E.scaling("quick").params["steps"]).sweep == "scaling/quick"
+    assert {c.n for c in exp.configs()} == {4, 5, 6} and {c.steps for c in exp.configs()} == {10}
+    assert E.scaling("paper", variant="long").sweep == "scaling-long/paper"

@@ -1,0 +1,178 @@
+"""The results store and run keys: hashing, atomic writes, reading back, export."""
+
+import dataclasses
+import json
+import math
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sensiformer.sweep import RunConfig, Store, hex_to_table, table_to_hex
+from sensiformer.sweep.config import HASH_VERSION
+
+
+def fake_result(key="k1", steps=(100, 200), status="ok", **metrics):
+    m = dict(eval_loss=1e-4, converged=True, sharpness=0.01, sharpness_stderr=0.001, param_norm=10.0)
+    m.update(metrics)
+    return dict(key=key, status=status, error=None, config=dict(RunConfig(n=5).to_dict(), tags={"part": "a"}),
+                metrics=m, artifacts={"predictions": "ff"}, history=[dict(step=s, loss=1.0 / s) for s in steps],
+                provenance=dict(version="0.1.0", git_commit="abc", build="-O3", cpu_path="x86-64-v3", openmp=True,
+                                n_threads=1, seed=0, host="h", python="3.11", numpy="2"),
+                started=1.0, finished=2.0, duration=1.0)
+
+
+# ---- keys ------------------------------------------------------------------------------------
+def test_key_is_stable_and_ignores_tags():
+    a = RunConfig(target="parity", n=6, seed=3, tags={"x": 1})
+    b = RunConfig(target="parity", n=6, seed=3)
+    assert a.key == b.key and len(a.key) == 20
+    assert RunConfig.from_dict(a.to_dict()).key == a.key
+    assert a.to_dict()["tags"] == {"x": 1}
+
+
+def test_key_normalises_numbers():
+    assert RunConfig(weight_decay=0).key == RunConfig(weight_decay=0.0).key
+    assert RunConfig(lr=1e-3).key == RunConfig(lr=0.001).key
+    assert RunConfig(n=np.int64(7)).key == RunConfig(n=7).key
+    assert RunConfig(train_lengths=[2, 3]).key == RunConfig(train_lengths=(2, 3)).key
+
+
+def test_every_hashed_field_changes_the_key():
+    base = RunConfig(n=8)
+    changes = dict(target="majority", n=9, target_seed=1, model="scratchpad", d_model=64, n_heads=4, n_layers=3, d_ff=7,
+                   norm="pre", ln_eps=0.0, dtype="float64", n_positions=12, seed=1, lr=1e-3, weight_decay=0.2,
+                   batch_size=64, steps=5, log_every=10, train_subset=16, subset_seed=4, train_lengths=(4, 8),
+                   length_chunk=5, eval_batches=3, measure=False, measure_batches=3, sharpness_sigma=0.01,
+                   sharpness_repeats=3, sharpness_seed=1, blowup_definition="theory", dynamic_every=10,
+                   dynamic_batches=2, dynamic_repeats=3, save_predictions=True, train_sharpness_repeats=2,
+                   sharpness_subset=8, sharpness_subset_seed=1, eval_lengths=(9,), init="gaussian",
+                   model_sensitivity=True, sensitivity_threshold=0.0)
+    hashed = set(base.hashed_fields())
+    assert hashed | {"target_table"} == set(changes) | {"target_table"}, "a new field needs a case here"
+    assert "tags" not in hashed
+    keys = {base.key}
+    for name, value in changes.items():
+        keys.add(dataclasses.replace(base, **{name: value}).key)
+    assert len(keys) == len(changes) + 1
+    t = RunConfig(target="table", n=3, target_table=table_to_hex([0, 1, 1, 0, 1, 0, 0, 1]))
+    assert t.key != dataclasses.replace(t, target_table=table_to_hex([1, 1, 1, 0, 1, 0, 0, 1])).key
+    assert HASH_VERSION == 1
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="target"):
+        RunConfig(target="xor")
+    with pytest.raises(ValueError, match="target_table"):
+        RunConfig(target="table", n=4)
+    with pytest.raises(TypeError, match="integer"):
+        RunConfig(n=4.5)
+    with pytest.raises(ValueError, match="unknown RunConfig fields"):
+        RunConfig.from_dict({"n": 4, "learning_rate": 1})
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 10])
+def test_table_hex_round_trip(n):
+    bits = np.random.default_rng(n).integers(0, 2, 2**n)
+    text = table_to_hex(bits)
+    assert np.array_equal(hex_to_table(text, n), bits)
+    assert len(text) * 4 == max(2**n, 4)
+
+
+# ---- store -------------------------------------------------------------------------------------
+def test_store_is_wal_with_busy_timeout(tmp_path):
+    store = Store(tmp_path / "r.db", timeout=7)
+    conn = store._raw()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 7000
+
+
+def test_write_and_read_back(tmp_path):
+    store = Store(tmp_path / "r.db")
+    assert store.write(fake_result("k1"))
+    assert not store.write(fake_result("k1")), "a key is written once"
+    store.write(fake_result("k2", status="diverged", eval_loss=float("nan"), converged=False))
+    assert len(store) == 2 and "k1" in store and store.keys() == {"k1", "k2"}
+    runs = store.runs()
+    assert list(runs["key"]) == ["k1", "k2"]
+    row = runs.iloc[0]
+    assert row["n"] == 5 and row["sharpness"] == 0.01 and row["part"] == "a"
+    for col in ("version", "git_commit", "build", "cpu_path", "openmp", "n_threads", "seed", "host", "duration"):
+        assert col in runs, col
+    assert math.isnan(runs.iloc[1]["eval_loss"])
+    assert "predictions" not in runs and store.runs(artifacts=True).iloc[0]["predictions"] == "ff"
+    hist = store.history()
+    assert list(hist.columns[:2]) == ["key", "step"] and len(hist) == 4
+    assert set(store.history(keys="k1")["step"]) == {100, 200}
+    assert store.result("k1")["metrics"]["param_norm"] == 10.0
+    assert store.delete(["k2"]) == 1 and len(store) == 1 and len(store.history()) == 2
+
+
+def test_members_and_pending(tmp_path):
+    store = Store(tmp_path / "r.db")
+    store.add_members("s", [(0, "k1", {"a": 1}), (1, "k2", {"a": 2}), (2, "k1", {"a": 3})])
+    assert store.pending("s") == ["k1", "k2"]
+    store.write(fake_result("k1"))
+    assert store.pending("s") == ["k2"]
+    runs = store.runs(sweep="s")
+    assert list(runs["idx"]) == [0, 2] and list(runs["a"]) == [1, 3], "one row per member, with its tags"
+    sweeps = store.sweeps()
+    assert sweeps.iloc[0].to_dict() == dict(sweep="s", runs=3, finished=2, ok=2, converged=2)
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    store = Store(tmp_path / "r.db")
+    bad = fake_result("k1")
+    bad["history"].append(dict(step=300, loss=object()))  # not JSON-serialisable: fails mid-transaction
+    with pytest.raises(TypeError):
+        store.write(bad)
+    assert len(store) == 0 and len(store.history()) == 0
+    assert store.write(fake_result("k1")) and len(store.history()) == 2
+
+
+def test_concurrent_readers_and_a_second_writer(tmp_path):
+    path = tmp_path / "r.db"
+    a, b = Store(path), Store(path)
+    a.write(fake_result("k1"))
+    assert b.keys() == {"k1"}
+    b.write(fake_result("k2"))
+    assert a.keys() == {"k1", "k2"}
+    raw = sqlite3.connect(path)  # any SQLite client can read the file
+    assert raw.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+    raw.close()
+
+
+def test_store_pickles(tmp_path):
+    import pickle
+
+    store = Store(tmp_path / "r.db")
+    store.write(fake_result("k1"))
+    assert pickle.loads(pickle.dumps(store)).keys() == {"k1"}
+
+
+def test_export_csv_and_parquet(tmp_path):
+    store = Store(tmp_path / "r.db")
+    store.write(fake_result("k1"))
+    store.write(fake_result("k2"))
+    csv = store.export(tmp_path / "runs.csv")
+    back = pd.read_csv(csv)
+    assert list(back["key"]) == ["k1", "k2"] and "sharpness" in back
+    assert len(pd.read_csv(store.export(tmp_path / "h.csv", table="history"))) == 4
+    with pytest.raises(ValueError, match="csv or .parquet"):
+        store.export(tmp_path / "runs.xlsx")
+    pytest.importorskip("pyarrow")
+    pq = pd.read_parquet(store.export(tmp_path / "runs.parquet"))
+    assert list(pq["key"]) == ["k1", "k2"]
+    assert json.loads(pq["train_lengths"].iloc[0]) == []
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "r.db"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value='99' WHERE name='schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version 99"):
+        Store(path)
