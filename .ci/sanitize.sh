@@ -5,9 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-SENSIFORMER_SANITIZE=1 python setup.py -q build_ext -b "$out" -t "$out/tmp" >/dev/null
-cp python/sensiformer/*.py "$out/sensiformer/"
-for sub in python/sensiformer/*/; do [ -d "$sub" ] && cp -r "$sub" "$out/sensiformer/"; done
+# a pip build (isolated, so it has the setuptools pyproject needs) of this tree into $out
+SENSIFORMER_SANITIZE=1 pip install -q --no-deps --no-compile --target "$out" . >/dev/null
 python - "$out" <<'PY'
 import sys, pathlib
 # the sanitized build must be the one imported
