@@ -47,6 +47,23 @@ static double target_value(const sf_target *t, const uint8_t *x, int T) {
     return 0;
 }
 
+/* y (T): the target on every prefix x_1..x_t, as running values (O(T) per row). */
+static void prefix_values(const sf_target *t, const uint8_t *x, int T, double *y) {
+    int ones = 0, odd = 0;
+    for (int j = 0; j < T; j++) {
+        ones += x[j];
+        odd ^= x[j];
+        const int n = j + 1;
+        switch (t->kind) {
+        case SF_TARGET_PARITY: y[j] = odd; break;
+        case SF_TARGET_MAJORITY: y[j] = ones > n - ones ? 1.0 : 0.0; break; /* ties -> 0 */
+        case SF_TARGET_FIRST: y[j] = x[0]; break;
+        case SF_TARGET_MEAN: y[j] = (double)ones / n; break;
+        default: y[j] = 0; break; /* refused by check_target */
+        }
+    }
+}
+
 static sf_status check_positions(const sf_target *t, int T, const char *what) {
     if (t->n_bits < 0) return sf_fail(SF_EINVAL, "%s: negative number of positions", what);
     if (t->n_bits > 0 && !t->bits) return sf_fail(SF_EINVAL, "%s needs its positions", what);
@@ -73,6 +90,10 @@ static sf_status check_target(const sf_target *t, int T) {
     if (t->kind < SF_TARGET_PARITY || t->kind > SF_TARGET_FOURIER) return sf_fail(SF_EINVAL, "unknown target kind %d", t->kind);
     if (T < 1) return sf_fail(SF_EINVAL, "sequence length must be >= 1, got %d", T);
     if (!(t->noise >= 0 && t->noise <= 1)) return sf_fail(SF_EINVAL, "label noise must be in [0, 1], got %g", t->noise);
+    if (t->prefix && t->kind != SF_TARGET_PARITY && t->kind != SF_TARGET_MAJORITY && t->kind != SF_TARGET_FIRST &&
+        t->kind != SF_TARGET_MEAN)
+        return sf_fail(SF_EINVAL, "prefix labels exist for parity, majority, first and mean, not target kind %d",
+                       t->kind);
     sf_status st = SF_OK;
     switch (t->kind) {
     case SF_TARGET_TABLE:
@@ -108,7 +129,10 @@ sf_status sf_target_eval(const sf_target *t, const uint8_t *x, int64_t B, int T,
     sf_status st = check_target(t, T);
     if (st) return st;
     if ((st = sf_check_tokens(x, B * T))) return st;
-    for (int64_t b = 0; b < B; b++) y[b] = target_value(t, x + b * T, T);
+    for (int64_t b = 0; b < B; b++) {
+        if (t->prefix) prefix_values(t, x + b * T, T, y + b * T);
+        else y[b] = target_value(t, x + b * T, T);
+    }
     return SF_OK;
 }
 
@@ -147,16 +171,21 @@ sf_status sf_sample_batch(const sf_target *t, const sf_sampler *s, uint64_t seed
         for (int b = 0; b < B; b++) {
             const int64_t row = (int64_t)sf_below(key, (uint64_t)b, (uint64_t)s->data_rows);
             memcpy(x + (int64_t)b * T, s->data_x + row * T, (size_t)T);
-            if (y) y[b] = s->data_y[row];
+            if (y && t->prefix) memcpy(y + (int64_t)b * T, s->data_y + row * T, (size_t)T * sizeof(double));
+            else if (y) y[b] = s->data_y[row];
         }
         return SF_OK;
     default: return sf_fail(SF_EINVAL, "unknown sampler kind %d", s->kind);
     }
     if (y) {
-        for (int b = 0; b < B; b++) y[b] = target_value(t, x + (int64_t)b * T, T);
+        const int64_t per_row = t->prefix ? T : 1; /* noise flips each label: counter row * per_row + t */
+        for (int b = 0; b < B; b++) {
+            if (t->prefix) prefix_values(t, x + (int64_t)b * T, T, y + (int64_t)b * T);
+            else y[b] = target_value(t, x + (int64_t)b * T, T);
+        }
         if (t->noise > 0)
-            for (int b = 0; b < B; b++)
-                if (noise_flips(seed, step, b, t->noise)) y[b] = 1.0 - y[b];
+            for (int64_t i = 0; i < B * per_row; i++)
+                if (noise_flips(seed, step, i, t->noise)) y[i] = 1.0 - y[i];
     }
     return SF_OK;
 }

@@ -54,6 +54,10 @@ sf_status sf_workspace_reserve(sf_workspace *w, size_t bytes);
 
 int sf_layer_slots(const sf_config *c);
 int sf_tensor_index(const sf_model *m, int layer, int slot);
+/* Seq2seq: index of slot `slot` of encoder (decoder=0, slots as the encoder's 12) or decoder
+ * (decoder=1, SF_DEC_SLOTS in nn.TransformerDecoderLayer's order) layer `layer`. */
+#define SF_DEC_SLOTS 18
+int sf_seq2seq_tensor_index(const sf_model *m, int decoder, int layer, int slot);
 
 /* Parallel-call bookkeeping: the requested team size, and the largest team actually used. */
 typedef struct {

@@ -19,13 +19,49 @@ static const struct {
     {"norm2.weight", SF_KIND_NORM_WEIGHT},         {"norm2.bias", SF_KIND_NORM_BIAS},
 };
 
+/* Per-layer tensors of nn.TransformerDecoderLayer (named_parameters() order). */
+static const struct {
+    const char *suffix;
+    sf_tensor_kind kind;
+} decoder_slots[SF_DEC_SLOTS] = {
+    {"self_attn.in_proj_weight", SF_KIND_WEIGHT},      {"self_attn.in_proj_bias", SF_KIND_BIAS},
+    {"self_attn.out_proj.weight", SF_KIND_WEIGHT},     {"self_attn.out_proj.bias", SF_KIND_BIAS},
+    {"multihead_attn.in_proj_weight", SF_KIND_WEIGHT}, {"multihead_attn.in_proj_bias", SF_KIND_BIAS},
+    {"multihead_attn.out_proj.weight", SF_KIND_WEIGHT}, {"multihead_attn.out_proj.bias", SF_KIND_BIAS},
+    {"linear1.weight", SF_KIND_WEIGHT},                {"linear1.bias", SF_KIND_BIAS},
+    {"linear2.weight", SF_KIND_WEIGHT},                {"linear2.bias", SF_KIND_BIAS},
+    {"norm1.weight", SF_KIND_NORM_WEIGHT},             {"norm1.bias", SF_KIND_NORM_BIAS},
+    {"norm2.weight", SF_KIND_NORM_WEIGHT},             {"norm2.bias", SF_KIND_NORM_BIAS},
+    {"norm3.weight", SF_KIND_NORM_WEIGHT},             {"norm3.bias", SF_KIND_NORM_BIAS},
+};
+
 int sf_layer_slots(const sf_config *c) { return c->norm == SF_NORM_NONE ? 8 : 12; }
 
 int sf_tensor_index(const sf_model *m, int layer, int slot) {
     return 2 + layer * sf_layer_slots(&m->cfg) + slot;
 }
 
+/* Seq2seq table: tok, pos, encoder layers (12 each), encoder norm (2), decoder layers (18 each),
+ * decoder norm (2), head (2). */
+int sf_seq2seq_tensor_index(const sf_model *m, int decoder, int layer, int slot) {
+    const int enc = 2 + m->cfg.n_layers * 12;
+    return decoder ? enc + 2 + layer * SF_DEC_SLOTS + slot : 2 + layer * 12 + slot;
+}
+
+static sf_status seq2seq_check(const sf_config *c) {
+    if (c->n_decoder_layers < 1 || c->n_decoder_layers > SF_MAX_LAYERS)
+        return sf_fail(SF_EINVAL, "n_decoder_layers must be in [1, %d], got %d", SF_MAX_LAYERS, c->n_decoder_layers);
+    if (c->norm != SF_NORM_POST && c->norm != SF_NORM_PRE)
+        return sf_fail(SF_EINVAL, "the seq2seq model's norm must be post or pre (nn.Transformer's norm_first)");
+    if (!c->final_norm)
+        return sf_fail(SF_EINVAL, "the seq2seq model always has nn.Transformer's final encoder and decoder "
+                       "LayerNorms: set final_norm=1");
+    return SF_OK;
+}
+
 sf_status sf_config_check(const sf_config *c) {
+    if (c->kind != SF_MODEL_ENCODER && c->kind != SF_MODEL_SEQ2SEQ)
+        return sf_fail(SF_EINVAL, "unknown model kind %d", c->kind);
     if (c->n_positions < 1) return sf_fail(SF_EINVAL, "n_positions must be >= 1, got %d", c->n_positions);
     if (c->n_positions > (1 << 20))
         return sf_fail(SF_EINVAL, "n_positions must be <= %d, got %d", 1 << 20, c->n_positions);
@@ -44,6 +80,8 @@ sf_status sf_config_check(const sf_config *c) {
     if (c->activation < SF_ACT_RELU || c->activation > SF_ACT_GELU_TANH)
         return sf_fail(SF_EINVAL, "activation must be relu, gelu or gelu_tanh");
     if (c->dtype != SF_F32 && c->dtype != SF_F64) return sf_fail(SF_EINVAL, "dtype must be float32 or float64");
+    if (c->kind == SF_MODEL_SEQ2SEQ) return seq2seq_check(c);
+    if (c->n_decoder_layers != 0) return sf_fail(SF_EINVAL, "n_decoder_layers must be 0 for the encoder model");
     if (c->final_norm && c->norm != SF_NORM_PRE)
         return sf_fail(SF_EINVAL, "final_norm is only available with norm='pre'");
     return SF_OK;
@@ -85,6 +123,39 @@ static void build_tensor_table(sf_model *m) {
     add_tensor(m, "linear_head.bias", 1, 1, 0, SF_KIND_BIAS, -1);
 }
 
+/* TorchModelWithScratchpad's named_parameters(): embedding (3 tokens with SOS), positions
+ * (n_positions + 1), nn.Transformer's encoder and decoder stacks with their final norms, head. */
+static void build_seq2seq_table(sf_model *m) {
+    const sf_config *c = &m->cfg;
+    int64_t d = c->d_model, h = d / 2, f = c->d_ff;
+    add_tensor(m, "embedding.weight", 2, 3, h, SF_KIND_TOKEN_EMBEDDING, -1);
+    add_tensor(m, "positional_encoding.weight", 2, (int64_t)c->n_positions + 1, h, SF_KIND_POSITIONAL, -1);
+    const int64_t enc_shapes[12][3] = {{2, 3 * d, d}, {1, 3 * d, 0}, {2, d, d}, {1, d, 0}, {2, f, d}, {1, f, 0},
+                                       {2, d, f},     {1, d, 0},     {1, d, 0}, {1, d, 0}, {1, d, 0}, {1, d, 0}};
+    char name[96];
+    for (int l = 0; l < c->n_layers; l++)
+        for (int s = 0; s < 12; s++) {
+            snprintf(name, sizeof name, "model.encoder.layers.%d.%s", l, layer_slots[s].suffix);
+            add_tensor(m, name, (int)enc_shapes[s][0], enc_shapes[s][1], enc_shapes[s][2], layer_slots[s].kind, l);
+        }
+    add_tensor(m, "model.encoder.norm.weight", 1, d, 0, SF_KIND_NORM_WEIGHT, -1);
+    add_tensor(m, "model.encoder.norm.bias", 1, d, 0, SF_KIND_NORM_BIAS, -1);
+    const int64_t dec_shapes[SF_DEC_SLOTS][3] = {{2, 3 * d, d}, {1, 3 * d, 0}, {2, d, d}, {1, d, 0}, {2, 3 * d, d},
+                                                 {1, 3 * d, 0}, {2, d, d},     {1, d, 0}, {2, f, d}, {1, f, 0},
+                                                 {2, d, f},     {1, d, 0},     {1, d, 0}, {1, d, 0}, {1, d, 0},
+                                                 {1, d, 0},     {1, d, 0},     {1, d, 0}};
+    for (int l = 0; l < c->n_decoder_layers; l++)
+        for (int s = 0; s < SF_DEC_SLOTS; s++) {
+            snprintf(name, sizeof name, "model.decoder.layers.%d.%s", l, decoder_slots[s].suffix);
+            add_tensor(m, name, (int)dec_shapes[s][0], dec_shapes[s][1], dec_shapes[s][2], decoder_slots[s].kind,
+                       c->n_layers + l);
+        }
+    add_tensor(m, "model.decoder.norm.weight", 1, d, 0, SF_KIND_NORM_WEIGHT, -1);
+    add_tensor(m, "model.decoder.norm.bias", 1, d, 0, SF_KIND_NORM_BIAS, -1);
+    add_tensor(m, "linear_head.weight", 2, 1, d, SF_KIND_WEIGHT, -1);
+    add_tensor(m, "linear_head.bias", 1, 1, 0, SF_KIND_BIAS, -1);
+}
+
 sf_status sf_model_create(const sf_config *cfg, uint64_t seed, int identical_layers, sf_model **out) {
     *out = NULL;
     sf_status st = sf_config_check(cfg);
@@ -93,13 +164,14 @@ sf_status sf_model_create(const sf_config *cfg, uint64_t seed, int identical_lay
     if (!m) return sf_fail(SF_ENOMEM, "out of memory creating the model");
     m->cfg = *cfg;
     m->elem = cfg->dtype == SF_F64 ? 8 : 4;
-    int max_tensors = 2 + cfg->n_layers * 12 + 4;
+    int max_tensors = 2 + cfg->n_layers * 12 + 4 + cfg->n_decoder_layers * SF_DEC_SLOTS + 2;
     m->tensors = calloc((size_t)max_tensors, sizeof *m->tensors);
     if (!m->tensors) {
         free(m);
         return sf_fail(SF_ENOMEM, "out of memory creating the model");
     }
-    build_tensor_table(m);
+    if (cfg->kind == SF_MODEL_SEQ2SEQ) build_seq2seq_table(m);
+    else build_tensor_table(m);
     size_t bytes = (size_t)m->n_params * m->elem;
     st = sf_check_budget(2 * bytes, "the parameter and gradient buffers");
     if (st == SF_OK) {

@@ -218,7 +218,8 @@ static int option_array(PyObject *options, const char *key, int typenum, PyArray
 }
 
 int sf_py_target_options(PyObject *options, sf_target *t, sf_py_target_refs *r) {
-    static const char *known[] = {"noise", "bits", "table", "set_offsets", "coefficients", "sign_output", NULL};
+    static const char *known[] = {"noise", "bits", "table", "set_offsets", "coefficients", "sign_output", "prefix",
+                                  NULL};
     if (!PyDict_Check(options)) {
         PyErr_SetString(PyExc_TypeError, "target options must be a dict");
         return -1;
@@ -236,6 +237,8 @@ int sf_py_target_options(PyObject *options, sf_target *t, sf_py_target_refs *r) 
     PyObject *noise = PyDict_GetItemString(options, "noise"), *sign = PyDict_GetItemString(options, "sign_output");
     if (noise && ((t->noise = PyFloat_AsDouble(noise)) == -1.0 && PyErr_Occurred())) return -1;
     if (sign && (t->sign_output = PyObject_IsTrue(sign)) < 0) return -1;
+    PyObject *prefix = PyDict_GetItemString(options, "prefix");
+    if (prefix && (t->prefix = PyObject_IsTrue(prefix)) < 0) return -1;
     if (option_array(options, "bits", NPY_INT32, &r->bits) < 0 ||
         option_array(options, "set_offsets", NPY_INT64, &r->set_offsets) < 0 ||
         option_array(options, "coefficients", NPY_FLOAT64, &r->coefficients) < 0 ||

@@ -23,15 +23,15 @@ void sf_py_model_release(SfModelObject *m) { m->busy = 0; }
 
 static int model_init(SfModelObject *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"n_positions", "d_model", "n_heads", "n_layers", "d_ff", "norm", "final_norm", "ln_eps",
-                            "activation", "dtype", "seed", "identical_layers", NULL};
+                            "activation", "dtype", "seed", "identical_layers", "kind", "n_decoder_layers", NULL};
     sf_config c = {0};
-    int norm, act, dtype, final_norm, identical;
+    int norm, act, dtype, final_norm, identical, kind = SF_MODEL_ENCODER;
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiiipdiiKp", names, &c.n_positions, &c.d_model, &c.n_heads,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiiipdiiKp|ii", names, &c.n_positions, &c.d_model, &c.n_heads,
                                      &c.n_layers, &c.d_ff, &norm, &final_norm, &c.ln_eps, &act, &dtype, &seed,
-                                     &identical))
+                                     &identical, &kind, &c.n_decoder_layers))
         return -1;
-    c.norm = norm, c.final_norm = final_norm, c.activation = act, c.dtype = dtype;
+    c.norm = norm, c.final_norm = final_norm, c.activation = act, c.dtype = dtype, c.kind = kind;
     if (self->model) {
         PyErr_SetString(PyExc_RuntimeError, "Model is already initialised");
         return -1;

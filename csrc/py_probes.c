@@ -3,25 +3,27 @@
 #include "py_util.h"
 
 /* sharpness(model, x uint8 (n_batches*B, T), y (n_batches*B,), B, loss, sigma, repeats, seed,
- *           mask uint8 (n_tensors,), noise (repeats, P) or None, shared_draws, n_threads)
- * -> (base float64 (n_batches,), perturbed float64 (repeats, n_batches)) */
+ *           mask uint8 (n_tensors,), noise (repeats, P) or None, shared_draws, n_threads[, dec])
+ * -> (base float64 (n_batches,), perturbed float64 (repeats, n_batches))
+ * With dec (seq2seq: decoder inputs uint8 (n_batches*B, S)), y is (n_batches*B, L). */
 static PyObject *py_sharpness(PyObject *self, PyObject *args) {
-    PyObject *mo, *xo, *yo, *masko, *noiseo;
+    PyObject *mo, *xo, *yo, *masko, *noiseo, *deco = Py_None;
     int B, loss, repeats, shared, nt;
     double sigma;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "O!OOiidiKOOpi", &SfModelType, &mo, &xo, &yo, &B, &loss, &sigma, &repeats, &seed,
-                          &masko, &noiseo, &shared, &nt))
+    if (!PyArg_ParseTuple(args, "O!OOiidiKOOpi|O", &SfModelType, &mo, &xo, &yo, &B, &loss, &sigma, &repeats, &seed,
+                          &masko, &noiseo, &shared, &nt, &deco))
         return NULL;
     SfModelObject *model = (SfModelObject *)mo;
     if (sf_py_model_ready(model) < 0) return NULL;
     const int typenum = sf_py_typenum(sf_model_config(model->model)->dtype);
     const npy_intp P = (npy_intp)sf_model_num_params(model->model);
-    PyArrayObject *x = NULL, *y = NULL, *mask = NULL, *noise = NULL;
+    PyArrayObject *x = NULL, *y = NULL, *mask = NULL, *noise = NULL, *dec = NULL;
     PyObject *base = NULL, *perturbed = NULL, *result = NULL;
-    if (!(x = sf_py_array(xo, NPY_UINT8, 2, "x")) || !(y = sf_py_array(yo, typenum, 1, "y")) ||
+    if (!(x = sf_py_array(xo, NPY_UINT8, 2, "x")) || !(y = sf_py_array(yo, typenum, deco == Py_None ? 1 : 2, "y")) ||
         !(mask = sf_py_array(masko, NPY_UINT8, 1, "mask")))
         goto done;
+    if (deco != Py_None && !(dec = sf_py_array(deco, NPY_UINT8, 2, "decoder_input"))) goto done;
     if (noiseo != Py_None && !(noise = sf_py_array(noiseo, typenum, 2, "noise"))) goto done;
     const npy_intp rows = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1);
     if (B < 1 || rows % B) {
@@ -29,8 +31,9 @@ static PyObject *py_sharpness(PyObject *self, PyObject *args) {
         goto done;
     }
     if (PyArray_DIM(y, 0) != rows || PyArray_DIM(mask, 0) != sf_model_num_tensors(model->model) ||
-        (noise && (PyArray_DIM(noise, 0) != repeats || PyArray_DIM(noise, 1) != P))) {
-        PyErr_SetString(PyExc_ValueError, "y, mask or noise has the wrong shape");
+        (noise && (PyArray_DIM(noise, 0) != repeats || PyArray_DIM(noise, 1) != P)) ||
+        (dec && PyArray_DIM(dec, 0) != rows)) {
+        PyErr_SetString(PyExc_ValueError, "y, mask, noise or decoder_input has the wrong shape");
         goto done;
     }
     npy_intp nb = rows / B, shape[2] = {repeats, nb};
@@ -39,10 +42,19 @@ static PyObject *py_sharpness(PyObject *self, PyObject *args) {
     if (sf_py_model_acquire(model) < 0) goto done;
     sf_py_unlocked u;
     u.saved = PyEval_SaveThread();
-    sf_status st = sf_sharpness(model->model, PyArray_DATA(x), PyArray_DATA(y), (int)nb, B, (int)T, loss, sigma,
-                                repeats, seed, PyArray_DATA(mask), noise ? PyArray_DATA(noise) : NULL, shared,
-                                PyArray_DATA((PyArrayObject *)base), PyArray_DATA((PyArrayObject *)perturbed), nt,
-                                sf_py_stop_hook, &u);
+    sf_status st;
+    if (dec) {
+        const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), PyArray_DATA(y), (int)rows, (int)T,
+                               (int)PyArray_DIM(dec, 1), (int)PyArray_DIM(y, 1)};
+        st = sf_seq2seq_sharpness(model->model, &d, (int)nb, loss, sigma, repeats, seed, PyArray_DATA(mask),
+                                  noise ? PyArray_DATA(noise) : NULL, shared, PyArray_DATA((PyArrayObject *)base),
+                                  PyArray_DATA((PyArrayObject *)perturbed), nt, sf_py_stop_hook, &u);
+    } else {
+        st = sf_sharpness(model->model, PyArray_DATA(x), PyArray_DATA(y), (int)nb, B, (int)T, loss, sigma, repeats,
+                          seed, PyArray_DATA(mask), noise ? PyArray_DATA(noise) : NULL, shared,
+                          PyArray_DATA((PyArrayObject *)base), PyArray_DATA((PyArrayObject *)perturbed), nt,
+                          sf_py_stop_hook, &u);
+    }
     PyEval_RestoreThread(u.saved);
     sf_py_model_release(model);
     if (st == SF_EINTR && PyErr_Occurred()) goto done; /* the signal handler's exception */
@@ -56,34 +68,56 @@ done:
     Py_XDECREF(y);
     Py_XDECREF(mask);
     Py_XDECREF(noise);
+    Py_XDECREF(dec);
     Py_XDECREF(base);
     Py_XDECREF(perturbed);
     return result;
 }
 
-/* ln_blowup(model, x uint8 (B,T), theory, n_threads) -> (maxs, means), each float64 (n_ln, B) */
+/* ln_blowup(model, x uint8 (B,T), theory, n_threads[, dec uint8 (B,S)]) -> (maxs, means), each float64
+ * (n_ln, B); with dec (seq2seq) the rows of sf_seq2seq_ln_blowup. */
 static PyObject *py_ln_blowup(PyObject *self, PyObject *args) {
-    PyObject *mo, *xo;
+    PyObject *mo, *xo, *deco = Py_None;
     int theory, nt;
-    if (!PyArg_ParseTuple(args, "O!Opi", &SfModelType, &mo, &xo, &theory, &nt)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!Opi|O", &SfModelType, &mo, &xo, &theory, &nt, &deco)) return NULL;
     SfModelObject *model = (SfModelObject *)mo;
     if (sf_py_model_ready(model) < 0) return NULL;
-    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x");
+    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x"), *dec = NULL;
     if (!x) return NULL;
+    if (deco != Py_None) {
+        if (!(dec = sf_py_array(deco, NPY_UINT8, 2, "decoder_input"))) {
+            Py_DECREF(x);
+            return NULL;
+        }
+        if (PyArray_DIM(dec, 0) != PyArray_DIM(x, 0)) {
+            Py_DECREF(x);
+            Py_DECREF(dec);
+            return PyErr_Format(PyExc_ValueError, "decoder_input has %zd rows for %zd inputs",
+                                (Py_ssize_t)PyArray_DIM(dec, 0), (Py_ssize_t)PyArray_DIM(x, 0));
+        }
+    }
     npy_intp shape[2] = {sf_ln_count(model->model), PyArray_DIM(x, 0)};
     PyObject *maxs = PyArray_SimpleNew(2, shape, NPY_FLOAT64), *means = PyArray_SimpleNew(2, shape, NPY_FLOAT64);
     PyObject *result = NULL;
     if (maxs && means && sf_py_model_acquire(model) == 0) {
         sf_status st;
         Py_BEGIN_ALLOW_THREADS
-        st = sf_ln_blowup(model->model, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), theory,
-                          PyArray_DATA((PyArrayObject *)maxs), PyArray_DATA((PyArrayObject *)means), nt);
+        if (dec) {
+            const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), NULL, (int)PyArray_DIM(x, 0),
+                                   (int)PyArray_DIM(x, 1), (int)PyArray_DIM(dec, 1), 0};
+            st = sf_seq2seq_ln_blowup(model->model, &d, theory, PyArray_DATA((PyArrayObject *)maxs),
+                                      PyArray_DATA((PyArrayObject *)means), nt);
+        } else {
+            st = sf_ln_blowup(model->model, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), theory,
+                              PyArray_DATA((PyArrayObject *)maxs), PyArray_DATA((PyArrayObject *)means), nt);
+        }
         Py_END_ALLOW_THREADS
         sf_py_model_release(model);
         if (st) sf_py_raise(st);
         else result = Py_BuildValue("(OO)", maxs, means);
     }
     Py_XDECREF(x);
+    Py_XDECREF(dec);
     Py_XDECREF(maxs);
     Py_XDECREF(means);
     return result;

@@ -175,10 +175,13 @@ static int data_spec_parse(PyObject *target, PyObject *sampler, data_spec *s) {
         s->sampler.subset_size = PyArray_DIM(s->subset, 0);
     }
     if (dx != Py_None) {
-        if (!(s->data_x = sf_py_array(dx, NPY_UINT8, 2, "x")) || !(s->data_y = sf_py_array(dy, NPY_FLOAT64, 1, "y")))
+        /* a prefix target's dataset has a label per position: y (rows, width) */
+        const int y_dims = s->target.prefix ? 2 : 1;
+        if (!(s->data_x = sf_py_array(dx, NPY_UINT8, 2, "x")) || !(s->data_y = sf_py_array(dy, NPY_FLOAT64, y_dims, "y")))
             return -1;
-        if (PyArray_DIM(s->data_y, 0) != PyArray_DIM(s->data_x, 0)) {
-            PyErr_SetString(PyExc_ValueError, "x and y must have the same number of rows");
+        if (PyArray_DIM(s->data_y, 0) != PyArray_DIM(s->data_x, 0) ||
+            (y_dims == 2 && PyArray_DIM(s->data_y, 1) != PyArray_DIM(s->data_x, 1))) {
+            PyErr_SetString(PyExc_ValueError, "x and y must have the same number of rows (and, per position, columns)");
             return -1;
         }
         s->sampler.data_x = PyArray_DATA(s->data_x);
@@ -204,8 +207,8 @@ static PyObject *py_target_eval(PyObject *self, PyObject *args) {
     PyArrayObject *x = NULL;
     PyObject *y = NULL;
     if (data_spec_parse(target, NULL, &s) == 0 && (x = sf_py_array(xo, NPY_UINT8, 2, "x"))) {
-        npy_intp B = PyArray_DIM(x, 0);
-        if ((y = PyArray_SimpleNew(1, &B, NPY_FLOAT64))) {
+        npy_intp shape[2] = {PyArray_DIM(x, 0), PyArray_DIM(x, 1)}, B = shape[0];
+        if ((y = PyArray_SimpleNew(s.target.prefix ? 2 : 1, shape, NPY_FLOAT64))) {
             sf_status st;
             Py_BEGIN_ALLOW_THREADS
             st = sf_target_eval(&s.target, PyArray_DATA(x), B, (int)PyArray_DIM(x, 1), PyArray_DATA((PyArrayObject *)y));
@@ -232,7 +235,8 @@ static PyObject *py_sample_batch(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     if (data_spec_parse(target, sampler, &s) == 0) {
         npy_intp shape[2] = {B, T};
-        PyObject *x = PyArray_SimpleNew(2, shape, NPY_UINT8), *y = PyArray_SimpleNew(1, shape, NPY_FLOAT64);
+        PyObject *x = PyArray_SimpleNew(2, shape, NPY_UINT8);
+        PyObject *y = PyArray_SimpleNew(s.target.prefix ? 2 : 1, shape, NPY_FLOAT64);
         if (x && y) {
             sf_status st;
             Py_BEGIN_ALLOW_THREADS

@@ -60,5 +60,6 @@ typedef struct {
 int sf_py_target_options(PyObject *options, sf_target *t, sf_py_target_refs *refs);
 void sf_py_target_refs_release(sf_py_target_refs *refs);
 extern PyMethodDef sf_probe_methods[];
+extern PyMethodDef sf_seq2seq_methods[]; /* py_seq2seq.c */
 
 #endif

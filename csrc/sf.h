@@ -28,9 +28,14 @@ typedef enum {
 typedef enum { SF_F32 = 0, SF_F64 = 1 } sf_dtype;
 typedef enum { SF_NORM_POST = 0, SF_NORM_PRE = 1, SF_NORM_NONE = 2 } sf_norm;
 typedef enum { SF_ACT_RELU = 0, SF_ACT_GELU = 1, SF_ACT_GELU_TANH = 2 } sf_activation;
+/* SF_MODEL_ENCODER: the official TorchModel (readout at the last position). SF_MODEL_SEQ2SEQ: the
+ * official TorchModelWithScratchpad, nn.Transformer with a shared embedding of the tokens 0, 1 and
+ * SF_SOS, causal decoder self-attention, cross-attention and a readout at every decoder position. */
+typedef enum { SF_MODEL_ENCODER = 0, SF_MODEL_SEQ2SEQ = 1 } sf_model_kind;
+#define SF_SOS 2 /* the seq2seq decoder's start token */
 
 typedef struct {
-    int n_positions;     /* rows of the positional table = longest input */
+    int n_positions;     /* longest input; rows of the positional table (seq2seq: n_positions + 1) */
     int d_model;         /* even, divisible by n_heads */
     int n_heads;
     int n_layers;
@@ -40,7 +45,12 @@ typedef struct {
     double ln_eps;       /* >= 0 */
     sf_activation activation;
     sf_dtype dtype;
+    sf_model_kind kind;  /* zero: the encoder */
+    int n_decoder_layers; /* seq2seq: decoder layers (1..64); must be 0 for the encoder */
 } sf_config;
+/* A seq2seq model has n_layers encoder and n_decoder_layers decoder layers, norm post or pre
+ * (nn.Transformer's norm_first) and always the final encoder and decoder LayerNorms of
+ * nn.Transformer (final_norm must be 1). */
 
 /* What a tensor is, for weight-decay masks and probe exclusions. */
 typedef enum {
@@ -59,7 +69,8 @@ typedef struct {
     int64_t offset;      /* in elements, into the parameter buffer */
     int64_t size;
     sf_tensor_kind kind;
-    int layer;           /* encoder layer index, -1 outside the stack */
+    int layer;           /* layer index: encoder layers 0..L-1, then (seq2seq) decoder layers L..L+Ld-1;
+                            -1 outside the stacks */
 } sf_tensor_info;
 
 typedef struct sf_model sf_model;
@@ -133,8 +144,12 @@ typedef struct {
                                  0 -> the real value (1 - g(x)) / 2, so that 1 - 2y = g */
     double noise;             /* sf_sample_batch flips each label y -> 1 - y with this probability,
                                  drawn per (seed, step, row); sf_target_eval stays noiseless */
+    int prefix;               /* 1: a label per position, y_t = f(x_1..x_t) (PARITY, MAJORITY, FIRST, MEAN):
+                                 the scratchpad's sequence (prefix parities). Labels are then (B, T), and
+                                 noise flips each (row, position) with counter row * T + t */
 } sf_target;
 
+/* y: (B) values, or (B, T) with t->prefix. */
 sf_status sf_target_eval(const sf_target *t, const uint8_t *x, int64_t B, int T, double *y);
 
 typedef enum {
@@ -149,12 +164,12 @@ typedef struct {
     int64_t subset_size;
     const uint8_t *data_x;    /* SF_SAMPLE_DATASET: (rows, data_width) */
     int data_width;           /* must equal the batch length T */
-    const double *data_y;     /* (rows) */
+    const double *data_y;     /* (rows), or (rows, data_width) for a prefix target */
     int64_t data_rows;
 } sf_sampler;
 
 /* Deterministic batch number `step` of a run keyed by `seed` (counter-based: depends only on
- * seed, step and position). y may be NULL. */
+ * seed, step and position). y (B), or (B, T) for a prefix target, may be NULL. */
 sf_status sf_sample_batch(const sf_target *t, const sf_sampler *s, uint64_t seed, int64_t step,
                           int B, int T, uint8_t *x, double *y);
 
@@ -205,7 +220,10 @@ typedef struct {
 
 /* Runs steps [first_step, first_step + n_steps) of the data stream; per-step loss, accuracy,
  * lr and grad norm go to the given arrays (each n_steps long, any may be NULL). *done is the
- * number of completed steps (also on SF_EINTR / SF_ENUMERIC). */
+ * number of completed steps (also on SF_EINTR / SF_ENUMERIC).
+ * A seq2seq model trains by teacher forcing on a prefix target with 0/1 labels y (B, T): decoder
+ * input [SOS, y_1..y_{T-1}], loss over the T outputs (the official [SOS, y_1..y_T] with the last
+ * output dropped, whose other outputs are the same under the causal mask); accuracy per token. */
 sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sampler *s,
                    const sf_train_config *tc, int64_t first_step, int64_t n_steps,
                    double *loss, double *acc, double *lr, double *grad_norm, int64_t *done,
@@ -245,6 +263,48 @@ sf_status sf_hvp(sf_model *m, const uint8_t *x, const void *y, int n_batches, in
  * except the last layer's readout position only) and every key. */
 sf_status sf_attention_logits(sf_model *m, const uint8_t *x, int B, int T, double *maxs, double *means,
                               int n_threads);
+
+/* ---- seq2seq (SF_MODEL_SEQ2SEQ) ----------------------------------------------------------
+ * The encoder entry points above refuse a seq2seq model (and these an encoder), except
+ * sf_train, the optimizer and the parameter table, which serve both. */
+
+/* rows sequences: encoder inputs x (rows, T) of 0/1; decoder inputs dec (rows, S) of 0, 1 or SF_SOS;
+ * labels y (rows, L), model dtype, scored against decoder outputs 0..L-1 (L <= S; the decoder then
+ * runs on the first L positions only: by the causal mask no other position reaches them). */
+typedef struct {
+    const uint8_t *x;
+    const uint8_t *dec;
+    const void *y;       /* NULL where no loss is needed */
+    int rows, T, S, L;
+} sf_seq_data;
+
+/* out (rows, S): the readout at every decoder position (T <= n_positions, S <= n_positions + 1). */
+sf_status sf_seq2seq_forward(sf_model *m, const sf_seq_data *d, void *out, int n_threads);
+/* Mean loss over rows x L outputs; grad=1 also fills the gradient buffer. out (rows, L) may be NULL. */
+sf_status sf_seq2seq_loss_and_grad(sf_model *m, const sf_seq_data *d, sf_loss loss, int grad, double *loss_out,
+                                   void *out, int n_threads);
+/* sf_sharpness on the teacher-forced loss: d holds n_batches batches of d->rows / n_batches rows. */
+sf_status sf_seq2seq_sharpness(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, double sigma,
+                               int repeats, uint64_t seed, const unsigned char *mask, const void *noise,
+                               int shared_draws, double *base, double *perturbed, int n_threads, sf_stop_hook stop,
+                               void *stop_ctx);
+/* Rows of sf_seq2seq_ln_blowup: counts[0] encoder LayerNorms (norm1, norm2 per layer, then the final
+ * one), counts[1] decoder LayerNorms (norm1, norm2, norm3 per layer, then the final one), each over
+ * every position; counts[2], counts[3]: the official subset (encoder, decoder: norm1, norm2 per
+ * layer, the last layer at the last position only). Returns the total. */
+int sf_seq2seq_ln_counts(const sf_model *m, int counts[4]);
+/* maxs, means (total rows, d->rows) in the order of sf_seq2seq_ln_counts; the forward runs on all S
+ * decoder positions (the official measure feeds [SOS, y_1..y_n]). theory as sf_ln_blowup. */
+sf_status sf_seq2seq_ln_blowup(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means,
+                               int n_threads);
+
+/* Autoregressive decoding from SF_SOS for `steps` positions (steps <= n_positions + 1): step t reads
+ * output t and feeds back the token (out > threshold). tokens (B, steps); outputs (B, steps) in the
+ * model dtype, may be NULL. cache=1 keeps every layer's keys and values (one new position per step);
+ * cache=0 recomputes the whole model at every step, as the official autoregressive_answer (the
+ * reference the cache is tested against). */
+sf_status sf_generate(sf_model *m, const uint8_t *x, int B, int T, int steps, int cache, double threshold,
+                      uint8_t *tokens, void *outputs, int n_threads, sf_stop_hook stop, void *stop_ctx);
 
 #ifdef __cplusplus
 }

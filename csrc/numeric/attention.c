@@ -1,31 +1,35 @@
-/* Multi-head scaled dot-product attention without mask, one task per (batch, head).
- * Each task owns its slices of ctx, P, dQ and dKV, so results never depend on the thread count. */
+/* Multi-head scaled dot-product attention, one task per (batch, head), unmasked or causal.
+ * Each task owns its slices of ctx, P, dQ and dKV, so results never depend on the thread count.
+ * A causal mask leaves exact zeros in P, so the backward (and the tangent kernels) need no mask:
+ * every term of a masked key carries a factor P = 0. */
 #include "kernels.h"
 
 /* ctx, Q (B,Tq,d): queries are the last Tq positions; KV (B,T,2d) = [K | V]; P (B,H,Tq,T).
- * kt: (d/H) * T scratch of this thread. */
+ * causal: query i (position T - Tq + i) sees keys j <= T - Tq + i. kt: (d/H) * T scratch. */
 static void attention_task(real *ctx, real *P, const real *Q, const real *KV, long T, long Tq, long d,
-                           long dh, real *kt) {
+                           long dh, int causal, real *kt) {
     sf_par one = {1, 0};
     const real scale = (real)(1.0 / sqrt((double)dh));
     /* K^T (dh, T) so the score GEMM reads B contiguously */
     for (long j = 0; j < T; j++)
         for (long c = 0; c < dh; c++) kt[c * T + j] = KV[j * 2 * d + c];
     SF(gemm)(Tq, T, dh, Q, d, 1, kt, T, P, T, NULL, 0, &one);
-    for (long i = 0; i < Tq; i++) { /* softmax over keys */
+    for (long i = 0; i < Tq; i++) { /* softmax over the visible keys */
         real *p = P + i * T;
+        const long seen = causal ? T - Tq + i + 1 : T;
         real mx = p[0] * scale;
-        for (long j = 0; j < T; j++) {
+        for (long j = 0; j < seen; j++) {
             p[j] *= scale;
             if (p[j] > mx) mx = p[j];
         }
         double s = 0;
-        for (long j = 0; j < T; j++) {
+        for (long j = 0; j < seen; j++) {
             p[j] = rexp(p[j] - mx);
             s += p[j];
         }
         const real inv = (real)(1.0 / s);
-        for (long j = 0; j < T; j++) p[j] *= inv;
+        for (long j = 0; j < seen; j++) p[j] *= inv;
+        for (long j = seen; j < T; j++) p[j] = 0;
     }
     SF(gemm)(Tq, dh, T, P, T, 1, KV + d, 2 * d, ctx, d, NULL, 0, &one);
 }
@@ -40,6 +44,11 @@ static int attention_threads(long B, long T, long Tq, long d, long H, const sf_p
 
 void SF(attention_forward)(real *ctx, real *P, const real *Q, const real *KV, long B, long T, long Tq,
                            long d, long H, real *scratch, sf_par *par) {
+    SF(attention_forward_ex)(ctx, P, Q, KV, B, T, Tq, d, H, 0, T, scratch, par);
+}
+
+void SF(attention_forward_ex)(real *ctx, real *P, const real *Q, const real *KV, long B, long T, long Tq,
+                              long d, long H, int causal, long kv_rows, real *scratch, sf_par *par) {
     const long dh = d / H;
     const int nt = attention_threads(B, T, Tq, d, H, par);
     (void)nt; /* unused in a serial build */
@@ -51,7 +60,7 @@ void SF(attention_forward)(real *ctx, real *P, const real *Q, const real *KV, lo
         for (long task = 0; task < B * H; task++) {
             const long b = task / H, h = task % H;
             attention_task(ctx + b * Tq * d + h * dh, P + task * Tq * T, Q + b * Tq * d + h * dh,
-                           KV + b * T * 2 * d + h * dh, T, Tq, d, dh, kt);
+                           KV + b * kv_rows * 2 * d + h * dh, T, Tq, d, dh, causal, kt);
         }
     }
 }

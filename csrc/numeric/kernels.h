@@ -27,6 +27,10 @@ void SF(embedding_forward)(real *X, const uint8_t *tokens, const real *tok, cons
                            long T, long d, sf_par *par);
 void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
                             long T, long P, long d, sf_par *par);
+/* dtok (V,d/2), dpos (>= T rows) += the gradient of X (B,T,d) = [tok[tokens] ; pos[t]] (tables that
+ * several embeddings share: the seq2seq encoder and decoder). */
+void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
+                                long T, long V, long d, sf_par *par);
 void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
                            double eps, long N, long d, sf_par *par);
 void SF(layernorm_backward)(real *dX, int accumulate_dx, real *dg, real *db, const real *dY,
@@ -48,6 +52,11 @@ double SF(loss_forward_backward)(real *dout, const real *out, const real *y, lon
 long SF(attention_scratch)(long T, long Tq, long d, long H, int nt);
 void SF(attention_forward)(real *ctx, real *P, const real *Q, const real *KV, long B, long T, long Tq,
                            long d, long H, real *scratch, sf_par *par);
+/* The same with options: causal (query i, at position T - Tq + i, sees keys j <= T - Tq + i; masked
+ * entries of P are exactly 0, so attention_backward serves both) and kv_rows >= T, the rows per batch
+ * entry of KV (a key/value cache holds more rows than it has filled). */
+void SF(attention_forward_ex)(real *ctx, real *P, const real *Q, const real *KV, long B, long T, long Tq,
+                              long d, long H, int causal, long kv_rows, real *scratch, sf_par *par);
 /* dQ (B,Tq,d), dKV (B,T,2d) overwritten. */
 void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P, const real *Q,
                             const real *KV, long B, long T, long Tq, long d, long H, real *scratch,

@@ -51,6 +51,32 @@ void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_
     }
 }
 
+/* The same, accumulating into tables with V token rows (no zeroing). */
+void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
+                                long T, long V, long d, sf_par *par) {
+    const long h = d / 2;
+    (void)V; /* tokens index the rows; V documents the table */
+#pragma omp parallel num_threads(THREADS_FOR(B * T * d))
+    {
+        long lo, hi;
+        sf_partition(T, 1, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        for (long t = lo; t < hi; t++) {
+            real *g = dpos + t * h;
+            for (long b = 0; b < B; b++) {
+                const real *s = dX + (b * T + t) * d + h;
+#pragma omp simd
+                for (long j = 0; j < h; j++) g[j] += s[j];
+            }
+        }
+        sf_partition(h, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        for (long r = 0; r < B * T && lo < hi; r++) {
+            real *g = dtok + tokens[r] * h;
+            const real *s = dX + r * d;
+            for (long j = lo; j < hi; j++) g[j] += s[j];
+        }
+    }
+}
+
 /* ---- LayerNorm over the last dimension (biased variance, eps inside the sqrt) ------------- */
 
 /* Y, X (N,d); mean, rstd (N) saved for backward; g, b (d) */

@@ -16,17 +16,30 @@
                           double *loss, double *acc, double *lr, double *grad_norm, int64_t *done, \
                           int nt, sf_stop_hook stop, void *stop_ctx);                               \
     const char *gemm_path_##sfx(void);                                                               \
-    sf_status sharpness_##sfx(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, \
-                              sf_loss loss, double sigma, int repeats, uint64_t seed,                 \
-                              const unsigned char *mask, const void *noise, int shared_draws,         \
-                              double *base, double *perturbed, int nt, sf_stop_hook stop,             \
-                              void *stop_ctx);                                                         \
+    sf_status sharpness_##sfx(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, double sigma,  \
+                              int repeats, uint64_t seed, const unsigned char *mask, const void *noise,       \
+                              int shared_draws, double *base, double *perturbed, int nt, sf_stop_hook stop,   \
+                              void *stop_ctx);                                                                 \
     int ln_count_##sfx(const sf_config *c);                                                           \
     sf_status ln_blowup_##sfx(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs,  \
                               double *means, int nt);
 
 SF_DECLARE_NUMERIC(f32)
 SF_DECLARE_NUMERIC(f64)
+
+/* The seq2seq model (seq2seq*.c); sharpness above takes its data too (an encoder's sf_seq_data has
+ * dec == NULL and L == 1). */
+#define SF_DECLARE_SEQ2SEQ(sfx)                                                                                     \
+    sf_status seq2seq_forward_##sfx(sf_model *m, const sf_seq_data *d, void *out, int nt);                          \
+    sf_status seq2seq_loss_and_grad_##sfx(sf_model *m, const sf_seq_data *d, sf_loss loss, int grad,               \
+                                          double *loss_out, void *out, int nt);                                     \
+    sf_status seq2seq_ln_blowup_##sfx(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means, \
+                                      int nt);                                                                      \
+    sf_status generate_##sfx(sf_model *m, const uint8_t *x, int B, int T, int steps, int cache, double threshold, \
+                             uint8_t *tokens, void *outputs, int nt, sf_stop_hook stop, void *stop_ctx);
+
+SF_DECLARE_SEQ2SEQ(f32)
+SF_DECLARE_SEQ2SEQ(f64)
 
 /* Hessian-vector products (hvp.c) and the attention-logit probe (logits.c). */
 #define SF_DECLARE_HVP(sfx)                                                                            \

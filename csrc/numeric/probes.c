@@ -1,15 +1,32 @@
 /* Probes of a trained model: Gaussian sharpness (expected loss increase under parameter noise)
  * and LayerNorm blowup (the normalisation factors of the LayerNorm inputs). */
-#include "encoder.h"
+#include "probes.h"
+#include "seq2seq.h"
 #include "../rng.h"
 
 #include <string.h>
 
-/* Mean loss of the current parameters on batch b of (n_batches * B, T) inputs. */
-static double batch_loss(sf_model *m, const uint8_t *x, const real *y, int b, int B, int T, sf_loss loss, acts *a,
-                         sf_par *par) {
-    SF(encoder_forward)(m, x + (size_t)b * B * T, a, par);
-    return SF(loss_forward_backward)(NULL, a->out, y + (size_t)b * B, B, loss);
+/* The workspace of either model kind for batches of B rows. */
+typedef struct {
+    acts enc;
+    s2s_acts s2s;
+    s2s_params p;
+} probe_work;
+
+static sf_status reserve_rows(sf_model *m, const sf_seq_data *d, int B, int nt, probe_work *w) {
+    if (m->cfg.kind == SF_MODEL_SEQ2SEQ) {
+        sf_status st = SF(s2s_reserve)(m, B, d->T, d->L, nt, &w->s2s);
+        if (!st) SF(s2s_params)(m, (real *)m->params, &w->p);
+        return st;
+    }
+    return SF(encoder_reserve)(m, B, d->T, nt, &w->enc);
+}
+
+/* Mean loss of the current parameters on batch b (B rows) of d. */
+static double batch_loss(sf_model *m, const sf_seq_data *d, int b, int B, sf_loss loss, probe_work *w, sf_par *par) {
+    if (m->cfg.kind == SF_MODEL_SEQ2SEQ) return SF(s2s_batch_loss)(m, &w->p, d, b, B, loss, 0, &w->s2s, par);
+    SF(encoder_forward)(m, d->x + (size_t)b * B * d->T, &w->enc, par);
+    return SF(loss_forward_backward)(NULL, w->enc.out, (const real *)d->y + (size_t)b * B, B, loss);
 }
 
 /* theta = backup + sigma * z on the masked tensors (z: explicit or counter-based normals keyed by
@@ -28,21 +45,21 @@ static void perturb(sf_model *m, real *theta, const real *backup, const unsigned
     }
 }
 
-sf_status SF(sharpness)(sf_model *m, const uint8_t *x, const void *y_, int n_batches, int B, int T, sf_loss loss,
-                        double sigma, int repeats, uint64_t seed, const unsigned char *mask, const void *noise_,
-                        int shared_draws, double *base, double *perturbed, int nt, sf_stop_hook stop,
-                        void *stop_ctx) {
-    const real *y = y_, *noise = noise_;
+sf_status SF(sharpness)(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, double sigma, int repeats,
+                        uint64_t seed, const unsigned char *mask, const void *noise_, int shared_draws, double *base,
+                        double *perturbed, int nt, sf_stop_hook stop, void *stop_ctx) {
+    const real *noise = noise_;
+    const int B = d->rows / n_batches;
     sf_par par = {sf_resolve_threads(nt), 1};
-    acts a;
-    sf_status st = SF(encoder_reserve)(m, B, T, par.nt, &a);
+    probe_work w;
+    sf_status st = reserve_rows(m, d, B, par.nt, &w);
     if (st) return st;
     const size_t bytes = (size_t)m->n_params * sizeof(real);
     if ((st = sf_check_budget(bytes, "the sharpness probe's parameter backup"))) return st;
     real *theta = (real *)m->params, *backup = sf_alloc(bytes);
     if (!backup) return sf_fail(SF_ENOMEM, "could not allocate the sharpness probe's parameter backup");
     memcpy(backup, theta, bytes);
-    for (int b = 0; b < n_batches; b++) base[b] = batch_loss(m, x, y, b, B, T, loss, &a, &par);
+    for (int b = 0; b < n_batches; b++) base[b] = batch_loss(m, d, b, B, loss, &w, &par);
     for (int r = 0; r < repeats && st == SF_OK; r++) {
         if (stop && stop(stop_ctx)) {
             st = sf_fail(SF_EINTR, "interrupted after %d of %d draws", r, repeats);
@@ -55,7 +72,7 @@ sf_status SF(sharpness)(sf_model *m, const uint8_t *x, const void *y_, int n_bat
                 perturb(m, theta, backup, mask, sigma, noise ? noise + (size_t)r * m->n_params : NULL,
                         sf_key(seed, SF_STREAM_NOISE, draw), &par);
             }
-            perturbed[(size_t)r * n_batches + b] = batch_loss(m, x, y, b, B, T, loss, &a, &par);
+            perturbed[(size_t)r * n_batches + b] = batch_loss(m, d, b, B, loss, &w, &par);
         }
     }
     memcpy(theta, backup, bytes); /* restore by copy: theta + sz - sz is not theta in floating point */
@@ -66,11 +83,8 @@ sf_status SF(sharpness)(sf_model *m, const uint8_t *x, const void *y_, int n_bat
 
 /* ---- LayerNorm blowup ------------------------------------------------------------------------ */
 
-/* Per sample: max and mean over the rows [t0, t1) of each sequence of 1/std(row), with
- * std = sqrt(sum (x - mean)^2 / (d - 1)) (official: torch.std, unbiased, no eps) or
- * sqrt(sum (x - mean)^2 / d + eps) (theory: what LayerNorm divides by). */
-static void inv_std_stats(double *maxs, double *means, const real *X, long B, long rows_per_seq, long t0, long d,
-                          int theory, double eps, const sf_par *par) {
+void SF(inv_std_stats)(double *maxs, double *means, const real *X, long B, long rows_per_seq, long t0, long d,
+                       int theory, double eps, const sf_par *par) {
 #pragma omp parallel for num_threads(B * (rows_per_seq - t0) * d >= 65536 ? par->nt : 1) schedule(static)
     for (long b = 0; b < B; b++) {
         double mx = 0, sum = 0;
@@ -112,11 +126,11 @@ sf_status SF(ln_blowup)(sf_model *m, const uint8_t *x, int B, int T, int theory,
         const real *in1 = pre ? s->x : s->r1, *in2 = pre ? s->h : s->r2;
         const long rows1 = pre ? T : s->Tq, first1 = pre && s->Tq < T ? T - 1 : 0;
         double *mx = maxs + 2 * l * B, *mn = means + 2 * l * B;
-        inv_std_stats(mx, mn, in1, B, rows1, first1, d, theory, c->ln_eps, &par);
-        inv_std_stats(mx + B, mn + B, in2, B, s->Tq, 0, d, theory, c->ln_eps, &par);
+        SF(inv_std_stats)(mx, mn, in1, B, rows1, first1, d, theory, c->ln_eps, &par);
+        SF(inv_std_stats)(mx + B, mn + B, in2, B, s->Tq, 0, d, theory, c->ln_eps, &par);
     }
     if (c->final_norm)
-        inv_std_stats(maxs + 2 * L * B, means + 2 * L * B, a.final_in, B, 1, 0, d, theory, c->ln_eps, &par);
+        SF(inv_std_stats)(maxs + 2 * L * B, means + 2 * L * B, a.final_in, B, 1, 0, d, theory, c->ln_eps, &par);
     m->last_threads = par.used;
     return SF_OK;
 }

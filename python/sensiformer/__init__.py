@@ -25,11 +25,12 @@ from .checkpoint import Checkpoint, CheckpointError
 from .estimate import Estimate
 from .measure import Measure
 from .model import Transformer, load
+from .seq2seq import Seq2SeqTransformer
 from .optim import SGD, Adam, AdamW, Optimizer
 from .targets import restricted_subset
 from .trainer import Callback, DivergenceError, Trainer
 
 __all__ = [
-    "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "Optimizer", "SGD", "Trainer", "Transformer",
+    "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "Optimizer", "SGD", "Seq2SeqTransformer", "Trainer", "Transformer",
     "get_num_threads", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",
 ]

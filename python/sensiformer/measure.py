@@ -22,6 +22,11 @@ class Measure(Callback):
     ``hessian_trace_stderr``; same probe vectors at every measurement) and the attention-logit
     scale (``logit_max``: max over layers and heads, ``logit_mean``: mean of the per-head means).
 
+    For a ``Seq2SeqTransformer`` the losses are teacher-forced, the blowup is reported per stack
+    (``blowup_encoder_maxs_prod``, ``blowup_decoder_maxs_prod``, ..., and the official subset as
+    ``blowup_official_encoder_maxs_prod`` etc.), and the rows also get ``autoregressive_accuracy``
+    (per token) and ``sequence_accuracy``. Hessian and logit probes are encoder-only for now.
+
     Parameters
     ----------
     x, y : arrays, optional
@@ -68,19 +73,34 @@ class Measure(Callback):
             self.x, self.y = x, (2 * y - 1 if trainer.labels == "pm1" else y)
         return self.x, self.y
 
+    def _seq2seq_extras(self, trainer, x, y, row):
+        """A seq2seq model: its teacher-forcing input and the autoregressive accuracies."""
+        label_threshold = 0.0 if trainer.labels == "pm1" else 0.5
+        bits = (np.asarray(y) > label_threshold).astype(np.uint8)
+        acc = trainer.model.autoregressive_accuracy(x, bits, threshold=trainer._threshold, n_threads=trainer.n_threads)
+        row.update(autoregressive_accuracy=acc["token"], sequence_accuracy=acc["sequence"])
+        return dict(decoder_input=trainer.model.teacher_forcing(bits))
+
     def __call__(self, trainer):
         model = trainer.model
         x, y = self._data(trainer)
         batch = len(x) // self.n_batches if len(x) % self.n_batches == 0 else len(x)
-        row = dict(measure_loss=model.loss(x, y, loss=trainer.loss, n_threads=trainer.n_threads))
+        row = {}
+        seq = self._seq2seq_extras(trainer, x, y, row) if trainer._seq2seq else {}
+        row["measure_loss"] = model.loss(x, y, loss=trainer.loss, n_threads=trainer.n_threads, **seq)
         if self.do_sharpness:
             est = probes.sharpness(model, x, y, sigma=self.sigma, repeats=self.repeats, seed=self.seed,
                                    batch_size=batch, paper_compatible=True, loss=trainer.loss,
-                                   n_threads=trainer.n_threads)
+                                   n_threads=trainer.n_threads, **seq)
             row.update(sharpness=est.value, sharpness_stderr=est.stderr)
         if self.do_blowup and model.config["norm"] != "none":
-            blow = probes.ln_blowup(model, x, definition=self.definition, n_threads=trainer.n_threads)
-            row.update({f"blowup_{k}": blow[k] for k in probes.LN_AGGREGATES})
+            blow = probes.ln_blowup(model, x, definition=self.definition, n_threads=trainer.n_threads, **seq)
+            if seq:  # encoder and decoder separately, complete and official
+                parts = ("encoder", "decoder", "official/encoder", "official/decoder")
+                row.update({f"blowup_{p.replace('/', '_')}_{k}": blow[f"{p}/{k}"] for p in parts
+                            for k in probes.LN_AGGREGATES})
+            else:
+                row.update({f"blowup_{k}": blow[k] for k in probes.LN_AGGREGATES})
         if self.do_norm:
             row["param_norm"] = probes.param_norm(model)
         if self.do_hessian:

@@ -1,4 +1,5 @@
-"""The encoder transformer of Hahn & Rofin (2024), backed by the C engine."""
+"""The encoder transformer of Hahn & Rofin (2024), backed by the C engine, and the machinery every
+engine-backed model shares (parameter views, state dicts, copies, files; see also ``seq2seq.py``)."""
 
 from __future__ import annotations
 
@@ -22,63 +23,14 @@ TENSOR_KINDS = ("token_embedding", "positional", "weight", "bias", "norm_weight"
 FORMAT_VERSION = 1
 
 
-class Transformer:
-    """Encoder-only transformer on 0/1 tokens with a scalar readout at the last position.
+class _EngineModel:
+    """What every engine-backed model shares: the parameter table as zero-copy views, state
+    dicts with the official names, copies, files. Subclasses build ``self._engine`` and
+    ``self._config`` and call ``_bind_buffers``."""
 
-    The architecture is the official ``TorchModel``: token embedding (2 -> d/2) concatenated
-    with a learned positional embedding (n_positions -> d/2), ``n_layers`` encoder layers
-    (multi-head self-attention without mask, FFN, residuals, LayerNorm) and ``Linear(d, 1)``
-    read at the last position.
+    _kind_name = ""
 
-    Parameters
-    ----------
-    n_positions : int
-        Longest input; rows of the positional table.
-    d_model : int
-        Width (even, divisible by ``n_heads``).
-    n_heads, n_layers : int
-    d_ff : int, optional
-        FFN width (default ``d_model``, as the paper).
-    norm : {"post", "pre", "none"}
-        LayerNorm placement ("post" is ``nn.TransformerEncoderLayer``'s default).
-    ln_eps : float
-        LayerNorm epsilon (>= 0; 0 is allowed).
-    activation : {"relu", "gelu", "gelu_tanh"}
-        FFN activation; "gelu" is PyTorch's exact erf form.
-    dtype : {"float32", "float64"}
-    seed : int
-        Initialisation seed (PyTorch's init distributions, not its random bits).
-    final_norm : bool
-        LayerNorm after the stack (only with ``norm="pre"``).
-    identical_layers : bool
-        Start every layer as a copy of the first, as ``nn.TransformerEncoder`` does (default).
-    """
-
-    def __init__(self, n_positions, d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5,
-                 activation="relu", dtype="float32", seed=0, final_norm=False, identical_layers=True):
-        n_positions = check_int(n_positions, "n_positions", 1, 1 << 20)
-        d_model = check_int(d_model, "d_model", 2)
-        if d_model % 2:
-            raise ValueError(f"d_model must be even (token and position halves), got {d_model}")
-        n_heads = check_int(n_heads, "n_heads", 1)
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        n_layers = check_int(n_layers, "n_layers", 1, 64)
-        d_ff = d_model if d_ff is None else check_int(d_ff, "d_ff", 1)
-        check_choice(norm, "norm", tuple(NORMS))
-        ln_eps = check_float(ln_eps, "ln_eps", 0.0)
-        check_choice(activation, "activation", tuple(ACTIVATIONS))
-        dtype = _dtype_name(dtype)
-        seed = check_seed(seed)
-        final_norm = check_bool(final_norm, "final_norm")
-        identical_layers = check_bool(identical_layers, "identical_layers")
-        if final_norm and norm != "pre":
-            raise ValueError("final_norm=True needs norm='pre'")
-        self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
-                            d_ff=d_ff, norm=norm, ln_eps=ln_eps, activation=activation, dtype=dtype,
-                            seed=seed, final_norm=bool(final_norm), identical_layers=bool(identical_layers))
-        self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, NORMS[norm], bool(final_norm),
-                                     ln_eps, ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers))
+    def _bind_buffers(self):
         self._flat = self._engine.flat("params")
         self._flat_grad = self._engine.flat("grads")
         self._tensors = [dict(name=n, shape=s, offset=o, size=z, kind=TENSOR_KINDS[k], layer=l)
@@ -117,12 +69,6 @@ class Transformer:
     def last_threads(self) -> int:
         """How many threads the last parallel engine call actually used."""
         return self._engine.last_threads
-
-    def __repr__(self):
-        c = self._config
-        return (f"Transformer(n_positions={c['n_positions']}, d_model={c['d_model']}, n_heads={c['n_heads']}, "
-                f"n_layers={c['n_layers']}, d_ff={c['d_ff']}, norm={c['norm']!r}, dtype={c['dtype']!r}, "
-                f"params={self.num_parameters})")
 
     # ---- parameters -------------------------------------------------------------------------
     def parameters(self) -> "OrderedDict[str, np.ndarray]":
@@ -177,6 +123,104 @@ class Transformer:
         for key, value in arrays.items():
             self._params[key][...] = value
 
+    # ---- copies and files -------------------------------------------------------------------
+    def _constructor_args(self, **overrides):
+        args = dict(self._config)
+        args.update(overrides)
+        return args
+
+    def astype(self, dtype):
+        """A copy with parameters converted to ``dtype`` (e.g. probe a float32 model in float64)."""
+        other = type(self)(**self._constructor_args(dtype=np.dtype(dtype).name))
+        other._flat[...] = self._flat
+        return other
+
+    def copy(self):
+        return self.astype(self.dtype)
+
+    def reinitialize(self, seed=None) -> None:
+        """Draw fresh initial parameters (with ``seed``, default the constructor's)."""
+        seed = self._config["seed"] if seed is None else check_seed(seed)
+        self._engine.reinit(seed, self._config["identical_layers"])
+
+    def save(self, path) -> None:
+        """Write the config and parameters to an ``.npz`` file (no pickle); ``sensiformer.load`` reads it."""
+        arrays = {f"param/{k}": v for k, v in self._params.items()}
+        meta = json.dumps(dict(format_version=FORMAT_VERSION, kind=self._kind_name, config=self._config))
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, __meta__=np.array(meta), **arrays)
+        tmp.replace(path)
+
+
+class Transformer(_EngineModel):
+    """Encoder-only transformer on 0/1 tokens with a scalar readout at the last position.
+
+    The architecture is the official ``TorchModel``: token embedding (2 -> d/2) concatenated
+    with a learned positional embedding (n_positions -> d/2), ``n_layers`` encoder layers
+    (multi-head self-attention without mask, FFN, residuals, LayerNorm) and ``Linear(d, 1)``
+    read at the last position.
+
+    Parameters
+    ----------
+    n_positions : int
+        Longest input; rows of the positional table.
+    d_model : int
+        Width (even, divisible by ``n_heads``).
+    n_heads, n_layers : int
+    d_ff : int, optional
+        FFN width (default ``d_model``, as the paper).
+    norm : {"post", "pre", "none"}
+        LayerNorm placement ("post" is ``nn.TransformerEncoderLayer``'s default).
+    ln_eps : float
+        LayerNorm epsilon (>= 0; 0 is allowed).
+    activation : {"relu", "gelu", "gelu_tanh"}
+        FFN activation; "gelu" is PyTorch's exact erf form.
+    dtype : {"float32", "float64"}
+    seed : int
+        Initialisation seed (PyTorch's init distributions, not its random bits).
+    final_norm : bool
+        LayerNorm after the stack (only with ``norm="pre"``).
+    identical_layers : bool
+        Start every layer as a copy of the first, as ``nn.TransformerEncoder`` does (default).
+    """
+
+    _kind_name = "Transformer"
+
+    def __init__(self, n_positions, d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5,
+                 activation="relu", dtype="float32", seed=0, final_norm=False, identical_layers=True):
+        n_positions = check_int(n_positions, "n_positions", 1, 1 << 20)
+        d_model = check_int(d_model, "d_model", 2)
+        if d_model % 2:
+            raise ValueError(f"d_model must be even (token and position halves), got {d_model}")
+        n_heads = check_int(n_heads, "n_heads", 1)
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        n_layers = check_int(n_layers, "n_layers", 1, 64)
+        d_ff = d_model if d_ff is None else check_int(d_ff, "d_ff", 1)
+        check_choice(norm, "norm", tuple(NORMS))
+        ln_eps = check_float(ln_eps, "ln_eps", 0.0)
+        check_choice(activation, "activation", tuple(ACTIVATIONS))
+        dtype = _dtype_name(dtype)
+        seed = check_seed(seed)
+        final_norm = check_bool(final_norm, "final_norm")
+        identical_layers = check_bool(identical_layers, "identical_layers")
+        if final_norm and norm != "pre":
+            raise ValueError("final_norm=True needs norm='pre'")
+        self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                            d_ff=d_ff, norm=norm, ln_eps=ln_eps, activation=activation, dtype=dtype,
+                            seed=seed, final_norm=bool(final_norm), identical_layers=bool(identical_layers))
+        self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, NORMS[norm], bool(final_norm),
+                                     ln_eps, ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers))
+        self._bind_buffers()
+
+    def __repr__(self):
+        c = self._config
+        return (f"Transformer(n_positions={c['n_positions']}, d_model={c['d_model']}, n_heads={c['n_heads']}, "
+                f"n_layers={c['n_layers']}, d_ff={c['d_ff']}, norm={c['norm']!r}, dtype={c['dtype']!r}, "
+                f"params={self.num_parameters})")
+
     # ---- computation ------------------------------------------------------------------------
     def forward(self, x, n_threads=None) -> np.ndarray:
         """Outputs (batch,) for tokens ``x`` (batch, length), length <= n_positions."""
@@ -205,36 +249,6 @@ class Transformer:
         value, _ = self._loss(x, y, loss, True, n_threads)
         return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
 
-    # ---- copies and files -------------------------------------------------------------------
-    def _constructor_args(self, **overrides):
-        args = dict(self._config)
-        args.update(overrides)
-        return args
-
-    def astype(self, dtype) -> "Transformer":
-        """A copy with parameters converted to ``dtype`` (e.g. probe a float32 model in float64)."""
-        other = Transformer(**self._constructor_args(dtype=np.dtype(dtype).name))
-        other._flat[...] = self._flat
-        return other
-
-    def copy(self) -> "Transformer":
-        return self.astype(self.dtype)
-
-    def reinitialize(self, seed=None) -> None:
-        """Draw fresh initial parameters (with ``seed``, default the constructor's)."""
-        seed = self._config["seed"] if seed is None else check_seed(seed)
-        self._engine.reinit(seed, self._config["identical_layers"])
-
-    def save(self, path) -> None:
-        """Write the config and parameters to an ``.npz`` file (no pickle)."""
-        arrays = {f"param/{k}": v for k, v in self._params.items()}
-        meta = json.dumps(dict(format_version=FORMAT_VERSION, kind="Transformer", config=self._config))
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, __meta__=np.array(meta), **arrays)
-        tmp.replace(path)
-
 
 def _dtype_name(dtype):
     if isinstance(dtype, str):
@@ -248,8 +262,8 @@ def _dtype_name(dtype):
     raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
 
 
-def load(path) -> Transformer:
-    """Load a model written by ``Transformer.save``."""
+def load(path):
+    """Load a model written by ``save`` (a ``Transformer`` or a ``Seq2SeqTransformer``)."""
     try:
         with open(path, "rb") as fh:
             data = np.load(fh, allow_pickle=False)
@@ -264,8 +278,11 @@ def load(path) -> Transformer:
     if "__meta__" not in contents:
         raise ValueError(f"{path} is not a sensiformer model file")
     meta = json.loads(str(contents["__meta__"]))
-    if meta.get("kind") != "Transformer":
-        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a Transformer")
-    model = Transformer(**meta["config"])
+    from .seq2seq import Seq2SeqTransformer
+
+    kinds = {"Transformer": Transformer, "Seq2SeqTransformer": Seq2SeqTransformer}
+    if meta.get("kind") not in kinds:
+        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a Transformer or a Seq2SeqTransformer")
+    model = kinds[meta["kind"]](**meta["config"])
     model.load_state_dict({k[len("param/"):]: v for k, v in contents.items() if k.startswith("param/")})
     return model

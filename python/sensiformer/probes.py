@@ -1,7 +1,10 @@
 """Loss-landscape and internal-state probes (Hahn & Rofin 2024, §1.4–1.6 of the spec).
 
 * ``sharpness``: expected loss increase under Gaussian parameter noise, with a standard error.
-* ``ln_blowup``: LayerNorm blowup as the official hooks measure it, or in the theory's form.
+* ``ln_blowup``: LayerNorm blowup as the official hooks measure it, or in the theory's form (a
+  ``Seq2SeqTransformer``: encoder and decoder separately, every LayerNorm and the official subset).
+* ``autoregressive_accuracy``: per-token and per-sequence accuracy of a ``Seq2SeqTransformer``'s
+  ``generate`` (the paper's scratchpad measure).
 * ``param_norm``, ``tensor_norms``, ``distance``: parameter norms (positional embeddings
   excluded by default, as the paper).
 * ``attention_logit_scale``: max and mean |q.k|/sqrt(d_head) per layer and head.
@@ -54,25 +57,50 @@ def _included_size(model, mask):
     return int(sum(t["size"] for t, keep in zip(model.tensor_info, mask) if keep))
 
 
+def _is_seq2seq(model):
+    from .seq2seq import Seq2SeqTransformer
+
+    return isinstance(model, Seq2SeqTransformer)
+
+
 def _batches(model, x, y, batch_size):
-    x = as_tokens(x, "x", model.n_positions)
-    y = as_values(y, "y", x.shape[0], model.dtype)
+    """(x, y, batch_size) of an encoder model (the Hessian probes)."""
+    if _is_seq2seq(model):
+        raise NotImplementedError("Hessian probes are not available for a Seq2SeqTransformer yet "
+                                  "(the engine has no tangent pass through its decoder)")
+    return _seq_batches(model, x, y, batch_size)[:3]
+
+
+def _seq_batches(model, x, y, batch_size, decoder_input=None):
+    """(x, y, batch_size, dec): a seq2seq model's y are (rows, L) label sequences and dec its decoder
+    inputs (default: teacher forcing [SOS, y]); an encoder's dec is None."""
+    if _is_seq2seq(model):
+        x, dec, y = model._loss_data(x, y, decoder_input)
+    else:
+        if decoder_input is not None:
+            raise TypeError("decoder_input is for a Seq2SeqTransformer")
+        x = as_tokens(x, "x", model.n_positions)
+        y = as_values(y, "y", x.shape[0], model.dtype)
+        dec = None
     batch_size = x.shape[0] if batch_size is None else check_int(batch_size, "batch_size", 1)
     if x.shape[0] % batch_size:
         raise ValueError(f"x has {x.shape[0]} rows, not a multiple of batch_size={batch_size}")
-    return x, y, batch_size
+    return x, y, batch_size, dec
 
 
 def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("positional",), noise=None,
-              batch_size=None, paper_compatible=False, as_pm1=False, loss="mse", n_threads=None) -> Estimate:
+              batch_size=None, paper_compatible=False, as_pm1=False, loss="mse", n_threads=None,
+              decoder_input=None) -> Estimate:
     """Gaussian sharpness: E_z[L(θ + σz)] − L(θ), z ~ N(0, I) on the included parameters.
 
     Parameters
     ----------
-    model : Transformer
+    model : Transformer or Seq2SeqTransformer
     x, y : arrays
         Inputs (rows, length) and labels (rows,) on the scale the model was trained on. With
-        ``batch_size`` the rows are split into batches of that size (default: one batch).
+        ``batch_size`` the rows are split into batches of that size (default: one batch). For a
+        ``Seq2SeqTransformer`` y are label sequences (rows, L) and the loss is the teacher-forced
+        one (decoder input ``[SOS, y]`` unless ``decoder_input`` is given), as the official code.
     sigma : float, optional
         Noise standard deviation per coordinate (default 0.02, the paper's epsilon).
     rho : float, optional
@@ -102,7 +130,7 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
         (restored by copy).
     """
     check_choice(loss, "loss", tuple(LOSSES))
-    x, y, batch_size = _batches(model, x, y, batch_size)
+    x, y, batch_size, dec = _seq_batches(model, x, y, batch_size, decoder_input)
     repeats = check_int(repeats, "repeats", 1, 1 << 20)
     seed = check_seed(seed)
     mask = tensor_mask(model, exclude)
@@ -123,7 +151,7 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
         noise = np.ascontiguousarray(noise, dtype=model.dtype)
     shared = bool(paper_compatible) or noise is not None
     base, perturbed = _engine.sharpness(model._engine, x, y, batch_size, LOSSES[loss], sigma, repeats, seed, mask,
-                                        noise, shared, resolve_threads(n_threads))
+                                        noise, shared, resolve_threads(n_threads), dec)
     per_draw = (perturbed - base[None, :]).mean(axis=1)
     if as_pm1:
         per_draw = 4.0 * per_draw
@@ -134,15 +162,51 @@ LN_AGGREGATES = ("maxs_prod", "means_prod", "maxs_sum", "means_sum")
 
 
 def ln_names(model) -> list[str]:
-    """Names of the LayerNorms ``ln_blowup`` reports, in its order."""
+    """Names of the LayerNorms ``ln_blowup`` reports, in its order (a seq2seq model: every LayerNorm,
+    then the official subset as ``"official/<name>"``)."""
     c = model.config
+    if _is_seq2seq(model):
+        enc = [f"model.encoder.layers.{i}.norm{j}" for i in range(c["n_layers"]) for j in (1, 2)]
+        dec = [f"model.decoder.layers.{i}.norm{j}" for i in range(c["n_decoder_layers"]) for j in (1, 2, 3)]
+        official = enc + [f"model.decoder.layers.{i}.norm{j}" for i in range(c["n_decoder_layers"]) for j in (1, 2)]
+        return enc + ["model.encoder.norm"] + dec + ["model.decoder.norm"] + [f"official/{n}" for n in official]
     if c["norm"] == "none":
         return []
     names = [f"encoders.layers.{i}.norm{j}" for i in range(c["n_layers"]) for j in (1, 2)]
     return names + (["encoders.norm"] if c["final_norm"] else [])
 
 
-def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None) -> dict:
+def _aggregates(maxs, means):
+    """The products and sums over LayerNorms per sample, then the batch mean (the official aggregates)."""
+    return dict(maxs_prod=float(np.prod(maxs, axis=0).mean()), means_prod=float(np.prod(means, axis=0).mean()),
+                maxs_sum=float(np.sum(maxs, axis=0).mean()), means_sum=float(np.sum(means, axis=0).mean()))
+
+
+def _ln_blowup_seq2seq(model, x, decoder_input, y, definition, per_sample, n_threads):
+    if (decoder_input is None) == (y is None):
+        raise TypeError("a Seq2SeqTransformer's ln_blowup needs decoder_input or y (teacher forcing [SOS, y]), "
+                        "exactly one of them")
+    if decoder_input is None:
+        decoder_input = model.teacher_forcing(y)
+    x, dec = model._inputs(x, decoder_input)
+    maxs, means = _engine.ln_blowup(model._engine, x, definition == "theory", resolve_threads(n_threads), dec)
+    names = ln_names(model)
+    result = {}
+    for name, mx, mn in zip(names, maxs, means):
+        result[f"{name}/max"] = float(mx.mean())
+        result[f"{name}/mean"] = float(mn.mean())
+    counts = _engine.seq2seq_ln_counts(model._engine)
+    bounds = np.cumsum((0,) + counts)
+    for group, part in enumerate(("encoder", "decoder", "official/encoder", "official/decoder")):
+        rows = slice(bounds[group], bounds[group + 1])
+        for key, value in _aggregates(maxs[rows], means[rows]).items():
+            result[f"{part}/{key}"] = value
+    if per_sample:
+        result["maxs"], result["means"] = maxs, means
+    return result
+
+
+def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None, decoder_input=None, y=None) -> dict:
     """LayerNorm blowup: the normalisation factors 1/std of every LayerNorm's input.
 
     ``definition="official"`` reproduces the official hooks exactly: 1/std with the unbiased
@@ -155,8 +219,21 @@ def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None)
     (the paper's "LayerNorm blowup"), ``means_prod``, ``maxs_sum`` and ``means_sum`` (product or
     sum over LayerNorms per sample, then the batch mean); and, with ``per_sample=True``, the
     arrays ``maxs`` and ``means`` of shape (n_layernorms, batch).
+
+    A ``Seq2SeqTransformer`` needs its decoder input (``decoder_input``, or ``y`` for the teacher
+    forcing [SOS, y] that the official measurement feeds) and reports the encoder and the decoder
+    separately: every LayerNorm (``ln_names``: norm1 and norm2 of the encoder layers, norm1, norm2
+    and norm3 of the decoder layers, the final encoder and decoder norms) over every position, with
+    aggregates ``encoder/maxs_prod``, ``decoder/maxs_prod``, etc.; and the official hooks' subset
+    (paper.md §9.6: norm1 and norm2 only, the last layer of each stack at its last position) under
+    ``official/...``, whose ``official/encoder/maxs_prod`` and ``official/decoder/maxs_prod`` are the
+    official ``blowup_encoder_maxs_prod`` and ``blowup_decoder_maxs_prod``.
     """
     check_choice(definition, "definition", ("official", "theory"))
+    if _is_seq2seq(model):
+        return _ln_blowup_seq2seq(model, x, decoder_input, y, definition, per_sample, n_threads)
+    if decoder_input is not None or y is not None:
+        raise TypeError("decoder_input and y are for a Seq2SeqTransformer")
     if model.config["norm"] == "none":
         raise ValueError("the model has norm='none': there is no LayerNorm to probe")
     x = as_tokens(x, "x", model.n_positions)
@@ -165,13 +242,18 @@ def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None)
     for name, mx, mn in zip(ln_names(model), maxs, means):
         result[f"{name}/max"] = float(mx.mean())
         result[f"{name}/mean"] = float(mn.mean())
-    result["maxs_prod"] = float(np.prod(maxs, axis=0).mean())
-    result["means_prod"] = float(np.prod(means, axis=0).mean())
-    result["maxs_sum"] = float(np.sum(maxs, axis=0).mean())
-    result["means_sum"] = float(np.sum(means, axis=0).mean())
+    result.update(_aggregates(maxs, means))
     if per_sample:
         result["maxs"], result["means"] = maxs, means
     return result
+
+
+def autoregressive_accuracy(model, x, y, threshold=0.5, cache=True, n_threads=None) -> dict:
+    """``token`` (the paper's ``autoregressive_accuracy``) and ``sequence`` accuracy of a
+    ``Seq2SeqTransformer``'s autoregressive decoding of x against the label sequences y."""
+    if not _is_seq2seq(model):
+        raise TypeError("autoregressive_accuracy needs a Seq2SeqTransformer")
+    return model.autoregressive_accuracy(x, y, threshold=threshold, cache=cache, n_threads=n_threads)
 
 
 def param_norm(model, exclude=("positional",)) -> float:
@@ -214,6 +296,8 @@ def attention_logit_scale(model, x, n_threads=None) -> dict:
     batch, every key, and the queries the model computes (every position, except in the last
     layer the readout position only, the one query that reaches the output).
     """
+    if _is_seq2seq(model):
+        raise NotImplementedError("attention_logit_scale is not available for a Seq2SeqTransformer yet")
     x = as_tokens(x, "x", model.n_positions)
     maxs, means = _engine.attention_logits(model._engine, x, resolve_threads(n_threads))
     return {"max": maxs, "mean": means}

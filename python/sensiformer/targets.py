@@ -70,6 +70,7 @@ class Target:
 
     _kind: int = -1
     boolean = True  #: values are in {0, 1}
+    sequence = False  #: one label per position (``Prefix``) instead of one per input
 
     def __init__(self, n, noise=0.0):
         self.n = check_int(n, "n", 1, 4096)
@@ -507,6 +508,63 @@ class Callable(Target):
 
     def __hash__(self):
         return hash(("Callable", self.n))
+
+
+class Prefix(Target):
+    """The label sequence of a target on every prefix, ``y_t = f(x_1..x_t)`` for t = 1..n: the
+    supervision of the scratchpad (``Seq2SeqTransformer``), which writes y_1..y_n token by token.
+
+    Defined for the targets that exist at every length: ``Parity`` (prefix parities, the paper's
+    scratchpad), ``Majority``, ``First`` and ``Mean``. Calling it gives (batch, n) labels (the last
+    column is the target itself); the C training loop computes them the same way. Label noise
+    (the base target's) flips each (row, position) label independently.
+    """
+
+    sequence = True
+
+    def __init__(self, target):
+        if type(target) not in (Parity, Majority, First, Mean):
+            raise TypeError(f"prefix labels exist for Parity, Majority, First and Mean, not {target!r}")
+        super().__init__(target.n, target.noise)
+        self.base = target
+        self._kind = target._kind
+        self.boolean = target.boolean
+
+    def _options(self):
+        return {"prefix": True}
+
+    def noisy(self, x, seed=0, step=0) -> np.ndarray:
+        """Labels (batch, n) of ``x`` with the training stream's label noise ({0,1} scale)."""
+        y = self(x)
+        flips = _engine.label_noise(check_seed(seed), check_int(step, "step", 0), y.size, self.noise)
+        return np.where(flips.reshape(y.shape).astype(bool), 1.0 - y, y)
+
+    def truth_table(self, scale="01") -> np.ndarray:
+        raise TypeError(f"{self!r} has a label per position, not a truth table; see {self.base!r}.truth_table()")
+
+    def _repr_args(self):
+        return repr(self.base)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self._repr_args()})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.base == other.base
+
+    def __hash__(self):
+        return hash((type(self).__name__, hash(self.base)))
+
+
+class PrefixParity(Prefix):
+    """Prefix parities ``y_t = x_1 xor ... xor x_t`` (t = 1..n): the paper's scratchpad target;
+    ``y_n`` is PARITY."""
+
+    def __init__(self, n, noise=0.0):
+        super().__init__(Parity(n, noise))
+
+    def _repr_args(self):
+        noise = f", noise={self.noise}" if self.noise else ""
+        return f"n={self.n}{noise}"
 
 
 def restricted_subset(n, m, seed=0) -> np.ndarray:

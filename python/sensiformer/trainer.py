@@ -14,6 +14,7 @@ from . import _engine
 from ._validation import as_tokens, as_values, check_choice, check_int, check_seed, resolve_threads
 from .model import LOSSES
 from .optim import AdamW, Optimizer
+from .seq2seq import Seq2SeqTransformer
 from .targets import Target, all_inputs, inputs_from_indices
 
 # sf_sampler_kind in csrc/sf.h
@@ -66,11 +67,17 @@ class Callback:
 
 
 class Trainer:
-    """Train a ``Transformer`` on a target function (or a fixed dataset) with the C loop.
+    """Train a ``Transformer`` or a ``Seq2SeqTransformer`` on a target function (or a fixed dataset)
+    with the C loop.
+
+    A ``Seq2SeqTransformer`` trains by teacher forcing on a sequence target (``targets.Prefix``,
+    e.g. ``targets.PrefixParity(n)``, the paper's scratchpad): decoder input [SOS, y_1..y_n], MSE
+    on every output; the logged accuracy is per token, and ``evaluate`` adds the autoregressive
+    accuracy (per token and per sequence).
 
     Parameters
     ----------
-    model : Transformer
+    model : Transformer or Seq2SeqTransformer
     target : Target, optional
         The function to learn; batches of fresh uniform inputs are drawn every step (or from
         ``train_subset``). Omit it when passing ``data``.
@@ -88,7 +95,8 @@ class Trainer:
     labels : {"01", "pm1"}
         Regress on the target's {0,1} values, or on 2y-1 (the paper's ``negative_value=-1``).
     data : (x, y), optional
-        Train on these rows instead of a target: x (rows, length) tokens, y (rows,) labels.
+        Train on these rows instead of a target: x (rows, length) tokens, y (rows,) labels (a
+        ``Seq2SeqTransformer``: y (rows, length) 0/1 label sequences).
     seq_len : int, optional
         Input length (default: the target's n or the data's width).
     """
@@ -114,6 +122,10 @@ class Trainer:
         self._chunk = None  # (first step, record, done) of the C chunk in flight
         self._rows = []
 
+    @property
+    def _seq2seq(self) -> bool:
+        return isinstance(self.model, Seq2SeqTransformer)
+
     # ---- data ----------------------------------------------------------------------------
     def _set_data(self, target, train_subset, data, seq_len):
         if (target is None) == (data is None):
@@ -123,6 +135,13 @@ class Trainer:
         if target is not None:
             if not isinstance(target, Target):
                 raise TypeError(f"target must be a sensiformer.targets.Target, got {target!r}")
+            if self._seq2seq and not target.sequence:
+                raise TypeError(f"a Seq2SeqTransformer trains on a label sequence: give a sequence target such as "
+                                f"targets.PrefixParity(n) or targets.Prefix({target!r}), not {target!r}")
+            if not self._seq2seq and target.sequence:
+                raise TypeError(f"{target!r} has a label per position: train a Seq2SeqTransformer on it")
+            if self._seq2seq and not target.boolean:
+                raise ValueError(f"teacher forcing feeds the labels back as tokens, so {target!r} must be Boolean")
             self.seq_len = target.n if seq_len is None else check_int(seq_len, "seq_len", 1)
             if target.engine_spec()[2] is not None and self.seq_len != target.n:
                 raise ValueError(f"seq_len={self.seq_len} but the target's truth table is for n={target.n}")
@@ -145,7 +164,14 @@ class Trainer:
             if not (isinstance(data, (tuple, list)) and len(data) == 2):
                 raise TypeError("data must be a pair (x, y)")
             x = as_tokens(data[0], "data x", self.model.n_positions)
-            y = as_values(data[1], "data y", x.shape[0], np.float64)
+            if self._seq2seq:
+                y = np.ascontiguousarray(data[1], dtype=np.float64)
+                if y.shape != x.shape:
+                    raise ValueError(f"data y must hold a label per position, shape {x.shape}, got {y.shape}")
+                if not np.all((y == 0) | (y == 1)):
+                    raise ValueError("teacher forcing feeds the labels back as tokens, so data y must be 0/1")
+            else:
+                y = as_values(data[1], "data y", x.shape[0], np.float64)
             if seq_len is not None and check_int(seq_len, "seq_len", 1) != x.shape[1]:
                 raise ValueError(f"seq_len={seq_len} but the data's inputs have length {x.shape[1]}")
             if self.loss == "bce" and not np.all((y >= 0) & (y <= 1)):
@@ -153,7 +179,8 @@ class Trainer:
             self.seq_len = x.shape[1]
             self.data = (x, y)
             self._sampler = (_DATASET, None, x, y)
-            self._target_spec = (0, self.seq_len, None)  # unused by the dataset sampler
+            # the kind is unused by the dataset sampler; prefix: a label per position
+            self._target_spec = (0, self.seq_len, None, {"prefix": True}) if self._seq2seq else (0, self.seq_len, None)
         if self.seq_len > self.model.n_positions:
             raise ValueError(f"inputs of length {self.seq_len} exceed the model's n_positions={self.model.n_positions}")
 
@@ -257,8 +284,12 @@ class Trainer:
                                time=time.perf_counter() - started, **extra))
 
     def step(self, x, y) -> float:
-        """One update on the given batch; returns its loss (before the update)."""
-        value = self.model._loss(x, y, self.loss, True, self.n_threads)[0]
+        """One update on the given batch; returns its loss (before the update). A seq2seq model takes
+        label sequences y (batch, n) and teacher forcing."""
+        if self._seq2seq:
+            value = self.model._loss(x, y, None, self.loss, True, self.n_threads)[0]
+        else:
+            value = self.model._loss(x, y, self.loss, True, self.n_threads)[0]
         self.optimizer.step(self.n_threads)
         return value
 
@@ -291,6 +322,9 @@ class Trainer:
         over the whole training set for ``train_subset``/``data``, and otherwise over
         ``batches`` fresh batches from an evaluation stream (seeded by ``seed``). Labels are the
         target's clean values (a target's label noise affects training batches only).
+
+        A seq2seq model: teacher-forced loss and per-token accuracy, plus ``autoregressive_accuracy``
+        (per token, the paper's measure) and ``sequence_accuracy`` of ``generate`` (KV cache).
         """
         if self.data is not None:
             x, y = self.data
@@ -311,6 +345,8 @@ class Trainer:
                 x = np.concatenate([p[0] for p in pairs])
                 y = self.target(x)  # the clean function: label noise is a property of training data
         y_used = 2 * y - 1 if self.labels == "pm1" else y
+        if self._seq2seq:
+            return self._evaluate_seq2seq(x, y, y_used)
         out = np.concatenate([self.model.forward(x[i:i + _EVAL_CHUNK], self.n_threads)
                               for i in range(0, len(x), _EVAL_CHUNK)]).astype(np.float64)
         if self.loss == "mse":
@@ -320,3 +356,24 @@ class Trainer:
         label_threshold = 0.0 if self.labels == "pm1" else 0.5
         accuracy = float(np.mean((out > self._threshold) == (y_used > label_threshold)))
         return dict(loss=loss, accuracy=accuracy, n_inputs=int(len(x)))
+
+    def _evaluate_seq2seq(self, x, y, y_used) -> dict:
+        """Teacher-forced loss and token accuracy, and the autoregressive accuracies, in chunks."""
+        chunk = max(1, _EVAL_CHUNK // max(self.seq_len, 1))  # the decoder holds rows x positions
+        label_threshold = 0.0 if self.labels == "pm1" else 0.5
+        loss_sum = correct = right_tokens = right_rows = 0.0
+        for i in range(0, len(x), chunk):
+            xs, ys, us = x[i:i + chunk], y[i:i + chunk], y_used[i:i + chunk]
+            out = self.model.forward(xs, self.model.teacher_forcing(ys), self.n_threads)[:, :-1].astype(np.float64)
+            if self.loss == "mse":
+                loss_sum += float(np.sum((out - us) ** 2))
+            else:
+                loss_sum += float(np.sum(np.maximum(out, 0) - out * us + np.log1p(np.exp(-np.abs(out)))))
+            correct += float(np.sum((out > self._threshold) == (us > label_threshold)))
+            tokens = self.model.generate(xs, threshold=self._threshold, n_threads=self.n_threads)
+            match = tokens == (us > label_threshold)
+            right_tokens += float(match.sum())
+            right_rows += float(match.all(axis=1).sum())
+        labels = float(y.size)
+        return dict(loss=loss_sum / labels, accuracy=correct / labels, autoregressive_accuracy=right_tokens / labels,
+                    sequence_accuracy=right_rows / len(x), n_inputs=int(len(x)))

@@ -152,6 +152,110 @@ static void test_errors(void) {
     sf_model_free(m);
 }
 
+/* The seq2seq model: finite differences of the teacher-forced loss, decoding with and without the
+ * cache, training on prefix parity, probes and its errors. */
+static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
+    sf_config c = {.n_positions = 6, .d_model = 8, .n_heads = 2, .n_layers = 2, .d_ff = 12, .norm = norm,
+                   .final_norm = 1, .ln_eps = 1e-5, .activation = SF_ACT_RELU, .dtype = dtype,
+                   .kind = SF_MODEL_SEQ2SEQ, .n_decoder_layers = 1};
+    sf_model *m = NULL;
+    CHECK(sf_model_create(&c, 4, 1, &m) == SF_OK, "create seq2seq");
+    if (!m) return;
+    enum { B = 3, T = 6, S = T + 1, NB = 2 };
+    uint8_t x[NB * B * T], dec[NB * B * S], tok_c[B * S], tok_f[B * S];
+    double yd[NB * B * T];
+    float yf[NB * B * T];
+    fill_tokens(x, NB * B * T, 11);
+    for (int b = 0; b < NB * B; b++) { /* teacher forcing on prefix parities */
+        int odd = 0;
+        dec[b * S] = SF_SOS;
+        for (int t = 0; t < T; t++) {
+            odd ^= x[b * T + t];
+            yd[b * T + t] = odd, yf[b * T + t] = (float)odd;
+            dec[b * S + t + 1] = (uint8_t)odd;
+        }
+    }
+    void *y = dtype == SF_F64 ? (void *)yd : (void *)yf;
+    sf_seq_data d = {x, dec, y, B, T, S, T};
+    double loss, lp, lm, out[B * S];
+    CHECK(sf_seq2seq_forward(m, &d, out, 2) == SF_OK, "seq2seq forward");
+    CHECK(sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &loss, NULL, 2) == SF_OK, "seq2seq loss_and_grad");
+    if (dtype == SF_F64) {
+        double *p = sf_model_params(m), *g = sf_model_grads(m), worst = 0;
+        const int64_t n = sf_model_num_params(m);
+        double *grad = malloc((size_t)n * sizeof *grad);
+        memcpy(grad, g, (size_t)n * sizeof *grad);
+        for (int64_t i = 0; i < n; i += 13) {
+            const double keep = p[i], h = 1e-6;
+            p[i] = keep + h;
+            sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lp, NULL, 1);
+            p[i] = keep - h;
+            sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lm, NULL, 1);
+            p[i] = keep;
+            const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
+            if (err > worst) worst = err;
+        }
+        CHECK(worst < 1, "seq2seq finite differences (norm %d): worst relative error %g", norm, worst);
+        free(grad);
+    }
+    CHECK(sf_generate(m, x, B, T, S, 1, 0.5, tok_c, NULL, 2, NULL, NULL) == SF_OK, "generate with the cache");
+    CHECK(sf_generate(m, x, B, T, S, 0, 0.5, tok_f, NULL, 1, NULL, NULL) == SF_OK, "generate by recomputation");
+    CHECK(memcmp(tok_c, tok_f, sizeof tok_c) == 0, "the cache gives the recomputed tokens");
+    /* probes */
+    const int n_tensors = sf_model_num_tensors(m);
+    unsigned char *mask = calloc((size_t)n_tensors, 1);
+    for (int i = 0; i < n_tensors; i++) mask[i] = sf_model_tensor(m, i)->kind != SF_KIND_POSITIONAL;
+    double base[NB], pert[2 * NB];
+    sf_seq_data all = {x, dec, y, NB * B, T, S, T};
+    CHECK(sf_seq2seq_sharpness(m, &all, NB, SF_LOSS_MSE, 0.02, 2, 3, mask, NULL, 0, base, pert, 2, NULL, NULL) ==
+              SF_OK, "seq2seq sharpness");
+    int counts[4];
+    const int n_ln = sf_seq2seq_ln_counts(m, counts);
+    CHECK(n_ln == 5 + 4 + 4 + 2 && sf_ln_count(m) == n_ln, "seq2seq LayerNorm rows (%d)", n_ln);
+    double *maxs = malloc(sizeof(double) * n_ln * B), *means = malloc(sizeof(double) * n_ln * B);
+    CHECK(sf_seq2seq_ln_blowup(m, &d, 0, maxs, means, 2) == SF_OK, "seq2seq blowup");
+    int ok = 1;
+    for (int i = 0; i < n_ln * B; i++) ok &= maxs[i] >= means[i] && means[i] > 0 && isfinite(maxs[i]);
+    CHECK(ok, "seq2seq blowup max >= mean > 0");
+    free(maxs);
+    free(means);
+    free(mask);
+    /* training on prefix parity */
+    sf_optimizer *o = NULL;
+    sf_optim_config oc = {.kind = SF_OPT_ADAMW, .lr = 3e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                          .weight_decay = 0.1, .decay_norm_bias_embedding = 1};
+    CHECK(sf_optimizer_create(m, &oc, &o) == SF_OK, "seq2seq optimizer");
+    sf_target t = {.kind = SF_TARGET_PARITY, .n = T, .prefix = 1};
+    sf_sampler s = {.kind = SF_SAMPLE_UNIFORM};
+    sf_train_config tc = {.loss = SF_LOSS_MSE, .batch_size = 16, .seq_len = T, .seed = 2, .threshold = 0.5};
+    double tl[40], ta[40];
+    int64_t done = 0;
+    CHECK(sf_train(m, o, &t, &s, &tc, 0, 40, tl, ta, NULL, NULL, &done, 2, NULL, NULL) == SF_OK && done == 40,
+          "seq2seq train");
+    CHECK(tl[39] < tl[0], "seq2seq loss decreases (%g -> %g)", tl[0], tl[39]);
+    t.prefix = 0;
+    CHECK(sf_train(m, o, &t, &s, &tc, 40, 1, tl, ta, NULL, NULL, &done, 1, NULL, NULL) == SF_EINVAL,
+          "a seq2seq model refuses a target without per-position labels");
+    sf_optimizer_free(o);
+    /* errors */
+    dec[1] = 3;
+    CHECK(sf_seq2seq_forward(m, &d, out, 1) == SF_EINVAL, "decoder token 3 refused");
+    dec[1] = 0;
+    d.S = T + 2;
+    CHECK(sf_seq2seq_forward(m, &d, out, 1) == SF_EINVAL, "decoder longer than n_positions + 1 refused");
+    d.S = S, d.L = S + 1;
+    CHECK(sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &loss, NULL, 1) == SF_EINVAL, "more labels than S refused");
+    CHECK(sf_forward(m, x, B, T, out, 1) == SF_EINVAL, "the encoder forward refuses a seq2seq model");
+    CHECK(sf_generate(m, x, B, T, T + 2, 1, 0.5, tok_c, NULL, 1, NULL, NULL) == SF_EINVAL, "too many steps refused");
+    sf_model_free(m);
+    sf_config e = config(SF_NORM_POST, dtype);
+    CHECK(sf_model_create(&e, 0, 1, &m) == SF_OK, "create encoder");
+    CHECK(m && sf_generate(m, x, B, T, 2, 1, 0.5, tok_c, NULL, 1, NULL, NULL) == SF_EINVAL, "an encoder cannot generate");
+    sf_model_free(m);
+    c.norm = SF_NORM_NONE;
+    CHECK(sf_model_create(&c, 0, 1, &m) == SF_EINVAL, "seq2seq without LayerNorm refused");
+}
+
 int main(void) {
     for (int norm = SF_NORM_POST; norm <= SF_NORM_NONE; norm++) test_gradient(norm);
     for (int dtype = SF_F32; dtype <= SF_F64; dtype++) {
@@ -159,6 +263,8 @@ int main(void) {
         test_training(dtype, SF_OPT_ADAMW, SF_SAMPLE_SUBSET);
         test_training(dtype, SF_OPT_ADAMW, SF_SAMPLE_DATASET);
         test_probes(dtype);
+        test_seq2seq(SF_NORM_POST, dtype);
+        test_seq2seq(SF_NORM_PRE, dtype);
     }
     test_errors();
     printf("%d passed, %d failed\n", passed, failed);

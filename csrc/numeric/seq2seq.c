@@ -1,0 +1,290 @@
+/* The seq2seq model of Hahn & Rofin's scratchpad experiment (TorchModelWithScratchpad):
+ *
+ *   mem = LN_e(encoder layers([tok(x_t) ; pos(t)]))           every encoder position
+ *   z   = LN_d(decoder layers([tok(y_s) ; pos(s)], mem))      causal self-attention, cross-attention
+ *   out = z w + b                                              every decoder position
+ *
+ * Layers are built from residual sublayers (attention or FFN, post- or pre-LN), each forward next
+ * to its backward. The encoder and decoder share the token and positional tables, so their
+ * gradients are the sum of both uses (decoder first, then encoder: a fixed order). */
+#include "seq2seq.h"
+
+#include <string.h>
+
+/* ---- parameters: the tensor table in order (model.c builds it) ------------------------------- */
+
+void SF(s2s_params)(const sf_model *m, real *base, s2s_params *p) {
+    const sf_config *c = &m->cfg;
+    int i = 0;
+#define NEXT (base + m->tensors[i++].offset)
+    p->tok = NEXT;
+    p->pos = NEXT;
+    for (int l = 0; l < c->n_layers; l++) {
+        s2s_layer_w *w = &p->enc[l];
+        w->self.w_in = NEXT, w->self.b_in = NEXT, w->self.w_out = NEXT, w->self.b_out = NEXT;
+        w->ffn.w1 = NEXT, w->ffn.b1 = NEXT, w->ffn.w2 = NEXT, w->ffn.b2 = NEXT;
+        for (int k = 0; k < 2; k++) w->norm[k].g = NEXT, w->norm[k].b = NEXT;
+    }
+    p->enc_norm.g = NEXT, p->enc_norm.b = NEXT;
+    for (int l = 0; l < c->n_decoder_layers; l++) {
+        s2s_layer_w *w = &p->dec[l];
+        w->self.w_in = NEXT, w->self.b_in = NEXT, w->self.w_out = NEXT, w->self.b_out = NEXT;
+        w->cross.w_in = NEXT, w->cross.b_in = NEXT, w->cross.w_out = NEXT, w->cross.b_out = NEXT;
+        w->ffn.w1 = NEXT, w->ffn.b1 = NEXT, w->ffn.w2 = NEXT, w->ffn.b2 = NEXT;
+        for (int k = 0; k < 3; k++) w->norm[k].g = NEXT, w->norm[k].b = NEXT;
+    }
+    p->dec_norm.g = NEXT, p->dec_norm.b = NEXT;
+    p->w_head = NEXT, p->b_head = NEXT;
+#undef NEXT
+}
+
+/* ---- workspace layout -------------------------------------------------------------------------- */
+
+/* One sublayer over N rows with input x; attention with Nk key rows and P of np entries, or an FFN
+ * (np < 0). Returns its output, the next sublayer's input. */
+static real *sub_layout(bump *b, s2s_sub *s, real *x, long N, long Nk, long np, long d, long F, int pre) {
+    memset(s, 0, sizeof *s);
+    s->x = x;
+    s->n_in = pre ? take(b, N * d) : x;
+    s->mean = take(b, N);
+    s->rstd = take(b, N);
+    if (np >= 0) {
+        s->q = take(b, N * d);
+        s->kv = take(b, Nk * 2 * d);
+        s->p = take(b, np);
+        s->ctx = take(b, N * d);
+    } else {
+        s->a1 = take(b, N * F);
+        s->act = take(b, N * F);
+    }
+    s->r = take(b, N * d);
+    s->out = pre ? s->r : take(b, N * d);
+    return s->out;
+}
+
+static long max3(long a, long b, long c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+size_t SF(s2s_layout)(const sf_config *c, long B, long T, long S, int nt, char *base, s2s_acts *a) {
+    bump b = {base, 0};
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, Ne = B * T, Nd = B * S;
+    const int pre = c->norm == SF_NORM_PRE;
+    a->B = B, a->T = T, a->S = S;
+    a->dec = (uint8_t *)take(&b, (Nd + (long)sizeof(real) - 1) / (long)sizeof(real));
+    real *x = take(&b, Ne * d);
+    for (int l = 0; l < c->n_layers; l++) {
+        x = sub_layout(&b, &a->enc[l][S2S_SELF], x, Ne, Ne, B * H * T * T, d, F, pre);
+        x = sub_layout(&b, &a->enc[l][S2S_FFN_ENC], x, Ne, 0, -1, d, F, pre);
+    }
+    a->mem = take(&b, Ne * d); /* the final encoder LN's input is the last sublayer's output x */
+    a->mem_mean = take(&b, Ne);
+    a->mem_rstd = take(&b, Ne);
+    real *y = take(&b, Nd * d);
+    for (int l = 0; l < c->n_decoder_layers; l++) {
+        y = sub_layout(&b, &a->dec_sub[l][S2S_SELF], y, Nd, Nd, B * H * S * S, d, F, pre);
+        y = sub_layout(&b, &a->dec_sub[l][S2S_CROSS], y, Nd, Ne, B * H * S * T, d, F, pre);
+        y = sub_layout(&b, &a->dec_sub[l][S2S_FFN_DEC], y, Nd, 0, -1, d, F, pre);
+    }
+    a->z = take(&b, Nd * d);
+    a->z_mean = take(&b, Nd);
+    a->z_rstd = take(&b, Nd);
+    a->out = take(&b, Nd);
+    /* backward scratch */
+    const long N = Ne > Nd ? Ne : Nd;
+    a->g_a = take(&b, N * d);
+    a->g_b = take(&b, N * d);
+    a->g_r = take(&b, N * d);
+    a->g_nin = take(&b, N * d);
+    a->g_ctx = take(&b, N * d);
+    a->g_q = take(&b, N * d);
+    a->g_kv = take(&b, N * 2 * d);
+    a->g_f = take(&b, N * (F > d ? F : d));
+    a->g_mem = take(&b, Ne * d);
+    a->g_out = take(&b, Nd);
+    a->attn_scratch = take(&b, max3(SF(attention_scratch)(T, T, d, H, nt), SF(attention_scratch)(S, S, d, H, nt),
+                                    SF(attention_scratch)(T, S, d, H, nt)));
+    a->wt = take(&b, 3 * d * d > d * F ? 3 * d * d : d * F);
+    return b.used;
+}
+
+sf_status SF(s2s_reserve)(sf_model *m, long B, long T, long S, int nt, s2s_acts *a) {
+    const sf_config *c = &m->cfg;
+    if (B < 1) return sf_fail(SF_EINVAL, "batch size must be >= 1, got %ld", B);
+    if (T < 1 || T > c->n_positions)
+        return sf_fail(SF_EINVAL, "the encoder input length must be in [1, n_positions=%d], got %ld", c->n_positions, T);
+    if (S < 1 || S > (long)c->n_positions + 1)
+        return sf_fail(SF_EINVAL, "the decoder input length must be in [1, n_positions+1=%d], got %ld",
+                       c->n_positions + 1, S);
+    sf_status st = sf_workspace_reserve(&m->work, SF(s2s_layout)(c, B, T, S, nt, NULL, a));
+    if (st) return st;
+    SF(s2s_layout)(c, B, T, S, nt, m->work.base, a);
+    return SF_OK;
+}
+
+void SF(s2s_set_decoder)(s2s_acts *a, const uint8_t *dec, long S_given) {
+    for (long b = 0; b < a->B; b++) memcpy(a->dec + b * a->S, dec + b * S_given, (size_t)a->S);
+}
+
+/* ---- sublayers: forward next to backward ------------------------------------------------------ */
+
+/* Attention sublayer over B*Tq query rows: keys and values from the branch input (mem == NULL,
+ * self-attention, Tk == Tq) or from mem (B*Tk,d) (cross-attention). */
+static void attn_forward(const sf_config *c, const s2s_attn_w *w, const s2s_norm_w *nw, s2s_sub *s, const real *mem,
+                         long B, long Tq, long Tk, int causal, s2s_acts *a, sf_par *par) {
+    const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
+    const int pre = c->norm == SF_NORM_PRE;
+    if (pre) SF(layernorm_forward)(s->n_in, s->mean, s->rstd, s->x, nw->g, nw->b, c->ln_eps, Nq, d, par);
+    SF(linear_forward)(s->q, s->n_in, w->w_in, w->b_in, Nq, d, d, a->wt, par);
+    SF(linear_forward)(s->kv, mem ? mem : s->n_in, w->w_in + d * d, w->b_in + d, B * Tk, d, 2 * d, a->wt, par);
+    SF(attention_forward_ex)(s->ctx, s->p, s->q, s->kv, B, Tk, Tq, d, H, causal, Tk, a->attn_scratch, par);
+    SF(linear_forward)(s->r, s->ctx, w->w_out, w->b_out, Nq, d, d, a->wt, par);
+    add_into(s->r, s->x, Nq * d);
+    if (!pre) SF(layernorm_forward)(s->out, s->mean, s->rstd, s->r, nw->g, nw->b, c->ln_eps, Nq, d, par);
+}
+
+/* g_out (Nq,d) -> g_x (Nq,d) overwritten (g_x != g_out); cross-attention adds its memory gradient
+ * to g_mem (B*Tk,d). gw, gnw: the parameter gradients. */
+static void attn_backward(const sf_config *c, const s2s_attn_w *w, s2s_attn_w *gw, const s2s_norm_w *nw,
+                          s2s_norm_w *gnw, const s2s_sub *s, const real *mem, real *g_mem, const real *g_out,
+                          real *g_x, long B, long Tq, long Tk, s2s_acts *a, sf_par *par) {
+    const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
+    const int pre = c->norm == SF_NORM_PRE;
+    const real *g_r = g_out;
+    if (!pre) {
+        SF(layernorm_backward)(a->g_r, 0, gnw->g, gnw->b, g_out, s->r, s->mean, s->rstd, nw->g, Nq, d, par);
+        g_r = a->g_r;
+    }
+    SF(linear_backward)(a->g_ctx, 0, gw->w_out, gw->b_out, g_r, s->ctx, w->w_out, Nq, d, d, par);
+    SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, Tk, Tq, d, H, a->attn_scratch, par);
+    real *g_nin = pre ? a->g_nin : g_x;
+    if (mem) {
+        SF(linear_backward)(g_mem, 1, gw->w_in + d * d, gw->b_in + d, a->g_kv, mem, w->w_in + d * d, B * Tk, d,
+                            2 * d, par);
+        SF(linear_backward)(g_nin, 0, gw->w_in, gw->b_in, a->g_q, s->n_in, w->w_in, Nq, d, d, par);
+    } else {
+        SF(linear_backward)(g_nin, 0, gw->w_in + d * d, gw->b_in + d, a->g_kv, s->n_in, w->w_in + d * d, Nq, d,
+                            2 * d, par);
+        SF(linear_backward)(g_nin, 1, gw->w_in, gw->b_in, a->g_q, s->n_in, w->w_in, Nq, d, d, par);
+    }
+    if (pre) SF(layernorm_backward)(g_x, 0, gnw->g, gnw->b, g_nin, s->x, s->mean, s->rstd, nw->g, Nq, d, par);
+    add_into(g_x, g_r, Nq * d); /* the residual path */
+}
+
+static void ffn_forward(const sf_config *c, const s2s_ffn_w *w, const s2s_norm_w *nw, s2s_sub *s, long N,
+                        s2s_acts *a, sf_par *par) {
+    const long d = c->d_model, F = c->d_ff;
+    const int pre = c->norm == SF_NORM_PRE;
+    if (pre) SF(layernorm_forward)(s->n_in, s->mean, s->rstd, s->x, nw->g, nw->b, c->ln_eps, N, d, par);
+    SF(linear_forward)(s->a1, s->n_in, w->w1, w->b1, N, d, F, a->wt, par);
+    SF(activation_forward)(s->act, s->a1, N * F, c->activation, par);
+    SF(linear_forward)(s->r, s->act, w->w2, w->b2, N, F, d, a->wt, par);
+    add_into(s->r, s->x, N * d);
+    if (!pre) SF(layernorm_forward)(s->out, s->mean, s->rstd, s->r, nw->g, nw->b, c->ln_eps, N, d, par);
+}
+
+static void ffn_backward(const sf_config *c, const s2s_ffn_w *w, s2s_ffn_w *gw, const s2s_norm_w *nw,
+                         s2s_norm_w *gnw, const s2s_sub *s, const real *g_out, real *g_x, long N, s2s_acts *a,
+                         sf_par *par) {
+    const long d = c->d_model, F = c->d_ff;
+    const int pre = c->norm == SF_NORM_PRE;
+    const real *g_r = g_out;
+    if (!pre) {
+        SF(layernorm_backward)(a->g_r, 0, gnw->g, gnw->b, g_out, s->r, s->mean, s->rstd, nw->g, N, d, par);
+        g_r = a->g_r;
+    }
+    SF(linear_backward)(a->g_f, 0, gw->w2, gw->b2, g_r, s->act, w->w2, N, F, d, par);
+    SF(activation_backward)(a->g_f, a->g_f, s->a1, N * F, c->activation, par);
+    real *g_nin = pre ? a->g_nin : g_x;
+    SF(linear_backward)(g_nin, 0, gw->w1, gw->b1, a->g_f, s->n_in, w->w1, N, d, F, par);
+    if (pre) SF(layernorm_backward)(g_x, 0, gnw->g, gnw->b, g_nin, s->x, s->mean, s->rstd, nw->g, N, d, par);
+    add_into(g_x, g_r, N * d);
+}
+
+/* ---- the model ----------------------------------------------------------------------------------- */
+
+void SF(s2s_encode)(const sf_model *m, const s2s_params *p, const uint8_t *x, s2s_acts *a, sf_par *par) {
+    const sf_config *c = &m->cfg;
+    const long B = a->B, T = a->T, d = c->d_model;
+    SF(embedding_forward)(a->enc[0][S2S_SELF].x, x, p->tok, p->pos, B, T, d, par);
+    for (int l = 0; l < c->n_layers; l++) {
+        attn_forward(c, &p->enc[l].self, &p->enc[l].norm[0], &a->enc[l][S2S_SELF], NULL, B, T, T, 0, a, par);
+        ffn_forward(c, &p->enc[l].ffn, &p->enc[l].norm[1], &a->enc[l][S2S_FFN_ENC], B * T, a, par);
+    }
+    SF(layernorm_forward)(a->mem, a->mem_mean, a->mem_rstd, a->enc[c->n_layers - 1][S2S_FFN_ENC].out, p->enc_norm.g,
+                          p->enc_norm.b, c->ln_eps, B * T, d, par);
+}
+
+void SF(s2s_decode)(const sf_model *m, const s2s_params *p, s2s_acts *a, sf_par *par) {
+    const sf_config *c = &m->cfg;
+    const long B = a->B, T = a->T, S = a->S, d = c->d_model;
+    SF(embedding_forward)(a->dec_sub[0][S2S_SELF].x, a->dec, p->tok, p->pos, B, S, d, par);
+    for (int l = 0; l < c->n_decoder_layers; l++) {
+        const s2s_layer_w *w = &p->dec[l];
+        s2s_sub *s = a->dec_sub[l];
+        attn_forward(c, &w->self, &w->norm[0], &s[S2S_SELF], NULL, B, S, S, 1, a, par);
+        attn_forward(c, &w->cross, &w->norm[1], &s[S2S_CROSS], a->mem, B, S, T, 0, a, par);
+        ffn_forward(c, &w->ffn, &w->norm[2], &s[S2S_FFN_DEC], B * S, a, par);
+    }
+    SF(layernorm_forward)(a->z, a->z_mean, a->z_rstd, a->dec_sub[c->n_decoder_layers - 1][S2S_FFN_DEC].out,
+                          p->dec_norm.g, p->dec_norm.b, c->ln_eps, B * S, d, par);
+    SF(readout_forward)(a->out, a->z, p->w_head, p->b_head, B * S, d);
+}
+
+void SF(s2s_backward)(sf_model *m, const uint8_t *x, s2s_acts *a, sf_par *par) {
+    const sf_config *c = &m->cfg;
+    const long B = a->B, T = a->T, S = a->S, d = c->d_model, Ne = B * T, Nd = B * S;
+    s2s_params p, g;
+    SF(s2s_params)(m, (real *)m->params, &p);
+    SF(s2s_params)(m, (real *)m->grads, &g);
+    /* readout and the final decoder LN */
+    SF(readout_backward)(a->g_b, g.w_head, g.b_head, a->g_out, a->z, p.w_head, Nd, d);
+    const int Ld = c->n_decoder_layers, Le = c->n_layers;
+    SF(layernorm_backward)(a->g_a, 0, g.dec_norm.g, g.dec_norm.b, a->g_b, a->dec_sub[Ld - 1][S2S_FFN_DEC].out,
+                           a->z_mean, a->z_rstd, p.dec_norm.g, Nd, d, par);
+    memset(a->g_mem, 0, (size_t)(Ne * d) * sizeof(real));
+    real *g_out = a->g_a, *g_in = a->g_b, *t;
+#define SWAP (t = g_out, g_out = g_in, g_in = t)
+    for (int l = Ld - 1; l >= 0; l--) {
+        const s2s_layer_w *w = &p.dec[l];
+        s2s_layer_w *gw = &g.dec[l];
+        const s2s_sub *s = a->dec_sub[l];
+        ffn_backward(c, &w->ffn, &gw->ffn, &w->norm[2], &gw->norm[2], &s[S2S_FFN_DEC], g_out, g_in, Nd, a, par);
+        SWAP;
+        attn_backward(c, &w->cross, &gw->cross, &w->norm[1], &gw->norm[1], &s[S2S_CROSS], a->mem, a->g_mem, g_out,
+                      g_in, B, S, T, a, par);
+        SWAP;
+        attn_backward(c, &w->self, &gw->self, &w->norm[0], &gw->norm[0], &s[S2S_SELF], NULL, NULL, g_out, g_in, B,
+                      S, S, a, par);
+        SWAP;
+    }
+    /* the shared tables: decoder use, then encoder use */
+    memset(g.tok, 0, (size_t)(3 * d / 2) * sizeof(real));
+    memset(g.pos, 0, (size_t)(((long)c->n_positions + 1) * d / 2) * sizeof(real));
+    SF(embedding_backward_add)(g.tok, g.pos, g_out, a->dec, B, S, 3, d, par);
+    /* the final encoder LN, then the encoder layers */
+    SF(layernorm_backward)(g_out, 0, g.enc_norm.g, g.enc_norm.b, a->g_mem, a->enc[Le - 1][S2S_FFN_ENC].out,
+                           a->mem_mean, a->mem_rstd, p.enc_norm.g, Ne, d, par);
+    for (int l = Le - 1; l >= 0; l--) {
+        const s2s_layer_w *w = &p.enc[l];
+        s2s_layer_w *gw = &g.enc[l];
+        ffn_backward(c, &w->ffn, &gw->ffn, &w->norm[1], &gw->norm[1], &a->enc[l][S2S_FFN_ENC], g_out, g_in, Ne, a,
+                     par);
+        SWAP;
+        attn_backward(c, &w->self, &gw->self, &w->norm[0], &gw->norm[0], &a->enc[l][S2S_SELF], NULL, NULL, g_out,
+                      g_in, B, T, T, a, par);
+        SWAP;
+    }
+#undef SWAP
+    SF(embedding_backward_add)(g.tok, g.pos, g_out, x, B, T, 3, d, par);
+}
+
+double SF(s2s_batch_loss)(sf_model *m, const s2s_params *p, const sf_seq_data *d, int b, int B, sf_loss loss,
+                          int grad, s2s_acts *a, sf_par *par) {
+    const uint8_t *x = d->x + (size_t)b * B * d->T;
+    SF(s2s_set_decoder)(a, d->dec + (size_t)b * B * d->S, d->S);
+    SF(s2s_encode)(m, p, x, a, par);
+    SF(s2s_decode)(m, p, a, par);
+    const real *y = (const real *)d->y + (size_t)b * B * d->L;
+    const double value = SF(loss_forward_backward)(grad ? a->g_out : NULL, a->out, y, (long)B * d->L, loss);
+    if (grad) SF(s2s_backward)(m, x, a, par);
+    return value;
+}

@@ -1,0 +1,39 @@
+/* LayerNorm blowup of the seq2seq model: every LayerNorm of the encoder and the decoder (norm3 and
+ * the final ones included) over every position, and the official hooks' subset (paper.md §9.6:
+ * norm1 and norm2 of each layer, the last layer of each stack at its last position only). */
+#include "probes.h"
+#include "seq2seq.h"
+
+/* The input of a sublayer's LayerNorm: x + f(x) (post) or x (pre). */
+static const real *ln_input(const sf_config *c, const s2s_sub *s) { return c->norm == SF_NORM_PRE ? s->x : s->r; }
+
+sf_status SF(seq2seq_ln_blowup)(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means, int nt) {
+    const sf_config *c = &m->cfg;
+    if (!theory && c->d_model < 2) return sf_fail(SF_EINVAL, "the unbiased std needs d_model >= 2");
+    sf_par par = {sf_resolve_threads(nt), 1};
+    s2s_acts a;
+    sf_status st = SF(s2s_reserve)(m, d->rows, d->T, d->S, par.nt, &a);
+    if (st) return st;
+    s2s_params p;
+    SF(s2s_params)(m, (real *)m->params, &p);
+    SF(s2s_set_decoder)(&a, d->dec, d->S);
+    SF(s2s_encode)(m, &p, d->x, &a, &par);
+    SF(s2s_decode)(m, &p, &a, &par);
+    const long B = d->rows, T = d->T, S = d->S, dm = c->d_model, Le = c->n_layers, Ld = c->n_decoder_layers;
+    const double eps = c->ln_eps;
+    long row = 0;
+#define STATS(X, len, t0) (SF(inv_std_stats)(maxs + row * B, means + row * B, X, B, len, t0, dm, theory, eps, &par), row++)
+    for (long l = 0; l < Le; l++)
+        for (int k = 0; k < 2; k++) STATS(ln_input(c, &a.enc[l][k]), T, 0);
+    STATS(a.enc[Le - 1][S2S_FFN_ENC].out, T, 0);
+    for (long l = 0; l < Ld; l++)
+        for (int k = 0; k < 3; k++) STATS(ln_input(c, &a.dec_sub[l][k]), S, 0);
+    STATS(a.dec_sub[Ld - 1][S2S_FFN_DEC].out, S, 0);
+    for (long l = 0; l < Le; l++)
+        for (int k = 0; k < 2; k++) STATS(ln_input(c, &a.enc[l][k]), T, l == Le - 1 ? T - 1 : 0);
+    for (long l = 0; l < Ld; l++)
+        for (int k = 0; k < 2; k++) STATS(ln_input(c, &a.dec_sub[l][k]), S, l == Ld - 1 ? S - 1 : 0);
+#undef STATS
+    m->last_threads = par.used;
+    return SF_OK;
+}

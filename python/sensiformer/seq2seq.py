@@ -1,0 +1,220 @@
+"""The encoder-decoder transformer of the paper's scratchpad experiment (``TorchModelWithScratchpad``),
+backed by the C engine."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from . import _engine
+from ._validation import as_tokens, check_bool, check_choice, check_float, check_int, check_seed, resolve_threads
+from .model import ACTIVATIONS, DTYPES, LOSSES, _dtype_name, _EngineModel
+
+SOS = 2  #: the decoder's start token
+_SEQ2SEQ_KIND = 1  # sf_model_kind in csrc/sf.h
+_NORMS = {"post": 0, "pre": 1}
+
+
+def _as_labels(y, name, rows, dtype):
+    """A (rows, L) finite real array in ``dtype``."""
+    arr = np.asarray(y)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[0] != rows or arr.shape[1] < 1:
+        raise ValueError(f"{name} must have shape ({rows}, length) with length >= 1 (one label per decoder "
+                         f"position), got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    return arr
+
+
+def _as_decoder_input(dec, rows, max_length):
+    """A (rows, S) uint8 array of tokens 0, 1 or SOS=2, 1 <= S <= max_length."""
+    arr = np.asarray(dec)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise TypeError(f"decoder_input must be an integer array of tokens 0, 1 or SOS=2, got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[0] != rows or arr.shape[1] < 1:
+        raise ValueError(f"decoder_input must have shape ({rows}, length) with length >= 1, got {arr.shape}")
+    if arr.shape[1] > max_length:
+        raise ValueError(f"decoder_input has length {arr.shape[1]}, longer than n_positions+1={max_length}")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > SOS:
+        raise ValueError(f"decoder_input must hold tokens 0, 1 or SOS=2, found values in [{lo}, {hi}]")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def teacher_forcing(y) -> np.ndarray:
+    """The decoder input ``[SOS, y_1, ..., y_n]`` (rows, n + 1) for 0/1 label sequences ``y`` (rows, n)."""
+    arr = np.asarray(y)
+    if arr.ndim != 2 or arr.shape[1] < 1:
+        raise ValueError(f"y must have shape (rows, length) with length >= 1, got {arr.shape}")
+    if arr.size and not np.all((arr == 0) | (arr == 1)):
+        raise ValueError("teacher forcing feeds the labels back as tokens, so y must be 0/1 "
+                         "(pass decoder_input explicitly for other labels)")
+    out = np.empty((arr.shape[0], arr.shape[1] + 1), dtype=np.uint8)
+    out[:, 0] = SOS
+    out[:, 1:] = arr
+    return out
+
+
+class Seq2SeqTransformer(_EngineModel):
+    """Encoder-decoder transformer with a scratchpad: the official ``TorchModelWithScratchpad``.
+
+    Token embedding (3 -> d/2: tokens 0, 1 and SOS=2) and a learned positional embedding
+    (n_positions + 1 -> d/2), both shared by encoder and decoder and concatenated; an
+    ``nn.Transformer`` (``n_layers`` encoder and ``n_decoder_layers`` decoder layers, causal
+    decoder self-attention, cross-attention, final encoder and decoder LayerNorms); and
+    ``Linear(d, 1)`` at every decoder position. Trained by teacher forcing on the decoder input
+    ``[SOS, y_1..y_n]`` with the loss on the outputs at positions 0..n-1 (the labels y_1..y_n);
+    ``generate`` decodes autoregressively with a key/value cache.
+
+    Parameters
+    ----------
+    n_positions : int
+        Longest encoder input n (the official ``max_len``); the positional table has n + 1 rows.
+    d_model : int
+        Width (even, divisible by ``n_heads``); 32 in the paper's scratchpad runs.
+    n_heads, n_layers : int
+        ``n_layers`` encoder layers (and, by default, decoder layers).
+    d_ff : int, optional
+        FFN width (default ``d_model``, as the paper).
+    norm : {"post", "pre"}
+        LayerNorm placement ("pre" is ``nn.Transformer(norm_first=True)``).
+    ln_eps : float
+    activation : {"relu", "gelu", "gelu_tanh"}
+    dtype : {"float32", "float64"}
+    seed : int
+        Initialisation seed (``nn.Transformer``'s init distributions, not its random bits).
+    n_decoder_layers : int, optional
+        Decoder layers (default ``n_layers``).
+    identical_layers : bool
+        Keep the copies that ``nn.Transformer``'s cloning leaves after its xavier re-initialisation
+        (the FFN biases are equal across the layers of a stack; every matrix differs). Default True.
+    """
+
+    _kind_name = "Seq2SeqTransformer"
+    SOS = SOS
+
+    def __init__(self, n_positions, d_model=32, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5,
+                 activation="relu", dtype="float32", seed=0, n_decoder_layers=None, identical_layers=True):
+        n_positions = check_int(n_positions, "n_positions", 1, 1 << 20)
+        d_model = check_int(d_model, "d_model", 2)
+        if d_model % 2:
+            raise ValueError(f"d_model must be even (token and position halves), got {d_model}")
+        n_heads = check_int(n_heads, "n_heads", 1)
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        n_layers = check_int(n_layers, "n_layers", 1, 64)
+        n_decoder_layers = n_layers if n_decoder_layers is None else check_int(n_decoder_layers, "n_decoder_layers",
+                                                                               1, 64)
+        d_ff = d_model if d_ff is None else check_int(d_ff, "d_ff", 1)
+        check_choice(norm, "norm", tuple(_NORMS))
+        ln_eps = check_float(ln_eps, "ln_eps", 0.0)
+        check_choice(activation, "activation", tuple(ACTIVATIONS))
+        dtype = _dtype_name(dtype)
+        seed = check_seed(seed)
+        identical_layers = check_bool(identical_layers, "identical_layers")
+        self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                            n_decoder_layers=n_decoder_layers, d_ff=d_ff, norm=norm, ln_eps=ln_eps,
+                            activation=activation, dtype=dtype, seed=seed, identical_layers=bool(identical_layers))
+        self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, _NORMS[norm], True, ln_eps,
+                                     ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
+                                     kind=_SEQ2SEQ_KIND, n_decoder_layers=n_decoder_layers)
+        self._bind_buffers()
+
+    def __repr__(self):
+        c = self._config
+        return (f"Seq2SeqTransformer(n_positions={c['n_positions']}, d_model={c['d_model']}, n_heads={c['n_heads']}, "
+                f"n_layers={c['n_layers']}, n_decoder_layers={c['n_decoder_layers']}, d_ff={c['d_ff']}, "
+                f"norm={c['norm']!r}, dtype={c['dtype']!r}, params={self.num_parameters})")
+
+    # ---- inputs -------------------------------------------------------------------------------
+    teacher_forcing = staticmethod(teacher_forcing)
+
+    def _inputs(self, x, decoder_input=None):
+        x = as_tokens(x, "x", self.n_positions)
+        if decoder_input is None:
+            return x, None
+        return x, _as_decoder_input(decoder_input, x.shape[0], self.n_positions + 1)
+
+    def _loss_data(self, x, y, decoder_input):
+        x, dec = self._inputs(x, decoder_input)
+        y = _as_labels(y, "y", x.shape[0], self.dtype)
+        if dec is None:
+            dec = teacher_forcing(y)
+            if dec.shape[1] > self.n_positions + 1:
+                raise ValueError(f"y has {y.shape[1]} labels per row; at most n_positions={self.n_positions}")
+        elif dec.shape[1] < y.shape[1]:
+            raise ValueError(f"decoder_input has {dec.shape[1]} positions for {y.shape[1]} labels per row")
+        return x, dec, y
+
+    # ---- computation --------------------------------------------------------------------------
+    def forward(self, x, decoder_input, n_threads=None) -> np.ndarray:
+        """Outputs (batch, S) at every decoder position.
+
+        ``x`` (batch, n) holds 0/1 tokens (n <= n_positions); ``decoder_input`` (batch, S) holds
+        tokens 0, 1 or SOS=2 (S <= n_positions + 1), e.g. ``teacher_forcing(y)`` = [SOS, y]. Output s
+        depends on decoder positions 0..s only (causal mask).
+        """
+        if decoder_input is None:
+            raise TypeError("forward needs decoder_input (e.g. model.teacher_forcing(y)); use generate(x) to decode")
+        x, dec = self._inputs(x, decoder_input)
+        return _engine.seq2seq_forward(self._engine, x, dec, resolve_threads(n_threads))
+
+    __call__ = forward
+
+    def _loss(self, x, y, decoder_input, loss, grad, n_threads):
+        check_choice(loss, "loss", tuple(LOSSES))
+        x, dec, y = self._loss_data(x, y, decoder_input)
+        if loss == "bce" and not np.all((y >= 0) & (y <= 1)):
+            raise ValueError("loss='bce' needs labels in [0, 1]")
+        return _engine.seq2seq_loss_and_grad(self._engine, x, dec, y, LOSSES[loss], grad, resolve_threads(n_threads))
+
+    def loss(self, x, y, decoder_input=None, loss="mse", n_threads=None) -> float:
+        """Teacher-forced mean loss over the batch and the L = ``y.shape[1]`` labels per row.
+
+        ``y`` (batch, L) are the labels of decoder positions 0..L-1; ``decoder_input`` defaults to
+        ``[SOS, y_1..y_L]`` (the official teacher forcing; only its first L positions reach the loss).
+        """
+        return self._loss(x, y, decoder_input, loss, False, n_threads)[0]
+
+    def loss_and_grad(self, x, y, decoder_input=None, loss="mse", n_threads=None):
+        """``(loss, gradients)`` of the teacher-forced loss (see ``loss``); gradients are copies keyed like
+        ``parameters()`` (the gradient buffer holds them too)."""
+        value, _ = self._loss(x, y, decoder_input, loss, True, n_threads)
+        return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
+
+    def generate(self, x, steps=None, cache=True, threshold=0.5, return_outputs=False, n_threads=None):
+        """Autoregressive decoding from SOS: the generated bits (batch, steps) as uint8.
+
+        Step t feeds back ``output_t > threshold`` (the official ``autoregressive_answer``).
+        ``steps`` defaults to the input length n (the scratchpad's y_1..y_n). ``cache=True`` keeps
+        every layer's keys and values, so each step costs one position; ``cache=False`` recomputes
+        the whole model at every step, as the official code (the reference). With
+        ``return_outputs`` also the raw outputs (batch, steps).
+        """
+        x = as_tokens(x, "x", self.n_positions)
+        steps = x.shape[1] if steps is None else check_int(steps, "steps", 1, self.n_positions + 1)
+        threshold = check_float(threshold, "threshold")
+        tokens, outputs = _engine.generate(self._engine, x, steps, check_bool(cache, "cache"), threshold,
+                                           resolve_threads(n_threads))
+        return (tokens, outputs) if return_outputs else tokens
+
+    def autoregressive_accuracy(self, x, y, threshold=0.5, cache=True, n_threads=None) -> dict:
+        """Accuracy of ``generate(x)`` against the label sequences ``y`` (batch, L), whose bits are
+        ``y > threshold`` (0/1 labels with 0.5, or +-1 labels with 0).
+
+        ``token``: the fraction of matching bits (the paper's ``autoregressive_accuracy``);
+        ``sequence``: the fraction of rows generated entirely right.
+        """
+        x = as_tokens(x, "x", self.n_positions)
+        y = _as_labels(y, "y", x.shape[0], np.float64)
+        if y.shape[1] > self.n_positions + 1:
+            raise ValueError(f"y has {y.shape[1]} labels per row; at most n_positions+1={self.n_positions + 1}")
+        tokens = self.generate(x, steps=y.shape[1], cache=cache, threshold=threshold, n_threads=n_threads)
+        match = tokens == (y > threshold)
+        return dict(token=float(match.mean()), sequence=float(match.all(axis=1).mean()))
