@@ -118,3 +118,42 @@ def test_dask_local_cluster(tmp_path):
     runs = store.runs()
     ref = Store(tmp_path / "ref.db").runs()
     assert comparable(runs[runs["key"] == ref["key"][0]]).equals(comparable(ref)), "same bits on Dask workers"
+
+
+def test_ctrl_c_stops_a_local_pool_and_its_workers(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    db = tmp_path / "r.db"
+    script = textwrap.dedent(f"""
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+        sys.path[:0] = {sys.path!r}
+        from sensiformer import sweep
+        from sensiformer.sweep import RunConfig
+        if __name__ == "__main__":
+            configs = [RunConfig(target="parity", n=5, seed=s, d_model=8, batch_size=32, steps=100_000,
+                                 measure_batches=2, eval_batches=2) for s in range(4)]
+            try:
+                sweep.run_configs(configs, {str(db)!r}, executor="processes", max_workers=2, progress=False)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    """)
+    path = tmp_path / "driver.py"
+    path.write_text(script)
+    proc = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        workers = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers = [p for p in parent.children(recursive=True) if p.cpu_times().user > 0.2]
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the pool's workers are busy"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted" in out
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "no worker keeps running after Ctrl-C"
+    assert len(Store(db)) == 0

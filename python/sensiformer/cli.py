@@ -118,11 +118,22 @@ def cmd_reproduce(args) -> int:
           + f"; store {args.store}")
     store, elapsed = _run(args, exp)
     print(exp.report(store))
-    print(f"finished in {elapsed / 60:.1f} min ({elapsed:.0f} s)")
+    print(f"finished in {elapsed / 60:.1f} min ({elapsed:.0f} s)" + _cpu_note(store, exp))
     if args.plot:
         exp.plot(store, path=args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _cpu_note(store, exp) -> str:
+    """The runs' CPU time: what the sweep costs on idle cores, whatever else the machine ran."""
+    try:
+        cpu = sum(float(store.runs(sweep=exp.stage_sweep(s))["cpu_seconds"].fillna(0).sum()) for s in exp.stages)
+    except KeyError:
+        return ""
+    from .sweep import usable_cpus
+
+    return f"; the runs used {cpu:.0f} CPU-seconds (about {cpu / usable_cpus() / 60:.1f} min on {usable_cpus()} idle cores)"
 
 
 def cmd_sweep(args) -> int:

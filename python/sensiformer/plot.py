@@ -43,6 +43,17 @@ def _legend(ax, fontsize="small"):
         ax.legend(frameon=False, fontsize=fontsize)
 
 
+def _log(ax, axis="y"):
+    """A log axis without the crowded minor-tick labels matplotlib adds on short ranges."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    getattr(ax, f"set_{axis}scale")("log")
+    target = getattr(ax, f"{axis}axis")
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
 def _axes(ax, figsize=SINGLE_COLUMN):
     if ax is None:
         plt = _plt()
@@ -84,7 +95,7 @@ def metric_vs_length_ax(runs, metric="sharpness", targets=None, ax=None, converg
         if len(sub) and metric in sub:
             _mean_band(ax, sub.dropna(subset=[metric]), "n", metric, COLORS.get(t), LABELS.get(t, t))
     if log:
-        ax.set_yscale("log")
+        _log(ax, "y")
     ax.set_xlabel("input length $n$")
     ax.set_ylabel(ylabel or metric)
     if targets:
@@ -238,7 +249,7 @@ def tradeoff_ax(runs, ax=None, target=None, color_by="n", converged_only=True, c
                        alpha=0.8, linewidths=0)
         if len(df):
             _legend(ax, "small")
-    ax.set_xscale("log")
+    _log(ax, "x")
     ax.set_xlabel("LayerNorm blowup")
     ax.set_ylabel("parameter norm")
     if target is not None:
@@ -289,7 +300,7 @@ def dynamics_axes(history, weight_decay=None, axes=None, window=None, min_fracti
             ax.plot(agg.index, agg["mean"], color="#08306b", linewidth=1.8)
         ax.axvline(0, color="red", linestyle="--", linewidth=0.8)
         if log:
-            ax.set_yscale("log")
+            _log(ax, "y")
         ax.set_ylabel(label, fontsize="small")
     axes[-1].set_xlabel("steps after convergence")
     title = f"{n_runs} converged runs" + (f", weight decay {weight_decay:g}" if weight_decay is not None else "")

@@ -18,7 +18,7 @@ PRESETS = {
     "20k": {
         # sweeps/dynamic_metrics_1.yaml: seed 0..100 x wd {0, .1, .2, .3}, 20k steps = 404 runs
         "paper": dict(_DYN, seeds=tuple(range(101)), weight_decays=(0.0, 0.1, 0.2, 0.3), steps=20_000),
-        "quick": dict(_DYN, n=10, seeds=tuple(range(4)), weight_decays=(0.0, 0.1), steps=3000, d_model=64,
+        "quick": dict(_DYN, n=8, seeds=tuple(range(4)), weight_decays=(0.0, 0.1), steps=3000, d_model=32,
                       batch_size=128, lr=2e-3, dynamic_every=50, dynamic_repeats=20, log_every=50, eval_batches=50),
         "ci": dict(_DYN, n=4, seeds=(0,), weight_decays=(0.1,), steps=400, d_model=16, batch_size=64, lr=3e-3,
                    dynamic_every=50, dynamic_repeats=4, log_every=50, eval_batches=4),
@@ -26,7 +26,7 @@ PRESETS = {
     "100k": {
         # sweeps/dynamic_metrics_2.yaml: seed 0..100 x wd {0, .1}, 100k steps = 202 runs
         "paper": dict(_DYN, seeds=tuple(range(101)), weight_decays=(0.0, 0.1), steps=100_000),
-        "quick": dict(_DYN, n=10, seeds=tuple(range(2)), weight_decays=(0.0, 0.1), steps=10_000, d_model=64,
+        "quick": dict(_DYN, n=8, seeds=tuple(range(2)), weight_decays=(0.0, 0.1), steps=10_000, d_model=32,
                       batch_size=128, lr=2e-3, dynamic_every=200, dynamic_repeats=20, log_every=200, eval_batches=50),
         "ci": dict(_DYN, n=4, seeds=(0,), weight_decays=(0.0,), steps=400, d_model=16, batch_size=64, lr=3e-3,
                    dynamic_every=100, dynamic_repeats=4, log_every=100, eval_batches=4),

@@ -38,10 +38,11 @@ PRESETS = {
     "paper": dict(_GEN, seeds=tuple(range(10)), target_seeds=tuple(range(10)), subset_sizes=(128, 256, 512, 1024),
                   random_completion_sizes=(256,), refit_seeds=tuple(range(5)), train_sharpness_repeats=100,
                   refit_steps=10_000),
-    "quick": dict(_GEN, seeds=(0, 1), target_seeds=tuple(range(6)), subset_sizes=(128, 256, 512),
-                  random_completion_sizes=(256,), refit_seeds=(0,), train_sharpness_repeats=100, d_model=64,
-                  batch_size=128, lr=2e-3, steps=1500, refit_steps=2500, log_every=250, measure_batches=16,
-                  refit_per_group=6),
+    # quick: d=32 fits m <= 256 random labels exactly within 2000 steps (m=512 needs more than 4000)
+    "quick": dict(_GEN, seeds=(0, 1), target_seeds=tuple(range(8)), subset_sizes=(128, 256),
+                  random_completion_sizes=(256,), refit_seeds=(0,), train_sharpness_repeats=100, d_model=32,
+                  batch_size=128, lr=2e-3, steps=2000, refit_steps=4000, log_every=250, measure_batches=8,
+                  refit_per_group=4),
     # ci: n=6 so that small models fit their subsets exactly within a few hundred steps
     "ci": dict(_GEN, n=6, seeds=(0,), target_seeds=(0, 1), subset_sizes=(8, 16), random_completion_sizes=(16,),
                refit_seeds=(0,), train_sharpness_repeats=8, d_model=16, batch_size=32, lr=3e-3, steps=300,

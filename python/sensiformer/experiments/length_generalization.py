@@ -15,7 +15,7 @@ PRESETS = {
     "paper": dict(_PAPER, targets=("parity", "majority", "first"), train_lengths=tuple(range(4, 21)),
                   eval_lengths=tuple(range(4, 41)), seeds=tuple(range(10)), length_chunk=10, measure=False),
     "quick": dict(_PAPER, targets=("parity", "majority", "first"), train_lengths=tuple(range(2, 9)),
-                  eval_lengths=tuple(range(2, 17)), seeds=(0, 1, 2), length_chunk=10, measure=False, d_model=64,
+                  eval_lengths=tuple(range(2, 17)), seeds=(0, 1, 2), length_chunk=10, measure=False, d_model=32,
                   batch_size=128, lr=2e-3, steps=3000, log_every=250, eval_batches=20),
     "ci": dict(_PAPER, targets=("parity", "first"), train_lengths=(2, 3, 4), eval_lengths=(2, 3, 4, 5, 6), seeds=(0,),
                length_chunk=10, measure=False, d_model=16, batch_size=64, lr=3e-3, steps=200, log_every=100,

@@ -23,12 +23,13 @@ PAPER_PARTS = {
 
 PRESETS = {
     "paper": dict(_PAPER, parts=PAPER_PARTS, lr_range=(1e-4, 5e-4), weight_decay_range=(0.0, 0.4), sample_seed=0),
+    # quick: the same four kinds of sweep, smaller, on the d=32 model that fits PARITY up to n=8
     "quick": dict(_PAPER, parts={
-        "tradeoff_1": dict(runs=12, lengths=("uniform", 4, 10), seeds=(0, 1000), targets=("majority", "first", "mean")),
-        "tradeoff_2": dict(runs=24, lengths=("uniform", 4, 10), seeds=(0, 1000), targets=("parity",)),
-        "tradeoff_3": dict(runs=16, lengths=("values", 4, 6, 8, 10), seeds=(0, 1000), targets=TARGETS),
-    }, lr_range=(1e-3, 3e-3), weight_decay_range=(0.0, 0.4), sample_seed=0, d_model=64, batch_size=128, steps=2500,
-        log_every=250, eval_batches=50, measure_batches=16),
+        "tradeoff_1": dict(runs=12, lengths=("uniform", 4, 8), seeds=(0, 1000), targets=("majority", "first", "mean")),
+        "tradeoff_2": dict(runs=24, lengths=("uniform", 4, 8), seeds=(0, 1000), targets=("parity",)),
+        "tradeoff_3": dict(runs=16, lengths=("values", 4, 6, 8), seeds=(0, 1000), targets=TARGETS),
+    }, lr_range=(1e-3, 3e-3), weight_decay_range=(0.0, 0.4), sample_seed=0, d_model=32, batch_size=128, steps=2000,
+        log_every=250, eval_batches=50, measure_batches=8),
     "ci": dict(_PAPER, parts={
         "tradeoff_2": dict(runs=2, lengths=("uniform", 4, 6), seeds=(0, 1000), targets=("parity",)),
         "tradeoff_3": dict(runs=2, lengths=("values", 4, 6), seeds=(0, 1000), targets=("first", "majority")),

@@ -110,15 +110,17 @@ class LocalBackend(Backend):
     def as_completed(self, futures):
         return cf.as_completed(futures)
 
+    def cancel(self, futures):
+        pass  # close(interrupted=True) stops everything; cancelling first upsets 3.11's pool manager
+
     def close(self, interrupted=False):
         if interrupted:
-            # stop runs in flight: their results would be thrown away anyway
-            for proc in list(getattr(self.pool, "_processes", {}).values()):
+            # stop the runs in flight (their results could not be stored any more): the pool
+            # then marks every future broken and its manager thread exits
+            for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
                 if proc.is_alive():
                     proc.terminate()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        else:
-            self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True)
 
 
 class FuturesBackend(Backend):

@@ -194,6 +194,7 @@ def execute(config, n_threads: int = 1) -> dict:
     check_runnable(cfg)
     started = time.time()
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     model = sf.Transformer(cfg.positions, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
                            d_ff=cfg.d_ff, norm=cfg.norm, ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
     _initialise(model, cfg.init, cfg.seed)
@@ -274,6 +275,7 @@ def execute(config, n_threads: int = 1) -> dict:
         metrics[f"eval_loss@{length}"] = res["eval_loss"]
         metrics[f"eval_accuracy@{length}"] = res["eval_accuracy"]
     finished = time.time()
+    metrics["cpu_seconds"] = time.process_time() - cpu0  # all threads of this process (one run at a time)
     return dict(key=cfg.key, status=status, error=error, config=cfg.to_dict(), metrics=metrics, artifacts=artifacts,
                 history=history_rows, provenance=provenance(n_threads, cfg.seed), started=started, finished=finished,
                 duration=time.perf_counter() - t0)
