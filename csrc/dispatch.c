@@ -65,9 +65,7 @@ sf_status sf_ln_blowup(sf_model *m, const uint8_t *x, int B, int T, int theory, 
 
 sf_status sf_hvp(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
                  const void *v, int k, void *hv, double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx) {
-    if (m->cfg.kind != SF_MODEL_ENCODER)
-        return sf_fail(SF_EINVAL, "Hessian-vector products are not available for the seq2seq model yet "
-                       "(its decoder has no tangent driver)");
+    ENCODER_ONLY(m, "hvp");
     if (loss != SF_LOSS_MSE && loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", loss);
     if (n_batches < 1 || k < 0) return sf_fail(SF_EINVAL, "need at least one batch and k >= 0 directions");
     sf_status st = sf_check_tokens(x, (int64_t)n_batches * B * T);
@@ -168,4 +166,15 @@ sf_status sf_generate(sf_model *m, const uint8_t *x, int B, int T, int steps, in
     sf_status st = sf_check_tokens(x, (int64_t)B * T);
     if (st) return st;
     return BY_DTYPE(m, generate)(m, x, B, T, steps, cache, threshold, tokens, outputs, n_threads, stop, stop_ctx);
+}
+
+sf_status sf_seq2seq_hvp(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, const void *v, int k, void *hv,
+                         double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx) {
+    SEQ2SEQ_ONLY(m, "sf_seq2seq_hvp");
+    if (loss != SF_LOSS_MSE && loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", loss);
+    if (n_batches < 1 || k < 0) return sf_fail(SF_EINVAL, "need at least one batch and k >= 0 directions");
+    if (d->rows % n_batches) return sf_fail(SF_EINVAL, "%d rows do not split into %d batches", d->rows, n_batches);
+    sf_status st = check_seq_data(m, d, 1);
+    if (st) return st;
+    return BY_DTYPE(m, seq2seq_hvp)(m, d, n_batches, loss, v, k, hv, loss_out, n_threads, stop, stop_ctx);
 }

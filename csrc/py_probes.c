@@ -123,28 +123,30 @@ static PyObject *py_ln_blowup(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* hvp(model, x uint8 (n_batches*B, T), y (n_batches*B,), B, loss, v (k, P), n_threads)
- * -> (hv (k, P) model dtype, loss float) */
+/* hvp(model, x uint8 (n_batches*B, T), y (n_batches*B,), B, loss, v (k, P), n_threads[, dec])
+ * -> (hv (k, P) model dtype, loss float). With dec (seq2seq: decoder inputs uint8 (n_batches*B, S)),
+ * y is (n_batches*B, L). */
 static PyObject *py_hvp(PyObject *self, PyObject *args) {
-    PyObject *mo, *xo, *yo, *vo;
+    PyObject *mo, *xo, *yo, *vo, *deco = Py_None;
     int B, loss, nt;
-    if (!PyArg_ParseTuple(args, "O!OOiiOi", &SfModelType, &mo, &xo, &yo, &B, &loss, &vo, &nt)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!OOiiOi|O", &SfModelType, &mo, &xo, &yo, &B, &loss, &vo, &nt, &deco)) return NULL;
     SfModelObject *model = (SfModelObject *)mo;
     if (sf_py_model_ready(model) < 0) return NULL;
     const int typenum = sf_py_typenum(sf_model_config(model->model)->dtype);
     const npy_intp P = (npy_intp)sf_model_num_params(model->model);
-    PyArrayObject *x = NULL, *y = NULL, *v = NULL;
+    PyArrayObject *x = NULL, *y = NULL, *v = NULL, *dec = NULL;
     PyObject *hv = NULL, *result = NULL;
-    if (!(x = sf_py_array(xo, NPY_UINT8, 2, "x")) || !(y = sf_py_array(yo, typenum, 1, "y")) ||
+    if (!(x = sf_py_array(xo, NPY_UINT8, 2, "x")) || !(y = sf_py_array(yo, typenum, deco == Py_None ? 1 : 2, "y")) ||
         !(v = sf_py_array(vo, typenum, 2, "v")))
         goto done;
+    if (deco != Py_None && !(dec = sf_py_array(deco, NPY_UINT8, 2, "decoder_input"))) goto done;
     const npy_intp rows = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1), k = PyArray_DIM(v, 0);
     if (B < 1 || rows % B) {
         PyErr_Format(PyExc_ValueError, "x has %zd rows, not a multiple of batch_size=%d", (Py_ssize_t)rows, B);
         goto done;
     }
-    if (PyArray_DIM(y, 0) != rows || PyArray_DIM(v, 1) != P || k > INT_MAX) {
-        PyErr_SetString(PyExc_ValueError, "y or v has the wrong shape");
+    if (PyArray_DIM(y, 0) != rows || PyArray_DIM(v, 1) != P || k > INT_MAX || (dec && PyArray_DIM(dec, 0) != rows)) {
+        PyErr_SetString(PyExc_ValueError, "y, v or decoder_input has the wrong shape");
         goto done;
     }
     npy_intp shape[2] = {k, P};
@@ -153,8 +155,16 @@ static PyObject *py_hvp(PyObject *self, PyObject *args) {
     double value = 0;
     sf_py_unlocked u;
     u.saved = PyEval_SaveThread();
-    sf_status st = sf_hvp(model->model, PyArray_DATA(x), PyArray_DATA(y), (int)(rows / B), B, (int)T, loss,
-                          PyArray_DATA(v), (int)k, PyArray_DATA((PyArrayObject *)hv), &value, nt, sf_py_stop_hook, &u);
+    sf_status st;
+    if (dec) {
+        const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), PyArray_DATA(y), (int)rows, (int)T,
+                               (int)PyArray_DIM(dec, 1), (int)PyArray_DIM(y, 1)};
+        st = sf_seq2seq_hvp(model->model, &d, (int)(rows / B), loss, PyArray_DATA(v), (int)k,
+                            PyArray_DATA((PyArrayObject *)hv), &value, nt, sf_py_stop_hook, &u);
+    } else {
+        st = sf_hvp(model->model, PyArray_DATA(x), PyArray_DATA(y), (int)(rows / B), B, (int)T, loss, PyArray_DATA(v),
+                    (int)k, PyArray_DATA((PyArrayObject *)hv), &value, nt, sf_py_stop_hook, &u);
+    }
     PyEval_RestoreThread(u.saved);
     sf_py_model_release(model);
     if (st == SF_EINTR && PyErr_Occurred()) goto done; /* the signal handler's exception */
@@ -167,6 +177,7 @@ done:
     Py_XDECREF(x);
     Py_XDECREF(y);
     Py_XDECREF(v);
+    Py_XDECREF(dec);
     Py_XDECREF(hv);
     return result;
 }

@@ -266,7 +266,8 @@ sf_status sf_attention_logits(sf_model *m, const uint8_t *x, int B, int T, doubl
 
 /* ---- seq2seq (SF_MODEL_SEQ2SEQ) ----------------------------------------------------------
  * The encoder entry points above refuse a seq2seq model (and these an encoder), except
- * sf_train, the optimizer and the parameter table, which serve both. */
+ * sf_train, the optimizer and the parameter table, which serve both. sf_attention_logits has
+ * no seq2seq counterpart yet. */
 
 /* rows sequences: encoder inputs x (rows, T) of 0/1; decoder inputs dec (rows, S) of 0, 1 or SF_SOS;
  * labels y (rows, L), model dtype, scored against decoder outputs 0..L-1 (L <= S; the decoder then
@@ -297,6 +298,10 @@ int sf_seq2seq_ln_counts(const sf_model *m, int counts[4]);
  * decoder positions (the official measure feeds [SOS, y_1..y_n]). theory as sf_ln_blowup. */
 sf_status sf_seq2seq_ln_blowup(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means,
                                int n_threads);
+
+/* sf_hvp on the teacher-forced loss: d holds n_batches batches of d->rows / n_batches rows. */
+sf_status sf_seq2seq_hvp(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, const void *v, int k, void *hv,
+                         double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx);
 
 /* Autoregressive decoding from SF_SOS for `steps` positions (steps <= n_positions + 1): step t reads
  * output t and feeds back the token (out > threshold). tokens (B, steps); outputs (B, steps) in the

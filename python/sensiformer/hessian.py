@@ -12,6 +12,9 @@ whose Hessians are averaged; equal batches give the same H as one big batch). Ex
 ``hvp`` without a block, the probes act on ``block_indices(model, block, exclude)``: by default
 every parameter except the positional embeddings, the set ``probes.sharpness`` perturbs, so
 that ``sharpness ~ sigma^2 / 2 * hessian_trace``. Vectors and eigenvalues are float64.
+
+For a ``Seq2SeqTransformer`` y are label sequences (rows, n) and H is the Hessian of the
+teacher-forced loss (decoder input [SOS, y], as ``probes.sharpness``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ._validation import check_choice, check_float, check_int, check_seed, resol
 from .blocks import block_indices
 from .estimate import Estimate
 from .model import LOSSES
-from .probes import _batches
+from .probes import _seq_batches
 
 _CHUNK_BYTES = 1 << 28  # directions per engine call are limited to this much memory
 
@@ -39,10 +42,12 @@ class HessianOperator:
     """
 
     def __init__(self, model, x, y, block=None, exclude=("positional",), loss="mse", batch_size=None,
-                 n_threads=None, full=False):
+                 n_threads=None, full=False, decoder_input=None):
         check_choice(loss, "loss", tuple(LOSSES))
         self.model = model
-        self.x, self.y, self.batch_size = _batches(model, x, y, batch_size)
+        # a Seq2SeqTransformer: y are label sequences and the loss is teacher-forced (decoder_input,
+        # default [SOS, y]); self.dec is None for the encoder
+        self.x, self.y, self.batch_size, self.dec = _seq_batches(model, x, y, batch_size, decoder_input)
         if loss == "bce" and not np.all((self.y >= 0) & (self.y <= 1)):
             raise ValueError("loss='bce' needs labels in [0, 1]")
         self.loss_code = LOSSES[loss]
@@ -61,7 +66,7 @@ class HessianOperator:
         for start in range(0, V.shape[0], rows):
             hv, self.loss = _engine.hvp(self.model._engine, self.x, self.y, self.batch_size, self.loss_code,
                                         np.ascontiguousarray(V[start:start + rows], dtype=self.model.dtype),
-                                        self.n_threads)
+                                        self.n_threads, self.dec)
             out.append(hv)
         self.n_hvp += V.shape[0]
         return np.concatenate(out) if len(out) > 1 else out[0]

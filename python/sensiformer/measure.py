@@ -25,7 +25,8 @@ class Measure(Callback):
     For a ``Seq2SeqTransformer`` the losses are teacher-forced, the blowup is reported per stack
     (``blowup_encoder_maxs_prod``, ``blowup_decoder_maxs_prod``, ..., and the official subset as
     ``blowup_official_encoder_maxs_prod`` etc.), and the rows also get ``autoregressive_accuracy``
-    (per token) and ``sequence_accuracy``. Hessian and logit probes are encoder-only for now.
+    (per token) and ``sequence_accuracy``; the Hessian probes use the teacher-forced loss, and the
+    logit-scale probe is encoder-only for now.
 
     Parameters
     ----------

@@ -63,14 +63,6 @@ def _is_seq2seq(model):
     return isinstance(model, Seq2SeqTransformer)
 
 
-def _batches(model, x, y, batch_size):
-    """(x, y, batch_size) of an encoder model (the Hessian probes)."""
-    if _is_seq2seq(model):
-        raise NotImplementedError("Hessian probes are not available for a Seq2SeqTransformer yet "
-                                  "(the engine has no tangent pass through its decoder)")
-    return _seq_batches(model, x, y, batch_size)[:3]
-
-
 def _seq_batches(model, x, y, batch_size, decoder_input=None):
     """(x, y, batch_size, dec): a seq2seq model's y are (rows, L) label sequences and dec its decoder
     inputs (default: teacher forcing [SOS, y]); an encoder's dec is None."""

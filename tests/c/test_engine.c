@@ -196,6 +196,27 @@ static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
             if (err > worst) worst = err;
         }
         CHECK(worst < 1, "seq2seq finite differences (norm %d): worst relative error %g", norm, worst);
+        /* H v against central differences of the gradient along v */
+        double *v = malloc((size_t)n * sizeof *v), *hv = malloc((size_t)n * sizeof *hv);
+        double *gp = malloc((size_t)n * sizeof *gp), hv_loss = 0, h = 1e-5, err = 0, scale = 0;
+        for (int64_t i = 0; i < n; i++) v[i] = sin(0.37 * (double)i);
+        CHECK(sf_seq2seq_hvp(m, &d, 1, SF_LOSS_MSE, v, 1, hv, &hv_loss, 2, NULL, NULL) == SF_OK, "seq2seq hvp");
+        CHECK(memcmp(g, grad, (size_t)n * sizeof *g) == 0, "seq2seq hvp leaves the gradient buffer alone");
+        for (int64_t i = 0; i < n; i++) p[i] += h * v[i];
+        sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lp, NULL, 1);
+        memcpy(gp, g, (size_t)n * sizeof *gp);
+        for (int64_t i = 0; i < n; i++) p[i] -= 2 * h * v[i];
+        sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lm, NULL, 1);
+        for (int64_t i = 0; i < n; i++) {
+            p[i] += h * v[i];
+            const double fd = (gp[i] - g[i]) / (2 * h);
+            err += (fd - hv[i]) * (fd - hv[i]), scale += hv[i] * hv[i];
+        }
+        CHECK(sqrt(err / scale) < 1e-6 && hv_loss == loss, "seq2seq hvp vs differences of gradients: %g",
+              sqrt(err / scale));
+        free(v);
+        free(hv);
+        free(gp);
         free(grad);
     }
     CHECK(sf_generate(m, x, B, T, S, 1, 0.5, tok_c, NULL, 2, NULL, NULL) == SF_OK, "generate with the cache");

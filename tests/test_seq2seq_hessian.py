@@ -1,0 +1,133 @@
+"""Hessian probes of the seq2seq model: exact Hessian-vector products of the teacher-forced loss
+against PyTorch's double backward through nn.Transformer (float64, every parameter random, per
+tensor ||ours - torch|| / ||torch|| <= 1e-10), batch averaging, determinism, and the probes built
+on them (dense Hessian, eigenvalues, trace, the Measure callback)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sensiformer as sf
+
+
+def random_model(seed=0, scale=0.5, **kwargs):
+    cfg = dict(n_positions=6, d_model=8, n_heads=2, n_layers=2, dtype="float64")
+    cfg.update(kwargs)
+    model = sf.Seq2SeqTransformer(**cfg)
+    rng = np.random.default_rng(seed)
+    model.flat[:] = rng.normal(scale=scale, size=model.flat.size)
+    for name, p in model.parameters().items():
+        if "norm" in name and name.endswith("weight"):
+            p[:] = 1.0 + rng.uniform(-0.5, 0.5, size=p.shape)
+    return model
+
+
+def data(rows, n=6, seed=1):
+    x = np.random.default_rng(seed).integers(0, 2, size=(rows, n), dtype=np.uint8)
+    return x, (np.cumsum(x, axis=1) % 2).astype(np.float64)
+
+
+def torch_hvp(torch, model, x, dec, y, V, loss):
+    """H V by double backward through the official module (math attention: the fused kernels have
+    no double backward)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from sensiformer.interop import to_torch
+
+    module = to_torch(model)
+    info = model.tensor_info
+    params = [dict(module.named_parameters())[t["name"]] for t in info]
+    with sdpa_kernel(SDPBackend.MATH):
+        out = module(torch.from_numpy(x.astype(np.int64)), torch.from_numpy(dec.astype(np.int64)))[:, :y.shape[1]]
+        yt = torch.from_numpy(y)
+        value = (((out - yt) ** 2).mean() if loss == "mse"
+                 else torch.nn.functional.binary_cross_entropy_with_logits(out, yt))
+        grads = torch.autograd.grad(value, params, create_graph=True)
+        rows = []
+        for v in V:
+            dot = sum((g * torch.from_numpy(v[t["offset"]:t["offset"] + t["size"]].reshape(t["shape"]))).sum()
+                      for g, t in zip(grads, info))
+            hv = torch.autograd.grad(dot, params, retain_graph=True, allow_unused=True)
+            rows.append(np.concatenate([np.zeros(t["size"]) if h is None else h.detach().numpy().ravel()
+                                        for h, t in zip(hv, info)]))
+    return np.array(rows)
+
+
+def worst_tensor_error(model, ours, ref):
+    worst = 0.0
+    for t in model.tensor_info:
+        sl = slice(t["offset"], t["offset"] + t["size"])
+        scale = np.linalg.norm(ref[:, sl])
+        worst = max(worst, np.linalg.norm(ours[:, sl] - ref[:, sl]) / (scale if scale > 0 else 1.0))
+    return worst
+
+
+CONFIGS = [
+    dict(norm="post"),
+    dict(norm="pre"),
+    dict(norm="post", activation="gelu", n_decoder_layers=3, d_ff=10),
+    dict(norm="pre", activation="gelu_tanh", n_layers=1, n_heads=4, ln_eps=1e-3),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_hvp_matches_torch_double_backward(torch, config, loss):
+    model = random_model(seed=3, **config)
+    x, y = data(5)
+    dec = model.teacher_forcing(y)
+    if loss == "bce":  # keep logits O(1), as test_hvp.py explains
+        scale = 2.0 / np.abs(model.forward(x, dec)).max()
+        model.parameters()["linear_head.weight"][:] *= scale
+        model.parameters()["linear_head.bias"][:] *= scale
+    V = np.random.default_rng(2).normal(size=(2, model.num_parameters))
+    ours = sf.probes.hvp(model, x, y, V, loss=loss)
+    assert worst_tensor_error(model, ours, torch_hvp(torch, model, x, dec, y, V, loss)) <= 1e-10
+
+
+@pytest.mark.torch
+def test_hvp_with_free_decoder_inputs_and_fewer_labels(torch):
+    """Any decoder tokens (SOS included) and L < S labels, through the HessianOperator."""
+    from sensiformer.hessian import HessianOperator
+
+    model = random_model(seed=4)
+    x, _ = data(4)
+    rng = np.random.default_rng(5)
+    dec = rng.integers(0, 3, size=(4, 7), dtype=np.uint8)
+    y = rng.normal(size=(4, 5))
+    V = rng.normal(size=(2, model.num_parameters))
+    ours = HessianOperator(model, x, y, decoder_input=dec, full=True).full_products(V)
+    assert worst_tensor_error(model, ours, torch_hvp(torch, model, x, dec, y, V, "mse")) <= 1e-10
+
+
+def test_batches_determinism_and_buffers():
+    model = random_model(seed=6, dtype="float32", d_model=16)
+    x, y = data(64, seed=2)
+    V = np.random.default_rng(0).normal(size=(2, model.num_parameters)).astype(np.float32)
+    grads_before = model.flat_grad.copy()
+    params_before = model.flat.copy()
+    one = sf.probes.hvp(model, x, y, V, n_threads=1)
+    two = sf.probes.hvp(model, x, y, V, n_threads=2)
+    np.testing.assert_array_equal(one, two)  # the same bits for any thread count
+    np.testing.assert_array_equal(model.flat_grad, grads_before)
+    np.testing.assert_array_equal(model.flat, params_before)
+    halves = sf.probes.hvp(model.astype("float64"), x, y, V.astype(np.float64), batch_size=32)
+    whole = sf.probes.hvp(model.astype("float64"), x, y, V.astype(np.float64))
+    np.testing.assert_allclose(halves, whole, rtol=1e-10, atol=1e-12 * np.abs(whole).max())
+
+
+def test_hessian_probes_and_measure_run_on_seq2seq():
+    model = random_model(seed=7)
+    x, y = data(6)
+    H = sf.probes.hessian_matrix(model, x, y, block="model.decoder.layers.0.norm3.*")
+    assert H.shape == (16, 16) and np.allclose(H, H.T, atol=1e-12)
+    top = sf.probes.hessian_eigenvalues(model, x, y, k=1, max_iter=40)
+    assert top.values[0] > 0
+    trace = sf.probes.hessian_trace(model, x, y, samples=8)
+    assert np.isfinite(trace.value)
+    trainer = sf.Trainer(sf.Seq2SeqTransformer(6, d_model=8), sf.targets.PrefixParity(6), batch_size=8)
+    history = trainer.fit(4, log_every=2, progress=False,
+                          callbacks=[sf.Measure(every=2, repeats=2, hessian=True, hessian_samples=2, hessian_iters=5)])
+    assert np.isfinite(history["hessian_top"]).all() and np.isfinite(history["hessian_trace"]).all()
