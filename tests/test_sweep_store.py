@@ -119,6 +119,8 @@ def test_members_and_pending(tmp_path):
     assert list(runs["idx"]) == [0, 2] and list(runs["a"]) == [1, 3], "one row per member, with its tags"
     sweeps = store.sweeps()
     assert sweeps.iloc[0].to_dict() == dict(sweep="s", runs=3, finished=2, ok=2, converged=2)
+    store.add_members("s", [(0, "k2", {})])  # the sweep now asks for less: its membership is replaced
+    assert store.pending("s") == ["k2"] and len(store.runs(sweep="s")) == 0 and len(store) == 1
 
 
 def test_a_failed_write_leaves_nothing(tmp_path):

@@ -17,9 +17,9 @@ PRESETS = {
     "short": {
         # sweeps/length_scaling_1.yaml: n 4..30 x seed 0..9 x 4 targets, default settings = 1080 runs
         "paper": dict(_PAPER, targets=TARGETS, lengths=tuple(range(4, 31)), seeds=tuple(range(10))),
-        # measured on the 2-core machine: see README ("Reproducing the paper")
-        # d=32, B=128, lr 2e-3, 2000 steps fits PARITY up to n=8 in most seeds; R=100 noise draws
-        # (the paper: 10, averaged over 1000 batches) keep the per-run sharpness noise small
+        # measured on the 2-core machine (README quick start); PARITY fits up to n=8 in most seeds
+        # with d=32, B=128, lr 2e-3, 2000 steps; R=100 noise draws (the paper: 10, averaged over
+        # 1000 batches) keep the per-run sharpness noise small
         "quick": dict(_PAPER, targets=TARGETS, lengths=(4, 5, 6, 7, 8), seeds=tuple(range(8)), d_model=32,
                       batch_size=128, lr=2e-3, steps=2000, log_every=250, eval_batches=50, measure_batches=8,
                       sharpness_repeats=100),
@@ -48,7 +48,8 @@ def scaling(preset: str = "ci", variant: str = "short", **overrides) -> Experime
         "paper" is the official grid exactly (variant "short": ``length_scaling_1``, 1080 runs
         of the d=128 model, 10k steps; variant "long": ``length_scaling_2``, 600 runs of the
         d=4 model up to n=512). "quick" shows PARITY's sharpness rising with n, unlike the
-        other targets, in about 10 minutes on 2 cores; "ci" runs every code path in seconds.
+        other targets, in about 9 minutes on 2 idle cores (160 runs, 17 CPU-minutes); "ci"
+        runs every code path in seconds.
     variant : {"short", "long"}
     **overrides
         Any parameter: ``targets``, ``lengths``, ``seeds``, ``d_model``, ``n_heads``,

@@ -153,9 +153,15 @@ class Store:
         self.path, self.timeout, self._conn = state["path"], state["timeout"], None
 
     # ---- writing -----------------------------------------------------------------------------
-    def add_members(self, sweep: str, items) -> None:
-        """Record that ``sweep`` asks for these runs: ``items`` is a list of (idx, key, tags)."""
+    def add_members(self, sweep: str, items, replace: bool = True) -> None:
+        """Record that ``sweep`` asks for these runs: ``items`` is a list of (idx, key, tags).
+
+        ``replace`` (default) first forgets the sweep's previous membership, so a sweep rerun
+        with a smaller grid no longer lists the runs it dropped (their results stay stored).
+        """
         with self._connect() as conn:
+            if replace:
+                conn.execute("DELETE FROM members WHERE sweep = ?", (sweep,))
             conn.executemany("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?)",
                              [(sweep, int(i), key, _dumps(tags)) for i, key, tags in items])
 
