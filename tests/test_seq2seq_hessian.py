@@ -131,3 +131,21 @@ def test_hessian_probes_and_measure_run_on_seq2seq():
     history = trainer.fit(4, log_every=2, progress=False,
                           callbacks=[sf.Measure(every=2, repeats=2, hessian=True, hessian_samples=2, hessian_iters=5)])
     assert np.isfinite(history["hessian_top"]).all() and np.isfinite(history["hessian_trace"]).all()
+
+
+def test_landscape_probes_and_cross_attention_head_blocks():
+    model = random_model(seed=8)
+    x, y = data(8)
+    base = model.loss(x, y)
+    worst = sf.probes.worst_case_sharpness(model, x, y, rho=0.05, steps=3, restarts=1)
+    assert worst.value >= 0
+    line = sf.probes.landscape_1d(model, x, y, direction="eigen")
+    assert line.losses.min() <= base + 1e-12
+    assert sf.probes.landscape_2d(model, x, y).losses.shape[0] == sf.probes.landscape_2d(model, x, y).losses.shape[1]
+    assert model.loss(x, y) == base  # every probe restores the parameters
+    from sensiformer.blocks import block_indices
+
+    q1 = block_indices(model, "model.decoder.layers.0.multihead_attn.q[head=1]")
+    names = {model.tensor_info[i]["name"] for i in range(len(model.tensor_info))
+             if model.tensor_info[i]["offset"] <= q1[0] < model.tensor_info[i]["offset"] + model.tensor_info[i]["size"]}
+    assert names == {"model.decoder.layers.0.multihead_attn.in_proj_weight"} and q1.size == 4 * 8 + 4

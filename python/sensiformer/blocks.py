@@ -10,7 +10,8 @@ A block is given as one spec or a list of specs (their union):
 * one head's query, key or value rows inside the packed ``in_proj_weight`` and
   ``in_proj_bias``: ``"encoders.layers.0.self_attn.q[head=1]"`` (``k``, ``v`` likewise;
   without ``[head=h]`` all heads), or its columns of ``out_proj.weight``: ``"...self_attn.o[head=1]"``;
-  the prefix may itself be a glob (``"encoders.layers.*.self_attn.v[head=0]"``);
+  the prefix may itself be a glob (``"encoders.layers.*.self_attn.v[head=0]"``); a
+  ``Seq2SeqTransformer``'s cross-attention heads likewise (``"model.decoder.layers.0.multihead_attn.k[head=1]"``);
 * a boolean mask or an integer index array over ``model.flat``.
 
 Excluded tensors (``exclude``, positional embeddings by default, as for sharpness) are then
@@ -38,7 +39,7 @@ def _tensor_range(t):
 def _head_indices(model, spec):
     """Flat indices of one head sub-block spec, or None if ``spec`` is not one."""
     m = _HEAD_SPEC.match(spec)
-    if not m or not m.group("prefix").endswith("self_attn"):
+    if not m or not m.group("prefix").endswith(("self_attn", "multihead_attn")):  # multihead_attn: cross-attention
         return None
     c = model.config
     d, n_heads = c["d_model"], c["n_heads"]

@@ -34,6 +34,9 @@ def _restored(model):
 
 def _data(model, x, y, loss):
     check_choice(loss, "loss", tuple(LOSSES))
+    if hasattr(model, "teacher_forcing"):  # a Seq2SeqTransformer: label sequences, teacher-forced loss
+        x, _, y = model._loss_data(x, y, None)
+        return x, y
     x = as_tokens(x, "x", model.n_positions)
     return x, as_values(y, "y", x.shape[0], model.dtype)
 
