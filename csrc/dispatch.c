@@ -178,3 +178,10 @@ sf_status sf_seq2seq_hvp(sf_model *m, const sf_seq_data *d, int n_batches, sf_lo
     if (st) return st;
     return BY_DTYPE(m, seq2seq_hvp)(m, d, n_batches, loss, v, k, hv, loss_out, n_threads, stop, stop_ctx);
 }
+
+sf_status sf_seq2seq_attention_logits(sf_model *m, const sf_seq_data *d, double *maxs, double *means, int n_threads) {
+    SEQ2SEQ_ONLY(m, "sf_seq2seq_attention_logits");
+    sf_status st = check_seq_data(m, d, 0);
+    if (st) return st;
+    return BY_DTYPE(m, seq2seq_attention_logits)(m, d, maxs, means, n_threads);
+}

@@ -182,30 +182,51 @@ done:
     return result;
 }
 
-/* attention_logits(model, x uint8 (B,T), n_threads) -> (maxs, means), each float64 (n_layers, n_heads) */
+/* attention_logits(model, x uint8 (B,T), n_threads[, dec uint8 (B,S)]) -> (maxs, means), each float64
+ * (n_layers, n_heads), or with dec (seq2seq) (n_layers + 2 n_decoder_layers, n_heads) */
 static PyObject *py_attention_logits(PyObject *self, PyObject *args) {
-    PyObject *mo, *xo;
+    PyObject *mo, *xo, *deco = Py_None;
     int nt;
-    if (!PyArg_ParseTuple(args, "O!Oi", &SfModelType, &mo, &xo, &nt)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!Oi|O", &SfModelType, &mo, &xo, &nt, &deco)) return NULL;
     SfModelObject *model = (SfModelObject *)mo;
     if (sf_py_model_ready(model) < 0) return NULL;
-    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x");
+    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x"), *dec = NULL;
     if (!x) return NULL;
+    if (deco != Py_None) {
+        if (!(dec = sf_py_array(deco, NPY_UINT8, 2, "decoder_input"))) {
+            Py_DECREF(x);
+            return NULL;
+        }
+        if (PyArray_DIM(dec, 0) != PyArray_DIM(x, 0)) {
+            Py_DECREF(x);
+            Py_DECREF(dec);
+            return PyErr_Format(PyExc_ValueError, "decoder_input has %zd rows for %zd inputs",
+                                (Py_ssize_t)PyArray_DIM(dec, 0), (Py_ssize_t)PyArray_DIM(x, 0));
+        }
+    }
     const sf_config *c = sf_model_config(model->model);
-    npy_intp shape[2] = {c->n_layers, c->n_heads};
+    npy_intp shape[2] = {c->n_layers + (dec ? 2 * c->n_decoder_layers : 0), c->n_heads};
     PyObject *maxs = PyArray_SimpleNew(2, shape, NPY_FLOAT64), *means = PyArray_SimpleNew(2, shape, NPY_FLOAT64);
     PyObject *result = NULL;
     if (maxs && means && sf_py_model_acquire(model) == 0) {
         sf_status st;
         Py_BEGIN_ALLOW_THREADS
-        st = sf_attention_logits(model->model, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
-                                 PyArray_DATA((PyArrayObject *)maxs), PyArray_DATA((PyArrayObject *)means), nt);
+        if (dec) {
+            const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), NULL, (int)PyArray_DIM(x, 0),
+                                   (int)PyArray_DIM(x, 1), (int)PyArray_DIM(dec, 1), 0};
+            st = sf_seq2seq_attention_logits(model->model, &d, PyArray_DATA((PyArrayObject *)maxs),
+                                             PyArray_DATA((PyArrayObject *)means), nt);
+        } else {
+            st = sf_attention_logits(model->model, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
+                                     PyArray_DATA((PyArrayObject *)maxs), PyArray_DATA((PyArrayObject *)means), nt);
+        }
         Py_END_ALLOW_THREADS
         sf_py_model_release(model);
         if (st) sf_py_raise(st);
         else result = Py_BuildValue("(OO)", maxs, means);
     }
     Py_XDECREF(x);
+    Py_XDECREF(dec);
     Py_XDECREF(maxs);
     Py_XDECREF(means);
     return result;

@@ -266,8 +266,7 @@ sf_status sf_attention_logits(sf_model *m, const uint8_t *x, int B, int T, doubl
 
 /* ---- seq2seq (SF_MODEL_SEQ2SEQ) ----------------------------------------------------------
  * The encoder entry points above refuse a seq2seq model (and these an encoder), except
- * sf_train, the optimizer and the parameter table, which serve both. sf_attention_logits has
- * no seq2seq counterpart yet. */
+ * sf_train, the optimizer and the parameter table, which serve both. */
 
 /* rows sequences: encoder inputs x (rows, T) of 0/1; decoder inputs dec (rows, S) of 0, 1 or SF_SOS;
  * labels y (rows, L), model dtype, scored against decoder outputs 0..L-1 (L <= S; the decoder then
@@ -299,6 +298,10 @@ int sf_seq2seq_ln_counts(const sf_model *m, int counts[4]);
 sf_status sf_seq2seq_ln_blowup(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means,
                                int n_threads);
 
+/* sf_attention_logits per attention module: rows (n_layers + 2 n_decoder_layers, n_heads) for the
+ * encoder self-attention layers, the decoder self-attention layers (the keys each query sees under
+ * the causal mask) and the cross-attention layers, on all S decoder positions. */
+sf_status sf_seq2seq_attention_logits(sf_model *m, const sf_seq_data *d, double *maxs, double *means, int n_threads);
 /* sf_hvp on the teacher-forced loss: d holds n_batches batches of d->rows / n_batches rows. */
 sf_status sf_seq2seq_hvp(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, const void *v, int k, void *hv,
                          double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx);

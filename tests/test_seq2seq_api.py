@@ -151,7 +151,7 @@ def test_bad_inputs_raise_clear_errors():
         (lambda: model.generate(x, threshold=float("nan")), ValueError, "threshold"),
         (lambda: model.generate(x[0]), ValueError, "2-D"),
         (lambda: sf.probes.ln_blowup(model, x), TypeError, "decoder_input or y"),
-        (lambda: sf.probes.attention_logit_scale(model, x), NotImplementedError, "Seq2SeqTransformer"),
+        (lambda: sf.probes.attention_logit_scale(model, x), TypeError, "decoder_input or y"),
         (lambda: sf.probes.autoregressive_accuracy(sf.Transformer(4, d_model=8), x, y), TypeError, "Seq2Seq"),
         (lambda: sf.probes.ln_blowup(sf.Transformer(PARITY_N, d_model=8), x, y=y), TypeError, "Seq2Seq"),
     ]
@@ -266,6 +266,43 @@ def test_ln_blowup_matches_torch_hooks(torch, norm):
     assert theory["model.decoder.norm/max"] != ours["model.decoder.norm/max"]
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_attention_logit_scale_matches_torch(torch, norm):
+    """|q.k| / sqrt(d_head) per attention module and head, from the inputs torch's
+    MultiheadAttention modules receive (forward pre-hooks); causal: visible keys only."""
+    from sensiformer import interop
+
+    model = small(norm=norm, n_decoder_layers=2, d_model=12, n_heads=3)
+    model.flat[:] = np.random.default_rng(4).normal(scale=0.5, size=model.flat.size)
+    module = interop.to_torch(model)
+    x, y = batch(rows=5)
+    dec = model.teacher_forcing(y)
+    seen = {}
+    hooks = [mod.register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, (m, args[0], args[1])))
+             for name, mod in module.named_modules() if isinstance(mod, torch.nn.MultiheadAttention)]
+    module(torch.from_numpy(x.astype(np.int64)), torch.from_numpy(dec.astype(np.int64)))
+    for h in hooks:
+        h.remove()
+    ours = sf.probes.attention_logit_scale(model, x, y=y)
+    d, H = 12, 3
+    dh = d // H
+    for row, name in enumerate(ours["modules"]):
+        mha, query, key = seen[name]
+        q = (query @ mha.in_proj_weight[:d].T + mha.in_proj_bias[:d]).detach().numpy()
+        k = (key @ mha.in_proj_weight[d:2 * d].T + mha.in_proj_bias[d:2 * d]).detach().numpy()
+        for h in range(H):
+            logits = np.abs(np.einsum("bic,bjc->bij", q[..., h * dh:(h + 1) * dh], k[..., h * dh:(h + 1) * dh]))
+            logits /= np.sqrt(dh)
+            if "decoder" in name and "self_attn" in name:
+                visible = np.tril(np.ones(logits.shape[1:], dtype=bool))
+                values = logits[:, visible]
+            else:
+                values = logits.reshape(len(x), -1)
+            assert ours["max"][row, h] == pytest.approx(values.max(), rel=1e-12), (name, h)
+            assert ours["mean"][row, h] == pytest.approx(values.mean(), rel=1e-12), (name, h)
+
+
 def test_sharpness_is_the_teacher_forced_loss_increase():
     model = small()
     x, y = batch(rows=8)
@@ -298,11 +335,11 @@ def make_trainer(model=None, **kwargs):
 
 def test_trainer_runs_logs_and_evaluates():
     trainer = make_trainer()
-    history = trainer.fit(30, log_every=10, progress=False, callbacks=[sf.Measure(every=15, repeats=2)])
+    history = trainer.fit(30, log_every=10, progress=False, callbacks=[sf.Measure(every=15, repeats=2, logit_scale=True)])
     assert list(history.step) == [10, 15, 20, 30] and np.isfinite(history.loss).all()
     row = history.set_index("step").loc[15]
     for key in ("sharpness", "blowup_encoder_maxs_prod", "blowup_official_decoder_maxs_prod",
-                "autoregressive_accuracy", "sequence_accuracy", "param_norm", "measure_loss"):
+                "autoregressive_accuracy", "sequence_accuracy", "param_norm", "measure_loss", "logit_max"):
         assert np.isfinite(row[key]), key
     ev = trainer.evaluate()  # exact over all 2^6 inputs
     assert ev["n_inputs"] == 64 and set(ev) >= {"loss", "accuracy", "autoregressive_accuracy", "sequence_accuracy"}

@@ -38,7 +38,9 @@ SF_DECLARE_NUMERIC(f64)
     sf_status generate_##sfx(sf_model *m, const uint8_t *x, int B, int T, int steps, int cache, double threshold, \
                              uint8_t *tokens, void *outputs, int nt, sf_stop_hook stop, void *stop_ctx);       \
     sf_status seq2seq_hvp_##sfx(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, const void *v,   \
-                                int k, void *hv, double *loss_out, int nt, sf_stop_hook stop, void *stop_ctx);
+                                int k, void *hv, double *loss_out, int nt, sf_stop_hook stop, void *stop_ctx);  \
+    sf_status seq2seq_attention_logits_##sfx(sf_model *m, const sf_seq_data *d, double *maxs, double *means,    \
+                                             int nt);
 
 SF_DECLARE_SEQ2SEQ(f32)
 SF_DECLARE_SEQ2SEQ(f64)

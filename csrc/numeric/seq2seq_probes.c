@@ -1,6 +1,7 @@
-/* LayerNorm blowup of the seq2seq model: every LayerNorm of the encoder and the decoder (norm3 and
- * the final ones included) over every position, and the official hooks' subset (paper.md §9.6:
- * norm1 and norm2 of each layer, the last layer of each stack at its last position only). */
+/* Probes of the seq2seq model's internals: LayerNorm blowup of every LayerNorm of the encoder and
+ * the decoder (norm3 and the final ones included) over every position, and the official hooks'
+ * subset (paper.md §9.6: norm1 and norm2 of each layer, the last layer of each stack at its last
+ * position only); the attention-logit scale of every attention module. */
 #include "probes.h"
 #include "seq2seq.h"
 
@@ -34,6 +35,79 @@ sf_status SF(seq2seq_ln_blowup)(sf_model *m, const sf_seq_data *d, int theory, d
     for (long l = 0; l < Ld; l++)
         for (int k = 0; k < 2; k++) STATS(ln_input(c, &a.dec_sub[l][k]), S, l == Ld - 1 ? S - 1 : 0);
 #undef STATS
+    m->last_threads = par.used;
+    return SF_OK;
+}
+
+/* ---- attention-logit scale ----------------------------------------------------------------------- */
+
+/* Per (batch, head) task: max and sum of |q_i . k_j| * scale over its queries and the keys each
+ * sees (causal: query i, at position T - Tq + i, sees keys j <= T - Tq + i). */
+static void task_logits(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
+                        int causal, double scale) {
+    double m = 0, s = 0;
+    for (long i = 0; i < Tq; i++) {
+        const real *q = Q + i * d;
+        const long seen = causal ? T - Tq + i + 1 : T;
+        for (long j = 0; j < seen; j++) {
+            const real *k = KV + j * 2 * d;
+            double dot = 0;
+            for (long c = 0; c < dh; c++) dot += (double)q[c] * k[c];
+            const double a = fabs(dot) * scale;
+            m = a > m ? a : m;
+            s += a;
+        }
+    }
+    *mx = m;
+    *sum = s;
+}
+
+/* One attention module: maxs, means (H) over the batch (reduced in batch order). */
+static void module_logits(double *maxs, double *means, double *tmax, double *tsum, const s2s_sub *s, long B, long Tq,
+                          long Tk, long d, long H, int causal, const sf_par *par) {
+    const long dh = d / H, tasks = B * H;
+    const double scale = 1.0 / sqrt((double)dh);
+#pragma omp parallel for num_threads(tasks * Tq * Tk * d >= 65536 ? par->nt : 1) schedule(static)
+    for (long task = 0; task < tasks; task++) {
+        const long b = task / H, h = task % H;
+        task_logits(tmax + task, tsum + task, s->q + b * Tq * d + h * dh, s->kv + b * Tk * 2 * d + h * dh, Tk, Tq, d,
+                    dh, causal, scale);
+    }
+    const double pairs = causal ? (double)Tq * (2.0 * Tk - Tq + 1) / 2 : (double)Tq * Tk;
+    for (long h = 0; h < H; h++) {
+        double mx = 0, sum = 0;
+        for (long b = 0; b < B; b++) {
+            mx = tmax[b * H + h] > mx ? tmax[b * H + h] : mx;
+            sum += tsum[b * H + h];
+        }
+        maxs[h] = mx;
+        means[h] = sum / (B * pairs);
+    }
+}
+
+sf_status SF(seq2seq_attention_logits)(sf_model *m, const sf_seq_data *d, double *maxs, double *means, int nt) {
+    const sf_config *c = &m->cfg;
+    sf_par par = {sf_resolve_threads(nt), 1};
+    s2s_acts a;
+    sf_status st = SF(s2s_reserve)(m, d->rows, d->T, d->S, par.nt, &a);
+    if (st) return st;
+    const long B = d->rows, T = d->T, S = d->S, dm = c->d_model, H = c->n_heads, tasks = B * H;
+    if ((st = sf_check_budget((size_t)tasks * 2 * sizeof(double), "the attention-logit probe"))) return st;
+    double *tmax = sf_alloc((size_t)tasks * 2 * sizeof(double)), *tsum = tmax + tasks;
+    if (!tmax) return sf_fail(SF_ENOMEM, "could not allocate the attention-logit probe's per-task results");
+    s2s_params p;
+    SF(s2s_params)(m, (real *)m->params, &p);
+    SF(s2s_set_decoder)(&a, d->dec, d->S);
+    SF(s2s_encode)(m, &p, d->x, &a, &par);
+    SF(s2s_decode)(m, &p, &a, &par);
+    long row = 0; /* encoder self-attention, decoder self-attention (causal), cross-attention */
+    for (long l = 0; l < c->n_layers; l++, row++)
+        module_logits(maxs + row * H, means + row * H, tmax, tsum, &a.enc[l][S2S_SELF], B, T, T, dm, H, 0, &par);
+    for (long l = 0; l < c->n_decoder_layers; l++, row++)
+        module_logits(maxs + row * H, means + row * H, tmax, tsum, &a.dec_sub[l][S2S_SELF], B, S, S, dm, H, 1, &par);
+    for (long l = 0; l < c->n_decoder_layers; l++, row++)
+        module_logits(maxs + row * H, means + row * H, tmax, tsum, &a.dec_sub[l][S2S_CROSS], B, S, T, dm, H, 0, &par);
+    sf_free(tmax);
     m->last_threads = par.used;
     return SF_OK;
 }

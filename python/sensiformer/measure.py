@@ -25,8 +25,8 @@ class Measure(Callback):
     For a ``Seq2SeqTransformer`` the losses are teacher-forced, the blowup is reported per stack
     (``blowup_encoder_maxs_prod``, ``blowup_decoder_maxs_prod``, ..., and the official subset as
     ``blowup_official_encoder_maxs_prod`` etc.), and the rows also get ``autoregressive_accuracy``
-    (per token) and ``sequence_accuracy``; the Hessian probes use the teacher-forced loss, and the
-    logit-scale probe is encoder-only for now.
+    (per token) and ``sequence_accuracy``; the Hessian probes use the teacher-forced loss and the
+    logit scale covers every attention module (encoder, decoder self- and cross-attention).
 
     Parameters
     ----------
@@ -110,6 +110,6 @@ class Measure(Callback):
             trace = probes.hessian_trace(model, x, y, samples=self.hessian_samples, **kw)
             row.update(hessian_top=float(top.values[0]), hessian_trace=trace.value, hessian_trace_stderr=trace.stderr)
         if self.do_logits:
-            scale = probes.attention_logit_scale(model, x, n_threads=trainer.n_threads)
+            scale = probes.attention_logit_scale(model, x, n_threads=trainer.n_threads, **seq)
             row.update(logit_max=float(scale["max"].max()), logit_mean=float(scale["mean"].mean()))
         return row

@@ -280,16 +280,32 @@ def distance(model, reference, exclude=("positional",)) -> float:
     return float(np.sqrt(total))
 
 
-def attention_logit_scale(model, x, n_threads=None) -> dict:
+def attention_logit_scale(model, x, n_threads=None, decoder_input=None, y=None) -> dict:
     """Attention-logit scale |q.k| / sqrt(d_head), on which the paper's sensitivity bound
     depends exponentially.
 
     Returns a dict with ``"max"`` and ``"mean"``, arrays of shape (n_layers, n_heads): over the
     batch, every key, and the queries the model computes (every position, except in the last
     layer the readout position only, the one query that reaches the output).
+
+    A ``Seq2SeqTransformer`` needs its decoder input (``decoder_input``, or ``y`` for the teacher
+    forcing [SOS, y]); its arrays have a row per attention module, named in ``"modules"``: the
+    encoder self-attention layers, the decoder self-attention layers (each query over the keys the
+    causal mask lets it see) and the cross-attention layers, over every position.
     """
     if _is_seq2seq(model):
-        raise NotImplementedError("attention_logit_scale is not available for a Seq2SeqTransformer yet")
+        if (decoder_input is None) == (y is None):
+            raise TypeError("a Seq2SeqTransformer's attention_logit_scale needs decoder_input or y "
+                            "(teacher forcing [SOS, y]), exactly one of them")
+        x, dec = model._inputs(x, model.teacher_forcing(y) if decoder_input is None else decoder_input)
+        maxs, means = _engine.attention_logits(model._engine, x, resolve_threads(n_threads), dec)
+        c = model.config
+        modules = ([f"model.encoder.layers.{i}.self_attn" for i in range(c["n_layers"])]
+                   + [f"model.decoder.layers.{i}.self_attn" for i in range(c["n_decoder_layers"])]
+                   + [f"model.decoder.layers.{i}.multihead_attn" for i in range(c["n_decoder_layers"])])
+        return {"max": maxs, "mean": means, "modules": modules}
+    if decoder_input is not None or y is not None:
+        raise TypeError("decoder_input and y are for a Seq2SeqTransformer")
     x = as_tokens(x, "x", model.n_positions)
     maxs, means = _engine.attention_logits(model._engine, x, resolve_threads(n_threads))
     return {"max": maxs, "mean": means}

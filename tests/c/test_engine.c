@@ -240,6 +240,12 @@ static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
     CHECK(ok, "seq2seq blowup max >= mean > 0");
     free(maxs);
     free(means);
+    const int n_mod = c.n_layers + 2 * c.n_decoder_layers;
+    double lmax[n_mod * c.n_heads], lmean[n_mod * c.n_heads]; /* (modules, heads) */
+    CHECK(sf_seq2seq_attention_logits(m, &d, lmax, lmean, 2) == SF_OK, "seq2seq attention logits");
+    ok = 1;
+    for (int i = 0; i < n_mod * c.n_heads; i++) ok &= lmax[i] >= lmean[i] && lmean[i] > 0 && isfinite(lmax[i]);
+    CHECK(ok, "seq2seq logit max >= mean > 0");
     free(mask);
     /* training on prefix parity */
     sf_optimizer *o = NULL;
