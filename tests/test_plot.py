@@ -127,6 +127,11 @@ def test_generalization_axes():
     assert len(ax.collections) == 3
     fig = plot.generalization_figure(refits, refits.rename(columns={}))
     assert len(fig.axes) == 3
+    refits["converged"] = False  # none converged: drawn hollow rather than an empty figure
+    fig = plot.generalization_figure(refits, refits)
+    hollow = fig.axes[1].collections
+    assert len(hollow) == 3 and all(len(c.get_facecolors()) == 0 or c.get_facecolors()[0][3] == 0 for c in hollow)
+    assert len(plot.generalization_ax(refits).collections) == 0, "the paper's filter by default"
 
 
 def test_length_generalization_ax():

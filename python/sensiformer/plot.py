@@ -337,16 +337,29 @@ def _partial(df, include_m):
     return df[df["m"].astype(int) < 2 ** df["n"].astype(int)]
 
 
-def generalization_ax(refits, ax=None, converged_only=True, include_m=None):
+def _scatter_groups(ax, df, x, y, converged_only, show_unconverged):
+    """One colour per (kind, m); converged runs filled, the others hollow (if shown)."""
+    ok = df["converged"].astype(bool) & (df["status"] == "ok") if len(df) else df.index == df.index
+    for (kind, m), g in df.groupby(["kind", "m"]):
+        color = GROUP_COLORS.get((kind, m))
+        good = g[ok.loc[g.index]]
+        if len(good):
+            ax.scatter(good[x], good[y], s=10, alpha=0.8, linewidths=0, color=color, label=_group_label(kind, m))
+        bad = g[~ok.loc[g.index]]
+        if len(bad) and (show_unconverged or not converged_only):
+            ax.scatter(bad[x], bad[y], s=12, alpha=0.8, facecolors="none", edgecolors=color, linewidths=0.8,
+                       label=_group_label(kind, m) + " (not converged)")
+
+
+def generalization_ax(refits, ax=None, converged_only=True, include_m=None, show_unconverged=False):
     """Fig. 4: sharpness (×4) of the refitted transformer vs the average sensitivity of its
-    target function, per completion group (m = 2^n, e.g. 1024, excluded as in the paper)."""
+    target function, per completion group (m = 2^n, e.g. 1024, excluded as in the paper).
+    Only converged refits count (filled); ``show_unconverged`` adds the others hollow."""
     ax = _axes(ax)
-    df = converged(refits) if converged_only else refits
+    df = _partial(refits, include_m) if len(refits) else refits
     if len(df):
-        df = _partial(df, include_m)
-        for (kind, m), g in df.groupby(["kind", "m"]):
-            ax.scatter(g["average_sensitivity"], 4 * g["sharpness"].astype(float), s=10, alpha=0.8, linewidths=0,
-                       color=GROUP_COLORS.get((kind, m)), label=_group_label(kind, m))
+        df = df.assign(_sharp4=4 * df["sharpness"].astype(float))
+        _scatter_groups(ax, df, "average_sensitivity", "_sharp4", converged_only, show_unconverged)
         _legend(ax, "x-small")
     ax.set_xlabel("average sensitivity of the function")
     ax.set_ylabel("sharpness (×4)")
@@ -368,32 +381,33 @@ def sensitivity_hist_ax(manifest, ax=None, include_m=None):
     return ax
 
 
-def train_sharpness_ax(refits, ax=None, converged_only=True, include_m=None):
+def train_sharpness_ax(refits, ax=None, converged_only=True, include_m=None, show_unconverged=False):
     """Fig. 15: sharpness (×4) vs sharpness on the parent's training set (not ×4, as the official
     plot; random completions use their full-space sharpness)."""
     ax = _axes(ax)
-    df = converged(refits) if converged_only else refits
+    df = _partial(refits, include_m) if len(refits) else refits
     if len(df):
-        df = _partial(df, include_m)
         train = df["train_sharpness"] if "train_sharpness" in df else pd.Series(np.nan, index=df.index)
         train = train.astype(float).where(df["kind"] == "learned", df["sharpness"].astype(float))
-        df = df.assign(_train=train).dropna(subset=["_train"])
-        for (kind, m), g in df.groupby(["kind", "m"]):
-            ax.scatter(g["_train"], 4 * g["sharpness"].astype(float), s=10, alpha=0.8, linewidths=0,
-                       color=GROUP_COLORS.get((kind, m)), label=_group_label(kind, m))
-        if len(df):
-            _legend(ax, "x-small")
+        df = df.assign(_train=train, _sharp4=4 * df["sharpness"].astype(float)).dropna(subset=["_train"])
+        _scatter_groups(ax, df, "_train", "_sharp4", converged_only, show_unconverged)
+        _legend(ax, "x-small")
     ax.set_xlabel("sharpness on the training set")
     ax.set_ylabel("sharpness (×4)")
     return ax
 
 
-def generalization_figure(refits, manifest):
+def generalization_figure(refits, manifest, show_unconverged=None):
+    """The sensitivity of learned vs random completions, Fig. 4 and Fig. 15. Unconverged
+    refits are drawn hollow when none converged (``show_unconverged=None``), e.g. at the quick
+    preset's small budget."""
     plt = _plt()
+    if show_unconverged is None:
+        show_unconverged = not len(converged(refits))
     fig, axes = plt.subplots(1, 3, figsize=(3 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.3), layout="constrained")
     sensitivity_hist_ax(manifest, axes[0])
-    generalization_ax(refits, axes[1])
-    train_sharpness_ax(refits, axes[2])
+    generalization_ax(refits, axes[1], show_unconverged=show_unconverged)
+    train_sharpness_ax(refits, axes[2], show_unconverged=show_unconverged)
     return fig
 
 
