@@ -41,6 +41,17 @@ def random_model():
 
 
 @pytest.fixture
+def single_thread():
+    """Tiny models gain nothing from threads, and on an oversubscribed machine every OpenMP barrier
+    can cost milliseconds: modules that use this run single-threaded unless a test asks for threads."""
+    import sensiformer as sf
+
+    sf.set_num_threads(1)
+    yield
+    sf.set_num_threads(None)
+
+
+@pytest.fixture
 def torch():
     """PyTorch, which the test extra installs. CI sets SENSIFORMER_REQUIRE_TORCH=1 so that a
     missing torch fails the run instead of skipping the comparisons."""

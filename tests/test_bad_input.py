@@ -25,17 +25,8 @@ from sensiformer import targets
 N = 8  # n_positions of the small models used below
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models gain nothing from threads, and on an oversubscribed machine every OpenMP barrier
-    can cost milliseconds: run single-threaded unless a test asks for threads explicitly."""
-    sf.set_num_threads(1)
-    yield
-    sf.set_num_threads(None)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-def bug(reason):
-    return pytest.mark.xfail(strict=True, reason=f"BUG: {reason}")
 
 
 @pytest.fixture

@@ -20,9 +20,6 @@ import sensiformer as sf
 from sensiformer import targets
 
 
-def bug(reason):
-    return pytest.mark.xfail(strict=True, reason=f"BUG: {reason}")
-
 
 LOG_EVERY = 10
 

@@ -19,13 +19,7 @@ LAYER_SUFFIXES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models gain nothing from threads, and on an oversubscribed machine every OpenMP barrier
-    can cost milliseconds: run single-threaded unless a test asks for threads explicitly."""
-    sf.set_num_threads(1)
-    yield
-    sf.set_num_threads(None)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def official_names(n_layers, norm="post", final_norm=False):

@@ -13,17 +13,8 @@ from sensiformer import targets
 COLUMNS = ["step", "loss", "accuracy", "lr", "grad_norm", "time"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models gain nothing from threads, and on an oversubscribed machine every OpenMP barrier
-    can cost milliseconds: run single-threaded unless a test asks for threads explicitly."""
-    sf.set_num_threads(1)
-    yield
-    sf.set_num_threads(None)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-def bug(reason):
-    return pytest.mark.xfail(strict=True, reason=f"BUG: {reason}")
 
 
 def small_model(n=6, **kwargs):
