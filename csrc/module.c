@@ -120,6 +120,7 @@ PyMODINIT_FUNC PyInit__engine(void) {
     for (PyMethodDef *d = sf_boolean_methods; d->ml_name; d++) all[n++] = *d;
     for (PyMethodDef *d = sf_probe_methods; d->ml_name; d++) all[n++] = *d;
     for (PyMethodDef *d = sf_seq2seq_methods; d->ml_name; d++) all[n++] = *d;
+    for (PyMethodDef *d = sf_kernel_methods; d->ml_name; d++) all[n++] = *d;
     engine_module.m_methods = all;
     PyObject *m = PyModule_Create(&engine_module);
     if (!m) return NULL;

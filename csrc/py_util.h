@@ -51,6 +51,7 @@ typedef struct {
 
 extern PyMethodDef sf_train_methods[];
 extern PyMethodDef sf_boolean_methods[]; /* py_boolean.c */
+extern PyMethodDef sf_kernel_methods[];  /* py_kernels.c */
 
 /* The options dict of a target spec (kind, n, table, options) (py_boolean.c): fills the option
  * fields of `t`, keeping the arrays it borrows in `refs` until sf_py_target_refs_release. */

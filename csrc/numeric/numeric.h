@@ -16,6 +16,9 @@
                           double *loss, double *acc, double *lr, double *grad_norm, int64_t *done, \
                           int nt, sf_stop_hook stop, void *stop_ctx);                               \
     const char *gemm_path_##sfx(void);                                                               \
+    int gemm_on_path_##sfx(const char *name, long M, long N, long K, const void *A, long sai, long sak,    \
+                           const void *B, long ldb, void *C, long ldc, const void *bias, int accumulate,  \
+                           sf_par *par);                                                              \
     sf_status sharpness_##sfx(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, double sigma,  \
                               int repeats, uint64_t seed, const unsigned char *mask, const void *noise,       \
                               int shared_draws, double *base, double *perturbed, int nt, sf_stop_hook stop,   \

@@ -1,0 +1,91 @@
+"""The GEMM of every CPU path this machine can run against a float64 NumPy reference: shapes
+with partial tiles at both edges, K beyond one cache block, transposed A, bias, accumulation,
+and bitwise agreement between 1 and 2 threads. The portable baseline path is the reference
+twin of the intrinsics micro-kernels."""
+
+import numpy as np
+import pytest
+
+import sensiformer as sf
+from sensiformer import _engine
+
+ALL_PATHS = ("x86-64-v4", "x86-64-v3", "baseline")
+
+
+def runnable(path):
+    c = np.zeros((1, 1), np.float32)
+    try:
+        _engine.kernel_gemm(path, np.ones((1, 1), np.float32), np.ones((1, 1), np.float32), c, None, False, False, 1)
+    except ValueError:
+        return False
+    return True
+
+
+PATHS = [p for p in ALL_PATHS if runnable(p)]
+SHAPES = [(1, 1, 1), (5, 3, 7), (6, 16, 1), (7, 17, 33), (13, 40, 300), (64, 128, 128), (130, 96, 520),
+          (2, 2, 600), (300, 5, 64)]
+
+
+def test_the_default_path_and_the_baseline_are_runnable():
+    assert sf.show_config(print_out=False)["cpu_path"] in PATHS
+    assert "baseline" in PATHS
+
+
+def gemm(path, a, b, bias=None, c=None, transpose_a=False, n_threads=1):
+    m = a.shape[1] if transpose_a else a.shape[0]
+    out = np.zeros((m, b.shape[1]), a.dtype) if c is None else c.copy()
+    _engine.kernel_gemm(path, a, b, out, bias, c is not None, transpose_a, n_threads)
+    return out
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_gemm_matches_numpy(path, dtype, transpose_a, M, N, K):
+    rng = np.random.default_rng(M * 1000003 + N * 1009 + K)
+    a = rng.normal(size=(K, M) if transpose_a else (M, K)).astype(dtype)
+    b = rng.normal(size=(K, N)).astype(dtype)
+    bias = rng.normal(size=N).astype(dtype)
+    c0 = rng.normal(size=(M, N)).astype(dtype)
+    a64 = (a.T if transpose_a else a).astype(np.float64)
+    exact = c0.astype(np.float64) + a64 @ b.astype(np.float64) + bias
+    scale = np.abs(c0) + np.abs(a64) @ np.abs(b.astype(np.float64)) + np.abs(bias)
+    eps = np.finfo(dtype).eps
+    got = gemm(path, a, b, bias=bias, c=c0, transpose_a=transpose_a)
+    assert got.dtype == dtype
+    # a rounding error bound for a sum of K + 2 terms; a wrong index errs by O(scale)
+    assert np.all(np.abs(got - exact) <= (K + 2) * eps * scale), np.max(np.abs(got - exact) / scale)
+    plain = gemm(path, a, b, transpose_a=transpose_a)
+    assert np.all(np.abs(plain - a64 @ b) <= (K + 1) * eps * (np.abs(a64) @ np.abs(b)))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_gemm_is_bitwise_identical_for_1_and_2_threads(path):
+    rng = np.random.default_rng(1)
+    for M, N, K in [(700, 128, 128), (128, 128, 3000), (20, 500, 200)]:  # split by rows and by columns
+        a = rng.normal(size=(M, K)).astype(np.float32)
+        b = rng.normal(size=(K, N)).astype(np.float32)
+        assert np.array_equal(gemm(path, a, b, n_threads=1), gemm(path, a, b, n_threads=2))
+
+
+def test_paths_agree_to_rounding():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(97, 301)), rng.normal(size=(301, 45))
+    results = [gemm(p, a, b) for p in PATHS]
+    for r in results[1:]:
+        np.testing.assert_allclose(r, results[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["avx9000", "", "X86-64-V3"])
+def test_unknown_path_is_refused(bad):
+    with pytest.raises(ValueError, match="CPU path"):
+        gemm(bad, np.ones((2, 2)), np.ones((2, 2)))
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="shapes"):
+        _engine.kernel_gemm("baseline", np.ones((2, 3)), np.ones((2, 2)), np.zeros((2, 2)), None, False, False, 1)
+    with pytest.raises(TypeError, match="b must have dtype"):
+        _engine.kernel_gemm("baseline", np.ones((2, 2)), np.ones((2, 2), np.float32), np.zeros((2, 2)), None, False,
+                            False, 1)
