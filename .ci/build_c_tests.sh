@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 out=$1; shift
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-flags=(-std=gnu11 -O1 -g -fno-omit-frame-pointer -ffp-contract=fast -fopenmp -DSF_HAVE_OPENMP=1 -Icsrc "$@")
+flags=(-std=gnu11 -O1 -g -fno-omit-frame-pointer -fno-math-errno -fno-trapping-math -ffp-contract=fast -fopenmp -DSF_HAVE_OPENMP=1 -Icsrc "$@")
 objs=()
 for src in csrc/*.c; do
     case $(basename "$src") in module.c|py_*.c) continue;; esac

@@ -188,6 +188,14 @@ def test_wider_model_matches_torch_float64(torch, random_model, norm, final_norm
     _check_f64(torch, random_model, cfg, seq_len=17, batch=9, seed=11, scale=0.25)
 
 
+@pytest.mark.parametrize("d_model,n_heads", [(4, 2), (30, 2), (32, 2), (48, 2)])
+def test_both_attention_forms_match_torch_float64(torch, random_model, d_model, n_heads):
+    """Heads narrower than 16 put the keys on the vector axis, wider ones use the GEMM: both, at a
+    length (T=41) that leaves every vector loop and register tile with a tail."""
+    cfg = dict(n_positions=41, d_model=d_model, n_heads=n_heads, n_layers=2, d_ff=d_model + 3)
+    _check_f64(torch, random_model, cfg, seq_len=41, batch=5, seed=3, scale=0.25)
+
+
 @pytest.mark.parametrize("norm,final_norm", NORM_VARIANTS[:3])
 def test_ln_eps_zero(torch, random_model, norm, final_norm):
     """ln_eps = 0 (allowed by the API): LayerNorm divides by the bare standard deviation.

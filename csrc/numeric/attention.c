@@ -1,41 +1,148 @@
 /* Multi-head scaled dot-product attention, one task per (batch, head), unmasked or causal.
  * Each task owns its slices of ctx, P, dQ and dKV, so results never depend on the thread count.
  * A causal mask leaves exact zeros in P, so the backward (and the tangent kernels) need no mask:
- * every term of a masked key carries a factor P = 0. */
+ * every term of a masked key carries a factor P = 0.
+ *
+ * Two forms of one task, chosen by the head width dh (a function of the shape, never of the
+ * thread count): wide heads use the GEMM (its tiles need dh columns); narrow heads (dh < 16,
+ * e.g. the paper's d=4 long-length runs with dh=2) put the keys on the vector axis, holding K, V
+ * and their gradients transposed (dh,T) so every loop runs contiguously over T. */
 #include "kernels.h"
+#include "vexp.h"
+
+#define NARROW_HEAD 16
+
+static inline real row_max(const real *p, long n) {
+    real mx = p[0];
+#pragma omp simd reduction(max : mx)
+    for (long j = 0; j < n; j++) mx = p[j] > mx ? p[j] : mx;
+    return mx;
+}
+
+SF_VECTOR_CLONES void SF(softmax_row)(real *p, long seen, long T, real scale) {
+    for (long j = 0; j < seen; j++) p[j] *= scale;
+    const real mx = row_max(p, seen);
+    for (long j = 0; j < seen; j++) p[j] = vexp(p[j] - mx);
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (long j = 0; j < seen; j++) s += p[j];
+    const real inv = (real)(1.0 / s);
+    for (long j = 0; j < seen; j++) p[j] *= inv;
+    for (long j = seen; j < T; j++) p[j] = 0;
+}
+
+/* g (T): the softmax backward of the probabilities p given dL/dp, then the score scale. */
+SF_VECTOR_CLONES static void softmax_row_backward(real *g, const real *p, long T, real scale) {
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (long j = 0; j < T; j++) s += (double)g[j] * p[j];
+    const real dot = (real)s;
+    for (long j = 0; j < T; j++) g[j] = p[j] * (g[j] - dot) * scale;
+}
+
+/* xt (dh,T) = the dh columns at X (T rows of stride ld), transposed. */
+static void gather_transposed(real *xt, const real *X, long T, long ld, long dh) {
+    for (long j = 0; j < T; j++)
+        for (long c = 0; c < dh; c++) xt[c * T + j] = X[j * ld + c];
+}
+
+/* ---- wide heads: the GEMM -------------------------------------------------------------------- */
 
 /* ctx, Q (B,Tq,d): queries are the last Tq positions; KV (B,T,2d) = [K | V]; P (B,H,Tq,T).
  * causal: query i (position T - Tq + i) sees keys j <= T - Tq + i. kt: (d/H) * T scratch. */
-static void attention_task(real *ctx, real *P, const real *Q, const real *KV, long T, long Tq, long d,
-                           long dh, int causal, real *kt) {
+static void attention_task_wide(real *ctx, real *P, const real *Q, const real *KV, long T, long Tq, long d,
+                                long dh, int causal, real *kt) {
     sf_par one = {1, 0};
     const real scale = (real)(1.0 / sqrt((double)dh));
-    /* K^T (dh, T) so the score GEMM reads B contiguously */
-    for (long j = 0; j < T; j++)
-        for (long c = 0; c < dh; c++) kt[c * T + j] = KV[j * 2 * d + c];
+    gather_transposed(kt, KV, T, 2 * d, dh); /* K^T, so the score GEMM reads B contiguously */
     SF(gemm)(Tq, T, dh, Q, d, 1, kt, T, P, T, NULL, 0, &one);
-    for (long i = 0; i < Tq; i++) { /* softmax over the visible keys */
-        real *p = P + i * T;
-        const long seen = causal ? T - Tq + i + 1 : T;
-        real mx = p[0] * scale;
-        for (long j = 0; j < seen; j++) {
-            p[j] *= scale;
-            if (p[j] > mx) mx = p[j];
-        }
-        double s = 0;
-        for (long j = 0; j < seen; j++) {
-            p[j] = rexp(p[j] - mx);
-            s += p[j];
-        }
-        const real inv = (real)(1.0 / s);
-        for (long j = 0; j < seen; j++) p[j] *= inv;
-        for (long j = seen; j < T; j++) p[j] = 0;
-    }
+    for (long i = 0; i < Tq; i++) SF(softmax_row)(P + i * T, causal ? T - Tq + i + 1 : T, T, scale);
     SF(gemm)(Tq, dh, T, P, T, 1, KV + d, 2 * d, ctx, d, NULL, 0, &one);
 }
 
+static void attention_task_wide_backward(real *dQ, real *dKV, const real *dctx, const real *P, const real *Q,
+                                         const real *KV, long T, long Tq, long d, long dh, real *work) {
+    sf_par one = {1, 0};
+    const real scale = (real)(1.0 / sqrt((double)dh));
+    real *vt = work, *dS = work + dh * T;
+    gather_transposed(vt, KV + d, T, 2 * d, dh);
+    SF(gemm)(Tq, T, dh, dctx, d, 1, vt, T, dS, T, NULL, 0, &one); /* dP (Tq,T) = dctx V^T */
+    for (long i = 0; i < Tq; i++) softmax_row_backward(dS + i * T, P + i * T, T, scale);
+    /* dQ (Tq,dh) = dS K;  dK (T,dh) = dS^T Q;  dV (T,dh) = P^T dctx */
+    SF(gemm)(Tq, dh, T, dS, T, 1, KV, 2 * d, dQ, d, NULL, 0, &one);
+    SF(gemm)(T, dh, Tq, dS, 1, T, Q, d, dKV, 2 * d, NULL, 0, &one);
+    SF(gemm)(T, dh, Tq, P, 1, T, dctx, d, dKV + d, 2 * d, NULL, 0, &one);
+}
+
+/* ---- narrow heads: keys on the vector axis ---------------------------------------------------- */
+
+/* Same contract as the wide task; work: 2 dh T. */
+SF_VECTOR_CLONES static void attention_task_narrow(real *ctx, real *P, const real *Q, const real *KV, long T, long Tq,
+                                                   long d, long dh, int causal, real *work) {
+    const real scale = (real)(1.0 / sqrt((double)dh));
+    real *kt = work, *vt = work + dh * T;
+    gather_transposed(kt, KV, T, 2 * d, dh);
+    gather_transposed(vt, KV + d, T, 2 * d, dh);
+    for (long i = 0; i < Tq; i++) {
+        real *s = P + i * T;
+        const real *q = Q + i * d;
+        for (long j = 0; j < T; j++) s[j] = 0;
+        for (long c = 0; c < dh; c++) { /* the same multiply-adds, in the same order, as the GEMM */
+            const real qc = q[c], *k = kt + c * T;
+#pragma omp simd
+            for (long j = 0; j < T; j++) s[j] += qc * k[j];
+        }
+        SF(softmax_row)(s, causal ? T - Tq + i + 1 : T, T, scale);
+        for (long c = 0; c < dh; c++) {
+            const real *v = vt + c * T;
+            real acc = 0;
+#pragma omp simd reduction(+ : acc)
+            for (long j = 0; j < T; j++) acc += s[j] * v[j];
+            ctx[i * d + c] = acc;
+        }
+    }
+}
+
+/* Same contract as the wide backward; work: 4 dh T + T. */
+SF_VECTOR_CLONES static void attention_task_narrow_backward(real *dQ, real *dKV, const real *dctx, const real *P,
+                                                            const real *Q, const real *KV, long T, long Tq, long d,
+                                                            long dh, real *work) {
+    const real scale = (real)(1.0 / sqrt((double)dh));
+    real *kt = work, *vt = kt + dh * T, *dkt = vt + dh * T, *dvt = dkt + dh * T, *g = dvt + dh * T;
+    gather_transposed(kt, KV, T, 2 * d, dh);
+    gather_transposed(vt, KV + d, T, 2 * d, dh);
+    for (long j = 0; j < 2 * dh * T; j++) dkt[j] = 0;
+    for (long i = 0; i < Tq; i++) {
+        const real *p = P + i * T, *q = Q + i * d, *dc = dctx + i * d;
+        for (long j = 0; j < T; j++) g[j] = 0;
+        for (long c = 0; c < dh; c++) { /* dP row = dctx V^T */
+            const real dcc = dc[c], *v = vt + c * T;
+#pragma omp simd
+            for (long j = 0; j < T; j++) g[j] += dcc * v[j];
+        }
+        softmax_row_backward(g, p, T, scale);
+        for (long c = 0; c < dh; c++) {
+            const real *k = kt + c * T;
+            real *dk = dkt + c * T, *dv = dvt + c * T, acc = 0;
+            const real qc = q[c], dcc = dc[c];
+#pragma omp simd reduction(+ : acc)
+            for (long j = 0; j < T; j++) {
+                acc += g[j] * k[j];
+                dk[j] += qc * g[j];
+                dv[j] += dcc * p[j];
+            }
+            dQ[i * d + c] = acc;
+        }
+    }
+    for (long j = 0; j < T; j++)
+        for (long c = 0; c < dh; c++) dKV[j * 2 * d + c] = dkt[c * T + j], dKV[j * 2 * d + d + c] = dvt[c * T + j];
+}
+
+/* ---- the batched entry points ----------------------------------------------------------------- */
+
 long SF(attention_scratch)(long T, long Tq, long d, long H, int nt) {
-    return (long)nt * (d / H * T + Tq * T);
+    const long dh = d / H;
+    return (long)nt * (dh < NARROW_HEAD ? 4 * dh * T + T : dh * T + Tq * T);
 }
 
 static int attention_threads(long B, long T, long Tq, long d, long H, const sf_par *par) {
@@ -49,60 +156,40 @@ void SF(attention_forward)(real *ctx, real *P, const real *Q, const real *KV, lo
 
 void SF(attention_forward_ex)(real *ctx, real *P, const real *Q, const real *KV, long B, long T, long Tq,
                               long d, long H, int causal, long kv_rows, real *scratch, sf_par *par) {
-    const long dh = d / H;
+    const long dh = d / H, per_thread = SF(attention_scratch)(T, Tq, d, H, 1);
     const int nt = attention_threads(B, T, Tq, d, H, par);
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
     {
-        real *kt = scratch + (long)SF_THREAD_ID() * (dh * T + Tq * T);
+        real *work = scratch + (long)SF_THREAD_ID() * per_thread;
         if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
 #pragma omp for schedule(static)
         for (long task = 0; task < B * H; task++) {
             const long b = task / H, h = task % H;
-            attention_task(ctx + b * Tq * d + h * dh, P + task * Tq * T, Q + b * Tq * d + h * dh,
-                           KV + b * kv_rows * 2 * d + h * dh, T, Tq, d, dh, causal, kt);
+            real *c = ctx + b * Tq * d + h * dh, *p = P + task * Tq * T;
+            const real *q = Q + b * Tq * d + h * dh, *kv = KV + b * kv_rows * 2 * d + h * dh;
+            if (dh < NARROW_HEAD) attention_task_narrow(c, p, q, kv, T, Tq, d, dh, causal, work);
+            else attention_task_wide(c, p, q, kv, T, Tq, d, dh, causal, work);
         }
     }
-}
-
-static void attention_task_backward(real *dQ, real *dKV, const real *dctx, const real *P, const real *Q,
-                                    const real *KV, long T, long Tq, long d, long dh, real *work) {
-    sf_par one = {1, 0};
-    const real scale = (real)(1.0 / sqrt((double)dh));
-    real *vt = work, *dS = work + dh * T;
-    for (long j = 0; j < T; j++)
-        for (long c = 0; c < dh; c++) vt[c * T + j] = KV[j * 2 * d + d + c];
-    /* dP (Tq,T) = dctx V^T */
-    SF(gemm)(Tq, T, dh, dctx, d, 1, vt, T, dS, T, NULL, 0, &one);
-    for (long i = 0; i < Tq; i++) { /* softmax backward, then the score scale */
-        const real *p = P + i * T;
-        real *g = dS + i * T;
-        double s = 0;
-        for (long j = 0; j < T; j++) s += (double)g[j] * p[j];
-        const real dot = (real)s;
-        for (long j = 0; j < T; j++) g[j] = p[j] * (g[j] - dot) * scale;
-    }
-    /* dQ (Tq,dh) = dS K;  dK (T,dh) = dS^T Q;  dV (T,dh) = P^T dctx */
-    SF(gemm)(Tq, dh, T, dS, T, 1, KV, 2 * d, dQ, d, NULL, 0, &one);
-    SF(gemm)(T, dh, Tq, dS, 1, T, Q, d, dKV, 2 * d, NULL, 0, &one);
-    SF(gemm)(T, dh, Tq, P, 1, T, dctx, d, dKV + d, 2 * d, NULL, 0, &one);
 }
 
 void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P, const real *Q,
                             const real *KV, long B, long T, long Tq, long d, long H, real *scratch,
                             sf_par *par) {
-    const long dh = d / H;
+    const long dh = d / H, per_thread = SF(attention_scratch)(T, Tq, d, H, 1);
     const int nt = attention_threads(B, T, Tq, d, H, par);
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
     {
-        real *w = scratch + (long)SF_THREAD_ID() * (dh * T + Tq * T);
+        real *work = scratch + (long)SF_THREAD_ID() * per_thread;
 #pragma omp for schedule(static)
         for (long task = 0; task < B * H; task++) {
-            const long b = task / H, h = task % H;
-            attention_task_backward(dQ + b * Tq * d + h * dh, dKV + b * T * 2 * d + h * dh,
-                                    dctx + b * Tq * d + h * dh, P + task * Tq * T, Q + b * Tq * d + h * dh,
-                                    KV + b * T * 2 * d + h * dh, T, Tq, d, dh, w);
+            const long b = task / H, h = task % H, off = b * Tq * d + h * dh;
+            real *dkv = dKV + b * T * 2 * d + h * dh;
+            const real *p = P + task * Tq * T, *kv = KV + b * T * 2 * d + h * dh;
+            if (dh < NARROW_HEAD) attention_task_narrow_backward(dQ + off, dkv, dctx + off, p, Q + off, kv, T, Tq, d, dh, work);
+            else attention_task_wide_backward(dQ + off, dkv, dctx + off, p, Q + off, kv, T, Tq, d, dh, work);
         }
     }
 }

@@ -97,8 +97,7 @@
 typedef void (*gemm_tiles_fn)(long, long, long, long, long, const real *, long, long, const real *,
                               long, real *, long, const real *, int);
 
-#if defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX512F__)
-#define SF_X86_DISPATCH 1
+#ifdef SF_X86_DISPATCH
 #include "gemm_avx2.h"
 #define V4 __attribute__((target("arch=x86-64-v4")))
 #define V3 __attribute__((target("arch=x86-64-v3")))

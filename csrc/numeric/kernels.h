@@ -9,6 +9,16 @@
 #include "real.h"
 #include "numeric.h"
 
+/* Runtime CPU dispatch (GCC >= 12 on x86-64, unless the whole build already targets AVX-512):
+ * gemm.c picks a micro-kernel per path; SF_VECTOR_CLONES gives a loop-heavy kernel an AVX2+FMA
+ * clone next to the portable one, chosen at load time (an ifunc). */
+#if defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX512F__)
+#define SF_X86_DISPATCH 1
+#define SF_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SF_VECTOR_CLONES
+#endif
+
 /* gemm.c */
 void SF(gemm)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb,
               real *C, long ldc, const real *bias, int accumulate, sf_par *par);
@@ -46,6 +56,9 @@ void SF(readout_backward)(real *dX, real *dw, real *db, const real *dout, const 
 /* Mean loss over B outputs; dout (may be NULL) gets d(loss)/d(out). */
 double SF(loss_forward_backward)(real *dout, const real *out, const real *y, long B, sf_loss loss);
 
+/* p (T): softmax over the first `seen` entries of scale * p (vectorised exp); the rest become
+ * exactly 0. */
+void SF(softmax_row)(real *p, long seen, long T, real scale);
 /* attention.c: per (batch, head) softmax(Q K^T / sqrt(dh)) V.
  * Q (B,Tq,d) rows are the last Tq positions; KV (B,T,2d) holds K then V; P (B,H,Tq,T) saved. */
 /* Scratch (elements) the attention kernels need for nt threads. */

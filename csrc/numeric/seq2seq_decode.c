@@ -90,20 +90,10 @@ static void decode_attention(real *ctx, real *p, const real *q, const kv_cache *
 #pragma omp simd
             for (long j = 0; j < filled; j++) s[j] += qi * k[j];
         }
-        real mx = s[0] * scale;
-        for (long j = 0; j < filled; j++) {
-            s[j] *= scale;
-            if (s[j] > mx) mx = s[j];
-        }
-        double sum = 0;
-        for (long j = 0; j < filled; j++) {
-            s[j] = rexp(s[j] - mx);
-            sum += s[j];
-        }
-        const real inv = (real)(1.0 / sum);
+        SF(softmax_row)(s, filled, filled, scale);
         for (long i = 0; i < dh; i++) out[i] = 0;
         for (long j = 0; j < filled; j++) {
-            const real w = s[j] * inv, *v = c->v + (task * c->cap + j) * dh;
+            const real w = s[j], *v = c->v + (task * c->cap + j) * dh;
 #pragma omp simd
             for (long i = 0; i < dh; i++) out[i] += w * v[i];
         }
