@@ -6,8 +6,10 @@ torch.optim.AdamW, fresh torch.randint batches), interleaved, medians (see harne
 
 FLOPs (2 per multiply-add) are those sensiformer executes: 3x the forward (backward = dX + dW,
 each the size of the forward GEMMs), where the forward computes every position in layers
-0..L-2 but only keys/values plus the readout position in the last layer:
-    B * [(L-1) n (8d^2 + 4 d d_ff + 4 n d) + n 4d^2 + (4d^2 + 4 n d + 4 d d_ff + 2d)].
+0..L-2 but only keys/values plus the readout position in the last layer, and layer 0's
+in-projection (6d^2 per row) only on its 2n distinct (token, position) rows when B > 2:
+    B * [(L-1) n (8d^2 + 4 d d_ff + 4 n d) + n 4d^2 + (4d^2 + 4 n d + 4 d d_ff + 2d)]
+    - (B n - 2n) 6d^2    (B > 2, L >= 2).
 PyTorch executes more (every position of every layer): B L n (8d^2 + 4 d d_ff + 4 n d).
 
     python benchmarks/bench_train_step.py [--quick] [--threads N] [--repeats R] [--json PATH]
@@ -36,7 +38,8 @@ def executed_flops(d, n, batch, layers=2, d_ff=None):
     f = d if d_ff is None else d_ff
     full = n * (8 * d * d + 4 * d * f + 4 * n * d)
     last = n * 4 * d * d + (4 * d * d + 4 * n * d + 4 * d * f + 2 * d)
-    return 3.0 * batch * ((layers - 1) * full + last)
+    distinct_rows_saving = (batch * n - 2 * n) * 6 * d * d if batch > 2 and layers >= 2 else 0
+    return 3.0 * (batch * ((layers - 1) * full + last) - distinct_rows_saving)
 
 
 def sensiformer_steps(cfg, threads, steps):

@@ -60,6 +60,16 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base
     a->g_ain = take(&b, N * d);
     a->g_aq = take(&b, N * d);
     a->g_out = take(&b, B);
+    a->U = B > 2 ? 2 * T : 0;
+    a->u_emb = take(&b, a->U * d);
+    a->u_ain = pre ? take(&b, a->U * d) : a->u_emb;
+    a->u_mean = take(&b, a->U);
+    a->u_rstd = take(&b, a->U);
+    a->u_qkv = take(&b, a->U * 3 * d);
+    a->u_grad = take(&b, a->U * 3 * d);
+    a->u_gain = take(&b, a->U * d);
+    a->u_gemb = pre ? take(&b, a->U * d) : a->u_gain;
+    a->u_sum = (double *)take(&b, a->U * 3 * d * (long)(sizeof(double) / sizeof(real)));
     a->attn_scratch = take(&b, SF(attention_scratch)(T, T, d, H, nt));
     a->wt = take(&b, 3 * d * d > d * F ? 3 * d * d : d * F);
     return b.used;
@@ -112,19 +122,47 @@ void SF(encoder_params)(const sf_model *m, real *base, params *p) {
 
 /* ---- forward -------------------------------------------------------------------------------- */
 
-static void layer_forward(const sf_config *c, const layer_params *w, layer_acts *s, long B, long T,
-                          real *attn_scratch, real *wt, sf_par *par) {
-    const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
+/* Layer 0's q (Nq,d) and kv (N,2d) from the U distinct attention inputs: each row is the one the
+ * full GEMM would give, bit for bit (the GEMM's arithmetic per element does not depend on M). */
+static void distinct_inproj_forward(const sf_config *c, const params *p, layer_acts *s, acts *a, const uint8_t *x,
+                                    sf_par *par) {
+    const long d = c->d_model, h = d / 2, B = a->B, T = a->T, Tq = s->Tq, U = a->U;
+    const layer_params *w = &p->layer[0];
+    for (long u = 0; u < U; u++) {
+        memcpy(a->u_emb + u * d, p->tok + (u / T) * h, (size_t)h * sizeof(real));
+        memcpy(a->u_emb + u * d + h, p->pos + (u % T) * h, (size_t)h * sizeof(real));
+    }
+    if (c->norm == SF_NORM_PRE)
+        SF(layernorm_forward)(a->u_ain, a->u_mean, a->u_rstd, a->u_emb, w->g1, w->be1, c->ln_eps, U, d, par);
+    SF(linear_forward)(a->u_qkv, a->u_ain, w->w_in, w->b_in, U, d, 3 * d, a->wt, par);
+    for (long b = 0; b < B; b++)
+        for (long t = 0; t < T; t++) {
+            const real *src = a->u_qkv + (x[b * T + t] * T + t) * 3 * d;
+            memcpy(s->kv + (b * T + t) * 2 * d, src + d, (size_t)(2 * d) * sizeof(real));
+            if (t >= T - Tq) memcpy(s->q + (b * Tq + t - (T - Tq)) * d, src, (size_t)d * sizeof(real));
+        }
+}
+
+/* x: layer 0's tokens when its in-projection runs on the distinct rows (a->U > 0), else NULL. */
+static void layer_forward(const sf_config *c, const params *p, int l, acts *a, const uint8_t *x, sf_par *par) {
+    const layer_params *w = &p->layer[l];
+    layer_acts *s = &a->layer[l];
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
+    real *wt = a->wt;
     if (pre) SF(layernorm_forward)(s->a_in, s->ln1_mean, s->ln1_rstd, s->x, w->g1, w->be1, c->ln_eps, N, d, par);
     if (Tq < T) {
         gather_last(s->xq, s->x, B, T, d);
         if (pre) gather_last(s->aq, s->a_in, B, T, d);
     }
     /* self-attention: q from the query rows, k and v from every row (in_proj rows [0,d) and [d,3d)) */
-    SF(linear_forward)(s->q, s->aq, w->w_in, w->b_in, Nq, d, d, wt, par);
-    SF(linear_forward)(s->kv, s->a_in, w->w_in + d * d, w->b_in + d, N, d, 2 * d, wt, par);
-    SF(attention_forward)(s->ctx, s->p, s->q, s->kv, B, T, Tq, d, H, attn_scratch, par);
+    if (x) {
+        distinct_inproj_forward(c, p, s, a, x, par);
+    } else {
+        SF(linear_forward)(s->q, s->aq, w->w_in, w->b_in, Nq, d, d, wt, par);
+        SF(linear_forward)(s->kv, s->a_in, w->w_in + d * d, w->b_in + d, N, d, 2 * d, wt, par);
+    }
+    SF(attention_forward)(s->ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
     SF(linear_forward)(s->r1, s->ctx, w->w_out, w->b_out, Nq, d, d, wt, par);
     add_into(s->r1, s->xq, Nq * d);
     if (post) SF(layernorm_forward)(s->h, s->ln1_mean, s->ln1_rstd, s->r1, w->g1, w->be1, c->ln_eps, Nq, d, par);
@@ -144,7 +182,7 @@ void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
     p.layer = p.layer_storage;
     SF(encoder_params)(m, (real *)m->params, &p);
     SF(embedding_forward)(a->layer[0].x, x, p.tok, p.pos, B, T, d, par);
-    for (int l = 0; l < c->n_layers; l++) layer_forward(c, &p.layer[l], &a->layer[l], B, T, a->attn_scratch, a->wt, par);
+    for (int l = 0; l < c->n_layers; l++) layer_forward(c, &p, l, a, l == 0 && a->U ? x : NULL, par);
     if (c->final_norm)
         SF(layernorm_forward)(a->final_out, a->final_mean, a->final_rstd, a->final_in, p.gf, p.bf, c->ln_eps, B, d, par);
     SF(readout_forward)(a->out, a->final_out, p.w_head, p.b_head, B, d);
@@ -152,10 +190,47 @@ void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
 
 /* ---- backward ------------------------------------------------------------------------------- */
 
+/* a->u_sum (U,3d) = [g_q | g_kv] summed over the rows of each distinct (token, position), in row
+ * order; threads own column ranges, so the sums do not depend on the thread count. */
+static void sum_by_distinct_row(acts *a, const layer_acts *s, const uint8_t *x, long d, sf_par *par) {
+    const long B = a->B, T = a->T, Tq = s->Tq, U = a->U, W = 3 * d;
+#pragma omp parallel num_threads(B * T * W >= 131072 ? par->nt : 1)
+    {
+        long lo, hi;
+        sf_partition(W, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        for (long u = 0; u < U; u++)
+            for (long j = lo; j < hi; j++) a->u_sum[u * W + j] = 0;
+        for (long b = 0; b < B; b++)
+            for (long t = 0; t < T; t++) {
+                double *acc = a->u_sum + (x[b * T + t] * T + t) * W;
+                const real *kv = a->g_kv + (b * T + t) * 2 * d; /* columns [d, 3d) */
+                for (long j = lo > d ? lo : d; j < hi; j++) acc[j] += kv[j - d];
+                if (t >= T - Tq) {
+                    const real *q = a->g_q + (b * Tq + t - (T - Tq)) * d;
+                    for (long j = lo; j < (hi < d ? hi : d); j++) acc[j] += q[j];
+                }
+            }
+        for (long u = 0; u < U; u++)
+            for (long j = lo; j < hi; j++) a->u_grad[u * W + j] = (real)a->u_sum[u * W + j];
+    }
+}
+
+/* Layer 0's in-projection backward on the distinct rows: its weight and bias gradients, and
+ * a->u_gemb (U,d), the gradient w.r.t. the distinct embeddings (added by encoder_backward). */
+static void distinct_inproj_backward(const sf_config *c, const layer_params *w, layer_params *gw,
+                                     const layer_acts *s, acts *a, const uint8_t *x, sf_par *par) {
+    const long d = c->d_model, U = a->U;
+    sum_by_distinct_row(a, s, x, d, par);
+    SF(linear_backward)(a->u_gain, 0, gw->w_in, gw->b_in, a->u_grad, a->u_ain, w->w_in, U, d, 3 * d, par);
+    if (c->norm == SF_NORM_PRE)
+        SF(layernorm_backward)(a->u_gemb, 0, gw->g1, gw->be1, a->u_gain, a->u_emb, a->u_mean, a->u_rstd, w->g1, U, d,
+                               par);
+}
+
 /* g_out (Nq,d): gradient w.r.t. the layer output. Writes the gradient w.r.t. the layer input
  * (N,d) to g_x and the layer's parameter gradients to gw. */
 static void layer_backward(const sf_config *c, const layer_params *w, layer_params *gw, const layer_acts *s,
-                           acts *a, const real *g_out, real *g_x, long B, long T, sf_par *par) {
+                           acts *a, const uint8_t *x, const real *g_out, real *g_x, long B, long T, sf_par *par) {
     const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
     /* out = LN2(r2) (post) or r2 */
@@ -182,6 +257,16 @@ static void layer_backward(const sf_config *c, const layer_params *w, layer_para
     }
     SF(linear_backward)(a->g_ctx, 0, gw->w_out, gw->b_out, g_r1, s->ctx, w->w_out, Nq, d, d, par);
     SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
+    if (x) { /* layer 0 on the distinct rows: g_x keeps only the residual path */
+        distinct_inproj_backward(c, w, gw, s, a, x, par);
+        if (Tq == T) {
+            memcpy(g_x, g_r1, (size_t)(N * d) * sizeof(real));
+        } else {
+            memset(g_x, 0, (size_t)(N * d) * sizeof(real));
+            scatter_add_last(g_x, g_r1, B, T, d);
+        }
+        return;
+    }
     /* in_proj: weight rows [0,d) from the queries, [d,3d) from keys and values */
     real *g_ain = pre ? a->g_ain : g_x;
     SF(linear_backward)(g_ain, 0, gw->w_in + d * d, gw->b_in + d, a->g_kv, s->a_in, w->w_in + d * d, N, d, 2 * d, par);
@@ -212,10 +297,15 @@ void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
         SF(layernorm_backward)(g_last, 0, g.gf, g.bf, a->g_next, a->final_in, a->final_mean, a->final_rstd, p.gf, B, d, par);
     real *g_out = a->g_cur, *g_in = a->g_next;
     for (long l = L - 1; l >= 0; l--) {
-        layer_backward(c, &p.layer[l], &g.layer[l], &a->layer[l], a, g_out, g_in, B, T, par);
+        layer_backward(c, &p.layer[l], &g.layer[l], &a->layer[l], a, l == 0 && a->U ? x : NULL, g_out, g_in, B, T, par);
         real *t = g_out;
         g_out = g_in;
         g_in = t;
     }
     SF(embedding_backward)(g.tok, g.pos, g_out, x, B, T, c->n_positions, d, par);
+    const long h = d / 2;
+    for (long u = 0; u < a->U; u++) { /* row u is token u / T at position u % T */
+        add_into(g.tok + (u / T) * h, a->u_gemb + u * d, h);
+        add_into(g.pos + (u % T) * h, a->u_gemb + u * d + h, h);
+    }
 }

@@ -47,6 +47,14 @@ typedef struct {
     layer_acts layer_storage[SF_MAX_LAYERS_INLINE];
     real *final_in, *final_mean, *final_rstd, *final_out; /* (B,d), (B), (B), (B,d) */
     real *out;                                            /* (B) model outputs */
+    /* Layer 0's attention input is a function of (token, position) only: with U = 2T < N such
+     * rows, its in-projection runs on the U distinct rows (row v*T + t: token v at position t)
+     * and is gathered, and its backward aggregates the gradient per distinct row first. */
+    long U;                          /* 2T, or 0 when B <= 2 (no saving) */
+    real *u_emb, *u_ain, *u_mean, *u_rstd; /* (U,d), (U,d), (U), (U) */
+    real *u_qkv, *u_grad;            /* (U,3d) projections and their gradient */
+    real *u_gain, *u_gemb;           /* (U,d) gradients of u_ain and u_emb */
+    double *u_sum;                   /* (U,3d) the gradient summed in double, in row order */
     /* backward scratch */
     real *g_cur, *g_next, *g_r2, *g_h, *g_f, *g_r1, *g_ctx, *g_q, *g_kv, *g_ain, *g_aq, *g_out;
     real *attn_scratch, *wt;
