@@ -79,23 +79,47 @@ void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const ui
 
 /* ---- LayerNorm over the last dimension (biased variance, eps inside the sqrt) ------------- */
 
+/* One row of LayerNorm: statistics in double (vectorised reductions, fixed order per build). */
+SF_VECTOR_CLONES static void layernorm_row(real *y, real *mean, real *rstd, const real *x, const real *g,
+                                           const real *b, double eps, long d) {
+    double s = 0, v = 0;
+#pragma omp simd reduction(+ : s)
+    for (long j = 0; j < d; j++) s += x[j];
+    const double mu = s / d;
+#pragma omp simd reduction(+ : v)
+    for (long j = 0; j < d; j++) v += (x[j] - mu) * (x[j] - mu);
+    const double rs = 1.0 / sqrt(v / d + eps);
+    *mean = (real)mu;
+    *rstd = (real)rs;
+    const real m_ = (real)mu, rs_ = (real)rs;
+#pragma omp simd
+    for (long j = 0; j < d; j++) y[j] = (x[j] - m_) * rs_ * g[j] + b[j];
+}
+
 /* Y, X (N,d); mean, rstd (N) saved for backward; g, b (d) */
 void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
                            double eps, long N, long d, sf_par *par) {
 #pragma omp parallel for num_threads(THREADS_FOR(N * d)) schedule(static)
-    for (long r = 0; r < N; r++) {
-        const real *x = X + r * d;
-        double s = 0, v = 0;
-        for (long j = 0; j < d; j++) s += x[j];
-        const double mu = s / d;
-        for (long j = 0; j < d; j++) v += (x[j] - mu) * (x[j] - mu);
-        const double rs = 1.0 / sqrt(v / d + eps);
-        mean[r] = (real)mu;
-        rstd[r] = (real)rs;
-        real *y = Y + r * d;
-        const real m_ = (real)mu, rs_ = (real)rs;
+    for (long r = 0; r < N; r++) layernorm_row(Y + r * d, mean + r, rstd + r, X + r * d, g, b, eps, d);
+}
+
+/* dx (d) (+)= the LayerNorm input gradient of one row. */
+SF_VECTOR_CLONES static void layernorm_row_backward(real *dx, int accumulate_dx, const real *dy, const real *x,
+                                                    real m_, real rs, const real *g, long d) {
+    double s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+    for (long j = 0; j < d; j++) {
+        const double gdy = (double)g[j] * dy[j];
+        s1 += gdy;
+        s2 += gdy * ((x[j] - m_) * rs);
+    }
+    const real m1 = (real)(s1 / d), m2 = (real)(s2 / d);
+    if (accumulate_dx) {
 #pragma omp simd
-        for (long j = 0; j < d; j++) y[j] = (x[j] - m_) * rs_ * g[j] + b[j];
+        for (long j = 0; j < d; j++) dx[j] += rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
+    } else {
+#pragma omp simd
+        for (long j = 0; j < d; j++) dx[j] = rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
     }
 }
 
@@ -106,25 +130,8 @@ void SF(layernorm_backward)(real *dX, int accumulate_dx, real *dg, real *db, con
 #pragma omp parallel num_threads(THREADS_FOR(N * d))
     {
 #pragma omp for schedule(static)
-        for (long r = 0; r < N; r++) {
-            const real *x = X + r * d, *dy = dY + r * d;
-            const real m_ = mean[r], rs = rstd[r];
-            double s1 = 0, s2 = 0;
-            for (long j = 0; j < d; j++) {
-                const double gdy = (double)g[j] * dy[j];
-                s1 += gdy;
-                s2 += gdy * ((x[j] - m_) * rs);
-            }
-            const real m1 = (real)(s1 / d), m2 = (real)(s2 / d);
-            real *dx = dX + r * d;
-            if (accumulate_dx) {
-#pragma omp simd
-                for (long j = 0; j < d; j++) dx[j] += rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
-            } else {
-#pragma omp simd
-                for (long j = 0; j < d; j++) dx[j] = rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
-            }
-        }
+        for (long r = 0; r < N; r++)
+            layernorm_row_backward(dX + r * d, accumulate_dx, dY + r * d, X + r * d, mean[r], rstd[r], g, d);
         if (dg || db) { /* parameter gradients: columns owned by threads, rows summed in order */
             long lo, hi;
             sf_partition(d, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
