@@ -211,3 +211,5 @@ const sf_tensor_info *sf_model_tensor(const sf_model *m, int i) {
     return i >= 0 && i < m->n_tensors ? &m->tensors[i] : NULL;
 }
 int sf_model_last_threads(const sf_model *m) { return m->last_threads; }
+
+size_t sf_model_workspace_bytes(const sf_model *m) { return m->work.bytes; }

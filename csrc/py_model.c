@@ -172,6 +172,11 @@ static PyObject *model_get_last_threads(SfModelObject *self, void *closure) {
     return PyLong_FromLong(sf_model_last_threads(self->model));
 }
 
+static PyObject *model_get_workspace_bytes(SfModelObject *self, void *closure) {
+    if (sf_py_model_ready(self) < 0) return NULL;
+    return PyLong_FromSize_t(sf_model_workspace_bytes(self->model));
+}
+
 static PyMethodDef model_methods[] = {
     {"tensors", (PyCFunction)model_tensors, METH_NOARGS, "[(name, shape, offset, size, kind, layer), ...]"},
     {"flat", (PyCFunction)model_flat, METH_O, "flat('params' | 'grads'): a writable view of the whole buffer"},
@@ -185,6 +190,7 @@ static PyMethodDef model_methods[] = {
 static PyGetSetDef model_getset[] = {
     {"num_params", (getter)model_get_num_params, NULL, "number of parameters", NULL},
     {"last_threads", (getter)model_get_last_threads, NULL, "team size of the last parallel call", NULL},
+    {"workspace_bytes", (getter)model_get_workspace_bytes, NULL, "bytes of the activation workspace", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

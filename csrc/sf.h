@@ -109,6 +109,7 @@ void *sf_model_grads(sf_model *m);
 int sf_model_num_tensors(const sf_model *m);
 const sf_tensor_info *sf_model_tensor(const sf_model *m, int i);
 int sf_model_last_threads(const sf_model *m); /* team size of the last parallel call */
+size_t sf_model_workspace_bytes(const sf_model *m); /* activation workspace held since the last call */
 sf_status sf_model_reinit(sf_model *m, uint64_t seed, int identical_layers);
 
 /* Forward on tokens x (B, T) of 0/1 bytes, T <= n_positions; out (B) in the model dtype. */

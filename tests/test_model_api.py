@@ -454,3 +454,17 @@ def test_repr_and_properties():
     assert m.n_positions == 6
     assert str(m.num_parameters) in r
     gc.collect()
+
+
+def test_workspace_bytes_grows_with_the_largest_batch_and_is_kept():
+    model = sf.Transformer(6, d_model=16, seed=0)
+    assert model.workspace_bytes == 0
+    x = np.zeros((8, 6), np.uint8)
+    model.forward(x)
+    small = model.workspace_bytes
+    assert small > 8 * 6 * 16 * 4  # at least one activation tensor of the batch
+    model.forward(np.zeros((64, 6), np.uint8))
+    assert model.workspace_bytes > small
+    big = model.workspace_bytes
+    model.forward(x)
+    assert model.workspace_bytes == big

@@ -70,6 +70,12 @@ class _EngineModel:
         """How many threads the last parallel engine call actually used."""
         return self._engine.last_threads
 
+    @property
+    def workspace_bytes(self) -> int:
+        """Bytes of the engine's activation workspace (sized by the largest call so far; it is
+        kept between calls and freed with the model)."""
+        return self._engine.workspace_bytes
+
     # ---- parameters -------------------------------------------------------------------------
     def parameters(self) -> "OrderedDict[str, np.ndarray]":
         """Name -> writable zero-copy view, in the official ``named_parameters()`` order."""
