@@ -149,7 +149,7 @@ def jobs(threads, quick=False):
     try:
         import bench_train_step
 
-        forward = bench_train_step.executed_flops(d, n, batch) / 3
+        forward = bench_train_step.executed_forward_flops(d, n, batch)
     except ImportError:  # pragma: no cover
         pass
     harness_flops = None if forward is None else 11 * forward  # base loss + 10 perturbed forwards

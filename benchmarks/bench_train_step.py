@@ -42,6 +42,18 @@ def executed_flops(d, n, batch, layers=2, d_ff=None):
     return 3.0 * (batch * ((layers - 1) * full + last) - distinct_rows_saving)
 
 
+def executed_forward_flops(d, n, batch, layers=2, d_ff=None, heads=2):
+    """FLOPs of sensiformer's forward-only pass (forward(), probes): layers 0..L-2 as in training
+    (layer 0's in-projection on its 2n distinct rows), and a last layer with no keys or values,
+    which scores and pools in the input space: per sequence the query, W_k^T q, W_v (pooled),
+    the out-projection, the FFN and the readout; per position 4 heads d."""
+    f = d if d_ff is None else d_ff
+    full = n * (8 * d * d + 4 * d * f + 4 * n * d)
+    distinct_rows_saving = (batch * n - 2 * n) * 6 * d * d if batch > 2 and layers >= 2 else 0
+    last = 8 * d * d + 4 * d * f + 2 * d + n * 4 * heads * d
+    return float(batch * ((layers - 1) * full + last) - distinct_rows_saving)
+
+
 def sensiformer_steps(cfg, threads, steps):
     model = sf.Transformer(cfg["n"], d_model=cfg["d_model"], seed=0)
     trainer = sf.Trainer(model, sf.targets.Parity(cfg["n"]), optimizer=sf.AdamW(lr=3e-4, weight_decay=0.1),

@@ -38,7 +38,7 @@ def truth_table_jobs(threads, quick=False):
         with torch.no_grad():
             return torch.cat([module(x[i:i + 4096]) for i in range(0, len(x), 4096)])
 
-    flops = bench_train_step.executed_flops(d, n, 2**n) / 3
+    flops = bench_train_step.executed_forward_flops(d, n, 2**n)
     yield harness.Job("exact model truth table", f"d={d}, all 2^{n} inputs",
                       lambda: sf.analysis.truth_table(model, n, progress=False, n_threads=threads), theirs,
                       flops=flops)
@@ -64,7 +64,7 @@ def mc_sensitivity_jobs(threads, quick=False):
             out = (module(flips.reshape(-1, n)) > 0.5).reshape(samples, n + 1)
         return (out[:, 1:] != out[:, :1]).sum(dim=1).double().mean().item()
 
-    flops = bench_train_step.executed_flops(d, n, samples * (n + 1)) / 3
+    flops = bench_train_step.executed_forward_flops(d, n, samples * (n + 1))
     yield harness.Job("Monte-Carlo sensitivity", f"d={d}, n={n}, {samples} inputs x (n+1)",
                       lambda: sf.analysis.model_sensitivity(model, n, exact=False, samples=samples, seed=0,
                                                             n_threads=threads), theirs, flops=flops)

@@ -4,8 +4,10 @@
 #include <string.h>
 
 /* Workspace for (B, T), token check, forward: what both entry points start with. */
-static sf_status checked_forward(sf_model *m, const uint8_t *x, int B, int T, acts *a, sf_par *par) {
+static sf_status checked_forward(sf_model *m, const uint8_t *x, int B, int T, int forward_only, acts *a,
+                                 sf_par *par) {
     sf_status st = SF(encoder_reserve)(m, B, T, par->nt, a);
+    a->forward_only = forward_only;
     if (!st) st = sf_check_tokens(x, (int64_t)B * T);
     if (!st) SF(encoder_forward)(m, x, a, par);
     return st;
@@ -14,7 +16,7 @@ static sf_status checked_forward(sf_model *m, const uint8_t *x, int B, int T, ac
 sf_status SF(forward)(sf_model *m, const uint8_t *x, int B, int T, void *out, int nt) {
     sf_par par = {sf_resolve_threads(nt), 1};
     acts a;
-    sf_status st = checked_forward(m, x, B, T, &a, &par);
+    sf_status st = checked_forward(m, x, B, T, 1, &a, &par);
     if (st) return st;
     memcpy(out, a.out, (size_t)B * sizeof(real));
     m->last_threads = par.used;
@@ -25,7 +27,7 @@ sf_status SF(loss_and_grad)(sf_model *m, const uint8_t *x, const void *y, int B,
                             int grad, double *loss_out, void *out, int nt) {
     sf_par par = {sf_resolve_threads(nt), 1};
     acts a;
-    sf_status st = checked_forward(m, x, B, T, &a, &par);
+    sf_status st = checked_forward(m, x, B, T, 0, &a, &par); /* a loss equals its value with gradients, bit for bit */
     if (st) return st;
     *loss_out = SF(loss_forward_backward)(grad ? a.g_out : NULL, a.out, (const real *)y, B, loss);
     if (grad) SF(encoder_backward)(m, x, &a, &par);

@@ -10,7 +10,9 @@
 #include "kernels.h"
 #include "vexp.h"
 
+#ifndef NARROW_HEAD
 #define NARROW_HEAD 16
+#endif
 
 static inline real row_max(const real *p, long n) {
     real mx = p[0];

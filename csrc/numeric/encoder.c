@@ -70,6 +70,9 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base
     a->u_gain = take(&b, a->U * d);
     a->u_gemb = pre ? take(&b, a->U * d) : a->u_gain;
     a->u_sum = (double *)take(&b, a->U * 3 * d * (long)(sizeof(double) / sizeof(real)));
+    a->forward_only = 0;
+    a->pool_q = take(&b, B * H * d);
+    a->pool_a = take(&b, B * H * d);
     a->attn_scratch = take(&b, SF(attention_scratch)(T, T, d, H, nt));
     a->wt = take(&b, 3 * d * d > d * F ? 3 * d * d : d * F);
     return b.used;
@@ -143,6 +146,53 @@ static void distinct_inproj_forward(const sf_config *c, const params *p, layer_a
         }
 }
 
+/* The last layer's attention (one query per sequence) with no keys or values: per head h, the
+ * score of position j is q_h . (W_kh a_j + b_kh) = (W_kh^T q_h) . a_j + q_h . b_kh, whose last
+ * term is the same for every j and cancels in the softmax; and since the probabilities sum to
+ * 1, the context is W_vh (sum_j p_j a_j) + b_vh. Per position that is 2 H d multiply-adds
+ * instead of the 2 d^2 of projecting keys and values. Only for forward-only calls: the
+ * backward and the HVP use the keys and values. s->p holds the same probabilities. */
+/* One (sequence, head): p (T) = softmax(scale * rows qk), pooled (d) = p^T rows; rows (T,d). */
+SF_VECTOR_CLONES static void pool_head(real *p, real *pooled, const real *qk, const real *rows, long T, long d,
+                                       real scale) {
+    for (long j = 0; j < T; j++) {
+        const real *r = rows + j * d;
+        real acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (long k = 0; k < d; k++) acc += qk[k] * r[k];
+        p[j] = acc;
+    }
+    SF(softmax_row)(p, T, T, scale);
+    for (long k = 0; k < d; k++) pooled[k] = 0;
+    for (long j = 0; j < T; j++) {
+        const real pj = p[j], *r = rows + j * d;
+#pragma omp simd
+        for (long k = 0; k < d; k++) pooled[k] += pj * r[k];
+    }
+}
+
+static void pooled_attention_forward(const sf_config *c, const layer_params *w, layer_acts *s, acts *a,
+                                     sf_par *par) {
+    const long d = c->d_model, H = c->n_heads, dh = d / H, B = a->B, T = a->T;
+    const real scale = (real)(1.0 / sqrt((double)dh));
+    for (long h = 0; h < H; h++) /* pool_q (B,H,d): W_kh^T q_h */
+        SF(gemm)(B, d, dh, s->q + h * dh, d, 1, w->w_in + (d + h * dh) * d, d, a->pool_q + h * d, H * d, NULL, 0, par);
+    const int nt = B * H * T * d >= 131072 ? par->nt : 1;
+    (void)nt; /* unused in a serial build */
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long task = 0; task < B * H; task++)
+        pool_head(s->p + task * T, a->pool_a + task * d, a->pool_q + task * d, s->a_in + task / H * T * d, T, d,
+                  scale);
+    real *wvt = a->wt; /* W_v^T (d,d), so each head's columns are a contiguous B operand */
+    const real *wv = w->w_in + 2 * d * d;
+    for (long o = 0; o < d; o++)
+        for (long i = 0; i < d; i++) wvt[i * d + o] = wv[o * d + i];
+    for (long h = 0; h < H; h++)
+        SF(gemm)(B, dh, d, a->pool_a + h * d, H * d, 1, wvt + h * dh, d, s->ctx + h * dh, d, w->b_in + 2 * d + h * dh,
+                 0, par);
+    sf_par_note(par, nt);
+}
+
 /* x: layer 0's tokens when its in-projection runs on the distinct rows (a->U > 0), else NULL. */
 static void layer_forward(const sf_config *c, const params *p, int l, acts *a, const uint8_t *x, sf_par *par) {
     const layer_params *w = &p->layer[l];
@@ -156,13 +206,17 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
         if (pre) gather_last(s->aq, s->a_in, B, T, d);
     }
     /* self-attention: q from the query rows, k and v from every row (in_proj rows [0,d) and [d,3d)) */
+    const int pooled = a->forward_only && l == c->n_layers - 1;
     if (x) {
         distinct_inproj_forward(c, p, s, a, x, par);
+    } else if (pooled) {
+        SF(linear_forward)(s->q, s->aq, w->w_in, w->b_in, Nq, d, d, wt, par);
     } else {
         SF(linear_forward)(s->q, s->aq, w->w_in, w->b_in, Nq, d, d, wt, par);
         SF(linear_forward)(s->kv, s->a_in, w->w_in + d * d, w->b_in + d, N, d, 2 * d, wt, par);
     }
-    SF(attention_forward)(s->ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
+    if (pooled) pooled_attention_forward(c, w, s, a, par);
+    else SF(attention_forward)(s->ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
     SF(linear_forward)(s->r1, s->ctx, w->w_out, w->b_out, Nq, d, d, wt, par);
     add_into(s->r1, s->xq, Nq * d);
     if (post) SF(layernorm_forward)(s->h, s->ln1_mean, s->ln1_rstd, s->r1, w->g1, w->be1, c->ln_eps, Nq, d, par);

@@ -55,6 +55,10 @@ typedef struct {
     real *u_qkv, *u_grad;            /* (U,3d) projections and their gradient */
     real *u_gain, *u_gemb;           /* (U,d) gradients of u_ain and u_emb */
     double *u_sum;                   /* (U,3d) the gradient summed in double, in row order */
+    /* forward_only (set by callers that run no backward): the last layer attends without keys
+     * and values, with its scores and pooling in the input space (pooled_attention_forward). */
+    int forward_only;
+    real *pool_q, *pool_a; /* (B,H,d) */
     /* backward scratch */
     real *g_cur, *g_next, *g_r2, *g_h, *g_f, *g_r1, *g_ctx, *g_q, *g_kv, *g_ain, *g_aq, *g_out;
     real *attn_scratch, *wt;

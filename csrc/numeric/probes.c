@@ -19,7 +19,9 @@ static sf_status reserve_rows(sf_model *m, const sf_seq_data *d, int B, int nt, 
         if (!st) SF(s2s_params)(m, (real *)m->params, &w->p);
         return st;
     }
-    return SF(encoder_reserve)(m, B, d->T, nt, &w->enc);
+    sf_status st = SF(encoder_reserve)(m, B, d->T, nt, &w->enc);
+    w->enc.forward_only = 1; /* losses only */
+    return st;
 }
 
 /* Mean loss of the current parameters on batch b (B rows) of d. */
