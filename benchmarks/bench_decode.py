@@ -34,6 +34,35 @@ def cached_flops(n, d, batch, layers=2, dec_layers=2, d_ff=None):
     return 2.0 * batch * (encoder + steps)
 
 
+def official_decode(model, x, threads):
+    """The official decoding in PyTorch (the whole model again at every step)."""
+    import torch
+
+    from sensiformer.interop import to_torch
+
+    torch.set_num_threads(threads)
+    module = to_torch(model)
+    xt = torch.from_numpy(x.astype(np.int64))
+
+    def official():
+        with torch.no_grad():
+            return module.autoregressive_answer(xt)
+
+    return official
+
+
+def jobs(threads, quick=False):
+    """For compare.py: decoding n tokens with the cache vs the official recomputation in PyTorch."""
+    n, batch, d = (64, 8, 32) if quick else (512, 8, 32)
+    model = sf.Seq2SeqTransformer(n, d_model=d, seed=0)
+    x = np.random.default_rng(0).integers(0, 2, size=(batch, n), dtype=np.uint8)
+    official = official_decode(model, x, threads)
+    assert np.array_equal(official().numpy(), model.generate(x, n_threads=threads)), "decodings disagree"
+    yield harness.Job("scratchpad decoding (KV cache)", f"n={n}, B={batch}, d={d}",
+                      lambda: model.generate(x, n_threads=threads), official,
+                      theirs_label="pytorch autoregressive_answer", flops=cached_flops(n, d, batch))
+
+
 def main():
     parser = harness.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), default_repeats=3)
     parser.add_argument("--n", type=int, default=512, help="sequence length (decoded tokens)")
@@ -59,18 +88,7 @@ def main():
         flops=flops), args.repeats)]
 
     if args.torch_repeats > 0:
-        import torch
-
-        from sensiformer.interop import to_torch
-
-        torch.set_num_threads(threads)
-        module = to_torch(model)
-        xt = torch.from_numpy(x.astype(np.int64))
-
-        def official():
-            with torch.no_grad():
-                return module.autoregressive_answer(xt)
-
+        official = official_decode(model, x, threads)
         assert np.array_equal(official().numpy(), cached), "the official decoding disagrees"
         ours = [harness.seconds(lambda: model.generate(x, n_threads=threads)) for _ in range(args.repeats)]
         theirs = [harness.seconds(official) for _ in range(args.torch_repeats)]

@@ -1,7 +1,7 @@
 """Every benchmark job, sensiformer vs PyTorch (or NumPy), side by side in one process.
 
-Runs the jobs of bench_train_step.py, bench_probes.py and bench_sensitivity.py plus the model
-truth table and Monte-Carlo sensitivity, interleaved with medians (harness.py), and prints one
+Runs the jobs of bench_train_step.py, bench_probes.py, bench_decode.py and bench_sensitivity.py
+plus the model truth table and Monte-Carlo sensitivity, interleaved with medians (harness.py), and prints one
 table: time of each side, the ratio (> 1: sensiformer is faster), achieved GFLOP/s (FLOPs
 sensiformer executes, formulas in each script) and the fraction of the fp32 FMA peak measured
 in the same run (sensiformer.show_config(peak=True)). --json writes the rows for comparison
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+import bench_decode
 import bench_probes
 import bench_sensitivity
 import bench_train_step
@@ -79,7 +80,7 @@ def main():
     machine = harness.describe_machine(args.threads)
     repeats = 1 if args.quick else args.repeats
     sources = (bench_train_step.jobs, bench_probes.jobs, mc_sensitivity_jobs, truth_table_jobs,
-               bench_sensitivity.jobs)
+               bench_decode.jobs, bench_sensitivity.jobs)
     rows = []
     for source in sources:
         for job in source(args.threads, args.quick):
