@@ -566,7 +566,9 @@ def _trainer_op(trainer, op):
         elif kind == "evaluate":
             _, batches, batch_size, exact, seed = op
             result = trainer.evaluate(batches=batches, batch_size=batch_size, exact=exact, seed=seed)
-            assert math.isfinite(result["loss"]) and 0 <= result["accuracy"] <= 1 and result["n_inputs"] >= 1
+            huge = trainer.data is not None and np.max(np.abs(trainer.data[1])) > 1e150  # squared errors overflow
+            assert math.isfinite(result["loss"]) or huge, result
+            assert 0 <= result["accuracy"] <= 1 and result["n_inputs"] >= 1
         elif kind == "sample_batch":
             x, y = trainer.sample_batch(op[1])
             assert x.shape == (trainer.batch_size, trainer.seq_len) and x.dtype == np.uint8

@@ -216,6 +216,19 @@ def test_sparse_target_longer_than_seq_len_is_refused_up_front():
         sf.Trainer(model, targets.SparseParity(4, [0, 3]), seq_len=2, batch_size=4)
 
 
+# Was: Trainer.evaluate computed squared errors of labels near 1e300 with a RuntimeWarning ('overflow
+# encountered in square'), an exception under filterwarnings=error (found by the fuzzer under ASan)
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_evaluate_with_huge_labels_gives_inf_quietly(loss):
+    model = sf.Transformer(4, d_model=4, n_heads=1, n_layers=1, dtype="float64")
+    y = np.array([1e300, 0.0]) if loss == "mse" else np.array([1.0, 0.0])
+    trainer = sf.Trainer(model, data=(np.array([[0, 1], [1, 0]]), y), loss=loss, batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = trainer.evaluate()
+    assert result["loss"] == np.inf if loss == "mse" else np.isfinite(result["loss"])
+
+
 # ---- files ----------------------------------------------------------------------------------------------
 
 def _rewrite_member(raw, member, edit):

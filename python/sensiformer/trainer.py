@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from . import _engine
-from ._validation import (as_tokens, as_values, check_bool, check_choice, check_count, check_int, check_seed,
-                          resolve_threads)
+from ._validation import (MAX_INT64, as_tokens, as_values, check_bool, check_choice, check_count, check_int,
+                          check_seed, resolve_threads)
 from .model import FORWARD_TOKENS, LOSSES
 from .optim import AdamW, Optimizer
 from .seq2seq import Seq2SeqTransformer
@@ -207,7 +207,7 @@ class Trainer:
         ran at that step. Ctrl-C stops within a second and keeps every finished step.
         """
         steps = check_count(steps, "steps")
-        if self.step_count + steps > 2**63 - 1:
+        if self.step_count + steps > MAX_INT64:
             raise ValueError(f"steps={steps} would take the step count beyond 2**63 - 1")
         log_every = check_count(log_every, "log_every", 1)
         callbacks = [cb if hasattr(cb, "every") else Callback(cb, every=log_every) for cb in callbacks]
@@ -357,13 +357,18 @@ class Trainer:
         rows = max(1, FORWARD_TOKENS // self.seq_len)  # bounds the model's activation workspace
         out = np.concatenate([self.model.forward(x[i:i + rows], self.n_threads)
                               for i in range(0, len(x), rows)]).astype(np.float64)
-        if self.loss == "mse":
-            loss = float(np.mean((out - y_used) ** 2))
-        else:
-            loss = float(np.mean(np.maximum(out, 0) - out * y_used + np.log1p(np.exp(-np.abs(out)))))
+        loss = self._loss_sum(out, y_used) / len(out)
         label_threshold = 0.0 if self.labels == "pm1" else 0.5
         accuracy = float(np.mean((out > self._threshold) == (y_used > label_threshold)))
         return dict(loss=loss, accuracy=accuracy, n_inputs=int(len(x)))
+
+    def _loss_sum(self, out, y) -> float:
+        """Sum of the losses of float64 outputs against labels; labels so large that a squared error
+        overflows give inf, as IEEE arithmetic says, without a RuntimeWarning."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.loss == "mse":
+                return float(np.sum((out - y) ** 2))
+            return float(np.sum(np.maximum(out, 0) - out * y + np.log1p(np.exp(-np.abs(out)))))
 
     def _clean_labels(self, x):
         """The target's labels of x as the training loop computes them, without label noise (a
@@ -382,10 +387,7 @@ class Trainer:
         for i in range(0, len(x), chunk):
             xs, ys, us = x[i:i + chunk], y[i:i + chunk], y_used[i:i + chunk]
             out = self.model.forward(xs, self.model.teacher_forcing(ys), self.n_threads)[:, :-1].astype(np.float64)
-            if self.loss == "mse":
-                loss_sum += float(np.sum((out - us) ** 2))
-            else:
-                loss_sum += float(np.sum(np.maximum(out, 0) - out * us + np.log1p(np.exp(-np.abs(out)))))
+            loss_sum += self._loss_sum(out, us)
             correct += float(np.sum((out > self._threshold) == (us > label_threshold)))
             tokens = self.model.generate(xs, threshold=self._threshold, n_threads=self.n_threads)
             match = tokens == (us > label_threshold)
