@@ -134,6 +134,14 @@ def test_the_same_model_from_two_threads_is_refused_not_corrupted(busy_model):
     assert np.array_equal(estimate.samples, expected.samples), "the concurrent calls disturbed the probe"
 
 
+def test_reads_of_the_parameters_during_sharpness_see_them_unperturbed(busy_model):
+    model, x, y = busy_model
+    before = model.flat.copy()
+    outcomes, _ = _run_while_busy(model, x, y, lambda: model.flat.copy())
+    assert len(outcomes) > 5, "too few reads overlapped the probe"
+    assert all(np.array_equal(o, before) for _, o in outcomes), "a read saw perturbed parameters"
+
+
 @pytest.mark.parametrize("call", ["loss_and_grad", "optimizer step", "fit", "ln_blowup", "hvp", "reinitialize"])
 def test_every_engine_entry_refuses_a_busy_model(busy_model, call):
     model, x, y = busy_model

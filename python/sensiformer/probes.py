@@ -121,8 +121,8 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
     -------
     Estimate
         Mean over the R draws of the batch-averaged loss increase, its standard error over
-        draws, and the per-draw values in ``samples``. The model's parameters are unchanged
-        (restored by copy).
+        draws, and the per-draw values in ``samples``. The model's parameters are never written
+        (the engine perturbs a private copy), so they are unchanged even while the probe runs.
     """
     check_choice(loss, "loss", tuple(LOSSES))
     x, y, batch_size, dec = _seq_batches(model, x, y, batch_size, decoder_input)
