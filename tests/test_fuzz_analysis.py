@@ -9,11 +9,9 @@ in a crash-isolating child (tests/test_fuzz_runner.py).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,11 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 
-if "sf_fuzz_runner" not in sys.modules:  # the pytest process (the fuzzing child has loaded it already)
-    _spec = importlib.util.spec_from_file_location("sf_fuzz_runner", Path(__file__).with_name("test_fuzz_runner.py"))
-    sys.modules["sf_fuzz_runner"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["sf_fuzz_runner"])
-import sf_fuzz_runner as R  # noqa: E402
+import sf_fuzz_runner as R  # registered by conftest.py (pytest) or the fuzzing child
 
 S = R.strategies()
 note_case, examples, outcome = R.note_case, R.examples, R.outcome

@@ -15,10 +15,8 @@ strict-xfail reproduction in tests/test_reliability_bugs.py); none is open now.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-import sys
 import warnings
 from pathlib import Path
 
@@ -28,11 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 
-if "sf_fuzz_runner" not in sys.modules:  # the pytest process (the fuzzing child has loaded it already)
-    _spec = importlib.util.spec_from_file_location("sf_fuzz_runner", Path(__file__).with_name("test_fuzz_runner.py"))
-    sys.modules["sf_fuzz_runner"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["sf_fuzz_runner"])
-import sf_fuzz_runner as R  # noqa: E402
+import sf_fuzz_runner as R  # registered by conftest.py (pytest) or the fuzzing child
 
 S = R.strategies()
 note_case, examples, outcome = R.note_case, R.examples, R.outcome
