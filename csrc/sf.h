@@ -241,7 +241,7 @@ sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sa
  * dtype). base[b] = L_b(theta); perturbed[r * n_batches + b] = L_b(theta + sigma z), where z is
  * draw r for every batch (shared_draws) or draw (r, b), standard normal on the tensors whose mask
  * entry is 1 (noise: explicit draws, repeats x n_params, or NULL for counter-based ones keyed by
- * seed). Parameters are restored by copy, also on interruption. */
+ * seed). The perturbed parameters live in a private copy: the model's own are never written. */
 sf_status sf_sharpness(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
                        double sigma, int repeats, uint64_t seed, const unsigned char *mask, const void *noise,
                        int shared_draws, double *base, double *perturbed, int n_threads, sf_stop_hook stop,

@@ -20,6 +20,7 @@ new ones; each known bug has a strict-xfail reproduction in tests/test_reliabili
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import random
 import subprocess
@@ -124,6 +125,71 @@ _CHILD = textwrap.dedent(r"""
 """)
 
 
+# ---- oracles and settings shared by the fuzz modules (used inside the child) -------------------------
+
+MEMORY_LIMIT = 64 << 20  # in the child: big fuzzed sizes are refused quickly instead of allocated
+ALLOWED = (TypeError, ValueError, KeyError, MemoryError, RuntimeError, FloatingPointError)
+
+
+def setup_child(module_name) -> None:
+    """One thread and a small memory limit, when ``module_name`` says we are the fuzzing child."""
+    if module_name == "sf_fuzz_module":
+        import sensiformer as sf
+
+        sf.set_num_threads(1)
+        sf.set_memory_limit(MEMORY_LIMIT)
+
+
+def fuzz_settings(ci_examples):
+    """Hypothesis settings of a target with ``ci_examples`` examples under the "ci" profile."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=examples(ci_examples), deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much])
+
+
+def is_bool(v):
+    import numpy as np
+
+    return isinstance(v, (bool, np.bool_))
+
+
+def is_int(v):
+    return isinstance(v, numbers.Integral) and not is_bool(v)
+
+
+def is_real(v):
+    return isinstance(v, numbers.Real) and not is_bool(v)
+
+
+def as_array(value):
+    """np.asarray, or None if NumPy cannot make an array of it."""
+    import warnings
+
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(value)
+    except Exception:
+        return None
+
+
+def check_error(err, names, where):
+    """``err`` is an expected exception whose message names one of ``names`` (a MemoryError: a size)."""
+    import re
+
+    msg = str(err)
+    assert isinstance(err, ALLOWED), f"{where}: unexpected {type(err).__name__}: {msg}"
+    if isinstance(err, MemoryError):
+        assert re.search(r"memory limit|GB|GiB|TiB|bytes", msg), f"{where}: MemoryError without a size: {msg!r}"
+        return
+    assert any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", msg) for n in names), \
+        f"{where}: {type(err).__name__} message does not name any of {sorted(set(names))}: {msg!r}"
+
+
 # ---- used by the parent (the pytest process) --------------------------------------------------------
 
 def fuzz_seed() -> int:
@@ -189,6 +255,8 @@ def check_result(name, result) -> None:
     if not result["ok"]:
         pytest.fail(f"{name} failed {replay}:\n{result['error']}", pytrace=False)
     assert result["examples"] > 0, f"{name} ran no examples"
+    print(f"{name}: {result['examples']} examples in {result['seconds']} s; outcomes {result['outcomes']}; "
+          f"known bugs hit: { {k: v[0] for k, v in result['known'].items()} }")  # shown with pytest -s
 
 
 # ---- self-test ---------------------------------------------------------------------------------------

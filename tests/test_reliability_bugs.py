@@ -1,7 +1,10 @@
 """Minimal reproductions of the library bugs the fuzzers (tests/test_fuzz_*.py) and the
-reliability tests found. Each test states the correct behaviour and is marked
-``xfail(strict=True)`` while the bug is open: once it is fixed the test XPASSes, which fails the
-run so that the marker (and the matching ``known_bug`` tolerance in the fuzzers) gets removed.
+reliability tests found, kept as regression tests now that they are fixed. The comment above each
+test says what used to go wrong.
+
+A newly found bug gets a test here marked ``xfail(strict=True, reason="BUG: ...")`` while it is
+open (a fix then XPASSes, which fails the run so that the marker goes with the fix), and the fuzzers
+may tolerate its outcome with ``known_bug`` until then.
 """
 
 from __future__ import annotations
@@ -18,10 +21,6 @@ import sensiformer as sf
 from sensiformer import analysis, targets
 
 
-def bug(reason):
-    return pytest.mark.xfail(strict=True, reason=f"BUG: {reason}")
-
-
 @pytest.fixture(autouse=True)
 def _single_thread():
     sf.set_num_threads(1)
@@ -36,8 +35,8 @@ def tiny(dtype="float32", **kwargs):
 
 # ---- integers beyond the C ranges: OverflowError without the argument's name ----------------------
 
-@bug("integers beyond C long/int reach PyArg_ParseTuple and raise a bare OverflowError "
-     "('int too big to convert') instead of a ValueError naming the argument (fuzz: huge-int-overflow)")
+# Was: integers beyond C long/int reach PyArg_ParseTuple and raise a bare OverflowError ('int too big to
+# convert') instead of a ValueError naming the argument (fuzz: huge-int-overflow)
 @pytest.mark.parametrize("call, name", [
     pytest.param(lambda: sf.Trainer(tiny(), targets.Parity(4), batch_size=4).sample_batch(2**63), "step",
                  id="sample_batch step"),
@@ -60,8 +59,8 @@ def test_huge_integers_raise_value_error_naming_the_argument(call, name):
 
 # ---- Optimizer.load_state_dict ----------------------------------------------------------------------
 
-@bug("Optimizer.load_state_dict writes exp_avg/exp_avg_sq before validating 'step' (and before finding "
-     "exp_avg_sq missing): a failing call leaves the optimizer half-loaded")
+# Was: Optimizer.load_state_dict writes exp_avg/exp_avg_sq before validating 'step' (and before finding
+# exp_avg_sq missing): a failing call leaves the optimizer half-loaded
 @pytest.mark.parametrize("edit", ["step=-1", "step=1.5", "no exp_avg_sq"])
 def test_optimizer_load_state_dict_writes_nothing_when_it_fails(edit):
     opt = sf.AdamW().bind(tiny())
@@ -76,8 +75,8 @@ def test_optimizer_load_state_dict_writes_nothing_when_it_fails(edit):
     assert np.array_equal(opt.state_dict()["exp_avg"], state["exp_avg"])
 
 
-@bug("Optimizer.load_state_dict accepts NaN moments and negative exp_avg_sq, gives a bare NumPy "
-     "ValueError for strings and silently drops the imaginary part of complex values")
+# Was: Optimizer.load_state_dict accepts NaN moments and negative exp_avg_sq, gives a bare NumPy ValueError
+# for strings and silently drops the imaginary part of complex values
 @pytest.mark.parametrize("value", [np.nan, -1.0, "a", 1 + 1j], ids=["nan", "negative", "str", "complex"])
 def test_optimizer_load_state_dict_validates_values(value):
     opt = sf.AdamW().bind(tiny())
@@ -91,8 +90,8 @@ def test_optimizer_load_state_dict_validates_values(value):
 
 # ---- probes -------------------------------------------------------------------------------------------
 
-@bug("sharpness(noise=...) and hvp(v=...) call np.isfinite on the raw array: strings/objects give NumPy's "
-     "'ufunc isfinite not supported' TypeError without naming the argument")
+# Was: sharpness(noise=...) and hvp(v=...) call np.isfinite on the raw array: strings/objects give NumPy's
+# 'ufunc isfinite not supported' TypeError without naming the argument
 @pytest.mark.parametrize("which", ["noise", "v"])
 def test_probe_arrays_of_strings_are_refused_by_name(which):
     model = tiny("float64")
@@ -105,7 +104,7 @@ def test_probe_arrays_of_strings_are_refused_by_name(which):
             sf.probes.hvp(model, x, y, junk)
 
 
-@bug("complex noise/v are cast to real with only a ComplexWarning (the imaginary part is dropped)")
+# Was: complex noise/v are cast to real with only a ComplexWarning (the imaginary part is dropped)
 def test_complex_noise_is_refused():
     model = tiny("float64")
     with warnings.catch_warnings():
@@ -115,7 +114,7 @@ def test_complex_noise_is_refused():
                                 noise=np.full(model.num_parameters, 1 + 1j))
 
 
-@bug("noise beyond float32 range overflows to inf in the cast (RuntimeWarning) and sharpness returns NaN")
+# Was: noise beyond float32 range overflows to inf in the cast (RuntimeWarning) and sharpness returns NaN
 def test_noise_overflowing_the_model_dtype_is_refused():
     model = tiny("float32")
     with warnings.catch_warnings():
@@ -125,7 +124,7 @@ def test_noise_overflowing_the_model_dtype_is_refused():
                                 noise=np.full(model.num_parameters, 1e300))
 
 
-@bug("exclude=5 (not a sequence) fails with \"'int' object is not iterable\" instead of naming exclude")
+# Was: exclude=5 (not a sequence) failed with "'int' object is not iterable" instead of naming exclude
 @pytest.mark.parametrize("probe", ["sharpness", "param_norm"])
 def test_exclude_that_is_not_a_sequence(probe):
     model = tiny()
@@ -136,16 +135,16 @@ def test_exclude_that_is_not_a_sequence(probe):
             sf.probes.param_norm(model, exclude=5)
 
 
-@bug("probes.distance(model, array) raises AttributeError: NumPy arrays have a .flat attribute, so an "
-     "array reference is taken for a model")
+# Was: probes.distance(model, array) raises AttributeError: NumPy arrays have a .flat attribute, so an array
+# reference is taken for a model
 def test_distance_to_a_flat_array():
     model = tiny("float64")
     assert sf.probes.distance(model, np.zeros(model.num_parameters), exclude=()) == pytest.approx(
         np.linalg.norm(model.flat))
 
 
-@bug("flag arguments are read with bool(): per_sample='no', paper_compatible='no', exact='no' and "
-     "strict='no' all count as True instead of raising TypeError (Transformer and optimizers use check_bool)")
+# Was: flag arguments are read with bool(): per_sample='no', paper_compatible='no', exact='no' and strict='no'
+# all count as True instead of raising TypeError (Transformer and optimizers use check_bool)
 @pytest.mark.parametrize("call", [
     pytest.param(lambda m: sf.probes.ln_blowup(m, np.zeros((2, 4), int), per_sample="no"), id="ln_blowup per_sample"),
     pytest.param(lambda m: sf.probes.sharpness(m, np.zeros((2, 4), int), np.zeros(2), paper_compatible="no"),
@@ -160,8 +159,8 @@ def test_flags_are_checked_as_bools(call):
 
 # ---- models -------------------------------------------------------------------------------------------
 
-@bug("Transformer.astype('float32') of float64 parameters beyond the float32 range gives a model with inf "
-     "parameters (only a RuntimeWarning) instead of refusing")
+# Was: Transformer.astype('float32') of float64 parameters beyond the float32 range gives a model with inf
+# parameters (only a RuntimeWarning) instead of refusing
 def test_astype_refuses_overflow():
     model = tiny("float64")
     model.flat[0] = 1e300
@@ -171,9 +170,9 @@ def test_astype_refuses_overflow():
             model.astype("float32")
 
 
-@bug("labels beyond the float32 range: _validation.as_values casts without np.errstate, so a RuntimeWarning "
-     "('overflow encountered in cast') precedes the ValueError -- and replaces it under -W error / pytest's "
-     "filterwarnings=error")
+# Was: labels beyond the float32 range: _validation.as_values casts without np.errstate, so a RuntimeWarning
+# ('overflow encountered in cast') precedes the ValueError -- and replaces it under -W error / pytest's
+# filterwarnings=error
 def test_label_overflow_gives_only_the_value_error():
     model = tiny("float32")
     with warnings.catch_warnings():
@@ -182,9 +181,9 @@ def test_label_overflow_gives_only_the_value_error():
             model.loss(np.zeros((2, 4), int), [1e300, 0.0])
 
 
-@bug("an unaligned float64 array (valid values, C-contiguous) passes the Python checks and is then refused "
-     "by the C boundary as 'must be C-contiguous, aligned and in native byte order' instead of being copied "
-     "like every other layout")
+# Was: an unaligned float64 array (valid values, C-contiguous) passes the Python checks and is then refused by
+# the C boundary as 'must be C-contiguous, aligned and in native byte order' instead of being copied like
+# every other layout
 @pytest.mark.parametrize("where", ["labels", "truth_table"])
 def test_unaligned_arrays_are_converted(where):
     buf = np.zeros(8 * 4 + 1, np.uint8)
@@ -200,8 +199,8 @@ def test_unaligned_arrays_are_converted(where):
 
 # ---- Trainer --------------------------------------------------------------------------------------------
 
-@bug("Trainer(model, Parity(4), seq_len=6) trains on parity of 6 bits, but evaluate() calls target(x) on "
-     "6-bit inputs and raises 'x has length 6, but Parity(n=4) is defined on n=4 bits'")
+# Was: Trainer(model, Parity(4), seq_len=6) trains on parity of 6 bits, but evaluate() calls target(x) on
+# 6-bit inputs and raises 'x has length 6, but Parity(n=4) is defined on n=4 bits'
 def test_evaluate_with_seq_len_other_than_target_n():
     model = sf.Transformer(6, d_model=4, n_heads=1, n_layers=1)
     trainer = sf.Trainer(model, targets.Parity(4), seq_len=6, batch_size=4)
@@ -209,12 +208,25 @@ def test_evaluate_with_seq_len_other_than_target_n():
     assert 0 <= trainer.evaluate()["accuracy"] <= 1
 
 
-@bug("Trainer accepts seq_len shorter than the positions a SparseParity/Junta/FourierFunction reads; the "
-     "error only comes from the engine at fit/sample_batch time, without naming seq_len")
+# Was: Trainer accepts seq_len shorter than the positions a SparseParity/Junta/FourierFunction reads; the
+# error only comes from the engine at fit/sample_batch time, without naming seq_len
 def test_sparse_target_longer_than_seq_len_is_refused_up_front():
     model = sf.Transformer(6, d_model=4, n_heads=1, n_layers=1)
     with pytest.raises(ValueError, match="seq_len"):
         sf.Trainer(model, targets.SparseParity(4, [0, 3]), seq_len=2, batch_size=4)
+
+
+# Was: Trainer.evaluate computed squared errors of labels near 1e300 with a RuntimeWarning ('overflow
+# encountered in square'), an exception under filterwarnings=error (found by the fuzzer under ASan)
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_evaluate_with_huge_labels_gives_inf_quietly(loss):
+    model = sf.Transformer(4, d_model=4, n_heads=1, n_layers=1, dtype="float64")
+    y = np.array([1e300, 0.0]) if loss == "mse" else np.array([1.0, 0.0])
+    trainer = sf.Trainer(model, data=(np.array([[0, 1], [1, 0]]), y), loss=loss, batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = trainer.evaluate()
+    assert result["loss"] == np.inf if loss == "mse" else np.isfinite(result["loss"])
 
 
 # ---- files ----------------------------------------------------------------------------------------------
@@ -228,8 +240,8 @@ def _rewrite_member(raw, member, edit):
     return out.getvalue()
 
 
-@bug("a damaged .npy header inside the archive (zip CRC intact) makes NumPy's header parser raise "
-     "tokenize.TokenError, which escapes sf.load and Trainer.load_checkpoint (not ValueError/CheckpointError)")
+# Was: a damaged .npy header inside the archive (zip CRC intact) makes NumPy's header parser raise
+# tokenize.TokenError, which escapes sf.load and Trainer.load_checkpoint (not ValueError/CheckpointError)
 @pytest.mark.parametrize("kind", ["model", "checkpoint"])
 def test_damaged_npy_header_is_refused_cleanly(tmp_path, kind):
     model = tiny()
@@ -258,8 +270,8 @@ def _crafted_model_file(tmp_path, meta_text):
     return path
 
 
-@bug("sf.load of a file whose metadata is not what Transformer.save writes raises JSONDecodeError, "
-     "AttributeError or TypeError without naming the file")
+# Was: sf.load of a file whose metadata is not what Transformer.save writes raises JSONDecodeError,
+# AttributeError or TypeError without naming the file
 @pytest.mark.parametrize("meta", ["{{{", "[1, 2]", json.dumps(dict(kind="Transformer", config=5)),
                                   json.dumps(dict(kind="Transformer", config=dict(n_positions=4, bogus=1)))],
                          ids=["not json", "list", "config int", "unknown key"])
@@ -289,8 +301,8 @@ def _crafted_checkpoint(tmp_path, edit_meta=None, edit_arrays=None):
     return path
 
 
-@bug("load_checkpoint writes the parameters before the optimizer state is checked: a checksum-valid file "
-     "with a bad exp_avg (wrong shape, missing) or a bad optimizer step leaves the trainer half-loaded")
+# Was: load_checkpoint writes the parameters before the optimizer state is checked: a checksum-valid file with
+# a bad exp_avg (wrong shape, missing) or a bad optimizer step leaves the trainer half-loaded
 @pytest.mark.parametrize("edit", ["exp_avg shape", "exp_avg missing", "optimizer_step negative", "step_count str"])
 def test_checkpoint_is_never_loaded_half(tmp_path, edit):
     arrays = {"exp_avg shape": lambda c: c.update(exp_avg=np.zeros(3)),
@@ -305,8 +317,8 @@ def test_checkpoint_is_never_loaded_half(tmp_path, edit):
     assert np.array_equal(trainer.model.flat, before)
 
 
-@bug("load_checkpoint accepts non-finite parameters, a negative step count and a non-list history from a "
-     "checksum-valid file")
+# Was: load_checkpoint accepts non-finite parameters, a negative step count and a non-list history from a
+# checksum-valid file
 @pytest.mark.parametrize("edit", ["params nan", "step negative", "history int"])
 def test_checkpoint_contents_are_validated(tmp_path, edit):
     arrays = {"params nan": lambda c: c.update(params=np.full_like(c["params"], np.nan))}.get(edit)
@@ -319,8 +331,8 @@ def test_checkpoint_contents_are_validated(tmp_path, edit):
 
 # ---- targets --------------------------------------------------------------------------------------------
 
-@bug("FourierFunction({1.5: c}, n) and nested keys fail with \"'float' object is not iterable\" or NumPy's "
-     "'inhomogeneous shape' ValueError instead of naming the set of positions")
+# Was: FourierFunction({1.5: c}, n) and nested keys failed with "'float' object is not iterable" or NumPy's
+# 'inhomogeneous shape' ValueError instead of naming the set of positions
 @pytest.mark.parametrize("key", [1.5, (0, (1,)), None], ids=["float", "nested", "None"])
 def test_fourier_mapping_with_bad_keys(key):
     with pytest.raises((TypeError, ValueError), match="positions"):
@@ -329,9 +341,9 @@ def test_fourier_mapping_with_bad_keys(key):
 
 # ---- memory limit ---------------------------------------------------------------------------------------
 
-@bug("Python-side allocations ignore sensiformer.set_memory_limit: RandomFunction(n) builds its 2**n table "
-     "(n <= 30: 8 GB) and estimate_sensitivity(samples=...) its sample array without a check, so a huge "
-     "request is only stopped by NumPy (or the OOM killer), with no argument named")
+# Was: Python-side allocations ignore sensiformer.set_memory_limit: RandomFunction(n) builds its 2**n table (n
+# <= 30: 8 GB) and estimate_sensitivity(samples=...) its sample array without a check, so a huge request is
+# only stopped by NumPy (or the OOM killer), with no argument named
 @pytest.mark.parametrize("call", [
     pytest.param(lambda: targets.RandomFunction(20), id="RandomFunction"),
     pytest.param(lambda: analysis.estimate_sensitivity(targets.Parity(3), 3, samples=2**40), id="samples"),
@@ -342,9 +354,9 @@ def test_python_side_buffers_respect_the_memory_limit(call):
         call()
 
 
-@bug("Trainer.evaluate() enumerates all 2**n inputs (n <= 16) in chunks of 65536 rows, so exact evaluation "
-     "needs a 65536-row activation workspace -- 3.6 GB at d_model=32, ~14 GB for the default d_model=128 at "
-     "n=16 -- which the model then keeps; analysis.truth_table chunks by tokens and fits in a few MB")
+# Was: Trainer.evaluate() enumerates all 2**n inputs (n <= 16) in chunks of 65536 rows, so exact evaluation
+# needs a 65536-row activation workspace -- 3.6 GB at d_model=32, ~14 GB for the default d_model=128 at n=16
+# -- which the model then keeps; analysis.truth_table chunks by tokens and fits in a few MB
 def test_exact_evaluation_fits_a_modest_memory_limit():
     model = sf.Transformer(14, d_model=16, n_heads=2, n_layers=1)
     trainer = sf.Trainer(model, targets.Parity(14), batch_size=8)
@@ -353,9 +365,9 @@ def test_exact_evaluation_fits_a_modest_memory_limit():
     assert trainer.evaluate()["n_inputs"] == 2**14
 
 
-@bug("hessian_trace (and hessian_density for its probes) draws every Rademacher vector up front as a "
-     "(samples, num_parameters) int64 array and a float64 copy (16 bytes per entry, unchecked against the memory "
-     "limit): samples=10**4 on a 50k-parameter model allocates 8 GB; samples=10**6 asks NumPy for 377 GiB")
+# Was: hessian_trace (and hessian_density for its probes) draws every Rademacher vector up front as a
+# (samples, num_parameters) int64 array and a float64 copy (16 bytes per entry, unchecked against the memory
+# limit): samples=10**4 on a 50k-parameter model allocates 8 GB; samples=10**6 asks NumPy for 377 GiB
 def test_hessian_trace_memory_does_not_scale_with_samples():
     import tracemalloc
 

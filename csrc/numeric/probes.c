@@ -54,13 +54,17 @@ sf_status SF(sharpness)(sf_model *m, const sf_seq_data *d, int n_batches, sf_los
     const int B = d->rows / n_batches;
     sf_par par = {sf_resolve_threads(nt), 1};
     probe_work w;
-    sf_status st = reserve_rows(m, d, B, par.nt, &w);
-    if (st) return st;
     const size_t bytes = (size_t)m->n_params * sizeof(real);
-    if ((st = sf_check_budget(bytes, "the sharpness probe's parameter backup"))) return st;
-    real *theta = (real *)m->params, *backup = sf_alloc(bytes);
-    if (!backup) return sf_fail(SF_ENOMEM, "could not allocate the sharpness probe's parameter backup");
-    memcpy(backup, theta, bytes);
+    sf_status st = sf_check_budget(bytes, "the sharpness probe's perturbed parameters");
+    if (st) return st;
+    /* The model computes from a private perturbed copy while the probe runs: its own parameters
+     * (which NumPy views expose) are never written, so nothing can observe them perturbed and
+     * nothing needs restoring, whatever stops the probe. */
+    real *backup = (real *)m->params, *theta = sf_alloc(bytes);
+    if (!theta) return sf_fail(SF_ENOMEM, "could not allocate the sharpness probe's perturbed parameters");
+    memcpy(theta, backup, bytes);
+    m->params = theta;
+    if ((st = reserve_rows(m, d, B, par.nt, &w))) goto done;
     for (int b = 0; b < n_batches; b++) base[b] = batch_loss(m, d, b, B, loss, &w, &par);
     for (int r = 0; r < repeats && st == SF_OK; r++) {
         if (stop && stop(stop_ctx)) {
@@ -77,9 +81,10 @@ sf_status SF(sharpness)(sf_model *m, const sf_seq_data *d, int n_batches, sf_los
             perturbed[(size_t)r * n_batches + b] = batch_loss(m, d, b, B, loss, &w, &par);
         }
     }
-    memcpy(theta, backup, bytes); /* restore by copy: theta + sz - sz is not theta in floating point */
-    sf_free(backup);
     m->last_threads = par.used;
+done:
+    m->params = backup;
+    sf_free(theta);
     return st;
 }
 

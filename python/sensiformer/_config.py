@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _engine
-from ._validation import check_int
+from ._validation import check_count, check_int
 
 
 def set_num_threads(n: int | None) -> None:
@@ -22,7 +22,7 @@ def get_num_threads() -> int:
 
 def set_memory_limit(nbytes: int | None) -> None:
     """Refuse workspaces larger than ``nbytes`` (``None``: 80% of physical memory)."""
-    _engine.set_memory_limit(0 if nbytes is None else check_int(nbytes, "nbytes", 1))
+    _engine.set_memory_limit(0 if nbytes is None else check_count(nbytes, "nbytes", 1))
 
 
 def measure_peak(dtype="float32", n_threads=None, seconds=0.5) -> float:

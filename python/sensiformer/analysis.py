@@ -29,9 +29,9 @@ import numpy as np
 
 from . import _engine
 from ._validation import (MAX_TABLE_N, as_truth_table, check_boolean_table, check_choice, check_float,
-                          check_int, check_seed, resolve_threads)
+                          check_int, check_memory, check_seed, resolve_threads)
 from .estimate import Estimate
-from .model import Transformer
+from .model import FORWARD_TOKENS, Transformer
 from .targets import SCALES, Callable, Target, binarize, inputs_from_indices, to_01, to_pm1
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
 
 MAX_EXACT_N = MAX_TABLE_N  #: largest n the exact functions enumerate (2^26 inputs)
 DEFAULT_SAMPLES = 2000  #: Monte-Carlo inputs when ``samples`` is not given
-_CHUNK_TOKENS = 1 << 14  # tokens per Transformer call: bounds the engine's activation workspace
 _CHUNK_TOKENS_CHEAP = 1 << 20  # tokens per call of a target or callable
 _SAMPLE_BLOCK = 1024  # Monte-Carlo inputs are drawn in fixed blocks, independent of chunking
 
@@ -82,8 +81,10 @@ def fwht(a, n_threads=None) -> np.ndarray:
                         + (f" of dtype {a.dtype}" if isinstance(a, np.ndarray) else ""))
     if not (a.flags.c_contiguous and a.flags.writeable):
         raise ValueError("a must be C-contiguous and writeable (the transform is in place)")
-    as_truth_table(a, "a")  # shape and finiteness; no copy for a valid array
-    _engine.fwht(a, resolve_threads(n_threads))
+    work, _ = as_truth_table(a, "a")  # shape and finiteness; an aligned copy only if a is unaligned
+    _engine.fwht(work, resolve_threads(n_threads))
+    if work is not a:
+        a[...] = work
     return a
 
 
@@ -287,7 +288,7 @@ def _chunk_rows(model, n, chunk_size):
     """Rows per call: ``chunk_size``, or enough to fill the token budget (a Transformer's
     activation workspace grows with its batch; targets and callables only need the inputs)."""
     if chunk_size is None:
-        return max(1, _CHUNK_TOKENS // n if isinstance(model, Transformer) else _CHUNK_TOKENS_CHEAP // n)
+        return max(1, FORWARD_TOKENS // n if isinstance(model, Transformer) else _CHUNK_TOKENS_CHEAP // n)
     return check_int(chunk_size, "chunk_size", 1)
 
 
@@ -411,6 +412,7 @@ def estimate_sensitivity(model, n, samples=DEFAULT_SAMPLES, seed=0, threshold=No
     fn = _batch_function(model, n, n_threads)
     factor = _flip_factor("01" if threshold is not None else scale)
     per_call = max(1, _chunk_rows(model, n, chunk_size) // (n + 1))
+    check_memory(samples * 8, f"estimate_sensitivity's {samples} per-input values")
     flips = np.vstack([np.zeros((1, n), np.uint8), np.eye(n, dtype=np.uint8)])  # row 0: x itself
     s = np.empty(samples)
     inf_sum, inf_sq = np.zeros(n), np.zeros(n)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -88,36 +87,69 @@ def save(trainer, path) -> None:
 
 
 def load(trainer, path) -> None:
-    """Restore ``trainer`` (already built with the same model, optimizer and data settings)."""
+    """Restore ``trainer`` (already built with the same model, optimizer and data settings).
+
+    Everything is read and checked first; the trainer is written only when all of it is valid.
+    """
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             contents = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({err})") from err
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # OSError, zip errors, and whatever NumPy's header parser raises on damage
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
     if "__meta__" not in contents or "__checksum__" not in contents:
         raise CheckpointError(f"{path} is not a sensiformer checkpoint")
     meta = str(contents.pop("__meta__"))
     checksum = str(contents.pop("__checksum__"))
     if _digest(meta, contents) != checksum:
         raise CheckpointError(f"{path} is corrupted (checksum mismatch); nothing was loaded")
-    state = json.loads(meta)
+    try:
+        state = json.loads(meta)
+    except ValueError as err:
+        raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} has metadata of the wrong kind ({type(state).__name__})")
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {state.get('format_version')}, expected {FORMAT_VERSION}")
     expected = json.loads(json.dumps(_describe(trainer), default=float))
-    if state["describe"] != expected:
-        diff = sorted(k for k in expected if state["describe"].get(k) != expected[k])
+    if state.get("describe") != expected:
+        described = state.get("describe") if isinstance(state.get("describe"), dict) else {}
+        diff = sorted(k for k in expected if described.get(k) != expected[k])
         raise CheckpointError(f"{path} belongs to a different setup (differs in: {', '.join(diff)}; "
                               "'data' covers the target, its options and noise, train_subset and data)")
-    if contents["params"].shape != trainer.model.flat.shape:
-        raise CheckpointError(f"{path} has {contents['params'].shape[0]} parameters, the model "
-                              f"{trainer.model.flat.shape[0]}")
+    params, optimizer_state, step_count, status, history = _checked_contents(trainer, path, state, contents)
     # everything checked: now write
-    trainer.model.flat[...] = contents["params"]
-    trainer.optimizer.load_state_dict(dict(kind=trainer.optimizer._kind, step=state["optimizer_step"],
-                                           exp_avg=contents["exp_avg"], exp_avg_sq=contents["exp_avg_sq"]))
-    trainer.step_count = int(state["step_count"])
-    trainer.status = state["status"]
-    trainer._rows = list(state["history"])
+    trainer.model.flat[...] = params
+    trainer.optimizer.load_state_dict(optimizer_state)
+    trainer.step_count = step_count
+    trainer.status = status
+    trainer._rows = history
+
+
+def _checked_contents(trainer, path, state, contents):
+    """The values ``load`` writes, each validated; a checksum-valid file can still hold bad ones."""
+    from ._validation import as_finite_array, check_count
+
+    try:
+        if "params" not in contents:
+            raise KeyError("params")
+        if contents["params"].shape != trainer.model.flat.shape:
+            raise ValueError(f"{contents['params'].shape} parameters, the model has {trainer.model.flat.shape}")
+        params = as_finite_array(contents["params"], "params", trainer.model.dtype)
+        optimizer_state = dict(kind=trainer.optimizer._kind, step=state.get("optimizer_step"),
+                               exp_avg=contents.get("exp_avg"), exp_avg_sq=contents.get("exp_avg_sq"))
+        trainer.optimizer._checked_state(optimizer_state)
+        step_count = check_count(state.get("step_count"), "step_count")
+        status, history = state.get("status"), state.get("history")
+        if not isinstance(status, str):
+            raise TypeError(f"status must be a string, got {status!r}")
+        if not (isinstance(history, list) and all(isinstance(row, dict) for row in history)):
+            raise TypeError("history must be a list of rows (dicts)")
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{path} holds invalid contents ({type(err).__name__}: {err}); nothing was loaded") \
+            from err
+    return params, optimizer_state, step_count, status, list(history)
 
 
 class Checkpoint:

@@ -24,13 +24,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _engine
-from ._validation import check_choice, check_float, check_int, check_seed, resolve_threads
+from ._validation import (as_finite_array, check_choice, check_float, check_int, check_memory, check_seed,
+                          resolve_threads)
 from .blocks import block_indices
 from .estimate import Estimate
 from .model import LOSSES
 from .probes import _seq_batches
 
 _CHUNK_BYTES = 1 << 28  # directions per engine call are limited to this much memory
+_PROBE_BLOCK = 16  # Rademacher probes are drawn in fixed blocks keyed by (seed, block): chunking never changes them
+_TRACE_CHUNK = 8  # Hutchinson probes per engine call: one forward serves 8 tangent passes, memory stays flat
+
+
+def _rademacher(seed, first, count, n):
+    """Probes ``first .. first + count - 1`` of the seed's Rademacher stream, as (count, n) float64 +-1."""
+    out = np.empty((count, n))
+    for block in range(first // _PROBE_BLOCK, (first + count - 1) // _PROBE_BLOCK + 1):
+        lo, hi = max(first, block * _PROBE_BLOCK), min(first + count, (block + 1) * _PROBE_BLOCK)
+        bits = np.random.default_rng([seed, block]).integers(0, 2, size=(_PROBE_BLOCK, n), dtype=np.int8)
+        out[lo - first:hi - first] = bits[lo - block * _PROBE_BLOCK:hi - block * _PROBE_BLOCK] * 2.0 - 1.0
+    return out
 
 
 class HessianOperator:
@@ -113,14 +126,12 @@ def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_s
         H v in the model dtype, shaped like v.
     """
     op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, full=block is None)
-    v = np.asarray(v)
+    v = as_finite_array(v, "v", model.dtype)
     single = v.ndim == 1
     V = v[None, :] if single else v
     if V.ndim != 2 or V.shape[1] not in (model.num_parameters, op.n):
         raise ValueError(f"v must have shape (num_parameters,) = ({model.num_parameters},) or (k, num_parameters)"
                          + (f", or the block's size {op.n}" if block is not None else "") + f"; got {v.shape}")
-    if not np.all(np.isfinite(V)):
-        raise ValueError("v must be finite")
     compact = block is not None and V.shape[1] == op.n and op.n != model.num_parameters
     if block is None:
         HV = op.full_products(np.ascontiguousarray(V, dtype=model.dtype))
@@ -328,7 +339,8 @@ def hessian_trace(model, x, y, samples=100, seed=0, block=None, exclude=("positi
 
     Each draw is unbiased and the draws are independent, so the reported standard error
     (sample std / sqrt(samples)) is calibrated. The draws for a seed are fixed (common random
-    numbers across calls); all products are taken in as few engine calls as memory allows.
+    numbers across calls); they are drawn and multiplied a few at a time, so memory does not
+    grow with ``samples``.
 
     Returns
     -------
@@ -336,10 +348,12 @@ def hessian_trace(model, x, y, samples=100, seed=0, block=None, exclude=("positi
         The trace, its standard error, and the per-draw values z^T H z in ``samples``.
     """
     samples = check_int(samples, "samples", 1, 1 << 24)
-    rng = np.random.default_rng(check_seed(seed))
+    seed = check_seed(seed)
     op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads)
-    Z = rng.integers(0, 2, size=(samples, op.n)).astype(np.float64) * 2 - 1
-    values = np.einsum("sn,sn->s", Z, op.matvec(Z))
+    values = np.empty(samples)
+    for first in range(0, samples, _TRACE_CHUNK):
+        Z = _rademacher(seed, first, min(_TRACE_CHUNK, samples - first), op.n)
+        values[first:first + len(Z)] = np.einsum("sn,sn->s", Z, op.matvec(Z))
     return Estimate.from_samples(values)
 
 
@@ -406,15 +420,16 @@ def hessian_density(model, x, y, probes=10, steps=50, seed=0, block=None, exclud
     probes = check_int(probes, "probes", 1)
     steps = check_int(steps, "steps", 1)
     grid_points = check_int(grid_points, "grid_points", 2)
-    rng = np.random.default_rng(check_seed(seed))
+    seed = check_seed(seed)
     op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads)
     steps = min(steps, op.n)
-    starts = rng.integers(0, 2, size=(probes, op.n)).astype(np.float64) * 2 - 1  # hessian_trace's draws
     group = max(1, _CHUNK_BYTES // ((steps + 1) * op.n * 8))  # probes advancing together, by memory
+    check_memory(min(group, probes) * (steps + 1) * op.n * 8, "hessian_density's Lanczos bases")
     nodes = np.zeros((probes, steps))
     weights = np.zeros((probes, steps))
     for first in range(0, probes, group):
-        lz = _Lanczos(op, starts[first:first + group], steps)
+        starts = _rademacher(seed, first, min(group, probes - first), op.n)  # hessian_trace's draws
+        lz = _Lanczos(op, starts, steps)
         for _ in range(steps):
             lz.step()
             if not lz.active.any():

@@ -1,16 +1,16 @@
 """Loss landscapes around the current parameters: worst-case (SAM-style) sharpness and 1D/2D
 slices (Li et al. 2018).
 
-Every function evaluates the loss at theta + delta by writing the parameters in place and
-restores them **by copy** afterwards (theta + delta - delta is not theta in floating point),
-also on errors and interruptions; the gradient buffer is restored too. Points are formed in
-float64 and rounded once to the model dtype, so ``model.flat = (theta + a d).astype(dtype)``
-followed by ``model.loss`` reproduces a slice value exactly.
+Every function evaluates the loss at theta + delta on a private copy of the model, so the
+model's own parameters and gradient buffer are never perturbed, not even for a moment (another
+thread using the model meanwhile sees it unchanged), and nothing needs restoring after an error
+or an interruption. Points are formed in float64 and rounded once to the model dtype, so
+``model.flat = (theta + a d).astype(dtype)`` followed by ``model.loss`` reproduces a slice value
+exactly.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,15 +21,9 @@ from .hessian import hessian_eigenvalues
 from .model import LOSSES
 
 
-@contextmanager
-def _restored(model):
-    """Restore the parameters and the gradient buffer by copy on exit."""
-    theta, grad = model.flat.copy(), model.flat_grad.copy()
-    try:
-        yield theta
-    finally:
-        model.flat[...] = theta
-        model.flat_grad[...] = grad
+def _private_copy(model):
+    """``(work, theta)``: a copy of the model to perturb, and its parameters."""
+    return model.copy(), model.flat.copy()
 
 
 def _data(model, x, y, loss):
@@ -41,12 +35,13 @@ def _data(model, x, y, loss):
     return x, as_values(y, "y", x.shape[0], model.dtype)
 
 
-def _loss_at(model, theta, delta, x, y, loss, n_threads, grad=False):
-    model.flat[...] = theta.astype(np.float64) + delta
+def _loss_at(work, theta, delta, x, y, loss, n_threads, grad=False):
+    """The loss (and gradient) at theta + delta, evaluated on the private copy ``work``."""
+    work.flat[...] = theta.astype(np.float64) + delta
     if grad:
-        value, _ = model.loss_and_grad(x, y, loss=loss, n_threads=n_threads)
-        return value, model.flat_grad.astype(np.float64)
-    return model.loss(x, y, loss=loss, n_threads=n_threads)
+        value, _ = work.loss_and_grad(x, y, loss=loss, n_threads=n_threads)
+        return value, work.flat_grad.astype(np.float64)
+    return work.loss(x, y, loss=loss, n_threads=n_threads)
 
 
 # ---- worst-case sharpness ------------------------------------------------------------------------
@@ -130,48 +125,48 @@ def worst_case_sharpness(model, x, y, rho, norm="l2", steps=20, restarts=3, seed
     rng = np.random.default_rng(check_seed(seed))
     x, y = _data(model, x, y, loss)
     idx = block_indices(model, block, exclude)
-    with _restored(model) as theta:
-        s = np.ones(idx.size) if norm == "l2" else np.abs(theta[idx].astype(np.float64)) + eta
-        full = np.zeros(model.num_parameters)
+    work, theta = _private_copy(model)
+    s = np.ones(idx.size) if norm == "l2" else np.abs(theta[idx].astype(np.float64)) + eta
+    full = np.zeros(model.num_parameters)
 
-        def f(u, grad=True):
-            full[idx] = s * u
-            out = _loss_at(model, theta, full, x, y, loss, n_threads, grad)
-            return (out[0], s * out[1][idx]) if grad else (out, None)
+    def f(u, grad=True):
+        full[idx] = s * u
+        out = _loss_at(work, theta, full, x, y, loss, n_threads, grad)
+        return (out[0], s * out[1][idx]) if grad else (out, None)
 
-        base, g0 = f(np.zeros(idx.size))
-        grad_norm = float(np.linalg.norm(g0))
-        history = np.full((restarts, steps + 1), -np.inf)
-        best_value, best_u = 0.0, np.zeros(idx.size)
-        for r in range(restarts):
-            if r == 0 and grad_norm > 0:
-                u = rho * g0 / grad_norm
+    base, g0 = f(np.zeros(idx.size))
+    grad_norm = float(np.linalg.norm(g0))
+    history = np.full((restarts, steps + 1), -np.inf)
+    best_value, best_u = 0.0, np.zeros(idx.size)
+    for r in range(restarts):
+        if r == 0 and grad_norm > 0:
+            u = rho * g0 / grad_norm
+        else:
+            u = rng.standard_normal(idx.size)
+            u *= rho / np.linalg.norm(u)
+        alpha = step
+        keep_u, keep_f, keep_g = None, -np.inf, None
+        for t in range(steps + 1):
+            value, g = f(u, grad=t < steps)
+            history[r, t] = value - base
+            if value > keep_f:
+                keep_u, keep_f, keep_g = u, value, g
             else:
-                u = rng.standard_normal(idx.size)
-                u *= rho / np.linalg.norm(u)
-            alpha = step
-            keep_u, keep_f, keep_g = None, -np.inf, None
-            for t in range(steps + 1):
-                value, g = f(u, grad=t < steps)
-                history[r, t] = value - base
-                if value > keep_f:
-                    keep_u, keep_f, keep_g = u, value, g
-                else:
-                    alpha *= 0.5
-                if t == steps or keep_g is None:
-                    break
-                gn = np.linalg.norm(keep_g)
-                if gn == 0 or alpha == 0:
-                    history[r, t + 1:] = history[r, t]
-                    break
-                u = _project(keep_u + alpha * keep_g / gn, rho)
-            if keep_f - base > best_value or r == 0:
-                best_value, best_u = keep_f - base, keep_u
-        full[:] = 0
-        full[idx] = s * best_u
-        per_restart = history.max(axis=1)
-        return WorstCaseSharpness(value=float(per_restart.max()), delta=full.copy(), per_restart=per_restart,
-                                  history=history, base_loss=float(base), grad_norm=grad_norm, rho=rho, norm=norm)
+                alpha *= 0.5
+            if t == steps or keep_g is None:
+                break
+            gn = np.linalg.norm(keep_g)
+            if gn == 0 or alpha == 0:
+                history[r, t + 1:] = history[r, t]
+                break
+            u = _project(keep_u + alpha * keep_g / gn, rho)
+        if keep_f - base > best_value or r == 0:
+            best_value, best_u = keep_f - base, keep_u
+    full[:] = 0
+    full[idx] = s * best_u
+    per_restart = history.max(axis=1)
+    return WorstCaseSharpness(value=float(per_restart.max()), delta=full.copy(), per_restart=per_restart,
+                              history=history, base_loss=float(base), grad_norm=grad_norm, rho=rho, norm=norm)
 
 
 # ---- slices ----------------------------------------------------------------------------------------
@@ -295,9 +290,9 @@ def landscape_1d(model, x, y, direction="random", alphas=None, target=None, seed
     else:
         d = _direction(model, x, y, direction, seed, normalization, ignore, exclude, block, loss, n_threads, 1)[0]
         alphas = _grid(alphas, np.linspace(-1, 1, 21), "alphas")
-    with _restored(model) as theta:
-        base = _loss_at(model, theta, 0.0, x, y, loss, n_threads)
-        losses = np.array([_loss_at(model, theta, a * d, x, y, loss, n_threads) for a in alphas])
+    work, theta = _private_copy(model)
+    base = _loss_at(work, theta, 0.0, x, y, loss, n_threads)
+    losses = np.array([_loss_at(work, theta, a * d, x, y, loss, n_threads) for a in alphas])
     return Landscape(alphas=alphas, betas=None, losses=losses, directions=[d], base_loss=float(base))
 
 
@@ -323,9 +318,9 @@ def landscape_2d(model, x, y, directions="random", alphas=None, betas=None, seed
     alphas = _grid(alphas, np.linspace(-1, 1, 21), "alphas")
     betas = _grid(betas, np.linspace(-1, 1, 21), "betas")
     losses = np.empty((alphas.size, betas.size))
-    with _restored(model) as theta:
-        base = _loss_at(model, theta, 0.0, x, y, loss, n_threads)
-        for i, a in enumerate(alphas):
-            for j, b in enumerate(betas):
-                losses[i, j] = _loss_at(model, theta, a * d1 + b * d2, x, y, loss, n_threads)
+    work, theta = _private_copy(model)
+    base = _loss_at(work, theta, 0.0, x, y, loss, n_threads)
+    for i, a in enumerate(alphas):
+        for j, b in enumerate(betas):
+            losses[i, j] = _loss_at(work, theta, a * d1 + b * d2, x, y, loss, n_threads)
     return Landscape(alphas=alphas, betas=betas, losses=losses, directions=[d1, d2], base_loss=float(base))

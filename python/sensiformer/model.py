@@ -4,7 +4,6 @@ engine-backed model shares (parameter views, state dicts, copies, files; see als
 from __future__ import annotations
 
 import json
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +20,11 @@ LOSSES = {"mse": 0, "bce": 1}
 # sf_tensor_kind in csrc/sf.h
 TENSOR_KINDS = ("token_embedding", "positional", "weight", "bias", "norm_weight", "norm_bias")
 FORMAT_VERSION = 1
+# the engine's size limits (csrc/model.c, SF_MAX_LAYERS in csrc/engine.h)
+MAX_POSITIONS, MAX_D_MODEL, MAX_D_FF, MAX_LAYERS = 1 << 20, 65536, 1 << 20, 64
+# tokens per engine call when a caller streams many inputs through forward: bounds the
+# activation workspace (a few MB at d_model=128) whatever the number of inputs
+FORWARD_TOKENS = 1 << 14
 
 
 class _EngineModel:
@@ -113,6 +117,7 @@ class _EngineModel:
         """
         if not hasattr(state, "items"):
             raise TypeError("state must be a mapping of parameter names to arrays")
+        strict = check_bool(strict, "strict")
         arrays = {}
         for key, value in state.items():
             if key not in self._params:
@@ -138,7 +143,10 @@ class _EngineModel:
     def astype(self, dtype):
         """A copy with parameters converted to ``dtype`` (e.g. probe a float32 model in float64)."""
         other = type(self)(**self._constructor_args(dtype=np.dtype(dtype).name))
-        other._flat[...] = self._flat
+        if other.dtype == self.dtype:
+            other._flat[...] = self._flat
+        else:  # refuse float64 parameters beyond float32's range rather than turn them into inf
+            other._flat[...] = as_finite_array(self._flat, f"parameters in {other.dtype.name}", other.dtype)
         return other
 
     def copy(self):
@@ -196,15 +204,7 @@ class Transformer(_EngineModel):
 
     def __init__(self, n_positions, d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5,
                  activation="relu", dtype="float32", seed=0, final_norm=False, identical_layers=True):
-        n_positions = check_int(n_positions, "n_positions", 1, 1 << 20)
-        d_model = check_int(d_model, "d_model", 2)
-        if d_model % 2:
-            raise ValueError(f"d_model must be even (token and position halves), got {d_model}")
-        n_heads = check_int(n_heads, "n_heads", 1)
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        n_layers = check_int(n_layers, "n_layers", 1, 64)
-        d_ff = d_model if d_ff is None else check_int(d_ff, "d_ff", 1)
+        n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         check_choice(norm, "norm", tuple(NORMS))
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
         check_choice(activation, "activation", tuple(ACTIVATIONS))
@@ -256,6 +256,20 @@ class Transformer(_EngineModel):
         return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
 
 
+def check_sizes(n_positions, d_model, n_heads, n_layers, d_ff):
+    """The size arguments every model kind shares, within the engine's limits (csrc/model.c)."""
+    n_positions = check_int(n_positions, "n_positions", 1, MAX_POSITIONS)
+    d_model = check_int(d_model, "d_model", 2, MAX_D_MODEL)
+    if d_model % 2:
+        raise ValueError(f"d_model must be even (token and position halves), got {d_model}")
+    n_heads = check_int(n_heads, "n_heads", 1)
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    n_layers = check_int(n_layers, "n_layers", 1, MAX_LAYERS)
+    d_ff = d_model if d_ff is None else check_int(d_ff, "d_ff", 1, MAX_D_FF)
+    return n_positions, d_model, n_heads, n_layers, d_ff
+
+
 def _dtype_name(dtype):
     if isinstance(dtype, str):
         return check_choice(dtype, "dtype", tuple(DTYPES))
@@ -269,7 +283,11 @@ def _dtype_name(dtype):
 
 
 def load(path):
-    """Load a model written by ``save`` (a ``Transformer`` or a ``Seq2SeqTransformer``)."""
+    """Load a model written by ``save`` (a ``Transformer`` or a ``Seq2SeqTransformer``).
+
+    A file that is not one ``save`` wrote (damaged, or with other metadata) raises ``ValueError``
+    naming it.
+    """
     try:
         with open(path, "rb") as fh:
             data = np.load(fh, allow_pickle=False)
@@ -277,18 +295,25 @@ def load(path):
                 raise ValueError("an .npy array, not an .npz archive")
             with data:
                 contents = {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(f"{path} is not a readable sensiformer model file ({err})") from err
+    except (FileNotFoundError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # NumPy's header parser raises whatever a damaged header provokes
+        raise ValueError(f"{path} is not a readable sensiformer model file ({type(err).__name__}: {err})") from err
     if "__meta__" not in contents:
         raise ValueError(f"{path} is not a sensiformer model file")
-    meta = json.loads(str(contents["__meta__"]))
     from .seq2seq import Seq2SeqTransformer
 
     kinds = {"Transformer": Transformer, "Seq2SeqTransformer": Seq2SeqTransformer}
-    if meta.get("kind") not in kinds:
-        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a Transformer or a Seq2SeqTransformer")
-    model = kinds[meta["kind"]](**meta["config"])
-    model.load_state_dict({k[len("param/"):]: v for k, v in contents.items() if k.startswith("param/")})
+    try:
+        meta = json.loads(str(contents["__meta__"]))
+        if not isinstance(meta, dict):
+            raise ValueError(f"the metadata is a {type(meta).__name__}, not a dict")
+        if meta.get("kind") not in kinds:
+            raise ValueError(f"it holds a {meta.get('kind')!r}, not a Transformer or a Seq2SeqTransformer")
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError(f"its config is {meta.get('config')!r}, not a dict")
+        model = kinds[meta["kind"]](**meta["config"])
+        model.load_state_dict({k[len("param/"):]: v for k, v in contents.items() if k.startswith("param/")})
+    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a valid sensiformer model file ({type(err).__name__}: {err})") from err
     return model

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _engine
-from ._validation import check_bool, check_choice, check_float, check_int, resolve_threads
+from ._validation import as_finite_array, check_bool, check_choice, check_count, check_float, resolve_threads
 
 _KINDS = {"adamw": 0, "adam": 1, "sgd": 2}
 _SCHEDULES = {"constant": 0, "cosine": 1}
@@ -48,7 +48,7 @@ class Optimizer:
             weight_decay=check_float(weight_decay, "weight_decay", 0.0),
             momentum=check_float(momentum, "momentum", 0.0), dampening=check_float(dampening, "dampening", 0.0, 1.0),
             nesterov=check_bool(nesterov, "nesterov"), decay_all=check_bool(decay_all, "decay_all"), schedule=schedule,
-            warmup_steps=check_int(warmup_steps, "warmup_steps", 0), total_steps=check_int(total_steps, "total_steps", 0),
+            warmup_steps=check_count(warmup_steps, "warmup_steps"), total_steps=check_count(total_steps, "total_steps"),
             min_lr=check_float(min_lr, "min_lr", 0.0),
             clip_norm=0.0 if clip_norm is None else check_float(clip_norm, "clip_norm", 0.0))
         if schedule == "cosine" and self.hyper["total_steps"] and self.hyper["total_steps"] < self.hyper["warmup_steps"]:
@@ -93,7 +93,7 @@ class Optimizer:
 
     def lr_at(self, step: int) -> float:
         """Learning rate of the update after ``step`` updates."""
-        return self._bound().lr_at(check_int(step, "step", 0))
+        return self._bound().lr_at(check_count(step, "step"))
 
     def state_dict(self) -> dict:
         """Copies of the state: step count and moment buffers (laid out like ``model.flat``)."""
@@ -102,15 +102,32 @@ class Optimizer:
                     exp_avg_sq=eng.state(1).copy())
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()``; every entry is checked before anything is written."""
+        exp_avg, exp_avg_sq, step = self._checked_state(state)
         eng = self._bound()
+        eng.state(0)[...] = exp_avg
+        eng.state(1)[...] = exp_avg_sq
+        eng.step_count = step
+
+    def _checked_state(self, state):
+        """``(exp_avg, exp_avg_sq, step)`` of a state dict, validated, without writing anything."""
+        eng = self._bound()
+        if not hasattr(state, "get"):
+            raise TypeError(f"state must be a dict as state_dict() returns, got {type(state).__name__}")
         if state.get("kind") != self._kind:
             raise ValueError(f"state is for {state.get('kind')!r}, this optimizer is {self._kind!r}")
+        missing = [k for k in ("exp_avg", "exp_avg_sq", "step") if k not in state]
+        if missing:
+            raise KeyError(f"state lacks {', '.join(missing)}")
+        moments = []
         for key, which in (("exp_avg", 0), ("exp_avg_sq", 1)):
-            arr = np.asarray(state[key])
-            if arr.shape != eng.state(which).shape:
-                raise ValueError(f"{key} has shape {arr.shape}, expected {eng.state(which).shape}")
-            eng.state(which)[...] = arr
-        eng.step_count = check_int(state["step"], "step", 0)
+            shape = eng.state(which).shape
+            if np.shape(state[key]) != shape:
+                raise ValueError(f"{key} has shape {np.shape(state[key])}, expected {shape}")
+            moments.append(as_finite_array(state[key], key, np.float64))
+        if np.any(moments[1] < 0):
+            raise ValueError("exp_avg_sq must be >= 0 (a running mean of squared gradients)")
+        return moments[0], moments[1], check_count(state["step"], "step")
 
     def __repr__(self):
         shown = {k: v for k, v in self.hyper.items() if k in ("lr", "weight_decay", "schedule")}

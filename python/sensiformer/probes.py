@@ -23,7 +23,8 @@ import fnmatch
 import numpy as np
 
 from . import _engine
-from ._validation import as_tokens, as_values, check_choice, check_float, check_int, check_seed, resolve_threads
+from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
+                          check_seed, resolve_threads)
 from .estimate import Estimate
 from .model import LOSSES
 
@@ -39,6 +40,8 @@ def tensor_mask(model, exclude=("positional",)) -> np.ndarray:
     """
     if isinstance(exclude, str):
         exclude = (exclude,)
+    if exclude is not None and not isinstance(exclude, (tuple, list)):
+        raise TypeError(f"exclude must be a tuple or list of strings (or one string), got {exclude!r}")
     exclude = tuple(exclude or ())
     for pattern in exclude:
         if not isinstance(pattern, str):
@@ -118,8 +121,8 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
     -------
     Estimate
         Mean over the R draws of the batch-averaged loss increase, its standard error over
-        draws, and the per-draw values in ``samples``. The model's parameters are unchanged
-        (restored by copy).
+        draws, and the per-draw values in ``samples``. The model's parameters are never written
+        (the engine perturbs a private copy), so they are unchanged even while the probe runs.
     """
     check_choice(loss, "loss", tuple(LOSSES))
     x, y, batch_size, dec = _seq_batches(model, x, y, batch_size, decoder_input)
@@ -132,16 +135,15 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
         sigma = check_float(rho, "rho", 0.0) / np.sqrt(max(_included_size(model, mask), 1))
     sigma = DEFAULT_SIGMA if sigma is None else check_float(sigma, "sigma", 0.0)
     if noise is not None:
-        noise = np.asarray(noise)
+        shape = np.shape(noise)
+        noise = as_finite_array(noise, "noise", model.dtype)
         if noise.ndim == 1:
             noise = noise[None, :]
         if noise.shape != (repeats, model.num_parameters):
             raise ValueError(f"noise must have shape (repeats, num_parameters) = {(repeats, model.num_parameters)}, "
-                             f"got {noise.shape}")
-        if not np.all(np.isfinite(noise)):
-            raise ValueError("noise must be finite")
-        noise = np.ascontiguousarray(noise, dtype=model.dtype)
-    shared = bool(paper_compatible) or noise is not None
+                             f"got {shape}")
+    shared = check_bool(paper_compatible, "paper_compatible") or noise is not None
+    as_pm1 = check_bool(as_pm1, "as_pm1")
     base, perturbed = _engine.sharpness(model._engine, x, y, batch_size, LOSSES[loss], sigma, repeats, seed, mask,
                                         noise, shared, resolve_threads(n_threads), dec)
     per_draw = (perturbed - base[None, :]).mean(axis=1)
@@ -222,6 +224,7 @@ def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None,
     official ``blowup_encoder_maxs_prod`` and ``blowup_decoder_maxs_prod``.
     """
     check_choice(definition, "definition", ("official", "theory"))
+    per_sample = check_bool(per_sample, "per_sample")
     if _is_seq2seq(model):
         return _ln_blowup_seq2seq(model, x, decoder_input, y, definition, per_sample, n_threads)
     if decoder_input is not None or y is not None:
@@ -266,10 +269,14 @@ def tensor_norms(model) -> dict:
 
 
 def distance(model, reference, exclude=("positional",)) -> float:
-    """L2 distance between the parameters of two models of the same shape (e.g. from init)."""
-    ref_flat = reference.flat if hasattr(reference, "flat") else np.asarray(reference)
+    """L2 distance between the parameters of two models of the same shape (e.g. from init), or
+    between a model and a flat parameter array laid out like ``model.flat``."""
+    # a model has tensor_info; NumPy arrays have a .flat too, so that cannot tell them apart
+    ref_flat = reference.flat if hasattr(reference, "tensor_info") else as_finite_array(reference, "reference",
+                                                                                         np.float64)
     if ref_flat.shape != model.flat.shape:
-        raise ValueError(f"reference has {ref_flat.shape[0]} parameters, the model {model.flat.shape[0]}")
+        raise ValueError(f"reference must have {model.flat.shape[0]} parameters (the model's), got shape "
+                         f"{ref_flat.shape}")
     mask = tensor_mask(model, exclude)
     total = 0.0
     for t, keep in zip(model.tensor_info, mask):

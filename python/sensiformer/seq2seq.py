@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _engine
 from ._validation import as_tokens, check_bool, check_choice, check_float, check_int, check_seed, resolve_threads
-from .model import ACTIVATIONS, DTYPES, LOSSES, _dtype_name, _EngineModel
+from .model import ACTIVATIONS, DTYPES, LOSSES, MAX_LAYERS, _dtype_name, _EngineModel, check_sizes
 
 SOS = 2  #: the decoder's start token
 _SEQ2SEQ_KIND = 1  # sf_model_kind in csrc/sf.h
@@ -101,17 +101,9 @@ class Seq2SeqTransformer(_EngineModel):
 
     def __init__(self, n_positions, d_model=32, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5,
                  activation="relu", dtype="float32", seed=0, n_decoder_layers=None, identical_layers=True):
-        n_positions = check_int(n_positions, "n_positions", 1, 1 << 20)
-        d_model = check_int(d_model, "d_model", 2)
-        if d_model % 2:
-            raise ValueError(f"d_model must be even (token and position halves), got {d_model}")
-        n_heads = check_int(n_heads, "n_heads", 1)
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        n_layers = check_int(n_layers, "n_layers", 1, 64)
+        n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         n_decoder_layers = n_layers if n_decoder_layers is None else check_int(n_decoder_layers, "n_decoder_layers",
-                                                                               1, 64)
-        d_ff = d_model if d_ff is None else check_int(d_ff, "d_ff", 1)
+                                                                               1, MAX_LAYERS)
         check_choice(norm, "norm", tuple(_NORMS))
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
         check_choice(activation, "activation", tuple(ACTIVATIONS))

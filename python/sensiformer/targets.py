@@ -29,8 +29,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _engine
-from ._validation import (MAX_TABLE_N, as_tokens, as_truth_table, check_choice, check_float, check_int,
-                          check_seed)
+from ._validation import (MAX_TABLE_N, as_tokens, as_truth_table, check_choice, check_count, check_float,
+                          check_int, check_memory, check_seed)
 
 # sf_target_kind in csrc/sf.h
 _PARITY, _MAJORITY, _FIRST, _MEAN, _TABLE, _SPARSE_PARITY, _JUNTA, _FOURIER = range(8)
@@ -107,7 +107,7 @@ class Target:
         ``seed``, so ``noisy(x_batch, seed, step)`` reproduces that batch's labels.
         """
         y = self(x)
-        flips = _engine.label_noise(check_seed(seed), check_int(step, "step", 0), y.shape[0], self.noise)
+        flips = _engine.label_noise(check_seed(seed), check_count(step, "step"), y.shape[0], self.noise)
         return np.where(flips.astype(bool), 1.0 - y, y)
 
     def truth_table(self, scale="01") -> np.ndarray:
@@ -115,6 +115,7 @@ class Target:
         if self.n > MAX_TABLE_N:
             raise ValueError(f"a truth table needs n <= {MAX_TABLE_N}, but {self!r} has n={self.n}; "
                              "use sensiformer.analysis.estimate_sensitivity for Monte-Carlo analysis")
+        check_memory(2**self.n * 8, f"the truth table of {self!r}")
         table = np.empty(2**self.n)
         for start in range(0, table.size, _TABLE_CHUNK):
             stop = min(start + _TABLE_CHUNK, table.size)
@@ -183,6 +184,7 @@ class RandomFunction(_TableTarget):
     def __init__(self, n, seed=0, noise=0.0):
         super().__init__(check_int(n, "n", 1, 30), noise)
         self.seed = check_seed(seed)
+        check_memory(2**self.n * 16, f"RandomFunction(n={self.n})'s truth table")  # int64 draws, then float64
         self.table = np.random.default_rng(self.seed).choice(2, size=2**self.n).astype(np.float64)
 
     def _repr_args(self):
@@ -203,6 +205,18 @@ class TruthTable(_TableTarget):
 
     def _repr_args(self):
         return f"n={self.n}, boolean={self.boolean}"
+
+
+def _key_positions(key):
+    """A key of a coefficient mapping: one position or a tuple/list/set of them."""
+    def is_position(p):
+        return isinstance(p, numbers.Integral) and not isinstance(p, (bool, np.bool_))
+
+    if is_position(key):
+        return (key,)
+    if isinstance(key, (tuple, list, set, frozenset)) and all(map(is_position, key)):
+        return tuple(key)
+    raise TypeError(f"coefficients keys must be a position or a set of positions (a tuple of ints), got {key!r}")
 
 
 def _positions(bits, n, name="bits"):
@@ -360,7 +374,7 @@ class FourierFunction(Target):
     def _from_mapping(self, coefficients):
         sets, values, seen = [], [], set()
         for key, value in coefficients.items():
-            positions = (key,) if isinstance(key, numbers.Integral) else tuple(key)
+            positions = _key_positions(key)
             S = np.sort(_positions(positions, self.n, "a set of positions")) if positions else np.zeros(0, np.int32)
             if tuple(S) in seen:
                 raise ValueError(f"the set {sorted(positions)} appears twice in coefficients")
@@ -536,7 +550,7 @@ class Prefix(Target):
     def noisy(self, x, seed=0, step=0) -> np.ndarray:
         """Labels (batch, n) of ``x`` with the training stream's label noise ({0,1} scale)."""
         y = self(x)
-        flips = _engine.label_noise(check_seed(seed), check_int(step, "step", 0), y.size, self.noise)
+        flips = _engine.label_noise(check_seed(seed), check_count(step, "step"), y.size, self.noise)
         return np.where(flips.reshape(y.shape).astype(bool), 1.0 - y, y)
 
     def truth_table(self, scale="01") -> np.ndarray:

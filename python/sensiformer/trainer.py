@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from . import _engine
-from ._validation import as_tokens, as_values, check_choice, check_int, check_seed, resolve_threads
-from .model import LOSSES
+from ._validation import (MAX_INT64, as_tokens, as_values, check_bool, check_choice, check_count, check_int,
+                          check_seed, resolve_threads)
+from .model import FORWARD_TOKENS, LOSSES
 from .optim import AdamW, Optimizer
 from .seq2seq import Seq2SeqTransformer
 from .targets import Target, all_inputs, inputs_from_indices
@@ -22,7 +23,7 @@ _UNIFORM, _SUBSET, _DATASET = range(3)
 # engine status codes (csrc/sf.h)
 _OK, _EINVAL, _ENOMEM, _EINTR, _ENUMERIC = range(5)
 _EXACT_EVAL_MAX_N = 16
-_EVAL_CHUNK = 1 << 16
+_MAX_BATCH = 1 << 24
 
 
 @contextlib.contextmanager
@@ -108,7 +109,7 @@ class Trainer:
         self.labels = check_choice(labels, "labels", ("01", "pm1"))
         if loss == "bce" and labels == "pm1":
             raise ValueError("loss='bce' needs labels='01'")
-        self.batch_size = check_int(batch_size, "batch_size", 1, 1 << 24)
+        self.batch_size = check_int(batch_size, "batch_size", 1, _MAX_BATCH)
         self.seed = check_seed(seed)
         self.n_threads = None if n_threads is None else check_int(n_threads, "n_threads", 1, 512)
         self.optimizer = AdamW(lr=3e-4, weight_decay=0.1) if optimizer is None else optimizer
@@ -145,6 +146,10 @@ class Trainer:
             self.seq_len = target.n if seq_len is None else check_int(seq_len, "seq_len", 1)
             if target.engine_spec()[2] is not None and self.seq_len != target.n:
                 raise ValueError(f"seq_len={self.seq_len} but the target's truth table is for n={target.n}")
+            try:  # the engine knows which positions a target reads (SparseParity, Junta, FourierFunction)
+                _engine.target_eval(target.engine_spec(), np.zeros((1, self.seq_len), np.uint8))
+            except ValueError as err:
+                raise ValueError(f"seq_len={self.seq_len} does not fit {target!r}: {err}") from err
             if train_subset is not None:
                 subset = np.asarray(train_subset)
                 if subset.size and not np.issubdtype(subset.dtype, np.integer):
@@ -190,7 +195,7 @@ class Trainer:
 
     def sample_batch(self, step=None):
         """Batch number ``step`` (default: the next one) of the training stream: ``(x, y)``."""
-        step = self.step_count if step is None else check_int(step, "step", 0)
+        step = self.step_count if step is None else check_count(step, "step")
         return _engine.sample_batch(self._target_spec, self._sampler, self.seed, step, self.batch_size, self.seq_len)
 
     # ---- training --------------------------------------------------------------------------
@@ -201,8 +206,10 @@ class Trainer:
         the learning rate and mean gradient norm, wall time, and the metrics of callbacks that
         ran at that step. Ctrl-C stops within a second and keeps every finished step.
         """
-        steps = check_int(steps, "steps", 0)
-        log_every = check_int(log_every, "log_every", 1)
+        steps = check_count(steps, "steps")
+        if self.step_count + steps > MAX_INT64:
+            raise ValueError(f"steps={steps} would take the step count beyond 2**63 - 1")
+        log_every = check_count(log_every, "log_every", 1)
         callbacks = [cb if hasattr(cb, "every") else Callback(cb, every=log_every) for cb in callbacks]
         from tqdm.auto import tqdm
 
@@ -326,49 +333,61 @@ class Trainer:
         A seq2seq model: teacher-forced loss and per-token accuracy, plus ``autoregressive_accuracy``
         (per token, the paper's measure) and ``sequence_accuracy`` of ``generate`` (KV cache).
         """
+        exact = None if exact is None else check_bool(exact, "exact")
         if self.data is not None:
             x, y = self.data
         elif self.train_subset is not None:
             x = inputs_from_indices(np.unique(self.train_subset), self.seq_len)
-            y = self.target(x)
+            y = self._clean_labels(x)
         else:
-            exact = self.seq_len <= _EXACT_EVAL_MAX_N if exact is None else bool(exact)
+            exact = self.seq_len <= _EXACT_EVAL_MAX_N if exact is None else exact
             if exact:
                 x = all_inputs(self.seq_len)
-                y = self.target(x)
             else:
                 batches = check_int(batches, "batches", 1)
-                bs = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", 1)
+                bs = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", 1, _MAX_BATCH)
                 eval_seed = (check_seed(self.seed if seed is None else seed) ^ 0x5EEDE7A1) & (2**64 - 1)
                 pairs = [_engine.sample_batch(self._target_spec, (_UNIFORM, None, None, None), eval_seed, k, bs,
                                               self.seq_len) for k in range(batches)]
                 x = np.concatenate([p[0] for p in pairs])
-                y = self.target(x)  # the clean function: label noise is a property of training data
+            y = self._clean_labels(x)
         y_used = 2 * y - 1 if self.labels == "pm1" else y
         if self._seq2seq:
             return self._evaluate_seq2seq(x, y, y_used)
-        out = np.concatenate([self.model.forward(x[i:i + _EVAL_CHUNK], self.n_threads)
-                              for i in range(0, len(x), _EVAL_CHUNK)]).astype(np.float64)
-        if self.loss == "mse":
-            loss = float(np.mean((out - y_used) ** 2))
-        else:
-            loss = float(np.mean(np.maximum(out, 0) - out * y_used + np.log1p(np.exp(-np.abs(out)))))
+        rows = max(1, FORWARD_TOKENS // self.seq_len)  # bounds the model's activation workspace
+        out = np.concatenate([self.model.forward(x[i:i + rows], self.n_threads)
+                              for i in range(0, len(x), rows)]).astype(np.float64)
+        loss = self._loss_sum(out, y_used) / len(out)
         label_threshold = 0.0 if self.labels == "pm1" else 0.5
         accuracy = float(np.mean((out > self._threshold) == (y_used > label_threshold)))
         return dict(loss=loss, accuracy=accuracy, n_inputs=int(len(x)))
 
+    def _loss_sum(self, out, y) -> float:
+        """Sum of the losses of float64 outputs against labels; labels so large that a squared error
+        overflows give inf, as IEEE arithmetic says, without a RuntimeWarning."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.loss == "mse":
+                return float(np.sum((out - y) ** 2))
+            return float(np.sum(np.maximum(out, 0) - out * y + np.log1p(np.exp(-np.abs(out)))))
+
+    def _clean_labels(self, x):
+        """The target's labels of x as the training loop computes them, without label noise (a
+        target may be trained on inputs longer than its n: PARITY of seq_len bits)."""
+        if x.shape[1] == self.target.n:
+            return self.target(x)
+        kind, n, table, *options = self._target_spec
+        options = {k: v for k, v in (options[0] if options else {}).items() if k != "noise"}
+        return _engine.target_eval((kind, n, table, options), x)
+
     def _evaluate_seq2seq(self, x, y, y_used) -> dict:
         """Teacher-forced loss and token accuracy, and the autoregressive accuracies, in chunks."""
-        chunk = max(1, _EVAL_CHUNK // max(self.seq_len, 1))  # the decoder holds rows x positions
+        chunk = max(1, FORWARD_TOKENS // self.seq_len)  # encoder and decoder hold rows x positions
         label_threshold = 0.0 if self.labels == "pm1" else 0.5
         loss_sum = correct = right_tokens = right_rows = 0.0
         for i in range(0, len(x), chunk):
             xs, ys, us = x[i:i + chunk], y[i:i + chunk], y_used[i:i + chunk]
             out = self.model.forward(xs, self.model.teacher_forcing(ys), self.n_threads)[:, :-1].astype(np.float64)
-            if self.loss == "mse":
-                loss_sum += float(np.sum((out - us) ** 2))
-            else:
-                loss_sum += float(np.sum(np.maximum(out, 0) - out * us + np.log1p(np.exp(-np.abs(out)))))
+            loss_sum += self._loss_sum(out, us)
             correct += float(np.sum((out > self._threshold) == (us > label_threshold)))
             tokens = self.model.generate(xs, threshold=self._threshold, n_threads=self.n_threads)
             match = tokens == (us > label_threshold)
