@@ -1011,11 +1011,11 @@ RAW_CALLS = ["Model", "forward", "loss_and_grad", "reinit", "flat", "tensors", "
              "ln_blowup", "hvp", "attention_logits", "fwht", "fourier", "spectrum", "degree_stats", "influences",
              "point_sensitivity", "sensitivity_profile", "resolve_threads", "set_default_threads",
              "set_memory_limit", "build_info", "seq2seq_forward", "seq2seq_loss_and_grad", "generate",
-             "seq2seq_ln_counts", "measure_peak", "num_params", "last_threads"]
+             "seq2seq_ln_counts", "measure_peak", "num_params", "last_threads", "workspace_bytes", "kernel_gemm"]
 # raw call -> the engine entry point it reaches (identity for the module functions)
 RAW_ENTRY = {"forward": "Model.forward", "loss_and_grad": "Model.loss_and_grad", "reinit": "Model.reinit",
              "flat": "Model.flat", "tensors": "Model.tensors", "num_params": "Model.num_params",
-             "last_threads": "Model.last_threads", "opt_step": "Optimizer.step", "opt_state": "Optimizer.state",
+             "last_threads": "Model.last_threads", "workspace_bytes": "Model.workspace_bytes", "opt_step": "Optimizer.step", "opt_state": "Optimizer.state",
              "opt_lr_at": "Optimizer.lr_at", "opt_step_count": "Optimizer.step_count"}
 
 
@@ -1098,8 +1098,10 @@ def _raw(call, model, opt, args, target, sampler):
         return _engine.generate(m, a[0], _bounded(a[1]), a[2], a[3], a[4])
     if call == "seq2seq_ln_counts":
         return _engine.seq2seq_ln_counts(m, *args[:1])
-    if call in ("num_params", "last_threads"):
+    if call in ("num_params", "last_threads", "workspace_bytes"):
         return getattr(m, call)
+    if call == "kernel_gemm":
+        return _engine.kernel_gemm(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
     if call == "measure_peak":  # the budget is seconds of busy work: keep it tiny
         budget = a[2] if isinstance(a[2], float) and 0 <= a[2] < 0.002 else 0.001
         return _engine.measure_peak(a[0], a[1] if isinstance(a[1], int) and a[1] <= 2 else 1, budget)
@@ -1131,6 +1133,9 @@ def _well_formed(call, model, draw_args, rng):
         "seq2seq_loss_and_grad": [x, np.full((B, 2), 2, np.uint8), rng.normal(size=(B, 2)).astype(model.dtype), 0,
                                   True, 1],
         "generate": [x, 2, True, 0.5, 1],
+        "kernel_gemm": [str(rng.choice(["baseline", "x86-64-v3", "x86-64-v4", "avx"])),
+                        rng.normal(size=(3, 4)), rng.normal(size=(4, 5)), np.zeros((3, 5)), rng.normal(size=5),
+                        bool(rng.integers(2)), False, int(rng.integers(1, 3))],
     }.get(call)
     if typical is None:
         return draw_args
