@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 
 from .config import CONVERGED_MSE, HASH_VERSION, RunConfig, as_config, hex_to_table, table_to_hex
 from .executors import make_backend, usable_cpus
-from .runner import SCRATCHPAD_MESSAGE, check_runnable, execute, provenance
+from .runner import execute, provenance
 from .store import Store
 
-__all__ = ["CONVERGED_MSE", "HASH_VERSION", "RunConfig", "Store", "SweepResult", "as_config", "check_runnable",
-           "execute", "hex_to_table", "provenance", "run", "run_configs", "table_to_hex", "usable_cpus",
-           "SCRATCHPAD_MESSAGE"]
+__all__ = ["CONVERGED_MSE", "HASH_VERSION", "RunConfig", "Store", "SweepResult", "as_config", "execute",
+           "hex_to_table", "provenance", "run", "run_configs", "table_to_hex", "usable_cpus"]
 
 
 class SweepFailures(RuntimeWarning):
@@ -83,8 +82,6 @@ def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_t
     from tqdm.auto import tqdm
 
     configs = [as_config(c) for c in configs]
-    for c in configs:
-        check_runnable(c)
     store = _as_store(store)
     sweep = sweep or default_sweep_name(configs)
     store.add_members(sweep, [(i, c.key, {**c.tags, **(tags or {})}) for i, c in enumerate(configs)])
@@ -144,8 +141,6 @@ def run(experiment, store="results.db", executor=None, max_workers=None, n_threa
     ``stages`` limits a multi-stage experiment (e.g. generalization: "fit" then "refit") to the
     named stages.
     """
-    if hasattr(experiment, "stages") and hasattr(experiment, "sweep"):
-        experiment.check_runnable()
     store = _as_store(store)
     if hasattr(experiment, "stages") and hasattr(experiment, "sweep"):
         for stage in experiment.stages:

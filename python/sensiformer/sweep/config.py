@@ -45,8 +45,11 @@ class RunConfig:
         ``RandomFunc(target_seed)`` table) or "table" (``target_table``: the truth table as a
         hex string of 2^n bits, x_1 the most significant bit of the index; see ``table_to_hex``).
     Model
-        ``model`` "encoder" (the official TorchModel) or "scratchpad" (the encoder-decoder of
-        issue 5, not yet available); ``n_positions`` defaults to the largest length used.
+        ``model`` "encoder" (the official TorchModel) or "scratchpad" (the official
+        TorchModelWithScratchpad, ``Seq2SeqTransformer``: trained by teacher forcing on the
+        target's prefix labels, e.g. the prefix parities; its final probes add the encoder and
+        decoder blowup and the autoregressive accuracy, and ``converged`` is the paper's filter
+        autoregressive accuracy > 0.999); ``n_positions`` defaults to the largest length used.
     Training
         AdamW(lr, weight_decay) on fresh uniform batches (or batches drawn from
         ``restricted_subset(n, train_subset, subset_seed)`` when ``train_subset`` = m is set),
@@ -161,8 +164,24 @@ class RunConfig:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.blowup_definition not in ("official", "theory"):
             raise ValueError(f"blowup_definition must be 'official' or 'theory', got {self.blowup_definition!r}")
+        if self.model == "scratchpad":
+            self._check_scratchpad()
         if self.train_lengths and self.target not in ("parity", "majority", "first", "mean"):
             raise ValueError("train_lengths needs a length-generic target (parity, majority, first, mean)")
+
+    def _check_scratchpad(self):
+        if self.target not in ("parity", "majority", "first"):
+            raise ValueError(f"model='scratchpad' needs a Boolean target with prefix labels (parity, majority, first), "
+                             f"got {self.target!r}")
+        if self.norm not in ("post", "pre"):
+            raise ValueError(f"model='scratchpad' has norm 'post' or 'pre', got {self.norm!r}")
+        unsupported = dict(train_subset=self.train_subset is not None, train_lengths=bool(self.train_lengths),
+                           eval_lengths=bool(self.eval_lengths), save_predictions=self.save_predictions,
+                           train_sharpness_repeats=bool(self.train_sharpness_repeats),
+                           model_sensitivity=self.model_sensitivity, init=self.init != "pytorch")
+        bad = sorted(k for k, v in unsupported.items() if v)
+        if bad:
+            raise ValueError(f"model='scratchpad' does not support {', '.join(bad)} (encoder-only options)")
 
     # ---- identity ---------------------------------------------------------------------------
     def hashed_fields(self) -> dict:
