@@ -106,7 +106,7 @@ def _run(args, exp_or_configs):
 
     started = time.perf_counter()
     store = sweep.run(exp_or_configs, store=args.store, executor=_executor(args), max_workers=args.workers,
-                      n_threads=args.threads, progress=args.progress)
+                      n_threads=args.threads, progress=args.progress, run_progress=args.run_progress)
     return store, time.perf_counter() - started
 
 
@@ -213,6 +213,8 @@ def _add_exec_options(p):
     p.add_argument("--workers", type=int, default=None, help="local processes (default: one per core)")
     p.add_argument("--threads", type=int, default=None, help="threads per run (default: 1 when runs share cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--run-progress", action="store_true",
+                   help="also a progress bar per run in flight (training steps and loss)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import targets
 from .config import CONVERGED_MSE, RunConfig, as_config, hex_to_table
+from .progress import RunReporter
 
 # measurement batches come from a stream of their own, far from the training and Measure streams
 _FINAL_STREAM = (1 << 62) + 0x00F1_4A15_0000
@@ -199,7 +200,7 @@ def _converged(cfg, metrics) -> bool:
     return bool(metrics["eval_loss"] < CONVERGED_MSE)
 
 
-def _train_multi_length(model, cfg, optimizer, n_threads, history_rows):
+def _train_multi_length(model, cfg, optimizer, n_threads, history_rows, reporter=None):
     """Length generalisation: round-robin over ``train_lengths``, ``length_chunk`` steps each."""
     import sensiformer as sf
 
@@ -216,6 +217,8 @@ def _train_multi_length(model, cfg, optimizer, n_threads, history_rows):
             h = tr.fit(chunk, log_every=chunk, progress=False)
             window.append((chunk, float(h["loss"].iloc[-1])))
             done += chunk
+            if reporter:
+                reporter.send(done, window[-1][1], force=done == cfg.steps)
             if done % cfg.log_every < chunk or done == cfg.steps:
                 w = sum(c for c, _ in window)
                 history_rows.append(dict(step=done, loss=sum(c * l for c, l in window) / w))
@@ -223,9 +226,12 @@ def _train_multi_length(model, cfg, optimizer, n_threads, history_rows):
     return trainers
 
 
-def execute(config, n_threads: int = 1) -> dict:
+def execute(config, n_threads: int = 1, progress=None) -> dict:
     """Run one configuration and return ``{key, status, config, metrics, artifacts, history,
     provenance, started, finished, duration}``.
+
+    ``progress``: a sink (``put(message)``, see ``sweep.progress``) that receives the training
+    steps as they finish; it does not change the results.
 
     ``status`` is "ok", or "diverged" when the loss stopped being finite (metrics then describe
     the last finite parameters). Other exceptions propagate (the sweep records them as
@@ -238,15 +244,18 @@ def execute(config, n_threads: int = 1) -> dict:
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     model, optimizer, trainer, subset = _build(cfg, n_threads)
+    reporter = RunReporter(progress, cfg) if progress is not None else None
+    if reporter:
+        reporter.send(0, force=True)
     status = "ok"
     error = None
     history_rows = []
     metrics = {}
     try:
         if cfg.train_lengths:
-            _train_multi_length(model, cfg, optimizer, n_threads, history_rows)
+            _train_multi_length(model, cfg, optimizer, n_threads, history_rows, reporter)
         else:
-            callbacks = []
+            callbacks = [reporter] if reporter else []
             if cfg.dynamic_every:
                 callbacks.append(sf.Measure(every=cfg.dynamic_every, n_batches=cfg.dynamic_batches,
                                             repeats=cfg.dynamic_repeats, sigma=cfg.sharpness_sigma, seed=cfg.seed,
@@ -264,6 +273,8 @@ def execute(config, n_threads: int = 1) -> dict:
     metrics["train_seconds"] = time.perf_counter() - t0
     if history_rows and history_rows[-1].get("loss") is not None:
         metrics["final_train_loss"] = float(history_rows[-1]["loss"])
+    if reporter:
+        reporter.send(metrics["steps_done"], metrics.get("final_train_loss"), phase="probing", force=True)
     metrics.update(_evaluate(trainer, cfg, n_threads))
     metrics["label_scale"] = trainer.labels  # "01": losses and sharpness on the {0,1} scale
     if cfg.dynamic_every:
@@ -318,11 +329,11 @@ def execute(config, n_threads: int = 1) -> dict:
                 duration=time.perf_counter() - t0)
 
 
-def execute_safely(config, n_threads: int = 1) -> dict:
+def execute_safely(config, n_threads: int = 1, progress=None) -> dict:
     """``execute``, but an exception becomes ``{"key", "failed": traceback}`` (for executors
     whose futures should not carry arbitrary exceptions back)."""
     try:
-        return execute(config, n_threads)
+        return execute(config, n_threads, progress)
     except Exception:  # noqa: BLE001 - reported to the driver, which records the failure
         cfg = as_config(config)
         return dict(key=cfg.key, failed=traceback.format_exc(), config=cfg.to_dict(), pid=os.getpid())
