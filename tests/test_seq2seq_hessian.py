@@ -199,3 +199,23 @@ def test_measure_hessian_on_a_pm1_seq2seq_trainer():
     dec = trainer.model.teacher_forcing((y > 0).astype(np.uint8))
     trace = sf.probes.hessian_trace(trainer.model, x, y, samples=3, decoder_input=dec)
     assert history["hessian_trace"].iloc[-1] == trace.value
+
+
+def test_landscape_probes_take_decoder_input_for_pm1_labels():
+    model = random_model(seed=10)
+    x, bits = data(6)
+    y, dec = 2 * bits - 1, model.teacher_forcing(bits)
+    with pytest.raises(ValueError, match="0/1"):
+        sf.probes.landscape_1d(model, x, y)
+    direction = np.random.default_rng(1).normal(size=model.num_parameters)
+    line = sf.probes.landscape_1d(model, x, y, direction=direction, alphas=[-0.1, 0.2], decoder_input=dec)
+    base, theta = model.loss(x, y, decoder_input=dec), model.flat.copy()
+    assert line.base_loss == base
+    for a, value in zip(line.alphas, line.losses):
+        model.flat[:] = theta + a * direction
+        assert value == model.loss(x, y, decoder_input=dec)
+    model.flat[:] = theta
+    plane = sf.probes.landscape_2d(model, x, y, directions="eigen", alphas=[0.0], betas=[0.0], decoder_input=dec)
+    assert plane.losses[0, 0] == base
+    worst = sf.probes.worst_case_sharpness(model, x, y, rho=0.05, steps=3, restarts=1, decoder_input=dec)
+    assert worst.value > 0 and model.loss(x, y, decoder_input=dec) == base

@@ -78,9 +78,10 @@ def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_t
     run_progress : bool or callable
         Also one bar per run in flight, showing its training steps and loss (closed when the
         run's result is stored); a callable instead receives every progress message (a dict:
-        key, label, step, total, loss, phase), in the driver, from any thread. Works with the serial and local executors, a
-        ``ThreadPoolExecutor`` and Dask (workers send events through the scheduler, at most 4
-        per second per run); other executors warn and go without. Training is split into up to
+        key, label, step, total, loss, phase), in the driver, from any thread. Works with the
+        serial and local executors, a ``ThreadPoolExecutor`` and Dask (workers send events
+        through the scheduler, at most 4 per second per run); other executors warn and go
+        without. Training is split into up to
         100 more C stretches, which does not change results.
 
     Returns
