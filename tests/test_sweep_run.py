@@ -199,3 +199,11 @@ def test_ctrl_c_stops_a_local_pool_and_its_workers(tmp_path):
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, "no worker keeps running after Ctrl-C"
     assert len(Store(db)) == 0
+
+
+def test_cosine_lr_schedule_decays_to_zero_over_the_run():
+    cosine = sweep.execute(tiny(steps=60, lr_schedule="cosine"))["history"]
+    lrs = [r["lr"] for r in cosine]
+    assert len(lrs) == 3 and lrs == sorted(lrs, reverse=True)
+    assert 0.5 * 3e-3 < lrs[0] < 3e-3 and lrs[-1] < 1e-3 * 3e-3
+    assert [r["lr"] for r in sweep.execute(tiny(steps=60))["history"]] == pytest.approx([3e-3] * 3)

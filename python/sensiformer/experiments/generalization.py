@@ -50,6 +50,9 @@ PRESETS = {
 }
 for _p in PRESETS.values():
     _p.setdefault("refit_per_group", None)
+    # the refits' own optimisation (None: as the fit stage; the paper uses the same settings)
+    for _k, _v in dict(refit_lr=None, refit_batch_size=None, refit_lr_schedule="constant").items():
+        _p.setdefault(_k, _v)
 
 
 def group_names(subset_sizes, random_sizes):
@@ -119,7 +122,11 @@ def refit_configs(manifest: pd.DataFrame, params: dict) -> list[RunConfig]:
     """Stage 2: ``refit_seeds`` x every manifest entry (per group in manifest order, the
     official ``seed x file idx`` grid), trained on the whole input space."""
     fields = run_fields(params)
-    fields["steps"] = params["refit_steps"]
+    fields.update(steps=params["refit_steps"], lr_schedule=params["refit_lr_schedule"])
+    if params["refit_lr"] is not None:
+        fields["lr"] = params["refit_lr"]
+    if params["refit_batch_size"] is not None:
+        fields["batch_size"] = params["refit_batch_size"]
     configs = []
     for group in group_names(params["subset_sizes"], params["random_completion_sizes"]):
         entries = manifest[manifest["group"] == group]
@@ -156,6 +163,8 @@ def generalization(preset: str = "ci", **overrides) -> Experiment:
     Parameters (overridable): ``n``, ``seeds``, ``target_seeds``, ``subset_sizes``,
     ``random_completion_sizes``, ``refit_seeds``, ``refit_steps``, ``refit_per_group``
     (cap on manifest entries per group and kind that get refitted; None = all),
+    ``refit_lr``, ``refit_batch_size`` (None: as the fit stage), ``refit_lr_schedule``
+    ("constant", the paper's, or "cosine" decay to 0 over ``refit_steps``),
     ``train_sharpness_repeats`` and the model/training settings. "paper" gives the official
     grids: 100 + 300 fit runs, then 5 refits of each of <= 200 + <= 300 completions
     (1000 + 1500 runs when every fit succeeds).

@@ -6,7 +6,9 @@ fields, so a rerun of the same configuration finds the stored result and is skip
 
 What the key covers
 -------------------
-Every field of ``RunConfig`` except ``tags``. In particular the seeds, the model and optimiser
+Every field of ``RunConfig`` except ``tags``; fields added later (``LATE_FIELDS``) only when
+they differ from their default, so the keys of configurations that leave them alone, and the
+results stored under those keys, stay valid. In particular the seeds, the model and optimiser
 hyper-parameters, the number of steps and the logging interval (it decides which history rows
 are recorded), and every final/dynamic probe setting (they decide the recorded metrics).
 
@@ -34,6 +36,9 @@ CONVERGED_MSE = 1e-3
 TARGETS = ("parity", "majority", "first", "mean", "random", "table")
 MODELS = ("encoder", "scratchpad")
 INITS = ("pytorch", "gaussian", "uniform", "xavier_uniform", "xavier_normal")
+LR_SCHEDULES = ("constant", "cosine")
+#: fields added after the key's format was fixed, with the default at which they stay out of it
+LATE_FIELDS = {"lr_schedule": "constant"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ class RunConfig:
         decoder blowup and the autoregressive accuracy, and ``converged`` is the paper's filter
         autoregressive accuracy > 0.999); ``n_positions`` defaults to the largest length used.
     Training
-        AdamW(lr, weight_decay) on fresh uniform batches (or batches drawn from
+        AdamW(lr, weight_decay) (``lr_schedule`` "constant", the paper's, or "cosine": decay
+        to 0 over ``steps``, no warm-up) on fresh uniform batches (or batches drawn from
         ``restricted_subset(n, train_subset, subset_seed)`` when ``train_subset`` = m is set),
         ``seed`` seeds both the initialisation and the data stream, as the official
         ``random_state`` does. ``train_lengths`` (length generalisation) trains on several
@@ -98,6 +104,7 @@ class RunConfig:
     seed: int = 0
     lr: float = 3e-4
     weight_decay: float = 0.1
+    lr_schedule: str = "constant"
     batch_size: int = 1024
     steps: int = 10_000
     log_every: int = 100
@@ -160,6 +167,8 @@ class RunConfig:
                      "dynamic_batches", "dynamic_repeats", "length_chunk"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.blowup_definition not in ("official", "theory"):
@@ -185,9 +194,13 @@ class RunConfig:
 
     # ---- identity ---------------------------------------------------------------------------
     def hashed_fields(self) -> dict:
-        """The fields the key covers (all but ``tags``), JSON-ready."""
+        """The fields the key covers (all but ``tags``; ``LATE_FIELDS`` only away from their
+        defaults), JSON-ready."""
         d = dataclasses.asdict(self)
         d.pop("tags")
+        for name, default in LATE_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
@@ -207,7 +220,9 @@ class RunConfig:
         return max((self.n, *self.train_lengths, *self.eval_lengths))
 
     def to_dict(self) -> dict:
+        """Every field (late ones included), JSON-ready."""
         d = self.hashed_fields()
+        d.update({name: getattr(self, name) for name in LATE_FIELDS})
         d["tags"] = dict(self.tags)
         return d
 

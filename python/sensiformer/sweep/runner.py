@@ -175,7 +175,8 @@ def _build(cfg, n_threads):
 
     arch = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff, norm=cfg.norm,
                 ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
-    optimizer = sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = dict(schedule="cosine", total_steps=cfg.steps) if cfg.lr_schedule == "cosine" else {}
+    optimizer = sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay, **schedule)
     if cfg.model == "scratchpad":
         model = sf.Seq2SeqTransformer(cfg.positions, **arch)
         trainer = sf.Trainer(model, targets.Prefix(_target(cfg)), optimizer=optimizer, batch_size=cfg.batch_size,
