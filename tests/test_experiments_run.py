@@ -83,7 +83,10 @@ def test_generalization_ci(store):
         assert r.average_sensitivity == pytest.approx(E.average_sensitivity(hex_to_table(r.target_table, 6)))
     learned = refits[refits["kind"] == "learned"]
     assert learned["train_sharpness"].notna().all()
-    assert "completions" in exp.report(store)
+    report = exp.report(store)
+    assert "completions" in report
+    for (kind, m), g in refits.groupby(["kind", "m"]):
+        assert f"{kind:8s} m={m:5d}: {int(g['converged'].sum())}/{len(g)} converged" in report
     exp.plot(store)
 
 

@@ -215,4 +215,9 @@ def _report(exp, store):
     if len(res):
         conv = res[res["converged"] == True]  # noqa: E712
         lines.append(f"  refits: {len(res)} runs, {len(conv)} converged (eval MSE < 1e-3)")
+        for (kind, m), g in res.groupby(["kind", "m"]):
+            ok = g[g["converged"] == True]  # noqa: E712
+            sharp = f"{4 * ok['sharpness'].mean():.4f}" if len(ok) else "-"
+            lines.append(f"    {kind:8s} m={m:5d}: {len(ok)}/{len(g)} converged, their sharpness (x4) {sharp}, "
+                         f"median eval MSE {g['eval_loss'].median():.2g}")
     return "\n".join(lines)
