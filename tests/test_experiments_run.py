@@ -151,7 +151,7 @@ def test_cli_reproduce_show_plot(tmp_path, capsys):
     assert main(["reproduce", "nonsense", "--store", str(db)]) == 2
 
 
-def test_cli_sweep_from_a_jsonl_file(tmp_path, capsys):
+def test_cli_sweep_from_a_jsonl_file(tmp_path, capsys, monkeypatch):
     import json
 
     from sensiformer.cli import main
@@ -160,8 +160,12 @@ def test_cli_sweep_from_a_jsonl_file(tmp_path, capsys):
     path = tmp_path / "configs.jsonl"
     path.write_text("\n".join(json.dumps(RunConfig(n=4, d_model=8, batch_size=16, steps=20, seed=s, measure_batches=1,
                                                    eval_batches=1).to_dict()) for s in range(2)))
-    assert main(["sweep", str(path), "--store", str(tmp_path / "r.db"), "--executor", "serial", "--no-progress"]) == 0
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert main(["sweep", str(path), "--store", str(tmp_path / "r.db"), "--executor", "serial", "--no-progress",
+                 "--run-progress"]) == 0
     assert len(Store(tmp_path / "r.db")) == 2
+    err = capsys.readouterr().err
+    assert "parity n=4 seed=1" in err and "20/20" in err, "a bar per run, not the sweep's"
 
 
 # ---- sensitivity and completions --------------------------------------------------------------------

@@ -169,8 +169,9 @@ def _final_probes_seq2seq(trainer, cfg):
 
 
 def _build(cfg, n_threads):
-    """The model and trainer of a run: the official encoder, or the scratchpad encoder-decoder
-    trained by teacher forcing on the target's prefix labels (PARITY: the prefix parities)."""
+    """(model, optimizer, trainer, training subset or None) of a run: the official encoder, or the
+    scratchpad encoder-decoder trained by teacher forcing on the target's prefix labels (PARITY:
+    the prefix parities)."""
     import sensiformer as sf
 
     arch = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff, norm=cfg.norm,
