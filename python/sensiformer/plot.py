@@ -442,8 +442,8 @@ def train_sharpness_ax(refits, ax=None, converged_only=True, include_m=None, sho
 
 def generalization_figure(refits, manifest, show_unconverged=None):
     """The sensitivity of learned vs random completions, Fig. 4 and Fig. 15. Unconverged
-    refits are drawn hollow when none converged (``show_unconverged=None``), e.g. at the quick
-    preset's small budget."""
+    refits are drawn hollow when none converged (``show_unconverged=None``), e.g. with a
+    training budget too small for the MSE filter."""
     plt = _plt()
     if show_unconverged is None:
         show_unconverged = not len(converged(refits))
