@@ -140,3 +140,26 @@ def test_presets_and_overrides():
     assert E.scaling("quick", steps=E.scaling("quick").params["steps"]).sweep == "scaling/quick"
     assert {c.n for c in exp.configs()} == {4, 5, 6} and {c.steps for c in exp.configs()} == {10}
     assert E.scaling("paper", variant="long").sweep == "scaling-long/paper"
+
+
+def test_generalization_refits_have_their_own_optimisation():
+    """The quick preset refits with d=64 and a cosine decay (its fits stay d=32, constant lr); the
+    paper preset refits exactly like its fits."""
+    from sensiformer.experiments.generalization import refit_configs
+
+    manifest = pd.DataFrame([dict(group=g, kind=k, n=10, m=256 if g == "256_random" else 128, target_seed=0, seed=0,
+                                  parent="p", random_seed=None, average_sensitivity=3.0,
+                                  table=table_to_hex(np.zeros(1024, dtype=np.uint8)))
+                             for g, k in (("256_random", "learned"), ("256_random", "random"), ("128", "learned"))
+                             for _ in range(4)])
+    quick = E.generalization("quick")
+    fits, refits = quick.configs(), refit_configs(manifest, quick.params)
+    assert {(c.d_model, c.lr_schedule, c.steps) for c in fits} == {(32, "constant", 2000)}
+    assert {(c.d_model, c.lr_schedule, c.steps, c.lr, c.batch_size) for c in refits} == {(64, "cosine", 10_000, 2e-3,
+                                                                                          128)}
+    assert len(refits) == 9, "3 per group and kind"
+    paper = E.generalization("paper")
+    assert {(c.d_model, c.lr_schedule, c.lr, c.batch_size) for c in refit_configs(manifest, paper.params)} == {
+        (128, "constant", 3e-4, 1024)}
+    custom = refit_configs(manifest, E.generalization("quick", refit_lr=1e-3, refit_batch_size=64).params)
+    assert {(c.lr, c.batch_size) for c in custom} == {(1e-3, 64)}
