@@ -79,18 +79,18 @@ def test_dynamic_metrics(variant, count, wds, steps):
                for c in configs)
 
 
-def test_scratchpad_grid_and_refusal(tmp_path):
+def test_scratchpad():
     exp = E.scratchpad("paper")
     configs = exp.configs()
     lengths = [4, 39, 74, 109, 144, 179, 215, 250, 285, 320, 355, 390, 426, 461, 496, 531, 566, 601, 637, 672, 707,
                742, 777, 812, 848, 883, 918, 953, 988, 1024]
     assert len(configs) == 300
     assert {(c.n, c.seed) for c in configs} == set(itertools.product(lengths, range(10)))
+    assert [(c.n, c.seed) for c in configs] == list(itertools.product(lengths, range(10))), "the grid's order"
     assert all(settings(c, d_model=32, batch_size=128) and c.model == "scratchpad" and c.target == "parity"
+               and c.measure and c.measure_batches == 1000 and c.eval_batches == 1000 and c.log_every == 100
                for c in configs)
-    with pytest.raises(NotImplementedError, match="issue 5"):
-        exp.run(store=tmp_path / "r.db")
-    assert not (tmp_path / "r.db").exists(), "nothing is created for an experiment that cannot run"
+    assert len({c.key for c in configs}) == 300
 
 
 def test_generalization_first_step():
@@ -140,3 +140,26 @@ def test_presets_and_overrides():
     assert E.scaling("quick", steps=E.scaling("quick").params["steps"]).sweep == "scaling/quick"
     assert {c.n for c in exp.configs()} == {4, 5, 6} and {c.steps for c in exp.configs()} == {10}
     assert E.scaling("paper", variant="long").sweep == "scaling-long/paper"
+
+
+def test_generalization_refits_have_their_own_optimisation():
+    """The quick preset refits with d=64 and a cosine decay (its fits stay d=32, constant lr); the
+    paper preset refits exactly like its fits."""
+    from sensiformer.experiments.generalization import refit_configs
+
+    manifest = pd.DataFrame([dict(group=g, kind=k, n=10, m=256 if g == "256_random" else 128, target_seed=0, seed=0,
+                                  parent="p", random_seed=None, average_sensitivity=3.0,
+                                  table=table_to_hex(np.zeros(1024, dtype=np.uint8)))
+                             for g, k in (("256_random", "learned"), ("256_random", "random"), ("128", "learned"))
+                             for _ in range(4)])
+    quick = E.generalization("quick")
+    fits, refits = quick.configs(), refit_configs(manifest, quick.params)
+    assert {(c.d_model, c.lr_schedule, c.steps) for c in fits} == {(32, "constant", 2000)}
+    assert {(c.d_model, c.lr_schedule, c.steps, c.lr, c.batch_size) for c in refits} == {(64, "cosine", 10_000, 2e-3,
+                                                                                          128)}
+    assert len(refits) == 9, "3 per group and kind"
+    paper = E.generalization("paper")
+    assert {(c.d_model, c.lr_schedule, c.lr, c.batch_size) for c in refit_configs(manifest, paper.params)} == {
+        (128, "constant", 3e-4, 1024)}
+    custom = refit_configs(manifest, E.generalization("quick", refit_lr=1e-3, refit_batch_size=64).params)
+    assert {(c.lr, c.batch_size) for c in custom} == {(1e-3, 64)}

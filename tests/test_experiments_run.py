@@ -83,8 +83,30 @@ def test_generalization_ci(store):
         assert r.average_sensitivity == pytest.approx(E.average_sensitivity(hex_to_table(r.target_table, 6)))
     learned = refits[refits["kind"] == "learned"]
     assert learned["train_sharpness"].notna().all()
-    assert "completions" in exp.report(store)
+    report = exp.report(store)
+    assert "completions" in report
+    for (kind, m), g in refits.groupby(["kind", "m"]):
+        assert f"{kind:8s} m={m:5d}: {int(g['converged'].sum())}/{len(g)} converged" in report
     exp.plot(store)
+
+
+def test_scratchpad_ci(store, tmp_path):
+    exp = E.scratchpad("ci")
+    sweep.run(exp, store=store, executor="serial", progress=False)
+    runs = exp.results(store)
+    assert len(runs) == 2 and set(runs["model"]) == {"scratchpad"} and set(runs["n"]) == {4, 8}
+    for col in ("sharpness", "blowup_official_encoder_maxs_prod", "blowup_official_decoder_maxs_prod", "param_norm",
+                "autoregressive_accuracy", "eval_autoregressive_accuracy"):
+        assert runs[col].notna().all(), col
+    assert (runs["converged"] == (runs["autoregressive_accuracy"] > 0.999)).all()
+    assert runs["converged"].all(), "the ci preset's runs learn the prefix parities"
+    report = exp.report(store)
+    assert "encoder LayerNorm blowup" in report and "2 runs over 2 lengths" in report
+    fig = exp.plot(store, path=tmp_path / "fig11.png")
+    assert len(fig.axes) == 4 and (tmp_path / "fig11.png").stat().st_size > 10_000
+    sharp_panel = fig.axes[0]
+    assert np.allclose(sorted(sharp_panel.collections[-1].get_offsets()[:, 1]), sorted(4 * runs["sharpness"])), \
+        "the sharpness panel shows every converged run, x4"
 
 
 def test_length_generalization_ci(store):
@@ -126,12 +148,10 @@ def test_cli_reproduce_show_plot(tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 6
     assert main(["plot", "scaling", "--preset", "ci", "--set", "targets=parity,first", "--store", str(db),
                  "--out", str(tmp_path / "p.png")]) == 0
-    assert main(["reproduce", "scratchpad", "--preset", "ci", "--store", str(db)]) == 3
-    assert "issue 5" in capsys.readouterr().err
     assert main(["reproduce", "nonsense", "--store", str(db)]) == 2
 
 
-def test_cli_sweep_from_a_jsonl_file(tmp_path, capsys):
+def test_cli_sweep_from_a_jsonl_file(tmp_path, capsys, monkeypatch):
     import json
 
     from sensiformer.cli import main
@@ -140,8 +160,12 @@ def test_cli_sweep_from_a_jsonl_file(tmp_path, capsys):
     path = tmp_path / "configs.jsonl"
     path.write_text("\n".join(json.dumps(RunConfig(n=4, d_model=8, batch_size=16, steps=20, seed=s, measure_batches=1,
                                                    eval_batches=1).to_dict()) for s in range(2)))
-    assert main(["sweep", str(path), "--store", str(tmp_path / "r.db"), "--executor", "serial", "--no-progress"]) == 0
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert main(["sweep", str(path), "--store", str(tmp_path / "r.db"), "--executor", "serial", "--no-progress",
+                 "--run-progress"]) == 0
     assert len(Store(tmp_path / "r.db")) == 2
+    err = capsys.readouterr().err
+    assert "parity n=4 seed=1" in err and "20/20" in err, "a bar per run, not the sweep's"
 
 
 # ---- sensitivity and completions --------------------------------------------------------------------

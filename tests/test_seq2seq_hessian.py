@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import sensiformer as sf
+from sensiformer.hessian import _rademacher
 
 
 def random_model(seed=0, scale=0.5, **kwargs):
@@ -149,3 +150,73 @@ def test_landscape_probes_and_cross_attention_head_blocks():
     names = {model.tensor_info[i]["name"] for i in range(len(model.tensor_info))
              if model.tensor_info[i]["offset"] <= q1[0] < model.tensor_info[i]["offset"] + model.tensor_info[i]["size"]}
     assert names == {"model.decoder.layers.0.multihead_attn.in_proj_weight"} and q1.size == 4 * 8 + 4
+
+
+def test_hessian_probes_take_decoder_input_for_pm1_labels():
+    """With ±1 labels the teacher forcing cannot be the labels themselves: every Hessian probe
+    takes the decoder input, and its Hessian is the teacher-forced loss's (central differences of
+    the engine's gradient)."""
+    from sensiformer.blocks import block_indices
+
+    model = random_model(seed=9)
+    x, bits = data(6)
+    y, dec = 2 * bits - 1, model.teacher_forcing(bits)
+    block = "model.decoder.layers.0.norm3.*"
+    with pytest.raises(ValueError, match="0/1"):
+        sf.probes.hessian_matrix(model, x, y, block=block)
+    H = sf.probes.hessian_matrix(model, x, y, block=block, decoder_input=dec)
+    idx = block_indices(model, block)
+    h, fd = 1e-5, np.empty((idx.size, idx.size))
+    for j, i in enumerate(idx):
+        grads = []
+        for sign in (1, -1):
+            model.flat[i] += sign * h
+            model.loss_and_grad(x, y, decoder_input=dec)
+            grads.append(model.flat_grad[idx].copy())
+            model.flat[i] -= sign * h
+        fd[:, j] = (grads[0] - grads[1]) / (2 * h)
+    np.testing.assert_allclose(H, fd, rtol=1e-6, atol=1e-8 * np.abs(H).max())
+    V = np.random.default_rng(3).normal(size=(2, model.num_parameters))
+    V_block = np.zeros_like(V)
+    V_block[:, idx] = V[:, idx]
+    np.testing.assert_allclose(sf.probes.hvp(model, x, y, V_block, decoder_input=dec)[:, idx], V[:, idx] @ H.T,
+                               rtol=1e-9, atol=1e-12 * np.abs(H).max())
+    top = sf.probes.hessian_eigenvalues(model, x, y, k=1, block=block, decoder_input=dec, max_iter=idx.size)
+    assert top.values[0] == pytest.approx(np.linalg.eigvalsh(H)[-1], rel=1e-8)
+    trace = sf.probes.hessian_trace(model, x, y, samples=5, seed=4, block=block, decoder_input=dec)
+    Z = _rademacher(4, 0, 5, idx.size)  # hessian_trace's probe stream for seed 4
+    np.testing.assert_allclose(trace.samples, np.einsum("sn,nm,sm->s", Z, H, Z), rtol=1e-9)
+    density = sf.probes.hessian_density(model, x, y, probes=2, steps=idx.size, block=block, decoder_input=dec)
+    assert density.nodes[density.weights > 0].max() == pytest.approx(np.linalg.eigvalsh(H)[-1], rel=1e-6)
+
+
+def test_measure_hessian_on_a_pm1_seq2seq_trainer():
+    trainer = sf.Trainer(sf.Seq2SeqTransformer(6, d_model=8, dtype="float64"), sf.targets.PrefixParity(6),
+                         batch_size=8, labels="pm1")
+    probe = sf.Measure(every=2, repeats=2, hessian=True, hessian_samples=3, hessian_iters=5)
+    history = trainer.fit(4, log_every=2, progress=False, callbacks=[probe])
+    x, y = probe.x, probe.y
+    assert set(np.unique(y)) <= {-1.0, 1.0}
+    dec = trainer.model.teacher_forcing((y > 0).astype(np.uint8))
+    trace = sf.probes.hessian_trace(trainer.model, x, y, samples=3, decoder_input=dec)
+    assert history["hessian_trace"].iloc[-1] == trace.value
+
+
+def test_landscape_probes_take_decoder_input_for_pm1_labels():
+    model = random_model(seed=10)
+    x, bits = data(6)
+    y, dec = 2 * bits - 1, model.teacher_forcing(bits)
+    with pytest.raises(ValueError, match="0/1"):
+        sf.probes.landscape_1d(model, x, y)
+    direction = np.random.default_rng(1).normal(size=model.num_parameters)
+    line = sf.probes.landscape_1d(model, x, y, direction=direction, alphas=[-0.1, 0.2], decoder_input=dec)
+    base, theta = model.loss(x, y, decoder_input=dec), model.flat.copy()
+    assert line.base_loss == base
+    for a, value in zip(line.alphas, line.losses):
+        model.flat[:] = theta + a * direction
+        assert value == model.loss(x, y, decoder_input=dec)
+    model.flat[:] = theta
+    plane = sf.probes.landscape_2d(model, x, y, directions="eigen", alphas=[0.0], betas=[0.0], decoder_input=dec)
+    assert plane.losses[0, 0] == base
+    worst = sf.probes.worst_case_sharpness(model, x, y, rho=0.05, steps=3, restarts=1, decoder_input=dec)
+    assert worst.value > 0 and model.loss(x, y, decoder_input=dec) == base

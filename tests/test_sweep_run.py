@@ -56,9 +56,51 @@ def test_failed_runs_are_recorded_and_retried(tmp_path):
     assert res.skipped == 1 and res.failed == [bad.key], "a failure is not a result: the rerun tries again"
 
 
-def test_scratchpad_refuses_to_run(tmp_path):
-    with pytest.raises(NotImplementedError, match="issue 5"):
-        sweep.run_configs([tiny(model="scratchpad")], tmp_path / "r.db", progress=False)
+def test_scratchpad_runs_are_the_official_measurement(tmp_path):
+    """A scratchpad run trains the Seq2SeqTransformer on the prefix parities and stores the
+    measurement that a direct computation on the same batches gives; ``converged`` is the
+    paper's filter (autoregressive accuracy > 0.999), not the MSE one."""
+    import numpy as np
+
+    import sensiformer as sf
+    from sensiformer.sweep.runner import _FINAL_STREAM
+
+    cfg = tiny(model="scratchpad", n=5, steps=200, sharpness_repeats=4)
+    res = sweep.execute(cfg)
+    m = res["metrics"]
+    assert res["status"] == "ok" and m["eval_exact"] and m["eval_inputs"] == 32
+    model = sf.Seq2SeqTransformer(5, d_model=8, seed=0)
+    trainer = sf.Trainer(model, sf.targets.PrefixParity(5), optimizer=sf.AdamW(lr=3e-3, weight_decay=0.1),
+                         batch_size=16, seed=0, n_threads=1)
+    trainer.fit(200, log_every=20, progress=False)
+    assert [r["loss"] for r in res["history"]] == list(trainer.history["loss"]), "the same training"
+    pairs = [trainer.sample_batch(step=_FINAL_STREAM + k) for k in range(2)]
+    x, y = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    assert y.shape == (32, 5) and np.array_equal(y, np.cumsum(x, axis=1) % 2), "labels: the prefix parities"
+    sharp = sf.probes.sharpness(model, x, y, repeats=4, batch_size=16, paper_compatible=True)
+    blow = sf.probes.ln_blowup(model, x, y=y)
+    acc = model.autoregressive_accuracy(x, y)
+    assert m["sharpness"] == sharp.value and m["sharpness_stderr"] == sharp.stderr
+    assert m["blowup_official_encoder_maxs_prod"] == blow["official/encoder/maxs_prod"]
+    assert m["blowup_official_decoder_maxs_prod"] == blow["official/decoder/maxs_prod"]
+    assert m["blowup_encoder_maxs_prod"] == blow["encoder/maxs_prod"]
+    assert m["autoregressive_accuracy"] == acc["token"] and m["sequence_accuracy"] == acc["sequence"]
+    assert m["param_norm"] == sf.probes.param_norm(model)
+    assert m["measure_loss"] == model.loss(x, y)
+    assert m["eval_autoregressive_accuracy"] == trainer.evaluate()["autoregressive_accuracy"]
+    assert m["converge_threshold"] == 0.999 and m["converged"] == (acc["token"] > 0.999)
+    # the filter decides, whatever the MSE: an untrained model fails it
+    untrained = sweep.execute(cfg.replace(steps=0))["metrics"]
+    assert untrained["autoregressive_accuracy"] < 0.9 and not untrained["converged"]
+
+
+def test_scratchpad_configs_refuse_encoder_only_options():
+    with pytest.raises(ValueError, match="prefix labels"):
+        tiny(model="scratchpad", target="mean")
+    with pytest.raises(ValueError, match="train_subset"):
+        tiny(model="scratchpad", train_subset=8)
+    with pytest.raises(ValueError, match="init, save_predictions"):
+        tiny(model="scratchpad", init="gaussian", save_predictions=True)
 
 
 def test_sigkill_midway_then_resume(tmp_path):
@@ -157,3 +199,11 @@ def test_ctrl_c_stops_a_local_pool_and_its_workers(tmp_path):
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, "no worker keeps running after Ctrl-C"
     assert len(Store(db)) == 0
+
+
+def test_cosine_lr_schedule_decays_to_zero_over_the_run():
+    cosine = sweep.execute(tiny(steps=60, lr_schedule="cosine"))["history"]
+    lrs = [r["lr"] for r in cosine]
+    assert len(lrs) == 3 and lrs == sorted(lrs, reverse=True)
+    assert 0.5 * 3e-3 < lrs[0] < 3e-3 and lrs[-1] < 1e-3 * 3e-3
+    assert [r["lr"] for r in sweep.execute(tiny(steps=60))["history"]] == pytest.approx([3e-3] * 3)

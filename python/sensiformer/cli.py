@@ -106,13 +106,12 @@ def _run(args, exp_or_configs):
 
     started = time.perf_counter()
     store = sweep.run(exp_or_configs, store=args.store, executor=_executor(args), max_workers=args.workers,
-                      n_threads=args.threads, progress=args.progress)
+                      n_threads=args.threads, progress=args.progress, run_progress=args.run_progress)
     return store, time.perf_counter() - started
 
 
 def cmd_reproduce(args) -> int:
     exp = _experiment(args)
-    exp.check_runnable()
     configs = exp.configs()
     print(f"{exp.sweep}: {exp.figures}; {len(configs)} runs" + (" in its first stage" if len(exp.stages) > 1 else "")
           + f"; store {args.store}")
@@ -150,7 +149,6 @@ def cmd_sweep(args) -> int:
         print(f"finished in {elapsed:.0f} s; the store holds {len(store)} runs")
         return 0
     exp = _experiment(args)
-    exp.check_runnable()
     print(f"{exp.sweep}: store {args.store}")
     store, elapsed = _run(args, exp)
     print(store.sweeps().to_string(index=False))
@@ -215,6 +213,8 @@ def _add_exec_options(p):
     p.add_argument("--workers", type=int, default=None, help="local processes (default: one per core)")
     p.add_argument("--threads", type=int, default=None, help="threads per run (default: 1 when runs share cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--run-progress", action="store_true",
+                   help="also a progress bar per run in flight (training steps and loss)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,9 +276,6 @@ def main(argv=None) -> int:
         args.out = f"{args.experiment}.png"
     try:
         return args.func(args)
-    except NotImplementedError as err:
-        print(f"sensiformer: not available: {err}", file=sys.stderr)
-        return 3
     except (ValueError, TypeError) as err:
         print(f"sensiformer: error: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ every parameter except the positional embeddings, the set ``probes.sharpness`` p
 that ``sharpness ~ sigma^2 / 2 * hessian_trace``. Vectors and eigenvalues are float64.
 
 For a ``Seq2SeqTransformer`` y are label sequences (rows, n) and H is the Hessian of the
-teacher-forced loss (decoder input [SOS, y], as ``probes.sharpness``).
+teacher-forced loss (decoder input [SOS, y], as ``probes.sharpness``, or ``decoder_input``:
+e.g. ``teacher_forcing(bits)`` for a model trained on ±1 labels).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class HessianOperator:
         return full
 
 
-def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_size=None, n_threads=None):
+def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_size=None, n_threads=None,
+        decoder_input=None):
     """Exact Hessian-vector product(s) H v of the mean loss, by forward-over-reverse.
 
     Parameters
@@ -119,13 +121,17 @@ def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_s
         Without a block, the full H v over every parameter (``exclude`` is then unused).
     batch_size : int, optional
         Split the rows into batches of this size; H is the mean of their Hessians.
+    decoder_input : array (rows, S), optional
+        A ``Seq2SeqTransformer``'s decoder tokens (default: teacher forcing [SOS, y], which needs
+        0/1 labels; give ``teacher_forcing(bits)`` for a model trained on ±1 labels).
 
     Returns
     -------
     numpy.ndarray
         H v in the model dtype, shaped like v.
     """
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, full=block is None)
+    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, full=block is None,
+                         decoder_input=decoder_input)
     v = as_finite_array(v, "v", model.dtype)
     single = v.ndim == 1
     V = v[None, :] if single else v
@@ -145,14 +151,14 @@ def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_s
 
 
 def hessian_matrix(model, x, y, block=None, exclude=("positional",), loss="mse", batch_size=None, n_threads=None,
-                   max_size=8192) -> np.ndarray:
+                   max_size=8192, decoder_input=None) -> np.ndarray:
     """The dense Hessian of a block (n x n float64, rows and columns in ``block_indices`` order),
     from n exact HVPs with unit vectors: for tiny models, exact traces, diagonals and spectra.
 
     ``max_size`` guards against accidentally asking for a huge matrix (n^2 values).
     """
     max_size = check_int(max_size, "max_size", 1)
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads)
+    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
     if op.n > max_size:
         raise ValueError(f"the block has {op.n} parameters, more than max_size={max_size}; "
                          "use hessian_eigenvalues / hessian_trace / hessian_density instead")
@@ -277,7 +283,8 @@ def _wanted(theta, k, which):
 
 
 def hessian_eigenvalues(model, x, y, k=1, which="largest", block=None, exclude=("positional",), tol=None,
-                        max_iter=200, seed=0, loss="mse", batch_size=None, n_threads=None) -> HessianEigen:
+                        max_iter=200, seed=0, loss="mse", batch_size=None, n_threads=None,
+                        decoder_input=None) -> HessianEigen:
     """Extreme eigenvalues and eigenvectors of the Hessian by Lanczos.
 
     Lanczos with full reorthogonalisation (memory: iterations x block size float64 values)
@@ -289,7 +296,7 @@ def hessian_eigenvalues(model, x, y, k=1, which="largest", block=None, exclude=(
 
     Parameters
     ----------
-    model, x, y, loss, batch_size, n_threads : as ``hvp``
+    model, x, y, loss, batch_size, n_threads, decoder_input : as ``hvp``
     k : int
         Number of eigenvalues (per end for ``which="both"``).
     which : {"largest", "smallest", "both"}
@@ -311,7 +318,7 @@ def hessian_eigenvalues(model, x, y, k=1, which="largest", block=None, exclude=(
     tol = (1e-6 if model.dtype == np.float64 else 1e-4) if tol is None else check_float(tol, "tol", 0.0)
     max_iter = check_int(max_iter, "max_iter", 1)
     rng = np.random.default_rng(check_seed(seed))
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads)
+    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
     need = min(op.n, k if which != "both" else 2 * k)
     lz = _Lanczos(op, rng.standard_normal((1, op.n)), min(max_iter, op.n), rng)
     while True:
@@ -334,7 +341,7 @@ def hessian_eigenvalues(model, x, y, k=1, which="largest", block=None, exclude=(
 # ---- trace ---------------------------------------------------------------------------------------
 
 def hessian_trace(model, x, y, samples=100, seed=0, block=None, exclude=("positional",), loss="mse",
-                  batch_size=None, n_threads=None) -> Estimate:
+                  batch_size=None, n_threads=None, decoder_input=None) -> Estimate:
     """Hutchinson's estimate of the Hessian trace: the mean of z^T H z over Rademacher z.
 
     Each draw is unbiased and the draws are independent, so the reported standard error
@@ -349,7 +356,7 @@ def hessian_trace(model, x, y, samples=100, seed=0, block=None, exclude=("positi
     """
     samples = check_int(samples, "samples", 1, 1 << 24)
     seed = check_seed(seed)
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads)
+    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
     values = np.empty(samples)
     for first in range(0, samples, _TRACE_CHUNK):
         Z = _rademacher(seed, first, min(_TRACE_CHUNK, samples - first), op.n)
@@ -394,7 +401,8 @@ class SpectralDensity:
 
 
 def hessian_density(model, x, y, probes=10, steps=50, seed=0, block=None, exclude=("positional",),
-                    grid_points=1000, sigma=None, loss="mse", batch_size=None, n_threads=None) -> SpectralDensity:
+                    grid_points=1000, sigma=None, loss="mse", batch_size=None, n_threads=None,
+                    decoder_input=None) -> SpectralDensity:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (as PyHessian's ``density``).
 
     Every probe (a normalised Rademacher vector; probe i is draw i of ``hessian_trace`` with
@@ -421,7 +429,7 @@ def hessian_density(model, x, y, probes=10, steps=50, seed=0, block=None, exclud
     steps = check_int(steps, "steps", 1)
     grid_points = check_int(grid_points, "grid_points", 2)
     seed = check_seed(seed)
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads)
+    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
     steps = min(steps, op.n)
     group = max(1, _CHUNK_BYTES // ((steps + 1) * op.n * 8))  # probes advancing together, by memory
     check_memory(min(group, probes) * (steps + 1) * op.n * 8, "hessian_density's Lanczos bases")

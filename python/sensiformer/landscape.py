@@ -6,7 +6,8 @@ model's own parameters and gradient buffer are never perturbed, not even for a m
 thread using the model meanwhile sees it unchanged), and nothing needs restoring after an error
 or an interruption. Points are formed in float64 and rounded once to the model dtype, so
 ``model.flat = (theta + a d).astype(dtype)`` followed by ``model.loss`` reproduces a slice value
-exactly.
+exactly. A ``Seq2SeqTransformer`` takes label sequences and, optionally, its ``decoder_input``
+(default the teacher forcing [SOS, y]; give ``teacher_forcing(bits)`` for ±1 labels).
 """
 
 from __future__ import annotations
@@ -26,22 +27,26 @@ def _private_copy(model):
     return model.copy(), model.flat.copy()
 
 
-def _data(model, x, y, loss):
+def _data(model, x, y, loss, decoder_input=None):
+    """(x, y, extra): ``extra`` holds what every loss call needs besides x and y (a
+    Seq2SeqTransformer's decoder input: ``decoder_input``, default the teacher forcing [SOS, y])."""
     check_choice(loss, "loss", tuple(LOSSES))
     if hasattr(model, "teacher_forcing"):  # a Seq2SeqTransformer: label sequences, teacher-forced loss
-        x, _, y = model._loss_data(x, y, None)
-        return x, y
+        x, dec, y = model._loss_data(x, y, decoder_input)
+        return x, y, dict(decoder_input=dec)
+    if decoder_input is not None:
+        raise TypeError("decoder_input is for a Seq2SeqTransformer")
     x = as_tokens(x, "x", model.n_positions)
-    return x, as_values(y, "y", x.shape[0], model.dtype)
+    return x, as_values(y, "y", x.shape[0], model.dtype), {}
 
 
-def _loss_at(work, theta, delta, x, y, loss, n_threads, grad=False):
+def _loss_at(work, theta, delta, x, y, loss, n_threads, grad=False, extra=None):
     """The loss (and gradient) at theta + delta, evaluated on the private copy ``work``."""
     work.flat[...] = theta.astype(np.float64) + delta
     if grad:
-        value, _ = work.loss_and_grad(x, y, loss=loss, n_threads=n_threads)
+        value, _ = work.loss_and_grad(x, y, loss=loss, n_threads=n_threads, **(extra or {}))
         return value, work.flat_grad.astype(np.float64)
-    return work.loss(x, y, loss=loss, n_threads=n_threads)
+    return work.loss(x, y, loss=loss, n_threads=n_threads, **(extra or {}))
 
 
 # ---- worst-case sharpness ------------------------------------------------------------------------
@@ -85,7 +90,8 @@ def _project(u, rho):
 
 
 def worst_case_sharpness(model, x, y, rho, norm="l2", steps=20, restarts=3, seed=0, step_size=None, eta=0.0,
-                         block=None, exclude=("positional",), loss="mse", n_threads=None) -> WorstCaseSharpness:
+                         block=None, exclude=("positional",), loss="mse", n_threads=None,
+                         decoder_input=None) -> WorstCaseSharpness:
     """Worst-case sharpness max_{||delta|| <= rho} L(theta + delta) - L(theta) by projected
     gradient ascent with restarts (as SAM's inner problem, but run to convergence and reported).
 
@@ -123,7 +129,7 @@ def worst_case_sharpness(model, x, y, rho, norm="l2", steps=20, restarts=3, seed
     eta = check_float(eta, "eta", 0.0)
     step = rho / 2 if step_size is None else check_float(step_size, "step_size", 0.0)
     rng = np.random.default_rng(check_seed(seed))
-    x, y = _data(model, x, y, loss)
+    x, y, extra = _data(model, x, y, loss, decoder_input)
     idx = block_indices(model, block, exclude)
     work, theta = _private_copy(model)
     s = np.ones(idx.size) if norm == "l2" else np.abs(theta[idx].astype(np.float64)) + eta
@@ -131,7 +137,7 @@ def worst_case_sharpness(model, x, y, rho, norm="l2", steps=20, restarts=3, seed
 
     def f(u, grad=True):
         full[idx] = s * u
-        out = _loss_at(work, theta, full, x, y, loss, n_threads, grad)
+        out = _loss_at(work, theta, full, x, y, loss, n_threads, grad, extra)
         return (out[0], s * out[1][idx]) if grad else (out, None)
 
     base, g0 = f(np.zeros(idx.size))
@@ -229,7 +235,7 @@ class Landscape:
     base_loss: float
 
 
-def _direction(model, x, y, spec, seed, normalization, ignore, exclude, block, loss, n_threads, count):
+def _direction(model, x, y, spec, seed, normalization, ignore, exclude, block, loss, n_threads, count, extra):
     """``count`` directions from a spec: "random", "eigen", or explicit arrays."""
     if isinstance(spec, str):
         check_choice(spec, "direction", ("random", "eigen"))
@@ -237,7 +243,7 @@ def _direction(model, x, y, spec, seed, normalization, ignore, exclude, block, l
             return [random_direction(model, (check_seed(seed) + i) % 2**64, normalization, ignore, exclude, block)
                     for i in range(count)]
         eig = hessian_eigenvalues(model, x, y, k=count, block=block, exclude=exclude, seed=seed, loss=loss,
-                                  n_threads=n_threads)
+                                  n_threads=n_threads, **extra)
         return list(eig.vectors[:count])
     arrays = [spec] if count == 1 else list(spec)
     if len(arrays) != count:
@@ -259,7 +265,8 @@ def _grid(values, default, name):
 
 
 def landscape_1d(model, x, y, direction="random", alphas=None, target=None, seed=0, normalization="filter",
-                 ignore="biasbn", block=None, exclude=("positional",), loss="mse", n_threads=None) -> Landscape:
+                 ignore="biasbn", block=None, exclude=("positional",), loss="mse", n_threads=None,
+                 decoder_input=None) -> Landscape:
     """Loss along theta + alpha d.
 
     Parameters
@@ -280,7 +287,7 @@ def landscape_1d(model, x, y, direction="random", alphas=None, target=None, seed
     -------
     Landscape
     """
-    x, y = _data(model, x, y, loss)
+    x, y, extra = _data(model, x, y, loss, decoder_input)
     if target is not None:
         t = np.asarray(target.flat if hasattr(target, "tensor_info") else target, dtype=np.float64)
         if t.shape != (model.num_parameters,):
@@ -288,16 +295,18 @@ def landscape_1d(model, x, y, direction="random", alphas=None, target=None, seed
         d = t - model.flat.astype(np.float64)
         alphas = _grid(alphas, np.linspace(0, 1, 21), "alphas")
     else:
-        d = _direction(model, x, y, direction, seed, normalization, ignore, exclude, block, loss, n_threads, 1)[0]
+        d = _direction(model, x, y, direction, seed, normalization, ignore, exclude, block, loss, n_threads, 1,
+                       extra)[0]
         alphas = _grid(alphas, np.linspace(-1, 1, 21), "alphas")
     work, theta = _private_copy(model)
-    base = _loss_at(work, theta, 0.0, x, y, loss, n_threads)
-    losses = np.array([_loss_at(work, theta, a * d, x, y, loss, n_threads) for a in alphas])
+    base = _loss_at(work, theta, 0.0, x, y, loss, n_threads, extra=extra)
+    losses = np.array([_loss_at(work, theta, a * d, x, y, loss, n_threads, extra=extra) for a in alphas])
     return Landscape(alphas=alphas, betas=None, losses=losses, directions=[d], base_loss=float(base))
 
 
 def landscape_2d(model, x, y, directions="random", alphas=None, betas=None, seed=0, normalization="filter",
-                 ignore="biasbn", block=None, exclude=("positional",), loss="mse", n_threads=None) -> Landscape:
+                 ignore="biasbn", block=None, exclude=("positional",), loss="mse", n_threads=None,
+                 decoder_input=None) -> Landscape:
     """Loss on the plane theta + alpha d1 + beta d2.
 
     Parameters
@@ -313,14 +322,15 @@ def landscape_2d(model, x, y, directions="random", alphas=None, betas=None, seed
     Landscape
         ``losses[i, j]`` is the loss at ``alphas[i], betas[j]``.
     """
-    x, y = _data(model, x, y, loss)
-    d1, d2 = _direction(model, x, y, directions, seed, normalization, ignore, exclude, block, loss, n_threads, 2)
+    x, y, extra = _data(model, x, y, loss, decoder_input)
+    d1, d2 = _direction(model, x, y, directions, seed, normalization, ignore, exclude, block, loss, n_threads, 2,
+                        extra)
     alphas = _grid(alphas, np.linspace(-1, 1, 21), "alphas")
     betas = _grid(betas, np.linspace(-1, 1, 21), "betas")
     losses = np.empty((alphas.size, betas.size))
     work, theta = _private_copy(model)
-    base = _loss_at(work, theta, 0.0, x, y, loss, n_threads)
+    base = _loss_at(work, theta, 0.0, x, y, loss, n_threads, extra=extra)
     for i, a in enumerate(alphas):
         for j, b in enumerate(betas):
-            losses[i, j] = _loss_at(work, theta, a * d1 + b * d2, x, y, loss, n_threads)
+            losses[i, j] = _loss_at(work, theta, a * d1 + b * d2, x, y, loss, n_threads, extra=extra)
     return Landscape(alphas=alphas, betas=betas, losses=losses, directions=[d1, d2], base_loss=float(base))

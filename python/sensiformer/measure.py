@@ -105,7 +105,7 @@ class Measure(Callback):
         if self.do_norm:
             row["param_norm"] = probes.param_norm(model)
         if self.do_hessian:
-            kw = dict(seed=self.seed, loss=trainer.loss, batch_size=batch, n_threads=trainer.n_threads)
+            kw = dict(seed=self.seed, loss=trainer.loss, batch_size=batch, n_threads=trainer.n_threads, **seq)
             top = probes.hessian_eigenvalues(model, x, y, k=1, max_iter=self.hessian_iters, **kw)
             trace = probes.hessian_trace(model, x, y, samples=self.hessian_samples, **kw)
             row.update(hessian_top=float(top.values[0]), hessian_trace=trace.value, hessian_trace_stderr=trace.stderr)

@@ -229,6 +229,49 @@ def scaling_figure(runs, targets=None, converged_only=True):
     return fig
 
 
+# ---- scratchpad ---------------------------------------------------------------------------------
+#: Fig. 11's panels: (column, y label); the blowups are the official hooks' (paper.md §9.6)
+SCRATCHPAD_PANELS = (("sharpness", "sharpness (×4)"),
+                     ("blowup_official_encoder_maxs_prod", "encoder LayerNorm blowup"),
+                     ("blowup_official_decoder_maxs_prod", "decoder LayerNorm blowup"),
+                     ("param_norm", "parameter norm"))
+
+
+def scratchpad_figure(runs, converged_only=True):
+    """Fig. 11 in one row: sharpness (×4), encoder and decoder LayerNorm blowup and parameter
+    norm vs n, for runs whose autoregressive accuracy exceeds 0.999 (``converged``). Linear axes
+    from 0, so that flat curves (the paper's claim) look flat."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(SCRATCHPAD_PANELS), figsize=(len(SCRATCHPAD_PANELS) * 3.0, SINGLE_COLUMN[1]),
+                             layout="constrained")
+    for ax, (metric, label) in zip(axes, SCRATCHPAD_PANELS):
+        metric_vs_length_ax(runs, metric, ["parity"], ax, converged_only, ylabel=label)
+        ax.set_ylim(bottom=0)
+        legend = ax.get_legend()
+        if legend:
+            legend.remove()
+    axes[0].yaxis.set_major_formatter(_four_decimals())
+    kept = len(converged(runs)) if converged_only else len(runs)
+    fig.suptitle(f"PARITY with a scratchpad: {kept}/{len(runs)} runs with autoregressive accuracy > 0.999",
+                 fontsize="small")
+    return fig
+
+
+def scratchpad_report(runs) -> str:
+    """Slopes vs n of every Fig. 11 quantity (converged runs) and the converged-run counts."""
+    if not len(runs):
+        return "no finished runs"
+    lines = ["PARITY with a scratchpad: least-squares slope vs length per panel, runs with autoregressive "
+             "accuracy > 0.999 only"]
+    for metric, label in SCRATCHPAD_PANELS:
+        r = next(slopes(runs, metric=metric).itertuples())
+        lines.append(f"  {label:26s} slope {r.slope:+.3g} per bit   95% CI [{r.ci_low:+.3g}, {r.ci_high:+.3g}]   "
+                     f"{r.runs} runs over {r.lengths} lengths")
+    lines.append("converged runs / finished runs per n:")
+    lines.append(converged_counts(runs).to_string())
+    return "\n".join(lines)
+
+
 # ---- tradeoff -------------------------------------------------------------------------------------
 def tradeoff_ax(runs, ax=None, target=None, color_by="n", converged_only=True, colorbar=True):
     """Fig. 2/9/10: parameter norm vs LayerNorm blowup (log x axis); colour by n (plasma) or target."""
@@ -399,8 +442,8 @@ def train_sharpness_ax(refits, ax=None, converged_only=True, include_m=None, sho
 
 def generalization_figure(refits, manifest, show_unconverged=None):
     """The sensitivity of learned vs random completions, Fig. 4 and Fig. 15. Unconverged
-    refits are drawn hollow when none converged (``show_unconverged=None``), e.g. at the quick
-    preset's small budget."""
+    refits are drawn hollow when none converged (``show_unconverged=None``), e.g. with a
+    training budget too small for the MSE filter."""
     plt = _plt()
     if show_unconverged is None:
         show_unconverged = not len(converged(refits))

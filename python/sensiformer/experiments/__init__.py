@@ -13,7 +13,7 @@ function                          figures                  paper preset (officia
 ``dynamics()``                    Fig. 3, 12-14            dynamic_metrics_1: 404 runs (20k steps)
 ``dynamics(variant="100k")``      Fig. 12-14 (100k)        dynamic_metrics_2: 202 runs
 ``generalization()``              Fig. 4, 15               first_step_1/2: 100/300; second_step_1/2: 1000/1500
-``scratchpad()``                  Fig. 11                  scratchpad: 300 runs (needs issue 5's model)
+``scratchpad()``                  Fig. 11                  scratchpad: 300 runs (encoder-decoder)
 ``length_generalization()``       beyond the paper
 ``init_sensitivity()``            beyond the paper         (the 2026 follow-up's random-init profiles)
 ================================  =======================  =======================================

@@ -81,8 +81,6 @@ class Experiment:
     stages: list
     figures: str = ""
     variant: str | None = None
-    runnable: bool = True
-    not_runnable_reason: str = ""
     _plot: Callable | None = field(default=None, repr=False)
     _report: Callable | None = field(default=None, repr=False)
     _results: Callable | None = field(default=None, repr=False)
@@ -114,10 +112,6 @@ class Experiment:
                 continue
             out.extend(s.build(store))
         return out
-
-    def check_runnable(self) -> None:
-        if not self.runnable:
-            raise NotImplementedError(self.not_runnable_reason)
 
     def run(self, store="results.db", executor=None, **kwargs):
         """Run every stage (skipping finished runs); returns the Store."""

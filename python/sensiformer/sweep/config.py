@@ -6,7 +6,9 @@ fields, so a rerun of the same configuration finds the stored result and is skip
 
 What the key covers
 -------------------
-Every field of ``RunConfig`` except ``tags``. In particular the seeds, the model and optimiser
+Every field of ``RunConfig`` except ``tags``; fields added later (``LATE_FIELDS``) only when
+they differ from their default, so the keys of configurations that leave them alone, and the
+results stored under those keys, stay valid. In particular the seeds, the model and optimiser
 hyper-parameters, the number of steps and the logging interval (it decides which history rows
 are recorded), and every final/dynamic probe setting (they decide the recorded metrics).
 
@@ -34,6 +36,9 @@ CONVERGED_MSE = 1e-3
 TARGETS = ("parity", "majority", "first", "mean", "random", "table")
 MODELS = ("encoder", "scratchpad")
 INITS = ("pytorch", "gaussian", "uniform", "xavier_uniform", "xavier_normal")
+LR_SCHEDULES = ("constant", "cosine")
+#: fields added after the key's format was fixed, with the default at which they stay out of it
+LATE_FIELDS = {"lr_schedule": "constant"}
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,14 @@ class RunConfig:
         ``RandomFunc(target_seed)`` table) or "table" (``target_table``: the truth table as a
         hex string of 2^n bits, x_1 the most significant bit of the index; see ``table_to_hex``).
     Model
-        ``model`` "encoder" (the official TorchModel) or "scratchpad" (the encoder-decoder of
-        issue 5, not yet available); ``n_positions`` defaults to the largest length used.
+        ``model`` "encoder" (the official TorchModel) or "scratchpad" (the official
+        TorchModelWithScratchpad, ``Seq2SeqTransformer``: trained by teacher forcing on the
+        target's prefix labels, e.g. the prefix parities; its final probes add the encoder and
+        decoder blowup and the autoregressive accuracy, and ``converged`` is the paper's filter
+        autoregressive accuracy > 0.999); ``n_positions`` defaults to the largest length used.
     Training
-        AdamW(lr, weight_decay) on fresh uniform batches (or batches drawn from
+        AdamW(lr, weight_decay) (``lr_schedule`` "constant", the paper's, or "cosine": decay
+        to 0 over ``steps``, no warm-up) on fresh uniform batches (or batches drawn from
         ``restricted_subset(n, train_subset, subset_seed)`` when ``train_subset`` = m is set),
         ``seed`` seeds both the initialisation and the data stream, as the official
         ``random_state`` does. ``train_lengths`` (length generalisation) trains on several
@@ -95,6 +104,7 @@ class RunConfig:
     seed: int = 0
     lr: float = 3e-4
     weight_decay: float = 0.1
+    lr_schedule: str = "constant"
     batch_size: int = 1024
     steps: int = 10_000
     log_every: int = 100
@@ -157,18 +167,40 @@ class RunConfig:
                      "dynamic_batches", "dynamic_repeats", "length_chunk"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.blowup_definition not in ("official", "theory"):
             raise ValueError(f"blowup_definition must be 'official' or 'theory', got {self.blowup_definition!r}")
+        if self.model == "scratchpad":
+            self._check_scratchpad()
         if self.train_lengths and self.target not in ("parity", "majority", "first", "mean"):
             raise ValueError("train_lengths needs a length-generic target (parity, majority, first, mean)")
 
+    def _check_scratchpad(self):
+        if self.target not in ("parity", "majority", "first"):
+            raise ValueError(f"model='scratchpad' needs a Boolean target with prefix labels (parity, majority, first), "
+                             f"got {self.target!r}")
+        if self.norm not in ("post", "pre"):
+            raise ValueError(f"model='scratchpad' has norm 'post' or 'pre', got {self.norm!r}")
+        unsupported = dict(train_subset=self.train_subset is not None, train_lengths=bool(self.train_lengths),
+                           eval_lengths=bool(self.eval_lengths), save_predictions=self.save_predictions,
+                           train_sharpness_repeats=bool(self.train_sharpness_repeats),
+                           model_sensitivity=self.model_sensitivity, init=self.init != "pytorch")
+        bad = sorted(k for k, v in unsupported.items() if v)
+        if bad:
+            raise ValueError(f"model='scratchpad' does not support {', '.join(bad)} (encoder-only options)")
+
     # ---- identity ---------------------------------------------------------------------------
     def hashed_fields(self) -> dict:
-        """The fields the key covers (all but ``tags``), JSON-ready."""
+        """The fields the key covers (all but ``tags``; ``LATE_FIELDS`` only away from their
+        defaults), JSON-ready."""
         d = dataclasses.asdict(self)
         d.pop("tags")
+        for name, default in LATE_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
@@ -188,7 +220,9 @@ class RunConfig:
         return max((self.n, *self.train_lengths, *self.eval_lengths))
 
     def to_dict(self) -> dict:
+        """Every field (late ones included), JSON-ready."""
         d = self.hashed_fields()
+        d.update({name: getattr(self, name) for name in LATE_FIELDS})
         d["tags"] = dict(self.tags)
         return d
 

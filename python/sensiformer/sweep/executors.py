@@ -4,6 +4,12 @@ Workers only compute (``runner.execute_safely``); the driver that called ``sweep
 receives each result and writes it to the store. Local pools use the ``forkserver`` start
 method (``spawn`` where it is unavailable): never ``fork`` after OpenMP has started threads,
 which can hang libgomp.
+
+Per-run progress (``run_progress``: a handler the driver calls with each ``RunReporter``
+message): the serial executor and a caller's ``ThreadPoolExecutor`` call it directly, local
+processes send through a multiprocessing queue that a driver thread drains, Dask workers log
+events on a topic the driver's client subscribes to. Other ``concurrent.futures`` executors
+(e.g. a caller's process pool) cannot carry it: a warning says so and the runs go without bars.
 """
 
 from __future__ import annotations
@@ -11,8 +17,23 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import uuid
+import warnings
 
+from .progress import CallSink, DaskSink, QueueDrain
 from .runner import execute_safely
+
+#: the progress sink of a local pool's worker process (set by the pool's initializer)
+_worker_sink = None
+
+
+def _set_worker_sink(queue):
+    global _worker_sink
+    _worker_sink = queue
+
+
+def _execute_in_worker(config, n_threads):
+    return execute_safely(config, n_threads, _worker_sink)
 
 
 def usable_cpus() -> int:
@@ -73,9 +94,10 @@ class SerialBackend(Backend):
 
     name = "serial"
 
-    def __init__(self, n_threads=None):
+    def __init__(self, n_threads=None, run_progress=None):
         self._n_threads = n_threads
         self.n_threads = n_threads or "1 or all"
+        self._sink = CallSink(run_progress) if run_progress else None
 
     def submit(self, config):
         return config
@@ -84,7 +106,7 @@ class SerialBackend(Backend):
         return iter(futures)
 
     def result(self, future):
-        return execute_safely(future, threads_for(future, 1, self._n_threads))
+        return execute_safely(future, threads_for(future, 1, self._n_threads), self._sink)
 
     def cancel(self, futures):
         pass
@@ -97,15 +119,22 @@ class LocalBackend(Backend):
 
     name = "processes"
 
-    def __init__(self, n_runs, max_workers=None, n_threads=None):
+    def __init__(self, n_runs, max_workers=None, n_threads=None, run_progress=None):
         cpus = usable_cpus()
         self.workers = max(1, min(max_workers or cpus, n_runs))
         self._n_threads = n_threads
         self.n_threads = n_threads or max(1, cpus // self.workers)
-        self.pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=_mp_context())
+        ctx = _mp_context()
+        self._drain = None
+        init = {}
+        if run_progress:
+            queue = ctx.Queue()
+            self._drain = QueueDrain(queue, run_progress)
+            init = dict(initializer=_set_worker_sink, initargs=(queue,))  # a queue passes only at process start
+        self.pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, **init)
 
     def submit(self, config):
-        return self.pool.submit(execute_safely, config, threads_for(config, self.workers, self._n_threads))
+        return self.pool.submit(_execute_in_worker, config, threads_for(config, self.workers, self._n_threads))
 
     def as_completed(self, futures):
         return cf.as_completed(futures)
@@ -121,6 +150,8 @@ class LocalBackend(Backend):
                 if proc.is_alive():
                     proc.terminate()
         self.pool.shutdown(wait=True)
+        if self._drain is not None:
+            self._drain.stop()
 
 
 class FuturesBackend(Backend):
@@ -128,13 +159,19 @@ class FuturesBackend(Backend):
 
     name = "executor"
 
-    def __init__(self, executor, n_threads=None):
+    def __init__(self, executor, n_threads=None, run_progress=None):
         self.executor = executor
         self.n_threads = n_threads or 1
         self.workers = getattr(executor, "_max_workers", 1)
+        self._sink = None
+        if run_progress and isinstance(executor, cf.ThreadPoolExecutor):
+            self._sink = CallSink(run_progress)  # same process: call the handler directly
+        elif run_progress:
+            warnings.warn(f"run_progress needs the serial or local executor, a ThreadPoolExecutor or Dask; "
+                          f"{type(executor).__name__} runs go without per-run bars", RuntimeWarning, stacklevel=4)
 
     def submit(self, config):
-        return self.executor.submit(execute_safely, config, self.n_threads)
+        return self.executor.submit(execute_safely, config, self.n_threads, self._sink)
 
     def as_completed(self, futures):
         return cf.as_completed(futures)
@@ -147,7 +184,7 @@ class DaskBackend(Backend):
 
     name = "dask"
 
-    def __init__(self, client_or_address, n_threads=None):
+    def __init__(self, client_or_address, n_threads=None, run_progress=None):
         try:
             import distributed
         except ImportError as err:
@@ -165,12 +202,19 @@ class DaskBackend(Backend):
             self.workers = sum(w.get("nthreads", 1) for w in self.client.scheduler_info()["workers"].values())
         except Exception:  # noqa: BLE001 - only used for the description
             self.workers = 0
+        self._topic = self._sink = None
+        if run_progress:
+            # the handler runs on the client's event-loop thread; events are (timestamp, message)
+            self._topic = f"sensiformer-progress-{uuid.uuid4().hex}"
+            self._sink = DaskSink(self._topic)
+            self.client.subscribe_topic(self._topic, lambda event: run_progress(event[1]))
 
     def submit(self, config):
         from .config import as_config
 
         key = f"sensiformer-run-{as_config(config).key}"
-        return self.client.submit(execute_safely, config, self.n_threads, key=key, pure=False, retries=0)
+        return self.client.submit(execute_safely, config, self.n_threads, self._sink, key=key, pure=False,
+                                  retries=0)
 
     def as_completed(self, futures):
         return self._distributed.as_completed(futures, loop=self.client.loop)
@@ -179,6 +223,8 @@ class DaskBackend(Backend):
         self.client.cancel(list(futures))
 
     def close(self, interrupted=False):
+        if self._topic is not None:
+            self.client.unsubscribe_topic(self._topic)
         if self._own:
             self.client.close()
 
@@ -186,16 +232,17 @@ class DaskBackend(Backend):
         return f"dask {self.client.scheduler.address}: {self.workers} worker thread(s) x {self.n_threads} thread(s)"
 
 
-def make_backend(executor, n_runs, max_workers=None, n_threads=None) -> Backend:
+def make_backend(executor, n_runs, max_workers=None, n_threads=None, run_progress=None) -> Backend:
     """``executor``: None / "processes" (local pool), "serial", "tcp://host:port" or
     "dask" (a Dask scheduler; "dask" uses the address in dask's config), a
-    ``distributed.Client``, or any ``concurrent.futures.Executor``."""
+    ``distributed.Client``, or any ``concurrent.futures.Executor``. ``run_progress``: the
+    driver's handler of per-run progress messages (see the module docstring), or None."""
     if executor is None or executor in ("processes", "local"):
         if n_runs <= 1 and max_workers in (None, 1):
-            return SerialBackend(n_threads)  # one run: no pool start-up, all cores for it
-        return LocalBackend(n_runs, max_workers, n_threads)
+            return SerialBackend(n_threads, run_progress)  # one run: no pool start-up, all cores for it
+        return LocalBackend(n_runs, max_workers, n_threads, run_progress)
     if executor == "serial":
-        return SerialBackend(n_threads)
+        return SerialBackend(n_threads, run_progress)
     if isinstance(executor, str):
         if executor == "dask":
             import dask
@@ -204,13 +251,13 @@ def make_backend(executor, n_runs, max_workers=None, n_threads=None) -> Backend:
             if not address:
                 raise ValueError("executor='dask' needs a scheduler address in dask's config "
                                  "(or pass executor='tcp://host:port')")
-            return DaskBackend(address, n_threads)
+            return DaskBackend(address, n_threads, run_progress)
         if "://" in executor:
-            return DaskBackend(executor, n_threads)
+            return DaskBackend(executor, n_threads, run_progress)
         raise ValueError(f"unknown executor {executor!r}: use 'processes', 'serial', 'tcp://host:port' "
                          "or a distributed.Client / concurrent.futures.Executor")
     if type(executor).__name__ == "Client" and hasattr(executor, "scheduler_info"):
-        return DaskBackend(executor, n_threads)
+        return DaskBackend(executor, n_threads, run_progress)
     if isinstance(executor, cf.Executor):
-        return FuturesBackend(executor, n_threads)
+        return FuturesBackend(executor, n_threads, run_progress)
     raise TypeError(f"unsupported executor {executor!r}")

@@ -20,14 +20,14 @@ import numpy as np
 
 from .. import targets
 from .config import CONVERGED_MSE, RunConfig, as_config, hex_to_table
+from .progress import RunReporter
 
 # measurement batches come from a stream of their own, far from the training and Measure streams
 _FINAL_STREAM = (1 << 62) + 0x00F1_4A15_0000
 _EVAL_STREAM = (1 << 62) + 0x00E7_A100_0000
 _EXACT_MAX_N = 16
-SCRATCHPAD_MESSAGE = ("the scratchpad experiment needs the encoder-decoder (scratchpad) model of issue 5, "
-                      "which sensiformer does not have yet; its grid is defined (experiments.scratchpad(...).configs) "
-                      "but it cannot run")
+#: the paper's filter for scratchpad runs (paper.md §1.7): per-token autoregressive accuracy above this
+CONVERGED_AUTOREGRESSIVE = 0.999
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,12 +63,6 @@ def provenance(n_threads, seed) -> dict:
     prov = dict(_static_provenance())
     prov.update(n_threads=int(n_threads), seed=int(seed))
     return prov
-
-
-def check_runnable(config: RunConfig) -> None:
-    """Raise NotImplementedError for configurations the engine cannot run yet."""
-    if config.model == "scratchpad":
-        raise NotImplementedError(SCRATCHPAD_MESSAGE)
 
 
 class _Table(targets.RandomFunction):
@@ -129,8 +123,12 @@ def _evaluate(trainer, cfg, n_threads):
         res = trainer.evaluate(exact=True)
     else:
         res = trainer.evaluate(batches=cfg.eval_batches, exact=False, seed=cfg.seed)
-    return dict(eval_loss=_finite(res["loss"]), eval_accuracy=_finite(res["accuracy"]),
-                eval_inputs=int(res["n_inputs"]), eval_exact=bool(exact))
+    out = dict(eval_loss=_finite(res["loss"]), eval_accuracy=_finite(res["accuracy"]),
+               eval_inputs=int(res["n_inputs"]), eval_exact=bool(exact))
+    if "autoregressive_accuracy" in res:  # a scratchpad model: its decoding too
+        out.update(eval_autoregressive_accuracy=_finite(res["autoregressive_accuracy"]),
+                   eval_sequence_accuracy=_finite(res["sequence_accuracy"]))
+    return out
 
 
 def _measurement_data(trainer, batches):
@@ -156,7 +154,55 @@ def _final_probes(model, trainer, cfg, n_threads):
     return out
 
 
-def _train_multi_length(model, cfg, optimizer, n_threads, history_rows):
+def _final_probes_seq2seq(trainer, cfg):
+    """The official scratchpad measurement (paper.md §3.2-3.3) on ``measure_batches`` fresh
+    batches: teacher-forced loss and sharpness, encoder and decoder blowup (every LayerNorm,
+    and the official hooks' subset as ``blowup_official_*``), parameter norm and the per-token
+    autoregressive accuracy; ``Measure`` computes exactly these during training."""
+    import sensiformer as sf
+
+    x, y = _measurement_data(trainer, cfg.measure_batches)
+    probe = sf.Measure(x=x, y=2 * y - 1 if trainer.labels == "pm1" else y, n_batches=cfg.measure_batches,
+                       sigma=cfg.sharpness_sigma, repeats=cfg.sharpness_repeats, seed=cfg.sharpness_seed,
+                       definition=cfg.blowup_definition)
+    return {k: _finite(v) for k, v in probe(trainer).items()}
+
+
+def _build(cfg, n_threads):
+    """(model, optimizer, trainer, training subset or None) of a run: the official encoder, or the
+    scratchpad encoder-decoder trained by teacher forcing on the target's prefix labels (PARITY:
+    the prefix parities)."""
+    import sensiformer as sf
+
+    arch = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff, norm=cfg.norm,
+                ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
+    schedule = dict(schedule="cosine", total_steps=cfg.steps) if cfg.lr_schedule == "cosine" else {}
+    optimizer = sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay, **schedule)
+    if cfg.model == "scratchpad":
+        model = sf.Seq2SeqTransformer(cfg.positions, **arch)
+        trainer = sf.Trainer(model, targets.Prefix(_target(cfg)), optimizer=optimizer, batch_size=cfg.batch_size,
+                             seed=cfg.seed, n_threads=n_threads)
+        return model, optimizer, trainer, None
+    model = sf.Transformer(cfg.positions, **arch)
+    _initialise(model, cfg.init, cfg.seed)
+    subset = None
+    if cfg.train_subset is not None:
+        subset = sf.restricted_subset(cfg.n, cfg.train_subset, cfg.seed if cfg.subset_seed is None else cfg.subset_seed)
+    trainer = sf.Trainer(model, _target(cfg), optimizer=optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
+                         train_subset=subset, n_threads=n_threads)
+    return model, optimizer, trainer, subset
+
+
+def _converged(cfg, metrics) -> bool:
+    """The paper's filters: eval MSE < 1e-3, or for the scratchpad per-token autoregressive
+    accuracy > 0.999 (on the measurement batches, as the official code; else the evaluation's)."""
+    if cfg.model == "scratchpad":
+        acc = metrics.get("autoregressive_accuracy", metrics["eval_autoregressive_accuracy"])
+        return bool(acc > CONVERGED_AUTOREGRESSIVE)
+    return bool(metrics["eval_loss"] < CONVERGED_MSE)
+
+
+def _train_multi_length(model, cfg, optimizer, n_threads, history_rows, reporter=None):
     """Length generalisation: round-robin over ``train_lengths``, ``length_chunk`` steps each."""
     import sensiformer as sf
 
@@ -173,6 +219,8 @@ def _train_multi_length(model, cfg, optimizer, n_threads, history_rows):
             h = tr.fit(chunk, log_every=chunk, progress=False)
             window.append((chunk, float(h["loss"].iloc[-1])))
             done += chunk
+            if reporter:
+                reporter.send(done, window[-1][1], force=done == cfg.steps)
             if done % cfg.log_every < chunk or done == cfg.steps:
                 w = sum(c for c, _ in window)
                 history_rows.append(dict(step=done, loss=sum(c * l for c, l in window) / w))
@@ -180,9 +228,12 @@ def _train_multi_length(model, cfg, optimizer, n_threads, history_rows):
     return trainers
 
 
-def execute(config, n_threads: int = 1) -> dict:
+def execute(config, n_threads: int = 1, progress=None) -> dict:
     """Run one configuration and return ``{key, status, config, metrics, artifacts, history,
     provenance, started, finished, duration}``.
+
+    ``progress``: a sink (``put(message)``, see ``sweep.progress``) that receives the training
+    steps as they finish; it does not change the results.
 
     ``status`` is "ok", or "diverged" when the loss stopped being finite (metrics then describe
     the last finite parameters). Other exceptions propagate (the sweep records them as
@@ -191,28 +242,22 @@ def execute(config, n_threads: int = 1) -> dict:
     import sensiformer as sf
 
     cfg = as_config(config)
-    check_runnable(cfg)
     started = time.time()
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    model = sf.Transformer(cfg.positions, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
-                           d_ff=cfg.d_ff, norm=cfg.norm, ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
-    _initialise(model, cfg.init, cfg.seed)
-    optimizer = sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    subset = None
-    if cfg.train_subset is not None:
-        subset = sf.restricted_subset(cfg.n, cfg.train_subset, cfg.seed if cfg.subset_seed is None else cfg.subset_seed)
-    trainer = sf.Trainer(model, _target(cfg), optimizer=optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
-                         train_subset=subset, n_threads=n_threads)
+    model, optimizer, trainer, subset = _build(cfg, n_threads)
+    reporter = RunReporter(progress, cfg) if progress is not None else None
+    if reporter:
+        reporter.send(0, force=True)
     status = "ok"
     error = None
     history_rows = []
     metrics = {}
     try:
         if cfg.train_lengths:
-            _train_multi_length(model, cfg, optimizer, n_threads, history_rows)
+            _train_multi_length(model, cfg, optimizer, n_threads, history_rows, reporter)
         else:
-            callbacks = []
+            callbacks = [reporter] if reporter else []
             if cfg.dynamic_every:
                 callbacks.append(sf.Measure(every=cfg.dynamic_every, n_batches=cfg.dynamic_batches,
                                             repeats=cfg.dynamic_repeats, sigma=cfg.sharpness_sigma, seed=cfg.seed,
@@ -230,17 +275,22 @@ def execute(config, n_threads: int = 1) -> dict:
     metrics["train_seconds"] = time.perf_counter() - t0
     if history_rows and history_rows[-1].get("loss") is not None:
         metrics["final_train_loss"] = float(history_rows[-1]["loss"])
+    if reporter:
+        reporter.send(metrics["steps_done"], metrics.get("final_train_loss"), phase="probing", force=True)
     metrics.update(_evaluate(trainer, cfg, n_threads))
-    metrics["converged"] = bool(metrics["eval_loss"] < CONVERGED_MSE)
-    metrics["converge_threshold"] = CONVERGED_MSE
     metrics["label_scale"] = trainer.labels  # "01": losses and sharpness on the {0,1} scale
     if cfg.dynamic_every:
         conv = [r["step"] for r in history_rows if r.get("measure_loss") is not None and r["measure_loss"] < 0.01]
         metrics["convergence_step"] = conv[0] if conv else None
     if cfg.measure and status == "ok":
-        metrics.update(_final_probes(model, trainer, cfg, n_threads))
+        if cfg.model == "scratchpad":
+            metrics.update(_final_probes_seq2seq(trainer, cfg))
+        else:
+            metrics.update(_final_probes(model, trainer, cfg, n_threads))
     elif cfg.measure:
         metrics["param_norm"] = sf.probes.param_norm(model)
+    metrics["converged"] = _converged(cfg, metrics)
+    metrics["converge_threshold"] = CONVERGED_AUTOREGRESSIVE if cfg.model == "scratchpad" else CONVERGED_MSE
     artifacts = {}
     if cfg.train_sharpness_repeats and (subset is not None or cfg.sharpness_subset is not None):
         from ..targets import inputs_from_indices
@@ -281,13 +331,11 @@ def execute(config, n_threads: int = 1) -> dict:
                 duration=time.perf_counter() - t0)
 
 
-def execute_safely(config, n_threads: int = 1) -> dict:
+def execute_safely(config, n_threads: int = 1, progress=None) -> dict:
     """``execute``, but an exception becomes ``{"key", "failed": traceback}`` (for executors
     whose futures should not carry arbitrary exceptions back)."""
     try:
-        return execute(config, n_threads)
-    except NotImplementedError:
-        raise
+        return execute(config, n_threads, progress)
     except Exception:  # noqa: BLE001 - reported to the driver, which records the failure
         cfg = as_config(config)
         return dict(key=cfg.key, failed=traceback.format_exc(), config=cfg.to_dict(), pid=os.getpid())
