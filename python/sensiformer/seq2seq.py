@@ -8,7 +8,8 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _engine
-from ._validation import as_tokens, check_bool, check_choice, check_float, check_int, check_seed, resolve_threads
+from ._validation import (REAL_KINDS, as_tokens, check_bool, check_choice, check_float, check_int, check_seed,
+                          quiet_cast, resolve_threads)
 from .model import ACTIVATIONS, DTYPES, LOSSES, MAX_LAYERS, _dtype_name, _EngineModel, check_sizes
 
 SOS = 2  #: the decoder's start token
@@ -19,16 +20,16 @@ _NORMS = {"post": 0, "pre": 1}
 def _as_labels(y, name, rows, dtype):
     """A (rows, L) finite real array in ``dtype``."""
     arr = np.asarray(y)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if np.iscomplexobj(arr):
         raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
+    if arr.dtype.kind not in REAL_KINDS:
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[0] != rows or arr.shape[1] < 1:
         raise ValueError(f"{name} must have shape ({rows}, length) with length >= 1 (one label per decoder "
                          f"position), got {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = quiet_cast(arr, dtype)  # an overflow (1e39 into float32) is caught as non-finite below
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite (found NaN or inf)")
+        raise ValueError(f"{name} must be finite in {np.dtype(dtype).name} (found NaN, inf or overflow)")
     return arr
 
 
