@@ -104,8 +104,7 @@ typedef void (*gemm_tiles_fn)(long, long, long, long, long, const real *, long, 
 DEFINE_TILE_GENERIC(tile_v4, 8, 128, V4)
 DEFINE_TILE_EDGE(edge_v4, 128, V4)
 DEFINE_GEMM_TILES(gemm_tiles_v4, 8, 128, V4, tile_v4, edge_v4)
-DEFINE_TILE_EDGE(edge_v3, AVX2_NR_BYTES, V3)
-DEFINE_GEMM_TILES(gemm_tiles_v3, AVX2_MR, AVX2_NR_BYTES, V3, tile_avx2, edge_v3)
+DEFINE_GEMM_TILES(gemm_tiles_v3, AVX2_MR, AVX2_NR_BYTES, V3, tile_avx2, tile_avx2_edge)
 #endif
 DEFINE_TILE_GENERIC(tile_base, 4, 32, )
 DEFINE_TILE_EDGE(edge_base, 32, )

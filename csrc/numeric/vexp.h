@@ -26,7 +26,8 @@ static inline real vexp(real x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    const union { int32_t i; float f; } two_n = {((int32_t)n + 127) << 23}; /* 2^n */
+    const float n_ok = n == n ? n : 0.0f; /* NaN (whose p is NaN) must not reach the int conversion */
+    const union { uint32_t i; float f; } two_n = {(uint32_t)((int32_t)n_ok + 127) << 23}; /* 2^n */
     return p * two_n.f;
 }
 #endif
