@@ -209,11 +209,9 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
     const int pooled = a->forward_only && l == c->n_layers - 1;
     if (x) {
         distinct_inproj_forward(c, p, s, a, x, par);
-    } else if (pooled) {
-        SF(linear_forward)(s->q, s->aq, w->w_in, w->b_in, Nq, d, d, wt, par);
     } else {
         SF(linear_forward)(s->q, s->aq, w->w_in, w->b_in, Nq, d, d, wt, par);
-        SF(linear_forward)(s->kv, s->a_in, w->w_in + d * d, w->b_in + d, N, d, 2 * d, wt, par);
+        if (!pooled) SF(linear_forward)(s->kv, s->a_in, w->w_in + d * d, w->b_in + d, N, d, 2 * d, wt, par);
     }
     if (pooled) pooled_attention_forward(c, w, s, a, par);
     else SF(attention_forward)(s->ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
