@@ -218,13 +218,7 @@ sf_status SF(hvp)(sf_model *m, const uint8_t *x, const void *y_, int n_batches, 
             SF(encoder_params)(m, n_batches > 1 ? one : out, &ph);
             tangent_forward(m, xb, &p, &pv, &w, &par);
             tangent_backward(m, xb, &p, &pv, &ph, &w, loss, &par);
-            if (n_batches > 1) { /* running mean in a fixed order: out = sum_b H_b v / n_batches */
-                const real scale = (real)(1.0 / n_batches);
-                if (b == 0)
-                    for (long j = 0; j < P; j++) out[j] = one[j] * scale;
-                else
-                    for (long j = 0; j < P; j++) out[j] += one[j] * scale;
-            }
+            if (n_batches > 1) running_mean_add(out, one, P, b, n_batches); /* out = sum_b H_b v / n_batches */
         }
     }
     if (loss_out) *loss_out = total / n_batches;

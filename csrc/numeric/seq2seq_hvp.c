@@ -269,13 +269,7 @@ sf_status SF(seq2seq_hvp)(sf_model *m, const sf_seq_data *d, int n_batches, sf_l
             SF(s2s_params)(m, n_batches > 1 ? one : out, &w->hv);
             tangent_forward(m, xb, w, &par);
             tangent_backward(m, xb, w, loss, &par);
-            if (n_batches > 1) { /* running mean in a fixed order: out = sum_b H_b v / n_batches */
-                const real scale = (real)(1.0 / n_batches);
-                if (b == 0)
-                    for (long j = 0; j < P; j++) out[j] = one[j] * scale;
-                else
-                    for (long j = 0; j < P; j++) out[j] += one[j] * scale;
-            }
+            if (n_batches > 1) running_mean_add(out, one, P, b, n_batches); /* out = sum_b H_b v / n_batches */
         }
     }
     if (loss_out) *loss_out = total / n_batches;

@@ -63,4 +63,13 @@ void SF(attention_tangent_backward)(real *dQ, real *dKV, real *tdQ, real *tdKV, 
                                     const real *tQ, const real *KV, const real *tKV, long B, long T, long Tq,
                                     long d, long H, real *scratch, sf_par *par);
 
+/* out (P) = the running mean over batches of one (P): batch b of n_batches, added in a fixed order. */
+static inline void running_mean_add(real *out, const real *one, long P, int b, int n_batches) {
+    const real scale = (real)(1.0 / n_batches);
+    if (b == 0)
+        for (long j = 0; j < P; j++) out[j] = one[j] * scale;
+    else
+        for (long j = 0; j < P; j++) out[j] += one[j] * scale;
+}
+
 #endif
