@@ -59,6 +59,11 @@ double SF(loss_forward_backward)(real *dout, const real *out, const real *y, lon
 /* p (T): softmax over the first `seen` entries of scale * p (vectorised exp); the rest become
  * exactly 0. */
 void SF(softmax_row)(real *p, long seen, long T, real scale);
+/* logits.c: max and sum of |q_i . k_j| / sqrt(dh) over one (batch, head)'s queries (Q, Tq rows of
+ * stride d) and the keys each sees (KV rows of stride 2d; causal as in attention_forward_ex). */
+void SF(task_logits)(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
+                     int causal, double scale);
+
 /* attention.c: per (batch, head) softmax(Q K^T / sqrt(dh)) V.
  * Q (B,Tq,d) rows are the last Tq positions; KV (B,T,2d) holds K then V; P (B,H,Tq,T) saved. */
 /* Scratch (elements) the attention kernels need for nt threads. */

@@ -2,13 +2,15 @@
  * sensitivity bound depends on exponentially. */
 #include "encoder.h"
 
-/* Per (batch, head) task: max and sum of |q_i . k_j| * scale over the task's queries and keys. */
-static void task_logits(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
-                        double scale) {
+/* Per (batch, head) task: max and sum of |q_i . k_j| * scale over its queries and the keys each
+ * sees (causal: query i, at position T - Tq + i, sees keys j <= T - Tq + i). */
+void SF(task_logits)(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
+                     int causal, double scale) {
     double m = 0, s = 0;
     for (long i = 0; i < Tq; i++) {
         const real *q = Q + i * d;
-        for (long j = 0; j < T; j++) {
+        const long seen = causal ? T - Tq + i + 1 : T;
+        for (long j = 0; j < seen; j++) {
             const real *k = KV + j * 2 * d;
             double dot = 0;
             for (long c = 0; c < dh; c++) dot += (double)q[c] * k[c];
@@ -39,8 +41,8 @@ sf_status SF(attention_logits)(sf_model *m, const uint8_t *x, int B, int T, doub
 #pragma omp parallel for num_threads(tasks * Tq * T * d >= 65536 ? par.nt : 1) schedule(static)
         for (long task = 0; task < tasks; task++) {
             const long b = task / H, h = task % H;
-            task_logits(tmax + task, tsum + task, s->q + b * Tq * d + h * dh, s->kv + b * T * 2 * d + h * dh, T, Tq, d,
-                        dh, scale);
+            SF(task_logits)(tmax + task, tsum + task, s->q + b * Tq * d + h * dh, s->kv + b * T * 2 * d + h * dh, T,
+                            Tq, d, dh, 0, scale);
         }
         for (long h = 0; h < H; h++) { /* reduce over the batch in order */
             double mx = 0, sum = 0;

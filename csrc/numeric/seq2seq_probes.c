@@ -41,27 +41,6 @@ sf_status SF(seq2seq_ln_blowup)(sf_model *m, const sf_seq_data *d, int theory, d
 
 /* ---- attention-logit scale ----------------------------------------------------------------------- */
 
-/* Per (batch, head) task: max and sum of |q_i . k_j| * scale over its queries and the keys each
- * sees (causal: query i, at position T - Tq + i, sees keys j <= T - Tq + i). */
-static void task_logits(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
-                        int causal, double scale) {
-    double m = 0, s = 0;
-    for (long i = 0; i < Tq; i++) {
-        const real *q = Q + i * d;
-        const long seen = causal ? T - Tq + i + 1 : T;
-        for (long j = 0; j < seen; j++) {
-            const real *k = KV + j * 2 * d;
-            double dot = 0;
-            for (long c = 0; c < dh; c++) dot += (double)q[c] * k[c];
-            const double a = fabs(dot) * scale;
-            m = a > m ? a : m;
-            s += a;
-        }
-    }
-    *mx = m;
-    *sum = s;
-}
-
 /* One attention module: maxs, means (H) over the batch (reduced in batch order). */
 static void module_logits(double *maxs, double *means, double *tmax, double *tsum, const s2s_sub *s, long B, long Tq,
                           long Tk, long d, long H, int causal, const sf_par *par) {
@@ -70,7 +49,7 @@ static void module_logits(double *maxs, double *means, double *tmax, double *tsu
 #pragma omp parallel for num_threads(tasks * Tq * Tk * d >= 65536 ? par->nt : 1) schedule(static)
     for (long task = 0; task < tasks; task++) {
         const long b = task / H, h = task % H;
-        task_logits(tmax + task, tsum + task, s->q + b * Tq * d + h * dh, s->kv + b * Tk * 2 * d + h * dh, Tk, Tq, d,
+        SF(task_logits)(tmax + task, tsum + task, s->q + b * Tq * d + h * dh, s->kv + b * Tk * 2 * d + h * dh, Tk, Tq, d,
                     dh, causal, scale);
     }
     const double pairs = causal ? (double)Tq * (2.0 * Tk - Tq + 1) / 2 : (double)Tq * Tk;
