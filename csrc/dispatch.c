@@ -37,12 +37,14 @@ sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sa
 const char *sf_cpu_path(void) { return gemm_path_f32(); }
 
 sf_status sf_kernel_gemm(const char *path, sf_dtype dtype, int64_t M, int64_t N, int64_t K, const void *A,
-                         int transpose_a, const void *B, void *C, const void *bias, int accumulate, int n_threads) {
+                         int transpose_a, const void *B, int transpose_b, void *C, const void *bias, int accumulate,
+                         int n_threads) {
     if (M < 0 || N < 0 || K < 0) return sf_fail(SF_EINVAL, "negative GEMM size");
     sf_par par = {sf_resolve_threads(n_threads), 0};
     const long sai = transpose_a ? 1 : (long)K, sak = transpose_a ? (long)M : 1;
-    int bad = (dtype == SF_F64 ? gemm_on_path_f64 : gemm_on_path_f32)(path, M, N, K, A, sai, sak, B, N, C, N, bias,
-                                                                         accumulate, &par);
+    const long sbk = transpose_b ? 1 : (long)N, sbj = transpose_b ? (long)K : 1;
+    int bad = (dtype == SF_F64 ? gemm_on_path_f64 : gemm_on_path_f32)(path, M, N, K, A, sai, sak, B, sbk, sbj, C, N,
+                                                                         bias, accumulate, &par);
     return bad ? sf_fail(SF_EINVAL, "unknown CPU path '%s', or this CPU cannot run it", path) : SF_OK;
 }
 

@@ -84,11 +84,13 @@ void sf_set_default_threads(int n);
 int sf_default_threads(void);
 int sf_openmp_enabled(void);
 const char *sf_cpu_path(void);                /* which kernel clone runs here, e.g. "x86-64-v4" */
-/* Kernel test hook: C (M,N) (+)= op(A) B (+ bias) with the GEMM of CPU path `path` ("x86-64-v4",
- * "x86-64-v3" or "baseline"); A is (M,K), or (K,M) if transpose_a; B (K,N); all row-major of the
- * given dtype. SF_EINVAL if the path is unknown or this CPU cannot run it. */
+/* Kernel test hook: C (M,N) (+)= op(A) op(B) (+ bias) with the GEMM of CPU path `path` ("x86-64-v4",
+ * "x86-64-v3" or "baseline"); A is (M,K), or (K,M) if transpose_a; B (K,N), or (N,K) if
+ * transpose_b; all row-major of the given dtype. SF_EINVAL if the path is unknown or this CPU
+ * cannot run it. */
 sf_status sf_kernel_gemm(const char *path, sf_dtype dtype, int64_t M, int64_t N, int64_t K, const void *A,
-                         int transpose_a, const void *B, void *C, const void *bias, int accumulate, int n_threads);
+                         int transpose_a, const void *B, int transpose_b, void *C, const void *bias, int accumulate,
+                         int n_threads);
 const char *sf_build_flags(void);
 /* Measured FMA throughput (GFLOP/s) of this CPU's kernel path on n_threads threads, float32 or
  * float64, taking about `seconds`. */

@@ -1101,7 +1101,7 @@ def _raw(call, model, opt, args, target, sampler):
     if call in ("num_params", "last_threads", "workspace_bytes"):
         return getattr(m, call)
     if call == "kernel_gemm":
-        return _engine.kernel_gemm(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
+        return _engine.kernel_gemm(*a[:9])
     if call == "measure_peak":  # the budget is seconds of busy work: keep it tiny
         budget = a[2] if isinstance(a[2], float) and 0 <= a[2] < 0.002 else 0.001
         return _engine.measure_peak(a[0], a[1] if isinstance(a[1], int) and a[1] <= 2 else 1, budget)
@@ -1135,7 +1135,7 @@ def _well_formed(call, model, draw_args, rng):
         "generate": [x, 2, True, 0.5, 1],
         "kernel_gemm": [str(rng.choice(["baseline", "x86-64-v3", "x86-64-v4", "avx"])),
                         rng.normal(size=(3, 4)), rng.normal(size=(4, 5)), np.zeros((3, 5)), rng.normal(size=5),
-                        bool(rng.integers(2)), False, int(rng.integers(1, 3))],
+                        bool(rng.integers(2)), False, False, int(rng.integers(1, 3))],
     }.get(call)
     if typical is None:
         return draw_args

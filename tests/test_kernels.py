@@ -1,6 +1,6 @@
 """The GEMM of every CPU path this machine can run against a float64 NumPy reference: shapes
-with partial tiles at both edges, K beyond one cache block, transposed A, bias, accumulation,
-and bitwise agreement between 1 and 2 threads. The portable baseline path is the reference
+with partial tiles at both edges, K beyond one cache block, transposed A and B, bias,
+accumulation, B blocks too wide to pack at once, and bitwise agreement between 1 and 2 threads. The portable baseline path is the reference
 twin of the intrinsics micro-kernels."""
 
 import numpy as np
@@ -15,15 +15,17 @@ ALL_PATHS = ("x86-64-v4", "x86-64-v3", "baseline")
 def runnable(path):
     c = np.zeros((1, 1), np.float32)
     try:
-        _engine.kernel_gemm(path, np.ones((1, 1), np.float32), np.ones((1, 1), np.float32), c, None, False, False, 1)
+        _engine.kernel_gemm(path, np.ones((1, 1), np.float32), np.ones((1, 1), np.float32), c, None, False, False, False,
+                            1)
     except ValueError:
         return False
     return True
 
 
 PATHS = [p for p in ALL_PATHS if runnable(p)]
+# (20, 1100, 300): a packed B block over 1 MiB, so B is packed one panel at a time
 SHAPES = [(1, 1, 1), (5, 3, 7), (6, 16, 1), (7, 17, 33), (13, 40, 300), (64, 128, 128), (130, 96, 520),
-          (2, 2, 600), (300, 5, 64)]
+          (2, 2, 600), (300, 5, 64), (20, 1100, 300)]
 
 
 def test_the_default_path_and_the_baseline_are_runnable():
@@ -31,18 +33,22 @@ def test_the_default_path_and_the_baseline_are_runnable():
     assert "baseline" in PATHS
 
 
-def gemm(path, a, b, bias=None, c=None, transpose_a=False, n_threads=1):
+def gemm(path, a, b, bias=None, c=None, transpose_a=False, transpose_b=False, n_threads=1):
+    """c (+)= op(a) op(b) (+ bias); transpose_a: a is (K, M); transpose_b: b is (N, K)."""
     m = a.shape[1] if transpose_a else a.shape[0]
-    out = np.zeros((m, b.shape[1]), a.dtype) if c is None else c.copy()
-    _engine.kernel_gemm(path, a, b, out, bias, c is not None, transpose_a, n_threads)
+    n = b.shape[0] if transpose_b else b.shape[1]
+    out = np.zeros((m, n), a.dtype) if c is None else c.copy()
+    _engine.kernel_gemm(path, np.ascontiguousarray(a), np.ascontiguousarray(b), out, bias, c is not None,
+                        transpose_a, transpose_b, n_threads)
     return out
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize("transpose_b", [False, True])
 @pytest.mark.parametrize("M,N,K", SHAPES)
-def test_gemm_matches_numpy(path, dtype, transpose_a, M, N, K):
+def test_gemm_matches_numpy(path, dtype, transpose_a, transpose_b, M, N, K):
     rng = np.random.default_rng(M * 1000003 + N * 1009 + K)
     a = rng.normal(size=(K, M) if transpose_a else (M, K)).astype(dtype)
     b = rng.normal(size=(K, N)).astype(dtype)
@@ -52,11 +58,12 @@ def test_gemm_matches_numpy(path, dtype, transpose_a, M, N, K):
     exact = c0.astype(np.float64) + a64 @ b.astype(np.float64) + bias
     scale = np.abs(c0) + np.abs(a64) @ np.abs(b.astype(np.float64)) + np.abs(bias)
     eps = np.finfo(dtype).eps
-    got = gemm(path, a, b, bias=bias, c=c0, transpose_a=transpose_a)
+    # b is (K, N) either way; transpose_b hands the kernel b.T's storage
+    got = gemm(path, a, b.T if transpose_b else b, bias=bias, c=c0, transpose_a=transpose_a, transpose_b=transpose_b)
     assert got.dtype == dtype
     # a rounding error bound for a sum of K + 2 terms; a wrong index errs by O(scale)
     assert np.all(np.abs(got - exact) <= (K + 2) * eps * scale), np.max(np.abs(got - exact) / scale)
-    plain = gemm(path, a, b, transpose_a=transpose_a)
+    plain = gemm(path, a, b.T if transpose_b else b, transpose_a=transpose_a, transpose_b=transpose_b)
     assert np.all(np.abs(plain - a64 @ b) <= (K + 1) * eps * (np.abs(a64) @ np.abs(b)))
 
 
@@ -67,6 +74,19 @@ def test_gemm_is_bitwise_identical_for_1_and_2_threads(path):
         a = rng.normal(size=(M, K)).astype(np.float32)
         b = rng.normal(size=(K, N)).astype(np.float32)
         assert np.array_equal(gemm(path, a, b, n_threads=1), gemm(path, a, b, n_threads=2))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_transposed_operands_change_no_bits(path):
+    """Packing moves data only: op(a) op(b) from transposed storage equals the plain product."""
+    rng = np.random.default_rng(3)
+    for M, N, K in [(6, 16, 5), (7, 40, 300), (130, 96, 520), (20, 1100, 300), (1, 33, 17)]:
+        a = rng.normal(size=(M, K)).astype(np.float32)
+        b = rng.normal(size=(K, N)).astype(np.float32)
+        plain = gemm(path, a, b)
+        for threads in (1, 2):
+            assert np.array_equal(gemm(path, a.T, b.T, transpose_a=True, transpose_b=True, n_threads=threads), plain)
+            assert np.array_equal(gemm(path, a, b.T, transpose_b=True, n_threads=threads), plain)
 
 
 def test_paths_agree_to_rounding():
@@ -85,7 +105,8 @@ def test_unknown_path_is_refused(bad):
 
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="shapes"):
-        _engine.kernel_gemm("baseline", np.ones((2, 3)), np.ones((2, 2)), np.zeros((2, 2)), None, False, False, 1)
+        _engine.kernel_gemm("baseline", np.ones((2, 3)), np.ones((2, 2)), np.zeros((2, 2)), None, False, False, False,
+                            1)
     with pytest.raises(TypeError, match="b must have dtype"):
         _engine.kernel_gemm("baseline", np.ones((2, 2)), np.ones((2, 2), np.float32), np.zeros((2, 2)), None, False,
-                            False, 1)
+                            False, False, 1)

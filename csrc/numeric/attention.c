@@ -51,13 +51,12 @@ static void gather_transposed(real *xt, const real *X, long T, long ld, long dh)
 /* ---- wide heads: the GEMM -------------------------------------------------------------------- */
 
 /* ctx, Q (B,Tq,d): queries are the last Tq positions; KV (B,T,2d) = [K | V]; P (B,H,Tq,T).
- * causal: query i (position T - Tq + i) sees keys j <= T - Tq + i. kt: (d/H) * T scratch. */
+ * causal: query i (position T - Tq + i) sees keys j <= T - Tq + i. */
 static void attention_task_wide(real *ctx, real *P, const real *Q, const real *KV, long T, long Tq, long d,
-                                long dh, int causal, real *kt) {
+                                long dh, int causal) {
     sf_par one = {1, 0};
     const real scale = (real)(1.0 / sqrt((double)dh));
-    gather_transposed(kt, KV, T, 2 * d, dh); /* K^T, so the score GEMM reads B contiguously */
-    SF(gemm)(Tq, T, dh, Q, d, 1, kt, T, P, T, NULL, 0, &one);
+    SF(gemm_bt)(Tq, T, dh, Q, d, 1, KV, 2 * d, P, T, NULL, 0, &one); /* S = Q K^T */
     for (long i = 0; i < Tq; i++) SF(softmax_row)(P + i * T, causal ? T - Tq + i + 1 : T, T, scale);
     SF(gemm)(Tq, dh, T, P, T, 1, KV + d, 2 * d, ctx, d, NULL, 0, &one);
 }
@@ -66,9 +65,8 @@ static void attention_task_wide_backward(real *dQ, real *dKV, const real *dctx, 
                                          const real *KV, long T, long Tq, long d, long dh, real *work) {
     sf_par one = {1, 0};
     const real scale = (real)(1.0 / sqrt((double)dh));
-    real *vt = work, *dS = work + dh * T;
-    gather_transposed(vt, KV + d, T, 2 * d, dh);
-    SF(gemm)(Tq, T, dh, dctx, d, 1, vt, T, dS, T, NULL, 0, &one); /* dP (Tq,T) = dctx V^T */
+    real *dS = work;
+    SF(gemm_bt)(Tq, T, dh, dctx, d, 1, KV + d, 2 * d, dS, T, NULL, 0, &one); /* dP (Tq,T) = dctx V^T */
     for (long i = 0; i < Tq; i++) softmax_row_backward(dS + i * T, P + i * T, T, scale);
     /* dQ (Tq,dh) = dS K;  dK (T,dh) = dS^T Q;  dV (T,dh) = P^T dctx */
     SF(gemm)(Tq, dh, T, dS, T, 1, KV, 2 * d, dQ, d, NULL, 0, &one);
@@ -144,7 +142,7 @@ SF_VECTOR_CLONES static void attention_task_narrow_backward(real *dQ, real *dKV,
 
 long SF(attention_scratch)(long T, long Tq, long d, long H, int nt) {
     const long dh = d / H;
-    return (long)nt * (dh < NARROW_HEAD ? 4 * dh * T + T : dh * T + Tq * T);
+    return (long)nt * (dh < NARROW_HEAD ? 4 * dh * T + T : Tq * T);
 }
 
 static int attention_threads(long B, long T, long Tq, long d, long H, const sf_par *par) {
@@ -171,7 +169,7 @@ void SF(attention_forward_ex)(real *ctx, real *P, const real *Q, const real *KV,
             real *c = ctx + b * Tq * d + h * dh, *p = P + task * Tq * T;
             const real *q = Q + b * Tq * d + h * dh, *kv = KV + b * kv_rows * 2 * d + h * dh;
             if (dh < NARROW_HEAD) attention_task_narrow(c, p, q, kv, T, Tq, d, dh, causal, work);
-            else attention_task_wide(c, p, q, kv, T, Tq, d, dh, causal, work);
+            else attention_task_wide(c, p, q, kv, T, Tq, d, dh, causal);
         }
     }
 }

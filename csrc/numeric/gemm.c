@@ -1,9 +1,12 @@
 /* Cache-blocked, register-tiled matrix multiply: the engine's one GEMM.
  *
- *   C[i, j] (+)= sum_k A(i, k) * B[k * ldb + j]  (+ bias[j]),   A(i, k) = A[i * sai + k * sak]
+ *   C[i, j] (+)= sum_k A(i, k) B(k, j)  (+ bias[j]),   A(i, k) = A[i * sai + k * sak],
+ *                                                       B(k, j) = B[k * sbk + j * sbj]
  *
- * B is contiguous along j; A has arbitrary strides, so one kernel serves the three shapes of a
- * Linear layer (forward with W packed transposed, dX = dY W, dW = dY^T X) and attention.
+ * A and B have arbitrary strides, so one kernel serves the three shapes of a Linear layer
+ * (forward with W packed transposed, dX = dY W, dW = dY^T X) and attention (Q K^T reads K as
+ * it is stored). B's block of kc rows is packed into contiguous kc x NR panels (once per block
+ * and thread); the micro-kernel then streams both operands from consecutive cache lines.
  *
  * Determinism: every C element is computed by one thread; K is walked in fixed blocks in a
  * fixed order; thread partitions are aligned to the register tile, so an element always goes
@@ -14,9 +17,12 @@
  * choice is made once per process from the CPU's features. */
 #include "kernels.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define KC 256 /* depth of one K block: an A panel and a B panel stay in L1/L2 */
+#define PACK_LIMIT (1L << 20) /* bytes of a packed B block; wider B is packed one panel at a time */
+#define STREAMED (1L << 19)   /* bytes of A and C rows beyond which they come from memory, not cache */
 
 /* A partial tile (mr <= MR rows, nr <= NR columns) at the right or bottom edge, with the same
  * arithmetic as a full tile; compiled per path so that it uses the same instructions (FMA). */
@@ -67,34 +73,110 @@
         }                                                                                               \
     }
 
-/* The cache-blocked loop over tiles of C rows [i0,i1) x columns [j0,j1): K in KC blocks, full
- * MR x NR tiles by TILE, partial tiles by EDGE. */
-#define DEFINE_GEMM_TILES(NAME, MR, NR_BYTES, ATTR, TILE, EDGE)                                              \
-    ATTR static void NAME(long i0, long i1, long j0, long j1, long K, const real *A, long sai,         \
-                          long sak, const real *B, long ldb, real *C, long ldc, const real *bias,       \
-                          int accumulate) {                                                             \
-        enum { NR = NR_BYTES / (int)sizeof(real) };                                                     \
-        for (long kb = 0; kb < K; kb += KC) {                                                           \
-            const long kc = K - kb < KC ? K - kb : KC;                                                  \
-            const int add = accumulate || kb > 0;                                                       \
-            const real *bias_here = kb == 0 ? bias : NULL;                                              \
-            for (long i = i0; i < i1; i += MR) {                                                        \
-                const long mr = i1 - i < MR ? i1 - i : MR;                                              \
-                const real *a = A + i * sai + kb * sak;                                                 \
-                for (long j = j0; j < j1; j += NR) {                                                    \
-                    const long nr = j1 - j < NR ? j1 - j : NR;                                          \
-                    const real *b = B + kb * ldb + j, *bj = bias_here ? bias_here + j : NULL;           \
-                    real *c = C + i * ldc + j;                                                          \
-                    if (mr == MR && nr == NR)                                                           \
-                        TILE(kc, a, sai, sak, b, ldb, c, ldc, bj, add);                                 \
-                    else                                                                                \
-                        EDGE(mr, nr, kc, a, sai, sak, b, ldb, c, ldc, bj, add);                         \
-                }                                                                                       \
-            }                                                                                           \
-        }                                                                                               \
+/* Copy B's block (kc rows from b, columns [0, n)) into contiguous kc x nr panels, the last one
+ * partial: a tile then reads its panel from consecutive lines rather than one line per k at
+ * stride ldb, which maps a whole panel onto a few L1 sets (and it can read a transposed B). */
+static inline void pack_panels(long kc, long n, long nr, const real *b, long sbk, long sbj, real *packed) {
+    for (long j = 0; j < n; j += nr, packed += kc * nr) {
+        const long w = n - j < nr ? n - j : nr;
+        if (sbj == 1 && w == nr) /* nr is a constant after inlining: a few vector moves per k */
+            for (long k = 0; k < kc; k++)
+                for (long q = 0; q < nr; q++) packed[k * nr + q] = b[k * sbk + j + q];
+        else if (sbj == 1)
+            for (long k = 0; k < kc; k++) memcpy(packed + k * nr, b + k * sbk + j, sizeof(real) * w);
+        else
+            for (long q = 0; q < w; q++)
+                for (long k = 0; k < kc; k++) packed[k * nr + q] = b[k * sbk + (j + q) * sbj];
+    }
+}
+
+/* Start loading the next row tile's A panel (mr x kc) and C rows while this one computes: large-M
+ * shapes otherwise demand-miss them line by line at the start of every row tile. */
+static inline void prefetch_row_tile(long mr, long kc, const real *a, long sai, long sak, real *c, long ldc, long n) {
+    enum { LINE = 64 / (int)sizeof(real) };
+    if (sak == 1) {
+        for (long r = 0; r < mr; r++)
+            for (long k = 0; k < kc; k += LINE) __builtin_prefetch(a + r * sai + k, 0, 2);
+    } else {
+        for (long k = 0; k < kc; k++) __builtin_prefetch(a + k * sak, 0, 2);
+    }
+    for (long r = 0; r < mr; r++)
+        for (long q = 0; q < n; q += LINE) __builtin_prefetch(c + r * ldc + q, 1, 2);
+}
+
+/* Rows [t rows / tiles, (t+1) rows / tiles) of a block of `rows` rows of `width` contiguous elements. */
+static inline void prefetch_slice(long t, long tiles, long rows, const real *base, long stride, long width) {
+    enum { LINE = 64 / (int)sizeof(real) };
+    for (long r = t * rows / tiles; r < (t + 1) * rows / tiles; r++)
+        for (long q = 0; q < width; q += LINE) __builtin_prefetch(base + r * stride + q, 0, 2);
+}
+
+/* Slice t of `tiles` of the next K block (kn deep): all of B's (n columns), and A's when it is
+ * stored transposed (m columns; a row-major A is prefetched row tile by row tile). When K is
+ * long (weight gradients: K = batch rows) these blocks come from DRAM, and demand misses would
+ * leave the FMA units idle for about as long as the block takes to compute. */
+static inline void prefetch_next_block(long t, long tiles, long kn, const real *a, long sai, long sak, long m,
+                                       const real *b, long sbk, long sbj, long n) {
+    if (sai == 1 && sak != 1) prefetch_slice(t, tiles, kn, a, sak, m);
+    if (sbj == 1) prefetch_slice(t, tiles, kn, b, sbk, n);
+    else prefetch_slice(t, tiles, n, b, sbj, kn);
+}
+
+/* The cache-blocked loop over tiles of C rows [i0,i1) x columns [j0,j1): K in KC blocks; per
+ * block, B's columns are packed (all at once when the packed block fits PACK_LIMIT and memory
+ * is there, else one NR panel at a time in `panel`), then full MR x NR tiles run TILE and partial
+ * tiles EDGE. A B contiguous along j and little reused is read in place. Packing
+ * moves data only: every element gets the same arithmetic in every case. */
+#define DEFINE_GEMM_TILES(NAME, MR, NR_BYTES, ATTR, TILE, EDGE)                                          \
+    ATTR static void NAME(long i0, long i1, long j0, long j1, long K, const real *A, long sai, long sak,  \
+                          const real *B, long sbk, long sbj, real *C, long ldc, const real *bias,         \
+                          int accumulate) {                                                               \
+        enum { NR = NR_BYTES / (int)sizeof(real) };                                                       \
+        real panel[KC * NR] __attribute__((aligned(64)));                                                 \
+        const long n = j1 - j0, block = sizeof(real) * (K < KC ? K : KC) * ((n + NR - 1) / NR) * NR;      \
+        /* B read in place when few row tiles reuse it, or it is one panel (which stays in L1) */        \
+        const int in_place = sbj == 1 && (i1 - i0 <= 3 * MR || n <= NR);                                  \
+        const int streamed = sizeof(real) * (i1 - i0) * (K + n) > STREAMED; /* worth prefetching */          \
+        real *packed = !in_place && block <= PACK_LIMIT ? malloc(block) : NULL;                           \
+        const long chunk = in_place || packed ? n : NR; /* columns packed at a time */                    \
+        for (long kb = 0; kb < K; kb += KC) {                                                             \
+            const long kc = K - kb < KC ? K - kb : KC;                                                    \
+            const int add = accumulate || kb > 0;                                                         \
+            for (long jc = j0; jc < j1; jc += chunk) {                                                    \
+                const long nc = j1 - jc < chunk ? j1 - jc : chunk;                                        \
+                const real *bc = B + kb * sbk + jc * sbj;                                                 \
+                long ldp = sbk, panel_stride = NR;                                                        \
+                if (!in_place) {                                                                          \
+                    real *dst = packed ? packed : panel;                                                  \
+                    pack_panels(kc, nc, NR, bc, sbk, sbj, dst);                                           \
+                    bc = dst, ldp = NR, panel_stride = kc * NR;                                           \
+                }                                                                                         \
+                for (long i = i0; i < i1; i += MR) {                                                      \
+                    const long mr = i1 - i < MR ? i1 - i : MR;                                            \
+                    const real *a = A + i * sai + kb * sak;                                               \
+                    if (streamed && i + MR < i1)                                                          \
+                        prefetch_row_tile(i1 - i - MR < MR ? i1 - i - MR : MR, kc, a + MR * sai, sai, sak, \
+                                          C + (i + MR) * ldc + jc, ldc, nc);                              \
+                    if (streamed && kb + KC < K) /* the next K block's operands, a slice per row tile */ \
+                        prefetch_next_block((i - i0) / MR, (i1 - i0 + MR - 1) / MR, K - kb - KC < KC ? K - kb - KC : KC, \
+                                            A + i0 * sai + (kb + KC) * sak, sai, sak, i1 - i0,               \
+                                            B + (kb + KC) * sbk + jc * sbj, sbk, sbj, nc);                  \
+                    for (long p = 0; p * NR < nc; p++) {                                                  \
+                        const long j = jc + p * NR, nr = j1 - j < NR ? j1 - j : NR;                       \
+                        const real *b = bc + p * panel_stride, *bj = kb == 0 && bias ? bias + j : NULL;   \
+                        real *c = C + i * ldc + j;                                                        \
+                        if (mr == MR && nr == NR)                                                         \
+                            TILE(kc, a, sai, sak, b, ldp, c, ldc, bj, add);                               \
+                        else                                                                              \
+                            EDGE(mr, nr, kc, a, sai, sak, b, ldp, c, ldc, bj, add);                       \
+                    }                                                                                     \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+        free(packed);                                                                                     \
     }
 
-typedef void (*gemm_tiles_fn)(long, long, long, long, long, const real *, long, long, const real *,
+typedef void (*gemm_tiles_fn)(long, long, long, long, long, const real *, long, long, const real *, long,
                               long, real *, long, const real *, int);
 
 #ifdef SF_X86_DISPATCH
@@ -148,7 +230,8 @@ static const gemm_path *best_path(void) {
 const char *SF(gemm_path)(void) { return best_path()->name; }
 
 static void gemm_run(const gemm_path *path, long M, long N, long K, const real *A, long sai, long sak,
-                     const real *B, long ldb, real *C, long ldc, const real *bias, int accumulate, sf_par *par) {
+                     const real *B, long sbk, long sbj, real *C, long ldc, const real *bias, int accumulate,
+                     sf_par *par) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { /* empty sum */
         for (long i = 0; i < M; i++)
@@ -161,7 +244,7 @@ static void gemm_run(const gemm_path *path, long M, long N, long K, const real *
      * aligned to the register tile, so no element changes code path with the thread count. */
     const int by_rows = M >= (long)nt * path->rows * 2 || N < (long)nt * path->cols * 2;
     if (nt == 1) {
-        path->tiles(0, M, 0, N, K, A, sai, sak, B, ldb, C, ldc, bias, accumulate);
+        path->tiles(0, M, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate);
         sf_par_note(par, 1);
         return;
     }
@@ -172,25 +255,30 @@ static void gemm_run(const gemm_path *path, long M, long N, long K, const real *
         if (t == 0) sf_par_note(par, p);
         if (by_rows) {
             sf_partition(M, path->rows, t, p, &lo, &hi);
-            if (lo < hi) path->tiles(lo, hi, 0, N, K, A, sai, sak, B, ldb, C, ldc, bias, accumulate);
+            if (lo < hi) path->tiles(lo, hi, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate);
         } else {
             sf_partition(N, path->cols, t, p, &lo, &hi);
-            if (lo < hi) path->tiles(0, M, lo, hi, K, A, sai, sak, B, ldb, C, ldc, bias, accumulate);
+            if (lo < hi) path->tiles(0, M, lo, hi, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate);
         }
     }
 }
 
 void SF(gemm)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb,
               real *C, long ldc, const real *bias, int accumulate, sf_par *par) {
-    gemm_run(best_path(), M, N, K, A, sai, sak, B, ldb, C, ldc, bias, accumulate, par);
+    gemm_run(best_path(), M, N, K, A, sai, sak, B, ldb, 1, C, ldc, bias, accumulate, par);
+}
+
+void SF(gemm_bt)(long M, long N, long K, const real *A, long sai, long sak, const real *Bt, long ldbt,
+                 real *C, long ldc, const real *bias, int accumulate, sf_par *par) {
+    gemm_run(best_path(), M, N, K, A, sai, sak, Bt, 1, ldbt, C, ldc, bias, accumulate, par);
 }
 
 int SF(gemm_on_path)(const char *name, long M, long N, long K, const void *A, long sai, long sak, const void *B,
-                     long ldb, void *C, long ldc, const void *bias, int accumulate, sf_par *par) {
+                     long sbk, long sbj, void *C, long ldc, const void *bias, int accumulate, sf_par *par) {
     for (int i = 0; i < N_PATHS; i++)
         if (!strcmp(paths[i].name, name)) {
             if (!path_supported(&paths[i])) return -1;
-            gemm_run(&paths[i], M, N, K, A, sai, sak, B, ldb, C, ldc, bias, accumulate, par);
+            gemm_run(&paths[i], M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, par);
             return 0;
         }
     return -1;

@@ -22,6 +22,9 @@
 /* gemm.c */
 void SF(gemm)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb,
               real *C, long ldc, const real *bias, int accumulate, sf_par *par);
+/* The same with B given transposed: B(k, j) = Bt[j * ldbt + k] (e.g. K^T as K is stored). */
+void SF(gemm_bt)(long M, long N, long K, const real *A, long sai, long sak, const real *Bt, long ldbt,
+                 real *C, long ldc, const real *bias, int accumulate, sf_par *par);
 
 /* linear.c: Y (M,out) = X (M,in) W^T + b, W (out,in); wt is scratch of in*out. */
 void SF(linear_forward)(real *Y, const real *X, const real *W, const real *b, long M, long in, long out,

@@ -17,8 +17,8 @@
                           int nt, sf_stop_hook stop, void *stop_ctx);                               \
     const char *gemm_path_##sfx(void);                                                               \
     int gemm_on_path_##sfx(const char *name, long M, long N, long K, const void *A, long sai, long sak,    \
-                           const void *B, long ldb, void *C, long ldc, const void *bias, int accumulate,  \
-                           sf_par *par);                                                              \
+                           const void *B, long sbk, long sbj, void *C, long ldc, const void *bias,        \
+                           int accumulate, sf_par *par);                                                  \
     sf_status sharpness_##sfx(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, double sigma,  \
                               int repeats, uint64_t seed, const unsigned char *mask, const void *noise,       \
                               int shared_draws, double *base, double *perturbed, int nt, sf_stop_hook stop,   \

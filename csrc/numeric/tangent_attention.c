@@ -9,20 +9,12 @@
  *             tdQ = tdS K + dS tK,  tdK = tdS^T Q + dS^T tQ,  tdV = tP^T dctx + P^T tdctx. */
 #include "tangent.h"
 
-/* one task's K^T-shaped pack: dst (dh, T) = the dh columns at src of T rows of stride 2d */
-static void pack_transposed(real *dst, const real *src, long T, long d, long dh) {
-    for (long j = 0; j < T; j++)
-        for (long c = 0; c < dh; c++) dst[c * T + j] = src[j * 2 * d + c];
-}
-
 static void task_tangent_forward(real *tctx, real *tP, const real *tQ, const real *tKV, const real *P,
-                                 const real *Q, const real *KV, long T, long Tq, long d, long dh, real *kt) {
+                                 const real *Q, const real *KV, long T, long Tq, long d, long dh) {
     sf_par one = {1, 0};
     const real scale = (real)(1.0 / sqrt((double)dh));
-    pack_transposed(kt, KV, T, d, dh);
-    SF(gemm)(Tq, T, dh, tQ, d, 1, kt, T, tP, T, NULL, 0, &one);
-    pack_transposed(kt, tKV, T, d, dh);
-    SF(gemm)(Tq, T, dh, Q, d, 1, kt, T, tP, T, NULL, 1, &one);
+    SF(gemm_bt)(Tq, T, dh, tQ, d, 1, KV, 2 * d, tP, T, NULL, 0, &one);
+    SF(gemm_bt)(Tq, T, dh, Q, d, 1, tKV, 2 * d, tP, T, NULL, 1, &one);
     for (long i = 0; i < Tq; i++) {
         const real *p = P + i * T;
         real *tp = tP + i * T;
@@ -40,12 +32,10 @@ static void task_tangent_backward(real *dQ, real *dKV, real *tdQ, real *tdKV, co
                                   const real *tKV, long T, long Tq, long d, long dh, real *work) {
     sf_par one = {1, 0};
     const real scale = (real)(1.0 / sqrt((double)dh));
-    real *vt = work, *dS = work + dh * T, *tdS = dS + Tq * T;
-    pack_transposed(vt, KV + d, T, d, dh);
-    SF(gemm)(Tq, T, dh, dctx, d, 1, vt, T, dS, T, NULL, 0, &one);
-    SF(gemm)(Tq, T, dh, tdctx, d, 1, vt, T, tdS, T, NULL, 0, &one);
-    pack_transposed(vt, tKV + d, T, d, dh);
-    SF(gemm)(Tq, T, dh, dctx, d, 1, vt, T, tdS, T, NULL, 1, &one);
+    real *dS = work, *tdS = dS + Tq * T;
+    SF(gemm_bt)(Tq, T, dh, dctx, d, 1, KV + d, 2 * d, dS, T, NULL, 0, &one);
+    SF(gemm_bt)(Tq, T, dh, tdctx, d, 1, KV + d, 2 * d, tdS, T, NULL, 0, &one);
+    SF(gemm_bt)(Tq, T, dh, dctx, d, 1, tKV + d, 2 * d, tdS, T, NULL, 1, &one);
     for (long i = 0; i < Tq; i++) { /* softmax backward and its tangent, then the score scale */
         const real *p = P + i * T, *tp = tP + i * T;
         real *g = dS + i * T, *tg = tdS + i * T;
@@ -72,7 +62,7 @@ static void task_tangent_backward(real *dQ, real *dKV, real *tdQ, real *tdKV, co
 }
 
 long SF(attention_tangent_scratch)(long T, long Tq, long d, long H, int nt) {
-    return (long)nt * (d / H * T + 2 * Tq * T);
+    return (long)nt * 2 * Tq * T;
 }
 
 /* the same team-size rule as attention.c */
@@ -83,18 +73,17 @@ static int tangent_threads(long B, long T, long Tq, long d, long H, const sf_par
 void SF(attention_tangent_forward)(real *tctx, real *tP, const real *tQ, const real *tKV, const real *P,
                                    const real *Q, const real *KV, long B, long T, long Tq, long d, long H,
                                    real *scratch, sf_par *par) {
-    const long dh = d / H, per_thread = dh * T + 2 * Tq * T;
+    const long dh = d / H;
     const int nt = tangent_threads(B, T, Tq, d, H, par);
-    (void)nt; /* unused in a serial build */
+    (void)nt, (void)scratch; /* unused in a serial build; the forward needs no scratch */
 #pragma omp parallel num_threads(nt)
     {
-        real *kt = scratch + (long)SF_THREAD_ID() * per_thread;
         if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
 #pragma omp for schedule(static)
         for (long task = 0; task < B * H; task++) {
             const long b = task / H, h = task % H, q = b * Tq * d + h * dh, kv = b * T * 2 * d + h * dh;
             task_tangent_forward(tctx + q, tP + task * Tq * T, tQ + q, tKV + kv, P + task * Tq * T, Q + q, KV + kv,
-                                 T, Tq, d, dh, kt);
+                                 T, Tq, d, dh);
         }
     }
 }
@@ -103,7 +92,7 @@ void SF(attention_tangent_backward)(real *dQ, real *dKV, real *tdQ, real *tdKV, 
                                     const real *tdctx, const real *P, const real *tP, const real *Q,
                                     const real *tQ, const real *KV, const real *tKV, long B, long T, long Tq,
                                     long d, long H, real *scratch, sf_par *par) {
-    const long dh = d / H, per_thread = dh * T + 2 * Tq * T;
+    const long dh = d / H, per_thread = 2 * Tq * T;
     const int nt = tangent_threads(B, T, Tq, d, H, par);
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
