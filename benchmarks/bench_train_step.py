@@ -4,13 +4,15 @@ Each call times ``steps`` training steps (sample a batch, forward, MSE, backward
 sensiformer's C loop and with PyTorch (the official TorchModel architecture in train mode,
 torch.optim.AdamW, fresh torch.randint batches), interleaved, medians (see harness.py).
 
-FLOPs (2 per multiply-add) are those sensiformer executes: 3x the forward (backward = dX + dW,
-each the size of the forward GEMMs), where the forward computes every position in layers
-0..L-2 but only keys/values plus the readout position in the last layer, and layer 0's
-in-projection (6d^2 per row) only on its 2n distinct (token, position) rows when B > 2:
-    B * [(L-1) n (8d^2 + 4 d d_ff + 4 n d) + n 4d^2 + (4d^2 + 4 n d + 4 d d_ff + 2d)]
-    - (B n - 2n) 6d^2    (B > 2, L >= 2).
-PyTorch executes more (every position of every layer): B L n (8d^2 + 4 d d_ff + 4 n d).
+FLOPs (2 per multiply-add) are those sensiformer executes. Layers 0..L-2 compute every
+position: 3x their forward (backward = dX + dW, each the size of the forward GEMMs), with layer
+0's in-projection (6d^2 per row) only on its 2n distinct (token, position) rows when B > 2. The
+last layer runs only the readout position, attending in the input space (no keys or values):
+per sequence 3x its GEMMs (q, W_k^T q, W_v pooled, out-projection, FFN, readout: 8d^2 + 4 d d_ff
++ 2d) plus, per position and head, 4d forward (score, pooling) and 10d backward:
+    3 B [(L-1) n (8d^2 + 4 d d_ff + 4 n d)] - 3 (B n - 2n) 6d^2 + B [3 (8d^2 + 4 d d_ff + 2d) + 14 n H d]
+    (B > 2, L >= 2). PyTorch executes more (every position of every layer, keys and values
+included): 3 B L n (8d^2 + 4 d d_ff + 4 n d).
 
     python benchmarks/bench_train_step.py [--quick] [--threads N] [--repeats R] [--json PATH]
 """
@@ -33,13 +35,13 @@ CONFIGS = {
 QUICK = {"quick start": dict(d_model=64, n=10, batch=256)}
 
 
-def executed_flops(d, n, batch, layers=2, d_ff=None):
+def executed_flops(d, n, batch, layers=2, d_ff=None, heads=2):
     """Training-step FLOPs sensiformer executes (see the module docstring)."""
     f = d if d_ff is None else d_ff
     full = n * (8 * d * d + 4 * d * f + 4 * n * d)
-    last = n * 4 * d * d + (4 * d * d + 4 * n * d + 4 * d * f + 2 * d)
     distinct_rows_saving = (batch * n - 2 * n) * 6 * d * d if batch > 2 and layers >= 2 else 0
-    return 3.0 * (batch * ((layers - 1) * full + last) - distinct_rows_saving)
+    last = 3 * (8 * d * d + 4 * d * f + 2 * d) + 14 * n * heads * d
+    return 3.0 * (batch * (layers - 1) * full - distinct_rows_saving) + batch * last
 
 
 def executed_forward_flops(d, n, batch, layers=2, d_ff=None, heads=2):

@@ -23,9 +23,10 @@ def runnable(path):
 
 
 PATHS = [p for p in ALL_PATHS if runnable(p)]
-# (20, 1100, 300): a packed B block over 1 MiB, so B is packed one panel at a time
+# (20, 1100, 300): a packed B block over 1 MiB, so B is packed one panel at a time;
+# (30, 40, 4200): a weight-gradient shape, K split in two fixed halves
 SHAPES = [(1, 1, 1), (5, 3, 7), (6, 16, 1), (7, 17, 33), (13, 40, 300), (64, 128, 128), (130, 96, 520),
-          (2, 2, 600), (300, 5, 64), (20, 1100, 300)]
+          (2, 2, 600), (300, 5, 64), (20, 1100, 300), (30, 40, 4200)]
 
 
 def test_the_default_path_and_the_baseline_are_runnable():
@@ -70,7 +71,8 @@ def test_gemm_matches_numpy(path, dtype, transpose_a, transpose_b, M, N, K):
 @pytest.mark.parametrize("path", PATHS)
 def test_gemm_is_bitwise_identical_for_1_and_2_threads(path):
     rng = np.random.default_rng(1)
-    for M, N, K in [(700, 128, 128), (128, 128, 3000), (20, 500, 200)]:  # split by rows and by columns
+    # split by rows, by columns, and along K
+    for M, N, K in [(700, 128, 128), (128, 128, 3000), (20, 500, 200), (128, 128, 5000)]:
         a = rng.normal(size=(M, K)).astype(np.float32)
         b = rng.normal(size=(K, N)).astype(np.float32)
         assert np.array_equal(gemm(path, a, b, n_threads=1), gemm(path, a, b, n_threads=2))

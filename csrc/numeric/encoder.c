@@ -70,9 +70,11 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base
     a->u_gain = take(&b, a->U * d);
     a->u_gemb = pre ? take(&b, a->U * d) : a->u_gain;
     a->u_sum = (double *)take(&b, a->U * 3 * d * (long)(sizeof(double) / sizeof(real)));
-    a->forward_only = 0;
+    a->forward_only = a->pooled_backward = 0;
     a->pool_q = take(&b, B * H * d);
     a->pool_a = take(&b, B * H * d);
+    a->g_pool_q = take(&b, B * H * d);
+    a->g_pool_a = take(&b, B * H * d);
     a->attn_scratch = take(&b, SF(attention_scratch)(T, T, d, H, nt));
     a->wt = take(&b, 3 * d * d > d * F ? 3 * d * d : d * F);
     return b.used;
@@ -150,8 +152,9 @@ static void distinct_inproj_forward(const sf_config *c, const params *p, layer_a
  * score of position j is q_h . (W_kh a_j + b_kh) = (W_kh^T q_h) . a_j + q_h . b_kh, whose last
  * term is the same for every j and cancels in the softmax; and since the probabilities sum to
  * 1, the context is W_vh (sum_j p_j a_j) + b_vh. Per position that is 2 H d multiply-adds
- * instead of the 2 d^2 of projecting keys and values. Only for forward-only calls: the
- * backward and the HVP use the keys and values. s->p holds the same probabilities. */
+ * instead of the 2 d^2 of projecting keys and values (and the backward, 3 H d instead of 4 d^2).
+ * The HVP and the attention-logit probe use the keys and values. s->p holds the same
+ * probabilities. */
 /* One (sequence, head): p (T) = softmax(scale * rows qk), pooled (d) = p^T rows; rows (T,d). */
 SF_VECTOR_CLONES static void pool_head(real *p, real *pooled, const real *qk, const real *rows, long T, long d,
                                        real scale) {
@@ -206,7 +209,8 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
         if (pre) gather_last(s->aq, s->a_in, B, T, d);
     }
     /* self-attention: q from the query rows, k and v from every row (in_proj rows [0,d) and [d,3d)) */
-    const int pooled = a->forward_only && l == c->n_layers - 1;
+    const int pooled = l == c->n_layers - 1 && (a->forward_only || (a->pooled_backward && !x));
+    s->pooled = pooled;
     if (x) {
         distinct_inproj_forward(c, p, s, a, x, par);
     } else {
@@ -275,63 +279,130 @@ static void distinct_inproj_backward(const sf_config *c, const layer_params *w, 
     sum_by_distinct_row(a, s, x, d, par);
     SF(linear_backward)(a->u_gain, 0, gw->w_in, gw->b_in, a->u_grad, a->u_ain, w->w_in, U, d, 3 * d, par);
     if (c->norm == SF_NORM_PRE)
-        SF(layernorm_backward)(a->u_gemb, 0, gw->g1, gw->be1, a->u_gain, a->u_emb, a->u_mean, a->u_rstd, w->g1, U, d,
+        SF(layernorm_backward)(a->u_gemb, NULL, gw->g1, gw->be1, a->u_gain, a->u_emb, a->u_mean, a->u_rstd, w->g1, U, d,
                                par);
 }
 
-/* g_out (Nq,d): gradient w.r.t. the layer output. Writes the gradient w.r.t. the layer input
- * (N,d) to g_x and the layer's parameter gradients to gw. */
-static void layer_backward(const sf_config *c, const layer_params *w, layer_params *gw, const layer_acts *s,
+/* One (sequence, head) of the pooled attention's backward, given g_pooled = dL/d(pooled):
+ * g_rows (T,d) += p_j g_pooled + g_s_j qk (the rows feed both the pooling and the scores), and
+ * g_qk (d) = sum_j g_s_j rows_j, with g_s = p o (g_p - p . g_p) scale, g_p_j = g_pooled . rows_j. */
+SF_VECTOR_CLONES static void pool_head_backward(real *g_rows, real *g_qk, const real *p, const real *g_pooled,
+                                                const real *qk, const real *rows, long T, long d, real scale) {
+    double dot = 0;
+    for (long j = 0; j < T; j++) {
+        const real *r = rows + j * d;
+        real acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (long k = 0; k < d; k++) acc += g_pooled[k] * r[k];
+        dot += (double)p[j] * acc;
+    }
+    for (long k = 0; k < d; k++) g_qk[k] = 0;
+    for (long j = 0; j < T; j++) {
+        const real *r = rows + j * d;
+        real g_p = 0;
+#pragma omp simd reduction(+ : g_p)
+        for (long k = 0; k < d; k++) g_p += g_pooled[k] * r[k];
+        const real pj = p[j], g_s = pj * (g_p - (real)dot) * scale;
+        real *gr = g_rows + j * d;
+#pragma omp simd
+        for (long k = 0; k < d; k++) {
+            gr[k] += pj * g_pooled[k] + g_s * qk[k];
+            g_qk[k] += g_s * r[k];
+        }
+    }
+}
+
+/* The backward of pooled_attention_forward, from a->g_ctx (B,d): a->g_q (B,d); g_ain (N,d), the
+ * gradient of the attention inputs (overwritten); the key and value rows of gw->w_in and gw->b_in
+ * (the key bias cancels in the softmax: its gradient is exactly zero). */
+static void pooled_attention_backward(const sf_config *c, const layer_params *w, layer_params *gw,
+                                      const layer_acts *s, acts *a, real *g_ain, sf_par *par) {
+    const long d = c->d_model, H = c->n_heads, dh = d / H, B = a->B, T = a->T;
+    const real scale = (real)(1.0 / sqrt((double)dh));
+    for (long h = 0; h < H; h++) {
+        const long v_row = 2 * d + h * dh;
+        /* ctx_h = W_vh pooled_h + b_vh: g_pooled_h = W_vh^T g_ctx_h, g_W_vh = sum_b g_ctx_h pooled_h^T */
+        SF(gemm)(B, d, dh, a->g_ctx + h * dh, d, 1, w->w_in + v_row * d, d, a->g_pool_a + h * d, H * d, NULL, 0, par);
+        SF(gemm)(dh, d, B, a->g_ctx + h * dh, 1, d, a->pool_a + h * d, H * d, gw->w_in + v_row * d, d, NULL, 0, par);
+    }
+    SF(column_sums)(gw->b_in + 2 * d, a->g_ctx, B, d, d, par);
+    for (long k = 0; k < d; k++) gw->b_in[d + k] = 0;
+    const int nt = B * H * T * d >= 131072 ? par->nt : 1;
+    (void)nt; /* unused in a serial build */
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long b = 0; b < B; b++) { /* one task per sequence: its heads add into the same rows, in order */
+        real *g_rows = g_ain + b * T * d;
+        for (long i = 0; i < T * d; i++) g_rows[i] = 0;
+        for (long h = 0; h < H; h++) {
+            const long task = b * H + h;
+            pool_head_backward(g_rows, a->g_pool_q + task * d, s->p + task * T, a->g_pool_a + task * d,
+                               a->pool_q + task * d, s->a_in + b * T * d, T, d, scale);
+        }
+    }
+    for (long h = 0; h < H; h++) {
+        const long k_row = d + h * dh;
+        /* pool_q_h = W_kh^T q_h: g_q_h = W_kh g_pool_q_h, g_W_kh = sum_b q_h g_pool_q_h^T */
+        SF(gemm_bt)(B, dh, d, a->g_pool_q + h * d, H * d, 1, w->w_in + k_row * d, d, a->g_q + h * dh, d, NULL, 0, par);
+        SF(gemm)(dh, d, B, s->q + h * dh, 1, d, a->g_pool_q + h * d, H * d, gw->w_in + k_row * d, d, NULL, 0, par);
+    }
+    sf_par_note(par, nt);
+}
+
+/* g_out (Nq,d): gradient w.r.t. the layer output. Writes the layer's parameter gradients to gw
+ * and returns the gradient w.r.t. the layer input (N,d): g_x, or on layer 0's distinct rows
+ * with every position a query, the residual path's own buffer (the rest goes to a->u_gemb). */
+static const real *layer_backward(const sf_config *c, const layer_params *w, layer_params *gw, const layer_acts *s,
                            acts *a, const uint8_t *x, const real *g_out, real *g_x, long B, long T, sf_par *par) {
     const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
     /* out = LN2(r2) (post) or r2 */
     const real *g_r2 = g_out;
     if (post) {
-        SF(layernorm_backward)(a->g_r2, 0, gw->g2, gw->be2, g_out, s->r2, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d, par);
+        SF(layernorm_backward)(a->g_r2, NULL, gw->g2, gw->be2, g_out, s->r2, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d, par);
         g_r2 = a->g_r2;
     }
-    /* r2 = h + linear2(act(linear1(f_in))) */
-    memcpy(a->g_h, g_r2, (size_t)(Nq * d) * sizeof(real));
+    /* r2 = h + linear2(act(linear1(f_in))): g_h = g_r2 + the FFN branch's gradient */
     SF(linear_backward)(a->g_f, 0, gw->w2, gw->b2, g_r2, s->act, w->w2, Nq, F, d, par);
     SF(activation_backward)(a->g_f, a->g_f, s->a1, Nq * F, c->activation, par);
     if (pre) {
         SF(linear_backward)(a->g_ctx, 0, gw->w1, gw->b1, a->g_f, s->f_in, w->w1, Nq, d, F, par);
-        SF(layernorm_backward)(a->g_h, 1, gw->g2, gw->be2, a->g_ctx, s->h, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d, par);
+        SF(layernorm_backward)(a->g_h, g_r2, gw->g2, gw->be2, a->g_ctx, s->h, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d, par);
     } else {
+        memcpy(a->g_h, g_r2, (size_t)(Nq * d) * sizeof(real));
         SF(linear_backward)(a->g_h, 1, gw->w1, gw->b1, a->g_f, s->f_in, w->w1, Nq, d, F, par);
     }
     /* h = LN1(r1) (post) or r1; r1 = xq + out_proj(attention) */
     const real *g_r1 = a->g_h;
     if (post) {
-        SF(layernorm_backward)(a->g_r1, 0, gw->g1, gw->be1, a->g_h, s->r1, s->ln1_mean, s->ln1_rstd, w->g1, Nq, d, par);
+        SF(layernorm_backward)(a->g_r1, NULL, gw->g1, gw->be1, a->g_h, s->r1, s->ln1_mean, s->ln1_rstd, w->g1, Nq, d, par);
         g_r1 = a->g_r1;
     }
     SF(linear_backward)(a->g_ctx, 0, gw->w_out, gw->b_out, g_r1, s->ctx, w->w_out, Nq, d, d, par);
-    SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
+    real *g_ain = pre ? a->g_ain : g_x;
+    if (s->pooled) pooled_attention_backward(c, w, gw, s, a, g_ain, par);
+    else SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
     if (x) { /* layer 0 on the distinct rows: g_x keeps only the residual path */
         distinct_inproj_backward(c, w, gw, s, a, x, par);
-        if (Tq == T) {
-            memcpy(g_x, g_r1, (size_t)(N * d) * sizeof(real));
-        } else {
-            memset(g_x, 0, (size_t)(N * d) * sizeof(real));
-            scatter_add_last(g_x, g_r1, B, T, d);
-        }
-        return;
+        if (Tq == T) return g_r1;
+        memset(g_x, 0, (size_t)(N * d) * sizeof(real));
+        scatter_add_last(g_x, g_r1, B, T, d);
+        return g_x;
     }
     /* in_proj: weight rows [0,d) from the queries, [d,3d) from keys and values */
-    real *g_ain = pre ? a->g_ain : g_x;
-    SF(linear_backward)(g_ain, 0, gw->w_in + d * d, gw->b_in + d, a->g_kv, s->a_in, w->w_in + d * d, N, d, 2 * d, par);
+    if (!s->pooled)
+        SF(linear_backward)(g_ain, 0, gw->w_in + d * d, gw->b_in + d, a->g_kv, s->a_in, w->w_in + d * d, N, d, 2 * d,
+                            par);
     if (Tq == T) {
         SF(linear_backward)(g_ain, 1, gw->w_in, gw->b_in, a->g_q, s->aq, w->w_in, Nq, d, d, par);
     } else {
         SF(linear_backward)(a->g_aq, 0, gw->w_in, gw->b_in, a->g_q, s->aq, w->w_in, Nq, d, d, par);
         scatter_add_last(g_ain, a->g_aq, B, T, d);
     }
-    if (pre) SF(layernorm_backward)(g_x, 0, gw->g1, gw->be1, g_ain, s->x, s->ln1_mean, s->ln1_rstd, w->g1, N, d, par);
+    if (pre) SF(layernorm_backward)(g_x, NULL, gw->g1, gw->be1, g_ain, s->x, s->ln1_mean, s->ln1_rstd, w->g1, N, d, par);
     /* the residual path from xq */
     if (Tq == T) add_into(g_x, g_r1, N * d);
     else scatter_add_last(g_x, g_r1, B, T, d);
+    return g_x;
 }
 
 void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
@@ -346,15 +417,17 @@ void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
     real *g_last = a->g_cur;
     SF(readout_backward)(c->final_norm ? a->g_next : g_last, g.w_head, g.b_head, a->g_out, a->final_out, p.w_head, B, d);
     if (c->final_norm)
-        SF(layernorm_backward)(g_last, 0, g.gf, g.bf, a->g_next, a->final_in, a->final_mean, a->final_rstd, p.gf, B, d, par);
+        SF(layernorm_backward)(g_last, NULL, g.gf, g.bf, a->g_next, a->final_in, a->final_mean, a->final_rstd, p.gf, B, d, par);
     real *g_out = a->g_cur, *g_in = a->g_next;
+    const real *g_emb = g_out;
     for (long l = L - 1; l >= 0; l--) {
-        layer_backward(c, &p.layer[l], &g.layer[l], &a->layer[l], a, l == 0 && a->U ? x : NULL, g_out, g_in, B, T, par);
+        g_emb = layer_backward(c, &p.layer[l], &g.layer[l], &a->layer[l], a, l == 0 && a->U ? x : NULL, g_out, g_in, B,
+                               T, par);
         real *t = g_out;
         g_out = g_in;
         g_in = t;
     }
-    SF(embedding_backward)(g.tok, g.pos, g_out, x, B, T, c->n_positions, d, par);
+    SF(embedding_backward)(g.tok, g.pos, g_emb, x, B, T, c->n_positions, d, par);
     const long h = d / 2;
     for (long u = 0; u < a->U; u++) { /* row u is token u / T at position u % T */
         add_into(g.tok + (u / T) * h, a->u_gemb + u * d, h);

@@ -39,6 +39,7 @@ typedef struct {
     real *a1, *act;             /* (Nq,F) pre-activation and activation */
     real *r2;                   /* (Nq,d) h + FFN */
     real *out;                  /* (Nq,d) LN2(r2) (post) or r2 */
+    int pooled;                 /* attended in the input space (no keys or values; see encoder.c) */
 } layer_acts;
 
 typedef struct {
@@ -55,10 +56,13 @@ typedef struct {
     real *u_qkv, *u_grad;            /* (U,3d) projections and their gradient */
     real *u_gain, *u_gemb;           /* (U,d) gradients of u_ain and u_emb */
     double *u_sum;                   /* (U,3d) the gradient summed in double, in row order */
-    /* forward_only (set by callers that run no backward): the last layer attends without keys
-     * and values, with its scores and pooling in the input space (pooled_attention_forward). */
-    int forward_only;
-    real *pool_q, *pool_a; /* (B,H,d) */
+    /* The last layer attends without keys and values, with its scores and pooling in the input
+     * space (pooled_attention_forward), when forward_only (callers that run no backward) or
+     * pooled_backward (the loss and training: the backward follows the same path; not on layer
+     * 0's distinct rows). Callers that need the keys (the HVP, attention logits) set neither. */
+    int forward_only, pooled_backward;
+    real *pool_q, *pool_a;   /* (B,H,d) W_k^T q per head, and the probability-weighted inputs */
+    real *g_pool_q, *g_pool_a; /* (B,H,d) their gradients */
     /* backward scratch */
     real *g_cur, *g_next, *g_r2, *g_h, *g_f, *g_r1, *g_ctx, *g_q, *g_kv, *g_ain, *g_aq, *g_out;
     real *attn_scratch, *wt;

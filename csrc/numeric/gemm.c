@@ -22,6 +22,8 @@
 
 #define KC 256 /* depth of one K block: an A panel and a B panel stay in L1/L2 */
 #define PACK_LIMIT (1L << 20) /* bytes of a packed B block; wider B is packed one panel at a time */
+#define KSPLIT_MIN (16L * KC) /* weight gradients: K split in two halves from this depth ... */
+#define KSPLIT_MAX_C 262144L  /* ... when C has at most this many elements */
 #define STREAMED (1L << 19)   /* bytes of A and C rows beyond which they come from memory, not cache */
 
 /* A partial tile (mr <= MR rows, nr <= NR columns) at the right or bottom edge, with the same
@@ -229,6 +231,34 @@ static const gemm_path *best_path(void) {
 
 const char *SF(gemm_path)(void) { return best_path()->name; }
 
+/* Weight gradients (small C, K = the batch's rows) in two fixed halves of K: C (+)= the first
+ * half's product (+ bias), then + the second's, computed into a buffer. The halves depend on
+ * the shape only, so the arithmetic is the same on one thread (one after the other) as on two
+ * (one each: each reads half of both operands, instead of both threads streaming all of B).
+ * Returns 0 (nothing done) if the buffer cannot be had. */
+static int gemm_split_k(const gemm_path *path, long M, long N, long K, const real *A, long sai, long sak,
+                        const real *B, long sbk, long sbj, real *C, long ldc, const real *bias, int accumulate, int nt,
+                        sf_par *par) {
+    const long k0 = (K / 2 + KC - 1) / KC * KC;
+    real *part = malloc(sizeof(real) * M * N);
+    if (!part) return 0;
+    (void)nt; /* unused in a serial build */
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = SF_THREAD_ID(), p = SF_TEAM_SIZE();
+        if (t == 0) sf_par_note(par, p);
+        if (t == 0) path->tiles(0, M, 0, N, k0, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate);
+        if (t == (p > 1)) path->tiles(0, M, 0, N, K - k0, A + k0 * sak, sai, sak, B + k0 * sbk, sbk, sbj, part, N, NULL, 0);
+#pragma omp barrier
+        long lo, hi;
+        sf_partition(M, 1, t, p, &lo, &hi);
+        for (long i = lo; i < hi; i++)
+            for (long j = 0; j < N; j++) C[i * ldc + j] += part[i * N + j];
+    }
+    free(part);
+    return 1;
+}
+
 static void gemm_run(const gemm_path *path, long M, long N, long K, const real *A, long sai, long sak,
                      const real *B, long sbk, long sbj, real *C, long ldc, const real *bias, int accumulate,
                      sf_par *par) {
@@ -240,6 +270,9 @@ static void gemm_run(const gemm_path *path, long M, long N, long K, const real *
     }
     int nt = par->nt;
     if ((double)M * N * K < 1048576.0) nt = 1; /* ~20 us of work: not worth a fork/join */
+    if (K >= KSPLIT_MIN && M * N <= KSPLIT_MAX_C && gemm_split_k(path, M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias,
+                                                               accumulate, nt, par))
+        return;
     /* Split rows when there are enough of them, else columns (small-M weight gradients). Parts are
      * aligned to the register tile, so no element changes code path with the thread count. */
     const int by_rows = M >= (long)nt * path->rows * 2 || N < (long)nt * path->cols * 2;

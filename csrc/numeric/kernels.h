@@ -46,7 +46,8 @@ void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const ui
                                 long T, long V, long d, sf_par *par);
 void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
                            double eps, long N, long d, sf_par *par);
-void SF(layernorm_backward)(real *dX, int accumulate_dx, real *dg, real *db, const real *dY,
+/* dX = residual (NULL, dX itself, or another (N,d) gradient) + the input gradient */
+void SF(layernorm_backward)(real *dX, const real *residual, real *dg, real *db, const real *dY,
                             const real *X, const real *mean, const real *rstd, const real *g, long N,
                             long d, sf_par *par);
 void SF(activation_forward)(real *Y, const real *X, long n, sf_activation act, sf_par *par);

@@ -103,8 +103,8 @@ void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const
     for (long r = 0; r < N; r++) layernorm_row(Y + r * d, mean + r, rstd + r, X + r * d, g, b, eps, d);
 }
 
-/* dx (d) (+)= the LayerNorm input gradient of one row. */
-SF_VECTOR_CLONES static void layernorm_row_backward(real *dx, int accumulate_dx, const real *dy, const real *x,
+/* dx (d) = residual (d, or NULL) + the LayerNorm input gradient of one row. */
+SF_VECTOR_CLONES static void layernorm_row_backward(real *dx, const real *residual, const real *dy, const real *x,
                                                     real m_, real rs, const real *g, long d) {
     double s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
@@ -114,24 +114,26 @@ SF_VECTOR_CLONES static void layernorm_row_backward(real *dx, int accumulate_dx,
         s2 += gdy * ((x[j] - m_) * rs);
     }
     const real m1 = (real)(s1 / d), m2 = (real)(s2 / d);
-    if (accumulate_dx) {
+    if (residual) {
 #pragma omp simd
-        for (long j = 0; j < d; j++) dx[j] += rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
+        for (long j = 0; j < d; j++) dx[j] = residual[j] + rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
     } else {
 #pragma omp simd
         for (long j = 0; j < d; j++) dx[j] = rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
     }
 }
 
-/* dX (N,d) (+)= d/dX; dg, db (d) overwritten (may be NULL) */
-void SF(layernorm_backward)(real *dX, int accumulate_dx, real *dg, real *db, const real *dY,
+/* dX (N,d) = residual (N,d: dX itself to accumulate, another gradient, or NULL) + d/dX;
+ * dg, db (d) overwritten (may be NULL) */
+void SF(layernorm_backward)(real *dX, const real *residual, real *dg, real *db, const real *dY,
                             const real *X, const real *mean, const real *rstd, const real *g, long N,
                             long d, sf_par *par) {
 #pragma omp parallel num_threads(THREADS_FOR(N * d))
     {
 #pragma omp for schedule(static)
         for (long r = 0; r < N; r++)
-            layernorm_row_backward(dX + r * d, accumulate_dx, dY + r * d, X + r * d, mean[r], rstd[r], g, d);
+            layernorm_row_backward(dX + r * d, residual ? residual + r * d : NULL, dY + r * d, X + r * d, mean[r],
+                                   rstd[r], g, d);
         if (dg || db) { /* parameter gradients: columns owned by threads, rows summed in order */
             long lo, hi;
             sf_partition(d, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
