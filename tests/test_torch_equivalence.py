@@ -515,3 +515,14 @@ def test_from_torch_float32_and_defaults(torch):
     with torch.no_grad():
         ref = module(torch.from_numpy(x[:, :4].astype(np.int64))).numpy()
     assert rel_err(model.forward(x[:, :4]), ref) < 1e-5
+
+
+@pytest.mark.parametrize("norm,final_norm", NORM_VARIANTS)
+@pytest.mark.parametrize("n_heads,d_model,n_layers", [(2, 32, 2), (1, 16, 3), (3, 48, 2)])
+def test_score_table_and_pooled_last_layer_match_torch(torch, random_model, norm, final_norm, n_heads, d_model,
+                                                       n_layers):
+    """Heads >= 16 wide and B > 2: layer 0 takes its scores from the (token, position) table and
+    sums their gradients into it; the last layer attends without keys or values."""
+    cfg = dict(n_positions=9, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_model + 3, norm=norm,
+               final_norm=final_norm)
+    _check_f64(torch, random_model, cfg, seq_len=9, batch=11, seed=3)

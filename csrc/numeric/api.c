@@ -8,7 +8,7 @@ static sf_status checked_forward(sf_model *m, const uint8_t *x, int B, int T, in
                                  sf_par *par) {
     sf_status st = SF(encoder_reserve)(m, B, T, par->nt, a);
     a->forward_only = forward_only;
-    a->pooled_backward = 1;
+    a->loss_only = 1;
     if (!st) st = sf_check_tokens(x, (int64_t)B * T);
     if (!st) SF(encoder_forward)(m, x, a, par);
     return st;

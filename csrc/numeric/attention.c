@@ -10,9 +10,6 @@
 #include "kernels.h"
 #include "vexp.h"
 
-#ifndef NARROW_HEAD
-#define NARROW_HEAD 16
-#endif
 
 static inline real row_max(const real *p, long n) {
     real mx = p[0];
@@ -33,8 +30,7 @@ SF_VECTOR_CLONES void SF(softmax_row)(real *p, long seen, long T, real scale) {
     for (long j = seen; j < T; j++) p[j] = 0;
 }
 
-/* g (T): the softmax backward of the probabilities p given dL/dp, then the score scale. */
-SF_VECTOR_CLONES static void softmax_row_backward(real *g, const real *p, long T, real scale) {
+SF_VECTOR_CLONES void SF(softmax_row_backward)(real *g, const real *p, long T, real scale) {
     double s = 0;
 #pragma omp simd reduction(+ : s)
     for (long j = 0; j < T; j++) s += (double)g[j] * p[j];
@@ -67,7 +63,7 @@ static void attention_task_wide_backward(real *dQ, real *dKV, const real *dctx, 
     const real scale = (real)(1.0 / sqrt((double)dh));
     real *dS = work;
     SF(gemm_bt)(Tq, T, dh, dctx, d, 1, KV + d, 2 * d, dS, T, NULL, 0, &one); /* dP (Tq,T) = dctx V^T */
-    for (long i = 0; i < Tq; i++) softmax_row_backward(dS + i * T, P + i * T, T, scale);
+    for (long i = 0; i < Tq; i++) SF(softmax_row_backward)(dS + i * T, P + i * T, T, scale);
     /* dQ (Tq,dh) = dS K;  dK (T,dh) = dS^T Q;  dV (T,dh) = P^T dctx */
     SF(gemm)(Tq, dh, T, dS, T, 1, KV, 2 * d, dQ, d, NULL, 0, &one);
     SF(gemm)(T, dh, Tq, dS, 1, T, Q, d, dKV, 2 * d, NULL, 0, &one);
@@ -120,7 +116,7 @@ SF_VECTOR_CLONES static void attention_task_narrow_backward(real *dQ, real *dKV,
 #pragma omp simd
             for (long j = 0; j < T; j++) g[j] += dcc * v[j];
         }
-        softmax_row_backward(g, p, T, scale);
+        SF(softmax_row_backward)(g, p, T, scale);
         for (long c = 0; c < dh; c++) {
             const real *k = kt + c * T;
             real *dk = dkt + c * T, *dv = dvt + c * T, acc = 0;
@@ -142,7 +138,7 @@ SF_VECTOR_CLONES static void attention_task_narrow_backward(real *dQ, real *dKV,
 
 long SF(attention_scratch)(long T, long Tq, long d, long H, int nt) {
     const long dh = d / H;
-    return (long)nt * (dh < NARROW_HEAD ? 4 * dh * T + T : Tq * T);
+    return (long)nt * (dh < SF_NARROW_HEAD ? 4 * dh * T + T : Tq * T);
 }
 
 static int attention_threads(long B, long T, long Tq, long d, long H, const sf_par *par) {
@@ -168,7 +164,7 @@ void SF(attention_forward_ex)(real *ctx, real *P, const real *Q, const real *KV,
             const long b = task / H, h = task % H;
             real *c = ctx + b * Tq * d + h * dh, *p = P + task * Tq * T;
             const real *q = Q + b * Tq * d + h * dh, *kv = KV + b * kv_rows * 2 * d + h * dh;
-            if (dh < NARROW_HEAD) attention_task_narrow(c, p, q, kv, T, Tq, d, dh, causal, work);
+            if (dh < SF_NARROW_HEAD) attention_task_narrow(c, p, q, kv, T, Tq, d, dh, causal, work);
             else attention_task_wide(c, p, q, kv, T, Tq, d, dh, causal);
         }
     }
@@ -188,7 +184,7 @@ void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P
             const long b = task / H, h = task % H, off = b * Tq * d + h * dh;
             real *dkv = dKV + b * T * 2 * d + h * dh;
             const real *p = P + task * Tq * T, *kv = KV + b * T * 2 * d + h * dh;
-            if (dh < NARROW_HEAD) attention_task_narrow_backward(dQ + off, dkv, dctx + off, p, Q + off, kv, T, Tq, d, dh, work);
+            if (dh < SF_NARROW_HEAD) attention_task_narrow_backward(dQ + off, dkv, dctx + off, p, Q + off, kv, T, Tq, d, dh, work);
             else attention_task_wide_backward(dQ + off, dkv, dctx + off, p, Q + off, kv, T, Tq, d, dh, work);
         }
     }

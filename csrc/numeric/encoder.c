@@ -70,7 +70,10 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base
     a->u_gain = take(&b, a->U * d);
     a->u_gemb = pre ? take(&b, a->U * d) : a->u_gain;
     a->u_sum = (double *)take(&b, a->U * 3 * d * (long)(sizeof(double) / sizeof(real)));
-    a->forward_only = a->pooled_backward = 0;
+    const long table = d / H >= SF_NARROW_HEAD ? H * a->U * a->U : 0;
+    a->s_tab = table ? take(&b, table) : NULL;
+    a->ds_tab = table ? take(&b, table * SF(score_table_groups)(B, T, H)) : NULL;
+    a->forward_only = a->loss_only = 0;
     a->pool_q = take(&b, B * H * d);
     a->pool_a = take(&b, B * H * d);
     a->g_pool_q = take(&b, B * H * d);
@@ -128,10 +131,11 @@ void SF(encoder_params)(const sf_model *m, real *base, params *p) {
 /* ---- forward -------------------------------------------------------------------------------- */
 
 /* Layer 0's q (Nq,d) and kv (N,2d) from the U distinct attention inputs: each row is the one the
- * full GEMM would give, bit for bit (the GEMM's arithmetic per element does not depend on M). */
+ * full GEMM would give, bit for bit (the GEMM's arithmetic per element does not depend on M).
+ * Tabled: instead of q and k, the score table a->s_tab; kv gets the values only. */
 static void distinct_inproj_forward(const sf_config *c, const params *p, layer_acts *s, acts *a, const uint8_t *x,
                                     sf_par *par) {
-    const long d = c->d_model, h = d / 2, B = a->B, T = a->T, Tq = s->Tq, U = a->U;
+    const long d = c->d_model, h = d / 2, B = a->B, T = a->T, Tq = s->Tq, U = a->U, H = c->n_heads, dh = d / H;
     const layer_params *w = &p->layer[0];
     for (long u = 0; u < U; u++) {
         memcpy(a->u_emb + u * d, p->tok + (u / T) * h, (size_t)h * sizeof(real));
@@ -140,6 +144,14 @@ static void distinct_inproj_forward(const sf_config *c, const params *p, layer_a
     if (c->norm == SF_NORM_PRE)
         SF(layernorm_forward)(a->u_ain, a->u_mean, a->u_rstd, a->u_emb, w->g1, w->be1, c->ln_eps, U, d, par);
     SF(linear_forward)(a->u_qkv, a->u_ain, w->w_in, w->b_in, U, d, 3 * d, a->wt, par);
+    if (s->tabled) {
+        for (long hd = 0; hd < H; hd++) /* s_tab[h] = Q_h K_h^T over the distinct rows */
+            SF(gemm_bt)(U, U, dh, a->u_qkv + hd * dh, 3 * d, 1, a->u_qkv + d + hd * dh, 3 * d, a->s_tab + hd * U * U, U,
+                        NULL, 0, par);
+        for (long r = 0; r < B * T; r++)
+            memcpy(s->kv + r * 2 * d + d, a->u_qkv + (x[r] * T + r % T) * 3 * d + 2 * d, (size_t)d * sizeof(real));
+        return;
+    }
     for (long b = 0; b < B; b++)
         for (long t = 0; t < T; t++) {
             const real *src = a->u_qkv + (x[b * T + t] * T + t) * 3 * d;
@@ -209,8 +221,9 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
         if (pre) gather_last(s->aq, s->a_in, B, T, d);
     }
     /* self-attention: q from the query rows, k and v from every row (in_proj rows [0,d) and [d,3d)) */
-    const int pooled = l == c->n_layers - 1 && (a->forward_only || (a->pooled_backward && !x));
+    const int pooled = l == c->n_layers - 1 && (a->forward_only || (a->loss_only && !x));
     s->pooled = pooled;
+    s->tabled = x && Tq == T && a->s_tab && (a->forward_only || a->loss_only);
     if (x) {
         distinct_inproj_forward(c, p, s, a, x, par);
     } else {
@@ -218,6 +231,7 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
         if (!pooled) SF(linear_forward)(s->kv, s->a_in, w->w_in + d * d, w->b_in + d, N, d, 2 * d, wt, par);
     }
     if (pooled) pooled_attention_forward(c, w, s, a, par);
+    else if (s->tabled) SF(attention_forward_tabled)(s->ctx, s->p, a->s_tab, x, s->kv + d, B, T, d, H, par);
     else SF(attention_forward)(s->ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
     SF(linear_forward)(s->r1, s->ctx, w->w_out, w->b_out, Nq, d, d, wt, par);
     add_into(s->r1, s->xq, Nq * d);
@@ -250,10 +264,12 @@ void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
  * order; threads own column ranges, so the sums do not depend on the thread count. */
 static void sum_by_distinct_row(acts *a, const layer_acts *s, const uint8_t *x, long d, sf_par *par) {
     const long B = a->B, T = a->T, Tq = s->Tq, U = a->U, W = 3 * d;
-#pragma omp parallel num_threads(B * T * W >= 131072 ? par->nt : 1)
+    const long first = s->tabled ? 2 * d : 0; /* tabled: the values only (the table gives q and k) */
+#pragma omp parallel num_threads(B * T * (W - first) >= 131072 ? par->nt : 1)
     {
         long lo, hi;
-        sf_partition(W, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        sf_partition(W - first, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        lo += first, hi += first;
         for (long u = 0; u < U; u++)
             for (long j = lo; j < hi; j++) a->u_sum[u * W + j] = 0;
         for (long b = 0; b < B; b++)
@@ -261,7 +277,7 @@ static void sum_by_distinct_row(acts *a, const layer_acts *s, const uint8_t *x, 
                 double *acc = a->u_sum + (x[b * T + t] * T + t) * W;
                 const real *kv = a->g_kv + (b * T + t) * 2 * d; /* columns [d, 3d) */
                 for (long j = lo > d ? lo : d; j < hi; j++) acc[j] += kv[j - d];
-                if (t >= T - Tq) {
+                if (t >= T - Tq && lo < d) {
                     const real *q = a->g_q + (b * Tq + t - (T - Tq)) * d;
                     for (long j = lo; j < (hi < d ? hi : d); j++) acc[j] += q[j];
                 }
@@ -275,8 +291,13 @@ static void sum_by_distinct_row(acts *a, const layer_acts *s, const uint8_t *x, 
  * a->u_gemb (U,d), the gradient w.r.t. the distinct embeddings (added by encoder_backward). */
 static void distinct_inproj_backward(const sf_config *c, const layer_params *w, layer_params *gw,
                                      const layer_acts *s, acts *a, const uint8_t *x, sf_par *par) {
-    const long d = c->d_model, U = a->U;
+    const long d = c->d_model, U = a->U, H = c->n_heads, dh = d / H;
     sum_by_distinct_row(a, s, x, d, par);
+    for (long h = 0; s->tabled && h < H; h++) { /* s_tab[h] = Q_h K_h^T: dQ_h = dS K_h, dK_h = dS^T Q_h */
+        const real *ds = a->ds_tab + h * U * U, *q = a->u_qkv + h * dh, *k = a->u_qkv + d + h * dh;
+        SF(gemm)(U, dh, U, ds, U, 1, k, 3 * d, a->u_grad + h * dh, 3 * d, NULL, 0, par);
+        SF(gemm)(U, dh, U, ds, 1, U, q, 3 * d, a->u_grad + d + h * dh, 3 * d, NULL, 0, par);
+    }
     SF(linear_backward)(a->u_gain, 0, gw->w_in, gw->b_in, a->u_grad, a->u_ain, w->w_in, U, d, 3 * d, par);
     if (c->norm == SF_NORM_PRE)
         SF(layernorm_backward)(a->u_gemb, NULL, gw->g1, gw->be1, a->u_gain, a->u_emb, a->u_mean, a->u_rstd, w->g1, U, d,
@@ -379,8 +400,14 @@ static const real *layer_backward(const sf_config *c, const layer_params *w, lay
     }
     SF(linear_backward)(a->g_ctx, 0, gw->w_out, gw->b_out, g_r1, s->ctx, w->w_out, Nq, d, d, par);
     real *g_ain = pre ? a->g_ain : g_x;
-    if (s->pooled) pooled_attention_backward(c, w, gw, s, a, g_ain, par);
-    else SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
+    if (s->pooled) {
+        pooled_attention_backward(c, w, gw, s, a, g_ain, par);
+    } else if (s->tabled) {
+        SF(attention_backward_tabled)(a->g_kv + d, a->ds_tab, a->g_ctx, s->p, s->kv + d, x, B, T, d, H, a->attn_scratch,
+                                      par);
+    } else {
+        SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
+    }
     if (x) { /* layer 0 on the distinct rows: g_x keeps only the residual path */
         distinct_inproj_backward(c, w, gw, s, a, x, par);
         if (Tq == T) return g_r1;

@@ -40,6 +40,7 @@ typedef struct {
     real *r2;                   /* (Nq,d) h + FFN */
     real *out;                  /* (Nq,d) LN2(r2) (post) or r2 */
     int pooled;                 /* attended in the input space (no keys or values; see encoder.c) */
+    int tabled;                 /* layer 0: scores from a->s_tab; kv holds the values only */
 } layer_acts;
 
 typedef struct {
@@ -56,11 +57,14 @@ typedef struct {
     real *u_qkv, *u_grad;            /* (U,3d) projections and their gradient */
     real *u_gain, *u_gemb;           /* (U,d) gradients of u_ain and u_emb */
     double *u_sum;                   /* (U,3d) the gradient summed in double, in row order */
-    /* The last layer attends without keys and values, with its scores and pooling in the input
-     * space (pooled_attention_forward), when forward_only (callers that run no backward) or
-     * pooled_backward (the loss and training: the backward follows the same path; not on layer
-     * 0's distinct rows). Callers that need the keys (the HVP, attention logits) set neither. */
-    int forward_only, pooled_backward;
+    /* forward_only (callers that run no backward) or loss_only (the loss and training, whose
+     * backward follows the same path): the last layer attends without keys and values, with its
+     * scores and pooling in the input space (pooled_attention_forward; with loss_only not on
+     * layer 0's distinct rows), and layer 0 takes its scores from a table (attention_table.c).
+     * Callers that need the keys (the HVP, attention logits) set neither. */
+    int forward_only, loss_only;
+    real *s_tab, *ds_tab; /* (H,U,U) layer 0's score table and its gradient (wide heads, U > 0);
+                           * ds_tab has room for the per-group sums (attention_table.c) */
     real *pool_q, *pool_a;   /* (B,H,d) W_k^T q per head, and the probability-weighted inputs */
     real *g_pool_q, *g_pool_a; /* (B,H,d) their gradients */
     /* backward scratch */

@@ -63,6 +63,8 @@ double SF(loss_forward_backward)(real *dout, const real *out, const real *y, lon
 /* p (T): softmax over the first `seen` entries of scale * p (vectorised exp); the rest become
  * exactly 0. */
 void SF(softmax_row)(real *p, long seen, long T, real scale);
+/* g (T): the softmax backward of the probabilities p given dL/dp, then the score scale. */
+void SF(softmax_row_backward)(real *g, const real *p, long T, real scale);
 /* logits.c: max and sum of |q_i . k_j| / sqrt(dh) over one (batch, head)'s queries (Q, Tq rows of
  * stride d) and the keys each sees (KV rows of stride 2d; causal as in attention_forward_ex). */
 void SF(task_logits)(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
@@ -83,5 +85,17 @@ void SF(attention_forward_ex)(real *ctx, real *P, const real *Q, const real *KV,
 void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P, const real *Q,
                             const real *KV, long B, long T, long Tq, long d, long H, real *scratch,
                             sf_par *par);
+/* Heads at least this wide use the GEMM (narrower ones put the keys on the vector axis). */
+#define SF_NARROW_HEAD 16
+
+/* attention_table.c: layer 0's attention with scores from the (token, position) table stab
+ * (H, 2T, 2T) of x (B,T) tokens; V: the value half of KV (rows of stride 2d). */
+void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *V, long B,
+                                  long T, long d, long H, sf_par *par);
+/* dV (rows of stride 2d) overwritten; dstab (H, 2T, 2T) = the score gradients summed per table entry;
+ * dstab has room for score_table_groups(B, T, H) tables. scratch: T*T per thread. */
+void SF(attention_backward_tabled)(real *dV, real *dstab, const real *dctx, const real *P, const real *V,
+                                   const uint8_t *x, long B, long T, long d, long H, real *scratch, sf_par *par);
+long SF(score_table_groups)(long B, long T, long H);
 
 #endif

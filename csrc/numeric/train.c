@@ -35,7 +35,7 @@ static sf_status work_init(sf_model *m, const sf_target *t, int B, int T, int nt
     w->n_out = w->seq2seq ? (long)B * T : B;
     sf_status st = w->seq2seq ? SF(s2s_reserve)(m, B, T, T, nt, &w->s2s) : SF(encoder_reserve)(m, B, T, nt, &w->enc);
     if (st) return st;
-    w->enc.pooled_backward = !w->seq2seq; /* the loss and its backward as loss_and_grad runs them */
+    w->enc.loss_only = !w->seq2seq; /* the loss and its backward as loss_and_grad runs them */
     if (w->seq2seq) SF(s2s_params)(m, (real *)m->params, &w->p);
     w->x = malloc((size_t)B * T);
     w->dec = w->seq2seq ? malloc((size_t)B * T) : NULL;

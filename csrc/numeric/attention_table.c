@@ -1,0 +1,99 @@
+/* Layer 0's attention with its scores from a table. Layer 0's queries and keys are functions of
+ * (token, position) only, so with the U = 2T distinct rows (row u = v T + t: token v at position
+ * t) every score of every sequence is an entry of one U x U table per head,
+ *     stab[h][u][u'] = q_u . k_u'   (the GEMM's arithmetic, so bitwise the per-sequence score),
+ * and query i of sequence b reads row x_bi T + i at columns x_bj T + j. The backward sums the
+ * score gradients of the whole batch into the same table shape, and two table-sized GEMMs give
+ * the distinct rows' query and key gradients (encoder.c): the per-sequence Q K^T, dS K and
+ * dS^T Q products (3 of attention's 6) are not done at all.
+ *
+ * The forward runs one task per (batch, head) as attention.c, the backward one task per fixed
+ * group of sequences, so results never depend on the thread count. V (B,T) rows of stride 2d
+ * (the value half of KV), P (B,H,T,T). Wide heads only (narrow ones keep attention.c's form). */
+#include "kernels.h"
+
+/* The scores of query row u's table row against one sequence's keys: s_j = row[x_j T + j], a
+ * select between the row's two halves (token 0 | token 1). */
+SF_VECTOR_CLONES static void gather_scores(real *s, const real *row, const uint8_t *x, long T) {
+    const real *r0 = row, *r1 = row + T;
+    for (long j = 0; j < T; j++) s[j] = x[j] ? r1[j] : r0[j];
+}
+
+/* The inverse: row[x_j T + j] += g_j, as two masked adds (adding +0 leaves an entry unchanged). */
+SF_VECTOR_CLONES static void scatter_scores(real *row, const real *g, const uint8_t *x, long T) {
+    real *r0 = row, *r1 = row + T;
+    for (long j = 0; j < T; j++) {
+        r0[j] += x[j] ? 0 : g[j];
+        r1[j] += x[j] ? g[j] : 0;
+    }
+}
+
+void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *V, long B,
+                                  long T, long d, long H, sf_par *par) {
+    const long dh = d / H, U = 2 * T;
+    const real scale = (real)(1.0 / sqrt((double)dh));
+    const int nt = B * H > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
+    (void)nt; /* unused in a serial build */
+#pragma omp parallel num_threads(nt)
+    {
+        if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
+        sf_par one = {1, 0};
+#pragma omp for schedule(static)
+        for (long task = 0; task < B * H; task++) {
+            const long b = task / H, h = task % H;
+            const uint8_t *xb = x + b * T;
+            real *p = P + task * T * T;
+            for (long i = 0; i < T; i++) {
+                gather_scores(p + i * T, stab + (h * U + xb[i] * T + i) * U, xb, T);
+                SF(softmax_row)(p + i * T, T, T, scale);
+            }
+            SF(gemm)(T, dh, T, p, T, 1, V + b * T * 2 * d + h * dh, 2 * d, ctx + b * T * d + h * dh, d, NULL, 0, &one);
+        }
+    }
+}
+
+long SF(score_table_groups)(long B, long T, long H) {
+    long groups = 8;
+    while (groups > 1 && groups * H * 4 * T * T > (1L << 22)) groups /= 2; /* at most 4M entries */
+    return groups < B ? groups : B;
+}
+
+/* The backward, for the sequences in `groups` fixed groups (score_table_groups): per (sequence,
+ * head) dP = dctx V^T, dS = softmax backward, dV = P^T dctx, and dS added into its group's table
+ * while it is in cache; then dstab (H,U,U) = the group tables summed in group order. Every entry
+ * is summed in one order (sequence order within a group, then group order) on any thread count.
+ * dV (rows of stride 2d) overwritten; dstab: groups * H * U * U; scratch: T*T per thread. */
+void SF(attention_backward_tabled)(real *dV, real *dstab, const real *dctx, const real *P, const real *V,
+                                   const uint8_t *x, long B, long T, long d, long H, real *scratch, sf_par *par) {
+    const long dh = d / H, U = 2 * T, table = H * U * U, groups = SF(score_table_groups)(B, T, H);
+    const real scale = (real)(1.0 / sqrt((double)dh));
+    const int nt = groups > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
+    (void)nt; /* unused in a serial build */
+#pragma omp parallel num_threads(nt)
+    {
+        real *g = scratch + (long)SF_THREAD_ID() * T * T;
+        if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
+        sf_par one = {1, 0};
+#pragma omp for schedule(static)
+        for (long grp = 0; grp < groups; grp++) {
+            real *tab = dstab + grp * table;
+            for (long e = 0; e < table; e++) tab[e] = 0;
+            for (long b = grp * B / groups; b < (grp + 1) * B / groups; b++) {
+                const uint8_t *xb = x + b * T;
+                for (long h = 0; h < H; h++) {
+                    const long off = b * T * d + h * dh, v = b * T * 2 * d + h * dh;
+                    const real *p = P + (b * H + h) * T * T;
+                    SF(gemm_bt)(T, T, dh, dctx + off, d, 1, V + v, 2 * d, g, T, NULL, 0, &one);
+                    SF(gemm)(T, dh, T, p, 1, T, dctx + off, d, dV + v, 2 * d, NULL, 0, &one);
+                    for (long i = 0; i < T; i++) {
+                        SF(softmax_row_backward)(g + i * T, p + i * T, T, scale);
+                        scatter_scores(tab + (h * U + xb[i] * T + i) * U, g + i * T, xb, T);
+                    }
+                }
+            }
+        }
+#pragma omp for schedule(static)
+        for (long e = 0; e < table; e++)
+            for (long grp = 1; grp < groups; grp++) dstab[e] += dstab[grp * table + e];
+    }
+}
