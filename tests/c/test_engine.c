@@ -32,9 +32,11 @@ static void fill_tokens(uint8_t *x, int n, unsigned seed) {
     for (int i = 0; i < n; i++) x[i] = (uint8_t)((seed = seed * 1103515245u + 12345u) >> 16 & 1);
 }
 
-/* Central differences of the float64 loss against the engine's gradient, on a few entries. */
-static void test_gradient(sf_norm norm) {
+/* Central differences of the float64 loss against the engine's gradient, on a few entries. With
+ * d_model = 32 the heads are 16 wide: layer 0 takes its scores from the (token, position) table. */
+static void test_gradient(sf_norm norm, int d_model) {
     sf_config c = config(norm, SF_F64);
+    c.d_model = d_model;
     sf_model *m = NULL;
     CHECK(sf_model_create(&c, 1, 0, &m) == SF_OK, "create");
     if (!m) return;
@@ -59,7 +61,7 @@ static void test_gradient(sf_norm norm) {
         const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
         if (err > worst) worst = err;
     }
-    CHECK(worst < 1, "finite differences (norm %d): worst relative error %g", norm, worst);
+    CHECK(worst < 1, "finite differences (norm %d, d_model %d): worst relative error %g", norm, d_model, worst);
     free(grad);
     sf_model_free(m);
 }
@@ -600,7 +602,7 @@ static void test_reliability_entry_points(void) {
 }
 
 int main(void) {
-    for (int norm = SF_NORM_POST; norm <= SF_NORM_NONE; norm++) test_gradient(norm);
+    for (int norm = SF_NORM_POST; norm <= SF_NORM_NONE; norm++) test_gradient(norm, 8), test_gradient(norm, 32);
     for (int dtype = SF_F32; dtype <= SF_F64; dtype++) {
         for (int kind = SF_OPT_ADAMW; kind <= SF_OPT_SGD; kind++) test_training(dtype, kind, SF_SAMPLE_UNIFORM);
         test_training(dtype, SF_OPT_ADAMW, SF_SAMPLE_SUBSET);
