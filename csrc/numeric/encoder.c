@@ -79,6 +79,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base
     a->g_pool_q = take(&b, B * H * d);
     a->g_pool_a = take(&b, B * H * d);
     a->attn_scratch = take(&b, SF(attention_scratch)(T, T, d, H, nt));
+    a->ln_partials = (double *)take(&b, SF(layernorm_partials)(N, d) * (long)(sizeof(double) / sizeof(real)));
     a->wt = take(&b, 3 * d * d > d * F ? 3 * d * d : d * F);
     return b.used;
 }
@@ -301,7 +302,7 @@ static void distinct_inproj_backward(const sf_config *c, const layer_params *w, 
     SF(linear_backward)(a->u_gain, 0, gw->w_in, gw->b_in, a->u_grad, a->u_ain, w->w_in, U, d, 3 * d, par);
     if (c->norm == SF_NORM_PRE)
         SF(layernorm_backward)(a->u_gemb, NULL, gw->g1, gw->be1, a->u_gain, a->u_emb, a->u_mean, a->u_rstd, w->g1, U, d,
-                               par);
+                               a->ln_partials, par);
 }
 
 /* One (sequence, head) of the pooled attention's backward, given g_pooled = dL/d(pooled):
@@ -379,7 +380,8 @@ static const real *layer_backward(const sf_config *c, const layer_params *w, lay
     /* out = LN2(r2) (post) or r2 */
     const real *g_r2 = g_out;
     if (post) {
-        SF(layernorm_backward)(a->g_r2, NULL, gw->g2, gw->be2, g_out, s->r2, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d, par);
+        SF(layernorm_backward)(a->g_r2, NULL, gw->g2, gw->be2, g_out, s->r2, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d,
+                               a->ln_partials, par);
         g_r2 = a->g_r2;
     }
     /* r2 = h + linear2(act(linear1(f_in))): g_h = g_r2 + the FFN branch's gradient */
@@ -387,7 +389,8 @@ static const real *layer_backward(const sf_config *c, const layer_params *w, lay
     SF(activation_backward)(a->g_f, a->g_f, s->a1, Nq * F, c->activation, par);
     if (pre) {
         SF(linear_backward)(a->g_ctx, 0, gw->w1, gw->b1, a->g_f, s->f_in, w->w1, Nq, d, F, par);
-        SF(layernorm_backward)(a->g_h, g_r2, gw->g2, gw->be2, a->g_ctx, s->h, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d, par);
+        SF(layernorm_backward)(a->g_h, g_r2, gw->g2, gw->be2, a->g_ctx, s->h, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d,
+                               a->ln_partials, par);
     } else {
         memcpy(a->g_h, g_r2, (size_t)(Nq * d) * sizeof(real));
         SF(linear_backward)(a->g_h, 1, gw->w1, gw->b1, a->g_f, s->f_in, w->w1, Nq, d, F, par);
@@ -395,7 +398,8 @@ static const real *layer_backward(const sf_config *c, const layer_params *w, lay
     /* h = LN1(r1) (post) or r1; r1 = xq + out_proj(attention) */
     const real *g_r1 = a->g_h;
     if (post) {
-        SF(layernorm_backward)(a->g_r1, NULL, gw->g1, gw->be1, a->g_h, s->r1, s->ln1_mean, s->ln1_rstd, w->g1, Nq, d, par);
+        SF(layernorm_backward)(a->g_r1, NULL, gw->g1, gw->be1, a->g_h, s->r1, s->ln1_mean, s->ln1_rstd, w->g1, Nq, d,
+                               a->ln_partials, par);
         g_r1 = a->g_r1;
     }
     SF(linear_backward)(a->g_ctx, 0, gw->w_out, gw->b_out, g_r1, s->ctx, w->w_out, Nq, d, d, par);
@@ -425,7 +429,9 @@ static const real *layer_backward(const sf_config *c, const layer_params *w, lay
         SF(linear_backward)(a->g_aq, 0, gw->w_in, gw->b_in, a->g_q, s->aq, w->w_in, Nq, d, d, par);
         scatter_add_last(g_ain, a->g_aq, B, T, d);
     }
-    if (pre) SF(layernorm_backward)(g_x, NULL, gw->g1, gw->be1, g_ain, s->x, s->ln1_mean, s->ln1_rstd, w->g1, N, d, par);
+    if (pre)
+        SF(layernorm_backward)(g_x, NULL, gw->g1, gw->be1, g_ain, s->x, s->ln1_mean, s->ln1_rstd, w->g1, N, d,
+                               a->ln_partials, par);
     /* the residual path from xq */
     if (Tq == T) add_into(g_x, g_r1, N * d);
     else scatter_add_last(g_x, g_r1, B, T, d);
@@ -444,7 +450,8 @@ void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
     real *g_last = a->g_cur;
     SF(readout_backward)(c->final_norm ? a->g_next : g_last, g.w_head, g.b_head, a->g_out, a->final_out, p.w_head, B, d);
     if (c->final_norm)
-        SF(layernorm_backward)(g_last, NULL, g.gf, g.bf, a->g_next, a->final_in, a->final_mean, a->final_rstd, p.gf, B, d, par);
+        SF(layernorm_backward)(g_last, NULL, g.gf, g.bf, a->g_next, a->final_in, a->final_mean, a->final_rstd, p.gf, B,
+                               d, a->ln_partials, par);
     real *g_out = a->g_cur, *g_in = a->g_next;
     const real *g_emb = g_out;
     for (long l = L - 1; l >= 0; l--) {

@@ -70,6 +70,7 @@ typedef struct {
     /* backward scratch */
     real *g_cur, *g_next, *g_r2, *g_h, *g_f, *g_r1, *g_ctx, *g_q, *g_kv, *g_ain, *g_aq, *g_out;
     real *attn_scratch, *wt;
+    double *ln_partials; /* LayerNorm backward's parameter-gradient partial sums (N rows) */
 } acts;
 
 void SF(encoder_params)(const sf_model *m, real *base, params *p);

@@ -49,7 +49,9 @@ void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const
 /* dX = residual (NULL, dX itself, or another (N,d) gradient) + the input gradient */
 void SF(layernorm_backward)(real *dX, const real *residual, real *dg, real *db, const real *dY,
                             const real *X, const real *mean, const real *rstd, const real *g, long N,
-                            long d, sf_par *par);
+                            long d, double *partials, sf_par *par);
+/* Doubles of the partials buffer layernorm_backward sums its parameter gradients in. */
+long SF(layernorm_partials)(long N, long d);
 void SF(activation_forward)(real *Y, const real *X, long n, sf_activation act, sf_par *par);
 void SF(activation_backward)(real *dX, const real *dY, const real *X, long n, sf_activation act,
                              sf_par *par);

@@ -61,7 +61,7 @@ void SF(layernorm_tangent_backward)(real *dX, real *tdX, int accumulate_dx, real
                                     const real *dY, const real *tdY, const real *X, const real *tX,
                                     const real *mean, const real *rstd, const real *tmean, const real *trstd,
                                     const real *g, const real *tg, long N, long d, sf_par *par) {
-    SF(layernorm_backward)(dX, accumulate_dx ? dX : NULL, NULL, NULL, dY, X, mean, rstd, g, N, d, par);
+    SF(layernorm_backward)(dX, accumulate_dx ? dX : NULL, NULL, NULL, dY, X, mean, rstd, g, N, d, NULL, par);
 #pragma omp parallel num_threads(THREADS_FOR(N * d))
     {
 #pragma omp for schedule(static)
