@@ -526,3 +526,18 @@ def test_score_table_and_pooled_last_layer_match_torch(torch, random_model, norm
     cfg = dict(n_positions=9, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_model + 3, norm=norm,
                final_norm=final_norm)
     _check_f64(torch, random_model, cfg, seq_len=9, batch=11, seed=3)
+
+
+def test_weight_gradients_split_along_a_long_batch_match_torch(torch, random_model):
+    """B T >= 4096 rows: the weight-gradient GEMMs split the rows in two fixed halves and give the
+    bias gradients as their row sums; the same bits on 1 and 2 threads."""
+    cfg = dict(n_positions=10, d_model=16, n_heads=2, n_layers=2, d_ff=19, norm="pre", final_norm=True)
+    _check_f64(torch, random_model, cfg, seq_len=10, batch=512, seed=4)
+    model = random_model(seed=4, scale=0.5, dtype="float32", **cfg)
+    x = np.random.default_rng(1).integers(0, 2, size=(512, 10), dtype=np.uint8)
+    y = np.random.default_rng(2).normal(size=512).astype(np.float32)
+    grads = []
+    for threads in (1, 2):
+        model.loss_and_grad(x, y, n_threads=threads)
+        grads.append(model.flat_grad.copy())
+    assert np.array_equal(grads[0], grads[1])

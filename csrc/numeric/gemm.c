@@ -106,6 +106,15 @@ static inline void prefetch_row_tile(long mr, long kc, const real *a, long sai, 
         for (long q = 0; q < n; q += LINE) __builtin_prefetch(c + r * ldc + q, 1, 2);
 }
 
+/* asum (mr) = (first ? 0 : asum) + the sums over the block's kc columns of A's mr rows, in k order
+ * (a Linear layer's bias gradient from its weight-gradient GEMM, whose A is dY^T). */
+static inline void add_row_sums(double *asum, int first, long mr, long kc, const real *a, long sai, long sak) {
+    double s[16] = {0};
+    for (long k = 0; k < kc; k++)
+        for (long r = 0; r < mr; r++) s[r] += a[r * sai + k * sak];
+    for (long r = 0; r < mr; r++) asum[r] = first ? s[r] : asum[r] + s[r];
+}
+
 /* Rows [t rows / tiles, (t+1) rows / tiles) of a block of `rows` rows of `width` contiguous elements. */
 static inline void prefetch_slice(long t, long tiles, long rows, const real *base, long stride, long width) {
     enum { LINE = 64 / (int)sizeof(real) };
@@ -132,7 +141,7 @@ static inline void prefetch_next_block(long t, long tiles, long kn, const real *
 #define DEFINE_GEMM_TILES(NAME, MR, NR_BYTES, ATTR, TILE, EDGE)                                          \
     ATTR static void NAME(long i0, long i1, long j0, long j1, long K, const real *A, long sai, long sak,  \
                           const real *B, long sbk, long sbj, real *C, long ldc, const real *bias,         \
-                          int accumulate) {                                                               \
+                          int accumulate, double *asum) {                                                 \
         enum { NR = NR_BYTES / (int)sizeof(real) };                                                       \
         real panel[KC * NR] __attribute__((aligned(64)));                                                 \
         const long n = j1 - j0, block = sizeof(real) * (K < KC ? K : KC) * ((n + NR - 1) / NR) * NR;      \
@@ -159,6 +168,8 @@ static inline void prefetch_next_block(long t, long tiles, long kn, const real *
                     if (streamed && i + MR < i1)                                                          \
                         prefetch_row_tile(i1 - i - MR < MR ? i1 - i - MR : MR, kc, a + MR * sai, sai, sak, \
                                           C + (i + MR) * ldc + jc, ldc, nc);                              \
+                    if (asum && jc == j0) /* row sums of A, the K block's in k order, blocks added */    \
+                        add_row_sums(asum + i, kb == 0, mr, kc, a, sai, sak);                             \
                     if (streamed && kb + KC < K) /* the next K block's operands, a slice per row tile */ \
                         prefetch_next_block((i - i0) / MR, (i1 - i0 + MR - 1) / MR, K - kb - KC < KC ? K - kb - KC : KC, \
                                             A + i0 * sai + (kb + KC) * sak, sai, sak, i1 - i0,               \
@@ -179,7 +190,7 @@ static inline void prefetch_next_block(long t, long tiles, long kn, const real *
     }
 
 typedef void (*gemm_tiles_fn)(long, long, long, long, long, const real *, long, long, const real *, long,
-                              long, real *, long, const real *, int);
+                              long, real *, long, const real *, int, double *);
 
 #ifdef SF_X86_DISPATCH
 #include "gemm_avx2.h"
@@ -232,52 +243,61 @@ static const gemm_path *best_path(void) {
 const char *SF(gemm_path)(void) { return best_path()->name; }
 
 /* Weight gradients (small C, K = the batch's rows) in two fixed halves of K: C (+)= the first
- * half's product (+ bias), then + the second's, computed into a buffer. The halves depend on
- * the shape only, so the arithmetic is the same on one thread (one after the other) as on two
- * (one each: each reads half of both operands, instead of both threads streaming all of B).
- * Returns 0 (nothing done) if the buffer cannot be had. */
+ * half's product (+ bias), then + the second's, computed into a buffer (so are A's row sums).
+ * The halves depend on the shape only, so the arithmetic is the same on one thread (one after
+ * the other) as on two (one each: each reads half of both operands, instead of both threads
+ * streaming all of B). Returns 0 (nothing done) if the buffer cannot be had. */
 static int gemm_split_k(const gemm_path *path, long M, long N, long K, const real *A, long sai, long sak,
-                        const real *B, long sbk, long sbj, real *C, long ldc, const real *bias, int accumulate, int nt,
-                        sf_par *par) {
+                        const real *B, long sbk, long sbj, real *C, long ldc, const real *bias, int accumulate,
+                        double *asum, int nt, sf_par *par) {
     const long k0 = (K / 2 + KC - 1) / KC * KC;
-    real *part = malloc(sizeof(real) * M * N);
-    if (!part) return 0;
+    const long m2 = asum ? M : 0; /* the second half's row sums first, so both arrays are aligned */
+    double *buf = malloc(sizeof(double) * m2 + sizeof(real) * M * N), *asum2 = asum ? buf : NULL;
+    if (!buf) return 0;
+    real *part = (real *)(buf + m2);
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
     {
         const int t = SF_THREAD_ID(), p = SF_TEAM_SIZE();
         if (t == 0) sf_par_note(par, p);
-        if (t == 0) path->tiles(0, M, 0, N, k0, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate);
-        if (t == (p > 1)) path->tiles(0, M, 0, N, K - k0, A + k0 * sak, sai, sak, B + k0 * sbk, sbk, sbj, part, N, NULL, 0);
+        if (t == 0) path->tiles(0, M, 0, N, k0, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
+        if (t == (p > 1))
+            path->tiles(0, M, 0, N, K - k0, A + k0 * sak, sai, sak, B + k0 * sbk, sbk, sbj, part, N, NULL, 0, asum2);
 #pragma omp barrier
         long lo, hi;
         sf_partition(M, 1, t, p, &lo, &hi);
-        for (long i = lo; i < hi; i++)
+        for (long i = lo; i < hi; i++) {
             for (long j = 0; j < N; j++) C[i * ldc + j] += part[i * N + j];
+            if (asum) asum[i] += asum2[i];
+        }
     }
-    free(part);
+    free(buf);
     return 1;
 }
 
+/* C (M,N) (+)= op(A) op(B) (+ bias); asum (M, or NULL) = the row sums of op(A), in double. */
 static void gemm_run(const gemm_path *path, long M, long N, long K, const real *A, long sai, long sak,
                      const real *B, long sbk, long sbj, real *C, long ldc, const real *bias, int accumulate,
-                     sf_par *par) {
+                     double *asum, sf_par *par) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { /* empty sum */
-        for (long i = 0; i < M; i++)
+        for (long i = 0; i < M; i++) {
             for (long j = 0; j < N; j++) C[i * ldc + j] = (accumulate ? C[i * ldc + j] : 0) + (bias ? bias[j] : 0);
+            if (asum) asum[i] = 0;
+        }
         return;
     }
     int nt = par->nt;
     if ((double)M * N * K < 1048576.0) nt = 1; /* ~20 us of work: not worth a fork/join */
-    if (K >= KSPLIT_MIN && M * N <= KSPLIT_MAX_C && gemm_split_k(path, M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias,
-                                                               accumulate, nt, par))
+    if (K >= KSPLIT_MIN && M * N <= KSPLIT_MAX_C &&
+        gemm_split_k(path, M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum, nt, par))
         return;
     /* Split rows when there are enough of them, else columns (small-M weight gradients). Parts are
-     * aligned to the register tile, so no element changes code path with the thread count. */
+     * aligned to the register tile, so no element changes code path with the thread count; A's row
+     * sums come from the part holding column 0. */
     const int by_rows = M >= (long)nt * path->rows * 2 || N < (long)nt * path->cols * 2;
     if (nt == 1) {
-        path->tiles(0, M, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate);
+        path->tiles(0, M, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
         sf_par_note(par, 1);
         return;
     }
@@ -288,22 +308,28 @@ static void gemm_run(const gemm_path *path, long M, long N, long K, const real *
         if (t == 0) sf_par_note(par, p);
         if (by_rows) {
             sf_partition(M, path->rows, t, p, &lo, &hi);
-            if (lo < hi) path->tiles(lo, hi, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate);
+            if (lo < hi) path->tiles(lo, hi, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
         } else {
             sf_partition(N, path->cols, t, p, &lo, &hi);
-            if (lo < hi) path->tiles(0, M, lo, hi, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate);
+            if (lo < hi)
+                path->tiles(0, M, lo, hi, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, lo == 0 ? asum : NULL);
         }
     }
 }
 
 void SF(gemm)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb,
               real *C, long ldc, const real *bias, int accumulate, sf_par *par) {
-    gemm_run(best_path(), M, N, K, A, sai, sak, B, ldb, 1, C, ldc, bias, accumulate, par);
+    gemm_run(best_path(), M, N, K, A, sai, sak, B, ldb, 1, C, ldc, bias, accumulate, NULL, par);
+}
+
+void SF(gemm_row_sums)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb, real *C,
+                       long ldc, double *asum, sf_par *par) {
+    gemm_run(best_path(), M, N, K, A, sai, sak, B, ldb, 1, C, ldc, NULL, 0, asum, par);
 }
 
 void SF(gemm_bt)(long M, long N, long K, const real *A, long sai, long sak, const real *Bt, long ldbt,
                  real *C, long ldc, const real *bias, int accumulate, sf_par *par) {
-    gemm_run(best_path(), M, N, K, A, sai, sak, Bt, 1, ldbt, C, ldc, bias, accumulate, par);
+    gemm_run(best_path(), M, N, K, A, sai, sak, Bt, 1, ldbt, C, ldc, bias, accumulate, NULL, par);
 }
 
 int SF(gemm_on_path)(const char *name, long M, long N, long K, const void *A, long sai, long sak, const void *B,
@@ -311,7 +337,7 @@ int SF(gemm_on_path)(const char *name, long M, long N, long K, const void *A, lo
     for (int i = 0; i < N_PATHS; i++)
         if (!strcmp(paths[i].name, name)) {
             if (!path_supported(&paths[i])) return -1;
-            gemm_run(&paths[i], M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, par);
+            gemm_run(&paths[i], M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, NULL, par);
             return 0;
         }
     return -1;

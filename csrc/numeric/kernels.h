@@ -22,6 +22,10 @@
 /* gemm.c */
 void SF(gemm)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb,
               real *C, long ldc, const real *bias, int accumulate, sf_par *par);
+/* The same (no bias, C overwritten) that also gives asum (M) = the row sums of A, in double: a
+ * Linear layer's weight-gradient GEMM (A = dY^T) yields its bias gradient without another pass. */
+void SF(gemm_row_sums)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb, real *C,
+                       long ldc, double *asum, sf_par *par);
 /* The same with B given transposed: B(k, j) = Bt[j * ldbt + k] (e.g. K^T as K is stored). */
 void SF(gemm_bt)(long M, long N, long K, const real *A, long sai, long sak, const real *Bt, long ldbt,
                  real *C, long ldc, const real *bias, int accumulate, sf_par *par);

@@ -1,6 +1,8 @@
 /* Linear layers (PyTorch layout: W is (out, in)) on top of the one GEMM. */
 #include "kernels.h"
 
+#include <stdlib.h>
+
 /* Below this many elements a row or column loop runs on the calling thread. */
 #define PARALLEL_MIN 131072
 
@@ -15,8 +17,17 @@ void SF(linear_forward)(real *Y, const real *X, const real *W, const real *b, lo
 void SF(linear_backward)(real *dX, int accumulate_dx, real *dW, real *db, const real *dY, const real *X,
                          const real *W, long M, long in, long out, sf_par *par) {
     if (dX) SF(gemm)(M, in, out, dY, out, 1, W, in, dX, in, NULL, accumulate_dx, par);
-    if (dW) SF(gemm)(out, in, M, dY, 1, out, X, in, dW, in, NULL, 0, par);
-    if (db) SF(column_sums)(db, dY, M, out, out, par);
+    double *sums = dW && db ? malloc(sizeof(double) * out) : NULL; /* the bias gradient from dW's GEMM */
+    if (dW) {
+        if (sums) SF(gemm_row_sums)(out, in, M, dY, 1, out, X, in, dW, in, sums, par);
+        else SF(gemm)(out, in, M, dY, 1, out, X, in, dW, in, NULL, 0, par);
+    }
+    if (sums) {
+        for (long o = 0; o < out; o++) db[o] = (real)sums[o];
+    } else if (db) {
+        SF(column_sums)(db, dY, M, out, out, par);
+    }
+    free(sums);
 }
 
 void SF(column_sums)(real *out, const real *Y, long M, long N, long ldy, sf_par *par) {
