@@ -37,6 +37,24 @@ PyArrayObject *sf_py_array(PyObject *obj, int typenum, int ndim, const char *wha
     return a;
 }
 
+int sf_py_token_arrays(PyObject *xo, PyObject *deco, int decoder_optional, PyArrayObject **x, PyArrayObject **dec) {
+    *dec = NULL;
+    if (!(*x = sf_py_array(xo, NPY_UINT8, 2, "x"))) return -1;
+    if (decoder_optional && deco == Py_None) return 0;
+    if (!(*dec = sf_py_array(deco, NPY_UINT8, 2, "decoder_input"))) {
+        Py_CLEAR(*x);
+        return -1;
+    }
+    if (PyArray_DIM(*dec, 0) != PyArray_DIM(*x, 0)) {
+        PyErr_Format(PyExc_ValueError, "decoder_input has %zd rows for %zd inputs", (Py_ssize_t)PyArray_DIM(*dec, 0),
+                     (Py_ssize_t)PyArray_DIM(*x, 0));
+        Py_CLEAR(*x);
+        Py_CLEAR(*dec);
+        return -1;
+    }
+    return 0;
+}
+
 PyObject *sf_py_view(PyObject *owner, void *data, int ndim, npy_intp *shape, int typenum, int writeable) {
     PyObject *arr = PyArray_New(&PyArray_Type, ndim, shape, typenum, NULL, data, 0,
                                 writeable ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO, NULL);

@@ -76,26 +76,6 @@ done:
 
 /* ln_blowup(model, x uint8 (B,T), theory, n_threads[, dec uint8 (B,S)]) -> (maxs, means), each float64
  * (n_ln, B); with dec (seq2seq) the rows of sf_seq2seq_ln_blowup. */
-/* x (B,T) uint8 and, unless deco is None, decoder_input with B rows (else *dec = NULL); -1 with an
- * exception and nothing held on error. */
-static int tokens_and_decoder_input(PyObject *xo, PyObject *deco, PyArrayObject **x, PyArrayObject **dec) {
-    *dec = NULL;
-    if (!(*x = sf_py_array(xo, NPY_UINT8, 2, "x"))) return -1;
-    if (deco == Py_None) return 0;
-    if (!(*dec = sf_py_array(deco, NPY_UINT8, 2, "decoder_input"))) {
-        Py_CLEAR(*x);
-        return -1;
-    }
-    if (PyArray_DIM(*dec, 0) != PyArray_DIM(*x, 0)) {
-        PyErr_Format(PyExc_ValueError, "decoder_input has %zd rows for %zd inputs", (Py_ssize_t)PyArray_DIM(*dec, 0),
-                     (Py_ssize_t)PyArray_DIM(*x, 0));
-        Py_CLEAR(*x);
-        Py_CLEAR(*dec);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *py_ln_blowup(PyObject *self, PyObject *args) {
     PyObject *mo, *xo, *deco = Py_None;
     int theory, nt;
@@ -103,7 +83,7 @@ static PyObject *py_ln_blowup(PyObject *self, PyObject *args) {
     SfModelObject *model = (SfModelObject *)mo;
     if (sf_py_model_ready(model) < 0) return NULL;
     PyArrayObject *x, *dec;
-    if (tokens_and_decoder_input(xo, deco, &x, &dec) < 0) return NULL;
+    if (sf_py_token_arrays(xo, deco, 1, &x, &dec) < 0) return NULL;
     npy_intp shape[2] = {sf_ln_count(model->model), PyArray_DIM(x, 0)};
     PyObject *maxs = PyArray_SimpleNew(2, shape, NPY_FLOAT64), *means = PyArray_SimpleNew(2, shape, NPY_FLOAT64);
     PyObject *result = NULL;
@@ -199,7 +179,7 @@ static PyObject *py_attention_logits(PyObject *self, PyObject *args) {
     SfModelObject *model = (SfModelObject *)mo;
     if (sf_py_model_ready(model) < 0) return NULL;
     PyArrayObject *x, *dec;
-    if (tokens_and_decoder_input(xo, deco, &x, &dec) < 0) return NULL;
+    if (sf_py_token_arrays(xo, deco, 1, &x, &dec) < 0) return NULL;
     const sf_config *c = sf_model_config(model->model);
     npy_intp shape[2] = {c->n_layers + (dec ? 2 * c->n_decoder_layers : 0), c->n_heads};
     PyObject *maxs = PyArray_SimpleNew(2, shape, NPY_FLOAT64), *means = PyArray_SimpleNew(2, shape, NPY_FLOAT64);

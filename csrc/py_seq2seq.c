@@ -2,24 +2,6 @@
  * autoregressive decoding. (Sharpness and LayerNorm blowup take decoder inputs in py_probes.c.) */
 #include "py_util.h"
 
-/* x (B,T) uint8 and dec (B,S) uint8 with the same B; new references, or NULL with an exception. */
-static int seq_arrays(PyObject *xo, PyObject *deco, PyArrayObject **x, PyArrayObject **dec) {
-    *x = sf_py_array(xo, NPY_UINT8, 2, "x");
-    *dec = *x ? sf_py_array(deco, NPY_UINT8, 2, "decoder_input") : NULL;
-    if (!*dec) {
-        Py_CLEAR(*x);
-        return -1;
-    }
-    if (PyArray_DIM(*x, 0) != PyArray_DIM(*dec, 0)) {
-        PyErr_Format(PyExc_ValueError, "decoder_input has %zd rows for %zd inputs", (Py_ssize_t)PyArray_DIM(*dec, 0),
-                     (Py_ssize_t)PyArray_DIM(*x, 0));
-        Py_CLEAR(*x);
-        Py_CLEAR(*dec);
-        return -1;
-    }
-    return 0;
-}
-
 /* seq2seq_forward(model, x (B,T), dec (B,S), n_threads) -> (B,S) */
 static PyObject *py_seq2seq_forward(PyObject *self, PyObject *args) {
     PyObject *mo, *xo, *deco;
@@ -27,7 +9,7 @@ static PyObject *py_seq2seq_forward(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!OOi", &SfModelType, &mo, &xo, &deco, &nt)) return NULL;
     SfModelObject *model = (SfModelObject *)mo;
     PyArrayObject *x, *dec;
-    if (sf_py_model_ready(model) < 0 || seq_arrays(xo, deco, &x, &dec) < 0) return NULL;
+    if (sf_py_model_ready(model) < 0 || sf_py_token_arrays(xo, deco, 0, &x, &dec) < 0) return NULL;
     npy_intp shape[2] = {PyArray_DIM(dec, 0), PyArray_DIM(dec, 1)};
     PyObject *out = PyArray_SimpleNew(2, shape, sf_py_typenum(sf_model_config(model->model)->dtype));
     PyObject *result = NULL;
@@ -55,7 +37,7 @@ static PyObject *py_seq2seq_loss_and_grad(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!OOOipi", &SfModelType, &mo, &xo, &deco, &yo, &loss_kind, &grad, &nt)) return NULL;
     SfModelObject *model = (SfModelObject *)mo;
     PyArrayObject *x, *dec, *y;
-    if (sf_py_model_ready(model) < 0 || seq_arrays(xo, deco, &x, &dec) < 0) return NULL;
+    if (sf_py_model_ready(model) < 0 || sf_py_token_arrays(xo, deco, 0, &x, &dec) < 0) return NULL;
     const int typenum = sf_py_typenum(sf_model_config(model->model)->dtype);
     PyObject *out = NULL, *result = NULL;
     if (!(y = sf_py_array(yo, typenum, 2, "y"))) goto done;

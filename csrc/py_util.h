@@ -20,6 +20,10 @@ PyObject *sf_py_raise(sf_status st);
  * anything else raises TypeError/ValueError naming `what`. Returns a new reference. */
 PyArrayObject *sf_py_array(PyObject *obj, int typenum, int ndim, const char *what);
 
+/* x (B,T) uint8 and decoder_input `deco` (B,S) uint8 with the same B, as new references; with
+ * decoder_optional, deco may be None (then *dec = NULL). -1 with an exception and nothing held. */
+int sf_py_token_arrays(PyObject *xo, PyObject *deco, int decoder_optional, PyArrayObject **x, PyArrayObject **dec);
+
 /* A NumPy array viewing `data` and keeping `owner` alive. */
 PyObject *sf_py_view(PyObject *owner, void *data, int ndim, npy_intp *shape, int typenum, int writeable);
 
