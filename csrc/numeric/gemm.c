@@ -92,19 +92,6 @@ static inline void pack_panels(long kc, long n, long nr, const real *b, long sbk
     }
 }
 
-/* Start loading the next row tile's A panel (mr x kc) and C rows while this one computes: large-M
- * shapes otherwise demand-miss them line by line at the start of every row tile. */
-static inline void prefetch_row_tile(long mr, long kc, const real *a, long sai, long sak, real *c, long ldc, long n) {
-    enum { LINE = 64 / (int)sizeof(real) };
-    if (sak == 1) {
-        for (long r = 0; r < mr; r++)
-            for (long k = 0; k < kc; k += LINE) __builtin_prefetch(a + r * sai + k, 0, 2);
-    } else {
-        for (long k = 0; k < kc; k++) __builtin_prefetch(a + k * sak, 0, 2);
-    }
-    for (long r = 0; r < mr; r++)
-        for (long q = 0; q < n; q += LINE) __builtin_prefetch(c + r * ldc + q, 1, 2);
-}
 
 /* asum (mr) = (first ? 0 : asum) + the sums over the block's kc columns of A's mr rows, in k order
  * (a Linear layer's bias gradient from its weight-gradient GEMM, whose A is dY^T). */
@@ -120,6 +107,16 @@ static inline void prefetch_slice(long t, long tiles, long rows, const real *bas
     enum { LINE = 64 / (int)sizeof(real) };
     for (long r = t * rows / tiles; r < (t + 1) * rows / tiles; r++)
         for (long q = 0; q < width; q += LINE) __builtin_prefetch(base + r * stride + q, 0, 2);
+}
+
+/* Start loading the next row tile's A panel (mr x kc) and C rows while this one computes: large-M
+ * shapes otherwise demand-miss them line by line at the start of every row tile. */
+static inline void prefetch_row_tile(long mr, long kc, const real *a, long sai, long sak, real *c, long ldc, long n) {
+    enum { LINE = 64 / (int)sizeof(real) };
+    if (sak == 1) prefetch_slice(0, 1, mr, a, sai, kc);
+    else prefetch_slice(0, 1, kc, a, sak, mr); /* transposed: mr contiguous elements per k */
+    for (long r = 0; r < mr; r++)
+        for (long q = 0; q < n; q += LINE) __builtin_prefetch(c + r * ldc + q, 1, 2);
 }
 
 /* Slice t of `tiles` of the next K block (kn deep): all of B's (n columns), and A's when it is

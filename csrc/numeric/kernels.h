@@ -50,11 +50,11 @@ void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const ui
                                 long T, long V, long d, sf_par *par);
 void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
                            double eps, long N, long d, sf_par *par);
-/* dX = residual (NULL, dX itself, or another (N,d) gradient) + the input gradient */
+/* dX = residual (NULL, dX itself, or another (N,d) gradient) + the input gradient; dg, db (may
+ * be NULL) summed through partials (layernorm_partials(N, d) doubles; NULL if dg and db are). */
 void SF(layernorm_backward)(real *dX, const real *residual, real *dg, real *db, const real *dY,
                             const real *X, const real *mean, const real *rstd, const real *g, long N,
                             long d, double *partials, sf_par *par);
-/* Doubles of the partials buffer layernorm_backward sums its parameter gradients in. */
 long SF(layernorm_partials)(long N, long d);
 void SF(activation_forward)(real *Y, const real *X, long n, sf_activation act, sf_par *par);
 void SF(activation_backward)(real *dX, const real *dY, const real *X, long n, sf_activation act,

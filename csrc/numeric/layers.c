@@ -137,28 +137,31 @@ enum { LN_CHUNK = 64 }; /* rows per partial sum of the parameter gradients */
 
 long SF(layernorm_partials)(long N, long d) { return (N + LN_CHUNK - 1) / LN_CHUNK * 2 * d; }
 
-/* The backward with the parameter gradients summed in the same pass as the rows (X and dY are
- * read once): per chunk of LN_CHUNK rows a partial sum, in row order, then the chunks' partials
- * in chunk order. Chunks depend on N only, so any thread count gives the same bits. */
-static void layernorm_backward_fused(real *dX, const real *residual, real *dg, real *db, const real *dY,
-                                     const real *X, const real *mean, const real *rstd, const real *g, long N, long d,
-                                     double *partials, sf_par *par) {
+/* dX (N,d) = residual (N,d: dX itself to accumulate, another gradient, or NULL) + d/dX;
+ * dg, db (d) overwritten (may be NULL), summed in the same pass as the rows (X and dY are read
+ * once): per chunk of LN_CHUNK rows a partial sum, in row order, in partials
+ * (layernorm_partials(N, d) doubles; NULL when dg and db are), then the chunks' partials in chunk
+ * order. Chunks depend on N only, so any thread count gives the same bits. */
+void SF(layernorm_backward)(real *dX, const real *residual, real *dg, real *db, const real *dY,
+                            const real *X, const real *mean, const real *rstd, const real *g, long N,
+                            long d, double *partials, sf_par *par) {
     const long chunks = (N + LN_CHUNK - 1) / LN_CHUNK;
+    const int params = dg || db;
 #pragma omp parallel num_threads(THREADS_FOR(N * d))
     {
 #pragma omp for schedule(static)
         for (long c = 0; c < chunks; c++) {
-            double *ag = partials + c * 2 * d, *ab = ag + d;
-            for (long j = 0; j < 2 * d; j++) ag[j] = 0;
+            double *ag = params ? partials + c * 2 * d : NULL, *ab = params ? ag + d : NULL;
+            for (long j = 0; params && j < 2 * d; j++) ag[j] = 0;
             for (long r = c * LN_CHUNK; r < N && r < (c + 1) * LN_CHUNK; r++) {
                 layernorm_row_backward(dX + r * d, residual ? residual + r * d : NULL, dY + r * d, X + r * d, mean[r],
                                        rstd[r], g, d);
-                layernorm_row_params(ag, ab, dY + r * d, X + r * d, mean[r], rstd[r], d);
+                if (params) layernorm_row_params(ag, ab, dY + r * d, X + r * d, mean[r], rstd[r], d);
             }
         }
         long lo, hi;
         sf_partition(d, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
-        for (long j0 = lo; j0 < hi; j0 += 64) {
+        for (long j0 = lo; params && j0 < hi; j0 += 64) {
             const long w = hi - j0 < 64 ? hi - j0 : 64;
             double sg[64] = {0}, sb[64] = {0};
             for (long c = 0; c < chunks; c++)
@@ -169,46 +172,6 @@ static void layernorm_backward_fused(real *dX, const real *residual, real *dg, r
             for (long q = 0; q < w; q++) {
                 if (dg) dg[j0 + q] = (real)sg[q];
                 if (db) db[j0 + q] = (real)sb[q];
-            }
-        }
-    }
-}
-
-/* dX (N,d) = residual (N,d: dX itself to accumulate, another gradient, or NULL) + d/dX;
- * dg, db (d) overwritten (may be NULL); partials: layernorm_partials(N, d) doubles, or NULL
- * (then the parameter gradients take a second pass over X and dY). */
-void SF(layernorm_backward)(real *dX, const real *residual, real *dg, real *db, const real *dY,
-                            const real *X, const real *mean, const real *rstd, const real *g, long N,
-                            long d, double *partials, sf_par *par) {
-    if (partials && (dg || db)) {
-        layernorm_backward_fused(dX, residual, dg, db, dY, X, mean, rstd, g, N, d, partials, par);
-        return;
-    }
-#pragma omp parallel num_threads(THREADS_FOR(N * d))
-    {
-#pragma omp for schedule(static)
-        for (long r = 0; r < N; r++)
-            layernorm_row_backward(dX + r * d, residual ? residual + r * d : NULL, dY + r * d, X + r * d, mean[r],
-                                   rstd[r], g, d);
-        if (dg || db) { /* parameter gradients: columns owned by threads, rows summed in order */
-            long lo, hi;
-            sf_partition(d, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
-            for (long j0 = lo; j0 < hi; j0 += 64) {
-                const long w = hi - j0 < 64 ? hi - j0 : 64;
-                double ag[64] = {0}, ab[64] = {0};
-                for (long r = 0; r < N; r++) {
-                    const real *x = X + r * d + j0, *dy = dY + r * d + j0;
-                    const real m_ = mean[r], rs = rstd[r];
-#pragma omp simd
-                    for (long q = 0; q < w; q++) {
-                        ag[q] += (double)dy[q] * ((x[q] - m_) * rs);
-                        ab[q] += dy[q];
-                    }
-                }
-                for (long q = 0; q < w; q++) {
-                    if (dg) dg[j0 + q] = (real)ag[q];
-                    if (db) db[j0 + q] = (real)ab[q];
-                }
             }
         }
     }

@@ -103,6 +103,8 @@ size_t SF(s2s_layout)(const sf_config *c, long B, long T, long S, int nt, char *
     a->attn_scratch = take(&b, max3(SF(attention_scratch)(T, T, d, H, nt), SF(attention_scratch)(S, S, d, H, nt),
                                     SF(attention_scratch)(T, S, d, H, nt)));
     a->wt = take(&b, 3 * d * d > d * F ? 3 * d * d : d * F);
+    a->ln_partials =
+        (double *)take(&b, SF(layernorm_partials)(N, d) * (long)(sizeof(double) / sizeof(real)));
     return b.used;
 }
 
@@ -150,7 +152,8 @@ static void attn_backward(const sf_config *c, const s2s_attn_w *w, s2s_attn_w *g
     const int pre = c->norm == SF_NORM_PRE;
     const real *g_r = g_out;
     if (!pre) {
-        SF(layernorm_backward)(a->g_r, NULL, gnw->g, gnw->b, g_out, s->r, s->mean, s->rstd, nw->g, Nq, d, NULL, par);
+        SF(layernorm_backward)(a->g_r, NULL, gnw->g, gnw->b, g_out, s->r, s->mean, s->rstd, nw->g, Nq, d,
+                               a->ln_partials, par);
         g_r = a->g_r;
     }
     SF(linear_backward)(a->g_ctx, 0, gw->w_out, gw->b_out, g_r, s->ctx, w->w_out, Nq, d, d, par);
@@ -165,7 +168,9 @@ static void attn_backward(const sf_config *c, const s2s_attn_w *w, s2s_attn_w *g
                             2 * d, par);
         SF(linear_backward)(g_nin, 1, gw->w_in, gw->b_in, a->g_q, s->n_in, w->w_in, Nq, d, d, par);
     }
-    if (pre) SF(layernorm_backward)(g_x, NULL, gnw->g, gnw->b, g_nin, s->x, s->mean, s->rstd, nw->g, Nq, d, NULL, par);
+    if (pre)
+        SF(layernorm_backward)(g_x, NULL, gnw->g, gnw->b, g_nin, s->x, s->mean, s->rstd, nw->g, Nq, d,
+                               a->ln_partials, par);
     add_into(g_x, g_r, Nq * d); /* the residual path */
 }
 
@@ -188,14 +193,17 @@ static void ffn_backward(const sf_config *c, const s2s_ffn_w *w, s2s_ffn_w *gw, 
     const int pre = c->norm == SF_NORM_PRE;
     const real *g_r = g_out;
     if (!pre) {
-        SF(layernorm_backward)(a->g_r, NULL, gnw->g, gnw->b, g_out, s->r, s->mean, s->rstd, nw->g, N, d, NULL, par);
+        SF(layernorm_backward)(a->g_r, NULL, gnw->g, gnw->b, g_out, s->r, s->mean, s->rstd, nw->g, N, d,
+                               a->ln_partials, par);
         g_r = a->g_r;
     }
     SF(linear_backward)(a->g_f, 0, gw->w2, gw->b2, g_r, s->act, w->w2, N, F, d, par);
     SF(activation_backward)(a->g_f, a->g_f, s->a1, N * F, c->activation, par);
     real *g_nin = pre ? a->g_nin : g_x;
     SF(linear_backward)(g_nin, 0, gw->w1, gw->b1, a->g_f, s->n_in, w->w1, N, d, F, par);
-    if (pre) SF(layernorm_backward)(g_x, NULL, gnw->g, gnw->b, g_nin, s->x, s->mean, s->rstd, nw->g, N, d, NULL, par);
+    if (pre)
+        SF(layernorm_backward)(g_x, NULL, gnw->g, gnw->b, g_nin, s->x, s->mean, s->rstd, nw->g, N, d,
+                               a->ln_partials, par);
     add_into(g_x, g_r, N * d);
 }
 
@@ -239,7 +247,7 @@ void SF(s2s_backward)(sf_model *m, const uint8_t *x, s2s_acts *a, sf_par *par) {
     SF(readout_backward)(a->g_b, g.w_head, g.b_head, a->g_out, a->z, p.w_head, Nd, d);
     const int Ld = c->n_decoder_layers, Le = c->n_layers;
     SF(layernorm_backward)(a->g_a, NULL, g.dec_norm.g, g.dec_norm.b, a->g_b, a->dec_sub[Ld - 1][S2S_FFN_DEC].out,
-                           a->z_mean, a->z_rstd, p.dec_norm.g, Nd, d, NULL, par);
+                           a->z_mean, a->z_rstd, p.dec_norm.g, Nd, d, a->ln_partials, par);
     memset(a->g_mem, 0, (size_t)(Ne * d) * sizeof(real));
     real *g_out = a->g_a, *g_in = a->g_b, *t;
 #define SWAP (t = g_out, g_out = g_in, g_in = t)
@@ -262,7 +270,7 @@ void SF(s2s_backward)(sf_model *m, const uint8_t *x, s2s_acts *a, sf_par *par) {
     SF(embedding_backward_add)(g.tok, g.pos, g_out, a->dec, B, S, 3, d, par);
     /* the final encoder LN, then the encoder layers */
     SF(layernorm_backward)(g_out, NULL, g.enc_norm.g, g.enc_norm.b, a->g_mem, a->enc[Le - 1][S2S_FFN_ENC].out,
-                           a->mem_mean, a->mem_rstd, p.enc_norm.g, Ne, d, NULL, par);
+                           a->mem_mean, a->mem_rstd, p.enc_norm.g, Ne, d, a->ln_partials, par);
     for (int l = Le - 1; l >= 0; l--) {
         const s2s_layer_w *w = &p.enc[l];
         s2s_layer_w *gw = &g.enc[l];

@@ -57,6 +57,7 @@ typedef struct {
     /* backward scratch, shared by all sublayers */
     real *g_a, *g_b, *g_r, *g_nin, *g_ctx, *g_q, *g_kv, *g_f, *g_mem, *g_out;
     real *attn_scratch, *wt;
+    double *ln_partials; /* LayerNorm backward's parameter-gradient partial sums (N rows) */
 } s2s_acts;
 
 void SF(s2s_params)(const sf_model *m, real *base, s2s_params *p);
