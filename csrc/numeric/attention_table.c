@@ -59,41 +59,57 @@ long SF(score_table_groups)(long B, long T, long H) {
 }
 
 /* The backward, for the sequences in `groups` fixed groups (score_table_groups): per (sequence,
- * head) dP = dctx V^T, dS = softmax backward, dV = P^T dctx, and dS added into its group's table
- * while it is in cache; then dstab (H,U,U) = the group tables summed in group order. Every entry
- * is summed in one order (sequence order within a group, then group order) on any thread count.
- * dV (rows of stride 2d) overwritten; dstab: groups * H * U * U; scratch: T*T per thread. */
-void SF(attention_backward_tabled)(real *dV, real *dstab, const real *dctx, const real *P, const real *V,
+ * head) dP = dctx V^T, dS = softmax backward, dV = P^T dctx; dS is added into its group's score
+ * table and dV into its group's distinct-row sums while they are in cache (the values, too, are
+ * a function of (token, position), and only their sums per distinct row are needed). Then the
+ * group sums are added in group order: every entry is summed in one order (sequence order
+ * within a group, then group order) on any thread count. A group runs head by head, so one
+ * head's table (U x U) is in cache at a time; P (written by the forward, long evicted) is
+ * prefetched a row per row of the task before, or its reads would wait on memory line by line.
+ * dstab: groups * H * U * U; dv_sum: groups * U * d; scratch: T * max(T, dh) per thread. */
+void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx, const real *P, const real *V,
                                    const uint8_t *x, long B, long T, long d, long H, real *scratch, sf_par *par) {
-    const long dh = d / H, U = 2 * T, table = H * U * U, groups = SF(score_table_groups)(B, T, H);
+    enum { LINE = 64 / (int)sizeof(real) };
+    const long dh = d / H, U = 2 * T, table = H * U * U, sums = U * d, groups = SF(score_table_groups)(B, T, H);
     const real scale = (real)(1.0 / sqrt((double)dh));
     const int nt = groups > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
     {
-        real *g = scratch + (long)SF_THREAD_ID() * T * T;
+        real *g = scratch + (long)SF_THREAD_ID() * SF(attention_scratch)(T, T, d, H, 1);
         if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
         sf_par one = {1, 0};
 #pragma omp for schedule(static)
         for (long grp = 0; grp < groups; grp++) {
             real *tab = dstab + grp * table;
+            double *vsum = dv_sum + grp * sums;
+            const long b0 = grp * B / groups, b1 = (grp + 1) * B / groups;
             for (long e = 0; e < table; e++) tab[e] = 0;
-            for (long b = grp * B / groups; b < (grp + 1) * B / groups; b++) {
-                const uint8_t *xb = x + b * T;
-                for (long h = 0; h < H; h++) {
-                    const long off = b * T * d + h * dh, v = b * T * 2 * d + h * dh;
+            for (long e = 0; e < sums; e++) vsum[e] = 0;
+            for (long h = 0; h < H; h++)
+                for (long b = b0; b < b1; b++) {
+                    const uint8_t *xb = x + b * T;
+                    const long off = b * T * d + h * dh;
                     const real *p = P + (b * H + h) * T * T;
-                    SF(gemm_bt)(T, T, dh, dctx + off, d, 1, V + v, 2 * d, g, T, NULL, 0, &one);
-                    SF(gemm)(T, dh, T, p, 1, T, dctx + off, d, dV + v, 2 * d, NULL, 0, &one);
+                    const real *next = b + 1 < b1 ? p + H * T * T : h + 1 < H ? P + (b0 * H + h + 1) * T * T : NULL;
+                    SF(gemm_bt)(T, T, dh, dctx + off, d, 1, V + b * T * 2 * d + h * dh, 2 * d, g, T, NULL, 0, &one);
                     for (long i = 0; i < T; i++) {
                         SF(softmax_row_backward)(g + i * T, p + i * T, T, scale);
                         scatter_scores(tab + (h * U + xb[i] * T + i) * U, g + i * T, xb, T);
+                        for (long j = 0; next && j < T; j += LINE) __builtin_prefetch(next + i * T + j, 0, 2);
+                    }
+                    SF(gemm)(T, dh, T, p, 1, T, dctx + off, d, g, dh, NULL, 0, &one); /* dV, (T,dh) */
+                    for (long t = 0; t < T; t++) {
+                        double *row = vsum + (xb[t] * T + t) * d + h * dh;
+                        for (long c = 0; c < dh; c++) row[c] += g[t * dh + c];
                     }
                 }
-            }
         }
 #pragma omp for schedule(static)
         for (long e = 0; e < table; e++)
             for (long grp = 1; grp < groups; grp++) dstab[e] += dstab[grp * table + e];
+#pragma omp for schedule(static)
+        for (long e = 0; e < sums; e++)
+            for (long grp = 1; grp < groups; grp++) dv_sum[e] += dv_sum[grp * sums + e];
     }
 }

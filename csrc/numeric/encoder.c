@@ -72,7 +72,9 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base
     a->u_sum = (double *)take(&b, a->U * 3 * d * (long)(sizeof(double) / sizeof(real)));
     const long table = d / H >= SF_NARROW_HEAD ? H * a->U * a->U : 0;
     a->s_tab = table ? take(&b, table) : NULL;
-    a->ds_tab = table ? take(&b, table * SF(score_table_groups)(B, T, H)) : NULL;
+    const long groups = table ? SF(score_table_groups)(B, T, H) : 0;
+    a->ds_tab = table ? take(&b, table * groups) : NULL;
+    a->dv_sum = table ? (double *)take(&b, groups * a->U * d * (long)(sizeof(double) / sizeof(real))) : NULL;
     a->forward_only = a->loss_only = 0;
     a->pool_q = take(&b, B * H * d);
     a->pool_a = take(&b, B * H * d);
@@ -261,16 +263,20 @@ void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
 
 /* ---- backward ------------------------------------------------------------------------------- */
 
-/* a->u_sum (U,3d) = [g_q | g_kv] summed over the rows of each distinct (token, position), in row
- * order; threads own column ranges, so the sums do not depend on the thread count. */
+/* a->u_grad (U,3d) = [g_q | g_kv] summed over the rows of each distinct (token, position) in
+ * double, in row order; threads own column ranges, so the sums do not depend on the thread count.
+ * Tabled, the score table gives q and k, and the attention's backward the values' sums. */
 static void sum_by_distinct_row(acts *a, const layer_acts *s, const uint8_t *x, long d, sf_par *par) {
     const long B = a->B, T = a->T, Tq = s->Tq, U = a->U, W = 3 * d;
-    const long first = s->tabled ? 2 * d : 0; /* tabled: the values only (the table gives q and k) */
-#pragma omp parallel num_threads(B * T * (W - first) >= 131072 ? par->nt : 1)
+    if (s->tabled) {
+        for (long u = 0; u < U; u++)
+            for (long j = 0; j < d; j++) a->u_grad[u * W + 2 * d + j] = (real)a->dv_sum[u * d + j];
+        return;
+    }
+#pragma omp parallel num_threads(B * T * W >= 131072 ? par->nt : 1)
     {
         long lo, hi;
-        sf_partition(W - first, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
-        lo += first, hi += first;
+        sf_partition(W, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
         for (long u = 0; u < U; u++)
             for (long j = lo; j < hi; j++) a->u_sum[u * W + j] = 0;
         for (long b = 0; b < B; b++)
@@ -407,7 +413,7 @@ static const real *layer_backward(const sf_config *c, const layer_params *w, lay
     if (s->pooled) {
         pooled_attention_backward(c, w, gw, s, a, g_ain, par);
     } else if (s->tabled) {
-        SF(attention_backward_tabled)(a->g_kv + d, a->ds_tab, a->g_ctx, s->p, s->kv + d, x, B, T, d, H, a->attn_scratch,
+        SF(attention_backward_tabled)(a->dv_sum, a->ds_tab, a->g_ctx, s->p, s->kv + d, x, B, T, d, H, a->attn_scratch,
                                       par);
     } else {
         SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);

@@ -65,6 +65,7 @@ typedef struct {
     int forward_only, loss_only;
     real *s_tab, *ds_tab; /* (H,U,U) layer 0's score table and its gradient (wide heads, U > 0);
                            * ds_tab has room for the per-group sums (attention_table.c) */
+    double *dv_sum;       /* (U,d) layer 0's value gradients per distinct row, with room for the groups */
     real *pool_q, *pool_a;   /* (B,H,d) W_k^T q per head, and the probability-weighted inputs */
     real *g_pool_q, *g_pool_a; /* (B,H,d) their gradients */
     /* backward scratch */

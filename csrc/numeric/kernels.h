@@ -98,9 +98,10 @@ void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P
  * (H, 2T, 2T) of x (B,T) tokens; V: the value half of KV (rows of stride 2d). */
 void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *V, long B,
                                   long T, long d, long H, sf_par *par);
-/* dV (rows of stride 2d) overwritten; dstab (H, 2T, 2T) = the score gradients summed per table entry;
- * dstab has room for score_table_groups(B, T, H) tables. scratch: T*T per thread. */
-void SF(attention_backward_tabled)(real *dV, real *dstab, const real *dctx, const real *P, const real *V,
+/* dstab (H, 2T, 2T) = the score gradients summed per table entry; dv_sum (2T, d) = the value
+ * gradients summed per distinct (token, position) row, in double. Both have room for
+ * score_table_groups(B, T, H) copies. scratch: attention_scratch(T, T, d, H, threads). */
+void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx, const real *P, const real *V,
                                    const uint8_t *x, long B, long T, long d, long H, real *scratch, sf_par *par);
 long SF(score_table_groups)(long B, long T, long H);
 
