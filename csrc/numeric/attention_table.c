@@ -28,6 +28,12 @@ SF_VECTOR_CLONES static void scatter_scores(real *row, const real *g, const uint
     }
 }
 
+/* Start loading n elements from row: operands written long before (V, dctx, P) would otherwise
+ * be demand-missed line by line inside the per-task GEMMs. */
+static inline void prefetch_row(const real *row, long n) {
+    for (long j = 0; j < n; j += 64 / (long)sizeof(real)) __builtin_prefetch(row + j, 0, 2);
+}
+
 void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *V, long B,
                                   long T, long d, long H, sf_par *par) {
     const long dh = d / H, U = 2 * T;
@@ -42,12 +48,14 @@ void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const ui
         for (long task = 0; task < B * H; task++) {
             const long b = task / H, h = task % H;
             const uint8_t *xb = x + b * T;
+            const real *v = V + b * T * 2 * d + h * dh;
             real *p = P + task * T * T;
             for (long i = 0; i < T; i++) {
                 gather_scores(p + i * T, stab + (h * U + xb[i] * T + i) * U, xb, T);
                 SF(softmax_row)(p + i * T, T, T, scale);
+                prefetch_row(v + i * 2 * d, dh); /* for P V below */
             }
-            SF(gemm)(T, dh, T, p, T, 1, V + b * T * 2 * d + h * dh, 2 * d, ctx + b * T * d + h * dh, d, NULL, 0, &one);
+            SF(gemm)(T, dh, T, p, T, 1, v, 2 * d, ctx + b * T * d + h * dh, d, NULL, 0, &one);
         }
     }
 }
@@ -64,12 +72,11 @@ long SF(score_table_groups)(long B, long T, long H) {
  * a function of (token, position), and only their sums per distinct row are needed). Then the
  * group sums are added in group order: every entry is summed in one order (sequence order
  * within a group, then group order) on any thread count. A group runs head by head, so one
- * head's table (U x U) is in cache at a time; P (written by the forward, long evicted) is
- * prefetched a row per row of the task before, or its reads would wait on memory line by line.
+ * head's table (U x U) is in cache at a time, and each task prefetches the next one's P, V
+ * and dctx.
  * dstab: groups * H * U * U; dv_sum: groups * U * d; scratch: T * max(T, dh) per thread. */
 void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx, const real *P, const real *V,
                                    const uint8_t *x, long B, long T, long d, long H, real *scratch, sf_par *par) {
-    enum { LINE = 64 / (int)sizeof(real) };
     const long dh = d / H, U = 2 * T, table = H * U * U, sums = U * d, groups = SF(score_table_groups)(B, T, H);
     const real scale = (real)(1.0 / sqrt((double)dh));
     const int nt = groups > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
@@ -91,12 +98,16 @@ void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx
                     const uint8_t *xb = x + b * T;
                     const long off = b * T * d + h * dh;
                     const real *p = P + (b * H + h) * T * T;
-                    const real *next = b + 1 < b1 ? p + H * T * T : h + 1 < H ? P + (b0 * H + h + 1) * T * T : NULL;
+                    const long nb = b + 1 < b1 ? b + 1 : b0, nh = b + 1 < b1 ? h : h + 1; /* the next task */
                     SF(gemm_bt)(T, T, dh, dctx + off, d, 1, V + b * T * 2 * d + h * dh, 2 * d, g, T, NULL, 0, &one);
                     for (long i = 0; i < T; i++) {
                         SF(softmax_row_backward)(g + i * T, p + i * T, T, scale);
                         scatter_scores(tab + (h * U + xb[i] * T + i) * U, g + i * T, xb, T);
-                        for (long j = 0; next && j < T; j += LINE) __builtin_prefetch(next + i * T + j, 0, 2);
+                        if (nh < H) { /* the next task's operands, a row per row of this one */
+                            prefetch_row(P + ((nb * H + nh) * T + i) * T, T);
+                            prefetch_row(V + (nb * T + i) * 2 * d + nh * dh, dh);
+                            prefetch_row(dctx + (nb * T + i) * d + nh * dh, dh);
+                        }
                     }
                     SF(gemm)(T, dh, T, p, 1, T, dctx + off, d, g, dh, NULL, 0, &one); /* dV, (T,dh) */
                     for (long t = 0; t < T; t++) {
