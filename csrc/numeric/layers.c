@@ -20,38 +20,10 @@ void SF(embedding_forward)(real *X, const uint8_t *tokens, const real *tok, cons
     }
 }
 
-/* dtok (2,d/2), dpos (P,d/2) overwritten; dX (B,T,d) */
-void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
-                            long T, long P, long d, sf_par *par) {
-    const long h = d / 2;
-    memset(dpos, 0, (size_t)(P * h) * sizeof(real));
-#pragma omp parallel num_threads(THREADS_FOR(B * T * d))
-    {
-        /* positions: each thread owns a range of t and sums over b in order */
-        long lo, hi;
-        sf_partition(T, 1, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
-        for (long t = lo; t < hi; t++) {
-            real *g = dpos + t * h;
-            for (long b = 0; b < B; b++) {
-                const real *s = dX + (b * T + t) * d + h;
-#pragma omp simd
-                for (long j = 0; j < h; j++) g[j] += s[j];
-            }
-        }
-        /* tokens: each thread owns a range of columns and walks all rows in order */
-        sf_partition(h, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
-        if (lo < hi) {
-            for (long j = lo; j < hi; j++) dtok[j] = dtok[h + j] = 0;
-            for (long r = 0; r < B * T; r++) {
-                real *g = dtok + tokens[r] * h;
-                const real *s = dX + r * d;
-                for (long j = lo; j < hi; j++) g[j] += s[j];
-            }
-        }
-    }
-}
-
-/* The same, accumulating into tables with V token rows (no zeroing). */
+/* dtok (V,d/2), dpos (T,d/2) += the gradients from dX (B,T,d); tokens index the rows of dtok.
+ * Every element is summed in row order on any thread count: positions by thread-owned ranges of
+ * t (each sequence's rows of the range are contiguous, so the reads stream), tokens by
+ * thread-owned ranges of columns. */
 void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
                                 long T, long V, long d, sf_par *par) {
     const long h = d / 2;
@@ -60,21 +32,29 @@ void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const ui
     {
         long lo, hi;
         sf_partition(T, 1, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
-        for (long t = lo; t < hi; t++) {
-            real *g = dpos + t * h;
-            for (long b = 0; b < B; b++) {
+        for (long b = 0; b < B; b++)
+            for (long t = lo; t < hi; t++) {
+                real *g = dpos + t * h;
                 const real *s = dX + (b * T + t) * d + h;
 #pragma omp simd
                 for (long j = 0; j < h; j++) g[j] += s[j];
             }
-        }
         sf_partition(h, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
         for (long r = 0; r < B * T && lo < hi; r++) {
             real *g = dtok + tokens[r] * h;
             const real *s = dX + r * d;
+#pragma omp simd
             for (long j = lo; j < hi; j++) g[j] += s[j];
         }
     }
+}
+
+/* dtok (2,d/2), dpos (P,d/2) overwritten; dX (B,T,d) */
+void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
+                            long T, long P, long d, sf_par *par) {
+    memset(dtok, 0, (size_t)d * sizeof(real)); /* 2 rows of d/2 */
+    memset(dpos, 0, (size_t)(P * (d / 2)) * sizeof(real));
+    SF(embedding_backward_add)(dtok, dpos, dX, tokens, B, T, 2, d, par);
 }
 
 /* ---- LayerNorm over the last dimension (biased variance, eps inside the sqrt) ------------- */
