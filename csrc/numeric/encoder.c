@@ -82,7 +82,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base
     a->g_pool_a = take(&b, B * H * d);
     a->attn_scratch = take(&b, SF(attention_scratch)(T, T, d, H, nt));
     a->ln_partials = (double *)take(&b, SF(layernorm_partials)(N, d) * (long)(sizeof(double) / sizeof(real)));
-    a->wt = take(&b, 3 * d * d > d * F ? 3 * d * d : d * F);
+    a->wt = take(&b, 3 * d * d > d * d + 2 * d * F ? 3 * d * d : d * d + 2 * d * F);
     return b.used;
 }
 
@@ -211,12 +211,52 @@ static void pooled_attention_forward(const sf_config *c, const layer_params *w, 
     sf_par_note(par, nt);
 }
 
+enum { TAIL_ROWS = 192 }; /* a multiple of every GEMM path's row tile (4, 6, 8) */
+
+/* The layer after its attention, for Nq rows: out-projection + residual, LN1 (post-norm) or LN2
+ * (pre-norm), the FFN + residual, LN2 (post-norm). Run op by op over all rows, each op would
+ * stream its arrays from memory; run chunk by chunk (TAIL_ROWS rows, one thread each), a
+ * chunk's arrays stay in cache from one op to the next. Every op's arithmetic per row is the
+ * same either way, and so are the bits. wt: room for W_out^T, W1^T and W2^T. */
+static void layer_tail_forward(const sf_config *c, const layer_params *w, layer_acts *s, long Nq, real *wt,
+                               sf_par *par) {
+    const long d = c->d_model, F = c->d_ff, chunks = (Nq + TAIL_ROWS - 1) / TAIL_ROWS;
+    const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
+    real *wt_out = wt, *wt1 = wt + d * d, *wt2 = wt1 + d * F;
+    SF(transpose_weight)(wt_out, w->w_out, d, d);
+    SF(transpose_weight)(wt1, w->w1, F, d);
+    SF(transpose_weight)(wt2, w->w2, d, F);
+    const int nt = chunks > 1 && Nq * (d + F) >= 65536 ? par->nt : 1;
+    (void)nt; /* unused in a serial build */
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long chunk = 0; chunk < chunks; chunk++) {
+        const long r = chunk * TAIL_ROWS, n = Nq - r < TAIL_ROWS ? Nq - r : TAIL_ROWS, rd = r * d;
+        sf_par one = {1, 0};
+        SF(gemm)(n, d, d, s->ctx + rd, d, 1, wt_out, d, s->r1 + rd, d, w->b_out, 0, &one);
+        add_into(s->r1 + rd, s->xq + rd, n * d);
+        if (post)
+            SF(layernorm_forward)(s->h + rd, s->ln1_mean + r, s->ln1_rstd + r, s->r1 + rd, w->g1, w->be1, c->ln_eps, n,
+                                  d, &one);
+        if (pre)
+            SF(layernorm_forward)(s->f_in + rd, s->ln2_mean + r, s->ln2_rstd + r, s->h + rd, w->g2, w->be2, c->ln_eps,
+                                  n, d, &one);
+        SF(gemm)(n, F, d, s->f_in + rd, d, 1, wt1, F, s->a1 + r * F, F, w->b1, 0, &one);
+        SF(activation_forward)(s->act + r * F, s->a1 + r * F, n * F, c->activation, &one);
+        SF(gemm)(n, d, F, s->act + r * F, F, 1, wt2, d, s->r2 + rd, d, w->b2, 0, &one);
+        add_into(s->r2 + rd, s->h + rd, n * d);
+        if (post)
+            SF(layernorm_forward)(s->out + rd, s->ln2_mean + r, s->ln2_rstd + r, s->r2 + rd, w->g2, w->be2, c->ln_eps, n,
+                                  d, &one);
+    }
+    sf_par_note(par, nt);
+}
+
 /* x: layer 0's tokens when its in-projection runs on the distinct rows (a->U > 0), else NULL. */
 static void layer_forward(const sf_config *c, const params *p, int l, acts *a, const uint8_t *x, sf_par *par) {
     const layer_params *w = &p->layer[l];
     layer_acts *s = &a->layer[l];
-    const long d = c->d_model, F = c->d_ff, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
-    const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
+    const long d = c->d_model, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
+    const int pre = c->norm == SF_NORM_PRE;
     real *wt = a->wt;
     if (pre) SF(layernorm_forward)(s->a_in, s->ln1_mean, s->ln1_rstd, s->x, w->g1, w->be1, c->ln_eps, N, d, par);
     if (Tq < T) {
@@ -236,16 +276,7 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
     if (pooled) pooled_attention_forward(c, w, s, a, par);
     else if (s->tabled) SF(attention_forward_tabled)(s->ctx, s->p, a->s_tab, x, s->kv + d, B, T, d, H, par);
     else SF(attention_forward)(s->ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
-    SF(linear_forward)(s->r1, s->ctx, w->w_out, w->b_out, Nq, d, d, wt, par);
-    add_into(s->r1, s->xq, Nq * d);
-    if (post) SF(layernorm_forward)(s->h, s->ln1_mean, s->ln1_rstd, s->r1, w->g1, w->be1, c->ln_eps, Nq, d, par);
-    /* feed-forward */
-    if (pre) SF(layernorm_forward)(s->f_in, s->ln2_mean, s->ln2_rstd, s->h, w->g2, w->be2, c->ln_eps, Nq, d, par);
-    SF(linear_forward)(s->a1, s->f_in, w->w1, w->b1, Nq, d, F, wt, par);
-    SF(activation_forward)(s->act, s->a1, Nq * F, c->activation, par);
-    SF(linear_forward)(s->r2, s->act, w->w2, w->b2, Nq, F, d, wt, par);
-    add_into(s->r2, s->h, Nq * d);
-    if (post) SF(layernorm_forward)(s->out, s->ln2_mean, s->ln2_rstd, s->r2, w->g2, w->be2, c->ln_eps, Nq, d, par);
+    layer_tail_forward(c, w, s, Nq, wt, par);
 }
 
 void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {

@@ -30,7 +30,9 @@ void SF(gemm_row_sums)(long M, long N, long K, const real *A, long sai, long sak
 void SF(gemm_bt)(long M, long N, long K, const real *A, long sai, long sak, const real *Bt, long ldbt,
                  real *C, long ldc, const real *bias, int accumulate, sf_par *par);
 
-/* linear.c: Y (M,out) = X (M,in) W^T + b, W (out,in); wt is scratch of in*out. */
+/* linear.c: Y (M,out) = X (M,in) W^T + b, W (out,in); wt is scratch of in*out, which gets W^T
+ * (transpose_weight: the GEMM's B operand, contiguous along the output features). */
+void SF(transpose_weight)(real *wt, const real *W, long out, long in);
 void SF(linear_forward)(real *Y, const real *X, const real *W, const real *b, long M, long in, long out,
                         real *wt, sf_par *par);
 /* dX (M,in) (+)= dY W;  dW (out,in) = dY^T X;  db (out) = column sums of dY. Any output may be NULL. */

@@ -6,11 +6,14 @@
 /* Below this many elements a row or column loop runs on the calling thread. */
 #define PARALLEL_MIN 131072
 
-void SF(linear_forward)(real *Y, const real *X, const real *W, const real *b, long M, long in, long out,
-                        real *wt, sf_par *par) {
-    /* Pack W^T (in, out) so the GEMM's B operand is contiguous along the output features. */
+void SF(transpose_weight)(real *wt, const real *W, long out, long in) {
     for (long o = 0; o < out; o++)
         for (long i = 0; i < in; i++) wt[i * out + o] = W[o * in + i];
+}
+
+void SF(linear_forward)(real *Y, const real *X, const real *W, const real *b, long M, long in, long out,
+                        real *wt, sf_par *par) {
+    SF(transpose_weight)(wt, W, out, in); /* the GEMM's B operand, contiguous along the output features */
     SF(gemm)(M, out, in, X, in, 1, wt, out, Y, out, b, 0, par);
 }
 
