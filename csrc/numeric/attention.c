@@ -138,8 +138,8 @@ SF_VECTOR_CLONES static void attention_task_narrow_backward(real *dQ, real *dKV,
 
 long SF(attention_scratch)(long T, long Tq, long d, long H, int nt) {
     const long dh = d / H;
-    /* wide: dP (Tq,T), or in the tabled backward dP (T,T) and then dV (T,dh) */
-    return (long)nt * (dh < SF_NARROW_HEAD ? 4 * dh * T + T : T * (Tq > dh ? Tq : dh));
+    /* wide: dP (Tq,T); the tabled backward's dP (T,T), reused for dV (T,dh), and V (T,dh) */
+    return (long)nt * (dh < SF_NARROW_HEAD ? 4 * dh * T + T : T * (Tq > dh ? Tq : dh) + T * dh);
 }
 
 static int attention_threads(long B, long T, long Tq, long d, long H, const sf_par *par) {

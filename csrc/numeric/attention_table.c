@@ -7,10 +7,16 @@
  * the distinct rows' query and key gradients (encoder.c): the per-sequence Q K^T, dS K and
  * dS^T Q products (3 of attention's 6) are not done at all.
  *
+ * The values, too, are a function of (token, position): each task gathers its sequence's value
+ * rows from the U distinct ones (Vu, rows of stride ldv) into a small buffer that stays in cache,
+ * instead of reading a (B,T,d) copy from memory in the forward and again in the backward.
+ *
  * The forward runs one task per (batch, head) as attention.c, the backward one task per fixed
- * group of sequences, so results never depend on the thread count. V (B,T) rows of stride 2d
- * (the value half of KV), P (B,H,T,T). Wide heads only (narrow ones keep attention.c's form). */
+ * group of sequences, so results never depend on the thread count. P (B,H,T,T). Wide heads only
+ * (narrow ones keep attention.c's form). Scratch: attention_scratch(T, T, d, H, threads). */
 #include "kernels.h"
+
+#include <string.h>
 
 /* The scores of query row u's table row against one sequence's keys: s_j = row[x_j T + j], a
  * select between the row's two halves (token 0 | token 1). */
@@ -28,34 +34,39 @@ SF_VECTOR_CLONES static void scatter_scores(real *row, const real *g, const uint
     }
 }
 
-/* Start loading n elements from row: operands written long before (V, dctx, P) would otherwise
- * be demand-missed line by line inside the per-task GEMMs. */
+/* Start loading n elements from row: operands written long before (dctx, P) would otherwise be
+ * demand-missed line by line inside the per-task GEMMs. */
 static inline void prefetch_row(const real *row, long n) {
     for (long j = 0; j < n; j += 64 / (long)sizeof(real)) __builtin_prefetch(row + j, 0, 2);
 }
 
-void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *V, long B,
-                                  long T, long d, long H, sf_par *par) {
+/* v (T,dh) = head h's value columns of one sequence's rows: distinct row x_j T + j of Vu. */
+static void gather_values(real *v, const real *Vu, long ldv, const uint8_t *x, long T, long dh, long h) {
+    for (long j = 0; j < T; j++) memcpy(v + j * dh, Vu + (x[j] * T + j) * ldv + h * dh, (size_t)dh * sizeof(real));
+}
+
+void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *Vu, long ldv,
+                                  long B, long T, long d, long H, real *scratch, sf_par *par) {
     const long dh = d / H, U = 2 * T;
     const real scale = (real)(1.0 / sqrt((double)dh));
     const int nt = B * H > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
     {
+        real *v = scratch + (long)SF_THREAD_ID() * SF(attention_scratch)(T, T, d, H, 1);
         if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
         sf_par one = {1, 0};
 #pragma omp for schedule(static)
         for (long task = 0; task < B * H; task++) {
             const long b = task / H, h = task % H;
             const uint8_t *xb = x + b * T;
-            const real *v = V + b * T * 2 * d + h * dh;
             real *p = P + task * T * T;
             for (long i = 0; i < T; i++) {
                 gather_scores(p + i * T, stab + (h * U + xb[i] * T + i) * U, xb, T);
                 SF(softmax_row)(p + i * T, T, T, scale);
-                prefetch_row(v + i * 2 * d, dh); /* for P V below */
             }
-            SF(gemm)(T, dh, T, p, T, 1, v, 2 * d, ctx + b * T * d + h * dh, d, NULL, 0, &one);
+            gather_values(v, Vu, ldv, xb, T, dh, h);
+            SF(gemm)(T, dh, T, p, T, 1, v, dh, ctx + b * T * d + h * dh, d, NULL, 0, &one);
         }
     }
 }
@@ -72,18 +83,19 @@ long SF(score_table_groups)(long B, long T, long H) {
  * a function of (token, position), and only their sums per distinct row are needed). Then the
  * group sums are added in group order: every entry is summed in one order (sequence order
  * within a group, then group order) on any thread count. A group runs head by head, so one
- * head's table (U x U) is in cache at a time, and each task prefetches the next one's P, V
- * and dctx.
- * dstab: groups * H * U * U; dv_sum: groups * U * d; scratch: T * max(T, dh) per thread. */
-void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx, const real *P, const real *V,
-                                   const uint8_t *x, long B, long T, long d, long H, real *scratch, sf_par *par) {
+ * head's table (U x U) is in cache at a time, and each task prefetches the next one's P and
+ * dctx.
+ * dstab: groups * H * U * U; dv_sum: groups * U * d. */
+void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx, const real *P, const real *Vu,
+                                   long ldv, const uint8_t *x, long B, long T, long d, long H, real *scratch,
+                                   sf_par *par) {
     const long dh = d / H, U = 2 * T, table = H * U * U, sums = U * d, groups = SF(score_table_groups)(B, T, H);
     const real scale = (real)(1.0 / sqrt((double)dh));
     const int nt = groups > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
     {
-        real *g = scratch + (long)SF_THREAD_ID() * SF(attention_scratch)(T, T, d, H, 1);
+        real *g = scratch + (long)SF_THREAD_ID() * SF(attention_scratch)(T, T, d, H, 1), *v = g + T * T;
         if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
         sf_par one = {1, 0};
 #pragma omp for schedule(static)
@@ -99,13 +111,13 @@ void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx
                     const long off = b * T * d + h * dh;
                     const real *p = P + (b * H + h) * T * T;
                     const long nb = b + 1 < b1 ? b + 1 : b0, nh = b + 1 < b1 ? h : h + 1; /* the next task */
-                    SF(gemm_bt)(T, T, dh, dctx + off, d, 1, V + b * T * 2 * d + h * dh, 2 * d, g, T, NULL, 0, &one);
+                    gather_values(v, Vu, ldv, xb, T, dh, h);
+                    SF(gemm_bt)(T, T, dh, dctx + off, d, 1, v, dh, g, T, NULL, 0, &one);
                     for (long i = 0; i < T; i++) {
                         SF(softmax_row_backward)(g + i * T, p + i * T, T, scale);
                         scatter_scores(tab + (h * U + xb[i] * T + i) * U, g + i * T, xb, T);
                         if (nh < H) { /* the next task's operands, a row per row of this one */
                             prefetch_row(P + ((nb * H + nh) * T + i) * T, T);
-                            prefetch_row(V + (nb * T + i) * 2 * d + nh * dh, dh);
                             prefetch_row(dctx + (nb * T + i) * d + nh * dh, dh);
                         }
                     }

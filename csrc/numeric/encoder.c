@@ -136,7 +136,7 @@ void SF(encoder_params)(const sf_model *m, real *base, params *p) {
 
 /* Layer 0's q (Nq,d) and kv (N,2d) from the U distinct attention inputs: each row is the one the
  * full GEMM would give, bit for bit (the GEMM's arithmetic per element does not depend on M).
- * Tabled: instead of q and k, the score table a->s_tab; kv gets the values only. */
+ * Tabled: only the score table a->s_tab (the attention reads the values from the distinct rows). */
 static void distinct_inproj_forward(const sf_config *c, const params *p, layer_acts *s, acts *a, const uint8_t *x,
                                     sf_par *par) {
     const long d = c->d_model, h = d / 2, B = a->B, T = a->T, Tq = s->Tq, U = a->U, H = c->n_heads, dh = d / H;
@@ -152,9 +152,7 @@ static void distinct_inproj_forward(const sf_config *c, const params *p, layer_a
         for (long hd = 0; hd < H; hd++) /* s_tab[h] = Q_h K_h^T over the distinct rows */
             SF(gemm_bt)(U, U, dh, a->u_qkv + hd * dh, 3 * d, 1, a->u_qkv + d + hd * dh, 3 * d, a->s_tab + hd * U * U, U,
                         NULL, 0, par);
-        for (long r = 0; r < B * T; r++)
-            memcpy(s->kv + r * 2 * d + d, a->u_qkv + (x[r] * T + r % T) * 3 * d + 2 * d, (size_t)d * sizeof(real));
-        return;
+        return; /* the attention reads the values from u_qkv */
     }
     for (long b = 0; b < B; b++)
         for (long t = 0; t < T; t++) {
@@ -276,7 +274,9 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
         if (!pooled) SF(linear_forward)(s->kv, s->a_in, w->w_in + d * d, w->b_in + d, N, d, 2 * d, wt, par);
     }
     if (pooled) pooled_attention_forward(c, w, s, a, par);
-    else if (s->tabled) SF(attention_forward_tabled)(s->ctx, s->p, a->s_tab, x, s->kv + d, B, T, d, H, par);
+    else if (s->tabled)
+        SF(attention_forward_tabled)(s->ctx, s->p, a->s_tab, x, a->u_qkv + 2 * d, 3 * d, B, T, d, H, a->attn_scratch,
+                                     par);
     else SF(attention_forward)(s->ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
     layer_tail_forward(c, w, s, Nq, wt, par);
 }
@@ -464,8 +464,8 @@ static const real *layer_backward(const sf_config *c, const layer_params *w, lay
     if (s->pooled) {
         pooled_attention_backward(c, w, gw, s, a, g_ain, par);
     } else if (s->tabled) {
-        SF(attention_backward_tabled)(a->dv_sum, a->ds_tab, a->g_ctx, s->p, s->kv + d, x, B, T, d, H, a->attn_scratch,
-                                      par);
+        SF(attention_backward_tabled)(a->dv_sum, a->ds_tab, a->g_ctx, s->p, a->u_qkv + 2 * d, 3 * d, x, B, T, d, H,
+                                      a->attn_scratch, par);
     } else {
         SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
     }

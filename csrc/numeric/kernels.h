@@ -104,14 +104,15 @@ void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P
 #define SF_NARROW_HEAD 16
 
 /* attention_table.c: layer 0's attention with scores from the (token, position) table stab
- * (H, 2T, 2T) of x (B,T) tokens; V: the value half of KV (rows of stride 2d). */
-void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *V, long B,
-                                  long T, long d, long H, sf_par *par);
+ * (H, 2T, 2T) of x (B,T) tokens and values from the 2T distinct rows Vu (rows of stride ldv). */
+void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *Vu, long ldv,
+                                  long B, long T, long d, long H, real *scratch, sf_par *par);
 /* dstab (H, 2T, 2T) = the score gradients summed per table entry; dv_sum (2T, d) = the value
  * gradients summed per distinct (token, position) row, in double. Both have room for
  * score_table_groups(B, T, H) copies. scratch: attention_scratch(T, T, d, H, threads). */
-void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx, const real *P, const real *V,
-                                   const uint8_t *x, long B, long T, long d, long H, real *scratch, sf_par *par);
+void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx, const real *P, const real *Vu,
+                                   long ldv, const uint8_t *x, long B, long T, long d, long H, real *scratch,
+                                   sf_par *par);
 long SF(score_table_groups)(long B, long T, long H);
 
 #endif
