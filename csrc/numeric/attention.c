@@ -31,10 +31,7 @@ SF_VECTOR_CLONES void SF(softmax_row)(real *p, long seen, long T, real scale) {
 }
 
 SF_VECTOR_CLONES void SF(softmax_row_backward)(real *g, const real *p, long T, real scale) {
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (long j = 0; j < T; j++) s += (double)g[j] * p[j];
-    const real dot = (real)s;
+    const real dot = softmax_dot(g, p, T);
     for (long j = 0; j < T; j++) g[j] = p[j] * (g[j] - dot) * scale;
 }
 

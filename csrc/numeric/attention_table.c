@@ -25,12 +25,17 @@ SF_VECTOR_CLONES static void gather_scores(real *s, const real *row, const uint8
     for (long j = 0; j < T; j++) s[j] = x[j] ? r1[j] : r0[j];
 }
 
-/* The inverse: row[x_j T + j] += g_j, as two masked adds (adding +0 leaves an entry unchanged). */
-SF_VECTOR_CLONES static void scatter_scores(real *row, const real *g, const uint8_t *x, long T) {
+/* The softmax backward of one query row, added into its table row: with g = dP's row and p = P's,
+ * dS_j = p_j (g_j - p . g) scale goes to row[x_j T + j], as two masked adds (adding +0 leaves an
+ * entry unchanged) in the same pass (dS is never stored). */
+SF_VECTOR_CLONES static void scatter_score_gradients(real *row, const real *g, const real *p, const uint8_t *x, long T,
+                                                     real scale) {
+    const real dot = softmax_dot(g, p, T);
     real *r0 = row, *r1 = row + T;
     for (long j = 0; j < T; j++) {
-        r0[j] += x[j] ? 0 : g[j];
-        r1[j] += x[j] ? g[j] : 0;
+        const real ds = p[j] * (g[j] - dot) * scale;
+        r0[j] += x[j] ? 0 : ds;
+        r1[j] += x[j] ? ds : 0;
     }
 }
 
@@ -114,8 +119,7 @@ void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx
                     gather_values(v, Vu, ldv, xb, T, dh, h);
                     SF(gemm_bt)(T, T, dh, dctx + off, d, 1, v, dh, g, T, NULL, 0, &one);
                     for (long i = 0; i < T; i++) {
-                        SF(softmax_row_backward)(g + i * T, p + i * T, T, scale);
-                        scatter_scores(tab + (h * U + xb[i] * T + i) * U, g + i * T, xb, T);
+                        scatter_score_gradients(tab + (h * U + xb[i] * T + i) * U, g + i * T, p + i * T, xb, T, scale);
                         if (nh < H) { /* the next task's operands, a row per row of this one */
                             prefetch_row(P + ((nb * H + nh) * T + i) * T, T);
                             prefetch_row(dctx + (nb * T + i) * d + nh * dh, dh);

@@ -78,8 +78,15 @@ double SF(loss_forward_backward)(real *dout, const real *out, const real *y, lon
 /* p (T): softmax over the first `seen` entries of scale * p (vectorised exp); the rest become
  * exactly 0. */
 void SF(softmax_row)(real *p, long seen, long T, real scale);
-/* g (T): the softmax backward of the probabilities p given dL/dp, then the score scale. */
+/* g (T): the softmax backward of the probabilities p given dL/dp, then the score scale:
+ * g_j = p_j (g_j - softmax_dot(g, p)) scale. */
 void SF(softmax_row_backward)(real *g, const real *p, long T, real scale);
+static inline real softmax_dot(const real *g, const real *p, long T) { /* p . g, summed in double */
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (long j = 0; j < T; j++) s += (double)g[j] * p[j];
+    return (real)s;
+}
 /* logits.c: max and sum of |q_i . k_j| / sqrt(dh) over one (batch, head)'s queries (Q, Tq rows of
  * stride d) and the keys each sees (KV rows of stride 2d; causal as in attention_forward_ex). */
 void SF(task_logits)(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
