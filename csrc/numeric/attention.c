@@ -20,6 +20,10 @@ static inline real row_max(const real *p, long n) {
 
 SF_VECTOR_CLONES void SF(softmax_row)(real *p, long seen, long T, real scale) {
     for (long j = 0; j < seen; j++) p[j] *= scale;
+    SF(softmax_scaled_row)(p, seen, T);
+}
+
+SF_VECTOR_CLONES void SF(softmax_scaled_row)(real *p, long seen, long T) {
     const real mx = row_max(p, seen);
     for (long j = 0; j < seen; j++) p[j] = vexp(p[j] - mx);
     double s = 0;

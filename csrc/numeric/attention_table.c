@@ -18,11 +18,12 @@
 
 #include <string.h>
 
-/* The scores of query row u's table row against one sequence's keys: s_j = row[x_j T + j], a
- * select between the row's two halves (token 0 | token 1). */
-SF_VECTOR_CLONES static void gather_scores(real *s, const real *row, const uint8_t *x, long T) {
+/* The probabilities of one query row: the scores s_j = row[x_j T + j] (a select between the
+ * row's two halves, token 0 | token 1), scaled as softmax_row scales them, then its softmax. */
+SF_VECTOR_CLONES static void softmax_gathered_row(real *p, const real *row, const uint8_t *x, long T, real scale) {
     const real *r0 = row, *r1 = row + T;
-    for (long j = 0; j < T; j++) s[j] = x[j] ? r1[j] : r0[j];
+    for (long j = 0; j < T; j++) p[j] = (x[j] ? r1[j] : r0[j]) * scale;
+    SF(softmax_scaled_row)(p, T, T);
 }
 
 /* The softmax backward of one query row, added into its table row: with g = dP's row and p = P's,
@@ -67,8 +68,7 @@ void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const ui
             const uint8_t *xb = x + b * T;
             real *p = P + task * T * T;
             for (long i = 0; i < T; i++) {
-                gather_scores(p + i * T, stab + (h * U + xb[i] * T + i) * U, xb, T);
-                SF(softmax_row)(p + i * T, T, T, scale);
+                softmax_gathered_row(p + i * T, stab + (h * U + xb[i] * T + i) * U, xb, T, scale);
             }
             gather_values(v, Vu, ldv, xb, T, dh, h);
             SF(gemm)(T, dh, T, p, T, 1, v, dh, ctx + b * T * d + h * dh, d, NULL, 0, &one);

@@ -78,6 +78,7 @@ double SF(loss_forward_backward)(real *dout, const real *out, const real *y, lon
 /* p (T): softmax over the first `seen` entries of scale * p (vectorised exp); the rest become
  * exactly 0. */
 void SF(softmax_row)(real *p, long seen, long T, real scale);
+void SF(softmax_scaled_row)(real *p, long seen, long T); /* the same, after the scaling */
 /* g (T): the softmax backward of the probabilities p given dL/dp, then the score scale:
  * g_j = p_j (g_j - softmax_dot(g, p)) scale. */
 void SF(softmax_row_backward)(real *g, const real *p, long T, real scale);
