@@ -132,11 +132,13 @@ void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx
                     }
                 }
         }
-#pragma omp for schedule(static)
-        for (long e = 0; e < table; e++)
-            for (long grp = 1; grp < groups; grp++) dstab[e] += dstab[grp * table + e];
-#pragma omp for schedule(static)
-        for (long e = 0; e < sums; e++)
-            for (long grp = 1; grp < groups; grp++) dv_sum[e] += dv_sum[grp * sums + e];
+        /* group by group over each thread's range of entries: contiguous, vector adds */
+        long lo, hi;
+        sf_partition(table, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        for (long grp = 1; grp < groups; grp++)
+            for (long e = lo; e < hi; e++) dstab[e] += dstab[grp * table + e];
+        sf_partition(sums, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        for (long grp = 1; grp < groups; grp++)
+            for (long e = lo; e < hi; e++) dv_sum[e] += dv_sum[grp * sums + e];
     }
 }
