@@ -528,6 +528,15 @@ def test_score_table_and_pooled_last_layer_match_torch(torch, random_model, norm
     _check_f64(torch, random_model, cfg, seq_len=9, batch=11, seed=3)
 
 
+@pytest.mark.parametrize("norm,final_norm", NORM_VARIANTS)
+def test_layers_in_row_chunks_match_torch(torch, random_model, norm, final_norm):
+    """630 rows: the layer after its attention runs in chunks of 192 rows (forward and the
+    backward's row-wise part), the last one partial; weight and LayerNorm parameter gradients
+    summed over all rows after."""
+    cfg = dict(n_positions=9, d_model=16, n_heads=1, n_layers=2, d_ff=21, norm=norm, final_norm=final_norm)
+    _check_f64(torch, random_model, cfg, seq_len=9, batch=70, seed=6)
+
+
 def test_weight_gradients_split_along_a_long_batch_match_torch(torch, random_model):
     """B T >= 4096 rows: the weight-gradient GEMMs split the rows in two fixed halves and give the
     bias gradients as their row sums; the same bits on 1 and 2 threads."""
