@@ -101,6 +101,7 @@ def main():
     machine = harness.describe_machine(args.threads)
     rows = [harness.measure(job, 1 if args.quick else args.repeats, machine["peak_gflops_fp32"])
             for job in jobs(args.threads, args.quick)]
+    harness.remeasure_peak(rows, machine, args.threads)
     harness.print_table(rows, machine)
     if args.json:
         harness.write_json(rows, machine, args.json)

@@ -4,7 +4,8 @@ Runs the jobs of bench_train_step.py, bench_probes.py, bench_decode.py and bench
 plus the model truth table and Monte-Carlo sensitivity, interleaved with medians (harness.py), and prints one
 table: time of each side, the ratio (> 1: sensiformer is faster), achieved GFLOP/s (FLOPs
 sensiformer executes, formulas in each script) and the fraction of the fp32 FMA peak measured
-in the same run (sensiformer.show_config(peak=True)). --json writes the rows for comparison
+in the same run (sensiformer.show_config(peak=True), at the start and again at the end: the
+larger counts, since a busy moment only lowers it). --json writes the rows for comparison
 across commits.
 
     python benchmarks/compare.py [--quick] [--threads N] [--repeats R] [--json PATH]
@@ -86,6 +87,7 @@ def main():
         for job in source(args.threads, args.quick):
             rows.append(harness.measure(job, repeats, machine["peak_gflops_fp32"]))
             print(f"  measured {job.name} ({job.config})", flush=True)
+    harness.remeasure_peak(rows, machine, args.threads)
     harness.print_table(rows, machine)
     if args.json:
         harness.write_json(rows, machine, args.json)

@@ -61,6 +61,18 @@ def measure(job: Job, repeats: int, peak_gflops: Optional[float] = None) -> dict
     return row
 
 
+def remeasure_peak(rows, machine, threads: int) -> None:
+    """Measure the fp32 peak again after the jobs and keep the larger measurement (a busy moment
+    on a shared machine only ever lowers it, which would inflate every 'of peak'); the rows'
+    fractions follow."""
+    from sensiformer._config import measure_peak
+
+    peak = max(machine["peak_gflops_fp32"] or 0.0, round(measure_peak("float32", threads), 1))
+    machine["peak_gflops_fp32"] = peak
+    for row in rows:
+        row["peak_fraction"] = row["gflops"] / peak if row["gflops"] else None
+
+
 def describe_machine(threads: int, peak: bool = True) -> dict:
     info = sf.show_config(print_out=False, peak=peak)
     try:
