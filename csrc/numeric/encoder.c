@@ -81,8 +81,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base
     a->g_pool_q = take(&b, B * H * d);
     a->g_pool_a = take(&b, B * H * d);
     a->attn_scratch = take(&b, SF(attention_scratch)(T, T, d, H, nt));
-    /* room for two LayerNorms' partials (the chunked layer tail's backward sums both at the end) */
-    a->ln_partials = (double *)take(&b, 2 * SF(layernorm_partials)(N, d) * (long)(sizeof(double) / sizeof(real)));
+    a->ln_partials = (double *)take(&b, SF(layernorm_partials)(N, d) * (long)(sizeof(double) / sizeof(real)));
     a->wt = take(&b, 3 * d * d > d * d + 2 * d * F ? 3 * d * d : d * d + 2 * d * F);
     return b.used;
 }
@@ -210,8 +209,7 @@ static void pooled_attention_forward(const sf_config *c, const layer_params *w, 
     sf_par_note(par, nt);
 }
 
-enum { TAIL_ROWS = 192 }; /* a multiple of every GEMM path's row tile (4, 6, 8) and of SF_LN_CHUNK */
-_Static_assert(TAIL_ROWS % SF_LN_CHUNK == 0, "a tail chunk holds whole LayerNorm chunks");
+enum { TAIL_ROWS = 192 }; /* a multiple of every GEMM path's row tile (4, 6, 8) */
 
 /* The layer after its attention, for Nq rows: out-projection + residual, LN1 (post-norm) or LN2
  * (pre-norm), the FFN + residual, LN2 (post-norm). Run op by op over all rows, each op would
@@ -409,57 +407,39 @@ static void pooled_attention_backward(const sf_config *c, const layer_params *w,
     sf_par_note(par, nt);
 }
 
-/* The backward of layer_tail_forward from g_out (Nq,d), chunk by chunk as the forward: the
- * LayerNorms and the input gradients of the FFN and the out-projection; then, over all rows, the
- * LayerNorms' parameter sums and the weight gradients (each GEMM or sum reads the same operands
- * as over all rows at once, so the bits are the same). Leaves a->g_ctx = the gradient w.r.t. the
- * attention's context and returns the gradient w.r.t. r1 (the residual path to the input). */
-static const real *layer_tail_backward(const sf_config *c, const layer_params *w, layer_params *gw,
-                                       const layer_acts *s, acts *a, const real *g_out, long Nq, sf_par *par) {
-    const long d = c->d_model, F = c->d_ff, chunks = (Nq + TAIL_ROWS - 1) / TAIL_ROWS;
-    const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
-    const real *g_r2 = post ? a->g_r2 : g_out, *g_r1 = post ? a->g_r1 : a->g_h; /* out = LN2(r2), h = LN1(r1) */
-    double *part2 = a->ln_partials, *part1 = a->ln_partials + SF(layernorm_partials)(Nq, d);
-    const int nt = chunks > 1 && Nq * (d + F) >= 65536 ? par->nt : 1;
-    (void)nt; /* unused in a serial build */
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (long chunk = 0; chunk < chunks; chunk++) {
-        const long r = chunk * TAIL_ROWS, n = Nq - r < TAIL_ROWS ? Nq - r : TAIL_ROWS, rd = r * d;
-        sf_par one = {1, 0};
-        if (post)
-            SF(layernorm_backward_rows)(a->g_r2, NULL, g_out, s->r2, s->ln2_mean, s->ln2_rstd, w->g2, r, n, d, part2);
-        /* r2 = h + linear2(act(linear1(f_in))): g_h = g_r2 + the FFN branch's gradient */
-        SF(gemm)(n, F, d, g_r2 + rd, d, 1, w->w2, F, a->g_f + r * F, F, NULL, 0, &one);
-        SF(activation_backward)(a->g_f + r * F, a->g_f + r * F, s->a1 + r * F, n * F, c->activation, &one);
-        if (pre) {
-            SF(gemm)(n, d, F, a->g_f + r * F, F, 1, w->w1, d, a->g_ctx + rd, d, NULL, 0, &one);
-            SF(layernorm_backward_rows)(a->g_h, g_r2, a->g_ctx, s->h, s->ln2_mean, s->ln2_rstd, w->g2, r, n, d, part2);
-        } else {
-            memcpy(a->g_h + rd, g_r2 + rd, (size_t)(n * d) * sizeof(real));
-            SF(gemm)(n, d, F, a->g_f + r * F, F, 1, w->w1, d, a->g_h + rd, d, NULL, 1, &one);
-        }
-        if (post)
-            SF(layernorm_backward_rows)(a->g_r1, NULL, a->g_h, s->r1, s->ln1_mean, s->ln1_rstd, w->g1, r, n, d, part1);
-        /* r1 = xq + out_proj(attention) */
-        SF(gemm)(n, d, d, g_r1 + rd, d, 1, w->w_out, d, a->g_ctx + rd, d, NULL, 0, &one);
-    }
-    sf_par_note(par, nt);
-    if (pre || post) SF(layernorm_param_sums)(gw->g2, gw->be2, part2, Nq, d, par);
-    if (post) SF(layernorm_param_sums)(gw->g1, gw->be1, part1, Nq, d, par);
-    SF(linear_backward)(NULL, 0, gw->w2, gw->b2, g_r2, s->act, w->w2, Nq, F, d, par);
-    SF(linear_backward)(NULL, 0, gw->w1, gw->b1, a->g_f, s->f_in, w->w1, Nq, d, F, par);
-    SF(linear_backward)(NULL, 0, gw->w_out, gw->b_out, g_r1, s->ctx, w->w_out, Nq, d, d, par);
-    return g_r1;
-}
-
 /* g_out (Nq,d): gradient w.r.t. the layer output. Writes the layer's parameter gradients to gw
  * and returns the gradient w.r.t. the layer input (N,d): g_x, or on layer 0's distinct rows
  * with every position a query, the residual path's own buffer (the rest goes to a->u_gemb). */
 static const real *layer_backward(const sf_config *c, const layer_params *w, layer_params *gw, const layer_acts *s,
                            acts *a, const uint8_t *x, const real *g_out, real *g_x, long B, long T, sf_par *par) {
-    const long d = c->d_model, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
-    const int pre = c->norm == SF_NORM_PRE;
-    const real *g_r1 = layer_tail_backward(c, w, gw, s, a, g_out, Nq, par);
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
+    const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
+    /* out = LN2(r2) (post) or r2 */
+    const real *g_r2 = g_out;
+    if (post) {
+        SF(layernorm_backward)(a->g_r2, NULL, gw->g2, gw->be2, g_out, s->r2, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d,
+                               a->ln_partials, par);
+        g_r2 = a->g_r2;
+    }
+    /* r2 = h + linear2(act(linear1(f_in))): g_h = g_r2 + the FFN branch's gradient */
+    SF(linear_backward)(a->g_f, 0, gw->w2, gw->b2, g_r2, s->act, w->w2, Nq, F, d, par);
+    SF(activation_backward)(a->g_f, a->g_f, s->a1, Nq * F, c->activation, par);
+    if (pre) {
+        SF(linear_backward)(a->g_ctx, 0, gw->w1, gw->b1, a->g_f, s->f_in, w->w1, Nq, d, F, par);
+        SF(layernorm_backward)(a->g_h, g_r2, gw->g2, gw->be2, a->g_ctx, s->h, s->ln2_mean, s->ln2_rstd, w->g2, Nq, d,
+                               a->ln_partials, par);
+    } else {
+        memcpy(a->g_h, g_r2, (size_t)(Nq * d) * sizeof(real));
+        SF(linear_backward)(a->g_h, 1, gw->w1, gw->b1, a->g_f, s->f_in, w->w1, Nq, d, F, par);
+    }
+    /* h = LN1(r1) (post) or r1; r1 = xq + out_proj(attention) */
+    const real *g_r1 = a->g_h;
+    if (post) {
+        SF(layernorm_backward)(a->g_r1, NULL, gw->g1, gw->be1, a->g_h, s->r1, s->ln1_mean, s->ln1_rstd, w->g1, Nq, d,
+                               a->ln_partials, par);
+        g_r1 = a->g_r1;
+    }
+    SF(linear_backward)(a->g_ctx, 0, gw->w_out, gw->b_out, g_r1, s->ctx, w->w_out, Nq, d, d, par);
     real *g_ain = pre ? a->g_ain : g_x;
     if (s->pooled) {
         pooled_attention_backward(c, w, gw, s, a, g_ain, par);

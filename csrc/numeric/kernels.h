@@ -57,13 +57,6 @@ void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const
 void SF(layernorm_backward)(real *dX, const real *residual, real *dg, real *db, const real *dY,
                             const real *X, const real *mean, const real *rstd, const real *g, long N,
                             long d, double *partials, sf_par *par);
-/* layernorm_backward in two phases (row chunks on different threads, then the parameter sums):
- * rows [r, r + n) with their chunks' partials (r a multiple of SF_LN_CHUNK), and dg, db (may be
- * NULL) = the partials of N rows summed in chunk order. */
-#define SF_LN_CHUNK 64 /* rows per partial sum of the parameter gradients */
-void SF(layernorm_backward_rows)(real *dX, const real *residual, const real *dY, const real *X, const real *mean,
-                                 const real *rstd, const real *g, long r, long n, long d, double *partials);
-void SF(layernorm_param_sums)(real *dg, real *db, const double *partials, long N, long d, sf_par *par);
 long SF(layernorm_partials)(long N, long d);
 void SF(activation_forward)(real *Y, const real *X, long n, sf_activation act, sf_par *par);
 void SF(activation_backward)(real *dX, const real *dY, const real *X, long n, sf_activation act,

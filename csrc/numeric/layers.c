@@ -113,50 +113,9 @@ SF_VECTOR_CLONES static void layernorm_row_params(double *ag, double *ab, const 
     }
 }
 
-enum { LN_CHUNK = SF_LN_CHUNK };
+enum { LN_CHUNK = 64 }; /* rows per partial sum of the parameter gradients */
 
 long SF(layernorm_partials)(long N, long d) { return (N + LN_CHUNK - 1) / LN_CHUNK * 2 * d; }
-
-/* Rows [r, r + n) of layernorm_backward (r a multiple of LN_CHUNK, r + n one too or N) on the
- * calling thread: their dX rows and their chunks' partial sums (partials NULL: none). */
-void SF(layernorm_backward_rows)(real *dX, const real *residual, const real *dY, const real *X, const real *mean,
-                                 const real *rstd, const real *g, long r, long n, long d, double *partials) {
-    for (long c = r / LN_CHUNK; c * LN_CHUNK < r + n; c++) {
-        double *ag = partials ? partials + c * 2 * d : NULL, *ab = partials ? ag + d : NULL;
-        for (long j = 0; partials && j < 2 * d; j++) ag[j] = 0;
-        for (long i = c * LN_CHUNK; i < r + n && i < (c + 1) * LN_CHUNK; i++) {
-            layernorm_row_backward(dX + i * d, residual ? residual + i * d : NULL, dY + i * d, X + i * d, mean[i],
-                                   rstd[i], g, d);
-            if (partials) layernorm_row_params(ag, ab, dY + i * d, X + i * d, mean[i], rstd[i], d);
-        }
-    }
-}
-
-/* Columns [lo, hi) of dg, db (either may be NULL) = the chunks' partials summed in chunk order. */
-static void sum_partials(real *dg, real *db, const double *partials, long chunks, long d, long lo, long hi) {
-    for (long j0 = lo; j0 < hi; j0 += 64) {
-        const long w = hi - j0 < 64 ? hi - j0 : 64;
-        double sg[64] = {0}, sb[64] = {0};
-        for (long c = 0; c < chunks; c++)
-            for (long q = 0; q < w; q++) {
-                sg[q] += partials[c * 2 * d + j0 + q];
-                sb[q] += partials[c * 2 * d + d + j0 + q];
-            }
-        for (long q = 0; q < w; q++) {
-            if (dg) dg[j0 + q] = (real)sg[q];
-            if (db) db[j0 + q] = (real)sb[q];
-        }
-    }
-}
-
-void SF(layernorm_param_sums)(real *dg, real *db, const double *partials, long N, long d, sf_par *par) {
-#pragma omp parallel num_threads(THREADS_FOR(N * d))
-    {
-        long lo, hi;
-        sf_partition(d, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
-        sum_partials(dg, db, partials, (N + LN_CHUNK - 1) / LN_CHUNK, d, lo, hi);
-    }
-}
 
 /* dX (N,d) = residual (N,d: dX itself to accumulate, another gradient, or NULL) + d/dX;
  * dg, db (d) overwritten (may be NULL), summed in the same pass as the rows (X and dY are read
@@ -171,13 +130,30 @@ void SF(layernorm_backward)(real *dX, const real *residual, real *dg, real *db, 
 #pragma omp parallel num_threads(THREADS_FOR(N * d))
     {
 #pragma omp for schedule(static)
-        for (long c = 0; c < chunks; c++)
-            SF(layernorm_backward_rows)(dX, residual, dY, X, mean, rstd, g, c * LN_CHUNK,
-                                        N - c * LN_CHUNK < LN_CHUNK ? N - c * LN_CHUNK : LN_CHUNK, d,
-                                        params ? partials : NULL);
+        for (long c = 0; c < chunks; c++) {
+            double *ag = params ? partials + c * 2 * d : NULL, *ab = params ? ag + d : NULL;
+            for (long j = 0; params && j < 2 * d; j++) ag[j] = 0;
+            for (long r = c * LN_CHUNK; r < N && r < (c + 1) * LN_CHUNK; r++) {
+                layernorm_row_backward(dX + r * d, residual ? residual + r * d : NULL, dY + r * d, X + r * d, mean[r],
+                                       rstd[r], g, d);
+                if (params) layernorm_row_params(ag, ab, dY + r * d, X + r * d, mean[r], rstd[r], d);
+            }
+        }
         long lo, hi;
         sf_partition(d, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
-        if (params) sum_partials(dg, db, partials, chunks, d, lo, hi);
+        for (long j0 = lo; params && j0 < hi; j0 += 64) {
+            const long w = hi - j0 < 64 ? hi - j0 : 64;
+            double sg[64] = {0}, sb[64] = {0};
+            for (long c = 0; c < chunks; c++)
+                for (long q = 0; q < w; q++) {
+                    sg[q] += partials[c * 2 * d + j0 + q];
+                    sb[q] += partials[c * 2 * d + d + j0 + q];
+                }
+            for (long q = 0; q < w; q++) {
+                if (dg) dg[j0 + q] = (real)sg[q];
+                if (db) db[j0 + q] = (real)sb[q];
+            }
+        }
     }
 }
 
