@@ -530,9 +530,8 @@ def test_score_table_and_pooled_last_layer_match_torch(torch, random_model, norm
 
 @pytest.mark.parametrize("norm,final_norm", NORM_VARIANTS)
 def test_layers_in_row_chunks_match_torch(torch, random_model, norm, final_norm):
-    """630 rows: the layer after its attention runs in chunks of 192 rows (forward and the
-    backward's row-wise part), the last one partial; weight and LayerNorm parameter gradients
-    summed over all rows after."""
+    """630 rows: the forward runs the layer after its attention in chunks of 192 rows (three full
+    chunks and a partial one), and the backward op by op over all rows."""
     cfg = dict(n_positions=9, d_model=16, n_heads=1, n_layers=2, d_ff=21, norm=norm, final_norm=final_norm)
     _check_f64(torch, random_model, cfg, seq_len=9, batch=70, seed=6)
 
