@@ -40,12 +40,6 @@ SF_VECTOR_CLONES static void scatter_score_gradients(real *row, const real *g, c
     }
 }
 
-/* Start loading n elements from row: operands written long before (dctx, P) would otherwise be
- * demand-missed line by line inside the per-task GEMMs. */
-static inline void prefetch_row(const real *row, long n) {
-    for (long j = 0; j < n; j += 64 / (long)sizeof(real)) __builtin_prefetch(row + j, 0, 2);
-}
-
 /* v (T,dh) = head h's value columns of one sequence's rows: distinct row x_j T + j of Vu. */
 static void gather_values(real *v, const real *Vu, long ldv, const uint8_t *x, long T, long dh, long h) {
     for (long j = 0; j < T; j++) memcpy(v + j * dh, Vu + (x[j] * T + j) * ldv + h * dh, (size_t)dh * sizeof(real));

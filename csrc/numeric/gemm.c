@@ -104,9 +104,7 @@ static inline void add_row_sums(double *asum, int first, long mr, long kc, const
 
 /* Rows [t rows / tiles, (t+1) rows / tiles) of a block of `rows` rows of `width` contiguous elements. */
 static inline void prefetch_slice(long t, long tiles, long rows, const real *base, long stride, long width) {
-    enum { LINE = 64 / (int)sizeof(real) };
-    for (long r = t * rows / tiles; r < (t + 1) * rows / tiles; r++)
-        for (long q = 0; q < width; q += LINE) __builtin_prefetch(base + r * stride + q, 0, 2);
+    for (long r = t * rows / tiles; r < (t + 1) * rows / tiles; r++) prefetch_row(base + r * stride, width);
 }
 
 /* Start loading the next row tile's A panel (mr x kc) and C rows while this one computes: large-M

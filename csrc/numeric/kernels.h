@@ -19,6 +19,12 @@
 #define SF_VECTOR_CLONES
 #endif
 
+/* Start loading n contiguous elements from row into cache, a line at a time (for reading):
+ * operands written long before would otherwise be demand-missed line by line. */
+static inline void prefetch_row(const real *row, long n) {
+    for (long j = 0; j < n; j += 64 / (long)sizeof(real)) __builtin_prefetch(row + j, 0, 2);
+}
+
 /* gemm.c */
 void SF(gemm)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb,
               real *C, long ldc, const real *bias, int accumulate, sf_par *par);
