@@ -85,12 +85,15 @@ int sf_default_threads(void);
 int sf_openmp_enabled(void);
 /* CPU paths: the numeric code is compiled once per path ("baseline", "x86-64-v3": AVX2+FMA, "x86-64-v4":
  * AVX-512), and one path runs every kernel of the process. "auto" (the default) takes the widest this
- * CPU runs; x86-64-v3 and x86-64-v4 give the same bits. Select before creating models: results are
- * bitwise reproducible for a given path. SF_EINVAL for an unknown path or one this CPU cannot run. */
+ * CPU runs, x86-64-v4 only where its GEMM measures at least 5% faster than x86-64-v3's (the two give the
+ * same bits, so this is a choice of speed only). Select before creating models: results are bitwise
+ * reproducible for a given path. SF_EINVAL for an unknown path or one this CPU cannot run. */
 sf_status sf_select_cpu_path(const char *name);
 const char *sf_cpu_path(void);                /* the path in use, e.g. "x86-64-v4" */
 int sf_cpu_vector_bits(void);                 /* its GEMM's vector width: 128, 256 or 512 */
 int sf_widest_vector_bits(void);              /* that of the widest path this CPU runs */
+double sf_cpu_path_speedup(void);             /* x86-64-v4's GEMM speed over x86-64-v3's as "auto" measured
+                                                 it (0 where it was not measured) */
 int sf_cpu_paths(const char **names, int capacity); /* the paths this build and CPU run, widest first; count */
 /* Kernel test hook: C (M,N) (+)= op(A) op(B) (+ bias) with the GEMM of CPU path `path` ("x86-64-v4",
  * "x86-64-v3" or "baseline"); A is (M,K), or (K,M) if transpose_a; B (K,N), or (N,K) if
