@@ -120,6 +120,25 @@ static PyObject *py_measure_peak(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(gflops);
 }
 
+/* vocabulary() -> {list: {name: value}}: the engine's enumerations and limits (sf.h), so that Python never
+ * mirrors them. */
+static PyObject *py_vocabulary(PyObject *self, PyObject *noargs) {
+    int n_lists;
+    const sf_word_list *lists = sf_vocabulary(&n_lists);
+    PyObject *out = PyDict_New();
+    for (int i = 0; out && i < n_lists; i++) {
+        PyObject *words = PyDict_New();
+        for (int j = 0; words && j < lists[i].count; j++) {
+            PyObject *value = PyLong_FromLong(lists[i].words[j].value);
+            if (!value || PyDict_SetItemString(words, lists[i].words[j].name, value) < 0) Py_CLEAR(words);
+            Py_XDECREF(value);
+        }
+        if (!words || PyDict_SetItemString(out, lists[i].name, words) < 0) Py_CLEAR(out);
+        Py_XDECREF(words);
+    }
+    return out;
+}
+
 /* select_cpu_path(name): switch every later engine call of the process to another CPU path (private: the
  * benchmarks time paths side by side in one process; users choose with SENSIFORMER_CPU_PATH). */
 static PyObject *py_select_cpu_path(PyObject *self, PyObject *arg) {
@@ -130,6 +149,7 @@ static PyObject *py_select_cpu_path(PyObject *self, PyObject *arg) {
 }
 
 static PyMethodDef module_methods[] = {
+    {"vocabulary", py_vocabulary, METH_NOARGS, "vocabulary() -> {list: {name: value}}: the engine's enumerations"},
     {"select_cpu_path", py_select_cpu_path, METH_O, "select_cpu_path(name) -> the path now in use (private)"},
     {"measure_peak", py_measure_peak, METH_VARARGS, "measure_peak(float64, n_threads, seconds) -> GFLOP/s"},
     {"build_info", py_build_info, METH_NOARGS, "Facts about this build: OpenMP, CPU path, flags, threads, memory limit."},

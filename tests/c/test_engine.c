@@ -568,6 +568,13 @@ static void test_settings_and_facts(void) {
     sf_set_memory_limit(0);
     CHECK(sf_memory_limit() > 12345, "default memory limit restored");
     CHECK(strlen(sf_cpu_path()) > 0 && strlen(sf_build_flags()) > 0, "build facts");
+    int n_lists = 0, found = 0;
+    const sf_word_list *lists = sf_vocabulary(&n_lists);
+    for (int i = 0; i < n_lists; i++)
+        for (int j = 0; j < lists[i].count; j++)
+            found += !strcmp(lists[i].name, "norm") && !strcmp(lists[i].words[j].name, "pre") &&
+                     lists[i].words[j].value == SF_NORM_PRE;
+    CHECK(n_lists == 12 && found == 1, "vocabulary: %d lists", n_lists);
     int bits = 0;
     CHECK(sf_measure_peak_gflops(0, 1, 0.001, &bits) > 0 && bits == sf_widest_vector_bits(), "peak measurement");
     sf_config c = config(SF_NORM_POST, SF_F32);
