@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _engine
-from ._validation import (MAX_TABLE_N, as_truth_table, check_boolean_table, check_choice, check_float,
+from ._config import tqdm_env_disabled
+from ._validation import (MAX_TABLE_N, as_truth_table, check_bool, check_boolean_table, check_choice, check_float,
                           check_int, check_memory, check_seed, resolve_threads)
 from .estimate import Estimate
 from .model import FORWARD_TOKENS, Transformer
@@ -45,6 +46,7 @@ MAX_EXACT_N = MAX_TABLE_N  #: largest n the exact functions enumerate (2^26 inpu
 DEFAULT_SAMPLES = 2000  #: Monte-Carlo inputs when ``samples`` is not given
 _CHUNK_TOKENS_CHEAP = 1 << 20  # tokens per call of a target or callable
 _SAMPLE_BLOCK = 1024  # Monte-Carlo inputs are drawn in fixed blocks, independent of chunking
+_AUTO_PROGRESS_INPUTS = 1 << 16  # progress=None shows a bar from this many inputs (n=20: ~20 s)
 
 
 # ---- truth tables ------------------------------------------------------------------------------
@@ -273,6 +275,7 @@ def _batch_function(model, n, n_threads):
     if isinstance(model, Transformer):
         if n > model.n_positions:
             raise ValueError(f"n={n} is longer than the model's n_positions={model.n_positions}")
+        model.require_finite("the model's sensitivity")
         return lambda x: np.asarray(model.forward(x, n_threads), dtype=np.float64)
     if isinstance(model, Target):
         if model.n != n:
@@ -300,9 +303,12 @@ def _check_exact_n(n, where):
 
 
 def _progress(total, progress, desc, unit):
+    """A tqdm bar over ``total`` inputs; ``progress=None`` shows it for long enumerations only
+    (from 2^16 inputs: seconds to minutes). ``TQDM_DISABLE`` silences it either way."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not progress, desc=desc, unit=unit, leave=False)
+    show = total >= _AUTO_PROGRESS_INPUTS if progress is None else check_bool(progress, "progress")
+    return tqdm(total=total, disable=not show or tqdm_env_disabled(), desc=desc, unit=unit, leave=False)
 
 
 def truth_table(model, n, chunk_size=None, progress=False, n_threads=None) -> np.ndarray:
@@ -439,7 +445,7 @@ def estimate_sensitivity(model, n, samples=DEFAULT_SAMPLES, seed=0, threshold=No
 
 
 def model_sensitivity(model, n, exact=True, samples=None, seed=0, threshold=0.5, scale="01", chunk_size=None,
-                      progress=False, n_threads=None) -> SensitivityEstimate:
+                      progress=None, n_threads=None) -> SensitivityEstimate:
     """Average sensitivity of the function a model computes on {0,1}^n.
 
     Parameters
@@ -462,7 +468,10 @@ def model_sensitivity(model, n, exact=True, samples=None, seed=0, threshold=0.5,
         ``scale``.
     scale : {"01", "pm1"}
         How to read raw outputs ("pm1" for a model trained on +-1 labels).
-    chunk_size, progress, n_threads
+    progress : bool, optional
+        Show a tqdm progress bar; by default only for 2^16 inputs or more (n >= 16 exact, or
+        that many Monte-Carlo samples). ``TQDM_DISABLE=1`` silences it.
+    chunk_size, n_threads
         As in ``truth_table``.
 
     Returns

@@ -20,6 +20,8 @@ e.g. ``teacher_forcing(bits)`` for a model trained on ±1 labels).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +60,7 @@ class HessianOperator:
     def __init__(self, model, x, y, block=None, exclude=("positional",), loss="mse", batch_size=None,
                  n_threads=None, full=False, decoder_input=None):
         check_choice(loss, "loss", tuple(LOSSES))
+        model.require_finite("the Hessian probes")
         self.model = model
         # a Seq2SeqTransformer: y are label sequences and the loss is teacher-forced (decoder_input,
         # default [SOS, y]); self.dec is None for the encoder
@@ -111,9 +114,11 @@ def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_s
     model : Transformer
     x, y : arrays
         Inputs (rows, length) and labels (rows,) on the scale the model was trained on.
-    v : array (num_parameters,) or (k, num_parameters)
-        Directions laid out like ``model.flat``. With a ``block``, v may instead have the
-        block's size (``len(block_indices(model, block, exclude))``) and the result then does too.
+    v : array (num_parameters,) or (k, num_parameters), or dict of arrays
+        Directions laid out like ``model.flat`` (k = 0 gives an empty result). With a ``block``,
+        v may instead have the block's size (``len(block_indices(model, block, exclude))``) and
+        the result then does too. A dict keyed like ``parameters()`` (e.g. the gradients that
+        ``loss_and_grad`` returns) is one direction, and the result is such a dict too.
     loss : {"mse", "bce"}
     block : optional
         Restrict to a block (see ``sensiformer.blocks``): the result is H_BB v_B, the block's
@@ -127,17 +132,23 @@ def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_s
 
     Returns
     -------
-    numpy.ndarray
-        H v in the model dtype, shaped like v.
+    numpy.ndarray or dict
+        H v in the model dtype, shaped like v (a dict for a dict).
     """
     op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, full=block is None,
                          decoder_input=decoder_input)
+    if isinstance(v, Mapping):
+        return _as_tensor_dict(model, hvp(model, x, y, _flat_from_tensor_dict(model, v), loss=loss, block=block,
+                                          exclude=exclude, batch_size=batch_size, n_threads=n_threads,
+                                          decoder_input=decoder_input))
     v = as_finite_array(v, "v", model.dtype)
     single = v.ndim == 1
     V = v[None, :] if single else v
     if V.ndim != 2 or V.shape[1] not in (model.num_parameters, op.n):
         raise ValueError(f"v must have shape (num_parameters,) = ({model.num_parameters},) or (k, num_parameters)"
                          + (f", or the block's size {op.n}" if block is not None else "") + f"; got {v.shape}")
+    if V.shape[0] == 0:  # no directions: no products (the engine needs at least one)
+        return np.zeros(V.shape, dtype=model.dtype)
     compact = block is not None and V.shape[1] == op.n and op.n != model.num_parameters
     if block is None:
         HV = op.full_products(np.ascontiguousarray(V, dtype=model.dtype))
@@ -148,6 +159,28 @@ def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_s
         if not compact:
             HV[:, op.index] = HVb
     return HV[0] if single else HV
+
+
+def _flat_from_tensor_dict(model, v):
+    """A direction given as a dict keyed like ``parameters()`` (e.g. ``loss_and_grad``'s gradients),
+    laid out like ``model.flat``."""
+    shapes = {name: p.shape for name, p in model.parameters().items()}
+    missing, unknown = [k for k in shapes if k not in v], [k for k in v if k not in shapes]
+    if missing or unknown:
+        raise ValueError(f"v as a dict must have exactly the keys of model.parameters(); missing {missing}, "
+                         f"unexpected {unknown}")
+    flat = np.empty(model.num_parameters, dtype=model.dtype)
+    for t in model.tensor_info:
+        name = t["name"]
+        flat[t["offset"]:t["offset"] + t["size"]] = as_finite_array(v[name], f"v[{name!r}]", model.dtype,
+                                                                     shapes[name]).reshape(-1)
+    return flat
+
+
+def _as_tensor_dict(model, flat):
+    """A flat vector laid out like ``model.flat`` as a dict of arrays keyed like ``parameters()``."""
+    return OrderedDict((t["name"], flat[t["offset"]:t["offset"] + t["size"]].reshape(t["shape"]))
+                       for t in model.tensor_info)
 
 
 def hessian_matrix(model, x, y, block=None, exclude=("positional",), loss="mse", batch_size=None, n_threads=None,
@@ -319,7 +352,12 @@ def hessian_eigenvalues(model, x, y, k=1, which="largest", block=None, exclude=(
     max_iter = check_int(max_iter, "max_iter", 1)
     rng = np.random.default_rng(check_seed(seed))
     op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
-    need = min(op.n, k if which != "both" else 2 * k)
+    need = k if which != "both" else 2 * k
+    if need > op.n:
+        raise ValueError(f"k={k} asks for {need} eigenvalues of a Hessian of size {op.n} (the parameters in the block); "
+                         f"k must be <= {op.n if which != 'both' else op.n // 2}")
+    if need > max_iter:
+        raise ValueError(f"k={k} needs at least {need} Lanczos steps, but max_iter={max_iter}")
     lz = _Lanczos(op, rng.standard_normal((1, op.n)), min(max_iter, op.n), rng)
     while True:
         lz.step(restart=lz.steps < need)

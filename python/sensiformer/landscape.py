@@ -24,6 +24,7 @@ from .model import LOSSES
 
 def _private_copy(model):
     """``(work, theta)``: a copy of the model to perturb, and its parameters."""
+    model.require_finite("the landscape probes")
     return model.copy(), model.flat.copy()
 
 

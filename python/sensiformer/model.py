@@ -3,13 +3,14 @@ engine-backed model shares (parameter views, state dicts, copies, files; see als
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 
 from . import _engine
+from ._files import save_npz_atomically
 from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
 
@@ -45,6 +46,20 @@ class _EngineModel:
     @staticmethod
     def _view(flat, t):
         return flat[t["offset"]:t["offset"] + t["size"]].reshape(t["shape"])
+
+    @contextlib.contextmanager
+    def _exclusive(self, what):
+        """Hold the model's busy flag (as an engine call does) while Python reads or writes its
+        buffers, so a save never mixes parameters from before and after a training step."""
+        try:
+            self._engine.acquire()
+        except RuntimeError as err:
+            raise RuntimeError(f"{what} refused: the model is inside another call (e.g. Trainer.fit in another "
+                               "thread); retry when that call has returned") from err
+        try:
+            yield
+        finally:
+            self._engine.release()
 
     # ---- description ------------------------------------------------------------------------
     @property
@@ -98,7 +113,9 @@ class _EngineModel:
 
     @flat.setter
     def flat(self, values):
-        self._flat[...] = as_finite_array(values, "flat", self.dtype, self._flat.shape)
+        values = as_finite_array(values, "flat", self.dtype, self._flat.shape)
+        with self._exclusive("setting flat"):
+            self._flat[...] = values
 
     @property
     def flat_grad(self) -> np.ndarray:
@@ -107,7 +124,8 @@ class _EngineModel:
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of the parameters keyed by the official PyTorch names."""
-        return OrderedDict((name, view.copy()) for name, view in self._params.items())
+        with self._exclusive("state_dict"):
+            return OrderedDict((name, view.copy()) for name, view in self._params.items())
 
     def load_state_dict(self, state, strict: bool = True) -> None:
         """Copy parameters in from a mapping of names to arrays (NumPy arrays or torch tensors).
@@ -131,8 +149,28 @@ class _EngineModel:
         missing = [k for k in self._params if k not in arrays]
         if strict and missing:
             raise KeyError(f"missing keys in state (strict=True): {missing}")
-        for key, value in arrays.items():
-            self._params[key][...] = value
+        with self._exclusive("load_state_dict"):
+            for key, value in arrays.items():
+                self._params[key][...] = value
+
+    def require_finite(self, where: str, flat=None) -> None:
+        """Raise ``FloatingPointError`` naming the first parameter tensor holding NaN or inf.
+
+        Called where a result would otherwise be silently meaningless: saving, evaluating,
+        decoding and every probe. (Writes through ``flat`` or ``parameters()`` views are not
+        checked when they happen: a view cannot intercept item assignment.) ``flat``: check a
+        copy laid out like ``self.flat`` instead of the live buffer.
+        """
+        flat = self._flat if flat is None else flat
+        if np.isfinite(flat).all():  # the common case: one vectorised pass
+            return
+        for t in self._tensors:
+            bad = ~np.isfinite(self._view(flat, t))
+            if bad.any():
+                raise FloatingPointError(
+                    f"{where}: parameter {t['name']!r} holds non-finite values ({int(bad.sum())} of {bad.size} "
+                    f"entries NaN or inf, first at index {np.unravel_index(int(np.argmax(bad)), bad.shape)}); "
+                    "reload or reinitialize the model")
 
     # ---- copies and files -------------------------------------------------------------------
     def _constructor_args(self, **overrides):
@@ -143,10 +181,12 @@ class _EngineModel:
     def astype(self, dtype):
         """A copy with parameters converted to ``dtype`` (e.g. probe a float32 model in float64)."""
         other = type(self)(**self._constructor_args(dtype=np.dtype(dtype).name))
+        with self._exclusive("astype"):
+            source = self._flat.copy()
         if other.dtype == self.dtype:
-            other._flat[...] = self._flat
+            other._flat[...] = source
         else:  # refuse float64 parameters beyond float32's range rather than turn them into inf
-            other._flat[...] = as_finite_array(self._flat, f"parameters in {other.dtype.name}", other.dtype)
+            other._flat[...] = as_finite_array(source, f"parameters in {other.dtype.name}", other.dtype)
         return other
 
     def copy(self):
@@ -158,14 +198,16 @@ class _EngineModel:
         self._engine.reinit(seed, self._config["identical_layers"])
 
     def save(self, path) -> None:
-        """Write the config and parameters to an ``.npz`` file (no pickle); ``sensiformer.load`` reads it."""
-        arrays = {f"param/{k}": v for k, v in self._params.items()}
+        """Write the config and parameters to an ``.npz`` file (no pickle); ``sensiformer.load`` reads it.
+
+        Non-finite parameters raise ``FloatingPointError`` (``load`` would refuse the file).
+        """
+        with self._exclusive("save"):
+            flat = self._flat.copy()
+        self.require_finite("save", flat)
+        arrays = {f"param/{t['name']}": self._view(flat, t) for t in self._tensors}
         meta = json.dumps(dict(format_version=FORMAT_VERSION, kind=self._kind_name, config=self._config))
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, __meta__=np.array(meta), **arrays)
-        tmp.replace(path)
+        save_npz_atomically(path, {"__meta__": np.array(meta), **arrays})
 
 
 class Transformer(_EngineModel):
@@ -282,6 +324,16 @@ def _dtype_name(dtype):
     raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
 
 
+def check_format_version(found, supported: int) -> None:
+    """Refuse a file format this version cannot read (a newer file needs a newer sensiformer)."""
+    if found != supported:
+        from . import __version__
+
+        newer = isinstance(found, int) and not isinstance(found, bool) and found > supported
+        raise ValueError(f"format_version {found!r}, but sensiformer {__version__} reads format_version {supported}"
+                         + (" (the file was written by a newer sensiformer: upgrade to read it)" if newer else ""))
+
+
 def load(path):
     """Load a model written by ``save`` (a ``Transformer`` or a ``Seq2SeqTransformer``).
 
@@ -308,6 +360,7 @@ def load(path):
         meta = json.loads(str(contents["__meta__"]))
         if not isinstance(meta, dict):
             raise ValueError(f"the metadata is a {type(meta).__name__}, not a dict")
+        check_format_version(meta.get("format_version"), FORMAT_VERSION)
         if meta.get("kind") not in kinds:
             raise ValueError(f"it holds a {meta.get('kind')!r}, not a Transformer or a Seq2SeqTransformer")
         if not isinstance(meta.get("config"), dict):

@@ -97,13 +97,24 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """Copies of the state: step count and moment buffers (laid out like ``model.flat``)."""
+        self._bound()
+        with self._model._exclusive("optimizer state_dict"):  # never from the middle of a step
+            return self._snapshot()
+
+    def _snapshot(self) -> dict:
+        """``state_dict()`` without the guard (for callers that hold it)."""
         eng = self._bound()
         return dict(kind=self._kind, hyper=dict(self.hyper), step=eng.step_count, exp_avg=eng.state(0).copy(),
                     exp_avg_sq=eng.state(1).copy())
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict()``; every entry is checked before anything is written."""
-        exp_avg, exp_avg_sq, step = self._checked_state(state)
+        checked = self._checked_state(state)
+        with self._model._exclusive("optimizer load_state_dict"):
+            self._write_state(*checked)
+
+    def _write_state(self, exp_avg, exp_avg_sq, step) -> None:
+        """Write checked state (for callers that hold the model's guard)."""
         eng = self._bound()
         eng.state(0)[...] = exp_avg
         eng.state(1)[...] = exp_avg_sq

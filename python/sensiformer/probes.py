@@ -26,7 +26,7 @@ from . import _engine
 from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
 from .estimate import Estimate
-from .model import LOSSES
+from .model import LOSSES, TENSOR_KINDS
 
 DEFAULT_SIGMA = 0.02
 
@@ -49,10 +49,15 @@ def tensor_mask(model, exclude=("positional",)) -> np.ndarray:
     info = model.tensor_info
     kinds = {t["kind"] for t in info}
     mask = np.ones(len(info), dtype=np.uint8)
-    for i, t in enumerate(info):
-        for pattern in exclude:
-            if pattern == t["kind"] or (pattern not in kinds and fnmatch.fnmatchcase(t["name"], pattern)):
-                mask[i] = 0
+    for pattern in exclude:
+        matched = [i for i, t in enumerate(info)
+                   if pattern == t["kind"] or (pattern not in kinds and fnmatch.fnmatchcase(t["name"], pattern))]
+        # a typo would silently replace the default (and perturb the positional tables); a kind this
+        # model lacks (norm_weight with norm="none") is no typo
+        if not matched and pattern not in TENSOR_KINDS:
+            raise ValueError(f"exclude pattern {pattern!r} matches no parameter of this model (give tensor kinds "
+                             f"{TENSOR_KINDS} or glob patterns of model.parameters() names)")
+        mask[matched] = 0
     return mask
 
 
@@ -125,6 +130,7 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
         (the engine perturbs a private copy), so they are unchanged even while the probe runs.
     """
     check_choice(loss, "loss", tuple(LOSSES))
+    model.require_finite("sharpness")
     x, y, batch_size, dec = _seq_batches(model, x, y, batch_size, decoder_input)
     repeats = check_int(repeats, "repeats", 1, 1 << 20)
     seed = check_seed(seed)
@@ -146,6 +152,9 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
     as_pm1 = check_bool(as_pm1, "as_pm1")
     base, perturbed = _engine.sharpness(model._engine, x, y, batch_size, LOSSES[loss], sigma, repeats, seed, mask,
                                         noise, shared, resolve_threads(n_threads), dec)
+    if not (np.isfinite(base).all() and np.isfinite(perturbed).all()):
+        raise FloatingPointError(f"sharpness: the perturbed loss is not finite in {model.dtype.name} (sigma={sigma!r} "
+                                 "overflows the parameters or the loss); use a smaller sigma or rho")
     per_draw = (perturbed - base[None, :]).mean(axis=1)
     if as_pm1:
         per_draw = 4.0 * per_draw
@@ -225,6 +234,7 @@ def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None,
     """
     check_choice(definition, "definition", ("official", "theory"))
     per_sample = check_bool(per_sample, "per_sample")
+    model.require_finite("ln_blowup")
     if _is_seq2seq(model):
         return _ln_blowup_seq2seq(model, x, decoder_input, y, definition, per_sample, n_threads)
     if decoder_input is not None or y is not None:
@@ -300,6 +310,7 @@ def attention_logit_scale(model, x, n_threads=None, decoder_input=None, y=None) 
     encoder self-attention layers, the decoder self-attention layers (each query over the keys the
     causal mask lets it see) and the cross-attention layers, over every position.
     """
+    model.require_finite("attention_logit_scale")
     if _is_seq2seq(model):
         if (decoder_input is None) == (y is None):
             raise TypeError("a Seq2SeqTransformer's attention_logit_scale needs decoder_input or y "

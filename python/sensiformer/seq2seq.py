@@ -190,6 +190,7 @@ class Seq2SeqTransformer(_EngineModel):
         the whole model at every step, as the official code (the reference). With
         ``return_outputs`` also the raw outputs (batch, steps).
         """
+        self.require_finite("generate")
         x = as_tokens(x, "x", self.n_positions)
         steps = x.shape[1] if steps is None else check_int(steps, "steps", 1, self.n_positions + 1)
         threshold = check_float(threshold, "threshold")

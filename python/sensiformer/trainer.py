@@ -23,6 +23,7 @@ _UNIFORM, _SUBSET, _DATASET = range(3)
 # engine status codes (csrc/sf.h)
 _OK, _EINVAL, _ENOMEM, _EINTR, _ENUMERIC = range(5)
 _EXACT_EVAL_MAX_N = 16
+_FIT_LOCK = threading.Lock()
 _MAX_BATCH = 1 << 24
 
 
@@ -119,8 +120,12 @@ class Trainer:
         self._set_data(target, train_subset, data, seq_len)
         self.optimizer.bind(model)  # last: a Trainer that fails validation leaves the optimizer free
         self.step_count = 0
+        # optimizer steps not taken by fit (a reused optimizer's, Trainer.step's): the optimizer's
+        # step count is always step_count + this, which checkpoints record and check
+        self._optimizer_offset = self.optimizer.step_count
         self.status = "ready"
         self._chunk = None  # (first step, record, done) of the C chunk in flight
+        self._fit_thread = None  # ident of the thread inside fit
         self._rows = []
 
     @property
@@ -215,6 +220,7 @@ class Trainer:
 
         end = self.step_count + steps
         window = []
+        self._enter_fit()
         bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=True)
         started = time.perf_counter()
         self.status = "running"
@@ -230,7 +236,22 @@ class Trainer:
             raise
         finally:
             bar.close()
+            self._fit_thread = None
         return self.history
+
+    def _enter_fit(self):
+        with _FIT_LOCK:  # two threads starting fit on one trainer: exactly one wins
+            if self._fit_thread is not None:
+                raise RuntimeError("this trainer is already inside fit (one fit at a time per trainer)")
+            self._fit_thread = threading.get_ident()
+
+    def _refuse_during_fit_elsewhere(self, what):
+        """Checkpoints read or write the trainer's bookkeeping, which fit updates between its C
+        stretches: refuse them from another thread while fit runs (callbacks of fit may)."""
+        fitting = self._fit_thread
+        if fitting is not None and fitting != threading.get_ident():
+            raise RuntimeError(f"{what} refused: another thread is inside this trainer's fit; call it from a fit "
+                               "callback (e.g. sf.Checkpoint) or after fit returns")
 
     def _fit_loop(self, end, log_every, callbacks, window, started, bar, progress):
         """Alternate C chunks (up to the next log or callback step) with logging and callbacks."""
@@ -298,12 +319,14 @@ class Trainer:
         else:
             value = self.model._loss(x, y, self.loss, True, self.n_threads)[0]
         self.optimizer.step(self.n_threads)
+        self._optimizer_offset += 1  # the data stream's position (step_count) did not move
         return value
 
     def save_checkpoint(self, path) -> None:
         """Save model, optimizer state, data-stream position and history atomically."""
         from . import checkpoint
 
+        self._refuse_during_fit_elsewhere("save_checkpoint")
         checkpoint.save(self, path)
 
     def load_checkpoint(self, path) -> None:
@@ -314,6 +337,7 @@ class Trainer:
         """
         from . import checkpoint
 
+        self._refuse_during_fit_elsewhere("load_checkpoint")
         checkpoint.load(self, path)
 
     @property
@@ -334,6 +358,7 @@ class Trainer:
         (per token, the paper's measure) and ``sequence_accuracy`` of ``generate`` (KV cache).
         """
         exact = None if exact is None else check_bool(exact, "exact")
+        self.model.require_finite("evaluate")
         if self.data is not None:
             x, y = self.data
         elif self.train_subset is not None:
