@@ -24,7 +24,7 @@ from ._config import get_num_threads, set_memory_limit, set_num_threads, show_co
 from .checkpoint import Checkpoint, CheckpointError
 from .estimate import Estimate
 from .measure import Measure
-from .model import Transformer, load
+from .model import NonFiniteParametersError, Transformer, load
 from .seq2seq import Seq2SeqTransformer
 from .optim import SGD, Adam, AdamW, Optimizer
 from .targets import restricted_subset
@@ -44,6 +44,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "Optimizer", "SGD", "Seq2SeqTransformer", "Trainer", "Transformer",
+    "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "NonFiniteParametersError", "Optimizer", "SGD", "Seq2SeqTransformer", "Trainer", "Transformer",
     "get_num_threads", "interop", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",
 ]

@@ -28,6 +28,12 @@ MAX_POSITIONS, MAX_D_MODEL, MAX_D_FF, MAX_LAYERS = 1 << 20, 65536, 1 << 20, 64
 FORWARD_TOKENS = 1 << 14
 
 
+class NonFiniteParametersError(FloatingPointError, ValueError):
+    """The model's parameters hold NaN or inf (e.g. written through ``flat``), so a save, an
+    evaluation or a probe would give meaningless numbers. A ``FloatingPointError`` and, like every
+    refused argument, a ``ValueError``."""
+
+
 class _EngineModel:
     """What every engine-backed model shares: the parameter table as zero-copy views, state
     dicts with the official names, copies, files. Subclasses build ``self._engine`` and
@@ -154,7 +160,7 @@ class _EngineModel:
                 self._params[key][...] = value
 
     def require_finite(self, where: str, flat=None) -> None:
-        """Raise ``FloatingPointError`` naming the first parameter tensor holding NaN or inf.
+        """Raise ``NonFiniteParametersError`` naming the first parameter tensor holding NaN or inf.
 
         Called where a result would otherwise be silently meaningless: saving, evaluating,
         decoding and every probe. (Writes through ``flat`` or ``parameters()`` views are not
@@ -167,10 +173,10 @@ class _EngineModel:
         for t in self._tensors:
             bad = ~np.isfinite(self._view(flat, t))
             if bad.any():
-                raise FloatingPointError(
+                first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+                raise NonFiniteParametersError(
                     f"{where}: parameter {t['name']!r} holds non-finite values ({int(bad.sum())} of {bad.size} "
-                    f"entries NaN or inf, first at index {np.unravel_index(int(np.argmax(bad)), bad.shape)}); "
-                    "reload or reinitialize the model")
+                    f"entries NaN or inf, first at index {first}); reload or reinitialize the model")
 
     # ---- copies and files -------------------------------------------------------------------
     def _constructor_args(self, **overrides):
