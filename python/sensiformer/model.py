@@ -196,7 +196,21 @@ class _EngineModel:
         return other
 
     def copy(self):
+        """An independent copy (its own engine model and buffers; gradients are not copied)."""
         return self.astype(self.dtype)
+
+    # copy.copy must not share the parameter buffer with the original (a shallow copy of the
+    # Python object would); copy.deepcopy and pickle rebuild from the config and the parameters
+    def __copy__(self):
+        return self.copy()
+
+    def __deepcopy__(self, memo):
+        return self.copy()
+
+    def __reduce__(self):
+        with self._exclusive("pickling"):
+            flat = self._flat.copy()
+        return _restore_model, (type(self), self.config, flat)
 
     def reinitialize(self, seed=None) -> None:
         """Draw fresh initial parameters (with ``seed``, default the constructor's)."""
@@ -302,6 +316,16 @@ class Transformer(_EngineModel):
         """
         value, _ = self._loss(x, y, loss, True, n_threads)
         return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
+
+
+def _restore_model(cls, config, flat):
+    """Unpickle a model: build it from its config and write its parameters (as pickled, bit for bit)."""
+    model = cls(**config)
+    flat = np.asarray(flat)
+    if flat.shape != model._flat.shape or flat.dtype != model.dtype:
+        raise ValueError(f"pickled parameters {flat.dtype}{flat.shape} do not fit {model!r}")
+    model._flat[...] = flat
+    return model
 
 
 def check_sizes(n_positions, d_model, n_heads, n_layers, d_ff):

@@ -74,6 +74,21 @@ class Optimizer:
         self._model = model
         return self
 
+    # pickling and deep copies: the configuration, the model and a copy of the state; the engine
+    # optimizer is rebuilt by binding to the (unpickled) model
+    def __getstate__(self):
+        state = dict(self.__dict__, _engine=None)
+        state["_saved_state"] = None if self._engine is None else self.state_dict()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        saved, model = state.pop("_saved_state"), state.pop("_model")
+        self.__dict__.update(state, _engine=None, _model=None)
+        if model is not None:
+            self.bind(model)
+            self._write_state(*self._checked_state(saved))
+
     def _bound(self):
         if self._engine is None:
             raise RuntimeError("bind(model) the optimizer first (Trainer does it for you)")

@@ -132,6 +132,23 @@ class Trainer:
     def _seq2seq(self) -> bool:
         return isinstance(self.model, Seq2SeqTransformer)
 
+    def __repr__(self):
+        source = repr(self.target) if self.target is not None else f"data of {len(self.data[0])} rows"
+        last = self._rows[-1].get("loss") if self._rows else None
+        loss = "" if last is None else f", last_loss={last:.4g}"
+        return (f"Trainer({self.model!r}, {source}, optimizer={self.optimizer!r}, loss={self.loss!r}, "
+                f"batch_size={self.batch_size}, seed={self.seed}, step={self.step_count}, "
+                f"status={self.status!r}{loss})")
+
+    # pickling and deep copies (a process pool, joblib, Dask): model, optimizer state, counters and
+    # history travel; the copy resumes bit-identically (batch k is a function of (seed, k))
+    def __getstate__(self):
+        self._refuse_during_fit_elsewhere("pickling the trainer")
+        return dict(self.__dict__, _chunk=None, _fit_thread=None)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     # ---- data ----------------------------------------------------------------------------
     def _set_data(self, target, train_subset, data, seq_len):
         if (target is None) == (data is None):
