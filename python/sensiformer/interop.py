@@ -206,7 +206,8 @@ def _activation_name(fn):
         return "gelu"
     if fn is _gelu_tanh or (isinstance(fn, nn.GELU) and fn.approximate == "tanh"):
         return "gelu_tanh"
-    if isinstance(fn, functools.partial) and fn.func is F.gelu and not fn.args and fn.keywords == {"approximate": "tanh"}:
+    tanh_partial = isinstance(fn, functools.partial) and fn.func is F.gelu and not fn.args
+    if tanh_partial and fn.keywords == {"approximate": "tanh"}:
         return "gelu_tanh"
     return None
 

@@ -13,6 +13,7 @@ exactly. A ``Seq2SeqTransformer`` takes label sequences and, optionally, its ``d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from ._validation import as_tokens, as_values, check_choice, check_float, check_
 from .blocks import block_indices
 from .hessian import hessian_eigenvalues
 from .model import LOSSES
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, BlockSpec, EngineModel, Exclude, Sequence
 
 
 def _private_copy(model):
@@ -90,9 +94,10 @@ def _project(u, rho):
     return u if n <= rho else u * (rho / n)
 
 
-def worst_case_sharpness(model, x, y, rho, norm="l2", steps=20, restarts=3, seed=0, step_size=None, eta=0.0,
-                         block=None, exclude=("positional",), loss="mse", n_threads=None,
-                         decoder_input=None) -> WorstCaseSharpness:
+def worst_case_sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, rho: float, norm: str = "l2", steps: int = 20,
+                         restarts: int = 3, seed: int = 0, step_size: float | None = None, eta: float = 0.0,
+                         block: BlockSpec = None, exclude: Exclude = ("positional",), loss: str = "mse",
+                         n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> WorstCaseSharpness:
     """Worst-case sharpness max_{||delta|| <= rho} L(theta + delta) - L(theta) by projected
     gradient ascent with restarts (as SAM's inner problem, but run to convergence and reported).
 
@@ -178,8 +183,9 @@ def worst_case_sharpness(model, x, y, rho, norm="l2", steps=20, restarts=3, seed
 
 # ---- slices ----------------------------------------------------------------------------------------
 
-def random_direction(model, seed=0, normalization="filter", ignore="biasbn", exclude=("positional",),
-                     block=None) -> np.ndarray:
+def random_direction(model: EngineModel, seed: int = 0, normalization: str | None = "filter",
+                     ignore: str | None = "biasbn", exclude: Exclude = ("positional",),
+                     block: BlockSpec = None) -> np.ndarray:
     """A random Gaussian direction scaled like the parameters (Li et al. 2018, loss-landscape's
     ``net_plotter``), laid out like ``model.flat`` (float64).
 
@@ -265,9 +271,11 @@ def _grid(values, default, name):
     return arr
 
 
-def landscape_1d(model, x, y, direction="random", alphas=None, target=None, seed=0, normalization="filter",
-                 ignore="biasbn", block=None, exclude=("positional",), loss="mse", n_threads=None,
-                 decoder_input=None) -> Landscape:
+def landscape_1d(model: EngineModel, x: ArrayLike, y: ArrayLike, direction: str | ArrayLike = "random",
+                 alphas: ArrayLike | None = None, target: EngineModel | ArrayLike | None = None, seed: int = 0,
+                 normalization: str | None = "filter", ignore: str | None = "biasbn", block: BlockSpec = None,
+                 exclude: Exclude = ("positional",), loss: str = "mse", n_threads: int | None = None,
+                 decoder_input: ArrayLike | None = None) -> Landscape:
     """Loss along theta + alpha d.
 
     Parameters
@@ -305,9 +313,11 @@ def landscape_1d(model, x, y, direction="random", alphas=None, target=None, seed
     return Landscape(alphas=alphas, betas=None, losses=losses, directions=[d], base_loss=float(base))
 
 
-def landscape_2d(model, x, y, directions="random", alphas=None, betas=None, seed=0, normalization="filter",
-                 ignore="biasbn", block=None, exclude=("positional",), loss="mse", n_threads=None,
-                 decoder_input=None) -> Landscape:
+def landscape_2d(model: EngineModel, x: ArrayLike, y: ArrayLike, directions: str | Sequence[ArrayLike] = "random",
+                 alphas: ArrayLike | None = None, betas: ArrayLike | None = None, seed: int = 0,
+                 normalization: str | None = "filter", ignore: str | None = "biasbn", block: BlockSpec = None,
+                 exclude: Exclude = ("positional",), loss: str = "mse", n_threads: int | None = None,
+                 decoder_input: ArrayLike | None = None) -> Landscape:
     """Loss on the plane theta + alpha d1 + beta d2.
 
     Parameters

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,10 @@ from . import _engine
 from ._files import save_npz_atomically
 from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, DType, Mapping, PathLike
+    from .seq2seq import Seq2SeqTransformer
 
 NORMS = {"post": 0, "pre": 1, "none": 2}
 ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_tanh": 2}
@@ -118,7 +123,7 @@ class _EngineModel:
         return self._flat
 
     @flat.setter
-    def flat(self, values):
+    def flat(self, values: ArrayLike) -> None:
         values = as_finite_array(values, "flat", self.dtype, self._flat.shape)
         with self._exclusive("setting flat"):
             self._flat[...] = values
@@ -133,7 +138,7 @@ class _EngineModel:
         with self._exclusive("state_dict"):
             return OrderedDict((name, view.copy()) for name, view in self._params.items())
 
-    def load_state_dict(self, state, strict: bool = True) -> None:
+    def load_state_dict(self, state: Mapping[str, ArrayLike], strict: bool = True) -> None:
         """Copy parameters in from a mapping of names to arrays (NumPy arrays or torch tensors).
 
         With ``strict=True`` the keys must match exactly. Shapes must always match; nothing is
@@ -159,7 +164,7 @@ class _EngineModel:
             for key, value in arrays.items():
                 self._params[key][...] = value
 
-    def require_finite(self, where: str, flat=None) -> None:
+    def require_finite(self, where: str, flat: np.ndarray | None = None) -> None:
         """Raise ``NonFiniteParametersError`` naming the first parameter tensor holding NaN or inf.
 
         Called where a result would otherwise be silently meaningless: saving, evaluating,
@@ -184,7 +189,7 @@ class _EngineModel:
         args.update(overrides)
         return args
 
-    def astype(self, dtype):
+    def astype(self, dtype: DType) -> _EngineModel:
         """A copy with parameters converted to ``dtype`` (e.g. probe a float32 model in float64)."""
         other = type(self)(**self._constructor_args(dtype=np.dtype(dtype).name))
         with self._exclusive("astype"):
@@ -195,7 +200,7 @@ class _EngineModel:
             other._flat[...] = as_finite_array(source, f"parameters in {other.dtype.name}", other.dtype)
         return other
 
-    def copy(self):
+    def copy(self) -> _EngineModel:
         """An independent copy (its own engine model and buffers; gradients are not copied)."""
         return self.astype(self.dtype)
 
@@ -204,7 +209,7 @@ class _EngineModel:
     def __copy__(self):
         return self.copy()
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: dict) -> _EngineModel:
         return self.copy()
 
     def __reduce__(self):
@@ -212,12 +217,12 @@ class _EngineModel:
             flat = self._flat.copy()
         return _restore_model, (type(self), self.config, flat)
 
-    def reinitialize(self, seed=None) -> None:
+    def reinitialize(self, seed: int | None = None) -> None:
         """Draw fresh initial parameters (with ``seed``, default the constructor's)."""
         seed = self._config["seed"] if seed is None else check_seed(seed)
         self._engine.reinit(seed, self._config["identical_layers"])
 
-    def save(self, path) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the config and parameters to an ``.npz`` file (no pickle); ``sensiformer.load`` reads it.
 
         Non-finite parameters raise ``FloatingPointError`` (``load`` would refuse the file).
@@ -264,8 +269,10 @@ class Transformer(_EngineModel):
 
     _kind_name = "Transformer"
 
-    def __init__(self, n_positions, d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5,
-                 activation="relu", dtype="float32", seed=0, final_norm=False, identical_layers=True):
+    def __init__(self, n_positions: int, d_model: int = 128, n_heads: int = 2, n_layers: int = 2,
+                 d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
+                 dtype: DType = "float32", seed: int = 0, final_norm: bool = False,
+                 identical_layers: bool = True) -> None:
         n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         check_choice(norm, "norm", tuple(NORMS))
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
@@ -290,7 +297,7 @@ class Transformer(_EngineModel):
                 f"params={self.num_parameters})")
 
     # ---- computation ------------------------------------------------------------------------
-    def forward(self, x, n_threads=None) -> np.ndarray:
+    def forward(self, x: ArrayLike, n_threads: int | None = None) -> np.ndarray:
         """Outputs (batch,) for tokens ``x`` (batch, length), length <= n_positions."""
         x = as_tokens(x, "x", self.n_positions)
         return self._engine.forward(x, resolve_threads(n_threads))
@@ -305,11 +312,12 @@ class Transformer(_EngineModel):
             raise ValueError("loss='bce' needs labels in [0, 1]")
         return self._engine.loss_and_grad(x, y, LOSSES[loss], grad, resolve_threads(n_threads))
 
-    def loss(self, x, y, loss="mse", n_threads=None) -> float:
+    def loss(self, x: ArrayLike, y: ArrayLike, loss: str = "mse", n_threads: int | None = None) -> float:
         """Mean loss of ``forward(x)`` against labels ``y`` (MSE on raw outputs, or BCE with logits)."""
         return self._loss(x, y, loss, False, n_threads)[0]
 
-    def loss_and_grad(self, x, y, loss="mse", n_threads=None):
+    def loss_and_grad(self, x: ArrayLike, y: ArrayLike, loss: str = "mse",
+                      n_threads: int | None = None) -> tuple[float, OrderedDict[str, np.ndarray]]:
         """``(loss, gradients)``: the gradients as a dict of arrays (copies) keyed like ``parameters()``.
 
         The model's gradient buffer (``gradients()``, ``flat_grad``) holds them too.
@@ -328,7 +336,8 @@ def _restore_model(cls, config, flat):
     return model
 
 
-def check_sizes(n_positions, d_model, n_heads, n_layers, d_ff):
+def check_sizes(n_positions: int, d_model: int, n_heads: int, n_layers: int,
+                d_ff: int | None) -> tuple[int, int, int, int, int]:
     """The size arguments every model kind shares, within the engine's limits (csrc/model.c)."""
     n_positions = check_int(n_positions, "n_positions", 1, MAX_POSITIONS)
     d_model = check_int(d_model, "d_model", 2, MAX_D_MODEL)
@@ -354,7 +363,7 @@ def _dtype_name(dtype):
     raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
 
 
-def check_format_version(found, supported: int) -> None:
+def check_format_version(found: object, supported: int) -> None:
     """Refuse a file format this version cannot read (a newer file needs a newer sensiformer)."""
     if found != supported:
         from . import __version__
@@ -364,7 +373,7 @@ def check_format_version(found, supported: int) -> None:
                          + (" (the file was written by a newer sensiformer: upgrade to read it)" if newer else ""))
 
 
-def load(path):
+def load(path: PathLike) -> Transformer | Seq2SeqTransformer:
     """Load a model written by ``save`` (a ``Transformer`` or a ``Seq2SeqTransformer``).
 
     A file that is not one ``save`` wrote (damaged, or with other metadata) raises ``ValueError``

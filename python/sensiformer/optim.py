@@ -7,10 +7,15 @@ laid out like ``model.flat``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import _engine
 from ._validation import as_finite_array, check_bool, check_choice, check_count, check_float, resolve_threads
+
+if TYPE_CHECKING:
+    from ._typing import Any, EngineModel
 
 _KINDS = {"adamw": 0, "adam": 1, "sgd": 2}
 _SCHEDULES = {"constant": 0, "cosine": 1}
@@ -36,9 +41,10 @@ class Optimizer:
 
     _kind = ""
 
-    def __init__(self, lr, weight_decay, decay_all=True, schedule="constant", warmup_steps=0, total_steps=0,
-                 min_lr=0.0, clip_norm=None, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, dampening=0.0,
-                 nesterov=False):
+    def __init__(self, lr: float, weight_decay: float, decay_all: bool = True, schedule: str = "constant",
+                 warmup_steps: int = 0, total_steps: int = 0, min_lr: float = 0.0, clip_norm: float | None = None,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.0,
+                 dampening: float = 0.0, nesterov: bool = False) -> None:
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair, got {betas!r}")
         check_choice(schedule, "schedule", tuple(_SCHEDULES))
@@ -60,7 +66,7 @@ class Optimizer:
         self._engine = None
         self._model = None
 
-    def bind(self, model) -> "Optimizer":
+    def bind(self, model: EngineModel) -> "Optimizer":
         """Attach to ``model`` (allocates the state). An optimizer serves one model."""
         if self._model is not None:
             if self._model is not model:
@@ -94,7 +100,7 @@ class Optimizer:
             raise RuntimeError("bind(model) the optimizer first (Trainer does it for you)")
         return self._engine
 
-    def step(self, n_threads=None) -> float:
+    def step(self, n_threads: int | None = None) -> float:
         """One update from the model's gradient buffer; returns the gradient norm (pre-clipping)."""
         return self._bound().step(resolve_threads(n_threads))
 
@@ -165,7 +171,8 @@ class AdamW(Optimizer):
 
     _kind = "adamw"
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, **kwargs):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, **kwargs: Any) -> None:
         super().__init__(lr, weight_decay, betas=betas, eps=eps, **kwargs)
 
 
@@ -174,7 +181,8 @@ class Adam(Optimizer):
 
     _kind = "adam"
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **kwargs):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, **kwargs: Any) -> None:
         super().__init__(lr, weight_decay, betas=betas, eps=eps, **kwargs)
 
 
@@ -183,5 +191,6 @@ class SGD(Optimizer):
 
     _kind = "sgd"
 
-    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, **kwargs):
+    def __init__(self, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False, **kwargs: Any) -> None:
         super().__init__(lr, weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov, **kwargs)

@@ -19,6 +19,7 @@ sharpness by 4 (the {0,1} -> ±1 conversion), which ``sharpness(..., as_pm1=True
 from __future__ import annotations
 
 import fnmatch
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,10 +29,13 @@ from ._validation import (as_finite_array, as_tokens, as_values, check_bool, che
 from .estimate import Estimate
 from .model import LOSSES, TENSOR_KINDS
 
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, EngineModel, Exclude
+
 DEFAULT_SIGMA = 0.02
 
 
-def tensor_mask(model, exclude=("positional",)) -> np.ndarray:
+def tensor_mask(model: EngineModel, exclude: Exclude = ("positional",)) -> np.ndarray:
     """Per tensor 1 if it is included, 0 if excluded.
 
     ``exclude`` holds tensor kinds ("positional", "token_embedding", "weight", "bias",
@@ -88,9 +92,10 @@ def _seq_batches(model, x, y, batch_size, decoder_input=None):
     return x, y, batch_size, dec
 
 
-def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("positional",), noise=None,
-              batch_size=None, paper_compatible=False, as_pm1=False, loss="mse", n_threads=None,
-              decoder_input=None) -> Estimate:
+def sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, sigma: float | None = None, rho: float | None = None,
+              repeats: int = 10, seed: int = 0, exclude: Exclude = ("positional",), noise: ArrayLike | None = None,
+              batch_size: int | None = None, paper_compatible: bool = False, as_pm1: bool = False, loss: str = "mse",
+              n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> Estimate:
     """Gaussian sharpness: E_z[L(θ + σz)] − L(θ), z ~ N(0, I) on the included parameters.
 
     Parameters
@@ -164,7 +169,7 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
 LN_AGGREGATES = ("maxs_prod", "means_prod", "maxs_sum", "means_sum")
 
 
-def ln_names(model) -> list[str]:
+def ln_names(model: EngineModel) -> list[str]:
     """Names of the LayerNorms ``ln_blowup`` reports, in its order (a seq2seq model: every LayerNorm,
     then the official subset as ``"official/<name>"``)."""
     c = model.config
@@ -209,7 +214,8 @@ def _ln_blowup_seq2seq(model, x, decoder_input, y, definition, per_sample, n_thr
     return result
 
 
-def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None, decoder_input=None, y=None) -> dict:
+def ln_blowup(model: EngineModel, x: ArrayLike, definition: str = "official", per_sample: bool = False,
+              n_threads: int | None = None, decoder_input: ArrayLike | None = None, y: ArrayLike | None = None) -> dict:
     """LayerNorm blowup: the normalisation factors 1/std of every LayerNorm's input.
 
     ``definition="official"`` reproduces the official hooks exactly: 1/std with the unbiased
@@ -253,7 +259,8 @@ def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None,
     return result
 
 
-def autoregressive_accuracy(model, x, y, threshold=0.5, cache=True, n_threads=None) -> dict:
+def autoregressive_accuracy(model: EngineModel, x: ArrayLike, y: ArrayLike, threshold: float = 0.5, cache: bool = True,
+                            n_threads: int | None = None) -> dict:
     """``token`` (the paper's ``autoregressive_accuracy``) and ``sequence`` accuracy of a
     ``Seq2SeqTransformer``'s autoregressive decoding of x against the label sequences y."""
     if not _is_seq2seq(model):
@@ -261,7 +268,7 @@ def autoregressive_accuracy(model, x, y, threshold=0.5, cache=True, n_threads=No
     return model.autoregressive_accuracy(x, y, threshold=threshold, cache=cache, n_threads=n_threads)
 
 
-def param_norm(model, exclude=("positional",)) -> float:
+def param_norm(model: EngineModel, exclude: Exclude = ("positional",)) -> float:
     """L2 norm of all parameters except the excluded ones (the paper excludes positional
     embeddings; its initial value is about 35.8 for the default d=128 model)."""
     mask = tensor_mask(model, exclude)
@@ -273,12 +280,12 @@ def param_norm(model, exclude=("positional",)) -> float:
     return float(np.sqrt(total))
 
 
-def tensor_norms(model) -> dict:
+def tensor_norms(model: EngineModel) -> dict:
     """Frobenius norm of every parameter tensor, keyed by name."""
     return {name: float(np.linalg.norm(p.astype(np.float64))) for name, p in model.parameters().items()}
 
 
-def distance(model, reference, exclude=("positional",)) -> float:
+def distance(model: EngineModel, reference: EngineModel | ArrayLike, exclude: Exclude = ("positional",)) -> float:
     """L2 distance between the parameters of two models of the same shape (e.g. from init), or
     between a model and a flat parameter array laid out like ``model.flat``."""
     # a model has tensor_info; NumPy arrays have a .flat too, so that cannot tell them apart
@@ -297,7 +304,8 @@ def distance(model, reference, exclude=("positional",)) -> float:
     return float(np.sqrt(total))
 
 
-def attention_logit_scale(model, x, n_threads=None, decoder_input=None, y=None) -> dict:
+def attention_logit_scale(model: EngineModel, x: ArrayLike, n_threads: int | None = None,
+                          decoder_input: ArrayLike | None = None, y: ArrayLike | None = None) -> dict:
     """Attention-logit scale |q.k| / sqrt(d_head), on which the paper's sensitivity bound
     depends exponentially.
 

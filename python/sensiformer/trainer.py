@@ -6,6 +6,7 @@ import contextlib
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ from .model import FORWARD_TOKENS, LOSSES
 from .optim import AdamW, Optimizer
 from .seq2seq import Seq2SeqTransformer
 from .targets import Target, all_inputs, inputs_from_indices
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, Callable, EngineModel, PathLike, Sequence
 
 # sf_sampler_kind in csrc/sf.h
 _UNIFORM, _SUBSET, _DATASET = range(3)
@@ -58,7 +62,7 @@ class Callback:
     ``Callback(fn, every=k)``.
     """
 
-    def __init__(self, fn=None, every=100):
+    def __init__(self, fn: Callable[[Trainer], dict | None] | None = None, every: int = 100) -> None:
         self.every = check_int(every, "every", 1)
         self._fn = fn
 
@@ -103,8 +107,10 @@ class Trainer:
         Input length (default: the target's n or the data's width).
     """
 
-    def __init__(self, model, target=None, loss="mse", optimizer=None, batch_size=1024, seed=0,
-                 train_subset=None, n_threads=None, labels="01", data=None, seq_len=None):
+    def __init__(self, model: EngineModel, target: Target | None = None, loss: str = "mse",
+                 optimizer: Optimizer | None = None, batch_size: int = 1024, seed: int = 0,
+                 train_subset: ArrayLike | None = None, n_threads: int | None = None, labels: str = "01",
+                 data: tuple[ArrayLike, ArrayLike] | None = None, seq_len: int | None = None) -> None:
         self.model = model
         self.loss = check_choice(loss, "loss", tuple(LOSSES))
         self.labels = check_choice(labels, "labels", ("01", "pm1"))
@@ -215,13 +221,15 @@ class Trainer:
     def _threshold(self):
         return 0.5 if (self.loss == "mse" and self.labels == "01") else 0.0
 
-    def sample_batch(self, step=None):
+    def sample_batch(self, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Batch number ``step`` (default: the next one) of the training stream: ``(x, y)``."""
         step = self.step_count if step is None else check_count(step, "step")
         return _engine.sample_batch(self._target_spec, self._sampler, self.seed, step, self.batch_size, self.seq_len)
 
     # ---- training --------------------------------------------------------------------------
-    def fit(self, steps, log_every=100, callbacks=(), progress=True) -> pd.DataFrame:
+    def fit(self, steps: int, log_every: int = 100,
+            callbacks: Sequence[Callback | Callable[[Trainer], dict | None]] = (),
+            progress: bool = True) -> pd.DataFrame:
         """Train for ``steps`` more steps; returns the whole history so far.
 
         Each history row summarises ``log_every`` steps: mean training loss and accuracy,
@@ -328,7 +336,7 @@ class Trainer:
                                lr=float(lr[-1]), grad_norm=float(gn.mean()),
                                time=time.perf_counter() - started, **extra))
 
-    def step(self, x, y) -> float:
+    def step(self, x: ArrayLike, y: ArrayLike) -> float:
         """One update on the given batch; returns its loss (before the update). A seq2seq model takes
         label sequences y (batch, n) and teacher forcing."""
         if self._seq2seq:
@@ -339,14 +347,14 @@ class Trainer:
         self._optimizer_offset += 1  # the data stream's position (step_count) did not move
         return value
 
-    def save_checkpoint(self, path) -> None:
+    def save_checkpoint(self, path: PathLike) -> None:
         """Save model, optimizer state, data-stream position and history atomically."""
         from . import checkpoint
 
         self._refuse_during_fit_elsewhere("save_checkpoint")
         checkpoint.save(self, path)
 
-    def load_checkpoint(self, path) -> None:
+    def load_checkpoint(self, path: PathLike) -> None:
         """Restore a checkpoint of an equivalent trainer; training then continues bit-identically.
 
         A damaged file or one from a different setup raises ``CheckpointError`` and changes
@@ -363,7 +371,8 @@ class Trainer:
         return pd.DataFrame(self._rows)
 
     # ---- evaluation ------------------------------------------------------------------------
-    def evaluate(self, batches=10, batch_size=None, exact=None, seed=None) -> dict:
+    def evaluate(self, batches: int = 10, batch_size: int | None = None, exact: bool | None = None,
+                 seed: int | None = None) -> dict:
         """Loss and accuracy of the current model on the training distribution.
 
         Exact over all 2^n inputs when ``exact`` (default when n <= 16 with uniform inputs),
