@@ -2,6 +2,7 @@
 refused or consistent, never a file mixing two steps; checkpoints with disagreeing counters are
 refused."""
 
+import pickle
 import threading
 
 import numpy as np
@@ -93,3 +94,18 @@ def test_steps_outside_fit_are_accounted_for(tmp_path):
     trainer.optimizer.step()  # the optimizer stepped behind the trainer's back
     with pytest.raises(RuntimeError, match="optimizer has taken 12 steps but the trainer accounts for 11"):
         trainer.save_checkpoint(path)
+
+
+def test_one_fit_at_a_time_per_trainer():
+    trainer = _trainer()
+    stop, thread = _fit_in_background(trainer)
+    try:
+        with pytest.raises(RuntimeError, match="already inside fit"):
+            trainer.fit(5, progress=False)
+        with pytest.raises(RuntimeError, match="pickling the trainer refused"):
+            pickle.dumps(trainer)
+    finally:
+        stop.set()
+        thread.join()
+    assert trainer.step_count == trainer.optimizer.step_count  # the refused calls changed nothing
+    pickle.dumps(trainer)  # fine once fit has returned

@@ -189,3 +189,18 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
+
+
+def test_saves_fsync_the_file_and_its_directory(tmp_path, monkeypatch):
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(stat.S_IFMT(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _model().save(tmp_path / "m.npz")
+    assert synced == [stat.S_IFREG, stat.S_IFDIR]  # the data before the rename, the rename after it

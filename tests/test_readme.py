@@ -7,6 +7,8 @@ instead: the only patch, applied by ``_patched`` below and checked to have match
 """
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,13 @@ def test_readme_python_and_probing_blocks_run_verbatim(tmp_path, monkeypatch):
     assert evaluation["accuracy"] == 1.0  # the README's claim: it learns PARITY of 10 bits
     assert type(namespace["torch_module"]).__name__ == "TorchReference"
     exec(compile(_section_block("Probing"), "README: Probing", "exec"), namespace)
+
+
+def test_interop_is_an_attribute_that_imports_torch_only_when_used():
+    script = ("import sys, sensiformer as sf; assert 'torch' not in sys.modules; "
+              "assert 'interop' in dir(sf); f = sf.interop.to_torch; assert 'torch' not in sys.modules; "
+              "import sensiformer.interop; assert sensiformer.interop is sf.interop")
+    subprocess.run([sys.executable, "-c", script], check=True)
 
 
 def _patched(block):

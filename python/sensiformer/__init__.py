@@ -43,6 +43,10 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))  # tab completion lists sf.interop too
+
+
 __all__ = [
     "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "NonFiniteParametersError", "Optimizer", "SGD", "Seq2SeqTransformer", "Trainer", "Transformer",
     "get_num_threads", "interop", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",

@@ -245,30 +245,35 @@ class Trainer:
 
         end = self.step_count + steps
         window = []
-        self._enter_fit()
-        bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=True)
-        started = time.perf_counter()
-        self.status = "running"
-        try:
-            self._fit_loop(end, log_every, callbacks, window, started, bar, progress)
-            self.status = "ok"
-        except BaseException as err:
-            # Ctrl-C or an error in a callback between C chunks: keep what finished
-            if self.status == "running":
-                self._absorb_chunk(window)
-                self._log(window, started, {})
-                self.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            raise
-        finally:
-            bar.close()
-            self._fit_thread = None
+        with self._inside_fit():
+            bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=True)
+            started = time.perf_counter()
+            self.status = "running"
+            try:
+                self._fit_loop(end, log_every, callbacks, window, started, bar, progress)
+                self.status = "ok"
+            except BaseException as err:
+                # Ctrl-C or an error in a callback between C chunks: keep what finished
+                if self.status == "running":
+                    self._absorb_chunk(window)
+                    self._log(window, started, {})
+                    self.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                raise
+            finally:
+                bar.close()
         return self.history
 
-    def _enter_fit(self):
+    @contextlib.contextmanager
+    def _inside_fit(self):
+        """Mark the trainer as inside fit in this thread (other threads' checkpoints are refused)."""
         with _FIT_LOCK:  # two threads starting fit on one trainer: exactly one wins
             if self._fit_thread is not None:
                 raise RuntimeError("this trainer is already inside fit (one fit at a time per trainer)")
             self._fit_thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._fit_thread = None
 
     def _refuse_during_fit_elsewhere(self, what):
         """Checkpoints read or write the trainer's bookkeeping, which fit updates between its C
