@@ -55,7 +55,9 @@ def test_python_side_access_during_fit_is_refused_or_consistent(tmp_path):
                                ("flat", lambda: setattr(model, "flat", model.flat.copy())),
                                ("load_state_dict", lambda: model.load_state_dict(model.state_dict())),
                                ("astype", lambda: model.astype("float64")),
-                               ("optimizer", lambda: trainer.optimizer.state_dict())):
+                               ("optimizer", lambda: trainer.optimizer.state_dict()),
+                               ("param_norm", lambda: sf.probes.param_norm(model)),
+                               ("pickle", lambda: pickle.dumps(model))):
                 try:
                     call()
                 except RuntimeError as err:
@@ -65,7 +67,7 @@ def test_python_side_access_during_fit_is_refused_or_consistent(tmp_path):
         stop.set()
         thread.join()
     assert refused["save_checkpoint"] == refused["load_checkpoint"] == 40  # always, from another thread
-    assert refused["save"] > 0 and refused["flat"] > 0  # refused while a C stretch runs
+    assert refused["save"] > 0 and refused["flat"] > 0 and refused["param_norm"] > 0  # while a C stretch runs
     assert not (tmp_path / "ck.npz").exists()
     for path in tmp_path.glob("m*.npz"):  # whatever was saved is one whole model
         assert sf.load(path).num_parameters == model.num_parameters

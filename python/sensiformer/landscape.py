@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 def _private_copy(model):
     """``(work, theta)``: a copy of the model to perturb, and its parameters."""
     model.require_finite("the landscape probes")
-    return model.copy(), model.flat.copy()
+    work = model.copy()
+    return work, work.flat.copy()  # theta from the same snapshot as the copy
 
 
 def _data(model, x, y, loss, decoder_input=None):
@@ -201,7 +202,7 @@ def random_direction(model: EngineModel, seed: int = 0, normalization: str | Non
         raise ValueError(f"ignore must be 'biasbn' or None; got {ignore!r}")
     rng = np.random.default_rng(check_seed(seed))
     d = rng.standard_normal(model.num_parameters)
-    theta = model.flat.astype(np.float64)
+    theta = model.flat_snapshot().astype(np.float64)
     for t in model.tensor_info:
         sl = slice(t["offset"], t["offset"] + t["size"])
         if len(t["shape"]) == 1:
@@ -257,7 +258,7 @@ def _direction(model, x, y, spec, seed, normalization, ignore, exclude, block, l
         raise ValueError(f"need {count} direction arrays, got {len(arrays)}")
     out = []
     for a in arrays:
-        a = np.asarray(a.flat if hasattr(a, "flat") and hasattr(a, "tensor_info") else a, dtype=np.float64)
+        a = np.asarray(a.flat_snapshot() if hasattr(a, "tensor_info") else a, dtype=np.float64)
         if a.shape != (model.num_parameters,) or not np.all(np.isfinite(a)):
             raise ValueError(f"a direction must be a finite array of shape ({model.num_parameters},)")
         out.append(a.copy())
@@ -298,10 +299,10 @@ def landscape_1d(model: EngineModel, x: ArrayLike, y: ArrayLike, direction: str 
     """
     x, y, extra = _data(model, x, y, loss, decoder_input)
     if target is not None:
-        t = np.asarray(target.flat if hasattr(target, "tensor_info") else target, dtype=np.float64)
+        t = np.asarray(target.flat_snapshot() if hasattr(target, "tensor_info") else target, dtype=np.float64)
         if t.shape != (model.num_parameters,):
             raise ValueError(f"target must have {model.num_parameters} parameters, got shape {t.shape}")
-        d = t - model.flat.astype(np.float64)
+        d = t - model.flat_snapshot().astype(np.float64)
         alphas = _grid(alphas, np.linspace(0, 1, 21), "alphas")
     else:
         d = _direction(model, x, y, direction, seed, normalization, ignore, exclude, block, loss, n_threads, 1,

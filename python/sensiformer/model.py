@@ -128,6 +128,12 @@ class _EngineModel:
         with self._exclusive("setting flat"):
             self._flat[...] = values
 
+    def flat_snapshot(self) -> np.ndarray:
+        """A copy of ``flat`` taken under the busy guard: never from the middle of a training step
+        running in another thread (that raises ``RuntimeError`` instead)."""
+        with self._exclusive("reading the parameters"):
+            return self._flat.copy()
+
     @property
     def flat_grad(self) -> np.ndarray:
         """The gradient buffer as one flat view."""
@@ -192,8 +198,7 @@ class _EngineModel:
     def astype(self, dtype: DType) -> _EngineModel:
         """A copy with parameters converted to ``dtype`` (e.g. probe a float32 model in float64)."""
         other = type(self)(**self._constructor_args(dtype=np.dtype(dtype).name))
-        with self._exclusive("astype"):
-            source = self._flat.copy()
+        source = self.flat_snapshot()
         if other.dtype == self.dtype:
             other._flat[...] = source
         else:  # refuse float64 parameters beyond float32's range rather than turn them into inf
@@ -213,9 +218,7 @@ class _EngineModel:
         return self.copy()
 
     def __reduce__(self):
-        with self._exclusive("pickling"):
-            flat = self._flat.copy()
-        return _restore_model, (type(self), self.config, flat)
+        return _restore_model, (type(self), self.config, self.flat_snapshot())
 
     def reinitialize(self, seed: int | None = None) -> None:
         """Draw fresh initial parameters (with ``seed``, default the constructor's)."""
@@ -227,8 +230,7 @@ class _EngineModel:
 
         Non-finite parameters raise ``FloatingPointError`` (``load`` would refuse the file).
         """
-        with self._exclusive("save"):
-            flat = self._flat.copy()
+        flat = self.flat_snapshot()
         self.require_finite("save", flat)
         arrays = {f"param/{t['name']}": self._view(flat, t) for t in self._tensors}
         meta = json.dumps(dict(format_version=FORMAT_VERSION, kind=self._kind_name, config=self._config))

@@ -272,26 +272,28 @@ def param_norm(model: EngineModel, exclude: Exclude = ("positional",)) -> float:
     """L2 norm of all parameters except the excluded ones (the paper excludes positional
     embeddings; its initial value is about 35.8 for the default d=128 model)."""
     mask = tensor_mask(model, exclude)
+    flat = model.flat_snapshot()
     total = 0.0
     for t, keep in zip(model.tensor_info, mask):
         if keep:
-            seg = model.flat[t["offset"]:t["offset"] + t["size"]].astype(np.float64)
+            seg = flat[t["offset"]:t["offset"] + t["size"]].astype(np.float64)
             total += float(seg @ seg)
     return float(np.sqrt(total))
 
 
 def tensor_norms(model: EngineModel) -> dict:
     """Frobenius norm of every parameter tensor, keyed by name."""
-    return {name: float(np.linalg.norm(p.astype(np.float64))) for name, p in model.parameters().items()}
+    return {name: float(np.linalg.norm(p.astype(np.float64))) for name, p in model.state_dict().items()}
 
 
 def distance(model: EngineModel, reference: EngineModel | ArrayLike, exclude: Exclude = ("positional",)) -> float:
     """L2 distance between the parameters of two models of the same shape (e.g. from init), or
     between a model and a flat parameter array laid out like ``model.flat``."""
     # a model has tensor_info; NumPy arrays have a .flat too, so that cannot tell them apart
-    ref_flat = reference.flat if hasattr(reference, "tensor_info") else as_finite_array(reference, "reference",
-                                                                                         np.float64)
-    if ref_flat.shape != model.flat.shape:
+    ref_flat = reference.flat_snapshot() if hasattr(reference, "tensor_info") else as_finite_array(
+        reference, "reference", np.float64)
+    flat = model.flat_snapshot()
+    if ref_flat.shape != flat.shape:
         raise ValueError(f"reference must have {model.flat.shape[0]} parameters (the model's), got shape "
                          f"{ref_flat.shape}")
     mask = tensor_mask(model, exclude)
@@ -299,7 +301,7 @@ def distance(model: EngineModel, reference: EngineModel | ArrayLike, exclude: Ex
     for t, keep in zip(model.tensor_info, mask):
         if keep:
             sl = slice(t["offset"], t["offset"] + t["size"])
-            diff = model.flat[sl].astype(np.float64) - ref_flat[sl].astype(np.float64)
+            diff = flat[sl].astype(np.float64) - ref_flat[sl].astype(np.float64)
             total += float(diff @ diff)
     return float(np.sqrt(total))
 
