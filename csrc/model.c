@@ -63,17 +63,18 @@ sf_status sf_config_check(const sf_config *c) {
     if (c->kind != SF_MODEL_ENCODER && c->kind != SF_MODEL_SEQ2SEQ)
         return sf_fail(SF_EINVAL, "unknown model kind %d", c->kind);
     if (c->n_positions < 1) return sf_fail(SF_EINVAL, "n_positions must be >= 1, got %d", c->n_positions);
-    if (c->n_positions > (1 << 20))
-        return sf_fail(SF_EINVAL, "n_positions must be <= %d, got %d", 1 << 20, c->n_positions);
+    if (c->n_positions > SF_MAX_POSITIONS)
+        return sf_fail(SF_EINVAL, "n_positions must be <= %d, got %d", SF_MAX_POSITIONS, c->n_positions);
     if (c->d_model < 2 || c->d_model % 2)
         return sf_fail(SF_EINVAL, "d_model must be even and >= 2 (token and position halves), got %d", c->d_model);
     if (c->n_heads < 1) return sf_fail(SF_EINVAL, "n_heads must be >= 1, got %d", c->n_heads);
     if (c->d_model % c->n_heads)
         return sf_fail(SF_EINVAL, "d_model (%d) must be divisible by n_heads (%d)", c->d_model, c->n_heads);
-    if (c->d_model > 65536) return sf_fail(SF_EINVAL, "d_model must be <= 65536, got %d", c->d_model);
+    if (c->d_model > SF_MAX_D_MODEL)
+        return sf_fail(SF_EINVAL, "d_model must be <= %d, got %d", SF_MAX_D_MODEL, c->d_model);
     if (c->n_layers < 1 || c->n_layers > SF_MAX_LAYERS)
         return sf_fail(SF_EINVAL, "n_layers must be in [1, %d], got %d", SF_MAX_LAYERS, c->n_layers);
-    if (c->d_ff < 1 || c->d_ff > (1 << 20)) return sf_fail(SF_EINVAL, "d_ff must be in [1, 2^20], got %d", c->d_ff);
+    if (c->d_ff < 1 || c->d_ff > SF_MAX_D_FF) return sf_fail(SF_EINVAL, "d_ff must be in [1, 2^20], got %d", c->d_ff);
     if (c->norm < SF_NORM_POST || c->norm > SF_NORM_NONE) return sf_fail(SF_EINVAL, "norm must be post, pre or none");
     if (!(c->ln_eps >= 0) || !isfinite(c->ln_eps))
         return sf_fail(SF_EINVAL, "ln_eps must be finite and >= 0, got %g", c->ln_eps);

@@ -60,8 +60,11 @@ extern "C" {
 #define SF_SCHEDULE_KIND_LIST(X) X(SF_SCHED_CONSTANT, 0, "constant") X(SF_SCHED_WARMUP_COSINE, 1, "cosine")
 /* Limits (plain numbers) */
 #define SF_LIMIT_LIST(X)                                                                                      \
-    X(SF_SOS, 2, "sos")                /* the seq2seq decoder's start token */                                \
-    X(SF_MAX_LAYERS, 64, "max_layers") /* layers of a stack (encoder; seq2seq decoder) */
+    X(SF_SOS, 2, "sos")                         /* the seq2seq decoder's start token */                       \
+    X(SF_MAX_LAYERS, 64, "max_layers")          /* layers of a stack (encoder; seq2seq decoder) */            \
+    X(SF_MAX_POSITIONS, 1 << 20, "max_positions")                                                             \
+    X(SF_MAX_D_MODEL, 65536, "max_d_model")                                                                   \
+    X(SF_MAX_D_FF, 1 << 20, "max_d_ff")
 
 /* Every list, with the name of its vocabulary. */
 #define SF_VOCABULARIES(X)                                                                                    \

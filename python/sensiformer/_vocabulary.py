@@ -27,3 +27,6 @@ OPTIMIZERS = _WORDS["optimizer_kind"]
 SCHEDULES = _WORDS["schedule_kind"]
 SOS = _WORDS["limit"]["sos"]  #: the seq2seq decoder's start token
 MAX_LAYERS = _WORDS["limit"]["max_layers"]  #: layers of one stack
+MAX_POSITIONS = _WORDS["limit"]["max_positions"]
+MAX_D_MODEL = _WORDS["limit"]["max_d_model"]
+MAX_D_FF = _WORDS["limit"]["max_d_ff"]

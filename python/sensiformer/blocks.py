@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from .model import TENSOR_KINDS
+from ._vocabulary import TENSOR_KINDS
 from .probes import tensor_mask
 
 _HEAD_SPEC = re.compile(r"^(?P<prefix>.+)\.(?P<part>[qkvo])(?:\[head=(?P<head>\d+|\*)\])?$")

@@ -32,7 +32,7 @@ from ._validation import (as_finite_array, check_choice, check_float, check_int,
                           resolve_threads)
 from .blocks import block_indices
 from .estimate import Estimate
-from .model import LOSSES
+from ._vocabulary import LOSSES
 from .probes import _seq_batches
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ import numpy as np
 from ._validation import as_tokens, as_values, check_choice, check_float, check_int, check_seed
 from .blocks import block_indices
 from .hessian import hessian_eigenvalues
-from .model import LOSSES
+from ._vocabulary import LOSSES
 
 if TYPE_CHECKING:
     from ._typing import ArrayLike, BlockSpec, EngineModel, Exclude, Sequence

@@ -12,6 +12,8 @@ import numpy as np
 
 from . import _engine
 from ._files import save_npz_atomically
+from ._vocabulary import (ACTIVATIONS, DTYPES, LOSSES, MAX_D_FF, MAX_D_MODEL, MAX_LAYERS, MAX_POSITIONS, NORMS,
+                          TENSOR_KINDS)
 from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
 
@@ -19,15 +21,7 @@ if TYPE_CHECKING:
     from ._typing import ArrayLike, DType, Mapping, PathLike
     from .seq2seq import Seq2SeqTransformer
 
-NORMS = {"post": 0, "pre": 1, "none": 2}
-ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_tanh": 2}
-DTYPES = {"float32": 0, "float64": 1}
-LOSSES = {"mse": 0, "bce": 1}
-# sf_tensor_kind in csrc/sf.h
-TENSOR_KINDS = ("token_embedding", "positional", "weight", "bias", "norm_weight", "norm_bias")
 FORMAT_VERSION = 1
-# the engine's size limits (csrc/model.c, SF_MAX_LAYERS in csrc/engine.h)
-MAX_POSITIONS, MAX_D_MODEL, MAX_D_FF, MAX_LAYERS = 1 << 20, 65536, 1 << 20, 64
 # tokens per engine call when a caller streams many inputs through forward: bounds the
 # activation workspace (a few MB at d_model=128) whatever the number of inputs
 FORWARD_TOKENS = 1 << 14

@@ -13,12 +13,11 @@ import numpy as np
 
 from . import _engine
 from ._validation import as_finite_array, check_bool, check_choice, check_count, check_float, resolve_threads
+from ._vocabulary import OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
     from ._typing import Any, EngineModel
 
-_KINDS = {"adamw": 0, "adam": 1, "sgd": 2}
-_SCHEDULES = {"constant": 0, "cosine": 1}
 
 
 class Optimizer:
@@ -47,7 +46,7 @@ class Optimizer:
                  dampening: float = 0.0, nesterov: bool = False) -> None:
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair, got {betas!r}")
-        check_choice(schedule, "schedule", tuple(_SCHEDULES))
+        check_choice(schedule, "schedule", tuple(SCHEDULES))
         self.hyper = dict(
             lr=check_float(lr, "lr", 0.0), beta1=check_float(betas[0], "betas[0]", 0.0, 1.0 - 1e-16),
             beta2=check_float(betas[1], "betas[1]", 0.0, 1.0 - 1e-16), eps=check_float(eps, "eps", 0.0),
@@ -74,8 +73,8 @@ class Optimizer:
             return self
         h = self.hyper
         self._engine = _engine.Optimizer(
-            model._engine, _KINDS[self._kind], h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"],
-            h["momentum"], h["dampening"], h["nesterov"], h["decay_all"], _SCHEDULES[h["schedule"]],
+            model._engine, OPTIMIZERS[self._kind], h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"],
+            h["momentum"], h["dampening"], h["nesterov"], h["decay_all"], SCHEDULES[h["schedule"]],
             h["warmup_steps"], h["total_steps"], h["min_lr"], h["clip_norm"])
         self._model = model
         return self

@@ -27,7 +27,7 @@ from . import _engine
 from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
 from .estimate import Estimate
-from .model import LOSSES, TENSOR_KINDS
+from ._vocabulary import LOSSES, TENSOR_KINDS
 
 if TYPE_CHECKING:
     from ._typing import ArrayLike, EngineModel, Exclude

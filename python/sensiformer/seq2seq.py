@@ -11,14 +11,13 @@ import numpy as np
 from . import _engine
 from ._validation import (REAL_KINDS, as_tokens, check_bool, check_choice, check_float, check_int, check_seed,
                           quiet_cast, resolve_threads)
-from .model import ACTIVATIONS, DTYPES, LOSSES, MAX_LAYERS, _dtype_name, _EngineModel, check_sizes
+from ._vocabulary import ACTIVATIONS, DTYPES, LOSSES, MAX_LAYERS, MODEL_KINDS, NORMS, SOS
+from .model import _dtype_name, _EngineModel, check_sizes
 
 if TYPE_CHECKING:
     from ._typing import ArrayLike, DType
 
-SOS = 2  #: the decoder's start token
-_SEQ2SEQ_KIND = 1  # sf_model_kind in csrc/sf.h
-_NORMS = {"post": 0, "pre": 1}
+_NORMS = {name: NORMS[name] for name in ("post", "pre")}  # nn.Transformer's norm_first; no 'none' 
 
 
 def _as_labels(y, name, rows, dtype):
@@ -122,7 +121,7 @@ class Seq2SeqTransformer(_EngineModel):
                             activation=activation, dtype=dtype, seed=seed, identical_layers=bool(identical_layers))
         self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, _NORMS[norm], True, ln_eps,
                                      ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
-                                     kind=_SEQ2SEQ_KIND, n_decoder_layers=n_decoder_layers)
+                                     kind=MODEL_KINDS["seq2seq"], n_decoder_layers=n_decoder_layers)
         self._bind_buffers()
 
     def __repr__(self):

@@ -31,9 +31,10 @@ import numpy as np
 from . import _engine
 from ._validation import (MAX_TABLE_N, as_tokens, as_truth_table, check_choice, check_count, check_float,
                           check_int, check_memory, check_seed)
+from ._vocabulary import TARGET_KINDS
 
-# sf_target_kind in csrc/sf.h
-_PARITY, _MAJORITY, _FIRST, _MEAN, _TABLE, _SPARSE_PARITY, _JUNTA, _FOURIER = range(8)
+_PARITY, _MAJORITY, _FIRST, _MEAN, _TABLE, _SPARSE_PARITY, _JUNTA, _FOURIER = (
+    TARGET_KINDS[k] for k in ("parity", "majority", "first", "mean", "table", "sparse_parity", "junta", "fourier"))
 CALLABLE_TABLE_MAX_N = 24  #: largest n at which a ``Callable`` is tabulated for the C loop
 _TABLE_CHUNK = 1 << 16  # rows per evaluation when tabulating
 SCALES = ("01", "pm1")

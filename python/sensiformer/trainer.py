@@ -14,7 +14,8 @@ import pandas as pd
 from . import _engine
 from ._validation import (MAX_INT64, as_tokens, as_values, check_bool, check_choice, check_count, check_int,
                           check_seed, resolve_threads)
-from .model import FORWARD_TOKENS, LOSSES
+from ._vocabulary import LOSSES, SAMPLERS
+from .model import FORWARD_TOKENS
 from .optim import AdamW, Optimizer
 from .seq2seq import Seq2SeqTransformer
 from .targets import Target, all_inputs, inputs_from_indices
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ._typing import ArrayLike, Callable, EngineModel, PathLike, Sequence
 
 # sf_sampler_kind in csrc/sf.h
-_UNIFORM, _SUBSET, _DATASET = range(3)
+_UNIFORM, _SUBSET, _DATASET = SAMPLERS["uniform"], SAMPLERS["subset"], SAMPLERS["dataset"]
 # engine status codes (csrc/sf.h)
 _OK, _EINVAL, _ENOMEM, _EINTR, _ENUMERIC = range(5)
 _EXACT_EVAL_MAX_N = 16
