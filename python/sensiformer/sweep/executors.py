@@ -82,6 +82,9 @@ class Backend:
         for f in futures:
             f.cancel()
 
+    def release(self, future):
+        """Forget a finished run whose result is stored (the executor need not keep it)."""
+
     def close(self, interrupted=False):
         pass
 
@@ -221,6 +224,9 @@ class DaskBackend(Backend):
 
     def cancel(self, futures):
         self.client.cancel(list(futures))
+
+    def release(self, future):
+        future.release()  # the scheduler forgets the result: a lost worker does not recompute it
 
     def close(self, interrupted=False):
         if self._topic is not None:

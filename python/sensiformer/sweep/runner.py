@@ -168,22 +168,52 @@ def _final_probes_seq2seq(trainer, cfg):
     return {k: _finite(v) for k, v in probe(trainer).items()}
 
 
-def _build(cfg, n_threads):
-    """(model, optimizer, trainer, training subset or None) of a run: the official encoder, or the
-    scratchpad encoder-decoder trained by teacher forcing on the target's prefix labels (PARITY:
-    the prefix parities)."""
+def _model_and_optimizer(cfg):
     import sensiformer as sf
 
     arch = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff, norm=cfg.norm,
                 ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
     schedule = dict(schedule="cosine", total_steps=cfg.steps) if cfg.lr_schedule == "cosine" else {}
     optimizer = sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay, **schedule)
+    kind = sf.Seq2SeqTransformer if cfg.model == "scratchpad" else sf.Transformer
+    return kind(cfg.positions, **arch), optimizer
+
+
+def check_buildable(configs) -> None:
+    """Build each distinct model and optimizer of ``configs`` once, in this process, so a setting
+    the engine refuses (d_model not divisible by n_heads, say) raises here, naming it, instead
+    of failing every run on the workers.
+
+    Raises
+    ------
+    ValueError
+        The first configuration that cannot be built, with the model's or optimizer's message.
+    """
+    seen = set()
+    for cfg in configs:
+        shape = (cfg.model, cfg.positions, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.d_ff, cfg.norm, cfg.ln_eps,
+                 cfg.dtype, cfg.lr, cfg.weight_decay, cfg.lr_schedule, cfg.steps)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        try:
+            _model_and_optimizer(cfg)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"run {cfg.key} (target {cfg.target}, n={cfg.n}, d_model={cfg.d_model}, "
+                             f"n_heads={cfg.n_heads}) cannot be built: {err}") from None
+
+
+def _build(cfg, n_threads):
+    """(model, optimizer, trainer, training subset or None) of a run: the official encoder, or the
+    scratchpad encoder-decoder trained by teacher forcing on the target's prefix labels (PARITY:
+    the prefix parities)."""
+    import sensiformer as sf
+
+    model, optimizer = _model_and_optimizer(cfg)
     if cfg.model == "scratchpad":
-        model = sf.Seq2SeqTransformer(cfg.positions, **arch)
         trainer = sf.Trainer(model, targets.Prefix(_target(cfg)), optimizer=optimizer, batch_size=cfg.batch_size,
                              seed=cfg.seed, n_threads=n_threads)
         return model, optimizer, trainer, None
-    model = sf.Transformer(cfg.positions, **arch)
     _initialise(model, cfg.init, cfg.seed)
     subset = None
     if cfg.train_subset is not None:

@@ -106,12 +106,21 @@ class Store:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"directory {self.path.parent} does not exist")
+        if self.path.is_dir():
+            raise ValueError(f"the store {self.path} is a directory; give a file, e.g. {self.path / 'results.db'}")
         self.timeout = float(timeout)
         self._conn = None
-        conn = self._raw()
-        conn.executescript(_SCHEMA)
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        version = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0]
+        try:
+            conn = self._raw()
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            version = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0]
+        except sqlite3.OperationalError:  # locked, unreadable, ...: SQLite's own message says it
+            self.close()
+            raise
+        except sqlite3.DatabaseError as err:  # not a database, or one without our tables' shape
+            self.close()
+            raise ValueError(f"{self.path} is not a sensiformer results store (SQLite): {err}") from None
         if int(version) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} has schema version {version}; this sensiformer reads up to "
                                f"{SCHEMA_VERSION}: upgrade sensiformer")
