@@ -180,6 +180,19 @@ class FuturesBackend(Backend):
         return cf.as_completed(futures)
 
 
+#: seconds to reach a Dask scheduler given by address: a running one answers in milliseconds, and
+#: a wrong address should fail while the user still waits for it (Dask's default is 30 s)
+CONNECT_TIMEOUT = 5
+
+
+def _connect(distributed, address):
+    try:
+        return distributed.Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT)
+    except OSError as err:  # refused, unresolvable, timed out
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address} (within {CONNECT_TIMEOUT} s): is it "
+                              f"running, and is that its address? ({err})") from None
+
+
 class DaskBackend(Backend):
     """A dask.distributed cluster: ``"tcp://host:port"`` (connect, and close the connection
     afterwards) or an existing ``distributed.Client`` (left open). Each run uses one thread
@@ -195,7 +208,7 @@ class DaskBackend(Backend):
                               "pip install 'sensiformer[sweep]'") from err
         self._distributed = distributed
         if isinstance(client_or_address, str):
-            self.client = distributed.Client(client_or_address, set_as_default=False)
+            self.client = _connect(distributed, client_or_address)
             self._own = True
         else:
             self.client = client_or_address

@@ -52,16 +52,15 @@ def _static_provenance():
 
     info = sf.show_config(print_out=False)
     return dict(version=sf.__version__, git_commit=_git_commit(), build=info.get("build_flags"),
-                cpu_path=info.get("cpu_path"),
-                openmp=str(info.get("openmp")), host=socket.gethostname(), python=platform.python_version(),
+                cpu_path=info.get("cpu_path"), openmp=str(info.get("openmp")), python=platform.python_version(),
                 numpy=np.__version__)
 
 
 def provenance(n_threads, seed) -> dict:
     """Where and how a run executed: package version, git commit, engine build and CPU path,
-    thread count, seed, host."""
+    thread count, seed, and the host and process id of the worker that ran it."""
     prov = dict(_static_provenance())
-    prov.update(n_threads=int(n_threads), seed=int(seed))
+    prov.update(n_threads=int(n_threads), seed=int(seed), host=socket.gethostname(), pid=os.getpid())
     return prov
 
 
