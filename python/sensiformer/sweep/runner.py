@@ -32,10 +32,12 @@ CONVERGED_AUTOREGRESSIVE = 0.999
 
 @functools.lru_cache(maxsize=1)
 def _git_commit():
-    """The git commit of the package source (``+dirty`` when it has local changes), or None."""
+    """The git commit of the package source (``+dirty`` when it has local changes): read from the
+    checkout for an editable or in-place build, else the one the build recorded in
+    ``sensiformer/_build_info.py`` (written when the sdist or wheel is made); None if neither."""
     root = Path(__file__).resolve().parents[3]
     if not (root / ".git").exists():
-        return None
+        return _recorded_commit()
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
@@ -44,6 +46,14 @@ def _git_commit():
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
+
+
+def _recorded_commit():
+    try:
+        from .._build_info import GIT_COMMIT
+    except ImportError:
+        return None
+    return GIT_COMMIT
 
 
 @functools.lru_cache(maxsize=1)
