@@ -131,7 +131,7 @@ def test_dry_run_estimate_is_the_order_of_the_measured_cost(tmp_path):
     from sensiformer import experiments, sweep
     from sensiformer.sweep import cost
 
-    exp = experiments.scaling(preset="ci", steps=1500)
+    exp = experiments.scaling(preset="ci", steps=800, targets=("parity", "first"))
     estimate = cost.cpu_seconds(exp.configs()).sum()
     store = sweep.run(exp, tmp_path / "r.db", executor="serial", n_threads=1, progress=False)
     measured = store.runs(sweep=exp.sweep)["cpu_seconds"].sum()
@@ -149,7 +149,7 @@ def test_sigterm_stops_a_cli_sweep_and_its_workers_and_a_rerun_resumes(tmp_path)
     psutil = pytest.importorskip("psutil")
     db = tmp_path / "r.db"
     command = [sys.executable, "-m", "sensiformer", "sweep", "scaling", "--preset", "ci", "--executor", "processes",
-               "--workers", "2", "--store", str(db), "--set", "steps=4000", "--set", "targets=parity,first",
+               "--workers", "2", "--store", str(db), "--set", "steps=2500", "--set", "targets=parity,first",
                "--no-progress"]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -165,7 +165,11 @@ def test_dask_local_cluster(tmp_path):
     assert comparable(runs[runs["key"] == ref["key"][0]]).equals(comparable(ref)), "same bits on Dask workers"
 
 
-def test_ctrl_c_stops_a_local_pool_and_its_workers(tmp_path):
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, "KeyboardInterrupt"), (signal.SIGTERM, "Terminated")])
+def test_ctrl_c_or_sigterm_stops_a_local_pool_and_its_workers(tmp_path, signum, raised):
+    """SIGTERM (SLURM's cancel) is handled as Ctrl-C by a sweep run from the main thread: it
+    raises ``sweep.Terminated``, a KeyboardInterrupt, after stopping the workers, and puts
+    Python's default handling back."""
     psutil = pytest.importorskip("psutil")
     db = tmp_path / "r.db"
     script = textwrap.dedent(f"""
@@ -179,8 +183,9 @@ def test_ctrl_c_stops_a_local_pool_and_its_workers(tmp_path):
                                  measure_batches=2, eval_batches=2) for s in range(4)]
             try:
                 sweep.run_configs(configs, {str(db)!r}, executor="processes", max_workers=2, progress=False)
-            except KeyboardInterrupt:
-                print("interrupted", flush=True)
+            except KeyboardInterrupt as err:
+                print("interrupted", type(err).__name__, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
+                      flush=True)
     """)
     path = tmp_path / "driver.py"
     path.write_text(script)
@@ -193,12 +198,12 @@ def test_ctrl_c_stops_a_local_pool_and_its_workers(tmp_path):
             workers = [p for p in parent.children(recursive=True) if p.cpu_times().user > 0.2]
             time.sleep(0.2)
         assert len(workers) >= 2, "the pool's workers are busy"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "interrupted" in out
+    assert f"interrupted {raised} True" in out
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, "no worker keeps running after Ctrl-C"
     assert len(Store(db)) == 0

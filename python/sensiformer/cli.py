@@ -405,6 +405,8 @@ def _stopped(args, interrupt) -> str:
 
     with Store(path) as store:
         stored = len(store)
+    if stored == 0:
+        return f"{what} before any run finished; run the same command again to start"
     return (f"{what}: {stored} finished run(s) are stored in {path}; run the same command again to resume "
             f"(stored runs are skipped)")
 

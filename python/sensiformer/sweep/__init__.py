@@ -29,7 +29,8 @@ from .runner import check_buildable, execute, provenance
 from .store import Store
 
 __all__ = ["CONVERGED_MSE", "HASH_VERSION", "RunConfig", "Store", "SweepResult", "Terminated", "as_config",
-           "check_buildable", "execute", "hex_to_table", "provenance", "run", "run_configs", "table_to_hex", "usable_cpus"]
+           "check_buildable", "execute", "hex_to_table", "provenance", "run", "run_configs", "table_to_hex",
+           "usable_cpus"]
 
 
 class SweepFailures(RuntimeWarning):
@@ -173,13 +174,17 @@ def run(experiment, store="results.db", executor=None, max_workers=None, n_threa
     """
     store = _as_store(store)
     if hasattr(experiment, "stages") and hasattr(experiment, "sweep"):
-        for stage in experiment.stages:
-            if stages is not None and stage.name not in stages:
-                continue
-            configs = stage.build(store)
-            run_configs(configs, store, executor=executor, sweep=experiment.stage_sweep(stage),
-                        max_workers=max_workers, n_threads=n_threads, progress=progress, run_progress=run_progress)
+        with terminate_as_interrupt():  # also between stages
+            _run_stages(experiment, store, stages, executor=executor, max_workers=max_workers,
+                         n_threads=n_threads, progress=progress, run_progress=run_progress)
         return store
     run_configs(experiment, store, executor=executor, max_workers=max_workers, n_threads=n_threads,
                 progress=progress, run_progress=run_progress)
     return store
+
+
+def _run_stages(experiment, store, stages, **options):
+    for stage in experiment.stages:
+        if stages is not None and stage.name not in stages:
+            continue
+        run_configs(stage.build(store), store, sweep=experiment.stage_sweep(stage), **options)
