@@ -177,15 +177,19 @@ def _final_probes_seq2seq(trainer, cfg):
     return {k: _finite(v) for k, v in probe(trainer).items()}
 
 
-def _model_and_optimizer(cfg):
+def _model(cfg):
     import sensiformer as sf
 
-    arch = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff, norm=cfg.norm,
-                ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
-    schedule = dict(schedule="cosine", total_steps=cfg.steps) if cfg.lr_schedule == "cosine" else {}
-    optimizer = sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay, **schedule)
     kind = sf.Seq2SeqTransformer if cfg.model == "scratchpad" else sf.Transformer
-    return kind(cfg.positions, **arch), optimizer
+    return kind(cfg.positions, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
+                norm=cfg.norm, ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
+
+
+def _optimizer(cfg):
+    import sensiformer as sf
+
+    schedule = dict(schedule="cosine", total_steps=cfg.steps) if cfg.lr_schedule == "cosine" else {}
+    return sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay, **schedule)
 
 
 def check_buildable(configs) -> None:
@@ -200,13 +204,14 @@ def check_buildable(configs) -> None:
     """
     seen = set()
     for cfg in configs:
-        shape = (cfg.model, cfg.positions, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.d_ff, cfg.norm, cfg.ln_eps,
-                 cfg.dtype, cfg.lr, cfg.weight_decay, cfg.lr_schedule, cfg.steps)
-        if shape in seen:
-            continue
-        seen.add(shape)
+        model = (cfg.model, cfg.positions, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.d_ff, cfg.norm, cfg.ln_eps,
+                 cfg.dtype)
+        optimizer = (cfg.lr, cfg.weight_decay, cfg.lr_schedule, cfg.steps)
         try:
-            _model_and_optimizer(cfg)
+            for shape, build in ((model, _model), (optimizer, _optimizer)):
+                if shape not in seen:
+                    build(cfg)
+                    seen.add(shape)
         except (ValueError, TypeError) as err:
             raise ValueError(f"run {cfg.key} (target {cfg.target}, n={cfg.n}, d_model={cfg.d_model}, "
                              f"n_heads={cfg.n_heads}) cannot be built: {err}") from None
@@ -218,7 +223,7 @@ def _build(cfg, n_threads):
     the prefix parities)."""
     import sensiformer as sf
 
-    model, optimizer = _model_and_optimizer(cfg)
+    model, optimizer = _model(cfg), _optimizer(cfg)
     if cfg.model == "scratchpad":
         trainer = sf.Trainer(model, targets.Prefix(_target(cfg)), optimizer=optimizer, batch_size=cfg.batch_size,
                              seed=cfg.seed, n_threads=n_threads)
