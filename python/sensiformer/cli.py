@@ -295,7 +295,13 @@ def cmd_show(args) -> int:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in every option's help; the description's line breaks kept."""
+    """Each option's default in its help (flags and options whose default depends on the machine
+    say it in words); the description's line breaks kept."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _count(minimum):
@@ -328,10 +334,12 @@ def _add_run_options(p, experiment_choices=True):
 
 def _add_exec_options(p):
     p.add_argument("--executor", default=None,
-                   help="processes (None: local processes), serial, or a Dask scheduler address tcp://host:port")
-    p.add_argument("--workers", type=_count(1), default=None, help="local processes (None: one per core)")
+                   help="where runs execute: processes (local, the default), serial, or a Dask scheduler "
+                        "address tcp://host:port")
+    p.add_argument("--workers", type=_count(1), default=None, help="local processes (default: one per core)")
     p.add_argument("--threads", type=_count(1), default=None,
-                   help="threads per run (None: 1 when runs share the cores)")
+                   help="threads per run (default: the cores per concurrent run for runs large enough "
+                        "to use them, else 1)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--run-progress", action="store_true",
                    help="also a progress bar per run in flight (training steps and loss)")
@@ -361,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=_count(0), default=3000, help="training steps")
     train.add_argument("--log-every", type=_count(1), default=250, help="steps per learning-curve row")
     train.add_argument("--seed", type=_count(0), default=0, help="initialisation and data seed")
-    train.add_argument("--threads", type=_count(1), default=None, help="threads (None: every usable core)")
+    train.add_argument("--threads", type=_count(1), default=None, help="threads (default: every usable core)")
     train.add_argument("--save", default=None, help="write the trained model to this .npz file")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     train.set_defaults(func=cmd_train)
@@ -382,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = command("plot", "plot an experiment from its stored results")
     _add_run_options(pl)
-    pl.add_argument("--out", default=None, metavar="PNG", help="output file (None: <experiment>.png)")
+    pl.add_argument("--out", default=None, metavar="PNG", help="output file (default: <experiment>.png)")
     pl.set_defaults(func=cmd_plot)
 
     sh = command("show", "summarise a results store; export it to CSV/Parquet")
