@@ -191,7 +191,7 @@ def _dry_run(args, configs, first_stage_of=None) -> int:
     seconds = cost.cpu_seconds(configs)
     rows = pd.DataFrame([c.hashed_fields() for c in configs])
     varying = [c for c in rows.columns if rows[c].astype(str).nunique() > 1]
-    table = rows[varying] if varying else rows[["target", "n", "seed"]]
+    table = (rows[varying] if varying else rows[["target", "n", "seed"]]).copy()
     table.insert(0, "key", [c.key for c in configs])
     table["stored"] = [c.key in stored for c in configs]
     table["est_cpu_s"] = seconds.round(1)
