@@ -1,5 +1,6 @@
 """The command line: exit codes and messages, --version/--help/--dry-run, SIGTERM on a sweep."""
 
+import contextlib
 import json
 import os
 import signal
@@ -153,6 +154,7 @@ def test_sigterm_stops_a_cli_sweep_and_its_workers_and_a_rerun_resumes(tmp_path)
                "--no-progress"]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    children = []
     try:
         deadline = time.monotonic() + 120
         busy = []
@@ -162,14 +164,16 @@ def test_sigterm_stops_a_cli_sweep_and_its_workers_and_a_rerun_resumes(tmp_path)
                 break
             time.sleep(0.1)
         assert proc.poll() is None, "the sweep ended before it could be stopped"
-        children = _descendants(psutil, proc.pid)
+        children = _descendants(psutil, proc.pid)  # the pool's workers, the forkserver, the resource tracker
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        deadline = time.monotonic() + 5
+        out, err = proc.communicate(timeout=5)  # its output is a few lines: the pipes cannot fill
+        _, alive = psutil.wait_procs(children, timeout=max(0.0, deadline - time.monotonic()))
+        assert not alive, f"processes left 5 s after SIGTERM: {alive}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    _, alive = psutil.wait_procs(children, timeout=5)
-    assert not alive, f"processes left after SIGTERM: {alive}"
+        for p in [proc, *children]:  # whatever a failure left behind
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                p.kill()
     assert proc.returncode == 143, err
     store = Store(db)
     stored = {k: store.result(k)["finished"] for k in store.keys()}

@@ -199,11 +199,13 @@ def test_newer_schema_is_refused(tmp_path):
 def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_runs(tmp_path):
     """Stores written before runs recorded the worker's pid gain the column (empty for their
     runs); older sensiformers then refuse the file by its version instead of writing into it."""
+    from sensiformer.sweep.store import _SCHEMA
+
     path = tmp_path / "r.db"
-    Store(path).close()
+    assert ", pid INTEGER" in _SCHEMA
     with sqlite3.connect(path) as conn:  # the version-1 file: no pid column
-        conn.execute("ALTER TABLE runs DROP COLUMN pid")
-        conn.execute("UPDATE meta SET value='1' WHERE name='schema_version'")
+        conn.executescript(_SCHEMA.replace(", pid INTEGER", ""))
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
         conn.execute("INSERT INTO runs (key, status, config, metrics, artifacts, host) "
                      "VALUES ('old', 'ok', '{}', '{\"eval_loss\": 0.5}', '{}', 'node1')")
     conn.close()
