@@ -179,6 +179,7 @@ def test_sigterm_stops_a_cli_sweep_and_its_workers_and_a_rerun_resumes(tmp_path)
     stored = {k: store.result(k)["finished"] for k in store.keys()}
     assert 1 <= len(stored) < 6
     assert f"{len(stored)} finished run(s) are stored in {db}" in err and "run the same command again" in err
+    assert "leaked semaphore" not in err and "Traceback" not in err, err
     assert set(store.history()["key"]) == set(stored), "whole runs only"
 
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

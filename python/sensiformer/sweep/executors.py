@@ -27,9 +27,16 @@ from .runner import execute_safely
 _worker_sink = None
 
 
-def _set_worker_sink(queue):
+def _init_worker(queue):
+    """A local pool's worker: its progress sink (a queue passes only at process start), and no
+    process-shared tqdm lock. tqdm makes one (a named semaphore) for its first bar, and a worker
+    stopped by Ctrl-C or SIGTERM never unlinks it, so the resource tracker warned of leaked
+    semaphores at exit; workers draw no bars, so the thread lock suffices."""
     global _worker_sink
     _worker_sink = queue
+    from tqdm.std import TqdmDefaultWriteLock
+
+    TqdmDefaultWriteLock.mp_lock = None  # an existing one is unlinked as it is collected
 
 
 def _execute_in_worker(config, n_threads):
@@ -129,12 +136,12 @@ class LocalBackend(Backend):
         self.n_threads = n_threads or max(1, cpus // self.workers)
         ctx = _mp_context()
         self._drain = None
-        init = {}
+        queue = None
         if run_progress:
             queue = ctx.Queue()
             self._drain = QueueDrain(queue, run_progress)
-            init = dict(initializer=_set_worker_sink, initargs=(queue,))  # a queue passes only at process start
-        self.pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, **init)
+        self.pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
+                                           initargs=(queue,))
 
     def submit(self, config):
         return self.pool.submit(_execute_in_worker, config, threads_for(config, self.workers, self._n_threads))
