@@ -148,8 +148,9 @@ def test_dask_local_cluster(tmp_path):
     configs = [tiny(seed=s, target=t) for s in (0, 1) for t in ("parity", "majority")]
     reference = sweep.run_configs(configs[:1], tmp_path / "ref.db", executor="serial", progress=False)
     assert reference.executed == 1
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  worker_dashboard_address=None) as cluster:
+    with dask_default_ports_busy(), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                     worker_dashboard_address=None) as cluster:
         with distributed.Client(cluster) as client:
             res = sweep.run_configs(configs[:2], tmp_path / "d.db", executor=client, progress=False)
             assert res.executed == 2
