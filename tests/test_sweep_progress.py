@@ -124,7 +124,7 @@ def test_dask_workers_report_through_the_scheduler(tmp_path):
 
     configs = [tiny(seed=s) for s in (0, 1)]
     rec = Recorder()
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         res = sweep.run_configs(configs, tmp_path / "d.db", executor=client, progress=False, run_progress=rec)
         assert res.executed == 2

@@ -1,10 +1,13 @@
 """Running sweeps for real: executors, resume after SIGKILL, failures, a Dask LocalCluster."""
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -145,8 +148,9 @@ def test_dask_local_cluster(tmp_path):
     configs = [tiny(seed=s, target=t) for s in (0, 1) for t in ("parity", "majority")]
     reference = sweep.run_configs(configs[:1], tmp_path / "ref.db", executor="serial", progress=False)
     assert reference.executed == 1
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  worker_dashboard_address=None) as cluster:
+    with dask_default_ports_busy(), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                     worker_dashboard_address=None) as cluster:
         with distributed.Client(cluster) as client:
             res = sweep.run_configs(configs[:2], tmp_path / "d.db", executor=client, progress=False)
             assert res.executed == 2
@@ -162,7 +166,11 @@ def test_dask_local_cluster(tmp_path):
     assert comparable(runs[runs["key"] == ref["key"][0]]).equals(comparable(ref)), "same bits on Dask workers"
 
 
-def test_ctrl_c_stops_a_local_pool_and_its_workers(tmp_path):
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, "KeyboardInterrupt"), (signal.SIGTERM, "Terminated")])
+def test_ctrl_c_or_sigterm_stops_a_local_pool_and_its_workers(tmp_path, signum, raised):
+    """SIGTERM (SLURM's cancel) is handled as Ctrl-C by a sweep run from the main thread: it
+    raises ``sweep.Terminated``, a KeyboardInterrupt, after stopping the workers, and puts
+    Python's default handling back."""
     psutil = pytest.importorskip("psutil")
     db = tmp_path / "r.db"
     script = textwrap.dedent(f"""
@@ -176,8 +184,9 @@ def test_ctrl_c_stops_a_local_pool_and_its_workers(tmp_path):
                                  measure_batches=2, eval_batches=2) for s in range(4)]
             try:
                 sweep.run_configs(configs, {str(db)!r}, executor="processes", max_workers=2, progress=False)
-            except KeyboardInterrupt:
-                print("interrupted", flush=True)
+            except KeyboardInterrupt as err:
+                print("interrupted", type(err).__name__, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
+                      flush=True)
     """)
     path = tmp_path / "driver.py"
     path.write_text(script)
@@ -190,12 +199,12 @@ def test_ctrl_c_stops_a_local_pool_and_its_workers(tmp_path):
             workers = [p for p in parent.children(recursive=True) if p.cpu_times().user > 0.2]
             time.sleep(0.2)
         assert len(workers) >= 2, "the pool's workers are busy"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "interrupted" in out
+    assert f"interrupted {raised} True" in out
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, "no worker keeps running after Ctrl-C"
     assert len(Store(db)) == 0
@@ -207,3 +216,68 @@ def test_cosine_lr_schedule_decays_to_zero_over_the_run():
     assert len(lrs) == 3 and lrs == sorted(lrs, reverse=True)
     assert 0.5 * 3e-3 < lrs[0] < 3e-3 and lrs[-1] < 1e-3 * 3e-3
     assert [r["lr"] for r in sweep.execute(tiny(steps=60))["history"]] == pytest.approx([3e-3] * 3)
+
+
+@contextlib.contextmanager
+def dask_default_ports_busy():
+    """Hold Dask's default dashboard port, as another user's notebook or cluster would: a
+    LocalCluster must not depend on it being free."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8787))
+            s.listen()
+        except OSError:
+            pass  # already busy: the same condition
+        yield
+
+
+def _memory_transitions(scheduler, keys) -> dict:
+    """How many times the scheduler computed each run (its task reached memory)."""
+    names = {f"sensiformer-run-{k}": k for k in keys}
+    counts = dict.fromkeys(keys, 0)
+    for entry in scheduler.transition_log:
+        key, finish = entry[0], entry[2]
+        if key in names and finish == "memory":
+            counts[names[key]] += 1
+    return counts
+
+
+def test_dask_worker_loss_recomputes_no_stored_run(tmp_path):
+    """A Dask worker killed mid-sweep: runs already stored are not computed again (the sweep
+    released their results as soon as they were stored), the sweep completes, and every run's
+    provenance names the worker host and process that computed it."""
+    distributed = pytest.importorskip("distributed")
+    configs = [tiny(seed=s, steps=1500) for s in range(8)]
+    db = tmp_path / "d.db"
+    outcome = {}
+
+    def drive(client):
+        try:
+            outcome["result"] = sweep.run_configs(configs, db, executor=client, progress=False)
+        except BaseException as err:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = err
+
+    with dask_default_ports_busy(), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                     worker_dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        worker_pids = set(client.run(os.getpid).values())
+        driver = threading.Thread(target=drive, args=(client,))
+        driver.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.is_alive() and not (db.exists() and len(Store(db)) >= 2):
+            time.sleep(0.05)
+        runs = Store(db).runs()
+        assert len(runs) < len(configs), "the sweep finished before a worker could be killed"
+        stored = set(runs["key"])
+        os.kill(int(runs["pid"].iloc[0]), signal.SIGKILL)  # a worker that computed a stored run
+        driver.join(180)
+        assert not driver.is_alive() and "error" not in outcome, outcome.get("error")
+        computed = _memory_transitions(cluster.scheduler, {c.key for c in configs})
+        worker_pids |= set(client.run(os.getpid).values())  # the restarted worker too
+    assert outcome["result"].executed == len(configs) and not outcome["result"].failed
+    assert {k: computed[k] for k in stored} == dict.fromkeys(stored, 1), "a stored run was computed again"
+    runs = Store(db).runs()
+    assert len(runs) == len(configs)
+    assert set(runs["host"]) == {socket.gethostname()}
+    assert set(runs["pid"]) <= worker_pids and os.getpid() not in worker_pids

@@ -194,3 +194,26 @@ def test_newer_schema_is_refused(tmp_path):
     conn.close()
     with pytest.raises(RuntimeError, match="schema version 99"):
         Store(path)
+
+
+def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_runs(tmp_path):
+    """Stores written before runs recorded the worker's pid gain the column (empty for their
+    runs); older sensiformers then refuse the file by its version instead of writing into it."""
+    from sensiformer.sweep.store import _SCHEMA
+
+    path = tmp_path / "r.db"
+    assert ", pid INTEGER" in _SCHEMA
+    with sqlite3.connect(path) as conn:  # the version-1 file: no pid column
+        conn.executescript(_SCHEMA.replace(", pid INTEGER", ""))
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute("INSERT INTO runs (key, status, config, metrics, artifacts, host) "
+                     "VALUES ('old', 'ok', '{}', '{\"eval_loss\": 0.5}', '{}', 'node1')")
+    conn.close()
+    store = Store(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0] == "2"
+    conn.close()
+    old = store.result("old")
+    assert old["pid"] is None and old["host"] == "node1" and old["metrics"] == {"eval_loss": 0.5}
+    assert store.write(dict(key="new", status="ok", config={}, metrics={}, provenance=dict(host="node2", pid=123)))
+    assert store.result("new")["pid"] == 123 and set(store.runs()["pid"].fillna(0)) == {0, 123}

@@ -7,6 +7,10 @@
   sensiformer plot scaling --preset quick --store results.db --out scaling.png
   sensiformer show results.db [--sweep NAME] [--export runs.csv]
   sensiformer show-config
+
+Exit status: 0 on success; 1 when runs of the sweep failed (they are listed; a rerun retries
+them); 2 for invalid arguments or files; 130 after Ctrl-C and 143 after SIGTERM (finished runs
+stay in the store and the same command resumes).
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
+
+from . import __version__
+from ._interrupt import exit_code, terminate_as_interrupt
 
 TARGETS = ("parity", "majority", "first", "mean", "random")
 
@@ -67,6 +75,10 @@ def _value(text):
         return json.loads(text)
     except ValueError:
         pass
+    try:
+        return float(text)  # what JSON lacks: nan, inf (refused by the parameter's own check)
+    except ValueError:
+        pass
     if "," in text:
         return tuple(_value(t.strip()) for t in text.split(",") if t.strip())
     if ".." in text:  # 4..10 -> range, inclusive
@@ -86,15 +98,30 @@ def _overrides(pairs):
     return out
 
 
+def _experiment_names():
+    from .experiments import EXPERIMENTS
+
+    return tuple(EXPERIMENTS)
+
+
 def _experiment(args):
+    """The experiment with its ``--set`` overrides; every run configuration of its first stage
+    is built and checked here, so a bad value fails before any run starts."""
     from . import experiments
+    from .sweep import check_buildable
 
     if args.experiment not in experiments.EXPERIMENTS:
         raise ValueError(f"unknown experiment {args.experiment!r}; choose from {', '.join(experiments.EXPERIMENTS)}")
     kwargs = _overrides(args.set)
     if args.variant:
         kwargs["variant"] = args.variant
-    return experiments.EXPERIMENTS[args.experiment](preset=args.preset, **kwargs)
+    exp = experiments.EXPERIMENTS[args.experiment](preset=args.preset, **kwargs)
+    try:
+        check_buildable(exp.configs())
+    except (ValueError, TypeError) as err:
+        given = f" (given --set {' --set '.join(args.set)})" if args.set else ""
+        raise ValueError(f"{err}{given}") from None
+    return exp
 
 
 def _executor(args):
@@ -105,9 +132,36 @@ def _run(args, exp_or_configs):
     from . import sweep
 
     started = time.perf_counter()
-    store = sweep.run(exp_or_configs, store=args.store, executor=_executor(args), max_workers=args.workers,
-                      n_threads=args.threads, progress=args.progress, run_progress=args.run_progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sweep.SweepFailures)  # _failed() prints the failures instead
+        store = sweep.run(exp_or_configs, store=args.store, executor=_executor(args), max_workers=args.workers,
+                          n_threads=args.threads, progress=args.progress, run_progress=args.run_progress)
     return store, time.perf_counter() - started
+
+
+def _sweep_names(exp_or_configs) -> list:
+    from .sweep import default_sweep_name
+
+    if isinstance(exp_or_configs, list):
+        return [default_sweep_name(exp_or_configs)]
+    return [exp_or_configs.stage_sweep(s) for s in exp_or_configs.stages]
+
+
+def _failed(store, sweeps) -> int:
+    """Print the runs of ``sweeps`` that have no result after the sweep (they raised) with
+    their errors; return the exit status: 1 if there are any, else 0."""
+    missing = {key for name in sweeps for key in store.pending(name)}
+    if not missing:
+        return 0
+    total = sum(len(store.members(name)) for name in sweeps)
+    failures = store.failures()
+    failures = failures[failures["key"].isin(missing)].drop_duplicates("key", keep="last")
+    last_lines = failures["error"].map(lambda text: text.strip().splitlines()[-1] if text.strip() else "?")
+    print(f"\n{len(missing)} of {total} runs failed (a rerun of the same command retries them; "
+          f"`sensiformer show {store.path}` shows the tracebacks):", file=sys.stderr)
+    for line, count in last_lines.value_counts().items():
+        print(f"  {count} x {line}", file=sys.stderr)
+    return 1
 
 
 def cmd_reproduce(args) -> int:
@@ -115,13 +169,51 @@ def cmd_reproduce(args) -> int:
     configs = exp.configs()
     print(f"{exp.sweep}: {exp.figures}; {len(configs)} runs" + (" in its first stage" if len(exp.stages) > 1 else "")
           + f"; store {args.store}")
+    if args.dry_run:
+        return _dry_run(args, configs, first_stage_of=exp)
     store, elapsed = _run(args, exp)
     print(exp.report(store))
     print(f"finished in {elapsed / 60:.1f} min ({elapsed:.0f} s)" + _cpu_note(store, exp))
     if args.plot:
         exp.plot(store, path=args.plot)
         print(f"wrote {args.plot}")
+    return _failed(store, _sweep_names(exp))
+
+
+def _dry_run(args, configs, first_stage_of=None) -> int:
+    """List the runs and estimate their CPU time; run nothing, create no store."""
+    import pandas as pd
+
+    from .sweep import Store, cost, usable_cpus
+
+    stored = Store(args.store).keys() if Path(args.store).is_file() else set()
+    print("calibrating on this machine (a few training steps of each of the runs' shapes) ...", flush=True)
+    seconds = cost.cpu_seconds(configs)
+    rows = pd.DataFrame([c.hashed_fields() for c in configs])
+    varying = [c for c in rows.columns if rows[c].astype(str).nunique() > 1]
+    table = (rows[varying] if varying else rows[["target", "n", "seed"]]).copy()
+    table.insert(0, "key", [c.key for c in configs])
+    table["stored"] = [c.key in stored for c in configs]
+    table["est_cpu_s"] = seconds.round(1)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_rows", 60):
+        print(table.to_string(index=False) if len(table) <= 60 else table)
+    todo = seconds[~table["stored"].to_numpy()]
+    cpus = args.workers or usable_cpus()
+    print(f"{len(configs)} runs, {len(configs) - len(todo)} already stored; the {len(todo)} to run need about "
+          f"{_duration(todo.sum())} of CPU time: about {_duration(todo.sum() / cpus)} on {cpus} idle core(s) "
+          f"(an estimate from timing each shape's training steps; probes counted as forward passes)")
+    if first_stage_of is not None and len(first_stage_of.stages) > 1:
+        print(f"later stages ({', '.join(s.name for s in first_stage_of.stages[1:])}) are built from the first "
+              f"stage's results and are not included")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _cpu_note(store, exp) -> str:
@@ -136,7 +228,7 @@ def _cpu_note(store, exp) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import RunConfig
+    from .sweep import RunConfig, check_buildable
 
     path = Path(args.experiment)
     if path.suffix in (".json", ".jsonl") and path.exists():
@@ -144,16 +236,21 @@ def cmd_sweep(args) -> int:
         items = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
             else json.loads(text)
         configs = [RunConfig.from_dict(c) for c in items]
+        check_buildable(configs)
         print(f"{len(configs)} runs from {path}; store {args.store}")
+        if args.dry_run:
+            return _dry_run(args, configs)
         store, elapsed = _run(args, configs)
         print(f"finished in {elapsed:.0f} s; the store holds {len(store)} runs")
-        return 0
+        return _failed(store, _sweep_names(configs))
     exp = _experiment(args)
     print(f"{exp.sweep}: store {args.store}")
+    if args.dry_run:
+        return _dry_run(args, exp.configs(), first_stage_of=exp)
     store, elapsed = _run(args, exp)
     print(store.sweeps().to_string(index=False))
     print(f"finished in {elapsed:.0f} s")
-    return 0
+    return _failed(store, _sweep_names(exp))
 
 
 def cmd_plot(args) -> int:
@@ -197,91 +294,173 @@ def cmd_show(args) -> int:
     return 0
 
 
-def _add_run_options(p):
-    p.add_argument("experiment", help="experiment name (scaling, tradeoff, dynamics, generalization, scratchpad, "
-                                      "length_generalization)")
-    p.add_argument("--preset", choices=("ci", "quick", "paper"), default="quick")
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help (flags and options whose default depends on the machine
+    say it in words); the description's line breaks kept."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _count(minimum):
+    """An argparse type: an integer >= ``minimum`` (argparse names the option in its error)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _add_run_options(p, experiment_choices=True):
+    names = _experiment_names()
+    if experiment_choices:
+        p.add_argument("experiment", choices=names, help="the paper experiment")
+    else:
+        p.add_argument("experiment", metavar="EXPERIMENT|FILE",
+                       help=f"an experiment ({', '.join(names)}) or a .json/.jsonl file of run configs")
+    p.add_argument("--preset", choices=("ci", "quick", "paper"), default="quick", help="grid size")
     p.add_argument("--variant", default=None, help="scaling: short|long; dynamics: 20k|100k")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a parameter, e.g. --set lengths=4,6,8 --set steps=3000 (repeatable)")
-    p.add_argument("--store", default="results.db", help="SQLite results store (default results.db)")
+    p.add_argument("--store", default="results.db", help="SQLite results store")
 
 
 def _add_exec_options(p):
     p.add_argument("--executor", default=None,
-                   help="processes (default), serial, or a Dask scheduler address tcp://host:port")
-    p.add_argument("--workers", type=int, default=None, help="local processes (default: one per core)")
-    p.add_argument("--threads", type=int, default=None, help="threads per run (default: 1 when runs share cores)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+                   help="where runs execute: processes (local, the default), serial, or a Dask scheduler "
+                        "address tcp://host:port")
+    p.add_argument("--workers", type=_count(1), default=None, help="local processes (default: one per core)")
+    p.add_argument("--threads", type=_count(1), default=None,
+                   help="threads per run (default: the cores per concurrent run for runs large enough "
+                        "to use them, else 1)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--run-progress", action="store_true",
                    help="also a progress bar per run in flight (training steps and loss)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs and estimate their CPU time on this machine; run nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sensiformer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="sensiformer", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a transformer on a Boolean function and print the learning curve")
-    train.add_argument("--target", choices=TARGETS, default="parity")
-    train.add_argument("--n", type=int, default=10, help="input length (default 10)")
-    train.add_argument("--d-model", type=int, default=64)
-    train.add_argument("--n-heads", type=int, default=2)
-    train.add_argument("--n-layers", type=int, default=2)
-    train.add_argument("--norm", choices=("post", "pre", "none"), default="post")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    train.add_argument("--batch-size", type=int, default=256)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=0.1)
-    train.add_argument("--steps", type=int, default=3000)
-    train.add_argument("--log-every", type=int, default=250)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, default=None)
+    def command(name, help):
+        return sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+
+    train = command("train", "train a transformer on a Boolean function and print the learning curve")
+    train.add_argument("--target", choices=TARGETS, default="parity", help="the Boolean function")
+    train.add_argument("--n", type=_count(1), default=10, help="input length")
+    train.add_argument("--d-model", type=_count(1), default=64, help="model width")
+    train.add_argument("--n-heads", type=_count(1), default=2, help="attention heads")
+    train.add_argument("--n-layers", type=_count(1), default=2, help="layers")
+    train.add_argument("--norm", choices=("post", "pre", "none"), default="post", help="LayerNorm placement")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter dtype")
+    train.add_argument("--batch-size", type=_count(1), default=256, help="training batch size")
+    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    train.add_argument("--steps", type=_count(0), default=3000, help="training steps")
+    train.add_argument("--log-every", type=_count(1), default=250, help="steps per learning-curve row")
+    train.add_argument("--seed", type=_count(0), default=0, help="initialisation and data seed")
+    train.add_argument("--threads", type=_count(1), default=None, help="threads (default: every usable core)")
     train.add_argument("--save", default=None, help="write the trained model to this .npz file")
-    train.add_argument("--no-progress", dest="progress", action="store_false")
+    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
-    show = sub.add_parser("show-config", help="describe this build (OpenMP, CPU path, flags)")
+    show = command("show-config", "describe this build (OpenMP, CPU path, flags)")
     show.set_defaults(func=cmd_show_config)
 
-    rep = sub.add_parser("reproduce", help="run a paper experiment (resumable), print its summary, plot it")
+    rep = command("reproduce", "run a paper experiment (resumable), print its summary, plot it")
     _add_run_options(rep)
     _add_exec_options(rep)
     rep.add_argument("--plot", default=None, metavar="PNG", help="write the figure here")
     rep.set_defaults(func=cmd_reproduce)
 
-    sw = sub.add_parser("sweep", help="run an experiment's sweep or a JSON/JSONL file of run configs (resumable)")
-    _add_run_options(sw)
+    sw = command("sweep", "run an experiment's sweep or a JSON/JSONL file of run configs (resumable)")
+    _add_run_options(sw, experiment_choices=False)
     _add_exec_options(sw)
     sw.set_defaults(func=cmd_sweep)
 
-    pl = sub.add_parser("plot", help="plot an experiment from its stored results")
+    pl = command("plot", "plot an experiment from its stored results")
     _add_run_options(pl)
     pl.add_argument("--out", default=None, metavar="PNG", help="output file (default: <experiment>.png)")
     pl.set_defaults(func=cmd_plot)
 
-    sh = sub.add_parser("show", help="summarise a results store; export it to CSV/Parquet")
-    sh.add_argument("store")
+    sh = command("show", "summarise a results store; export it to CSV/Parquet")
+    sh.add_argument("store", help="SQLite results store")
     sh.add_argument("--sweep", default=None, help="only this sweep's runs")
-    sh.add_argument("--tail", type=int, default=20, help="show the last N runs (default 20)")
+    sh.add_argument("--tail", type=_count(0), default=20, help="show the last N runs")
     sh.add_argument("--export", default=None, metavar="FILE", help="write a table to .csv or .parquet")
-    sh.add_argument("--table", choices=("runs", "history"), default="runs")
+    sh.add_argument("--table", choices=("runs", "history"), default="runs", help="the table to export")
     sh.set_defaults(func=cmd_show)
     return parser
+
+
+def _stopped(args, interrupt) -> str:
+    """What a stopped sweep left: how many runs are stored, and how to resume."""
+    what = "stopped by SIGTERM" if exit_code(interrupt) == 143 else "interrupted"
+    path = getattr(args, "store", None)
+    if args.func not in (cmd_reproduce, cmd_sweep) or not path or not Path(path).is_file():
+        return what
+    from .sweep import Store
+
+    with Store(path) as store:
+        stored = len(store)
+    if stored == 0:
+        return f"{what} before any run finished; run the same command again to start"
+    return (f"{what}: {stored} finished run(s) are stored in {path}; run the same command again to resume "
+            f"(stored runs are skipped)")
+
+
+def _store_files(path) -> list:
+    return [Path(str(path) + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+
+
+def _discard_if_new_and_empty(path, existed: bool) -> None:
+    """A failed command leaves no store behind that it created and wrote nothing into."""
+    if existed or not path or not Path(path).is_file():
+        return
+    from .sweep import Store
+
+    try:
+        with Store(path) as store:
+            empty = len(store) == 0 and len(store.failures()) == 0
+    except (ValueError, OSError):
+        return
+    if empty:
+        for f in _store_files(path):
+            f.unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "func", None) is cmd_plot and args.out is None:
         args.out = f"{args.experiment}.png"
+    store = getattr(args, "store", None) if args.func in (cmd_reproduce, cmd_sweep) else None
+    existed = bool(store) and Path(store).exists()
+    status = 1
     try:
-        return args.func(args)
-    except (ValueError, TypeError) as err:
+        with terminate_as_interrupt():
+            status = args.func(args)
+        return status
+    except (ValueError, TypeError, ImportError, OSError) as err:
         print(f"sensiformer: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+        status = 2
+        return status
+    except KeyboardInterrupt as interrupt:
+        print(f"\n{_stopped(args, interrupt)}", file=sys.stderr)
+        status = exit_code(interrupt)
+        return status
+    finally:
+        if status != 0:
+            _discard_if_new_and_empty(store, existed)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def resolve(name: str, presets: dict, preset: str, overrides: dict) -> tuple[dic
     for k, v in overrides.items():
         if isinstance(v, range) or isinstance(v, (list, np.ndarray)):
             v = tuple(v.tolist() if isinstance(v, np.ndarray) else v)
+        if isinstance(params[k], tuple) and not isinstance(v, tuple):
+            v = (v,)  # one value of a grid axis: lengths=64 means lengths=(64,)
         if v != params[k]:
             changed[k] = v
         params[k] = v

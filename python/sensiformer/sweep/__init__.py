@@ -8,7 +8,10 @@
 Each run is keyed by ``RunConfig.key`` (a hash of the fields that change its results; see
 ``sensiformer.sweep.config``). ``run`` skips keys the store already holds, so rerunning a
 sweep after a crash, a kill or Ctrl-C executes only the runs that had not finished. Results
-are written by this (driver) process as they arrive, one transaction per run.
+are written by this (driver) process as they arrive, one transaction per run. Called from the
+main thread, ``run`` treats SIGTERM (SLURM's cancel and time limit) as Ctrl-C: it stops the
+runs in flight and their worker processes, keeps what is stored, and raises ``Terminated``
+(a ``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import warnings
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
+from .._interrupt import Terminated, terminate_as_interrupt
 from .config import CONVERGED_MSE, HASH_VERSION, RunConfig, as_config, hex_to_table, table_to_hex
 from .executors import make_backend, usable_cpus
 from .progress import RunBars, env_disabled
-from .runner import execute, provenance
+from .runner import check_buildable, execute, provenance
 from .store import Store
 
-__all__ = ["CONVERGED_MSE", "HASH_VERSION", "RunConfig", "Store", "SweepResult", "as_config", "execute",
-           "hex_to_table", "provenance", "run", "run_configs", "table_to_hex", "usable_cpus"]
+__all__ = ["CONVERGED_MSE", "HASH_VERSION", "RunConfig", "Store", "SweepResult", "Terminated", "as_config",
+           "check_buildable", "execute", "hex_to_table", "provenance", "run", "run_configs", "table_to_hex",
+           "usable_cpus"]
 
 
 class SweepFailures(RuntimeWarning):
@@ -56,6 +61,16 @@ def _as_store(store) -> Store:
 def default_sweep_name(configs) -> str:
     digest = hashlib.sha256("".join(c.key for c in configs).encode()).hexdigest()[:10]
     return f"configs-{digest}"
+
+
+def _result(backend, fut) -> dict:
+    try:
+        return backend.result(fut)
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            "a worker process died (every finished run is stored; rerun to resume). If this is a script, "
+            "put the sweep under `if __name__ == '__main__':` (worker processes are started with "
+            "forkserver/spawn and import the main module), or use executor='serial'") from err
 
 
 def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_threads=None, progress=True,
@@ -91,6 +106,7 @@ def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_t
     from tqdm.auto import tqdm
 
     configs = [as_config(c) for c in configs]
+    check_buildable(configs)  # before the store is touched: a bad setting fails here, not on every worker
     store = _as_store(store)
     sweep = sweep or default_sweep_name(configs)
     store.add_members(sweep, [(i, c.key, {**c.tags, **(tags or {})}) for i, c in enumerate(configs)])
@@ -109,31 +125,32 @@ def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_t
     backend = make_backend(executor, len(todo), max_workers, n_threads, handler)
     bar = tqdm(total=unique, initial=result.skipped, desc=sweep, unit="run", disable=not progress or env_disabled(),
                leave=True)
-    futures = []
+    in_flight = {}  # id -> future of the unfinished runs only: a stored result is dropped at once (see below)
     interrupted = False
     try:
-        futures = [backend.submit(c.to_dict()) for c in todo]
-        for fut in backend.as_completed(futures):
-            try:
-                res = backend.result(fut)
-            except BrokenProcessPool as err:
-                raise RuntimeError(
-                    "a worker process died (every finished run is stored; rerun to resume). If this is a script, "
-                    "put the sweep under `if __name__ == '__main__':` (worker processes are started with "
-                    "forkserver/spawn and import the main module), or use executor='serial'") from err
-            run_bars.finish(res["key"])
-            if "failed" in res:
-                store.add_failure(res["key"], res["config"], res["failed"], sweep)
-                result.failed.append(res["key"])
-            else:
-                store.write(res)
-                result.executed += 1
-            bar.update(1)
-            bar.set_postfix(failed=len(result.failed), refresh=False)
+        with terminate_as_interrupt():
+            for c in todo:
+                fut = backend.submit(c.to_dict())
+                in_flight[id(fut)] = fut
+            for fut in backend.as_completed(list(in_flight.values())):
+                del in_flight[id(fut)]
+                res = _result(backend, fut)
+                run_bars.finish(res["key"])
+                if "failed" in res:
+                    store.add_failure(res["key"], res["config"], res["failed"], sweep)
+                    result.failed.append(res["key"])
+                else:
+                    store.write(res)
+                    result.executed += 1
+                # a Dask cluster would otherwise keep the result in a worker's memory until the
+                # sweep ends, and recompute it when that worker is lost
+                backend.release(fut)
+                bar.update(1)
+                bar.set_postfix(failed=len(result.failed), refresh=False)
     except BaseException:
         interrupted = True
         result.interrupted = True
-        backend.cancel(futures)
+        backend.cancel(list(in_flight.values()))
         raise
     finally:
         bar.close()
@@ -157,13 +174,17 @@ def run(experiment, store="results.db", executor=None, max_workers=None, n_threa
     """
     store = _as_store(store)
     if hasattr(experiment, "stages") and hasattr(experiment, "sweep"):
-        for stage in experiment.stages:
-            if stages is not None and stage.name not in stages:
-                continue
-            configs = stage.build(store)
-            run_configs(configs, store, executor=executor, sweep=experiment.stage_sweep(stage),
-                        max_workers=max_workers, n_threads=n_threads, progress=progress, run_progress=run_progress)
+        with terminate_as_interrupt():  # also between stages
+            _run_stages(experiment, store, stages, executor=executor, max_workers=max_workers,
+                         n_threads=n_threads, progress=progress, run_progress=run_progress)
         return store
     run_configs(experiment, store, executor=executor, max_workers=max_workers, n_threads=n_threads,
                 progress=progress, run_progress=run_progress)
     return store
+
+
+def _run_stages(experiment, store, stages, **options):
+    for stage in experiment.stages:
+        if stages is not None and stage.name not in stages:
+            continue
+        run_configs(stage.build(store), store, sweep=experiment.stage_sweep(stage), **options)

@@ -26,8 +26,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 #: Bumped when the meaning of a field changes, so old keys can never collide with new runs.
 HASH_VERSION = 1
@@ -37,8 +39,17 @@ TARGETS = ("parity", "majority", "first", "mean", "random", "table")
 MODELS = ("encoder", "scratchpad")
 INITS = ("pytorch", "gaussian", "uniform", "xavier_uniform", "xavier_normal")
 LR_SCHEDULES = ("constant", "cosine")
+DTYPES = ("float32", "float64")
+NORMS = ("post", "pre", "none")
 #: fields added after the key's format was fixed, with the default at which they stay out of it
 LATE_FIELDS = {"lr_schedule": "constant"}
+
+
+def _integer(value, name) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or int(value) != value:
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -141,15 +152,15 @@ class RunConfig:
                     raise TypeError(f"tags must be a mapping, got {value!r}")
                 fix("tags", dict(value))
             elif f.type in ("int", "int | None") and value is not None:
-                if isinstance(value, bool) or int(value) != value:
-                    raise TypeError(f"{f.name} must be an integer, got {value!r}")
-                fix(f.name, int(value))
+                fix(f.name, _integer(value, f.name))
             elif f.type == "float":
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise TypeError(f"{f.name} must be a number, got {value!r}")
                 fix(f.name, float(value))
             elif f.type == "bool":
                 fix(f.name, bool(value))
             elif f.type == "tuple":
-                fix(f.name, tuple(int(v) for v in value))
+                fix(f.name, tuple(_integer(v, f.name) for v in (value if isinstance(value, Iterable) else (value,))))
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.model not in MODELS:
@@ -167,6 +178,14 @@ class RunConfig:
                      "dynamic_batches", "dynamic_repeats", "length_chunk"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "ln_eps", "sharpness_sigma"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.init not in INITS:

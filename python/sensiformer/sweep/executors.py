@@ -27,9 +27,16 @@ from .runner import execute_safely
 _worker_sink = None
 
 
-def _set_worker_sink(queue):
+def _init_worker(queue):
+    """A local pool's worker: its progress sink (a queue passes only at process start), and no
+    process-shared tqdm lock. tqdm makes one (a named semaphore) for its first bar, and a worker
+    stopped by Ctrl-C or SIGTERM never unlinks it, so the resource tracker warned of leaked
+    semaphores at exit; workers draw no bars, so the thread lock suffices."""
     global _worker_sink
     _worker_sink = queue
+    from tqdm.std import TqdmDefaultWriteLock
+
+    TqdmDefaultWriteLock.mp_lock = None  # an existing one is unlinked as it is collected
 
 
 def _execute_in_worker(config, n_threads):
@@ -82,6 +89,9 @@ class Backend:
         for f in futures:
             f.cancel()
 
+    def release(self, future):
+        """Forget a finished run whose result is stored (the executor need not keep it)."""
+
     def close(self, interrupted=False):
         pass
 
@@ -126,12 +136,12 @@ class LocalBackend(Backend):
         self.n_threads = n_threads or max(1, cpus // self.workers)
         ctx = _mp_context()
         self._drain = None
-        init = {}
+        queue = None
         if run_progress:
             queue = ctx.Queue()
             self._drain = QueueDrain(queue, run_progress)
-            init = dict(initializer=_set_worker_sink, initargs=(queue,))  # a queue passes only at process start
-        self.pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, **init)
+        self.pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
+                                           initargs=(queue,))
 
     def submit(self, config):
         return self.pool.submit(_execute_in_worker, config, threads_for(config, self.workers, self._n_threads))
@@ -177,6 +187,19 @@ class FuturesBackend(Backend):
         return cf.as_completed(futures)
 
 
+#: seconds to reach a Dask scheduler given by address: a running one answers in milliseconds, and
+#: a wrong address should fail while the user still waits for it (Dask's default is 30 s)
+CONNECT_TIMEOUT = 5
+
+
+def _connect(distributed, address):
+    try:
+        return distributed.Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT)
+    except OSError as err:  # refused, unresolvable, timed out
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address} (within {CONNECT_TIMEOUT} s): is it "
+                              f"running, and is that its address? ({err})") from None
+
+
 class DaskBackend(Backend):
     """A dask.distributed cluster: ``"tcp://host:port"`` (connect, and close the connection
     afterwards) or an existing ``distributed.Client`` (left open). Each run uses one thread
@@ -192,7 +215,7 @@ class DaskBackend(Backend):
                               "pip install 'sensiformer[sweep]'") from err
         self._distributed = distributed
         if isinstance(client_or_address, str):
-            self.client = distributed.Client(client_or_address, set_as_default=False)
+            self.client = _connect(distributed, client_or_address)
             self._own = True
         else:
             self.client = client_or_address
@@ -221,6 +244,9 @@ class DaskBackend(Backend):
 
     def cancel(self, futures):
         self.client.cancel(list(futures))
+
+    def release(self, future):
+        future.release()  # the scheduler forgets the result: a lost worker does not recompute it
 
     def close(self, interrupted=False):
         if self._topic is not None:

@@ -32,10 +32,12 @@ CONVERGED_AUTOREGRESSIVE = 0.999
 
 @functools.lru_cache(maxsize=1)
 def _git_commit():
-    """The git commit of the package source (``+dirty`` when it has local changes), or None."""
+    """The git commit of the package source (``+dirty`` when it has local changes): read from the
+    checkout for an editable or in-place build, else the one the build recorded in
+    ``sensiformer/_build_info.py`` (written when the sdist or wheel is made); None if neither."""
     root = Path(__file__).resolve().parents[3]
     if not (root / ".git").exists():
-        return None
+        return _recorded_commit()
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
@@ -46,22 +48,29 @@ def _git_commit():
     return head + ("+dirty" if dirty else "")
 
 
+def _recorded_commit():
+    try:
+        from .._build_info import GIT_COMMIT
+    except ImportError:
+        return None
+    return GIT_COMMIT
+
+
 @functools.lru_cache(maxsize=1)
 def _static_provenance():
     import sensiformer as sf
 
     info = sf.show_config(print_out=False)
     return dict(version=sf.__version__, git_commit=_git_commit(), build=info.get("build_flags"),
-                cpu_path=info.get("cpu_path"),
-                openmp=str(info.get("openmp")), host=socket.gethostname(), python=platform.python_version(),
+                cpu_path=info.get("cpu_path"), openmp=str(info.get("openmp")), python=platform.python_version(),
                 numpy=np.__version__)
 
 
 def provenance(n_threads, seed) -> dict:
     """Where and how a run executed: package version, git commit, engine build and CPU path,
-    thread count, seed, host."""
+    thread count, seed, and the host and process id of the worker that ran it."""
     prov = dict(_static_provenance())
-    prov.update(n_threads=int(n_threads), seed=int(seed))
+    prov.update(n_threads=int(n_threads), seed=int(seed), host=socket.gethostname(), pid=os.getpid())
     return prov
 
 
@@ -168,22 +177,57 @@ def _final_probes_seq2seq(trainer, cfg):
     return {k: _finite(v) for k, v in probe(trainer).items()}
 
 
+def _model(cfg):
+    import sensiformer as sf
+
+    kind = sf.Seq2SeqTransformer if cfg.model == "scratchpad" else sf.Transformer
+    return kind(cfg.positions, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
+                norm=cfg.norm, ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
+
+
+def _optimizer(cfg):
+    import sensiformer as sf
+
+    schedule = dict(schedule="cosine", total_steps=cfg.steps) if cfg.lr_schedule == "cosine" else {}
+    return sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay, **schedule)
+
+
+def check_buildable(configs) -> None:
+    """Build each distinct model and optimizer of ``configs`` once, in this process, so a setting
+    the engine refuses (d_model not divisible by n_heads, say) raises here, naming it, instead
+    of failing every run on the workers.
+
+    Raises
+    ------
+    ValueError
+        The first configuration that cannot be built, with the model's or optimizer's message.
+    """
+    seen = set()
+    for cfg in configs:
+        model = (cfg.model, cfg.positions, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.d_ff, cfg.norm, cfg.ln_eps,
+                 cfg.dtype)
+        optimizer = (cfg.lr, cfg.weight_decay, cfg.lr_schedule, cfg.steps)
+        try:
+            for shape, build in ((model, _model), (optimizer, _optimizer)):
+                if shape not in seen:
+                    build(cfg)
+                    seen.add(shape)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"run {cfg.key} (target {cfg.target}, n={cfg.n}, d_model={cfg.d_model}, "
+                             f"n_heads={cfg.n_heads}) cannot be built: {err}") from None
+
+
 def _build(cfg, n_threads):
     """(model, optimizer, trainer, training subset or None) of a run: the official encoder, or the
     scratchpad encoder-decoder trained by teacher forcing on the target's prefix labels (PARITY:
     the prefix parities)."""
     import sensiformer as sf
 
-    arch = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff, norm=cfg.norm,
-                ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed)
-    schedule = dict(schedule="cosine", total_steps=cfg.steps) if cfg.lr_schedule == "cosine" else {}
-    optimizer = sf.AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay, **schedule)
+    model, optimizer = _model(cfg), _optimizer(cfg)
     if cfg.model == "scratchpad":
-        model = sf.Seq2SeqTransformer(cfg.positions, **arch)
         trainer = sf.Trainer(model, targets.Prefix(_target(cfg)), optimizer=optimizer, batch_size=cfg.batch_size,
                              seed=cfg.seed, n_threads=n_threads)
         return model, optimizer, trainer, None
-    model = sf.Transformer(cfg.positions, **arch)
     _initialise(model, cfg.init, cfg.seed)
     subset = None
     if cfg.train_subset is not None:

@@ -4,7 +4,7 @@ Tables
 ------
 ``runs``     one row per finished run, keyed by ``RunConfig.key``: status, config, metrics,
              artifacts (JSON) and provenance columns (package version, git commit, engine build
-             flags and CPU path, thread count, seed, host, times).
+             flags and CPU path, thread count, seed, host and process id of the worker, times).
 ``history``  per-step rows of every run that recorded a history: (key, step, metrics JSON).
 ``members``  which runs each sweep asked for (sweep name, index, key, tags): a sweep's
              membership is written before it starts, so ``pending()`` lists what is left.
@@ -18,6 +18,7 @@ busy timeout, so readers (a notebook, ``sensiformer show``) can watch a running 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -26,9 +27,12 @@ from pathlib import Path
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.pid (the worker process); version-1 files are upgraded on open
 _PROVENANCE_COLUMNS = ("version", "git_commit", "build", "cpu_path", "openmp", "n_threads", "seed", "host",
-                       "python", "numpy")
+                       "python", "numpy", "pid")
+_RUN_COLUMNS = ("key", "status", "config", "metrics", "artifacts", "error", "started", "finished", "duration",
+                *_PROVENANCE_COLUMNS)
+_INTEGER_PROVENANCE = ("n_threads", "seed", "pid")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,7 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     started REAL, finished REAL, duration REAL,
     version TEXT, git_commit TEXT, build TEXT, cpu_path TEXT, openmp TEXT,
-    n_threads INTEGER, seed INTEGER, host TEXT, python TEXT, numpy TEXT
+    n_threads INTEGER, seed INTEGER, host TEXT, python TEXT, numpy TEXT, pid INTEGER
 );
 CREATE TABLE IF NOT EXISTS history (
     key TEXT NOT NULL,
@@ -106,15 +110,49 @@ class Store:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"directory {self.path.parent} does not exist")
+        if self.path.is_dir():
+            raise ValueError(f"the store {self.path} is a directory; give a file, e.g. {self.path / 'results.db'}")
         self.timeout = float(timeout)
         self._conn = None
-        conn = self._raw()
-        conn.executescript(_SCHEMA)
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        version = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0]
+        self._check_is_a_store()
+        try:
+            conn = self._raw()
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            version = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0]
+            if int(version) < SCHEMA_VERSION:
+                version = self._upgrade(conn, int(version))
+        except sqlite3.DatabaseError as err:  # locked, unreadable, damaged: SQLite's message says which
+            self.close()
+            raise ValueError(f"cannot use {self.path} as a results store: {err}") from None
         if int(version) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} has schema version {version}; this sensiformer reads up to "
                                f"{SCHEMA_VERSION}: upgrade sensiformer")
+
+    def _check_is_a_store(self) -> None:
+        """Refuse, before writing anything into it, an existing file that is not a store: not
+        SQLite, or a SQLite database of something else (it must not get our tables)."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        try:
+            with contextlib.closing(sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                                    timeout=self.timeout)) as conn:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as err:
+            raise ValueError(f"{self.path} is not a sensiformer results store (SQLite): {err}") from None
+        if tables and not {"meta", "runs"} <= tables:
+            raise ValueError(f"{self.path} is a SQLite database but not a sensiformer results store "
+                             f"(its tables: {', '.join(sorted(tables))})")
+
+    def _upgrade(self, conn, version: int) -> int:
+        """Bring an older file to this schema in one transaction (older sensiformers then refuse
+        it by its version instead of writing rows of the old shape)."""
+        with _Transaction(conn):
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+            if "pid" not in columns:
+                conn.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
+        return SCHEMA_VERSION
 
     # ---- connection ---------------------------------------------------------------------------
     def _raw(self) -> sqlite3.Connection:
@@ -176,11 +214,11 @@ class Store:
             if conn.execute("SELECT 1 FROM runs WHERE key=?", (result["key"],)).fetchone():
                 return False
             conn.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join('?' * len(_RUN_COLUMNS))})",
                 (result["key"], result["status"], _dumps(result["config"]), _dumps(result["metrics"]),
                  _dumps(result.get("artifacts", {})), result.get("error"), result.get("started"),
                  result.get("finished"), result.get("duration"),
-                 *[None if prov.get(c) is None else (prov[c] if c in ("n_threads", "seed") else str(prov[c]))
+                 *[None if prov.get(c) is None else (int(prov[c]) if c in _INTEGER_PROVENANCE else str(prov[c]))
                    for c in _PROVENANCE_COLUMNS]))
             conn.executemany("INSERT OR REPLACE INTO history VALUES (?,?,?)",
                              [(result["key"], int(row["step"]), _dumps({k: v for k, v in row.items() if k != "step"}))
