@@ -14,12 +14,16 @@ SENSIFORMER_CFLAGS="..."      extra compiler flags appended last
 
 import os
 import shlex
+import subprocess
 import tempfile
 import warnings
 from glob import glob
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 # Numeric sources are compiled twice, once per precision (SF_DOUBLE=0/1), so one
 # source serves float32 and float64; every symbol they define carries a _f32/_f64 suffix.
@@ -153,10 +157,52 @@ class BuildEngine(build_ext):
         super().build_extension(ext)
 
 
+# The git commit a non-editable install was built from, for each run's provenance (sweep/runner.py): an
+# sdist or wheel built from a checkout carries sensiformer/_build_info.py (not in git).
+ROOT = Path(__file__).resolve().parent
+BUILD_INFO = Path("sensiformer", "_build_info.py")
+
+
+def _checkout_commit():
+    """HEAD of this checkout (+dirty with local changes to the sources), or None outside one."""
+    if not (ROOT / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "csrc", "python",
+                                "setup.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def _write_build_info(package_root):
+    commit = _checkout_commit()
+    if commit is None:
+        return  # building from an sdist: its _build_info.py is already among the package's modules
+    path = Path(package_root) / BUILD_INFO
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'"""Written when this distribution was built."""\n\nGIT_COMMIT = {commit!r}\n')
+
+
+class BuildPy(build_py):
+    def run(self):
+        super().run()
+        if not self.editable_mode:
+            _write_build_info(self.build_lib)
+
+
+class Sdist(sdist):
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, files)
+        _write_build_info(Path(base_dir) / "python")
+
+
 engine = Extension(
     "sensiformer._engine",
     sources=COMMON_SOURCES,
     depends=HEADERS + NUMERIC_SOURCES,
 )
 
-setup(ext_modules=[engine], cmdclass={"build_ext": BuildEngine})
+setup(ext_modules=[engine], cmdclass={"build_ext": BuildEngine, "build_py": BuildPy, "sdist": Sdist})
