@@ -29,8 +29,9 @@ from .seq2seq import Seq2SeqTransformer
 from .optim import SGD, Adam, AdamW, Optimizer
 from .targets import restricted_subset
 from .trainer import Callback, DivergenceError, Trainer
+from ._selftest import test
 
 __all__ = [
     "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "Optimizer", "SGD", "Seq2SeqTransformer", "Trainer", "Transformer",
-    "get_num_threads", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",
+    "get_num_threads", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets", "test",
 ]

@@ -7,6 +7,7 @@
   sensiformer plot scaling --preset quick --store results.db --out scaling.png
   sensiformer show results.db [--sweep NAME] [--export runs.csv]
   sensiformer show-config
+  sensiformer selftest [--json report.json]       validate this installation on every CPU path
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def cmd_show_config(args) -> int:
 
     sf.show_config()
     return 0
+
+
+def cmd_selftest(args) -> int:
+    from . import _selftest
+
+    return _selftest.cli(args)
 
 
 def _value(text):
@@ -243,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show-config", help="describe this build (OpenMP, CPU path, flags)")
     show.set_defaults(func=cmd_show_config)
+
+    st = sub.add_parser("selftest", help="validate this installation: the shipped suite on every CPU path, a report")
+    st.add_argument("--path", action="append", choices=("x86-64-v4", "x86-64-v3", "baseline"), default=None,
+                    help="test only this CPU path (repeatable; default: every path this CPU can run)")
+    st.add_argument("--json", default=None, metavar="PATH", help="also write the report here as JSON")
+    st.add_argument("-k", default=None, metavar="EXPR", help="only the checks pytest's -k EXPR selects")
+    st.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
+    st.set_defaults(func=cmd_selftest)
 
     rep = sub.add_parser("reproduce", help="run a paper experiment (resumable), print its summary, plot it")
     _add_run_options(rep)

@@ -11,28 +11,10 @@ import os
 import numpy as np
 
 import sensiformer as sf
-from sensiformer import _engine
-
-ALL_PATHS = ("x86-64-v4", "x86-64-v3", "baseline")
+from sensiformer._selftest import cpu_paths  # noqa: F401  (the tests' one way to ask)
 
 
 # ---- CPU paths ------------------------------------------------------------------------------------
-def _gemm_runs_on(path):
-    one = np.ones((1, 1), np.float32)
-    try:
-        _engine.kernel_gemm(path, one, one, np.zeros((1, 1), np.float32), None, False, False, False, 1)
-    except ValueError:
-        return False
-    return True
-
-
-def cpu_paths():
-    """The CPU paths this build and this CPU can run, fastest first."""
-    if hasattr(_engine, "cpu_paths"):
-        return tuple(_engine.cpu_paths())
-    return tuple(p for p in ALL_PATHS if _gemm_runs_on(p))  # builds before _engine.cpu_paths()
-
-
 def current_path():
     """The path this process runs (``SENSIFORMER_CPU_PATH`` or the CPU's best)."""
     return sf.show_config(print_out=False)["cpu_path"]

@@ -13,13 +13,12 @@ SHAPES = [(1, 1, 1), (5, 3, 7), (6, 16, 1), (7, 17, 33), (13, 40, 300), (130, 96
           (30, 40, 4200)]
 
 
-def test_the_path_in_use_is_the_one_asked_for(errors):
+def test_the_path_in_use_is_the_one_asked_for():
     path = current_path()
     assert path in cpu_paths(), f"the engine runs {path!r}, which is not among the runnable {cpu_paths()}"
     assert "baseline" in cpu_paths()
     asked = forced_path()
     assert asked is None or path == asked, f"SENSIFORMER_CPU_PATH={asked} but the engine runs {path!r}"
-    errors.check("path", 0.0, 0.0)
 
 
 def gemm(a, b, *, c=None, bias=None, transpose_a=False, transpose_b=False, n_threads=1):

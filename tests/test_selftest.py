@@ -1,0 +1,110 @@
+"""The shipped self-test's runner (sensiformer.test(), ``sensiformer selftest``): it is found by
+``pytest --pyargs sensiformer`` and not by the project's run, a perturbed kernel or a crashing child
+makes it fail naming the path and the check, bad arguments and a missing pytest give clear errors,
+and the JSON report is written whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import sensiformer as sf
+from sensiformer import _selftest, cli
+
+ROOT = Path(__file__).resolve().parents[1]
+AUTO = _selftest.cpu_paths()[0]  # the path the engine picks without SENSIFORMER_CPU_PATH
+
+
+def plugin(tmp_path, monkeypatch, name, body):
+    """A pytest plugin module the self-test's children load with ``-p name``."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_pyargs_finds_the_shipped_suite_and_the_project_run_does_not(tmp_path):
+    shipped = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              "--pyargs", "sensiformer"], cwd=tmp_path, capture_output=True, text=True)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    items = [line for line in shipped.stdout.splitlines() if "::" in line]
+    shipped_files = {p.name for p in (Path(sf.__file__).parent / "tests").glob("test_*.py")}
+    assert {i.split("::")[0].rpartition("/")[2] for i in items} == shipped_files and len(items) >= 40, items[:5]
+    assert any("test_paths.py::test_cpu_paths_agree" in i for i in items)
+    import tomllib
+
+    testpaths = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["testpaths"]
+    assert testpaths == ["tests"], "the project's run must not collect the shipped suite a second time"
+
+
+def test_a_perturbed_gemm_edge_fails_naming_path_and_check(tmp_path, monkeypatch):
+    """The children load a plugin that adds 1e-3 to the last element of every GEMM with a partial
+    column tile (N % 16 != 0), as a kernel with a broken edge case would."""
+    plugin(tmp_path, monkeypatch, "break_gemm_edge", """
+        from sensiformer import _engine
+        _gemm = _engine.kernel_gemm
+
+        def broken(path, a, b, c, *args):
+            _gemm(path, a, b, c, *args)
+            if c.shape[1] % 16:
+                c[-1, -1] += 1e-3
+
+        _engine.kernel_gemm = broken
+    """)
+    report = _selftest.run(paths=[AUTO], extra_argv=["-p", "break_gemm_edge", "-k", "gemm"])
+    assert not report["passed"]
+    failed = {c["check"] for run in report["runs"] for c in run["checks"] if c["outcome"] == "failed"}
+    assert failed == {"kernels::gemm_matches_numpy[float32]", "kernels::gemm_matches_numpy[float64]"}
+    text = _selftest.format_report(report)
+    assert f"[{AUTO}] kernels::gemm_matches_numpy[float32]: AssertionError: 1x1x1 ta=False tb=False (error/bound): error" in text
+    assert "FAILED (2 checks)" in text
+
+
+def test_a_crashing_child_is_reported_not_lost(tmp_path, monkeypatch):
+    plugin(tmp_path, monkeypatch, "crash_in_test", """
+        import os, signal
+
+        def pytest_runtest_call(item):
+            os.kill(os.getpid(), signal.SIGSEGV)
+    """)
+    report = _selftest.run(paths=[AUTO], extra_argv=["-p", "crash_in_test", "-k", "closed_forms"])
+    assert not report["passed"]
+    (check,) = report["runs"][0]["checks"]
+    assert check["outcome"] == "error" and f"exited with code -{int(__import__('signal').SIGSEGV)}" in check["message"]
+    assert f"[{AUTO}] (child process): exited with code" in _selftest.format_report(report)
+
+
+def test_passing_run_writes_the_json_report_and_exits_0(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert cli.main(["selftest", "--path", AUTO, "-k", "closed_forms or bitwise_identical_for_1", "--json",
+                     str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"PASSED on {AUTO}" in text and "OpenMP threads by default" in text and sf.__version__ in text
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["tested_paths"] == [AUTO] and report["versions"]["sensiformer"] == sf.__version__
+    checks = {c["check"]: c for c in report["runs"][0]["checks"]}
+    assert checks["kernels::gemm_is_bitwise_identical_for_1_and_2_threads"]["max_error"]["limit"] == 0
+    assert not list(tmp_path.glob("*.tmp"))
+    assert sf.test(paths=AUTO, extra_argv=["-k", "closed_forms"]) is True
+
+
+def test_bad_paths_are_refused_naming_the_argument():
+    with pytest.raises(ValueError, match="paths: unknown CPU path 'avx9000'"):
+        sf.test(paths=["avx9000"])
+    with pytest.raises(ValueError, match="paths must name at least one"):
+        sf.test(paths=[])
+    with pytest.raises(SystemExit):
+        cli.main(["selftest", "--path", "avx9000"])
+
+
+def test_without_pytest_the_message_says_how_to_install_it(monkeypatch, capsys):
+    real = _selftest.importlib.util.find_spec
+    monkeypatch.setattr(_selftest.importlib.util, "find_spec", lambda name: None if name == "pytest" else real(name))
+    with pytest.raises(ImportError, match=r'pip install "sensiformer\[selftest\]"'):
+        sf.test()
+    assert cli.main(["selftest"]) == 2
+    assert 'pip install "sensiformer[selftest]"' in capsys.readouterr().err
