@@ -265,13 +265,12 @@ def format_report(report) -> str:
     for i, run in enumerate(runs):
         for c in run["checks"]:
             groups.setdefault(c["check"].split("[")[0], [[] for _ in runs])[i].append(c)
-    width = max([len(name) for name in groups] + [5])
+    labels = {name: name + (f" [{n}]" if (n := max(len(r) for r in rows)) > 1 else "") for name, rows in groups.items()}
+    width = max(len(label) for label in labels.values())
     lines += ["", f"  {'check':<{width}} " + " ".join(f"{r['path']:>11}" for r in runs) + "  limit"]
     for name, rows in groups.items():
-        cases = max(len(r) for r in rows)
-        label = name + (f" [{cases}]" if cases > 1 else "")
         cells = " ".join(f"{_cell(r) if r else '':>11}" for r in rows)
-        lines.append(f"  {label:<{width}} {cells}  {_limit(rows)}".rstrip())
+        lines.append(f"  {labels[name]:<{width}} {cells}  {_limit(rows)}".rstrip())
     skips = {}
     for run in runs:
         for c in run["checks"]:
