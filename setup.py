@@ -7,6 +7,7 @@ Environment switches (all optional):
 
 SENSIFORMER_OPENMP=auto|0|1   probe for OpenMP (default), force it off, or require it
 SENSIFORMER_NATIVE=1          add -march=native (local builds only: the result is not portable)
+SENSIFORMER_CPU_PATHS="..."   which CPU paths to compile (default: every one the compiler supports)
 SENSIFORMER_SANITIZE=1        build with -fsanitize=address,undefined -O1 -g (for CI's sanitizer stage)
 SENSIFORMER_CFLAGS="..."      extra compiler flags appended last
 """
@@ -25,6 +26,17 @@ from setuptools.command.build_ext import build_ext
 NUMERIC_SOURCES = sorted(glob("csrc/numeric/*.c"))
 COMMON_SOURCES = sorted(glob("csrc/*.c"))
 HEADERS = sorted(glob("csrc/*.h") + glob("csrc/numeric/*.h"))
+
+# CPU paths beyond the baseline: (name, SF_CPU_PATH value). Each is a complete build of csrc/numeric whose
+# vector kernels carry that path's target attribute (kernels.h, gemm.c); built when the compiler has the
+# attributes and intrinsics (gcc >= 12 on x86-64).
+CPU_PATHS = [("x86-64-v3", "1"), ("x86-64-v4", "2")]
+CPU_PATH_PROBE = r"""
+#include <immintrin.h>
+__attribute__((target("arch=x86-64-v4"))) void f(float *p) { _mm512_storeu_ps(p, _mm512_fmadd_ps(_mm512_loadu_ps(p), _mm512_set1_ps(2), _mm512_set1_ps(1))); }
+__attribute__((target("arch=x86-64-v3"))) void g(float *p) { _mm256_storeu_ps(p, _mm256_fmadd_ps(_mm256_loadu_ps(p), _mm256_set1_ps(2), _mm256_set1_ps(1))); }
+int main(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2") < 0 ? (f(0), g(0), 1) : 0; }
+"""
 
 OPENMP_PROBE = r"""
 #include <omp.h>
@@ -106,18 +118,37 @@ class BuildEngine(build_ext):
             ]
         super().build_extensions()
 
+    def _cpu_paths(self):
+        """The CPU paths to compile the numeric code for: (name, SF_CPU_PATH value). Every path is a
+        complete build of csrc/numeric, chosen once per process at run time (SENSIFORMER_CPU_PATH)."""
+        paths = [("baseline", "0")]
+        if self._compiles_with(CPU_PATH_PROBE, []):
+            paths += CPU_PATHS
+        wanted = _env("SENSIFORMER_CPU_PATHS")
+        if wanted:
+            names = wanted.replace(",", " ").split()
+            unknown = set(names) - {p[0] for p in paths}
+            if unknown:
+                raise RuntimeError(f"SENSIFORMER_CPU_PATHS: {sorted(unknown)} cannot be built by this compiler")
+            paths = [p for p in paths if p[0] in names or p[0] == "baseline"]
+        return paths
+
     def build_extension(self, ext):
-        # Compile the numeric sources once per precision into separate object trees.
-        objects = []
-        for precision, is_double in (("f32", "0"), ("f64", "1")):
-            objects += self.compiler.compile(
-                NUMERIC_SOURCES,
-                output_dir=os.path.join(self.build_temp, precision),
-                macros=ext.define_macros + [("SF_DOUBLE", is_double)],
-                include_dirs=ext.include_dirs,
-                extra_postargs=ext.extra_compile_args,
-                depends=ext.depends,
-            )
+        # Compile the numeric sources once per (precision, CPU path) into separate object trees; the
+        # macros SF_DOUBLE and SF_CPU_PATH give every symbol a suffix such as _f32_v3.
+        objects, built = [], []
+        for path, value in self._cpu_paths():
+            built.append(value)
+            for precision, is_double in (("f32", "0"), ("f64", "1")):
+                objects += self.compiler.compile(
+                    NUMERIC_SOURCES,
+                    output_dir=os.path.join(self.build_temp, precision, path),
+                    macros=ext.define_macros + [("SF_DOUBLE", is_double), ("SF_CPU_PATH", value)],
+                    include_dirs=ext.include_dirs,
+                    extra_postargs=ext.extra_compile_args,
+                    depends=ext.depends,
+                )
+        ext.define_macros.append(("SF_BUILT_PATHS", "0x%x" % sum(1 << int(v) for v in built)))
         ext.extra_objects = objects
         super().build_extension(ext)
 

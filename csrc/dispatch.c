@@ -1,10 +1,113 @@
-/* Public entry points that route to the float32 or float64 build of the numeric code. */
+/* Public entry points that route to one build of the numeric code: the model's precision and the
+ * process's CPU path, which is decided here once for every kernel of the engine. */
 #include "engine.h"
 #include "numeric/numeric.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
-#define BY_DTYPE(m, call) ((m)->cfg.dtype == SF_F64 ? call##_f64 : call##_f32)
+/* ---- CPU paths ---------------------------------------------------------------------------------- */
+
+#ifndef SF_BUILT_PATHS
+#define SF_BUILT_PATHS 0x1 /* baseline only */
+#endif
+
+typedef struct {
+    const char *name;
+    int vector_bits;                /* of the GEMM micro-kernel */
+    const sf_numeric *builds[2];    /* float32, float64; NULL where not compiled */
+} cpu_path;
+
+/* Fastest first; the index is the build's SF_CPU_PATH value. */
+static const cpu_path paths[] = {
+    {"baseline", 128, {&numeric_f32_base, &numeric_f64_base}},
+#if SF_BUILT_PATHS & 0x2
+    {"x86-64-v3", 256, {&numeric_f32_v3, &numeric_f64_v3}},
+#else
+    {"x86-64-v3", 256, {NULL, NULL}},
+#endif
+#if SF_BUILT_PATHS & 0x4
+    {"x86-64-v4", 512, {&numeric_f32_v4, &numeric_f64_v4}},
+#else
+    {"x86-64-v4", 512, {NULL, NULL}},
+#endif
+};
+enum { N_PATHS = sizeof paths / sizeof paths[0] };
+
+/* Can this CPU run path i (and was it compiled)? */
+static int path_runs_here(int i) {
+    if (!paths[i].builds[0]) return 0;
+    if (i == 0) return 1;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    const int v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+    if (i == 1) return v3;
+    return v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+static int path_index(const char *name) {
+    for (int i = 0; i < N_PATHS; i++)
+        if (!strcmp(paths[i].name, name)) return i;
+    return -1;
+}
+
+/* The path "auto" chooses: the widest this CPU runs. The x86-64-v3 and x86-64-v4 builds give the same
+ * bits (the same arithmetic per element; only the GEMM's register tile is wider), so this choice is
+ * one of speed only. */
+static int auto_path(void) {
+    int best = 0;
+    for (int i = 1; i < N_PATHS; i++)
+        if (path_runs_here(i)) best = i;
+    return best;
+}
+
+static int current = -1; /* set once, before the first model call (a benign race otherwise: same value) */
+
+static int current_path(void) {
+    if (current < 0) current = auto_path();
+    return current;
+}
+
+sf_status sf_select_cpu_path(const char *name) {
+    if (!name || !*name || !strcmp(name, "auto")) {
+        current = auto_path();
+        return SF_OK;
+    }
+    const int i = path_index(name);
+    if (i < 0) return sf_fail(SF_EINVAL, "unknown CPU path '%s' (expected auto, baseline, x86-64-v3 or x86-64-v4)", name);
+    if (!path_runs_here(i))
+        return sf_fail(SF_EINVAL, "CPU path '%s' cannot run here: %s", name,
+                       paths[i].builds[0] ? "this CPU lacks its instructions" : "this build did not compile it");
+    current = i;
+    return SF_OK;
+}
+
+const char *sf_cpu_path(void) { return paths[current_path()].name; }
+
+int sf_cpu_vector_bits(void) { return paths[current_path()].vector_bits; }
+
+int sf_widest_vector_bits(void) { return paths[auto_path()].vector_bits; }
+
+int sf_cpu_paths(const char **names, int capacity) {
+    int n = 0;
+    for (int i = N_PATHS - 1; i >= 0; i--)
+        if (path_runs_here(i)) {
+            if (n < capacity) names[n] = paths[i].name;
+            n++;
+        }
+    return n;
+}
+
+const sf_numeric *sf_numeric_of(sf_dtype dtype) { return paths[current_path()].builds[dtype == SF_F64]; }
+
+#define BY_DTYPE(m, call) (sf_numeric_of((m)->cfg.dtype)->call)
 
 /* The encoder entry points refuse a seq2seq model, whose calls need decoder inputs. */
 #define ENCODER_ONLY(m, what)                                                                                      \
@@ -34,18 +137,17 @@ sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sa
                               stop_ctx);
 }
 
-const char *sf_cpu_path(void) { return gemm_path_f32(); }
-
 sf_status sf_kernel_gemm(const char *path, sf_dtype dtype, int64_t M, int64_t N, int64_t K, const void *A,
                          int transpose_a, const void *B, int transpose_b, void *C, const void *bias, int accumulate,
                          int n_threads) {
     if (M < 0 || N < 0 || K < 0) return sf_fail(SF_EINVAL, "negative GEMM size");
+    const int i = path_index(path);
+    if (i < 0 || !path_runs_here(i)) return sf_fail(SF_EINVAL, "unknown CPU path '%s', or this CPU cannot run it", path);
     sf_par par = {sf_resolve_threads(n_threads), 0};
     const long sai = transpose_a ? 1 : (long)K, sak = transpose_a ? (long)M : 1;
     const long sbk = transpose_b ? 1 : (long)N, sbj = transpose_b ? (long)K : 1;
-    int bad = (dtype == SF_F64 ? gemm_on_path_f64 : gemm_on_path_f32)(path, M, N, K, A, sai, sak, B, sbk, sbj, C, N,
-                                                                         bias, accumulate, &par);
-    return bad ? sf_fail(SF_EINVAL, "unknown CPU path '%s', or this CPU cannot run it", path) : SF_OK;
+    paths[i].builds[dtype == SF_F64]->gemm_strided(M, N, K, A, sai, sak, B, sbk, sbj, C, N, bias, accumulate, &par);
+    return SF_OK;
 }
 
 sf_status sf_sharpness(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
@@ -64,7 +166,7 @@ sf_status sf_sharpness(sf_model *m, const uint8_t *x, const void *y, int n_batch
 
 int sf_ln_count(const sf_model *m) {
     int counts[4];
-    return m->cfg.kind == SF_MODEL_SEQ2SEQ ? sf_seq2seq_ln_counts(m, counts) : ln_count_f32(&m->cfg);
+    return m->cfg.kind == SF_MODEL_SEQ2SEQ ? sf_seq2seq_ln_counts(m, counts) : numeric_f32_base.ln_count(&m->cfg);
 }
 
 sf_status sf_ln_blowup(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs, double *means,

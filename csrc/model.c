@@ -198,8 +198,7 @@ void sf_model_free(sf_model *m) {
 }
 
 sf_status sf_model_reinit(sf_model *m, uint64_t seed, int identical_layers) {
-    return m->cfg.dtype == SF_F64 ? model_init_f64(m, seed, identical_layers)
-                                  : model_init_f32(m, seed, identical_layers);
+    return sf_numeric_of(m->cfg.dtype)->model_init(m, seed, identical_layers);
 }
 
 const sf_config *sf_model_config(const sf_model *m) { return &m->cfg; }

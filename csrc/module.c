@@ -78,9 +78,15 @@ int sf_py_stop_hook(void *ctx) {
 /* ---- module-level functions ------------------------------------------------------------------ */
 
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
-    return Py_BuildValue("{s:O,s:s,s:s,s:i,s:L}", "openmp", sf_openmp_enabled() ? Py_True : Py_False, "cpu_path",
-                         sf_cpu_path(), "build_flags", sf_build_flags(), "default_threads", sf_default_threads(),
-                         "memory_limit", (long long)sf_memory_limit());
+    const char *names[8];
+    const int n = sf_cpu_paths(names, 8);
+    PyObject *paths = PyTuple_New(n);
+    if (!paths) return NULL;
+    for (int i = 0; i < n; i++) PyTuple_SET_ITEM(paths, i, PyUnicode_FromString(names[i]));
+    return Py_BuildValue("{s:O,s:s,s:i,s:N,s:i,s:s,s:i,s:L}", "openmp", sf_openmp_enabled() ? Py_True : Py_False,
+                         "cpu_path", sf_cpu_path(), "vector_bits", sf_cpu_vector_bits(), "cpu_paths", paths,
+                         "widest_vector_bits", sf_widest_vector_bits(), "build_flags", sf_build_flags(), "default_threads",
+                         sf_default_threads(), "memory_limit", (long long)sf_memory_limit());
 }
 
 static PyObject *py_set_default_threads(PyObject *self, PyObject *arg) {
@@ -109,7 +115,7 @@ static PyObject *py_measure_peak(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "pid", &dbl, &nt, &budget)) return NULL;
     double gflops;
     Py_BEGIN_ALLOW_THREADS
-    gflops = sf_measure_peak_gflops(dbl, nt, budget);
+    gflops = sf_measure_peak_gflops(dbl, nt, budget, NULL);
     Py_END_ALLOW_THREADS
     return PyFloat_FromDouble(gflops);
 }
@@ -140,6 +146,11 @@ PyMODINIT_FUNC PyInit__engine(void) {
     for (PyMethodDef *d = sf_seq2seq_methods; d->ml_name; d++) all[n++] = *d;
     for (PyMethodDef *d = sf_kernel_methods; d->ml_name; d++) all[n++] = *d;
     engine_module.m_methods = all;
+    /* One CPU path for every kernel of the process, chosen before any model exists. */
+    if (sf_select_cpu_path(getenv("SENSIFORMER_CPU_PATH"))) {
+        PyErr_Format(PyExc_ImportError, "SENSIFORMER_CPU_PATH: %s", sf_last_error());
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&engine_module);
     if (!m) return NULL;
     Py_INCREF(&SfModelType);

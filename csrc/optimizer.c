@@ -93,6 +93,5 @@ double sf_optimizer_lr_at(const sf_optimizer *o, int64_t step) {
 }
 
 sf_status sf_optimizer_step(sf_optimizer *o, double *grad_norm_out, int n_threads) {
-    return o->model->cfg.dtype == SF_F64 ? optimizer_step_f64(o, grad_norm_out, n_threads)
-                                         : optimizer_step_f32(o, grad_norm_out, n_threads);
+    return sf_numeric_of(o->model->cfg.dtype)->optimizer_step(o, grad_norm_out, n_threads);
 }

@@ -1,6 +1,7 @@
 /* A small FMA-throughput kernel: the machine's measured floating-point peak, so benchmarks can
  * report what fraction of it a job reaches. Independent accumulators hide the FMA latency; the
- * vector width is that of the kernel path the engine dispatches to on this CPU. */
+ * vector width is the widest this CPU supports (512 bits with AVX-512), whichever path the engine
+ * runs, so "of peak" never flatters a narrower path. */
 #include "engine.h"
 #include "threads.h"
 
@@ -41,23 +42,26 @@ static double seconds(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-/* FLOPs per iteration and the loop for this CPU's path (2 FLOPs per FMA lane). */
-static double (*pick(int dbl, double *flops_per_iter))(long) {
-    const char *path = sf_cpu_path();
+/* FLOPs per iteration, vector bits and the loop for the widest path this CPU runs (2 FLOPs per FMA lane). */
+static double (*pick(int dbl, double *flops_per_iter, int *bits))(long) {
+    const int widest = sf_widest_vector_bits();
     int bytes = 16;
     double (*fn)(long) = dbl ? fma_base_f64 : fma_base_f32;
 #ifdef SF_PEAK_DISPATCH
-    if (!strcmp(path, "x86-64-v4")) bytes = 64, fn = dbl ? fma_v4_f64 : fma_v4_f32;
-    else if (!strcmp(path, "x86-64-v3")) bytes = 32, fn = dbl ? fma_v3_f64 : fma_v3_f32;
+    if (widest == 512) bytes = 64, fn = dbl ? fma_v4_f64 : fma_v4_f32;
+    else if (widest == 256) bytes = 32, fn = dbl ? fma_v3_f64 : fma_v3_f32;
 #endif
+    (void)widest;
     *flops_per_iter = 2.0 * ACCS * bytes / (dbl ? 8 : 4);
-    (void)path;
+    *bits = 8 * bytes;
     return fn;
 }
 
-double sf_measure_peak_gflops(int dtype_double, int n_threads, double seconds_budget) {
+double sf_measure_peak_gflops(int dtype_double, int n_threads, double seconds_budget, int *vector_bits) {
     double per_iter;
-    double (*fn)(long) = pick(dtype_double, &per_iter);
+    int bits;
+    double (*fn)(long) = pick(dtype_double, &per_iter, &bits);
+    if (vector_bits) *vector_bits = bits;
     const int nt = sf_resolve_threads(n_threads);
     long iters = 1 << 16;
     volatile double sink = 0;

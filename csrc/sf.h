@@ -83,7 +83,15 @@ int sf_resolve_threads(int n_threads);        /* <= 0: default; clamps to what t
 void sf_set_default_threads(int n);
 int sf_default_threads(void);
 int sf_openmp_enabled(void);
-const char *sf_cpu_path(void);                /* which kernel clone runs here, e.g. "x86-64-v4" */
+/* CPU paths: the numeric code is compiled once per path ("baseline", "x86-64-v3": AVX2+FMA, "x86-64-v4":
+ * AVX-512), and one path runs every kernel of the process. "auto" (the default) takes the widest this
+ * CPU runs; x86-64-v3 and x86-64-v4 give the same bits. Select before creating models: results are
+ * bitwise reproducible for a given path. SF_EINVAL for an unknown path or one this CPU cannot run. */
+sf_status sf_select_cpu_path(const char *name);
+const char *sf_cpu_path(void);                /* the path in use, e.g. "x86-64-v4" */
+int sf_cpu_vector_bits(void);                 /* its GEMM's vector width: 128, 256 or 512 */
+int sf_widest_vector_bits(void);              /* that of the widest path this CPU runs */
+int sf_cpu_paths(const char **names, int capacity); /* the paths this build and CPU run, widest first; count */
 /* Kernel test hook: C (M,N) (+)= op(A) op(B) (+ bias) with the GEMM of CPU path `path` ("x86-64-v4",
  * "x86-64-v3" or "baseline"); A is (M,K), or (K,M) if transpose_a; B (K,N), or (N,K) if
  * transpose_b; all row-major of the given dtype. SF_EINVAL if the path is unknown or this CPU
@@ -92,9 +100,10 @@ sf_status sf_kernel_gemm(const char *path, sf_dtype dtype, int64_t M, int64_t N,
                          int transpose_a, const void *B, int transpose_b, void *C, const void *bias, int accumulate,
                          int n_threads);
 const char *sf_build_flags(void);
-/* Measured FMA throughput (GFLOP/s) of this CPU's kernel path on n_threads threads, float32 or
- * float64, taking about `seconds`. */
-double sf_measure_peak_gflops(int dtype_double, int n_threads, double seconds);
+/* Measured FMA throughput (GFLOP/s) on n_threads threads, float32 or float64, taking about `seconds`,
+ * at the widest vector width this CPU supports (whatever the path in use); *vector_bits (if not NULL)
+ * gets that width. */
+double sf_measure_peak_gflops(int dtype_double, int n_threads, double seconds, int *vector_bits);
 
 /* Called between training steps (and between long chunks of other work); return nonzero to
  * stop. The engine then returns SF_EINTR with the model in a consistent state. */

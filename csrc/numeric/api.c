@@ -1,4 +1,5 @@
-/* The numeric entry points behind sf_forward and sf_loss_and_grad for one precision. */
+/* The numeric entry points behind sf_forward and sf_loss_and_grad for one build, and the build's
+ * table of entry points. */
 #include "encoder.h"
 
 #include <string.h>
@@ -36,3 +37,7 @@ sf_status SF(loss_and_grad)(sf_model *m, const uint8_t *x, const void *y, int B,
     m->last_threads = par.used;
     return SF_OK;
 }
+
+/* This build's table of entry points (numeric.h), e.g. numeric_f32_v3. */
+#define SF_NUMERIC_ENTRY(ret, name, params) .name = SF(name),
+const sf_numeric SF(numeric) = {SF_NUMERIC_ENTRY_POINTS(SF_NUMERIC_ENTRY)};

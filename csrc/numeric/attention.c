@@ -18,12 +18,12 @@ static inline real row_max(const real *p, long n) {
     return mx;
 }
 
-SF_VECTOR_CLONES void SF(softmax_row)(real *p, long seen, long T, real scale) {
+SF_VECTOR_ISA void SF(softmax_row)(real *p, long seen, long T, real scale) {
     for (long j = 0; j < seen; j++) p[j] *= scale;
     SF(softmax_scaled_row)(p, seen, T);
 }
 
-SF_VECTOR_CLONES void SF(softmax_scaled_row)(real *p, long seen, long T) {
+SF_VECTOR_ISA void SF(softmax_scaled_row)(real *p, long seen, long T) {
     const real mx = row_max(p, seen);
     for (long j = 0; j < seen; j++) p[j] = vexp(p[j] - mx);
     double s = 0;
@@ -34,7 +34,7 @@ SF_VECTOR_CLONES void SF(softmax_scaled_row)(real *p, long seen, long T) {
     for (long j = seen; j < T; j++) p[j] = 0;
 }
 
-SF_VECTOR_CLONES void SF(softmax_row_backward)(real *g, const real *p, long T, real scale) {
+SF_VECTOR_ISA void SF(softmax_row_backward)(real *g, const real *p, long T, real scale) {
     const real dot = softmax_dot(g, p, T);
     for (long j = 0; j < T; j++) g[j] = p[j] * (g[j] - dot) * scale;
 }
@@ -74,7 +74,7 @@ static void attention_task_wide_backward(real *dQ, real *dKV, const real *dctx, 
 /* ---- narrow heads: keys on the vector axis ---------------------------------------------------- */
 
 /* Same contract as the wide task; work: 2 dh T. */
-SF_VECTOR_CLONES static void attention_task_narrow(real *ctx, real *P, const real *Q, const real *KV, long T, long Tq,
+SF_VECTOR_ISA static void attention_task_narrow(real *ctx, real *P, const real *Q, const real *KV, long T, long Tq,
                                                    long d, long dh, int causal, real *work) {
     const real scale = (real)(1.0 / sqrt((double)dh));
     real *kt = work, *vt = work + dh * T;
@@ -101,7 +101,7 @@ SF_VECTOR_CLONES static void attention_task_narrow(real *ctx, real *P, const rea
 }
 
 /* Same contract as the wide backward; work: 4 dh T + T. */
-SF_VECTOR_CLONES static void attention_task_narrow_backward(real *dQ, real *dKV, const real *dctx, const real *P,
+SF_VECTOR_ISA static void attention_task_narrow_backward(real *dQ, real *dKV, const real *dctx, const real *P,
                                                             const real *Q, const real *KV, long T, long Tq, long d,
                                                             long dh, real *work) {
     const real scale = (real)(1.0 / sqrt((double)dh));

@@ -20,7 +20,7 @@
 
 /* The probabilities of one query row: the scores s_j = row[x_j T + j] (a select between the
  * row's two halves, token 0 | token 1), scaled as softmax_row scales them, then its softmax. */
-SF_VECTOR_CLONES static void softmax_gathered_row(real *p, const real *row, const uint8_t *x, long T, real scale) {
+SF_VECTOR_ISA static void softmax_gathered_row(real *p, const real *row, const uint8_t *x, long T, real scale) {
     const real *r0 = row, *r1 = row + T;
     for (long j = 0; j < T; j++) p[j] = (x[j] ? r1[j] : r0[j]) * scale;
     SF(softmax_scaled_row)(p, T, T);
@@ -29,7 +29,7 @@ SF_VECTOR_CLONES static void softmax_gathered_row(real *p, const real *row, cons
 /* The softmax backward of one query row, added into its table row: with g = dP's row and p = P's,
  * dS_j = p_j (g_j - p . g) scale goes to row[x_j T + j], as two masked adds (adding +0 leaves an
  * entry unchanged) in the same pass (dS is never stored). */
-SF_VECTOR_CLONES static void scatter_score_gradients(real *row, const real *g, const real *p, const uint8_t *x, long T,
+SF_VECTOR_ISA static void scatter_score_gradients(real *row, const real *g, const real *p, const uint8_t *x, long T,
                                                      real scale) {
     const real dot = softmax_dot(g, p, T);
     real *r0 = row, *r1 = row + T;

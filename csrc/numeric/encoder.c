@@ -169,7 +169,7 @@ static void distinct_inproj_forward(const sf_config *c, const params *p, layer_a
  * The HVP and the attention-logit probe use the keys and values. s->p holds the same
  * probabilities. */
 /* One (sequence, head): p (T) = softmax(scale * rows qk), pooled (d) = p^T rows; rows (T,d). */
-SF_VECTOR_CLONES static void pool_head(real *p, real *pooled, const real *qk, const real *rows, long T, long d,
+SF_VECTOR_ISA static void pool_head(real *p, real *pooled, const real *qk, const real *rows, long T, long d,
                                        real scale) {
     for (long j = 0; j < T; j++) {
         const real *r = rows + j * d;
@@ -345,7 +345,7 @@ static void distinct_inproj_backward(const sf_config *c, const layer_params *w, 
 /* One (sequence, head) of the pooled attention's backward, given g_pooled = dL/d(pooled):
  * g_rows (T,d) += p_j g_pooled + g_s_j qk (the rows feed both the pooling and the scores), and
  * g_qk (d) = sum_j g_s_j rows_j, with g_s = p o (g_p - p . g_p) scale, g_p_j = g_pooled . rows_j. */
-SF_VECTOR_CLONES static void pool_head_backward(real *g_rows, real *g_qk, const real *p, const real *g_pooled,
+SF_VECTOR_ISA static void pool_head_backward(real *g_rows, real *g_qk, const real *p, const real *g_pooled,
                                                 const real *qk, const real *rows, long T, long d, real scale) {
     double dot = 0;
     for (long j = 0; j < T; j++) {

@@ -12,9 +12,9 @@
  * fixed order; thread partitions are aligned to the register tile, so an element always goes
  * through the same code path whatever the thread count.
  *
- * Runtime dispatch: the tile loop is instantiated for AVX-512 (x86-64-v4), AVX2+FMA
- * (x86-64-v3) and the portable baseline with tile sizes that fit each register file; the
- * choice is made once per process from the CPU's features. */
+ * CPU paths: this file is compiled once per path (real.h); a vector build (x86-64-v3: 256 bits,
+ * x86-64-v4: 512 bits) runs the micro-kernel of gemm_simd.h, the baseline build the portable tile
+ * below, and all three give every element the same arithmetic. */
 #include "kernels.h"
 
 #include <stdlib.h>
@@ -28,8 +28,8 @@
 
 /* A partial tile (mr <= MR rows, nr <= NR columns) at the right or bottom edge, with the same
  * arithmetic as a full tile; compiled per path so that it uses the same instructions (FMA). */
-#define DEFINE_TILE_EDGE(NAME, NR_BYTES, ATTR)                                                         \
-    ATTR static void NAME(long mr, long nr, long kc, const real *a, long sai, long sak, const real *b,  \
+#define DEFINE_TILE_EDGE(NAME, NR_BYTES)                                                               \
+    static void NAME(long mr, long nr, long kc, const real *a, long sai, long sak, const real *b,  \
                           long ldb, real *c, long ldc, const real *bias, int add) {                     \
         real acc[NR_BYTES / sizeof(real)];                                                              \
         for (long r = 0; r < mr; r++) {                                                                 \
@@ -48,8 +48,8 @@
 
 /* One full MR x NR tile over kc steps of k: c (+)= a b (+ bias). The portable micro-kernel;
  * arithmetic: one multiply-add per k in k order from zero, then added to C, then the bias. */
-#define DEFINE_TILE_GENERIC(NAME, MR, NR_BYTES, ATTR)                                                  \
-    ATTR static inline void NAME(long kc, const real *a, long sai, long sak, const real *b, long ldb,  \
+#define DEFINE_TILE_GENERIC(NAME, MR, NR_BYTES)                                                        \
+    static inline void NAME(long kc, const real *a, long sai, long sak, const real *b, long ldb,  \
                                  real *c, long ldc, const real *bias, int add) {                        \
         enum { NR = NR_BYTES / (int)sizeof(real) };                                                     \
         real acc[MR][NR];                                                                               \
@@ -128,121 +128,83 @@ static inline void prefetch_next_block(long t, long tiles, long kn, const real *
     else prefetch_slice(t, tiles, n, b, sbj, kn);
 }
 
+#if SF_CPU_PATH >= 1
+#define GEMM_BITS (SF_CPU_PATH == 2 ? 512 : 256)
+#include "gemm_simd.h"
+#define MR GEMM_MR
+#define NR (GEMM_NR_BYTES / (int)sizeof(real))
+#define TILE tile_simd
+#define EDGE tile_simd_edge
+#else
+DEFINE_TILE_GENERIC(tile_base, 4, 32)
+DEFINE_TILE_EDGE(edge_base, 32)
+#define MR 4
+#define NR (32 / (int)sizeof(real))
+#define TILE tile_base
+#define EDGE edge_base
+#define GEMM_ISA
+#endif
+
 /* The cache-blocked loop over tiles of C rows [i0,i1) x columns [j0,j1): K in KC blocks; per
  * block, B's columns are packed (all at once when the packed block fits PACK_LIMIT and memory
  * is there, else one NR panel at a time in `panel`), then full MR x NR tiles run TILE and partial
  * tiles EDGE. A B contiguous along j and little reused is read in place. Packing
  * moves data only: every element gets the same arithmetic in every case. */
-#define DEFINE_GEMM_TILES(NAME, MR, NR_BYTES, ATTR, TILE, EDGE)                                          \
-    ATTR static void NAME(long i0, long i1, long j0, long j1, long K, const real *A, long sai, long sak,  \
-                          const real *B, long sbk, long sbj, real *C, long ldc, const real *bias,         \
-                          int accumulate, double *asum) {                                                 \
-        enum { NR = NR_BYTES / (int)sizeof(real) };                                                       \
-        real panel[KC * NR] __attribute__((aligned(64)));                                                 \
-        const long n = j1 - j0, block = sizeof(real) * (K < KC ? K : KC) * ((n + NR - 1) / NR) * NR;      \
-        /* B read in place when few row tiles reuse it, or it is one panel (which stays in L1) */        \
-        const int in_place = sbj == 1 && (i1 - i0 <= 3 * MR || n <= NR);                                  \
-        const int streamed = sizeof(real) * (i1 - i0) * (K + n) > STREAMED; /* worth prefetching */          \
-        real *packed = !in_place && block <= PACK_LIMIT ? malloc(block) : NULL;                           \
-        const long chunk = in_place || packed ? n : NR; /* columns packed at a time */                    \
-        for (long kb = 0; kb < K; kb += KC) {                                                             \
-            const long kc = K - kb < KC ? K - kb : KC;                                                    \
-            const int add = accumulate || kb > 0;                                                         \
-            for (long jc = j0; jc < j1; jc += chunk) {                                                    \
-                const long nc = j1 - jc < chunk ? j1 - jc : chunk;                                        \
-                const real *bc = B + kb * sbk + jc * sbj;                                                 \
-                long ldp = sbk, panel_stride = NR;                                                        \
-                if (!in_place) {                                                                          \
-                    real *dst = packed ? packed : panel;                                                  \
-                    pack_panels(kc, nc, NR, bc, sbk, sbj, dst);                                           \
-                    bc = dst, ldp = NR, panel_stride = kc * NR;                                           \
-                }                                                                                         \
-                for (long i = i0; i < i1; i += MR) {                                                      \
-                    const long mr = i1 - i < MR ? i1 - i : MR;                                            \
-                    const real *a = A + i * sai + kb * sak;                                               \
-                    if (streamed && i + MR < i1)                                                          \
-                        prefetch_row_tile(i1 - i - MR < MR ? i1 - i - MR : MR, kc, a + MR * sai, sai, sak, \
-                                          C + (i + MR) * ldc + jc, ldc, nc);                              \
-                    if (asum && jc == j0) /* row sums of A, the K block's in k order, blocks added */    \
-                        add_row_sums(asum + i, kb == 0, mr, kc, a, sai, sak);                             \
-                    if (streamed && kb + KC < K) /* the next K block's operands, a slice per row tile */ \
-                        prefetch_next_block((i - i0) / MR, (i1 - i0 + MR - 1) / MR, K - kb - KC < KC ? K - kb - KC : KC, \
-                                            A + i0 * sai + (kb + KC) * sak, sai, sak, i1 - i0,               \
-                                            B + (kb + KC) * sbk + jc * sbj, sbk, sbj, nc);                  \
-                    for (long p = 0; p * NR < nc; p++) {                                                  \
-                        const long j = jc + p * NR, nr = j1 - j < NR ? j1 - j : NR;                       \
-                        const real *b = bc + p * panel_stride, *bj = kb == 0 && bias ? bias + j : NULL;   \
-                        real *c = C + i * ldc + j;                                                        \
-                        if (mr == MR && nr == NR)                                                         \
-                            TILE(kc, a, sai, sak, b, ldp, c, ldc, bj, add);                               \
-                        else                                                                              \
-                            EDGE(mr, nr, kc, a, sai, sak, b, ldp, c, ldc, bj, add);                       \
-                    }                                                                                     \
-                }                                                                                         \
-            }                                                                                             \
-        }                                                                                                 \
-        free(packed);                                                                                     \
+GEMM_ISA static void gemm_tiles(long i0, long i1, long j0, long j1, long K, const real *A, long sai, long sak,
+                       const real *B, long sbk, long sbj, real *C, long ldc, const real *bias,
+                       int accumulate, double *asum) {
+    real panel[KC * NR] __attribute__((aligned(64)));
+    const long n = j1 - j0, block = sizeof(real) * (K < KC ? K : KC) * ((n + NR - 1) / NR) * NR;
+    /* B read in place when few row tiles reuse it, or it is one panel (which stays in L1) */
+    const int in_place = sbj == 1 && (i1 - i0 <= 3 * MR || n <= NR);
+    const int streamed = sizeof(real) * (i1 - i0) * (K + n) > STREAMED; /* worth prefetching */
+    real *packed = !in_place && block <= PACK_LIMIT ? malloc(block) : NULL;
+    const long chunk = in_place || packed ? n : NR; /* columns packed at a time */
+    for (long kb = 0; kb < K; kb += KC) {
+        const long kc = K - kb < KC ? K - kb : KC;
+        const int add = accumulate || kb > 0;
+        for (long jc = j0; jc < j1; jc += chunk) {
+            const long nc = j1 - jc < chunk ? j1 - jc : chunk;
+            const real *bc = B + kb * sbk + jc * sbj;
+            long ldp = sbk, panel_stride = NR;
+            if (!in_place) {
+                real *dst = packed ? packed : panel;
+                pack_panels(kc, nc, NR, bc, sbk, sbj, dst);
+                bc = dst, ldp = NR, panel_stride = kc * NR;
+            }
+            for (long i = i0; i < i1; i += MR) {
+                const long mr = i1 - i < MR ? i1 - i : MR;
+                const real *a = A + i * sai + kb * sak;
+                if (streamed && i + MR < i1)
+                    prefetch_row_tile(i1 - i - MR < MR ? i1 - i - MR : MR, kc, a + MR * sai, sai, sak,
+                                      C + (i + MR) * ldc + jc, ldc, nc);
+                if (asum && jc == j0) /* row sums of A, the K block's in k order, blocks added */
+                    add_row_sums(asum + i, kb == 0, mr, kc, a, sai, sak);
+                if (streamed && kb + KC < K) /* the next K block's operands, a slice per row tile */
+                    prefetch_next_block((i - i0) / MR, (i1 - i0 + MR - 1) / MR, K - kb - KC < KC ? K - kb - KC : KC,
+                                        A + i0 * sai + (kb + KC) * sak, sai, sak, i1 - i0,
+                                        B + (kb + KC) * sbk + jc * sbj, sbk, sbj, nc);
+                for (long p = 0; p * NR < nc; p++) {
+                    const long j = jc + p * NR, nr = j1 - j < NR ? j1 - j : NR;
+                    const real *b = bc + p * panel_stride, *bj = kb == 0 && bias ? bias + j : NULL;
+                    real *c = C + i * ldc + j;
+                    if (mr == MR && nr == NR)
+                        TILE(kc, a, sai, sak, b, ldp, c, ldc, bj, add);
+                    else
+                        EDGE(mr, nr, kc, a, sai, sak, b, ldp, c, ldc, bj, add);
+                }
+            }
+        }
     }
-
-typedef void (*gemm_tiles_fn)(long, long, long, long, long, const real *, long, long, const real *, long,
-                              long, real *, long, const real *, int, double *);
-
-#ifdef SF_X86_DISPATCH
-#include "gemm_avx2.h"
-#define V4 __attribute__((target("arch=x86-64-v4")))
-#define V3 __attribute__((target("arch=x86-64-v3")))
-DEFINE_TILE_GENERIC(tile_v4, 8, 128, V4)
-DEFINE_TILE_EDGE(edge_v4, 128, V4)
-DEFINE_GEMM_TILES(gemm_tiles_v4, 8, 128, V4, tile_v4, edge_v4)
-DEFINE_GEMM_TILES(gemm_tiles_v3, AVX2_MR, AVX2_NR_BYTES, V3, tile_avx2, tile_avx2_edge)
-#endif
-DEFINE_TILE_GENERIC(tile_base, 4, 32, )
-DEFINE_TILE_EDGE(edge_base, 32, )
-DEFINE_GEMM_TILES(gemm_tiles_base, 4, 32, , tile_base, edge_base)
-
-typedef struct {
-    const char *name;
-    gemm_tiles_fn tiles;
-    long rows, cols; /* register tile */
-} gemm_path;
-
-/* Fastest first; gemm_on_path can run any supported one (the kernel tests run them all). */
-static const gemm_path paths[] = {
-#ifdef SF_X86_DISPATCH
-    {"x86-64-v4", gemm_tiles_v4, 8, 128 / sizeof(real)},
-    {"x86-64-v3", gemm_tiles_v3, AVX2_MR, AVX2_NR_BYTES / sizeof(real)},
-#endif
-    {"baseline", gemm_tiles_base, 4, 32 / sizeof(real)},
-};
-enum { N_PATHS = sizeof paths / sizeof paths[0] };
-
-static int path_supported(const gemm_path *p) {
-#ifdef SF_X86_DISPATCH
-    __builtin_cpu_init();
-    if (p->tiles == gemm_tiles_v4) return __builtin_cpu_supports("x86-64-v4");
-    if (p->tiles == gemm_tiles_v3) return __builtin_cpu_supports("x86-64-v3");
-#endif
-    return 1;
+    free(packed);
 }
-
-static const gemm_path *best_path(void) {
-    static const gemm_path *best; /* a benign race: every thread computes the same pointer */
-    if (!best) {
-        const gemm_path *p = paths;
-        while (!path_supported(p)) p++;
-        best = p;
-    }
-    return best;
-}
-
-const char *SF(gemm_path)(void) { return best_path()->name; }
 
 /* Weight gradients (small C, K = the batch's rows) in two fixed halves of K: C (+)= the first
  * half's product (+ bias), then + the second's, computed into a buffer (so are A's row sums).
  * The halves depend on the shape only, so the arithmetic is the same on one thread (one after
  * the other) as on two (one each: each reads half of both operands, instead of both threads
  * streaming all of B). Returns 0 (nothing done) if the buffer cannot be had. */
-static int gemm_split_k(const gemm_path *path, long M, long N, long K, const real *A, long sai, long sak,
+static int gemm_split_k(long M, long N, long K, const real *A, long sai, long sak,
                         const real *B, long sbk, long sbj, real *C, long ldc, const real *bias, int accumulate,
                         double *asum, int nt, sf_par *par) {
     const long k0 = (K / 2 + KC - 1) / KC * KC;
@@ -255,9 +217,9 @@ static int gemm_split_k(const gemm_path *path, long M, long N, long K, const rea
     {
         const int t = SF_THREAD_ID(), p = SF_TEAM_SIZE();
         if (t == 0) sf_par_note(par, p);
-        if (t == 0) path->tiles(0, M, 0, N, k0, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
+        if (t == 0) gemm_tiles(0, M, 0, N, k0, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
         if (t == (p > 1))
-            path->tiles(0, M, 0, N, K - k0, A + k0 * sak, sai, sak, B + k0 * sbk, sbk, sbj, part, N, NULL, 0, asum2);
+            gemm_tiles(0, M, 0, N, K - k0, A + k0 * sak, sai, sak, B + k0 * sbk, sbk, sbj, part, N, NULL, 0, asum2);
 #pragma omp barrier
         long lo, hi;
         sf_partition(M, 1, t, p, &lo, &hi);
@@ -271,7 +233,7 @@ static int gemm_split_k(const gemm_path *path, long M, long N, long K, const rea
 }
 
 /* C (M,N) (+)= op(A) op(B) (+ bias); asum (M, or NULL) = the row sums of op(A), in double. */
-static void gemm_run(const gemm_path *path, long M, long N, long K, const real *A, long sai, long sak,
+static void gemm_run(long M, long N, long K, const real *A, long sai, long sak,
                      const real *B, long sbk, long sbj, real *C, long ldc, const real *bias, int accumulate,
                      double *asum, sf_par *par) {
     if (M <= 0 || N <= 0) return;
@@ -285,14 +247,14 @@ static void gemm_run(const gemm_path *path, long M, long N, long K, const real *
     int nt = par->nt;
     if ((double)M * N * K < 1048576.0) nt = 1; /* ~20 us of work: not worth a fork/join */
     if (K >= KSPLIT_MIN && M * N <= KSPLIT_MAX_C &&
-        gemm_split_k(path, M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum, nt, par))
+        gemm_split_k(M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum, nt, par))
         return;
     /* Split rows when there are enough of them, else columns (small-M weight gradients). Parts are
      * aligned to the register tile, so no element changes code path with the thread count; A's row
      * sums come from the part holding column 0. */
-    const int by_rows = M >= (long)nt * path->rows * 2 || N < (long)nt * path->cols * 2;
+    const int by_rows = M >= (long)nt * MR * 2 || N < (long)nt * NR * 2;
     if (nt == 1) {
-        path->tiles(0, M, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
+        gemm_tiles(0, M, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
         sf_par_note(par, 1);
         return;
     }
@@ -302,38 +264,32 @@ static void gemm_run(const gemm_path *path, long M, long N, long K, const real *
         int t = SF_THREAD_ID(), p = SF_TEAM_SIZE();
         if (t == 0) sf_par_note(par, p);
         if (by_rows) {
-            sf_partition(M, path->rows, t, p, &lo, &hi);
-            if (lo < hi) path->tiles(lo, hi, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
+            sf_partition(M, MR, t, p, &lo, &hi);
+            if (lo < hi) gemm_tiles(lo, hi, 0, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
         } else {
-            sf_partition(N, path->cols, t, p, &lo, &hi);
+            sf_partition(N, NR, t, p, &lo, &hi);
             if (lo < hi)
-                path->tiles(0, M, lo, hi, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, lo == 0 ? asum : NULL);
+                gemm_tiles(0, M, lo, hi, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, lo == 0 ? asum : NULL);
         }
     }
 }
 
 void SF(gemm)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb,
               real *C, long ldc, const real *bias, int accumulate, sf_par *par) {
-    gemm_run(best_path(), M, N, K, A, sai, sak, B, ldb, 1, C, ldc, bias, accumulate, NULL, par);
+    gemm_run(M, N, K, A, sai, sak, B, ldb, 1, C, ldc, bias, accumulate, NULL, par);
 }
 
 void SF(gemm_row_sums)(long M, long N, long K, const real *A, long sai, long sak, const real *B, long ldb, real *C,
                        long ldc, double *asum, sf_par *par) {
-    gemm_run(best_path(), M, N, K, A, sai, sak, B, ldb, 1, C, ldc, NULL, 0, asum, par);
+    gemm_run(M, N, K, A, sai, sak, B, ldb, 1, C, ldc, NULL, 0, asum, par);
 }
 
 void SF(gemm_bt)(long M, long N, long K, const real *A, long sai, long sak, const real *Bt, long ldbt,
                  real *C, long ldc, const real *bias, int accumulate, sf_par *par) {
-    gemm_run(best_path(), M, N, K, A, sai, sak, Bt, 1, ldbt, C, ldc, bias, accumulate, NULL, par);
+    gemm_run(M, N, K, A, sai, sak, Bt, 1, ldbt, C, ldc, bias, accumulate, NULL, par);
 }
 
-int SF(gemm_on_path)(const char *name, long M, long N, long K, const void *A, long sai, long sak, const void *B,
-                     long sbk, long sbj, void *C, long ldc, const void *bias, int accumulate, sf_par *par) {
-    for (int i = 0; i < N_PATHS; i++)
-        if (!strcmp(paths[i].name, name)) {
-            if (!path_supported(&paths[i])) return -1;
-            gemm_run(&paths[i], M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, NULL, par);
-            return 0;
-        }
-    return -1;
+void SF(gemm_strided)(long M, long N, long K, const void *A, long sai, long sak, const void *B, long sbk, long sbj,
+                      void *C, long ldc, const void *bias, int accumulate, sf_par *par) {
+    gemm_run(M, N, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, NULL, par);
 }

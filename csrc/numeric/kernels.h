@@ -9,14 +9,13 @@
 #include "real.h"
 #include "numeric.h"
 
-/* Runtime CPU dispatch (GCC >= 12 on x86-64, unless the whole build already targets AVX-512):
- * gemm.c picks a micro-kernel per path; SF_VECTOR_CLONES gives a loop-heavy kernel an AVX2+FMA
- * clone next to the portable one, chosen at load time (an ifunc). */
-#if defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX512F__)
-#define SF_X86_DISPATCH 1
-#define SF_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+/* The vector paths' row kernels (softmax, LayerNorm statistics, narrow-head attention, pooling): AVX2+FMA
+ * code in both the x86-64-v3 and the x86-64-v4 build (so the two give the same bits), portable code in
+ * the baseline build; everything else is portable code in every build. */
+#if SF_CPU_PATH >= 1
+#define SF_VECTOR_ISA __attribute__((target("arch=x86-64-v3")))
 #else
-#define SF_VECTOR_CLONES
+#define SF_VECTOR_ISA
 #endif
 
 /* Start loading n contiguous elements from row into cache, a line at a time (for reading):

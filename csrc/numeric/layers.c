@@ -60,7 +60,7 @@ void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_
 /* ---- LayerNorm over the last dimension (biased variance, eps inside the sqrt) ------------- */
 
 /* One row of LayerNorm: statistics in double (vectorised reductions, fixed order per build). */
-SF_VECTOR_CLONES static void layernorm_row(real *y, real *mean, real *rstd, const real *x, const real *g,
+SF_VECTOR_ISA static void layernorm_row(real *y, real *mean, real *rstd, const real *x, const real *g,
                                            const real *b, double eps, long d) {
     double s = 0, v = 0;
 #pragma omp simd reduction(+ : s)
@@ -84,7 +84,7 @@ void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const
 }
 
 /* dx (d) = residual (d, or NULL) + the LayerNorm input gradient of one row. */
-SF_VECTOR_CLONES static void layernorm_row_backward(real *dx, const real *residual, const real *dy, const real *x,
+SF_VECTOR_ISA static void layernorm_row_backward(real *dx, const real *residual, const real *dy, const real *x,
                                                     real m_, real rs, const real *g, long d) {
     double s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
@@ -104,7 +104,7 @@ SF_VECTOR_CLONES static void layernorm_row_backward(real *dx, const real *residu
 }
 
 /* ag (d) += dy x_hat, ab (d) += dy for one row: its part of the parameter gradients. */
-SF_VECTOR_CLONES static void layernorm_row_params(double *ag, double *ab, const real *dy, const real *x, real m_,
+SF_VECTOR_ISA static void layernorm_row_params(double *ag, double *ab, const real *dy, const real *x, real m_,
                                                   real rs, long d) {
 #pragma omp simd
     for (long j = 0; j < d; j++) {

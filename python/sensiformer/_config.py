@@ -35,10 +35,18 @@ def measure_peak(dtype="float32", n_threads=None, seconds=0.5) -> float:
 
 
 def show_config(print_out: bool = True, peak: bool = False) -> dict:
-    """Describe this build: OpenMP, the kernel path chosen for this CPU, flags, threads.
+    """Describe this build: OpenMP, the CPU path in use, flags, threads.
+
+    ``cpu_path`` is the build of the numeric code that runs every kernel of this process
+    (``"x86-64-v4"``: AVX-512, ``"x86-64-v3"``: AVX2+FMA, ``"baseline"``: portable); ``cpu_paths``
+    are the paths this build and CPU can run, widest first; ``vector_bits`` is the path's GEMM
+    vector width. The environment variable ``SENSIFORMER_CPU_PATH`` (read when sensiformer is
+    imported) forces a path; results are bitwise reproducible for a given path, and x86-64-v3 and
+    x86-64-v4 give the same bits.
 
     With ``peak=True`` it also measures the fp32 and fp64 FMA peak on the default thread count
-    (about a second). Returns the facts as a dict (and prints them unless ``print_out=False``).
+    (about a second) at the widest vector width this CPU supports (``widest_vector_bits``).
+    Returns the facts as a dict (and prints them unless ``print_out=False``).
     """
     from . import __version__
 

@@ -568,7 +568,8 @@ static void test_settings_and_facts(void) {
     sf_set_memory_limit(0);
     CHECK(sf_memory_limit() > 12345, "default memory limit restored");
     CHECK(strlen(sf_cpu_path()) > 0 && strlen(sf_build_flags()) > 0, "build facts");
-    CHECK(sf_measure_peak_gflops(0, 1, 0.001) > 0, "peak measurement");
+    int bits = 0;
+    CHECK(sf_measure_peak_gflops(0, 1, 0.001, &bits) > 0 && bits == sf_widest_vector_bits(), "peak measurement");
     sf_config c = config(SF_NORM_POST, SF_F32);
     CHECK(sf_config_check(&c) == SF_OK, "valid config");
     c.n_layers = 0;
@@ -601,8 +602,36 @@ static void test_reliability_entry_points(void) {
     test_hvp_logits_reinit();
 }
 
+/* Every CPU path this build and CPU run: finite-difference gradients on each, and the same forward
+ * outputs (bitwise for x86-64-v3 and x86-64-v4, which promise it; to rounding for the baseline). */
+static void test_cpu_paths(void) {
+    const char *names[8];
+    const int n = sf_cpu_paths(names, 8);
+    CHECK(n >= 1 && !strcmp(names[n - 1], "baseline") && !strcmp(names[0], sf_cpu_path()), "%d paths, auto = widest", n);
+    CHECK(sf_select_cpu_path("avx9000") == SF_EINVAL && strstr(sf_last_error(), "avx9000"), "unknown path refused");
+    float ref[5], out[5];
+    uint8_t x[5 * 7];
+    fill_tokens(x, 5 * 7, 11);
+    for (int i = 0; i < n; i++) {
+        CHECK(sf_select_cpu_path(names[i]) == SF_OK && !strcmp(sf_cpu_path(), names[i]), "select %s", names[i]);
+        for (int norm = SF_NORM_POST; norm <= SF_NORM_NONE; norm++) test_gradient(norm, 8), test_gradient(norm, 32);
+        sf_config c = config(SF_NORM_POST, SF_F32);
+        c.d_model = 32; /* 16-wide heads: the score table */
+        sf_model *m = NULL;
+        CHECK(sf_model_create(&c, 4, 1, &m) == SF_OK && sf_forward(m, x, 5, 7, i ? out : ref, 1) == SF_OK,
+              "forward on %s", names[i]);
+        sf_model_free(m);
+        if (!i) continue;
+        double worst = 0;
+        for (int b = 0; b < 5; b++) worst = fmax(worst, fabs(out[b] - ref[b]));
+        const int bitwise = strcmp(names[i], "baseline") != 0;
+        CHECK(bitwise ? worst == 0 : worst < 1e-5, "%s vs %s: forward differs by %g", names[i], names[0], worst);
+    }
+    CHECK(sf_select_cpu_path("auto") == SF_OK && !strcmp(sf_cpu_path(), names[0]), "auto restored");
+}
+
 int main(void) {
-    for (int norm = SF_NORM_POST; norm <= SF_NORM_NONE; norm++) test_gradient(norm, 8), test_gradient(norm, 32);
+    test_cpu_paths();
     for (int dtype = SF_F32; dtype <= SF_F64; dtype++) {
         for (int kind = SF_OPT_ADAMW; kind <= SF_OPT_SGD; kind++) test_training(dtype, kind, SF_SAMPLE_UNIFORM);
         test_training(dtype, SF_OPT_ADAMW, SF_SAMPLE_SUBSET);

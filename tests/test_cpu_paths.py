@@ -1,0 +1,114 @@
+"""One CPU path per process for every kernel of the engine (SENSIFORMER_CPU_PATH), reported by
+show_config, and what each path promises: x86-64-v3 and x86-64-v4 train to the same bits as the
+engine did before the paths were separate builds (fingerprints recorded from that build), and the
+portable baseline agrees with them to rounding. Each path runs in its own interpreter, since the
+path is chosen when the engine loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sensiformer as sf
+
+RUNNABLE = sf.show_config(print_out=False)["cpu_paths"]
+
+# Training runs (25 AdamW steps, 2 threads) hashed by their final parameters; recorded at ca1e7bc, when
+# the vector kernels were function clones of one build. Post/pre/no LayerNorm, both dtypes, narrow heads
+# (d=4), the tabled wide heads of the paper shape, and the seq2seq model.
+FINGERPRINTS = {
+    ("enc", 12, 64, 2, "post", "float32", 64): "959b55955ed57e20",
+    ("enc", 12, 64, 2, "post", "float64", 64): "06e0a5f5b17e881a",
+    ("enc", 10, 32, 2, "pre", "float32", 33): "5d56bf7b60aabe58",
+    ("enc", 10, 32, 3, "none", "float64", 33): "40bad33c3a84f710",
+    ("enc", 24, 4, 2, "post", "float32", 40): "aec2f57b7f894d82",
+    ("enc", 20, 128, 2, "post", "float32", 128): "eb5d066310b2c1bc",
+    ("s2s", 8, 32, 1, "post", "float32", 32): "4ebc339d36513155",
+    ("s2s", 8, 32, 1, "pre", "float64", 32): "d6d7efa68813c6d8",
+}
+
+TRAIN_SCRIPT = r"""
+import hashlib, json, sys
+import numpy as np
+import sensiformer as sf
+
+def run(kind, n, d, layers, norm, dtype, batch):
+    cls, target = (sf.Transformer, sf.targets.Parity(n)) if kind == "enc" else \
+        (sf.Seq2SeqTransformer, sf.targets.PrefixParity(n))
+    model = cls(n_positions=n, d_model=d, n_heads=2, n_layers=layers, norm=norm, dtype=dtype, seed=3)
+    trainer = sf.Trainer(model, target, optimizer=sf.AdamW(lr=1e-3, weight_decay=0.1), batch_size=batch, seed=7,
+                         n_threads=2)
+    # the gradient of the initial model on a fixed batch, for comparisons between paths
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2, size=(batch, n), dtype=np.uint8)
+    y = target(x).astype(np.float64)
+    loss, grads = model.loss_and_grad(x, y)
+    gradient = np.concatenate([g.ravel() for g in grads.values()]).tolist()
+    trainer.fit(25, progress=False)
+    return hashlib.sha256(np.ascontiguousarray(model.flat).tobytes()).hexdigest()[:16], [loss] + gradient
+
+configs = json.loads(sys.argv[1])
+out = {"cpu_path": sf.show_config(print_out=False)["cpu_path"], "runs": [run(*c) for c in configs]}
+print(json.dumps(out))
+"""
+
+
+def run_on_path(path, code, *args, check=True):
+    env = dict(os.environ, SENSIFORMER_CPU_PATH=path)
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def train_on_path(path):
+    proc = run_on_path(path, TRAIN_SCRIPT, json.dumps([list(c) for c in FINGERPRINTS]))
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cpu_path"] == path
+    return out["runs"]
+
+
+def test_every_build_has_the_baseline_and_show_config_reports_the_path():
+    config = sf.show_config(print_out=False)
+    assert "baseline" in RUNNABLE and config["cpu_path"] in RUNNABLE
+    assert config["cpu_path"] == RUNNABLE[0] or os.environ.get("SENSIFORMER_CPU_PATH"), "auto takes the widest path"
+    assert config["vector_bits"] in (128, 256, 512) and config["widest_vector_bits"] >= config["vector_bits"]
+
+
+@pytest.mark.parametrize("path", RUNNABLE)
+def test_a_forced_path_runs_every_kernel_of_the_process(path):
+    proc = run_on_path(path, "import sensiformer as sf; c = sf.show_config(print_out=False); "
+                             "print(c['cpu_path'], c['vector_bits'])")
+    name, bits = proc.stdout.split()
+    assert name == path and int(bits) == {"baseline": 128, "x86-64-v3": 256, "x86-64-v4": 512}[path]
+
+
+@pytest.mark.parametrize("path,message", [("avx9000", "unknown CPU path 'avx9000'"),
+                                          ("x86-64-v4" if "x86-64-v4" not in RUNNABLE else "x86_64_v9", "")])
+def test_a_path_this_cpu_cannot_run_is_refused_at_import(path, message):
+    proc = run_on_path(path, "import sensiformer", check=False)
+    assert proc.returncode != 0
+    assert "ImportError: SENSIFORMER_CPU_PATH:" in proc.stderr and message in proc.stderr
+
+
+@pytest.mark.parametrize("path", [p for p in ("x86-64-v3", "x86-64-v4") if p in RUNNABLE] or
+                         [pytest.param("x86-64-v3", marks=pytest.mark.skip(reason="this CPU runs no vector path"))])
+def test_vector_paths_train_to_the_recorded_bits(path):
+    runs = train_on_path(path)
+    assert [h for h, _ in runs] == list(FINGERPRINTS.values())
+
+
+def test_the_baseline_agrees_with_the_vector_paths_to_rounding():
+    """Losses and gradients of the same model and batch (training itself amplifies roundings)."""
+    if len(RUNNABLE) < 2:
+        pytest.skip("this CPU runs only the baseline path")
+    widest, base = train_on_path(RUNNABLE[0]), train_on_path("baseline")
+    for config, (_, a), (_, b) in zip(FINGERPRINTS, widest, base):
+        a, b = np.array(a), np.array(b)
+        tol = 1e-12 if config[5] == "float64" else 2e-5
+        assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(a)), config
