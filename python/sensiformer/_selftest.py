@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _engine
 
-ALL_PATHS = ("x86-64-v4", "x86-64-v3", "baseline")
+ALL_PATHS = ("x86-64-v4", "x86-64-v3", "baseline")  # every path the engine knows (cpu_paths: the runnable)
 CHILD_TIMEOUT = 900  # seconds per child; the whole self-test takes well under a minute per path
 PYTEST_MISSING = ('the sensiformer self-test needs pytest, which is not installed; install it with\n'
                   '    pip install "sensiformer[selftest]"      (or: pip install pytest)')
@@ -37,20 +37,9 @@ filterwarnings =
 """
 
 
-def _gemm_runs_on(path):
-    one = np.ones((1, 1), np.float32)
-    try:
-        _engine.kernel_gemm(path, one, one, np.zeros((1, 1), np.float32), None, False, False, False, 1)
-    except ValueError:
-        return False
-    return True
-
-
 def cpu_paths() -> tuple:
-    """The CPU paths this build and this CPU can run, fastest first."""
-    if hasattr(_engine, "cpu_paths"):
-        return tuple(_engine.cpu_paths())
-    return tuple(p for p in ALL_PATHS if _gemm_runs_on(p))  # builds before _engine.cpu_paths()
+    """The CPU paths this build and this CPU can run, widest first."""
+    return tuple(_engine.build_info()["cpu_paths"])
 
 
 # ---- the child: one pytest run, results as JSON -------------------------------------------------
@@ -127,7 +116,7 @@ def _run_child(label, path, select, extra_argv, workdir, verbose):
         output, code = done.stdout or "", done.returncode
     except subprocess.TimeoutExpired as err:
         output, code = f"timed out after {CHILD_TIMEOUT} s\n{err.output or ''}", None
-    run = dict(path=label, seconds=time.perf_counter() - started)
+    run = dict(path=label, forced=path, seconds=time.perf_counter() - started)
     if out.exists():
         return run | json.loads(out.read_text()) | dict(seconds=run["seconds"])
     # the child died before writing its results (a crash in the engine, an import error, a timeout)
@@ -258,7 +247,8 @@ def format_report(report) -> str:
     runs = report["runs"]
     for run in runs:
         counts = {k: sum(c["outcome"] == k for c in run["checks"]) for k in ("passed", "failed", "error", "skipped")}
-        in_use = "" if run["cpu_path"] in (None, run["path"]) else f", but the engine ran {run['cpu_path']}"
+        wrong = run["forced"] is not None and run["cpu_path"] not in (None, run["forced"])
+        in_use = f", but the engine ran {run['cpu_path']}" if wrong else ""
         lines.append(f"  {run['path']:<11} " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
                      + f" in {run['seconds']:.1f} s ({run['omp_threads']} threads{in_use})")
     groups = {}  # check without its parameters -> one list of cases per run

@@ -252,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show_config)
 
     st = sub.add_parser("selftest", help="validate this installation: the shipped suite on every CPU path, a report")
-    st.add_argument("--path", action="append", choices=("x86-64-v4", "x86-64-v3", "baseline"), default=None,
-                    help="test only this CPU path (repeatable; default: every path this CPU can run)")
+    st.add_argument("--path", action="append", default=None,
+                    help="test only this CPU path: x86-64-v4, x86-64-v3 or baseline (repeatable; default: every "
+                         "path this CPU can run)")
     st.add_argument("--json", default=None, metavar="PATH", help="also write the report here as JSON")
     st.add_argument("-k", default=None, metavar="EXPR", help="only the checks pytest's -k EXPR selects")
     st.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")

@@ -150,24 +150,26 @@ def torch_reference(torch, module, inputs, y, loss="mse"):
 
 # ---- what the CPU paths are compared by -----------------------------------------------------------
 def fingerprint():
-    """Same-seed results of this process's path: a few training steps of either model kind in either
-    dtype (parameters after training), and forward outputs and gradients of a random model.
-
-    x86-64-v3 and x86-64-v4 promise the same bits; baseline agrees with them to rounding.
-    """
+    """Same-seed results of this process's path, keyed "<kind> <what> <dtype>": the parameters after a
+    few training steps of either model kind, and the outputs and gradient of a random model on a
+    fixed batch (a model wide and long enough for full GEMM tiles and the tabled attention)."""
     out = {}
     for dtype in ("float32", "float64"):
         model = sf.Transformer(8, d_model=32, n_heads=2, n_layers=2, dtype=dtype, seed=1)
         sf.Trainer(model, sf.targets.Parity(8), optimizer=sf.AdamW(lr=1e-3), batch_size=64,
                    seed=2).fit(5, progress=False)
         out[f"encoder training {dtype}"] = model.flat.copy()
-        model, x, dec, y = seq2seq_case(dtype, seed=3, d_model=16, n_heads=1)
+        model, _, _, _ = seq2seq_case(dtype, seed=3, d_model=16, n_heads=1)
         sf.Trainer(model, sf.targets.Prefix(sf.targets.Parity(6)), optimizer=sf.AdamW(lr=1e-3), batch_size=32,
                    seed=2).fit(3, progress=False)
         out[f"seq2seq training {dtype}"] = model.flat.copy()
-        model, x, y = encoder_case(dtype, seed=4, n_positions=20, d_model=32, activation="relu")
+        model, _, _ = encoder_case(dtype, seed=4, n_positions=20, d_model=32, activation="relu")
         x = tokens(np.random.default_rng(5), 40, 20)
         out[f"encoder forward {dtype}"] = model.forward(x)
-        out[f"encoder gradient {dtype}"] = model.loss_and_grad(x, np.linspace(0, 1, 40))[1]["linear_head.weight"]
+        out[f"encoder gradient {dtype}"] = np.concatenate(
+            [g.ravel() for g in model.loss_and_grad(x, np.linspace(0, 1, 40))[1].values()])
+        model, x, dec, y = seq2seq_case(dtype, seed=6, n_positions=12, d_model=32, n_heads=2)
+        out[f"seq2seq forward {dtype}"] = model.forward(x, dec)
+        out[f"seq2seq gradient {dtype}"] = np.concatenate(
+            [g.ravel() for g in model.loss_and_grad(x, y, decoder_input=dec)[1].values()])
     return out
-

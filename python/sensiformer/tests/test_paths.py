@@ -1,7 +1,10 @@
 """The CPU paths against each other: every path this machine can run computes the same-seed
-fingerprint (training of both kinds in both dtypes, forward outputs, gradients) in its own process
-(``SENSIFORMER_CPU_PATH`` is read once per process). x86-64-v3 and x86-64-v4 promise the same bits;
-the baseline (the intrinsics' portable twin, other operation order in the tiles) agrees to rounding."""
+fingerprint (``_support.fingerprint``: training of both kinds in both dtypes, outputs and gradients
+at a fixed point) in its own process (``SENSIFORMER_CPU_PATH`` is read once per process).
+x86-64-v3 and x86-64-v4 promise the same bits in everything, training included. The baseline (the
+portable twin, another operation order in the tiles) agrees with the widest path to rounding in
+outputs and gradients; its training is not compared, since Adam's first steps turn rounding-sized
+gradient differences into lr-sized updates (lr * sign g)."""
 
 import os
 import subprocess
@@ -13,16 +16,16 @@ import pytest
 from ._support import cpu_paths
 
 pytestmark = pytest.mark.cross_path
-BITWISE = {"x86-64-v3", "x86-64-v4"}
-# relative to each array's max magnitude: float32 rounding (6e-8) grown over a few training steps
-ROUNDING = {"float32": 1e-4, "float64": 1e-10}
+VECTOR_PATHS = [p for p in cpu_paths() if p != "baseline"]
+# max abs difference relative to the array's max magnitude (the bounds of the project's tests/test_cpu_paths.py)
+ROUNDING = {"float32": 2e-5, "float64": 1e-12}
 
 
-def fingerprint_of(path, tmp_path):
-    out = tmp_path / f"{path}.npz"
+def fingerprint_of(path, workdir):
+    out = workdir / f"{path}.npz"
     env = dict(os.environ, SENSIFORMER_CPU_PATH=path)
     done = subprocess.run([sys.executable, "-m", "sensiformer.tests._fingerprint", str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"the {path} child failed:\n{done.stderr[-2000:]}"
     with np.load(out) as data:
         result = {k: data[k] for k in data.files}
@@ -30,19 +33,28 @@ def fingerprint_of(path, tmp_path):
     return result
 
 
-def test_cpu_paths_agree(errors, tmp_path):
-    paths = cpu_paths()
-    if len(paths) < 2:
-        pytest.skip(f"this machine runs one CPU path only ({paths[0]}): nothing to compare")
-    results = {p: fingerprint_of(p, tmp_path) for p in paths}
-    reference = paths[0]
-    for path in paths[1:]:
-        for name, ref in results[reference].items():
-            ours = results[path][name]
-            what = f"{path} vs {reference}: {name}"
-            if {path, reference} <= BITWISE:
-                errors.equal(what, ours, ref)
-            else:
-                limit = ROUNDING[name.rsplit(" ", 1)[1]]
-                errors.check(what + " (max abs diff / max abs)", np.max(np.abs(ours - ref)) / np.max(np.abs(ref)),
-                             limit)
+@pytest.fixture(scope="module")
+def fingerprints(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("fingerprints")
+    return {path: fingerprint_of(path, workdir) for path in cpu_paths()}
+
+
+def test_the_vector_paths_give_the_same_bits(errors, fingerprints):
+    if len(VECTOR_PATHS) < 2:
+        pytest.skip(f"this CPU runs {len(VECTOR_PATHS)} vector path(s): no bitwise promise to compare")
+    reference, *others = VECTOR_PATHS
+    for path in others:
+        for name, ref in fingerprints[reference].items():
+            errors.equal(f"{path} vs {reference}: {name}", fingerprints[path][name], ref)
+
+
+def test_the_baseline_agrees_with_the_widest_path_to_rounding(errors, fingerprints):
+    if not VECTOR_PATHS:
+        pytest.skip("this CPU runs only the baseline path: nothing to compare it with")
+    reference = VECTOR_PATHS[0]
+    for name, ref in fingerprints[reference].items():
+        if "training" in name:
+            continue
+        ours = fingerprints["baseline"][name]
+        errors.check(f"baseline vs {reference}: {name} (max abs diff / max abs)",
+                     np.max(np.abs(ours - ref)) / np.max(np.abs(ref)), ROUNDING[name.rsplit(" ", 1)[1]])
