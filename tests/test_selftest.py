@@ -92,6 +92,14 @@ def test_passing_run_writes_the_json_report_and_exits_0(tmp_path, capsys):
     assert sf.test(paths=AUTO, extra_argv=["-k", "closed_forms"]) is True
 
 
+def test_bad_arguments_are_refused_naming_them_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="json_path: the directory .*missing does not exist"):
+        sf.test(json_path=tmp_path / "missing" / "report.json")
+    with pytest.raises(TypeError, match="extra_argv must be a sequence"):
+        sf.test(extra_argv="-k gemm")
+    assert cli.main(["selftest", "--json", str(tmp_path / "missing" / "r.json")]) == 2
+
+
 def test_bad_paths_are_refused_naming_the_argument():
     with pytest.raises(ValueError, match="paths: unknown CPU path 'avx9000'"):
         sf.test(paths=["avx9000"])

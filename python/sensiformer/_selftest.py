@@ -184,6 +184,8 @@ def run(*, paths=None, extra_argv=(), verbose=False) -> dict:
 
     compare = paths is None  # the cross-path check compares every runnable path
     paths = _check_paths(paths)
+    if isinstance(extra_argv, (str, bytes)):
+        raise TypeError("extra_argv must be a sequence of arguments, e.g. ['-k', 'gemm'], not one string")
     extra_argv = [str(a) for a in (extra_argv or ())]
     facts = sf.show_config(print_out=False)
     started = time.perf_counter()
@@ -308,6 +310,8 @@ def test(*, paths=None, extra_argv=(), verbose=False, json_path=None) -> bool:
     bool
         True if every check passed.
     """
+    if json_path is not None and not Path(json_path).parent.is_dir():
+        raise ValueError(f"json_path: the directory {Path(json_path).parent} does not exist")
     report = run(paths=paths, extra_argv=extra_argv, verbose=verbose)
     print(format_report(report))
     if json_path is not None:

@@ -6,6 +6,7 @@ import pytest
 
 import sensiformer as sf
 from sensiformer import _engine, analysis
+from sensiformer.sweep import RunConfig
 
 from ._support import current_path
 
@@ -49,6 +50,7 @@ BAD_INPUTS = {
     "hessian": (lambda: sf.probes.hvp(_model(), np.zeros((2, 6), int), np.zeros(2), np.ones(5)), ValueError,
                 "v must have shape"),
     "settings": (lambda: sf.set_num_threads(0), ValueError, "n must be >= 1"),
+    "sweep config": (lambda: RunConfig(target="parity", n=0), ValueError, "n must be >= 1"),
     "engine kernel": (lambda: _engine.kernel_gemm(current_path(), np.ones((2, 3)), np.ones((2, 2)), np.zeros((2, 2)),
                                                   None, False, False, False, 1), ValueError, "shapes"),
 }
