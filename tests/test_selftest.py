@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -64,18 +65,23 @@ def test_a_perturbed_gemm_edge_fails_naming_path_and_check(tmp_path, monkeypatch
     assert "FAILED (2 checks)" in text
 
 
-def test_a_crashing_child_is_reported_not_lost(tmp_path, monkeypatch):
+def test_a_crash_names_the_check_and_keeps_the_results_before_it(tmp_path, monkeypatch):
+    """A check that kills its process (as a crash in the engine would): the checks before it keep
+    their results, the crashed one is named with the exit status."""
     plugin(tmp_path, monkeypatch, "crash_in_test", """
         import os, signal
 
         def pytest_runtest_call(item):
-            os.kill(os.getpid(), signal.SIGSEGV)
+            if "closed_forms" in item.nodeid:
+                os.kill(os.getpid(), signal.SIGSEGV)
     """)
-    report = _selftest.run(paths=[AUTO], extra_argv=["-p", "crash_in_test", "-k", "closed_forms"])
+    report = _selftest.run(paths=[AUTO], extra_argv=["-p", "crash_in_test", "-k", "brute_force or closed_forms"])
     assert not report["passed"]
-    (check,) = report["runs"][0]["checks"]
-    assert check["outcome"] == "error" and f"exited with code -{int(__import__('signal').SIGSEGV)}" in check["message"]
-    assert f"[{AUTO}] (child process): exited with code" in _selftest.format_report(report)
+    checks = {c["check"]: c for c in report["runs"][0]["checks"]}
+    assert checks["analysis::analysis_matches_brute_force[8]"]["outcome"] == "passed"
+    crashed = checks["analysis::closed_forms"]
+    assert crashed["outcome"] == "error" and f"exited with code -{int(signal.SIGSEGV)}" in crashed["message"]
+    assert f"[{AUTO}] analysis::closed_forms: the process exited with code" in _selftest.format_report(report)
 
 
 def test_passing_run_writes_the_json_report_and_exits_0(tmp_path, capsys):

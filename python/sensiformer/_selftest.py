@@ -25,6 +25,7 @@ from . import _engine
 
 ALL_PATHS = ("x86-64-v4", "x86-64-v3", "baseline")  # every path the engine knows (cpu_paths: the runnable)
 CHILD_TIMEOUT = 900  # seconds per child; the whole self-test takes well under a minute per path
+CHILD = "import sys; from sensiformer._selftest import _child; sys.exit(_child(sys.argv[1], sys.argv[2:]))"
 PYTEST_MISSING = ('the sensiformer self-test needs pytest, which is not installed; install it with\n'
                   '    pip install "sensiformer[selftest]"      (or: pip install pytest)')
 # The children's pytest configuration, independent of any pytest.ini/pyproject.toml around the cwd:
@@ -59,10 +60,20 @@ def _message(report):
 
 
 class _Collector:
-    """A pytest plugin gathering each check's outcome, message, largest error and duration."""
+    """A pytest plugin gathering each check's outcome, message, largest error and duration. It saves
+    the results so far (and the check about to run) before every check, so that a child killed by a
+    crash in the engine still reports what passed and which check crashed."""
 
-    def __init__(self):
-        self.checks = {}
+    def __init__(self, out, facts):
+        self.out, self.checks = Path(out), {}
+        self.facts = dict(cpu_path=facts["cpu_path"], omp_threads=facts["default_threads"])
+
+    def save(self, running=None, exit_code=None):
+        self.out.write_text(json.dumps(self.facts | dict(running=running, exit_code=exit_code,
+                                                         checks=list(self.checks.values()))))
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.save(running=nodeid)
 
     def pytest_runtest_logreport(self, report):
         check = self.checks.setdefault(report.nodeid, dict(check=_check_name(report.nodeid), outcome="passed",
@@ -89,13 +100,10 @@ def _child(out, pytest_args):
 
     import sensiformer as sf
 
-    collector = _Collector()
-    facts = sf.show_config(print_out=False)  # before the tests change the thread default
-    started = time.perf_counter()
+    collector = _Collector(out, sf.show_config(print_out=False))  # before the tests change the thread default
+    collector.save()
     code = pytest.main(["--pyargs", "sensiformer.tests", *pytest_args], plugins=[collector])
-    result = dict(cpu_path=facts["cpu_path"], omp_threads=facts["default_threads"], exit_code=int(code),
-                  seconds=time.perf_counter() - started, checks=list(collector.checks.values()))
-    Path(out).write_text(json.dumps(result))
+    collector.save(exit_code=int(code))
     return 0
 
 
@@ -107,23 +115,29 @@ def _run_child(label, path, select, extra_argv, workdir, verbose):
     env = {k: v for k, v in os.environ.items() if k != "SENSIFORMER_CPU_PATH"}
     if path is not None:
         env["SENSIFORMER_CPU_PATH"] = path
-    command = [sys.executable, "-m", "sensiformer._selftest", "--child", str(out), "-c", str(ini),
-               "--rootdir", str(workdir), "-m", select, *extra_argv]
+    command = [sys.executable, "-c", CHILD, str(out), "-c", str(ini), "--rootdir", str(workdir), "-m", select,
+               *extra_argv]
     started = time.perf_counter()
     try:
-        done = subprocess.run(command, env=env, cwd=workdir, timeout=CHILD_TIMEOUT, text=True,
+        done = subprocess.run(command, env=env, cwd=workdir, timeout=CHILD_TIMEOUT,
                               stdout=None if verbose else subprocess.PIPE, stderr=subprocess.STDOUT)
-        output, code = done.stdout or "", done.returncode
+        output, code = done.stdout or b"", done.returncode
     except subprocess.TimeoutExpired as err:
-        output, code = f"timed out after {CHILD_TIMEOUT} s\n{err.output or ''}", None
-    run = dict(path=label, forced=path, seconds=time.perf_counter() - started)
+        output, code = err.output or b"", None
+    result = dict(cpu_path=None, omp_threads=None, running=None, exit_code=None, checks=[])
     if out.exists():
-        return run | json.loads(out.read_text()) | dict(seconds=run["seconds"])
-    # the child died before writing its results (a crash in the engine, an import error, a timeout)
-    reason = "timed out" if code is None else f"exited with code {code}"
-    tail = " | ".join(line for line in output.strip().splitlines()[-5:] if line.strip())
-    return run | dict(cpu_path=None, omp_threads=None, exit_code=code, checks=[
-        dict(check="(child process)", outcome="error", message=f"{reason}: {tail}", max_error=None, seconds=0.0)])
+        result |= json.loads(out.read_text())
+    if result["exit_code"] not in (0, 1, 5):  # 1: checks failed, 5: -k selected none; else the run broke
+        if result["exit_code"] is not None:  # pytest stopped: interrupted, usage or internal error
+            reason = f"pytest exited with code {result['exit_code']}"
+        else:  # the process died: a crash in the engine, an import error, a timeout
+            reason = f"timed out after {CHILD_TIMEOUT} s" if code is None else f"the process exited with code {code}"
+        tail = " | ".join(line for line in output.decode(errors="replace").splitlines()[-5:] if line.strip())
+        running = result["running"]
+        result["checks"].append(dict(check=_check_name(running) if running else "(child process)",
+                                     outcome="error", message=f"{reason}: {tail}".rstrip(": "), max_error=None,
+                                     seconds=0.0))
+    return dict(path=label, forced=path, seconds=time.perf_counter() - started) | result
 
 
 def _versions():
@@ -252,7 +266,7 @@ def format_report(report) -> str:
         wrong = run["forced"] is not None and run["cpu_path"] not in (None, run["forced"])
         in_use = f", but the engine ran {run['cpu_path']}" if wrong else ""
         lines.append(f"  {run['path']:<11} " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-                     + f" in {run['seconds']:.1f} s ({run['omp_threads']} threads{in_use})")
+                     + f" in {run['seconds']:.1f} s" + (f" ({run['omp_threads']} threads{in_use})" if run["omp_threads"] else ""))
     groups = {}  # check without its parameters -> one list of cases per run
     for i, run in enumerate(runs):
         for c in run["checks"]:
@@ -329,8 +343,3 @@ def cli(args) -> int:
         return 2
     return 0 if passed else 1
 
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "--child":
-        sys.exit(_child(sys.argv[2], sys.argv[3:]))
-    sys.exit("usage: sensiformer selftest (this module's command line is the self-test's child process)")
