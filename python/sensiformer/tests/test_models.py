@@ -75,7 +75,7 @@ def test_float32_build_matches_float64_build(errors, kind):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("norm,activation", [("post", "relu"), ("pre", "gelu_tanh"), ("none", "relu")])
+@pytest.mark.parametrize("norm,activation", [("post", "relu"), ("pre", "gelu_tanh"), ("none", "gelu")])
 def test_encoder_forward_matches_numpy(errors, dtype, norm, activation):
     """Widths 16 and 32 (heads of 8 and 16: both attention forms), T = 13 and 20, batch 9 and 40
     (B > 2: layer 0 on distinct rows, scores from a table), against float64 NumPy."""
