@@ -36,10 +36,8 @@ def test_pyargs_finds_the_shipped_suite_and_the_project_run_does_not(tmp_path):
     shipped_files = {p.name for p in (Path(sf.__file__).parent / "tests").glob("test_*.py")}
     assert {i.split("::")[0].rpartition("/")[2] for i in items} == shipped_files and len(items) >= 40, items[:5]
     assert any("test_paths.py::test_the_vector_paths_give_the_same_bits" in i for i in items)
-    import tomllib
-
-    testpaths = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["testpaths"]
-    assert testpaths == ["tests"], "the project's run must not collect the shipped suite a second time"
+    # the project's own run (pyproject's testpaths) must not collect the shipped suite a second time
+    assert 'testpaths = ["tests"]' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_a_perturbed_gemm_edge_fails_naming_path_and_check(tmp_path, monkeypatch):
