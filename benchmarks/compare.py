@@ -5,10 +5,15 @@ plus the model truth table and Monte-Carlo sensitivity, interleaved with medians
 table: time of each side, the ratio (> 1: sensiformer is faster), achieved GFLOP/s (FLOPs
 sensiformer executes, formulas in each script) and the fraction of the fp32 FMA peak measured
 in the same run (sensiformer.show_config(peak=True), at the start and again at the end: the
-larger counts, since a busy moment only lowers it). --json writes the rows for comparison
-across commits.
+larger counts, since a busy moment only lowers it), at the widest vector width of the CPU. The
+header names the CPU, the engine's CPU path and its vector width. --json writes the rows for
+comparison across commits.
 
-    python benchmarks/compare.py [--quick] [--threads N] [--repeats R] [--json PATH]
+--path x86-64-v3 runs every job with the engine on that path; --path x86-64-v3,x86-64-v4 (or
+--path all) times each job's sensiformer side on every listed path, interleaved with PyTorch in
+one process, and prints a path-vs-path table.
+
+    python benchmarks/compare.py [--quick] [--threads N] [--repeats R] [--json PATH] [--path P[,P...]]
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
+    paths = harness.parse_paths(args.path)
+    if len(paths) == 1:
+        sf._engine.select_cpu_path(paths[0])
     machine = harness.describe_machine(args.threads)
     repeats = 1 if args.quick else args.repeats
     sources = (bench_train_step.jobs, bench_probes.jobs, mc_sensitivity_jobs, truth_table_jobs,
@@ -85,10 +93,16 @@ def main():
     rows = []
     for source in sources:
         for job in source(args.threads, args.quick):
-            rows.append(harness.measure(job, repeats, machine["peak_gflops_fp32"]))
+            if len(paths) > 1:
+                rows.append(harness.measure_paths(job, paths, repeats, machine["peak_gflops_fp32"]))
+            else:
+                rows.append(harness.measure(job, repeats, machine["peak_gflops_fp32"]))
             print(f"  measured {job.name} ({job.config})", flush=True)
     harness.remeasure_peak(rows, machine, args.threads)
-    harness.print_table(rows, machine)
+    if len(paths) > 1:
+        harness.print_path_table(rows, paths, machine)
+    else:
+        harness.print_table(rows, machine)
     if args.json:
         harness.write_json(rows, machine, args.json)
 

@@ -61,6 +61,60 @@ def measure(job: Job, repeats: int, peak_gflops: Optional[float] = None) -> dict
     return row
 
 
+def on_path(path: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn with every engine call on CPU path ``path`` (the process-wide path is switched before each call)."""
+    from sensiformer import _engine
+
+    def run():
+        _engine.select_cpu_path(path)
+        return fn()
+
+    return run
+
+
+def measure_paths(job: Job, paths, repeats: int, peak_gflops: Optional[float] = None) -> dict:
+    """The job's sensiformer side on each CPU path and the other side, interleaved (p1 p2 ... other, p1 p2 ...
+    other, ...) after a warm-up of each; medians per path and each path's ratio to the other side."""
+    from sensiformer import _engine
+
+    sides = {path: on_path(path, job.ours) for path in paths}
+    if job.theirs is not None:
+        sides[job.theirs_label] = job.theirs
+    times = {name: [] for name in sides}
+    for fn in sides.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            times[name].append(seconds(fn))
+    _engine.select_cpu_path("auto")
+    med = {name: statistics.median(t) for name, t in times.items()}
+    theirs = med.get(job.theirs_label) if job.theirs is not None else None
+    row = dict(job=job.name, config=job.config, theirs=job.theirs_label if theirs else None,
+               theirs_ms=None if theirs is None else 1e3 * theirs, paths={})
+    for path in paths:
+        gflops = None if job.flops is None else job.flops / med[path] / 1e9
+        row["paths"][path] = dict(ms=1e3 * med[path], ratio=None if theirs is None else theirs / med[path],
+                                  gflops=gflops, peak_fraction=gflops / peak_gflops if gflops and peak_gflops else None)
+    return row
+
+
+def print_path_table(rows, paths, machine=None) -> None:
+    """One line per job: each path's time, its ratio to the other side, and each path relative to the first."""
+    if machine:
+        print(", ".join(f"{k}={v}" for k, v in machine.items() if v is not None))
+    head = f"{'job':34s} {'config':30s}" + "".join(f" {p + ' ms':>15s}" for p in paths) + f" {'other ms':>10s}"
+    head += "".join(f" {'ratio ' + p:>17s}" for p in paths) + "".join(f" {p + '/' + paths[0]:>21s}" for p in paths[1:])
+    print(head)
+    for r in rows:
+        line = f"{r['job']:34s} {r['config'][:30]:30s}"
+        line += "".join(f" {r['paths'][p]['ms']:15.2f}" for p in paths) + f" {_fmt(r['theirs_ms'], '10.2f')}"
+        line += "".join(f" {_fmt(r['paths'][p]['ratio'], '17.2f')}" for p in paths)
+        line += "".join(f" {r['paths'][paths[0]]['ms'] / r['paths'][p]['ms']:21.2f}" for p in paths[1:])
+        print(line)
+    print(f"ratio = other / sensiformer on that path (> 1: sensiformer is faster); {'/'.join(paths[1:2] or ['-'])}/"
+          f"{paths[0]} > 1: the second path is faster than the first")
+
+
 def remeasure_peak(rows, machine, threads: int) -> None:
     """Measure the fp32 peak again after the jobs and keep the larger measurement (a busy moment
     on a shared machine only ever lowers it, which would inflate every 'of peak'); the rows'
@@ -70,7 +124,8 @@ def remeasure_peak(rows, machine, threads: int) -> None:
     peak = max(machine["peak_gflops_fp32"] or 0.0, round(measure_peak("float32", threads), 1))
     machine["peak_gflops_fp32"] = peak
     for row in rows:
-        row["peak_fraction"] = row["gflops"] / peak if row["gflops"] else None
+        for side in row.get("paths", {}).values() or [row]:
+            side["peak_fraction"] = side["gflops"] / peak if side["gflops"] else None
 
 
 def describe_machine(threads: int, peak: bool = True) -> dict:
@@ -80,10 +135,21 @@ def describe_machine(threads: int, peak: bool = True) -> dict:
                                 cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return dict(date=time.strftime("%Y-%m-%d %H:%M"), cpu=platform.processor() or platform.machine(),
-                threads=threads, cpu_path=info["cpu_path"], openmp=info["openmp"], commit=commit,
-                version=info["version"], peak_gflops_fp32=info.get("peak_gflops_fp32"),
-                peak_gflops_fp64=info.get("peak_gflops_fp64"))
+    return dict(date=time.strftime("%Y-%m-%d %H:%M"), cpu=cpu_model(), threads=threads, cpu_path=info["cpu_path"],
+                vector_bits=info["vector_bits"], cpu_paths="/".join(info["cpu_paths"]), openmp=info["openmp"],
+                commit=commit, version=info["version"], peak_gflops_fp32=info.get("peak_gflops_fp32"),
+                peak_gflops_fp64=info.get("peak_gflops_fp64"), peak_vector_bits=info["widest_vector_bits"])
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _fmt(value, spec):
@@ -100,7 +166,7 @@ def print_table(rows, machine=None) -> None:
         print(f"{r['job']:34s} {r['config']:34s} {_fmt(r['ours_ms'], '14.2f')} {_fmt(r['theirs_ms'], '10.2f')} "
               f"{_fmt(r['ratio'], '7.2f')} {_fmt(r['gflops'], '8.1f')} {frac:>8s}")
     print("ratio = other / sensiformer (> 1: sensiformer is faster); 'of peak' is the measured fp32 "
-          "(or fp64) FMA peak on the same threads")
+          "(or fp64) FMA peak on the same threads, at the widest vector width of this CPU (peak_vector_bits)")
 
 
 def write_json(rows, machine, path) -> None:
@@ -115,4 +181,19 @@ def add_common_args(parser, default_repeats=7):
     parser.add_argument("--repeats", type=int, default=default_repeats)
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI smoke run)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--path", default=None,
+                        help="CPU path(s) of the engine, e.g. x86-64-v3, or x86-64-v3,x86-64-v4 (or 'all'): one path "
+                             "runs every job on it; several time each job on every path side by side")
     return parser
+
+
+def parse_paths(spec: Optional[str]) -> list:
+    """The --path list, checked against the paths this build and CPU run ('all': every one of them)."""
+    runnable = list(sf.show_config(print_out=False)["cpu_paths"])
+    if not spec:
+        return []
+    paths = runnable if spec == "all" else [p.strip() for p in spec.split(",") if p.strip()]
+    bad = [p for p in paths if p not in runnable]
+    if bad:
+        raise SystemExit(f"--path: {bad} cannot run here; this build and CPU run {runnable}")
+    return paths

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- CPU paths ---------------------------------------------------------------------------------- */
 
@@ -58,14 +59,60 @@ static int path_index(const char *name) {
     return -1;
 }
 
-/* The path "auto" chooses: the widest this CPU runs. The x86-64-v3 and x86-64-v4 builds give the same
- * bits (the same arithmetic per element; only the GEMM's register tile is wider), so this choice is
- * one of speed only. */
-static int auto_path(void) {
-    int best = 0;
+static int widest_path(void) {
+    int widest = 0;
     for (int i = 1; i < N_PATHS; i++)
-        if (path_runs_here(i)) best = i;
+        if (path_runs_here(i)) widest = i;
+    return widest;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* Best of 7 one-thread runs of a float32 (512 x 128) x (128 x 128) product on path i (about 17 MFLOP:
+ * 0.1 ms on an AVX-512 core). */
+static double gemm_seconds(int i, const float *a, const float *b, float *c) {
+    sf_par par = {1, 0};
+    double best = 1e30;
+    for (int rep = 0; rep < 7; rep++) {
+        const double t0 = now();
+        paths[i].builds[0]->gemm_strided(512, 128, 128, a, 128, 1, b, 128, 1, c, 128, NULL, 0, &par);
+        const double t = now() - t0;
+        if (t < best) best = t;
+    }
     return best;
+}
+
+static double v4_speedup; /* x86-64-v3's GEMM time / x86-64-v4's, measured by auto_path (0: not measured) */
+
+/* The path "auto" chooses: the widest this CPU runs, except that x86-64-v4 must prove itself. Its row
+ * kernels are x86-64-v3's and its GEMM gives the same bits, so the two differ only in the GEMM's speed:
+ * measured here once (about a millisecond), x86-64-v4 is taken only if its GEMM is at least 5% faster on
+ * this host (a CPU with one 512-bit FMA unit, or one that clocks down for 512-bit code, keeps x86-64-v3). */
+static int auto_path(void) {
+    const int widest = widest_path();
+    if (widest != 2 || !path_runs_here(1)) return widest;
+    float *buf = malloc(sizeof(float) * (512 * 128 + 128 * 128 + 512 * 128));
+    if (!buf) return widest;
+    for (int j = 0; j < 512 * 128 + 128 * 128; j++) buf[j] = (float)((j * 7919) % 101) / 101.0f - 0.5f;
+    const float *a = buf, *b = buf + 512 * 128;
+    float *c = buf + 512 * 128 + 128 * 128;
+    double t3 = 1e30, t4 = 1e30; /* alternate, so a busy moment hits both */
+    for (int round = 0; round < 3; round++) {
+        const double s3 = gemm_seconds(1, a, b, c), s4 = gemm_seconds(2, a, b, c);
+        t3 = s3 < t3 ? s3 : t3, t4 = s4 < t4 ? s4 : t4;
+    }
+    free(buf);
+    v4_speedup = t3 / t4;
+    return v4_speedup >= 1.05 ? 2 : 1;
+}
+
+double sf_cpu_path_speedup(void) {
+    (void)sf_cpu_path();
+    return v4_speedup;
 }
 
 static int current = -1; /* set once, before the first model call (a benign race otherwise: same value) */
@@ -93,7 +140,7 @@ const char *sf_cpu_path(void) { return paths[current_path()].name; }
 
 int sf_cpu_vector_bits(void) { return paths[current_path()].vector_bits; }
 
-int sf_widest_vector_bits(void) { return paths[auto_path()].vector_bits; }
+int sf_widest_vector_bits(void) { return paths[widest_path()].vector_bits; }
 
 int sf_cpu_paths(const char **names, int capacity) {
     int n = 0;

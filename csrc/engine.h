@@ -8,7 +8,6 @@
 #include <stdlib.h>
 
 #define SF_ALIGN 64
-#define SF_MAX_LAYERS 64
 
 /* Workspace: activations saved by the last forward, and backward scratch. */
 typedef struct {

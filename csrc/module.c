@@ -83,9 +83,9 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     PyObject *paths = PyTuple_New(n);
     if (!paths) return NULL;
     for (int i = 0; i < n; i++) PyTuple_SET_ITEM(paths, i, PyUnicode_FromString(names[i]));
-    return Py_BuildValue("{s:O,s:s,s:i,s:N,s:i,s:s,s:i,s:L}", "openmp", sf_openmp_enabled() ? Py_True : Py_False,
+    return Py_BuildValue("{s:O,s:s,s:i,s:N,s:d,s:i,s:s,s:i,s:L}", "openmp", sf_openmp_enabled() ? Py_True : Py_False,
                          "cpu_path", sf_cpu_path(), "vector_bits", sf_cpu_vector_bits(), "cpu_paths", paths,
-                         "widest_vector_bits", sf_widest_vector_bits(), "build_flags", sf_build_flags(), "default_threads",
+                         "v4_gemm_speedup", sf_cpu_path_speedup(), "widest_vector_bits", sf_widest_vector_bits(), "build_flags", sf_build_flags(), "default_threads",
                          sf_default_threads(), "memory_limit", (long long)sf_memory_limit());
 }
 
@@ -120,7 +120,37 @@ static PyObject *py_measure_peak(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(gflops);
 }
 
+/* vocabulary() -> {list: {name: value}}: the engine's enumerations and limits (sf.h), so that Python never
+ * mirrors them. */
+static PyObject *py_vocabulary(PyObject *self, PyObject *noargs) {
+    int n_lists;
+    const sf_word_list *lists = sf_vocabulary(&n_lists);
+    PyObject *out = PyDict_New();
+    for (int i = 0; out && i < n_lists; i++) {
+        PyObject *words = PyDict_New();
+        for (int j = 0; words && j < lists[i].count; j++) {
+            PyObject *value = PyLong_FromLong(lists[i].words[j].value);
+            if (!value || PyDict_SetItemString(words, lists[i].words[j].name, value) < 0) Py_CLEAR(words);
+            Py_XDECREF(value);
+        }
+        if (!words || PyDict_SetItemString(out, lists[i].name, words) < 0) Py_CLEAR(out);
+        Py_XDECREF(words);
+    }
+    return out;
+}
+
+/* select_cpu_path(name): switch every later engine call of the process to another CPU path (private: the
+ * benchmarks time paths side by side in one process; users choose with SENSIFORMER_CPU_PATH). */
+static PyObject *py_select_cpu_path(PyObject *self, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    if (sf_select_cpu_path(name)) return PyErr_Format(PyExc_ValueError, "%s", sf_last_error());
+    return PyUnicode_FromString(sf_cpu_path());
+}
+
 static PyMethodDef module_methods[] = {
+    {"vocabulary", py_vocabulary, METH_NOARGS, "vocabulary() -> {list: {name: value}}: the engine's enumerations"},
+    {"select_cpu_path", py_select_cpu_path, METH_O, "select_cpu_path(name) -> the path now in use (private)"},
     {"measure_peak", py_measure_peak, METH_VARARGS, "measure_peak(float64, n_threads, seconds) -> GFLOP/s"},
     {"build_info", py_build_info, METH_NOARGS, "Facts about this build: OpenMP, CPU path, flags, threads, memory limit."},
     {"set_default_threads", py_set_default_threads, METH_O, "Default thread count (<= 0: OpenMP's default)."},

@@ -17,22 +17,86 @@
 extern "C" {
 #endif
 
-typedef enum {
-    SF_OK = 0,
-    SF_EINVAL = 1,      /* bad argument (message names it) */
-    SF_ENOMEM = 2,      /* allocation failed or over the memory limit */
-    SF_EINTR = 3,       /* interrupted by the caller's stop hook */
-    SF_ENUMERIC = 4,    /* non-finite loss or parameters */
-} sf_status;
-
-typedef enum { SF_F32 = 0, SF_F64 = 1 } sf_dtype;
-typedef enum { SF_NORM_POST = 0, SF_NORM_PRE = 1, SF_NORM_NONE = 2 } sf_norm;
-typedef enum { SF_ACT_RELU = 0, SF_ACT_GELU = 1, SF_ACT_GELU_TANH = 2 } sf_activation;
+/* ---- the vocabulary ---------------------------------------------------------------------------
+ * Every enumeration of the API is one list X(constant, value, name): the C enum below, and the
+ * (name, value) pairs that sf_vocabulary() exports, so the Python layer reads its choices from here
+ * instead of mirroring them. */
+#define SF_STATUS_LIST(X)                                                                                     \
+    X(SF_OK, 0, "ok")                                                                                         \
+    X(SF_EINVAL, 1, "invalid")    /* bad argument (message names it) */                                       \
+    X(SF_ENOMEM, 2, "no_memory")  /* allocation failed or over the memory limit */                            \
+    X(SF_EINTR, 3, "interrupted") /* interrupted by the caller's stop hook */                                 \
+    X(SF_ENUMERIC, 4, "numeric")  /* non-finite loss or parameters */
+#define SF_DTYPE_LIST(X) X(SF_F32, 0, "float32") X(SF_F64, 1, "float64")
+#define SF_NORM_LIST(X) X(SF_NORM_POST, 0, "post") X(SF_NORM_PRE, 1, "pre") X(SF_NORM_NONE, 2, "none")
+#define SF_ACTIVATION_LIST(X) X(SF_ACT_RELU, 0, "relu") X(SF_ACT_GELU, 1, "gelu") X(SF_ACT_GELU_TANH, 2, "gelu_tanh")
 /* SF_MODEL_ENCODER: the official TorchModel (readout at the last position). SF_MODEL_SEQ2SEQ: the
  * official TorchModelWithScratchpad, nn.Transformer with a shared embedding of the tokens 0, 1 and
  * SF_SOS, causal decoder self-attention, cross-attention and a readout at every decoder position. */
-typedef enum { SF_MODEL_ENCODER = 0, SF_MODEL_SEQ2SEQ = 1 } sf_model_kind;
-#define SF_SOS 2 /* the seq2seq decoder's start token */
+#define SF_MODEL_KIND_LIST(X) X(SF_MODEL_ENCODER, 0, "encoder") X(SF_MODEL_SEQ2SEQ, 1, "seq2seq")
+/* What a tensor is, for weight-decay masks and probe exclusions. */
+#define SF_TENSOR_KIND_LIST(X)                                                                                \
+    X(SF_KIND_TOKEN_EMBEDDING, 0, "token_embedding")                                                          \
+    X(SF_KIND_POSITIONAL, 1, "positional")                                                                    \
+    X(SF_KIND_WEIGHT, 2, "weight")                                                                            \
+    X(SF_KIND_BIAS, 3, "bias")                                                                                \
+    X(SF_KIND_NORM_WEIGHT, 4, "norm_weight")                                                                  \
+    X(SF_KIND_NORM_BIAS, 5, "norm_bias")
+#define SF_LOSS_LIST(X) X(SF_LOSS_MSE, 0, "mse") X(SF_LOSS_BCE, 1, "bce")
+#define SF_TARGET_KIND_LIST(X)                                                                                \
+    X(SF_TARGET_PARITY, 0, "parity")                                                                          \
+    X(SF_TARGET_MAJORITY, 1, "majority") /* ties -> 0, as the paper */                                        \
+    X(SF_TARGET_FIRST, 2, "first")                                                                            \
+    X(SF_TARGET_MEAN, 3, "mean")                                                                              \
+    X(SF_TARGET_TABLE, 4, "table") /* values[idx(x)], x_1 most significant */                                 \
+    X(SF_TARGET_SPARSE_PARITY, 5, "sparse_parity") /* parity of the positions bits[0..n_bits) */              \
+    X(SF_TARGET_JUNTA, 6, "junta") /* table[idx of x at bits[0..n_bits)], bits[0] most significant */         \
+    X(SF_TARGET_FOURIER, 7, "fourier") /* g(x) = sum_t coefficients[t] chi_{S_t}(x), chi_S = (-1)^sum x_i */
+#define SF_SAMPLER_KIND_LIST(X)                                                                               \
+    X(SF_SAMPLE_UNIFORM, 0, "uniform") /* fresh uniform bits each step */                                     \
+    X(SF_SAMPLE_SUBSET, 1, "subset")   /* uniform with replacement from a fixed set of input indices */       \
+    X(SF_SAMPLE_DATASET, 2, "dataset") /* uniform with replacement from given rows (x, y) */
+#define SF_OPTIMIZER_KIND_LIST(X) X(SF_OPT_ADAMW, 0, "adamw") X(SF_OPT_ADAM, 1, "adam") X(SF_OPT_SGD, 2, "sgd")
+#define SF_SCHEDULE_KIND_LIST(X) X(SF_SCHED_CONSTANT, 0, "constant") X(SF_SCHED_WARMUP_COSINE, 1, "cosine")
+/* Limits (plain numbers) */
+#define SF_LIMIT_LIST(X)                                                                                      \
+    X(SF_SOS, 2, "sos")                /* the seq2seq decoder's start token */                                \
+    X(SF_MAX_LAYERS, 64, "max_layers") /* layers of a stack (encoder; seq2seq decoder) */
+
+/* Every list, with the name of its vocabulary. */
+#define SF_VOCABULARIES(X)                                                                                    \
+    X(SF_STATUS_LIST, "status") X(SF_DTYPE_LIST, "dtype") X(SF_NORM_LIST, "norm")                             \
+    X(SF_ACTIVATION_LIST, "activation") X(SF_MODEL_KIND_LIST, "model_kind")                                   \
+    X(SF_TENSOR_KIND_LIST, "tensor_kind") X(SF_LOSS_LIST, "loss") X(SF_TARGET_KIND_LIST, "target_kind")      \
+    X(SF_SAMPLER_KIND_LIST, "sampler_kind") X(SF_OPTIMIZER_KIND_LIST, "optimizer_kind")                       \
+    X(SF_SCHEDULE_KIND_LIST, "schedule_kind") X(SF_LIMIT_LIST, "limit")
+
+#define SF_ENUM_CONSTANT(constant, value, name) constant = value,
+typedef enum { SF_STATUS_LIST(SF_ENUM_CONSTANT) } sf_status;
+typedef enum { SF_DTYPE_LIST(SF_ENUM_CONSTANT) } sf_dtype;
+typedef enum { SF_NORM_LIST(SF_ENUM_CONSTANT) } sf_norm;
+typedef enum { SF_ACTIVATION_LIST(SF_ENUM_CONSTANT) } sf_activation;
+typedef enum { SF_MODEL_KIND_LIST(SF_ENUM_CONSTANT) } sf_model_kind;
+typedef enum { SF_TENSOR_KIND_LIST(SF_ENUM_CONSTANT) } sf_tensor_kind;
+typedef enum { SF_LOSS_LIST(SF_ENUM_CONSTANT) } sf_loss;
+typedef enum { SF_TARGET_KIND_LIST(SF_ENUM_CONSTANT) } sf_target_kind;
+typedef enum { SF_SAMPLER_KIND_LIST(SF_ENUM_CONSTANT) } sf_sampler_kind;
+typedef enum { SF_OPTIMIZER_KIND_LIST(SF_ENUM_CONSTANT) } sf_optimizer_kind;
+typedef enum { SF_SCHEDULE_KIND_LIST(SF_ENUM_CONSTANT) } sf_schedule_kind;
+enum { SF_LIMIT_LIST(SF_ENUM_CONSTANT) };
+
+/* One list of the vocabulary, e.g. "norm" with the words {"post", 0}, {"pre", 1}, {"none", 2}. */
+typedef struct {
+    const char *name;
+    int value;
+} sf_word;
+typedef struct {
+    const char *name;
+    const sf_word *words;
+    int count;
+} sf_word_list;
+/* Every list above, in order; *count gets their number. */
+const sf_word_list *sf_vocabulary(int *count);
 
 typedef struct {
     int n_positions;     /* longest input; rows of the positional table (seq2seq: n_positions + 1) */
@@ -51,16 +115,6 @@ typedef struct {
 /* A seq2seq model has n_layers encoder and n_decoder_layers decoder layers, norm post or pre
  * (nn.Transformer's norm_first) and always the final encoder and decoder LayerNorms of
  * nn.Transformer (final_norm must be 1). */
-
-/* What a tensor is, for weight-decay masks and probe exclusions. */
-typedef enum {
-    SF_KIND_TOKEN_EMBEDDING = 0,
-    SF_KIND_POSITIONAL = 1,
-    SF_KIND_WEIGHT = 2,
-    SF_KIND_BIAS = 3,
-    SF_KIND_NORM_WEIGHT = 4,
-    SF_KIND_NORM_BIAS = 5,
-} sf_tensor_kind;
 
 typedef struct {
     char name[96];
@@ -85,12 +139,15 @@ int sf_default_threads(void);
 int sf_openmp_enabled(void);
 /* CPU paths: the numeric code is compiled once per path ("baseline", "x86-64-v3": AVX2+FMA, "x86-64-v4":
  * AVX-512), and one path runs every kernel of the process. "auto" (the default) takes the widest this
- * CPU runs; x86-64-v3 and x86-64-v4 give the same bits. Select before creating models: results are
- * bitwise reproducible for a given path. SF_EINVAL for an unknown path or one this CPU cannot run. */
+ * CPU runs, x86-64-v4 only where its GEMM measures at least 5% faster than x86-64-v3's (the two give the
+ * same bits, so this is a choice of speed only). Select before creating models: results are bitwise
+ * reproducible for a given path. SF_EINVAL for an unknown path or one this CPU cannot run. */
 sf_status sf_select_cpu_path(const char *name);
 const char *sf_cpu_path(void);                /* the path in use, e.g. "x86-64-v4" */
 int sf_cpu_vector_bits(void);                 /* its GEMM's vector width: 128, 256 or 512 */
 int sf_widest_vector_bits(void);              /* that of the widest path this CPU runs */
+double sf_cpu_path_speedup(void);             /* x86-64-v4's GEMM speed over x86-64-v3's as "auto" measured
+                                                 it (0 where it was not measured) */
 int sf_cpu_paths(const char **names, int capacity); /* the paths this build and CPU run, widest first; count */
 /* Kernel test hook: C (M,N) (+)= op(A) op(B) (+ bias) with the GEMM of CPU path `path` ("x86-64-v4",
  * "x86-64-v3" or "baseline"); A is (M,K), or (K,M) if transpose_a; B (K,N), or (N,K) if
@@ -126,25 +183,12 @@ sf_status sf_model_reinit(sf_model *m, uint64_t seed, int identical_layers);
 /* Forward on tokens x (B, T) of 0/1 bytes, T <= n_positions; out (B) in the model dtype. */
 sf_status sf_forward(sf_model *m, const uint8_t *x, int B, int T, void *out, int n_threads);
 
-typedef enum { SF_LOSS_MSE = 0, SF_LOSS_BCE = 1 } sf_loss;
-
 /* Loss of outputs against labels y (B, model dtype); with grad=1 also fills the gradient
  * buffer (overwriting it). out may be NULL. */
 sf_status sf_loss_and_grad(sf_model *m, const uint8_t *x, const void *y, int B, int T,
                            sf_loss loss, int grad, double *loss_out, void *out, int n_threads);
 
 /* ---- targets and samplers (the C training loop's data) ---------------------------------- */
-typedef enum {
-    SF_TARGET_PARITY = 0,
-    SF_TARGET_MAJORITY = 1,   /* ties -> 0, as the paper */
-    SF_TARGET_FIRST = 2,
-    SF_TARGET_MEAN = 3,
-    SF_TARGET_TABLE = 4,      /* values[idx(x)], x_1 most significant */
-    SF_TARGET_SPARSE_PARITY = 5, /* parity of the positions bits[0..n_bits) */
-    SF_TARGET_JUNTA = 6,      /* table[idx of x at bits[0..n_bits)], bits[0] most significant */
-    SF_TARGET_FOURIER = 7,    /* g(x) = sum_t coefficients[t] chi_{S_t}(x), chi_S(x) = (-1)^(sum_{i in S} x_i) */
-} sf_target_kind;
-
 /* Values are on the {0,1} scale. Zero-initialise, then set what the kind needs: the fields
  * after `table` are options (zero = none). */
 typedef struct {
@@ -169,12 +213,6 @@ typedef struct {
 /* y: (B) values, or (B, T) with t->prefix. */
 sf_status sf_target_eval(const sf_target *t, const uint8_t *x, int64_t B, int T, double *y);
 
-typedef enum {
-    SF_SAMPLE_UNIFORM = 0,    /* fresh uniform bits each step */
-    SF_SAMPLE_SUBSET = 1,     /* uniform with replacement from a fixed set of input indices */
-    SF_SAMPLE_DATASET = 2,    /* uniform with replacement from given rows (x, y) */
-} sf_sampler_kind;
-
 typedef struct {
     sf_sampler_kind kind;
     const int64_t *subset;    /* SF_SAMPLE_SUBSET */
@@ -195,9 +233,6 @@ sf_status sf_sample_batch(const sf_target *t, const sf_sampler *s, uint64_t seed
 sf_status sf_label_noise(uint8_t *flip, uint64_t seed, int64_t step, int64_t B, double p);
 
 /* ---- optimizers ------------------------------------------------------------------------ */
-typedef enum { SF_OPT_ADAMW = 0, SF_OPT_ADAM = 1, SF_OPT_SGD = 2 } sf_optimizer_kind;
-typedef enum { SF_SCHED_CONSTANT = 0, SF_SCHED_WARMUP_COSINE = 1 } sf_schedule_kind;
-
 typedef struct {
     sf_optimizer_kind kind;
     double lr, beta1, beta2, eps, weight_decay;

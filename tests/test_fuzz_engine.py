@@ -1011,7 +1011,8 @@ RAW_CALLS = ["Model", "forward", "loss_and_grad", "reinit", "flat", "tensors", "
              "ln_blowup", "hvp", "attention_logits", "fwht", "fourier", "spectrum", "degree_stats", "influences",
              "point_sensitivity", "sensitivity_profile", "resolve_threads", "set_default_threads",
              "set_memory_limit", "build_info", "seq2seq_forward", "seq2seq_loss_and_grad", "generate",
-             "seq2seq_ln_counts", "measure_peak", "num_params", "last_threads", "workspace_bytes", "kernel_gemm"]
+             "seq2seq_ln_counts", "measure_peak", "num_params", "last_threads", "workspace_bytes", "kernel_gemm",
+             "select_cpu_path"]
 # raw call -> the engine entry point it reaches (identity for the module functions)
 RAW_ENTRY = {"forward": "Model.forward", "loss_and_grad": "Model.loss_and_grad", "reinit": "Model.reinit",
              "flat": "Model.flat", "tensors": "Model.tensors", "num_params": "Model.num_params",
@@ -1102,6 +1103,8 @@ def _raw(call, model, opt, args, target, sampler):
         return getattr(m, call)
     if call == "kernel_gemm":
         return _engine.kernel_gemm(*a[:9])
+    if call == "select_cpu_path":
+        return _engine.select_cpu_path(a[0])
     if call == "measure_peak":  # the budget is seconds of busy work: keep it tiny
         budget = a[2] if isinstance(a[2], float) and 0 <= a[2] < 0.002 else 0.001
         return _engine.measure_peak(a[0], a[1] if isinstance(a[1], int) and a[1] <= 2 else 1, budget)
@@ -1133,6 +1136,7 @@ def _well_formed(call, model, draw_args, rng):
         "seq2seq_loss_and_grad": [x, np.full((B, 2), 2, np.uint8), rng.normal(size=(B, 2)).astype(model.dtype), 0,
                                   True, 1],
         "generate": [x, 2, True, 0.5, 1],
+        "select_cpu_path": [str(rng.choice(["auto", "baseline", "x86-64-v3", "x86-64-v4", "avx"]))],
         "kernel_gemm": [str(rng.choice(["baseline", "x86-64-v3", "x86-64-v4", "avx"])),
                         rng.normal(size=(3, 4)), rng.normal(size=(4, 5)), np.zeros((3, 5)), rng.normal(size=5),
                         bool(rng.integers(2)), False, False, int(rng.integers(1, 3))],

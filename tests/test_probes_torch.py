@@ -101,3 +101,33 @@ def test_param_norm_excludes_positional_embeddings(random_model):
     flat = np.concatenate([p.ravel() for name, p in model.parameters().items() if "positional" not in name])
     assert probes.param_norm(model) == pytest.approx(np.linalg.norm(flat), rel=1e-13)
     assert sf.probes.param_norm(sf.Transformer(20, d_model=128, dtype="float64")) == pytest.approx(35.8, abs=0.6)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "seq2seq"])
+def test_sharpness_noise_is_the_same_at_every_n_positions(random_model, kind):
+    """The same function embedded in models with 8 and 12 positions (the positional table, excluded from the
+    noise, differs only in rows the inputs never reach) gets the same noise on every other tensor: identical
+    per-draw sharpness values, as the official code's per-tensor draws give every run of a sweep."""
+    rng = np.random.default_rng(4)
+    if kind == "encoder":
+        small = random_model(seed=8, n_positions=8, d_model=16, n_layers=2)
+        large = sf.Transformer(n_positions=12, d_model=16, n_layers=2, dtype="float64")
+        x = rng.integers(0, 2, size=(24, 8)).astype(np.uint8)
+        y, extra = rng.normal(size=24), {}
+    else:
+        small = sf.Seq2SeqTransformer(n_positions=8, d_model=16, n_layers=1, seed=8, dtype="float64")
+        large = sf.Seq2SeqTransformer(n_positions=12, d_model=16, n_layers=1, seed=9, dtype="float64")
+        x = rng.integers(0, 2, size=(24, 8)).astype(np.uint8)
+        y, extra = sf.targets.PrefixParity(8)(x).astype(np.float64), {}
+    for name, value in small.parameters().items():
+        target = large.parameters()[name]
+        if value.shape == target.shape:
+            target[...] = value
+        else:  # the positional table: the first rows are the ones length-8 inputs use
+            target[:value.shape[0]] = value
+    if kind == "encoder":
+        assert np.array_equal(small.forward(x), large.forward(x))
+    a = probes.sharpness(small, x, y, sigma=0.05, repeats=5, seed=3, **extra)
+    b = probes.sharpness(large, x, y, sigma=0.05, repeats=5, seed=3, **extra)
+    assert np.array_equal(a.samples, b.samples)
+    assert np.std(a.samples) > 0

@@ -31,18 +31,35 @@ static double batch_loss(sf_model *m, const sf_seq_data *d, int b, int B, sf_los
     return SF(loss_forward_backward)(NULL, w->enc.out, (const real *)d->y + (size_t)b * B, B, loss);
 }
 
-/* theta = backup + sigma * z on the masked tensors (z: explicit or counter-based normals keyed by
- * the draw and the flat index, so a draw never depends on the mask or the thread count). */
+/* theta = backup + sigma * z on the masked tensors. z is explicit, or counter-based normals keyed by the
+ * draw, the tensor's index and the element's index in its tensor: a tensor's noise never depends on the
+ * other tensors' sizes or the mask (a model with more positions, whose positional table is excluded, gets
+ * the same noise on every other tensor), nor on the thread count. Normals come in Box-Muller pairs
+ * (elements 2j, 2j+1 of a tensor), and the pairs of all masked tensors are split among the threads. */
 static void perturb(sf_model *m, real *theta, const real *backup, const unsigned char *mask, double sigma,
                     const real *z, uint64_t key, sf_par *par) {
-    for (int t = 0; t < m->n_tensors; t++) {
-        const sf_tensor_info *ti = &m->tensors[t];
-        if (!mask[t]) continue;
-        const long lo = ti->offset, hi = ti->offset + ti->size;
-#pragma omp parallel for num_threads(hi - lo >= 65536 ? par->nt : 1) schedule(static)
-        for (long i = lo; i < hi; i++) {
-            const double zi = z ? (double)z[i] : sf_normal(key, (uint64_t)i);
-            theta[i] = (real)(backup[i] + sigma * zi);
+    long pairs = 0; /* pair p of the masked tensors is pair p - first[t] of tensor t */
+    for (int t = 0; t < m->n_tensors; t++)
+        if (mask[t]) pairs += (m->tensors[t].size + 1) / 2;
+    const int nt = pairs >= 16384 ? par->nt : 1;
+    (void)nt; /* unused in a serial build */
+#pragma omp parallel num_threads(nt)
+    {
+        long lo, hi, first = 0;
+        sf_partition(pairs, 1, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        for (int t = 0; t < m->n_tensors && lo < hi; t++) {
+            if (!mask[t]) continue;
+            const sf_tensor_info *ti = &m->tensors[t];
+            const long n = (ti->size + 1) / 2, a = lo > first ? lo - first : 0, b = hi - first < n ? hi - first : n;
+            const uint64_t tensor_key = sf_rand64(key, (uint64_t)t);
+            for (long j = a; j < b; j++) {
+                double zz[2];
+                const long i = ti->offset + 2 * j, two = 2 * j + 1 < ti->size ? 2 : 1;
+                if (!z) sf_normal_pair(tensor_key, (uint64_t)j, zz);
+                for (long e = 0; e < two; e++)
+                    theta[i + e] = (real)(backup[i + e] + sigma * (z ? (double)z[i + e] : zz[e]));
+            }
+            first += n;
         }
     }
 }
