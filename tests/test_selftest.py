@@ -19,7 +19,7 @@ import sensiformer as sf
 from sensiformer import _selftest, cli
 
 ROOT = Path(__file__).resolve().parents[1]
-AUTO = _selftest.cpu_paths()[0]  # the path the engine picks without SENSIFORMER_CPU_PATH
+PATH = _selftest.cpu_paths()[0]  # a path this machine runs (the widest)
 
 
 def plugin(tmp_path, monkeypatch, name, body):
@@ -54,12 +54,13 @@ def test_a_perturbed_gemm_edge_fails_naming_path_and_check(tmp_path, monkeypatch
 
         _engine.kernel_gemm = broken
     """)
-    report = _selftest.run(paths=[AUTO], extra_argv=["-p", "break_gemm_edge", "-k", "gemm"])
+    report = _selftest.run(paths=[PATH], extra_argv=["-p", "break_gemm_edge", "-k", "gemm"])
     assert not report["passed"]
     failed = {c["check"] for run in report["runs"] for c in run["checks"] if c["outcome"] == "failed"}
     assert failed == {"kernels::gemm_matches_numpy[float32]", "kernels::gemm_matches_numpy[float64]"}
     text = _selftest.format_report(report)
-    assert f"[{AUTO}] kernels::gemm_matches_numpy[float32]: AssertionError: 1x1x1 ta=False tb=False (error/bound): error" in text
+    first_edge = "1x1x1 ta=False tb=False (error/bound): error"
+    assert f"[{PATH}] kernels::gemm_matches_numpy[float32]: AssertionError: {first_edge}" in text
     assert "FAILED (2 checks)" in text
 
 
@@ -73,27 +74,27 @@ def test_a_crash_names_the_check_and_keeps_the_results_before_it(tmp_path, monke
             if "closed_forms" in item.nodeid:
                 os.kill(os.getpid(), signal.SIGSEGV)
     """)
-    report = _selftest.run(paths=[AUTO], extra_argv=["-p", "crash_in_test", "-k", "brute_force or closed_forms"])
+    report = _selftest.run(paths=[PATH], extra_argv=["-p", "crash_in_test", "-k", "brute_force or closed_forms"])
     assert not report["passed"]
     checks = {c["check"]: c for c in report["runs"][0]["checks"]}
     assert checks["analysis::analysis_matches_brute_force[8]"]["outcome"] == "passed"
     crashed = checks["analysis::closed_forms"]
     assert crashed["outcome"] == "error" and f"exited with code -{int(signal.SIGSEGV)}" in crashed["message"]
-    assert f"[{AUTO}] analysis::closed_forms: the process exited with code" in _selftest.format_report(report)
+    assert f"[{PATH}] analysis::closed_forms: the process exited with code" in _selftest.format_report(report)
 
 
 def test_passing_run_writes_the_json_report_and_exits_0(tmp_path, capsys):
     out = tmp_path / "report.json"
-    assert cli.main(["selftest", "--path", AUTO, "-k", "closed_forms or bitwise_identical_for_1", "--json",
+    assert cli.main(["selftest", "--path", PATH, "-k", "closed_forms or bitwise_identical_for_1", "--json",
                      str(out)]) == 0
     text = capsys.readouterr().out
-    assert f"PASSED on {AUTO}" in text and "OpenMP threads by default" in text and sf.__version__ in text
+    assert f"PASSED on {PATH}" in text and "OpenMP threads by default" in text and sf.__version__ in text
     report = json.loads(out.read_text())
-    assert report["passed"] and report["tested_paths"] == [AUTO] and report["versions"]["sensiformer"] == sf.__version__
+    assert report["passed"] and report["tested_paths"] == [PATH] and report["versions"]["sensiformer"] == sf.__version__
     checks = {c["check"]: c for c in report["runs"][0]["checks"]}
     assert checks["kernels::gemm_is_bitwise_identical_for_1_and_2_threads"]["max_error"]["limit"] == 0
     assert not list(tmp_path.glob("*.tmp"))
-    assert sf.test(paths=AUTO, extra_argv=["-k", "closed_forms"]) is True
+    assert sf.test(paths=PATH, extra_argv=["-k", "closed_forms"]) is True
 
 
 def test_bad_arguments_are_refused_naming_them_before_any_run(tmp_path):

@@ -211,7 +211,9 @@ def run(*, paths=None, extra_argv=(), verbose=False) -> dict:
         if compare:
             runs.append(_run_child("cross-path", None, "cross_path", extra_argv, workdir, verbose))
     failed = [c for r in runs for c in r["checks"] if c["outcome"] in ("failed", "error")]
+    chosen_by = "SENSIFORMER_CPU_PATH" if os.environ.get("SENSIFORMER_CPU_PATH", "auto") != "auto" else "auto"
     return dict(versions=_versions(), platform=platform.platform(), cpu=_cpu_model(), cpu_paths=list(cpu_paths()),
+                default_path=dict(path=facts["cpu_path"], chosen_by=chosen_by),
                 build=dict(openmp=facts["openmp"], build_flags=facts["build_flags"],
                            default_threads=facts["default_threads"]),
                 tested_paths=list(paths), runs=runs, passed=not failed and all(r["exit_code"] in (0, 5) for r in runs),
@@ -256,7 +258,8 @@ def format_report(report) -> str:
         f"PyTorch {v['torch'] or 'not installed (torch checks skipped)'}",
         f"  build: OpenMP {'on' if b['openmp'] else 'off'}, flags: {b['build_flags']}",
         f"  CPU: {report['cpu']} ({report['platform']})",
-        f"  CPU paths this build and CPU can run: {', '.join(report['cpu_paths'])}",
+        f"  CPU paths this build and CPU can run: {', '.join(report['cpu_paths'])}; sensiformer runs "
+        f"{report['default_path']['path']} here ({report['default_path']['chosen_by']})",
         f"  OpenMP threads by default: {b['default_threads']} (the thread checks use 1 and 2)",
         "",
     ]
@@ -266,7 +269,8 @@ def format_report(report) -> str:
         wrong = run["forced"] is not None and run["cpu_path"] not in (None, run["forced"])
         in_use = f", but the engine ran {run['cpu_path']}" if wrong else ""
         lines.append(f"  {run['path']:<11} " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-                     + f" in {run['seconds']:.1f} s" + (f" ({run['omp_threads']} threads{in_use})" if run["omp_threads"] else ""))
+                     + f" in {run['seconds']:.1f} s"
+                     + (f" ({run['omp_threads']} threads{in_use})" if run["omp_threads"] else ""))
     groups = {}  # check without its parameters -> one list of cases per run
     for i, run in enumerate(runs):
         for c in run["checks"]:

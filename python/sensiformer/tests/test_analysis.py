@@ -60,4 +60,5 @@ def test_a_models_truth_table_is_its_forward_on_every_input(errors):
     inputs = ((np.arange(2**9)[:, None] >> np.arange(8, -1, -1)) & 1).astype(np.uint8)  # x_1 most significant
     errors.equal("truth table", A.truth_table(model, 9), model.forward(inputs))
     result = A.model_sensitivity(model, 9)
-    errors.check("model sensitivity", abs(result.value - A.average_sensitivity((model.forward(inputs) > 0.5).astype(float))), 1e-12)
+    thresholded = (model.forward(inputs) > 0.5).astype(float)
+    errors.check("model sensitivity", abs(result.value - A.average_sensitivity(thresholded)), 1e-12)
