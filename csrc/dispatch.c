@@ -154,26 +154,99 @@ int sf_cpu_paths(const char **names, int capacity) {
 
 const sf_numeric *sf_numeric_of(sf_dtype dtype) { return paths[current_path()].builds[dtype == SF_F64]; }
 
+/* ---- one entry point per operation, either model kind ------------------------------------------ */
+
 #define BY_DTYPE(m, call) (sf_numeric_of((m)->cfg.dtype)->call)
+/* The model kind's table of operations (numeric.h): the only place the kind is looked at. */
+#define OPS(m) (&sf_numeric_of((m)->cfg.dtype)->kinds[(m)->cfg.kind])
 
-/* The encoder entry points refuse a seq2seq model, whose calls need decoder inputs. */
-#define ENCODER_ONLY(m, what)                                                                                      \
-    do {                                                                                                           \
-        if ((m)->cfg.kind != SF_MODEL_ENCODER)                                                                     \
-            return sf_fail(SF_EINVAL, "%s is for the encoder model; this is a seq2seq model (sf_seq2seq_* / "       \
-                           "sf_generate)", what);                                                                  \
-    } while (0)
-
-sf_status sf_forward(sf_model *m, const uint8_t *x, int B, int T, void *out, int n_threads) {
-    ENCODER_ONLY(m, "forward");
-    return BY_DTYPE(m, forward)(m, x, B, T, out, n_threads);
+/* Shapes and tokens of d for model m; need_y: labels present (seq2seq: 1 <= L <= S); batches: the rows
+ * split into that many equal batches. */
+static sf_status check_data(const sf_model *m, const sf_seq_data *d, int need_y, int batches) {
+    const int seq2seq = m->cfg.kind == SF_MODEL_SEQ2SEQ;
+    if (d->rows < 1) return sf_fail(SF_EINVAL, "batch size must be >= 1 (sequences), got %d", d->rows);
+    if (batches < 1 || d->rows % batches)
+        return sf_fail(SF_EINVAL, "%d rows do not split into %d batches", d->rows, batches);
+    if (d->T < 1 || d->T > m->cfg.n_positions)
+        return sf_fail(SF_EINVAL, "the %s length must be in [1, n_positions=%d], got %d",
+                       seq2seq ? "encoder input" : "input", m->cfg.n_positions, d->T);
+    if (need_y && !d->y) return sf_fail(SF_EINVAL, "this call needs labels");
+    sf_status st = sf_check_tokens(d->x, (int64_t)d->rows * d->T);
+    if (st) return st;
+    if (!seq2seq) {
+        if (d->dec || d->S) return sf_fail(SF_EINVAL, "the encoder model takes no decoder inputs");
+        if (need_y && d->L != 1) return sf_fail(SF_EINVAL, "the encoder model has one label per sequence, got %d", d->L);
+        return SF_OK;
+    }
+    if (!d->dec) return sf_fail(SF_EINVAL, "the seq2seq model needs decoder inputs");
+    if (d->S < 1 || d->S > m->cfg.n_positions + 1)
+        return sf_fail(SF_EINVAL, "the decoder input length must be in [1, n_positions+1=%d], got %d",
+                       m->cfg.n_positions + 1, d->S);
+    if (need_y && (d->L < 1 || d->L > d->S))
+        return sf_fail(SF_EINVAL, "need labels for 1 to S=%d decoder positions, got %d", d->S, d->L);
+    const int64_t n = (int64_t)d->rows * d->S;
+    for (int64_t i = 0; i < n; i++)
+        if (d->dec[i] > SF_SOS)
+            return sf_fail(SF_EINVAL, "decoder inputs must hold tokens 0, 1 or SOS=2, found %d at flat index %lld",
+                           d->dec[i], (long long)i);
+    return SF_OK;
 }
 
-sf_status sf_loss_and_grad(sf_model *m, const uint8_t *x, const void *y, int B, int T, sf_loss loss, int grad,
-                           double *loss_out, void *out, int n_threads) {
-    ENCODER_ONLY(m, "loss_and_grad");
-    if (loss != SF_LOSS_MSE && loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", loss);
-    return BY_DTYPE(m, loss_and_grad)(m, x, y, B, T, loss, grad, loss_out, out, n_threads);
+static sf_status check_loss(sf_loss loss) {
+    return loss == SF_LOSS_MSE || loss == SF_LOSS_BCE ? SF_OK : sf_fail(SF_EINVAL, "unknown loss %d", loss);
+}
+
+sf_status sf_forward(sf_model *m, const sf_seq_data *d, void *out, int n_threads) {
+    sf_status st = check_data(m, d, 0, 1);
+    return st ? st : OPS(m)->forward(m, d, out, n_threads);
+}
+
+sf_status sf_loss_and_grad(sf_model *m, const sf_seq_data *d, sf_loss loss, int grad, double *loss_out, void *out,
+                           int n_threads) {
+    sf_status st = check_loss(loss);
+    if (!st) st = check_data(m, d, 1, 1);
+    return st ? st : OPS(m)->loss_and_grad(m, d, loss, grad, loss_out, out, n_threads);
+}
+
+sf_status sf_sharpness(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, double sigma, int repeats,
+                       uint64_t seed, const unsigned char *mask, const void *noise, int shared_draws, double *base,
+                       double *perturbed, int n_threads, sf_stop_hook stop, void *stop_ctx) {
+    if (n_batches < 1 || repeats < 1) return sf_fail(SF_EINVAL, "need at least one batch and one draw");
+    if (!(sigma >= 0) || !isfinite(sigma)) return sf_fail(SF_EINVAL, "sigma must be finite and >= 0, got %g", sigma);
+    sf_status st = check_loss(loss);
+    if (!st) st = check_data(m, d, 1, n_batches);
+    return st ? st
+              : BY_DTYPE(m, sharpness)(m, d, n_batches, loss, sigma, repeats, seed, mask, noise, shared_draws, base,
+                                       perturbed, n_threads, stop, stop_ctx);
+}
+
+int sf_seq2seq_ln_counts(const sf_model *m, int counts[4]) {
+    const int Le = m->cfg.n_layers, Ld = m->cfg.n_decoder_layers;
+    counts[0] = 2 * Le + 1, counts[1] = 3 * Ld + 1, counts[2] = 2 * Le, counts[3] = 2 * Ld;
+    return counts[0] + counts[1] + counts[2] + counts[3];
+}
+
+int sf_ln_count(const sf_model *m) {
+    int counts[4];
+    return m->cfg.kind == SF_MODEL_SEQ2SEQ ? sf_seq2seq_ln_counts(m, counts) : numeric_f32_base.ln_count(&m->cfg);
+}
+
+sf_status sf_ln_blowup(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means, int n_threads) {
+    sf_status st = check_data(m, d, 0, 1);
+    return st ? st : OPS(m)->ln_blowup(m, d, theory, maxs, means, n_threads);
+}
+
+sf_status sf_hvp(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, const void *v, int k, void *hv,
+                 double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx) {
+    if (n_batches < 1 || k < 0) return sf_fail(SF_EINVAL, "need at least one batch and k >= 0 directions");
+    sf_status st = check_loss(loss);
+    if (!st) st = check_data(m, d, 1, n_batches);
+    return st ? st : OPS(m)->hvp(m, d, n_batches, loss, v, k, hv, loss_out, n_threads, stop, stop_ctx);
+}
+
+sf_status sf_attention_logits(sf_model *m, const sf_seq_data *d, double *maxs, double *means, int n_threads) {
+    sf_status st = check_data(m, d, 0, 1);
+    return st ? st : OPS(m)->attention_logits(m, d, maxs, means, n_threads);
 }
 
 sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sampler *s, const sf_train_config *tc,
@@ -197,128 +270,9 @@ sf_status sf_kernel_gemm(const char *path, sf_dtype dtype, int64_t M, int64_t N,
     return SF_OK;
 }
 
-sf_status sf_sharpness(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
-                       double sigma, int repeats, uint64_t seed, const unsigned char *mask, const void *noise,
-                       int shared_draws, double *base, double *perturbed, int n_threads, sf_stop_hook stop,
-                       void *stop_ctx) {
-    ENCODER_ONLY(m, "sharpness");
-    if (n_batches < 1 || repeats < 1) return sf_fail(SF_EINVAL, "need at least one batch and one draw");
-    if (!(sigma >= 0) || !isfinite(sigma)) return sf_fail(SF_EINVAL, "sigma must be finite and >= 0, got %g", sigma);
-    sf_status st = sf_check_tokens(x, (int64_t)n_batches * B * T);
-    if (st) return st;
-    const sf_seq_data d = {x, NULL, y, n_batches * B, T, 0, 1};
-    return BY_DTYPE(m, sharpness)(m, &d, n_batches, loss, sigma, repeats, seed, mask, noise, shared_draws, base,
-                                  perturbed, n_threads, stop, stop_ctx);
-}
-
-int sf_ln_count(const sf_model *m) {
-    int counts[4];
-    return m->cfg.kind == SF_MODEL_SEQ2SEQ ? sf_seq2seq_ln_counts(m, counts) : numeric_f32_base.ln_count(&m->cfg);
-}
-
-sf_status sf_ln_blowup(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs, double *means,
-                       int n_threads) {
-    ENCODER_ONLY(m, "ln_blowup");
-    sf_status st = sf_check_tokens(x, (int64_t)B * T);
-    if (st) return st;
-    return BY_DTYPE(m, ln_blowup)(m, x, B, T, theory, maxs, means, n_threads);
-}
-
-sf_status sf_hvp(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
-                 const void *v, int k, void *hv, double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx) {
-    ENCODER_ONLY(m, "hvp");
-    if (loss != SF_LOSS_MSE && loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", loss);
-    if (n_batches < 1 || k < 0) return sf_fail(SF_EINVAL, "need at least one batch and k >= 0 directions");
-    sf_status st = sf_check_tokens(x, (int64_t)n_batches * B * T);
-    if (st) return st;
-    return BY_DTYPE(m, hvp)(m, x, y, n_batches, B, T, loss, v, k, hv, loss_out, n_threads, stop, stop_ctx);
-}
-
-sf_status sf_attention_logits(sf_model *m, const uint8_t *x, int B, int T, double *maxs, double *means,
-                              int n_threads) {
-    ENCODER_ONLY(m, "attention_logits");
-    sf_status st = sf_check_tokens(x, (int64_t)B * T);
-    if (st) return st;
-    return BY_DTYPE(m, attention_logits)(m, x, B, T, maxs, means, n_threads);
-}
-
-/* ---- seq2seq ----------------------------------------------------------------------------------- */
-
-#define SEQ2SEQ_ONLY(m, what)                                                                                      \
-    do {                                                                                                           \
-        if ((m)->cfg.kind != SF_MODEL_SEQ2SEQ)                                                                     \
-            return sf_fail(SF_EINVAL, "%s is for the seq2seq model; this is an encoder model", what);              \
-    } while (0)
-
-/* Shapes and tokens of d; need_y: labels present with 1 <= L <= S. */
-static sf_status check_seq_data(const sf_model *m, const sf_seq_data *d, int need_y) {
-    if (d->rows < 1) return sf_fail(SF_EINVAL, "need at least one sequence, got %d", d->rows);
-    if (d->T < 1 || d->T > m->cfg.n_positions)
-        return sf_fail(SF_EINVAL, "the encoder input length must be in [1, n_positions=%d], got %d",
-                       m->cfg.n_positions, d->T);
-    if (d->S < 1 || d->S > m->cfg.n_positions + 1)
-        return sf_fail(SF_EINVAL, "the decoder input length must be in [1, n_positions+1=%d], got %d",
-                       m->cfg.n_positions + 1, d->S);
-    if (need_y && (!d->y || d->L < 1 || d->L > d->S))
-        return sf_fail(SF_EINVAL, "need labels for 1 to S=%d decoder positions, got %d", d->S, d->L);
-    sf_status st = sf_check_tokens(d->x, (int64_t)d->rows * d->T);
-    if (st) return st;
-    const int64_t n = (int64_t)d->rows * d->S;
-    for (int64_t i = 0; i < n; i++)
-        if (d->dec[i] > SF_SOS)
-            return sf_fail(SF_EINVAL, "decoder inputs must hold tokens 0, 1 or SOS=2, found %d at flat index %lld",
-                           d->dec[i], (long long)i);
-    return SF_OK;
-}
-
-sf_status sf_seq2seq_forward(sf_model *m, const sf_seq_data *d, void *out, int n_threads) {
-    SEQ2SEQ_ONLY(m, "sf_seq2seq_forward");
-    sf_status st = check_seq_data(m, d, 0);
-    if (st) return st;
-    return BY_DTYPE(m, seq2seq_forward)(m, d, out, n_threads);
-}
-
-sf_status sf_seq2seq_loss_and_grad(sf_model *m, const sf_seq_data *d, sf_loss loss, int grad, double *loss_out,
-                                   void *out, int n_threads) {
-    SEQ2SEQ_ONLY(m, "sf_seq2seq_loss_and_grad");
-    if (loss != SF_LOSS_MSE && loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", loss);
-    sf_status st = check_seq_data(m, d, 1);
-    if (st) return st;
-    return BY_DTYPE(m, seq2seq_loss_and_grad)(m, d, loss, grad, loss_out, out, n_threads);
-}
-
-sf_status sf_seq2seq_sharpness(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, double sigma,
-                               int repeats, uint64_t seed, const unsigned char *mask, const void *noise,
-                               int shared_draws, double *base, double *perturbed, int n_threads, sf_stop_hook stop,
-                               void *stop_ctx) {
-    SEQ2SEQ_ONLY(m, "sf_seq2seq_sharpness");
-    if (n_batches < 1 || repeats < 1) return sf_fail(SF_EINVAL, "need at least one batch and one draw");
-    if (d->rows % n_batches) return sf_fail(SF_EINVAL, "%d rows do not split into %d batches", d->rows, n_batches);
-    if (!(sigma >= 0) || !isfinite(sigma)) return sf_fail(SF_EINVAL, "sigma must be finite and >= 0, got %g", sigma);
-    if (loss != SF_LOSS_MSE && loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", loss);
-    sf_status st = check_seq_data(m, d, 1);
-    if (st) return st;
-    return BY_DTYPE(m, sharpness)(m, d, n_batches, loss, sigma, repeats, seed, mask, noise, shared_draws, base,
-                                  perturbed, n_threads, stop, stop_ctx);
-}
-
-int sf_seq2seq_ln_counts(const sf_model *m, int counts[4]) {
-    const int Le = m->cfg.n_layers, Ld = m->cfg.n_decoder_layers;
-    counts[0] = 2 * Le + 1, counts[1] = 3 * Ld + 1, counts[2] = 2 * Le, counts[3] = 2 * Ld;
-    return counts[0] + counts[1] + counts[2] + counts[3];
-}
-
-sf_status sf_seq2seq_ln_blowup(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means,
-                               int n_threads) {
-    SEQ2SEQ_ONLY(m, "sf_seq2seq_ln_blowup");
-    sf_status st = check_seq_data(m, d, 0);
-    if (st) return st;
-    return BY_DTYPE(m, seq2seq_ln_blowup)(m, d, theory, maxs, means, n_threads);
-}
-
 sf_status sf_generate(sf_model *m, const uint8_t *x, int B, int T, int steps, int cache, double threshold,
                       uint8_t *tokens, void *outputs, int n_threads, sf_stop_hook stop, void *stop_ctx) {
-    SEQ2SEQ_ONLY(m, "sf_generate");
+    if (m->cfg.kind != SF_MODEL_SEQ2SEQ) return sf_fail(SF_EINVAL, "generation is for the seq2seq model; this is an encoder model");
     if (B < 1) return sf_fail(SF_EINVAL, "need at least one sequence, got %d", B);
     if (T < 1 || T > m->cfg.n_positions)
         return sf_fail(SF_EINVAL, "the encoder input length must be in [1, n_positions=%d], got %d",
@@ -329,20 +283,3 @@ sf_status sf_generate(sf_model *m, const uint8_t *x, int B, int T, int steps, in
     return BY_DTYPE(m, generate)(m, x, B, T, steps, cache, threshold, tokens, outputs, n_threads, stop, stop_ctx);
 }
 
-sf_status sf_seq2seq_hvp(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, const void *v, int k, void *hv,
-                         double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx) {
-    SEQ2SEQ_ONLY(m, "sf_seq2seq_hvp");
-    if (loss != SF_LOSS_MSE && loss != SF_LOSS_BCE) return sf_fail(SF_EINVAL, "unknown loss %d", loss);
-    if (n_batches < 1 || k < 0) return sf_fail(SF_EINVAL, "need at least one batch and k >= 0 directions");
-    if (d->rows % n_batches) return sf_fail(SF_EINVAL, "%d rows do not split into %d batches", d->rows, n_batches);
-    sf_status st = check_seq_data(m, d, 1);
-    if (st) return st;
-    return BY_DTYPE(m, seq2seq_hvp)(m, d, n_batches, loss, v, k, hv, loss_out, n_threads, stop, stop_ctx);
-}
-
-sf_status sf_seq2seq_attention_logits(sf_model *m, const sf_seq_data *d, double *maxs, double *means, int n_threads) {
-    SEQ2SEQ_ONLY(m, "sf_seq2seq_attention_logits");
-    sf_status st = check_seq_data(m, d, 0);
-    if (st) return st;
-    return BY_DTYPE(m, seq2seq_attention_logits)(m, d, maxs, means, n_threads);
-}

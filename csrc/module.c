@@ -37,6 +37,13 @@ PyArrayObject *sf_py_array(PyObject *obj, int typenum, int ndim, const char *wha
     return a;
 }
 
+sf_seq_data sf_py_seq_data(PyArrayObject *x, PyArrayObject *dec, PyArrayObject *y) {
+    const sf_seq_data d = {PyArray_DATA(x), dec ? PyArray_DATA(dec) : NULL, y ? PyArray_DATA(y) : NULL,
+                           (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), dec ? (int)PyArray_DIM(dec, 1) : 0,
+                           !y ? 0 : PyArray_NDIM(y) == 2 ? (int)PyArray_DIM(y, 1) : 1};
+    return d;
+}
+
 int sf_py_token_arrays(PyObject *xo, PyObject *deco, int decoder_optional, PyArrayObject **x, PyArrayObject **dec) {
     *dec = NULL;
     if (!(*x = sf_py_array(xo, NPY_UINT8, 2, "x"))) return -1;

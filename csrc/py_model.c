@@ -89,16 +89,17 @@ static PyObject *model_forward(SfModelObject *self, PyObject *args) {
     if (sf_py_model_ready(self) < 0) return NULL;
     PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x");
     if (!x) return NULL;
-    npy_intp B = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1);
+    npy_intp B = PyArray_DIM(x, 0);
     PyObject *out = PyArray_SimpleNew(1, &B, sf_py_typenum(sf_model_config(self->model)->dtype));
     if (!out || sf_py_model_acquire(self) < 0) {
         Py_DECREF(x);
         Py_XDECREF(out);
         return NULL;
     }
+    const sf_seq_data d = sf_py_seq_data(x, NULL, NULL);
     sf_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = sf_forward(self->model, PyArray_DATA(x), (int)B, (int)T, PyArray_DATA((PyArrayObject *)out), nt);
+    st = sf_forward(self->model, &d, PyArray_DATA((PyArrayObject *)out), nt);
     Py_END_ALLOW_THREADS
     sf_py_model_release(self);
     Py_DECREF(x);
@@ -121,7 +122,7 @@ static PyObject *model_loss_and_grad(SfModelObject *self, PyObject *args) {
         Py_XDECREF(x);
         return NULL;
     }
-    npy_intp B = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1);
+    npy_intp B = PyArray_DIM(x, 0);
     if (PyArray_DIM(y, 0) != B) {
         Py_DECREF(x);
         Py_DECREF(y);
@@ -135,11 +136,11 @@ static PyObject *model_loss_and_grad(SfModelObject *self, PyObject *args) {
         Py_XDECREF(out);
         return NULL;
     }
+    const sf_seq_data d = sf_py_seq_data(x, NULL, y);
     double loss = 0;
     sf_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = sf_loss_and_grad(self->model, PyArray_DATA(x), PyArray_DATA(y), (int)B, (int)T, loss_kind, grad, &loss,
-                          PyArray_DATA((PyArrayObject *)out), nt);
+    st = sf_loss_and_grad(self->model, &d, loss_kind, grad, &loss, PyArray_DATA((PyArrayObject *)out), nt);
     Py_END_ALLOW_THREADS
     sf_py_model_release(self);
     Py_DECREF(x);

@@ -25,7 +25,7 @@ static PyObject *py_sharpness(PyObject *self, PyObject *args) {
         goto done;
     if (deco != Py_None && !(dec = sf_py_array(deco, NPY_UINT8, 2, "decoder_input"))) goto done;
     if (noiseo != Py_None && !(noise = sf_py_array(noiseo, typenum, 2, "noise"))) goto done;
-    const npy_intp rows = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1);
+    const npy_intp rows = PyArray_DIM(x, 0);
     if (B < 1 || rows % B) {
         PyErr_Format(PyExc_ValueError, "x has %zd rows, not a multiple of batch_size=%d", (Py_ssize_t)rows, B);
         goto done;
@@ -43,18 +43,10 @@ static PyObject *py_sharpness(PyObject *self, PyObject *args) {
     sf_py_unlocked u;
     u.saved = PyEval_SaveThread();
     sf_status st;
-    if (dec) {
-        const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), PyArray_DATA(y), (int)rows, (int)T,
-                               (int)PyArray_DIM(dec, 1), (int)PyArray_DIM(y, 1)};
-        st = sf_seq2seq_sharpness(model->model, &d, (int)nb, loss, sigma, repeats, seed, PyArray_DATA(mask),
-                                  noise ? PyArray_DATA(noise) : NULL, shared, PyArray_DATA((PyArrayObject *)base),
-                                  PyArray_DATA((PyArrayObject *)perturbed), nt, sf_py_stop_hook, &u);
-    } else {
-        st = sf_sharpness(model->model, PyArray_DATA(x), PyArray_DATA(y), (int)nb, B, (int)T, loss, sigma, repeats,
-                          seed, PyArray_DATA(mask), noise ? PyArray_DATA(noise) : NULL, shared,
-                          PyArray_DATA((PyArrayObject *)base), PyArray_DATA((PyArrayObject *)perturbed), nt,
-                          sf_py_stop_hook, &u);
-    }
+    const sf_seq_data d = sf_py_seq_data(x, dec, y);
+    st = sf_sharpness(model->model, &d, (int)nb, loss, sigma, repeats, seed, PyArray_DATA(mask),
+                      noise ? PyArray_DATA(noise) : NULL, shared, PyArray_DATA((PyArrayObject *)base),
+                      PyArray_DATA((PyArrayObject *)perturbed), nt, sf_py_stop_hook, &u);
     PyEval_RestoreThread(u.saved);
     sf_py_model_release(model);
     if (st == SF_EINTR && PyErr_Occurred()) goto done; /* the signal handler's exception */
@@ -90,15 +82,9 @@ static PyObject *py_ln_blowup(PyObject *self, PyObject *args) {
     if (maxs && means && sf_py_model_acquire(model) == 0) {
         sf_status st;
         Py_BEGIN_ALLOW_THREADS
-        if (dec) {
-            const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), NULL, (int)PyArray_DIM(x, 0),
-                                   (int)PyArray_DIM(x, 1), (int)PyArray_DIM(dec, 1), 0};
-            st = sf_seq2seq_ln_blowup(model->model, &d, theory, PyArray_DATA((PyArrayObject *)maxs),
-                                      PyArray_DATA((PyArrayObject *)means), nt);
-        } else {
-            st = sf_ln_blowup(model->model, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), theory,
-                              PyArray_DATA((PyArrayObject *)maxs), PyArray_DATA((PyArrayObject *)means), nt);
-        }
+        const sf_seq_data d = sf_py_seq_data(x, dec, NULL);
+        st = sf_ln_blowup(model->model, &d, theory, PyArray_DATA((PyArrayObject *)maxs),
+                          PyArray_DATA((PyArrayObject *)means), nt);
         Py_END_ALLOW_THREADS
         sf_py_model_release(model);
         if (st) sf_py_raise(st);
@@ -128,7 +114,7 @@ static PyObject *py_hvp(PyObject *self, PyObject *args) {
         !(v = sf_py_array(vo, typenum, 2, "v")))
         goto done;
     if (deco != Py_None && !(dec = sf_py_array(deco, NPY_UINT8, 2, "decoder_input"))) goto done;
-    const npy_intp rows = PyArray_DIM(x, 0), T = PyArray_DIM(x, 1), k = PyArray_DIM(v, 0);
+    const npy_intp rows = PyArray_DIM(x, 0), k = PyArray_DIM(v, 0);
     if (B < 1 || rows % B) {
         PyErr_Format(PyExc_ValueError, "x has %zd rows, not a multiple of batch_size=%d", (Py_ssize_t)rows, B);
         goto done;
@@ -144,15 +130,9 @@ static PyObject *py_hvp(PyObject *self, PyObject *args) {
     sf_py_unlocked u;
     u.saved = PyEval_SaveThread();
     sf_status st;
-    if (dec) {
-        const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), PyArray_DATA(y), (int)rows, (int)T,
-                               (int)PyArray_DIM(dec, 1), (int)PyArray_DIM(y, 1)};
-        st = sf_seq2seq_hvp(model->model, &d, (int)(rows / B), loss, PyArray_DATA(v), (int)k,
-                            PyArray_DATA((PyArrayObject *)hv), &value, nt, sf_py_stop_hook, &u);
-    } else {
-        st = sf_hvp(model->model, PyArray_DATA(x), PyArray_DATA(y), (int)(rows / B), B, (int)T, loss, PyArray_DATA(v),
-                    (int)k, PyArray_DATA((PyArrayObject *)hv), &value, nt, sf_py_stop_hook, &u);
-    }
+    const sf_seq_data d = sf_py_seq_data(x, dec, y);
+    st = sf_hvp(model->model, &d, (int)(rows / B), loss, PyArray_DATA(v), (int)k, PyArray_DATA((PyArrayObject *)hv),
+                &value, nt, sf_py_stop_hook, &u);
     PyEval_RestoreThread(u.saved);
     sf_py_model_release(model);
     if (st == SF_EINTR && PyErr_Occurred()) goto done; /* the signal handler's exception */
@@ -187,15 +167,9 @@ static PyObject *py_attention_logits(PyObject *self, PyObject *args) {
     if (maxs && means && sf_py_model_acquire(model) == 0) {
         sf_status st;
         Py_BEGIN_ALLOW_THREADS
-        if (dec) {
-            const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), NULL, (int)PyArray_DIM(x, 0),
-                                   (int)PyArray_DIM(x, 1), (int)PyArray_DIM(dec, 1), 0};
-            st = sf_seq2seq_attention_logits(model->model, &d, PyArray_DATA((PyArrayObject *)maxs),
-                                             PyArray_DATA((PyArrayObject *)means), nt);
-        } else {
-            st = sf_attention_logits(model->model, PyArray_DATA(x), (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1),
-                                     PyArray_DATA((PyArrayObject *)maxs), PyArray_DATA((PyArrayObject *)means), nt);
-        }
+        const sf_seq_data d = sf_py_seq_data(x, dec, NULL);
+        st = sf_attention_logits(model->model, &d, PyArray_DATA((PyArrayObject *)maxs),
+                                 PyArray_DATA((PyArrayObject *)means), nt);
         Py_END_ALLOW_THREADS
         sf_py_model_release(model);
         if (st) sf_py_raise(st);

@@ -14,11 +14,10 @@ static PyObject *py_seq2seq_forward(PyObject *self, PyObject *args) {
     PyObject *out = PyArray_SimpleNew(2, shape, sf_py_typenum(sf_model_config(model->model)->dtype));
     PyObject *result = NULL;
     if (out && sf_py_model_acquire(model) == 0) {
-        const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), NULL, (int)shape[0], (int)PyArray_DIM(x, 1),
-                               (int)shape[1], 0};
+        const sf_seq_data d = sf_py_seq_data(x, dec, NULL);
         sf_status st;
         Py_BEGIN_ALLOW_THREADS
-        st = sf_seq2seq_forward(model->model, &d, PyArray_DATA((PyArrayObject *)out), nt);
+        st = sf_forward(model->model, &d, PyArray_DATA((PyArrayObject *)out), nt);
         Py_END_ALLOW_THREADS
         sf_py_model_release(model);
         if (st) sf_py_raise(st);
@@ -48,12 +47,11 @@ static PyObject *py_seq2seq_loss_and_grad(PyObject *self, PyObject *args) {
     }
     npy_intp shape[2] = {PyArray_DIM(y, 0), PyArray_DIM(y, 1)};
     if (!(out = PyArray_SimpleNew(2, shape, typenum)) || sf_py_model_acquire(model) < 0) goto done;
-    const sf_seq_data d = {PyArray_DATA(x), PyArray_DATA(dec), PyArray_DATA(y), (int)shape[0], (int)PyArray_DIM(x, 1),
-                           (int)PyArray_DIM(dec, 1), (int)shape[1]};
+    const sf_seq_data d = sf_py_seq_data(x, dec, y);
     double loss = 0;
     sf_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = sf_seq2seq_loss_and_grad(model->model, &d, loss_kind, grad, &loss, PyArray_DATA((PyArrayObject *)out), nt);
+    st = sf_loss_and_grad(model->model, &d, loss_kind, grad, &loss, PyArray_DATA((PyArrayObject *)out), nt);
     Py_END_ALLOW_THREADS
     sf_py_model_release(model);
     if (st) sf_py_raise(st);

@@ -23,6 +23,9 @@ PyArrayObject *sf_py_array(PyObject *obj, int typenum, int ndim, const char *wha
 /* x (B,T) uint8 and decoder_input `deco` (B,S) uint8 with the same B, as new references; with
  * decoder_optional, deco may be None (then *dec = NULL). -1 with an exception and nothing held. */
 int sf_py_token_arrays(PyObject *xo, PyObject *deco, int decoder_optional, PyArrayObject **x, PyArrayObject **dec);
+/* The engine's data of one call from checked arrays: x (rows, T); dec (rows, S) or NULL (the encoder);
+ * y (rows) or (rows, L), or NULL where no loss is needed. */
+sf_seq_data sf_py_seq_data(PyArrayObject *x, PyArrayObject *dec, PyArrayObject *y);
 
 /* A NumPy array viewing `data` and keeping `owner` alive. */
 PyObject *sf_py_view(PyObject *owner, void *data, int ndim, npy_intp *shape, int typenum, int writeable);

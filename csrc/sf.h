@@ -180,13 +180,27 @@ int sf_model_last_threads(const sf_model *m); /* team size of the last parallel 
 size_t sf_model_workspace_bytes(const sf_model *m); /* activation workspace held since the last call */
 sf_status sf_model_reinit(sf_model *m, uint64_t seed, int identical_layers);
 
-/* Forward on tokens x (B, T) of 0/1 bytes, T <= n_positions; out (B) in the model dtype. */
-sf_status sf_forward(sf_model *m, const uint8_t *x, int B, int T, void *out, int n_threads);
+/* The data of one call, for either model kind: `rows` sequences of encoder inputs x (rows, T) of 0/1,
+ * T <= n_positions; for the seq2seq model also decoder inputs dec (rows, S) of 0, 1 or SF_SOS,
+ * S <= n_positions + 1 (the encoder model: dec NULL, S 0); labels y (rows, L) in the model dtype, NULL
+ * where no loss is needed (the encoder: L = 1; seq2seq: scored against decoder outputs 0..L-1, L <= S,
+ * and the decoder then runs on the first L positions only: by the causal mask no other position
+ * reaches them). Every entry point below that takes it serves both kinds. */
+typedef struct {
+    const uint8_t *x;
+    const uint8_t *dec;
+    const void *y;
+    int rows, T, S, L;
+} sf_seq_data;
 
-/* Loss of outputs against labels y (B, model dtype); with grad=1 also fills the gradient
- * buffer (overwriting it). out may be NULL. */
-sf_status sf_loss_and_grad(sf_model *m, const uint8_t *x, const void *y, int B, int T,
-                           sf_loss loss, int grad, double *loss_out, void *out, int n_threads);
+/* Outputs in the model dtype: out (rows) for the encoder, the readout at the last position; (rows, S)
+ * for the seq2seq model, the readout at every decoder position. */
+sf_status sf_forward(sf_model *m, const sf_seq_data *d, void *out, int n_threads);
+
+/* Mean loss of the outputs against d->y (over rows x L outputs); with grad=1 also fills the gradient
+ * buffer (overwriting it). out ((rows) or (rows, L)) may be NULL. */
+sf_status sf_loss_and_grad(sf_model *m, const sf_seq_data *d, sf_loss loss, int grad, double *loss_out, void *out,
+                           int n_threads);
 
 /* ---- targets and samplers (the C training loop's data) ---------------------------------- */
 /* Values are on the {0,1} scale. Zero-initialise, then set what the kind needs: the fields
@@ -283,80 +297,47 @@ sf_status sf_train(sf_model *m, sf_optimizer *o, const sf_target *t, const sf_sa
 
 /* ---- probes ---------------------------------------------------------------------------- */
 
-/* Gaussian sharpness. x holds n_batches batches of B rows (T tokens each), y their labels (model
- * dtype). base[b] = L_b(theta); perturbed[r * n_batches + b] = L_b(theta + sigma z), where z is
- * draw r for every batch (shared_draws) or draw (r, b), standard normal on the tensors whose mask
- * entry is 1 (noise: explicit draws, repeats x n_params, or NULL for counter-based ones keyed by
- * seed). The perturbed parameters live in a private copy: the model's own are never written. */
-sf_status sf_sharpness(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
-                       double sigma, int repeats, uint64_t seed, const unsigned char *mask, const void *noise,
-                       int shared_draws, double *base, double *perturbed, int n_threads, sf_stop_hook stop,
-                       void *stop_ctx);
+/* Gaussian sharpness. d holds n_batches batches of d->rows / n_batches rows with their labels.
+ * base[b] = L_b(theta); perturbed[r * n_batches + b] = L_b(theta + sigma z), where z is draw r for
+ * every batch (shared_draws) or draw (r, b), standard normal on the tensors whose mask entry is 1
+ * (noise: explicit draws, repeats x n_params, or NULL for counter-based ones keyed by seed, tensor and
+ * element). The perturbed parameters live in a private copy: the model's own are never written. */
+sf_status sf_sharpness(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, double sigma, int repeats,
+                       uint64_t seed, const unsigned char *mask, const void *noise, int shared_draws, double *base,
+                       double *perturbed, int n_threads, sf_stop_hook stop, void *stop_ctx);
 
-/* Number of LayerNorms the blowup probe reports: norm1 and norm2 of every layer (+ the final one). */
+/* Rows the LayerNorm blowup probe reports. The encoder: norm1 and norm2 of every layer (+ the final one).
+ * The seq2seq model: the sum of sf_seq2seq_ln_counts. */
 int sf_ln_count(const sf_model *m);
-/* Per LayerNorm (layer-major: norm1, norm2, ..., final) and sample: max and mean over positions of
- * 1/std of the LayerNorm's input; the last layer counts the readout position only (as the official
- * hooks do). theory=0: unbiased std without eps (the official measure); 1: 1/sqrt(var + eps). */
-sf_status sf_ln_blowup(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs, double *means,
-                       int n_threads);
-
-/* Exact Hessian-vector products of the mean loss by forward-over-reverse: hv[i] = H v[i] for the
- * k directions v (k x n_params, laid out like the parameters, model dtype), H the Hessian of the
- * average over n_batches batches of B rows (x: (n_batches*B, T), y: (n_batches*B)) of the
- * batch-mean loss. loss_out (may be NULL) gets that average loss. The gradient buffer is not
- * touched. Deterministic: the same bits for any thread count. */
-sf_status sf_hvp(sf_model *m, const uint8_t *x, const void *y, int n_batches, int B, int T, sf_loss loss,
-                 const void *v, int k, void *hv, double *loss_out, int n_threads, sf_stop_hook stop,
-                 void *stop_ctx);
-
-/* Attention-logit scale: per layer and head (n_layers x n_heads, row-major), max and mean of
- * |q . k| / sqrt(d_head) over the batch, the query rows the model computes (every position,
- * except the last layer's readout position only) and every key. */
-sf_status sf_attention_logits(sf_model *m, const uint8_t *x, int B, int T, double *maxs, double *means,
-                              int n_threads);
-
-/* ---- seq2seq (SF_MODEL_SEQ2SEQ) ----------------------------------------------------------
- * The encoder entry points above refuse a seq2seq model (and these an encoder), except
- * sf_train, the optimizer and the parameter table, which serve both. */
-
-/* rows sequences: encoder inputs x (rows, T) of 0/1; decoder inputs dec (rows, S) of 0, 1 or SF_SOS;
- * labels y (rows, L), model dtype, scored against decoder outputs 0..L-1 (L <= S; the decoder then
- * runs on the first L positions only: by the causal mask no other position reaches them). */
-typedef struct {
-    const uint8_t *x;
-    const uint8_t *dec;
-    const void *y;       /* NULL where no loss is needed */
-    int rows, T, S, L;
-} sf_seq_data;
-
-/* out (rows, S): the readout at every decoder position (T <= n_positions, S <= n_positions + 1). */
-sf_status sf_seq2seq_forward(sf_model *m, const sf_seq_data *d, void *out, int n_threads);
-/* Mean loss over rows x L outputs; grad=1 also fills the gradient buffer. out (rows, L) may be NULL. */
-sf_status sf_seq2seq_loss_and_grad(sf_model *m, const sf_seq_data *d, sf_loss loss, int grad, double *loss_out,
-                                   void *out, int n_threads);
-/* sf_sharpness on the teacher-forced loss: d holds n_batches batches of d->rows / n_batches rows. */
-sf_status sf_seq2seq_sharpness(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, double sigma,
-                               int repeats, uint64_t seed, const unsigned char *mask, const void *noise,
-                               int shared_draws, double *base, double *perturbed, int n_threads, sf_stop_hook stop,
-                               void *stop_ctx);
-/* Rows of sf_seq2seq_ln_blowup: counts[0] encoder LayerNorms (norm1, norm2 per layer, then the final
+/* Rows of the seq2seq model's blowup: counts[0] encoder LayerNorms (norm1, norm2 per layer, then the final
  * one), counts[1] decoder LayerNorms (norm1, norm2, norm3 per layer, then the final one), each over
  * every position; counts[2], counts[3]: the official subset (encoder, decoder: norm1, norm2 per
  * layer, the last layer at the last position only). Returns the total. */
 int sf_seq2seq_ln_counts(const sf_model *m, int counts[4]);
-/* maxs, means (total rows, d->rows) in the order of sf_seq2seq_ln_counts; the forward runs on all S
- * decoder positions (the official measure feeds [SOS, y_1..y_n]). theory as sf_ln_blowup. */
-sf_status sf_seq2seq_ln_blowup(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means,
-                               int n_threads);
+/* maxs, means (sf_ln_count rows, d->rows): per LayerNorm and sample, max and mean over positions of 1/std
+ * of the LayerNorm's input. The encoder: layer-major (norm1, norm2, ..., final), the last layer at the
+ * readout position only (as the official hooks do). The seq2seq model: in the order of
+ * sf_seq2seq_ln_counts, the forward on all S decoder positions (the official measure feeds
+ * [SOS, y_1..y_n]). theory=0: unbiased std without eps (the official measure); 1: 1/sqrt(var + eps). */
+sf_status sf_ln_blowup(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means, int n_threads);
 
-/* sf_attention_logits per attention module: rows (n_layers + 2 n_decoder_layers, n_heads) for the
- * encoder self-attention layers, the decoder self-attention layers (the keys each query sees under
- * the causal mask) and the cross-attention layers, on all S decoder positions. */
-sf_status sf_seq2seq_attention_logits(sf_model *m, const sf_seq_data *d, double *maxs, double *means, int n_threads);
-/* sf_hvp on the teacher-forced loss: d holds n_batches batches of d->rows / n_batches rows. */
-sf_status sf_seq2seq_hvp(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, const void *v, int k, void *hv,
-                         double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx);
+/* Exact Hessian-vector products of the mean loss by forward-over-reverse: hv[i] = H v[i] for the
+ * k directions v (k x n_params, laid out like the parameters, model dtype), H the Hessian of the
+ * average over the n_batches batches of d (d->rows / n_batches rows each) of the batch-mean loss
+ * (teacher-forced for the seq2seq model). loss_out (may be NULL) gets that average loss. The gradient
+ * buffer is not touched. Deterministic: the same bits for any thread count. */
+sf_status sf_hvp(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, const void *v, int k, void *hv,
+                 double *loss_out, int n_threads, sf_stop_hook stop, void *stop_ctx);
+
+/* Attention-logit scale: per attention module and head (rows x n_heads, row-major), max and mean of
+ * |q . k| / sqrt(d_head) over the batch, the query rows the model computes and every key each sees.
+ * The encoder: n_layers rows (every position, except the last layer's readout position only). The
+ * seq2seq model: n_layers + 2 n_decoder_layers rows, the encoder self-attention layers, the decoder
+ * self-attention layers (the keys each query sees under the causal mask) and the cross-attention
+ * layers, on all S decoder positions. */
+sf_status sf_attention_logits(sf_model *m, const sf_seq_data *d, double *maxs, double *means, int n_threads);
+
+/* ---- seq2seq (SF_MODEL_SEQ2SEQ) only ------------------------------------------------------- */
 
 /* Autoregressive decoding from SF_SOS for `steps` positions (steps <= n_positions + 1): step t reads
  * output t and feeds back the token (out > threshold). tokens (B, steps); outputs (B, steps) in the

@@ -1012,7 +1012,7 @@ RAW_CALLS = ["Model", "forward", "loss_and_grad", "reinit", "flat", "tensors", "
              "point_sensitivity", "sensitivity_profile", "resolve_threads", "set_default_threads",
              "set_memory_limit", "build_info", "seq2seq_forward", "seq2seq_loss_and_grad", "generate",
              "seq2seq_ln_counts", "measure_peak", "num_params", "last_threads", "workspace_bytes", "kernel_gemm",
-             "select_cpu_path"]
+             "select_cpu_path", "vocabulary"]
 # raw call -> the engine entry point it reaches (identity for the module functions)
 RAW_ENTRY = {"forward": "Model.forward", "loss_and_grad": "Model.loss_and_grad", "reinit": "Model.reinit",
              "flat": "Model.flat", "tensors": "Model.tensors", "num_params": "Model.num_params",
@@ -1105,6 +1105,8 @@ def _raw(call, model, opt, args, target, sampler):
         return _engine.kernel_gemm(*a[:9])
     if call == "select_cpu_path":
         return _engine.select_cpu_path(a[0])
+    if call == "vocabulary":
+        return _engine.vocabulary()
     if call == "measure_peak":  # the budget is seconds of busy work: keep it tiny
         budget = a[2] if isinstance(a[2], float) and 0 <= a[2] < 0.002 else 0.001
         return _engine.measure_peak(a[0], a[1] if isinstance(a[1], int) and a[1] <= 2 else 1, budget)

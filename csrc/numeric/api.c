@@ -15,7 +15,9 @@ static sf_status checked_forward(sf_model *m, const uint8_t *x, int B, int T, in
     return st;
 }
 
-sf_status SF(forward)(sf_model *m, const uint8_t *x, int B, int T, void *out, int nt) {
+sf_status SF(forward)(sf_model *m, const sf_seq_data *d, void *out, int nt) {
+    const uint8_t *x = d->x;
+    const int B = d->rows, T = d->T;
     sf_par par = {sf_resolve_threads(nt), 1};
     acts a;
     sf_status st = checked_forward(m, x, B, T, 1, &a, &par);
@@ -25,8 +27,11 @@ sf_status SF(forward)(sf_model *m, const uint8_t *x, int B, int T, void *out, in
     return SF_OK;
 }
 
-sf_status SF(loss_and_grad)(sf_model *m, const uint8_t *x, const void *y, int B, int T, sf_loss loss,
-                            int grad, double *loss_out, void *out, int nt) {
+sf_status SF(loss_and_grad)(sf_model *m, const sf_seq_data *d, sf_loss loss, int grad, double *loss_out, void *out,
+                            int nt) {
+    const uint8_t *x = d->x;
+    const void *y = d->y;
+    const int B = d->rows, T = d->T;
     sf_par par = {sf_resolve_threads(nt), 1};
     acts a;
     sf_status st = checked_forward(m, x, B, T, 0, &a, &par); /* a loss equals its value with gradients, bit for bit */
@@ -40,4 +45,8 @@ sf_status SF(loss_and_grad)(sf_model *m, const uint8_t *x, const void *y, int B,
 
 /* This build's table of entry points (numeric.h), e.g. numeric_f32_v3. */
 #define SF_NUMERIC_ENTRY(ret, name, params) .name = SF(name),
-const sf_numeric SF(numeric) = {SF_NUMERIC_ENTRY_POINTS(SF_NUMERIC_ENTRY)};
+#define SF_SEQ2SEQ_ENTRY(ret, name, params) .name = SF(seq2seq_##name),
+const sf_numeric SF(numeric) = {SF_NUMERIC_ENTRY_POINTS(SF_NUMERIC_ENTRY) .kinds = {
+    [SF_MODEL_ENCODER] = {SF_MODEL_OPERATIONS(SF_NUMERIC_ENTRY)},
+    [SF_MODEL_SEQ2SEQ] = {SF_MODEL_OPERATIONS(SF_SEQ2SEQ_ENTRY)},
+}};

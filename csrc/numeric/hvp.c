@@ -184,9 +184,11 @@ static void tangent_backward(sf_model *m, const uint8_t *x, const params *p, con
 
 /* ---- entry point --------------------------------------------------------------------------------- */
 
-sf_status SF(hvp)(sf_model *m, const uint8_t *x, const void *y_, int n_batches, int B, int T, sf_loss loss,
-                  const void *v_, int k, void *hv_, double *loss_out, int nt, sf_stop_hook stop, void *stop_ctx) {
-    const real *y = y_, *v = v_;
+sf_status SF(hvp)(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss, const void *v_, int k, void *hv_,
+                  double *loss_out, int nt, sf_stop_hook stop, void *stop_ctx) {
+    const uint8_t *x = d->x;
+    const int B = d->rows / n_batches, T = d->T;
+    const real *y = d->y, *v = v_;
     real *hv = hv_;
     const long P = m->n_params;
     sf_par par = {sf_resolve_threads(nt), 1};

@@ -23,7 +23,9 @@ void SF(task_logits)(double *mx, double *sum, const real *Q, const real *KV, lon
     *sum = s;
 }
 
-sf_status SF(attention_logits)(sf_model *m, const uint8_t *x, int B, int T, double *maxs, double *means, int nt) {
+sf_status SF(attention_logits)(sf_model *m, const sf_seq_data *data, double *maxs, double *means, int nt) {
+    const uint8_t *x = data->x;
+    const int B = data->rows, T = data->T;
     const sf_config *c = &m->cfg;
     sf_par par = {sf_resolve_threads(nt), 1};
     acts a;

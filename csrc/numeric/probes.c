@@ -131,8 +131,9 @@ int SF(ln_count)(const sf_config *c) {
     return c->norm == SF_NORM_NONE ? 0 : 2 * c->n_layers + (c->final_norm ? 1 : 0);
 }
 
-sf_status SF(ln_blowup)(sf_model *m, const uint8_t *x, int B, int T, int theory, double *maxs, double *means,
-                        int nt) {
+sf_status SF(ln_blowup)(sf_model *m, const sf_seq_data *data, int theory, double *maxs, double *means, int nt) {
+    const uint8_t *x = data->x;
+    const int B = data->rows, T = data->T;
     const sf_config *c = &m->cfg;
     if (c->norm == SF_NORM_NONE) return sf_fail(SF_EINVAL, "a model with norm='none' has no LayerNorm to probe");
     if (!theory && c->d_model < 2) return sf_fail(SF_EINVAL, "the unbiased std needs d_model >= 2");

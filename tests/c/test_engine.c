@@ -22,6 +22,9 @@ static int passed, failed;
         }                                                                                              \
     } while (0)
 
+/* The encoder model's data for one call: B sequences of T tokens, labels y (or NULL). */
+#define ENC(x, y, B, T) (&(sf_seq_data){(x), NULL, (y), (B), (T), 0, 1})
+
 static sf_config config(sf_norm norm, sf_dtype dtype) {
     sf_config c = {.n_positions = 7, .d_model = 8, .n_heads = 2, .n_layers = 2, .d_ff = 12, .norm = norm,
                    .final_norm = norm == SF_NORM_PRE, .ln_eps = 1e-5, .activation = SF_ACT_GELU, .dtype = dtype};
@@ -44,7 +47,7 @@ static void test_gradient(sf_norm norm, int d_model) {
     uint8_t x[B * T];
     double y[B] = {0.3, -0.2, 1.0}, loss, lp, lm;
     fill_tokens(x, B * T, 7);
-    CHECK(sf_loss_and_grad(m, x, y, B, T, SF_LOSS_MSE, 1, &loss, NULL, 1) == SF_OK, "loss_and_grad");
+    CHECK(sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 1, &loss, NULL, 1) == SF_OK, "loss_and_grad");
     double *p = sf_model_params(m), *g = sf_model_grads(m);
     const int64_t n = sf_model_num_params(m);
     double *grad = malloc((size_t)n * sizeof *grad);
@@ -53,9 +56,9 @@ static void test_gradient(sf_norm norm, int d_model) {
     for (int64_t i = 0; i < n; i += 17) {
         const double keep = p[i], h = 1e-6;
         p[i] = keep + h;
-        sf_loss_and_grad(m, x, y, B, T, SF_LOSS_MSE, 0, &lp, NULL, 1);
+        sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 0, &lp, NULL, 1);
         p[i] = keep - h;
-        sf_loss_and_grad(m, x, y, B, T, SF_LOSS_MSE, 0, &lm, NULL, 1);
+        sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 0, &lm, NULL, 1);
         p[i] = keep;
         /* truncation ~h^2, rounding ~1e-16/h: allow 1e-6 relative plus 1e-8 absolute */
         const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
@@ -113,13 +116,12 @@ static void test_probes(sf_dtype dtype) {
     void *before = malloc(bytes);
     memcpy(before, sf_model_params(m), bytes);
     double base[NB], pert[R * NB];
-    CHECK(sf_sharpness(m, x, dtype == SF_F64 ? (void *)yd : (void *)yf, NB, B, T, SF_LOSS_MSE, 0.02, R, 11, mask, NULL,
-                       0, base, pert, 2, NULL, NULL) == SF_OK, "sharpness");
+    CHECK(sf_sharpness(m, ENC(x, dtype == SF_F64 ? (void *)yd : (void *)yf, NB * B, T), NB, SF_LOSS_MSE, 0.02, R, 11, mask, NULL, 0, base, pert, 2, NULL, NULL) == SF_OK, "sharpness");
     CHECK(memcmp(before, sf_model_params(m), bytes) == 0, "sharpness restores the parameters");
     const int n_ln = sf_ln_count(m);
     double *maxs = malloc(sizeof(double) * n_ln * B), *means = malloc(sizeof(double) * n_ln * B);
     CHECK(n_ln == 5, "norm1, norm2 per layer and the final norm (%d)", n_ln);
-    CHECK(sf_ln_blowup(m, x, B, T, 0, maxs, means, 2) == SF_OK, "blowup");
+    CHECK(sf_ln_blowup(m, ENC(x, NULL, B, T), 0, maxs, means, 2) == SF_OK, "blowup");
     int ok = 1;
     for (int i = 0; i < n_ln * B; i++) ok &= maxs[i] >= means[i] && means[i] > 0 && isfinite(maxs[i]);
     CHECK(ok, "blowup max >= mean > 0");
@@ -145,13 +147,13 @@ static void test_errors(void) {
     CHECK(sf_model_create(&c, 0, 1, &m) == SF_OK, "create");
     uint8_t x[64 * 7] = {0, 1, 2};
     float out[64];
-    CHECK(sf_forward(m, x, 2, 7, out, 1) == SF_EINVAL, "token 2 refused");
-    CHECK(sf_forward(m, x, 2, 8, out, 1) == SF_EINVAL, "length > n_positions refused");
+    CHECK(sf_forward(m, ENC(x, NULL, 2, 7), out, 1) == SF_EINVAL, "token 2 refused");
+    CHECK(sf_forward(m, ENC(x, NULL, 2, 8), out, 1) == SF_EINVAL, "length > n_positions refused");
     sf_set_memory_limit(100000);
     x[2] = 0;
-    CHECK(sf_forward(m, x, 64, 7, out, 1) == SF_ENOMEM, "workspace over the memory limit refused");
+    CHECK(sf_forward(m, ENC(x, NULL, 64, 7), out, 1) == SF_ENOMEM, "workspace over the memory limit refused");
     sf_set_memory_limit(0);
-    CHECK(sf_forward(m, x, 64, 7, out, 1) == SF_OK, "forward after the limit is lifted");
+    CHECK(sf_forward(m, ENC(x, NULL, 64, 7), out, 1) == SF_OK, "forward after the limit is lifted");
     sf_model_free(m);
 }
 
@@ -181,8 +183,8 @@ static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
     void *y = dtype == SF_F64 ? (void *)yd : (void *)yf;
     sf_seq_data d = {x, dec, y, B, T, S, T};
     double loss, lp, lm, out[B * S];
-    CHECK(sf_seq2seq_forward(m, &d, out, 2) == SF_OK, "seq2seq forward");
-    CHECK(sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &loss, NULL, 2) == SF_OK, "seq2seq loss_and_grad");
+    CHECK(sf_forward(m, &d, out, 2) == SF_OK, "seq2seq forward");
+    CHECK(sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &loss, NULL, 2) == SF_OK, "seq2seq loss_and_grad");
     if (dtype == SF_F64) {
         double *p = sf_model_params(m), *g = sf_model_grads(m), worst = 0;
         const int64_t n = sf_model_num_params(m);
@@ -191,9 +193,9 @@ static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
         for (int64_t i = 0; i < n; i += 13) {
             const double keep = p[i], h = 1e-6;
             p[i] = keep + h;
-            sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lp, NULL, 1);
+            sf_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lp, NULL, 1);
             p[i] = keep - h;
-            sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lm, NULL, 1);
+            sf_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lm, NULL, 1);
             p[i] = keep;
             const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
             if (err > worst) worst = err;
@@ -203,13 +205,13 @@ static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
         double *v = malloc((size_t)n * sizeof *v), *hv = malloc((size_t)n * sizeof *hv);
         double *gp = malloc((size_t)n * sizeof *gp), hv_loss = 0, h = 1e-5, err = 0, scale = 0;
         for (int64_t i = 0; i < n; i++) v[i] = sin(0.37 * (double)i);
-        CHECK(sf_seq2seq_hvp(m, &d, 1, SF_LOSS_MSE, v, 1, hv, &hv_loss, 2, NULL, NULL) == SF_OK, "seq2seq hvp");
+        CHECK(sf_hvp(m, &d, 1, SF_LOSS_MSE, v, 1, hv, &hv_loss, 2, NULL, NULL) == SF_OK, "seq2seq hvp");
         CHECK(memcmp(g, grad, (size_t)n * sizeof *g) == 0, "seq2seq hvp leaves the gradient buffer alone");
         for (int64_t i = 0; i < n; i++) p[i] += h * v[i];
-        sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lp, NULL, 1);
+        sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lp, NULL, 1);
         memcpy(gp, g, (size_t)n * sizeof *gp);
         for (int64_t i = 0; i < n; i++) p[i] -= 2 * h * v[i];
-        sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lm, NULL, 1);
+        sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lm, NULL, 1);
         for (int64_t i = 0; i < n; i++) {
             p[i] += h * v[i];
             const double fd = (gp[i] - g[i]) / (2 * h);
@@ -231,13 +233,13 @@ static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
     for (int i = 0; i < n_tensors; i++) mask[i] = sf_model_tensor(m, i)->kind != SF_KIND_POSITIONAL;
     double base[NB], pert[2 * NB];
     sf_seq_data all = {x, dec, y, NB * B, T, S, T};
-    CHECK(sf_seq2seq_sharpness(m, &all, NB, SF_LOSS_MSE, 0.02, 2, 3, mask, NULL, 0, base, pert, 2, NULL, NULL) ==
+    CHECK(sf_sharpness(m, &all, NB, SF_LOSS_MSE, 0.02, 2, 3, mask, NULL, 0, base, pert, 2, NULL, NULL) ==
               SF_OK, "seq2seq sharpness");
     int counts[4];
     const int n_ln = sf_seq2seq_ln_counts(m, counts);
     CHECK(n_ln == 5 + 4 + 4 + 2 && sf_ln_count(m) == n_ln, "seq2seq LayerNorm rows (%d)", n_ln);
     double *maxs = malloc(sizeof(double) * n_ln * B), *means = malloc(sizeof(double) * n_ln * B);
-    CHECK(sf_seq2seq_ln_blowup(m, &d, 0, maxs, means, 2) == SF_OK, "seq2seq blowup");
+    CHECK(sf_ln_blowup(m, &d, 0, maxs, means, 2) == SF_OK, "seq2seq blowup");
     int ok = 1;
     for (int i = 0; i < n_ln * B; i++) ok &= maxs[i] >= means[i] && means[i] > 0 && isfinite(maxs[i]);
     CHECK(ok, "seq2seq blowup max >= mean > 0");
@@ -245,7 +247,7 @@ static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
     free(means);
     const int n_mod = c.n_layers + 2 * c.n_decoder_layers;
     double lmax[n_mod * c.n_heads], lmean[n_mod * c.n_heads]; /* (modules, heads) */
-    CHECK(sf_seq2seq_attention_logits(m, &d, lmax, lmean, 2) == SF_OK, "seq2seq attention logits");
+    CHECK(sf_attention_logits(m, &d, lmax, lmean, 2) == SF_OK, "seq2seq attention logits");
     ok = 1;
     for (int i = 0; i < n_mod * c.n_heads; i++) ok &= lmax[i] >= lmean[i] && lmean[i] > 0 && isfinite(lmax[i]);
     CHECK(ok, "seq2seq logit max >= mean > 0");
@@ -269,13 +271,13 @@ static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
     sf_optimizer_free(o);
     /* errors */
     dec[1] = 3;
-    CHECK(sf_seq2seq_forward(m, &d, out, 1) == SF_EINVAL, "decoder token 3 refused");
+    CHECK(sf_forward(m, &d, out, 1) == SF_EINVAL, "decoder token 3 refused");
     dec[1] = 0;
     d.S = T + 2;
-    CHECK(sf_seq2seq_forward(m, &d, out, 1) == SF_EINVAL, "decoder longer than n_positions + 1 refused");
+    CHECK(sf_forward(m, &d, out, 1) == SF_EINVAL, "decoder longer than n_positions + 1 refused");
     d.S = S, d.L = S + 1;
-    CHECK(sf_seq2seq_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &loss, NULL, 1) == SF_EINVAL, "more labels than S refused");
-    CHECK(sf_forward(m, x, B, T, out, 1) == SF_EINVAL, "the encoder forward refuses a seq2seq model");
+    CHECK(sf_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &loss, NULL, 1) == SF_EINVAL, "more labels than S refused");
+    CHECK(sf_forward(m, ENC(x, NULL, B, T), out, 1) == SF_EINVAL, "the encoder forward refuses a seq2seq model");
     CHECK(sf_generate(m, x, B, T, T + 2, 1, 0.5, tok_c, NULL, 1, NULL, NULL) == SF_EINVAL, "too many steps refused");
     sf_model_free(m);
     sf_config e = config(SF_NORM_POST, dtype);
@@ -433,7 +435,7 @@ static void test_optimizer_api(void) {
     uint8_t x[4 * 7];
     double y[4] = {0, 1, 1, 0}, loss, norm;
     fill_tokens(x, 4 * 7, 3);
-    CHECK(sf_loss_and_grad(m, x, y, 4, 7, SF_LOSS_BCE, 1, &loss, NULL, 1) == SF_OK, "bce loss and grad");
+    CHECK(sf_loss_and_grad(m, ENC(x, y, 4, 7), SF_LOSS_BCE, 1, &loss, NULL, 1) == SF_OK, "bce loss and grad");
     CHECK(sf_optimizer_step(o, &norm, 2) == SF_OK && norm > 0 && sf_optimizer_step_count(o) == 1, "one step");
     sf_optimizer_set_step_count(o, 10);
     CHECK(sf_optimizer_step_count(o) == 10, "step count restored");
@@ -491,14 +493,14 @@ static void test_stop_and_divergence(sf_dtype dtype) {
     memset(mask, 1, sizeof mask);
     double base[1], pert[1000];
     calls = 0;
-    CHECK(sf_sharpness(m, x, y, 1, B, 7, SF_LOSS_MSE, 0.5, 1000, 1, mask, NULL, 0, base, pert, 2, always_stop, &calls) ==
+    CHECK(sf_sharpness(m, ENC(x, y, B, 7), 1, SF_LOSS_MSE, 0.5, 1000, 1, mask, NULL, 0, base, pert, 2, always_stop, &calls) ==
               SF_EINTR, "sharpness stops on request");
     CHECK(memcmp(before, sf_model_params(m), bytes) == 0, "an interrupted sharpness restores the parameters");
     void *v = calloc(2 * bytes, 1), *hv = malloc(2 * bytes);
     calls = 0;
-    CHECK(sf_hvp(m, x, y, 2, B / 2, 7, SF_LOSS_MSE, v, 2, hv, NULL, 1, always_stop, &calls) == SF_EINTR,
+    CHECK(sf_hvp(m, ENC(x, y, B, 7), 2, SF_LOSS_MSE, v, 2, hv, NULL, 1, always_stop, &calls) == SF_EINTR,
           "hvp stops on request");
-    CHECK(sf_hvp(m, x, y, 2, B / 2, 7, SF_LOSS_MSE, v, 2, hv, NULL, 1, NULL, NULL) == SF_OK, "hvp");
+    CHECK(sf_hvp(m, ENC(x, y, B, 7), 2, SF_LOSS_MSE, v, 2, hv, NULL, 1, NULL, NULL) == SF_OK, "hvp");
     int zero = 1;
     for (int64_t i = 0; i < 2 * sf_model_num_params(m); i++)
         zero &= dtype == SF_F64 ? ((double *)hv)[i] == 0 : ((float *)hv)[i] == 0;
@@ -523,15 +525,15 @@ static void test_hvp_logits_reinit(void) {
     double *v = malloc(n * sizeof *v), *hv = malloc(n * sizeof *hv), *gp = malloc(n * sizeof *gp);
     double *grad_before = malloc(n * sizeof *grad_before), *p = sf_model_params(m), *g = sf_model_grads(m);
     for (int64_t i = 0; i < n; i++) v[i] = sin(0.37 * i);
-    CHECK(sf_loss_and_grad(m, x, y, B, T, SF_LOSS_MSE, 1, &loss, NULL, 1) == SF_OK, "gradient");
+    CHECK(sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 1, &loss, NULL, 1) == SF_OK, "gradient");
     memcpy(grad_before, g, n * sizeof *g);
-    CHECK(sf_hvp(m, x, y, 1, B, T, SF_LOSS_MSE, v, 1, hv, NULL, 2, NULL, NULL) == SF_OK, "hvp");
+    CHECK(sf_hvp(m, ENC(x, y, B, T), 1, SF_LOSS_MSE, v, 1, hv, NULL, 2, NULL, NULL) == SF_OK, "hvp");
     CHECK(memcmp(grad_before, g, n * sizeof *g) == 0, "hvp leaves the gradient buffer alone");
     for (int64_t i = 0; i < n; i++) p[i] += h * v[i];
-    sf_loss_and_grad(m, x, y, B, T, SF_LOSS_MSE, 1, &loss, NULL, 1);
+    sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 1, &loss, NULL, 1);
     memcpy(gp, g, n * sizeof *g);
     for (int64_t i = 0; i < n; i++) p[i] -= 2 * h * v[i];
-    sf_loss_and_grad(m, x, y, B, T, SF_LOSS_MSE, 1, &loss, NULL, 1);
+    sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 1, &loss, NULL, 1);
     for (int64_t i = 0; i < n; i++) p[i] += h * v[i];
     double worst = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -540,7 +542,7 @@ static void test_hvp_logits_reinit(void) {
     }
     CHECK(worst < 1, "hvp against central differences: worst relative error %g", worst);
     double maxs[2 * 2], means[2 * 2];
-    CHECK(sf_attention_logits(m, x, B, T, maxs, means, 2) == SF_OK, "attention logits");
+    CHECK(sf_attention_logits(m, ENC(x, NULL, B, T), maxs, means, 2) == SF_OK, "attention logits");
     int ok = 1;
     for (int i = 0; i < 4; i++) ok &= isfinite(maxs[i]) && maxs[i] >= means[i] && means[i] >= 0;
     CHECK(ok, "logit scale max >= mean >= 0");
@@ -549,7 +551,7 @@ static void test_hvp_logits_reinit(void) {
           "reinit(seed) equals a fresh model with that seed");
     uint8_t longer[B * (T + 1)];
     fill_tokens(longer, B * (T + 1), 4);
-    CHECK(sf_attention_logits(m, longer, B, T + 1, maxs, means, 1) == SF_EINVAL, "length beyond n_positions");
+    CHECK(sf_attention_logits(m, ENC(longer, NULL, B, T + 1), maxs, means, 1) == SF_EINVAL, "length beyond n_positions");
     free(v), free(hv), free(gp), free(grad_before);
     sf_model_free(other);
     sf_model_free(m);
@@ -595,7 +597,7 @@ static void test_settings_and_facts(void) {
     uint8_t x[4 * 7];
     float out[4];
     fill_tokens(x, 4 * 7, 5);
-    CHECK(sf_forward(m, x, 4, 7, out, 1) == SF_OK && sf_model_last_threads(m) == 1, "last team size");
+    CHECK(sf_forward(m, ENC(x, NULL, 4, 7), out, 1) == SF_OK && sf_model_last_threads(m) == 1, "last team size");
     sf_model_free(m);
 }
 
@@ -629,7 +631,7 @@ static void test_cpu_paths(void) {
         sf_config c = config(SF_NORM_POST, SF_F32);
         c.d_model = 32; /* 16-wide heads: the score table */
         sf_model *m = NULL;
-        CHECK(sf_model_create(&c, 4, 1, &m) == SF_OK && sf_forward(m, x, 5, 7, i ? out : ref, 1) == SF_OK,
+        CHECK(sf_model_create(&c, 4, 1, &m) == SF_OK && sf_forward(m, ENC(x, NULL, 5, 7), i ? out : ref, 1) == SF_OK,
               "forward on %s", names[i]);
         sf_model_free(m);
         if (!i) continue;
