@@ -163,6 +163,19 @@ static PyObject *model_reinit(SfModelObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The busy flag as a Python-side guard: reads and writes of the parameter buffer from Python
+ * (saves, state dicts, the flat setter) take it like an engine call, so they are refused while
+ * another thread is inside one instead of seeing or making a half-updated model. */
+static PyObject *model_acquire(SfModelObject *self, PyObject *noargs) {
+    if (sf_py_model_acquire(self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *model_release(SfModelObject *self, PyObject *noargs) {
+    sf_py_model_release(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *model_get_num_params(SfModelObject *self, void *closure) {
     if (sf_py_model_ready(self) < 0) return NULL;
     return PyLong_FromLongLong(sf_model_num_params(self->model));
@@ -185,6 +198,9 @@ static PyMethodDef model_methods[] = {
     {"loss_and_grad", (PyCFunction)model_loss_and_grad, METH_VARARGS,
      "loss_and_grad(x, y, loss_kind, grad, n_threads) -> (loss, outputs); fills the gradient buffer"},
     {"reinit", (PyCFunction)model_reinit, METH_VARARGS, "reinit(seed, identical_layers)"},
+    {"acquire", (PyCFunction)model_acquire, METH_NOARGS,
+     "acquire(): take the busy flag (RuntimeError if another call holds it); pair with release()"},
+    {"release", (PyCFunction)model_release, METH_NOARGS, "release(): give the busy flag back"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,5 +1,6 @@
 """Checkpoint/resume: bit-identical continuation, atomic writes, damaged files refused whole."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import sensiformer as sf
+from sensiformer import checkpoint
 
 
 def make_trainer(optimizer=None, **kwargs):
@@ -110,3 +112,36 @@ def test_sigkill_during_checkpointing_leaves_a_loadable_checkpoint(tmp_path):
     trainer.fit(5, log_every=5, progress=False)
     assert trainer.step_count == steps + 5
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp") and not p.startswith(".")]
+
+
+def rewrite_checkpoint_meta(path, **changes):
+    """Change a checkpoint's metadata and re-seal its checksum (a crafted, checksum-valid file)."""
+    with np.load(path) as data:
+        contents = {k: data[k] for k in data.files}
+    meta = json.loads(str(contents.pop("__meta__")))
+    contents.pop("__checksum__")
+    meta.update(changes)
+    meta = json.dumps(meta)
+    np.savez(path, __meta__=np.array(meta), __checksum__=np.array(checkpoint._digest(meta, contents)), **contents)
+
+
+def test_newer_checkpoint_format_is_refused_naming_the_version(tmp_path):
+    path = tmp_path / "ck.npz"
+    trainer = make_trainer()
+    trainer.save_checkpoint(path)
+    rewrite_checkpoint_meta(path, format_version=999)
+    with pytest.raises(sf.CheckpointError, match=r"format_version 999.*newer sensiformer"):
+        trainer.load_checkpoint(path)
+
+
+def test_checkpoint_with_disagreeing_counters_is_refused(tmp_path):
+    path = tmp_path / "ck.npz"
+    trainer = make_trainer()
+    trainer.fit(10, progress=False)
+    trainer.save_checkpoint(path)
+    rewrite_checkpoint_meta(path, optimizer_step=13)  # the issue's mid-fit file: step 10, optimizer step 13
+    fresh = make_trainer()
+    before = fresh.model.flat.copy()
+    with pytest.raises(sf.CheckpointError, match="counters disagree"):
+        fresh.load_checkpoint(path)
+    assert fresh.step_count == 0 and np.array_equal(fresh.model.flat, before)

@@ -1012,12 +1012,13 @@ RAW_CALLS = ["Model", "forward", "loss_and_grad", "reinit", "flat", "tensors", "
              "point_sensitivity", "sensitivity_profile", "resolve_threads", "set_default_threads",
              "set_memory_limit", "build_info", "seq2seq_forward", "seq2seq_loss_and_grad", "generate",
              "seq2seq_ln_counts", "measure_peak", "num_params", "last_threads", "workspace_bytes", "kernel_gemm",
-             "select_cpu_path", "vocabulary"]
+             "select_cpu_path", "vocabulary", "acquire", "release"]
 # raw call -> the engine entry point it reaches (identity for the module functions)
 RAW_ENTRY = {"forward": "Model.forward", "loss_and_grad": "Model.loss_and_grad", "reinit": "Model.reinit",
              "flat": "Model.flat", "tensors": "Model.tensors", "num_params": "Model.num_params",
              "last_threads": "Model.last_threads", "workspace_bytes": "Model.workspace_bytes", "opt_step": "Optimizer.step", "opt_state": "Optimizer.state",
-             "opt_lr_at": "Optimizer.lr_at", "opt_step_count": "Optimizer.step_count"}
+             "opt_lr_at": "Optimizer.lr_at", "opt_step_count": "Optimizer.step_count", "acquire": "Model.acquire",
+             "release": "Model.release"}
 
 
 RAW_TARGET, RAW_SAMPLER = raw_target(), raw_sampler()
@@ -1055,6 +1056,17 @@ def _raw(call, model, opt, args, target, sampler):
         return m.reinit(a[0], a[1])
     if call == "flat":
         return m.flat(a[0] if args else "params")
+    if call == "acquire":  # the busy flag: taken, a second take refused, given back
+        m.acquire(*args[:1])
+        try:
+            m.acquire()
+        except RuntimeError:
+            pass
+        finally:
+            m.release()
+        return None
+    if call == "release":
+        return m.release(*args[:1])
     if call == "tensors":
         return m.tensors(*args[:1])
     if call == "Optimizer":

@@ -24,14 +24,31 @@ from ._config import get_num_threads, set_memory_limit, set_num_threads, show_co
 from .checkpoint import Checkpoint, CheckpointError
 from .estimate import Estimate
 from .measure import Measure
-from .model import Transformer, load
+from .model import NonFiniteParametersError, Transformer, load
 from .seq2seq import Seq2SeqTransformer
 from .optim import SGD, Adam, AdamW, Optimizer
 from .targets import restricted_subset
 from .trainer import Callback, DivergenceError, Trainer
 from ._selftest import test
 
+# Submodules that import heavy optional dependencies load on first attribute access
+# (``sf.interop`` needs torch only when used), so ``import sensiformer`` stays light.
+_LAZY_SUBMODULES = ("interop",)
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))  # tab completion lists sf.interop too
+
+
 __all__ = [
-    "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "Optimizer", "SGD", "Seq2SeqTransformer", "Trainer", "Transformer",
-    "get_num_threads", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets", "test",
+    "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "NonFiniteParametersError", "Optimizer", "SGD", "Seq2SeqTransformer", "Trainer", "Transformer",
+    "get_num_threads", "interop", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets", "test",
 ]

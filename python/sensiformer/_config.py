@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from . import _engine
 from ._validation import check_count, check_int
+
+
+def tqdm_env_disabled() -> bool:
+    """Whether ``TQDM_DISABLE`` asks for no bars (read now: bars given ``disable=`` explicitly
+    would otherwise ignore it)."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def set_num_threads(n: int | None) -> None:

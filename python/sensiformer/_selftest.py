@@ -9,6 +9,7 @@ can paste into an issue or a paper's appendix, and optionally writes it as JSON.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -143,10 +144,11 @@ def _run_child(label, path, select, extra_argv, workdir, verbose):
 def _versions():
     import sensiformer as sf
 
-    def version(name):
-        if importlib.util.find_spec(name) is None:
+    def version(name):  # from the installed metadata: importing torch for its version takes seconds
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             return None
-        return getattr(__import__(name), "__version__", "?")
 
     return dict(sensiformer=sf.__version__, location=str(Path(sf.__file__).parent), python=platform.python_version(),
                 numpy=np.__version__, pytest=version("pytest"), torch=version("torch"))

@@ -24,15 +24,20 @@ The exact functions enumerate all 2^n inputs in C (OpenMP, float64, bitwise iden
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _engine
-from ._validation import (MAX_TABLE_N, as_truth_table, check_boolean_table, check_choice, check_float,
+from ._config import tqdm_env_disabled
+from ._validation import (MAX_TABLE_N, as_truth_table, check_bool, check_boolean_table, check_choice, check_float,
                           check_int, check_memory, check_seed, resolve_threads)
 from .estimate import Estimate
 from .model import FORWARD_TOKENS, Transformer
 from .targets import SCALES, Callable, Target, binarize, inputs_from_indices, to_01, to_pm1
+
+if TYPE_CHECKING:
+    from ._typing import AnalysedFunction, ArrayLike
 
 __all__ = [
     "MAX_EXACT_N", "SensitivityEstimate", "average_sensitivity", "binarize", "degree", "degree_spectrum",
@@ -45,6 +50,7 @@ MAX_EXACT_N = MAX_TABLE_N  #: largest n the exact functions enumerate (2^26 inpu
 DEFAULT_SAMPLES = 2000  #: Monte-Carlo inputs when ``samples`` is not given
 _CHUNK_TOKENS_CHEAP = 1 << 20  # tokens per call of a target or callable
 _SAMPLE_BLOCK = 1024  # Monte-Carlo inputs are drawn in fixed blocks, independent of chunking
+_AUTO_PROGRESS_INPUTS = 1 << 16  # progress=None shows a bar from this many inputs (n=20: ~20 s)
 
 
 # ---- truth tables ------------------------------------------------------------------------------
@@ -62,7 +68,7 @@ def _flip_factor(scale):
     return 1.0 if scale == "01" else 0.25
 
 
-def fwht(a, n_threads=None) -> np.ndarray:
+def fwht(a: ArrayLike, n_threads: int | None = None) -> np.ndarray:
     """In-place unnormalised Walsh-Hadamard transform ``a[S] <- sum_x a[x] (-1)^|S & x|``.
 
     Parameters
@@ -88,7 +94,7 @@ def fwht(a, n_threads=None) -> np.ndarray:
     return a
 
 
-def fourier(truth_table, scale="01", n_threads=None) -> np.ndarray:
+def fourier(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """All 2^n Fourier coefficients, indexed like the truth table.
 
     Parameters
@@ -108,7 +114,7 @@ def fourier(truth_table, scale="01", n_threads=None) -> np.ndarray:
     return _engine.fourier(table, scale == "01", resolve_threads(n_threads))
 
 
-def inverse_fourier(coefficients, scale="01", n_threads=None) -> np.ndarray:
+def inverse_fourier(coefficients: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """The truth table ``g(x) = sum_S c[S] chi_S(x)`` of dense coefficients (the inverse of
     ``fourier``): on the "01" scale the values are ``(1 - g) / 2``."""
     check_choice(scale, "scale", SCALES)
@@ -124,7 +130,7 @@ def _spectrum(truth_table, scale, n_threads):
     return weights, maxabs, n
 
 
-def degree_spectrum(truth_table, scale="01", n_threads=None) -> np.ndarray:
+def degree_spectrum(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """Fourier weight per degree, ``W[k] = sum_{|S| = k} g^(S)^2`` for k = 0..n.
 
     Sums to ``E[g^2]`` (1 for a Boolean function). See ``fourier`` for ``scale``.
@@ -132,7 +138,7 @@ def degree_spectrum(truth_table, scale="01", n_threads=None) -> np.ndarray:
     return _spectrum(truth_table, scale, n_threads)[0]
 
 
-def degree(truth_table, scale="01", tol=1e-9, n_threads=None) -> int:
+def degree(truth_table: ArrayLike, scale: str = "01", tol: float = 1e-9, n_threads: int | None = None) -> int:
     """Fourier degree: the largest |S| with ``|g^(S)| > tol * ||g||_2`` (0 for g = 0).
 
     Boolean functions have coefficients that are multiples of 2^(1-n) and are transformed
@@ -144,14 +150,14 @@ def degree(truth_table, scale="01", tol=1e-9, n_threads=None) -> int:
     return int(above[-1]) if above.size else 0
 
 
-def noise_stability(truth_table, rho, scale="01", n_threads=None) -> float:
+def noise_stability(truth_table: ArrayLike, rho: float, scale: str = "01", n_threads: int | None = None) -> float:
     """``Stab_rho[g] = E[g(x) g(y)]`` for rho-correlated x, y: ``sum_k rho^k W[k]``, rho in [-1, 1]."""
     rho = check_float(rho, "rho", -1.0, 1.0)
     weights = degree_spectrum(truth_table, scale, n_threads)
     return float(np.sum(weights * rho ** np.arange(weights.size)))
 
 
-def noise_sensitivity(truth_table, delta, scale="01", n_threads=None) -> float:
+def noise_sensitivity(truth_table: ArrayLike, delta: float, scale: str = "01", n_threads: int | None = None) -> float:
     """``NS_delta = E[(g(x) - g(y))^2] / 4`` where y flips each bit of x with probability delta.
 
     Equals ``(E[g^2] - Stab_{1-2 delta}[g]) / 2``; for a Boolean function, ``Pr[f(x) != f(y)]``.
@@ -162,7 +168,7 @@ def noise_sensitivity(truth_table, delta, scale="01", n_threads=None) -> float:
     return float(0.5 * (weights.sum() - stab))
 
 
-def influences(truth_table, scale="01", n_threads=None) -> np.ndarray:
+def influences(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """Per-bit influences ``Inf_i = E_x[(f(x) - f(x xor e_i))^2]`` ("01"; /4 on "pm1"), i = 1..n.
 
     They sum to ``average_sensitivity``. For a Boolean function, ``Inf_i = Pr[f(x) != f(x xor e_i)]``.
@@ -171,7 +177,8 @@ def influences(truth_table, scale="01", n_threads=None) -> np.ndarray:
     return _engine.influences(table, resolve_threads(n_threads)) * _flip_factor(scale)
 
 
-def average_sensitivity(truth_table, scale="01", method="flips", n_threads=None) -> float:
+def average_sensitivity(truth_table: ArrayLike, scale: str = "01", method: str = "flips",
+                        n_threads: int | None = None) -> float:
     """The paper's average sensitivity as_n (total influence), exactly.
 
     Parameters
@@ -194,7 +201,7 @@ def average_sensitivity(truth_table, scale="01", method="flips", n_threads=None)
     return float(influences(truth_table, scale, n_threads).sum())
 
 
-def sensitivity(truth_table, scale="01", n_threads=None) -> np.ndarray:
+def sensitivity(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """Sensitivity at every input, ``s(x) = sum_i (f(x) - f(x xor e_i))^2`` ("01"; /4 on "pm1").
 
     For a Boolean function, the number of bits whose flip changes f(x). Its mean is as_n.
@@ -203,7 +210,7 @@ def sensitivity(truth_table, scale="01", n_threads=None) -> np.ndarray:
     return _engine.point_sensitivity(table, resolve_threads(n_threads)) * _flip_factor(scale)
 
 
-def sensitivity_profile(truth_table, scale="01", n_threads=None) -> np.ndarray:
+def sensitivity_profile(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """``K[k] = #{x : s(x) = k}`` for k = 0..n, of a Boolean function (int64, sums to 2^n).
 
     The values must be Boolean on the given scale ({0, 1} or {-1, +1}).
@@ -214,7 +221,7 @@ def sensitivity_profile(truth_table, scale="01", n_threads=None) -> np.ndarray:
     return _engine.sensitivity_profile(table, resolve_threads(n_threads))
 
 
-def max_sensitivity(truth_table, scale="01", n_threads=None) -> int:
+def max_sensitivity(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> int:
     """``s(f) = max_x s(x)`` of a Boolean function (values Boolean on the given scale)."""
     profile = sensitivity_profile(truth_table, scale, n_threads)
     return int(np.flatnonzero(profile)[-1])
@@ -273,6 +280,7 @@ def _batch_function(model, n, n_threads):
     if isinstance(model, Transformer):
         if n > model.n_positions:
             raise ValueError(f"n={n} is longer than the model's n_positions={model.n_positions}")
+        model.require_finite("the model's sensitivity")
         return lambda x: np.asarray(model.forward(x, n_threads), dtype=np.float64)
     if isinstance(model, Target):
         if model.n != n:
@@ -300,12 +308,16 @@ def _check_exact_n(n, where):
 
 
 def _progress(total, progress, desc, unit):
+    """A tqdm bar over ``total`` inputs; ``progress=None`` shows it for long enumerations only
+    (from 2^16 inputs: seconds to minutes). ``TQDM_DISABLE`` silences it either way."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not progress, desc=desc, unit=unit, leave=False)
+    show = total >= _AUTO_PROGRESS_INPUTS if progress is None else check_bool(progress, "progress")
+    return tqdm(total=total, disable=not show or tqdm_env_disabled(), desc=desc, unit=unit, leave=False)
 
 
-def truth_table(model, n, chunk_size=None, progress=False, n_threads=None) -> np.ndarray:
+def truth_table(model: AnalysedFunction, n: int, chunk_size: int | None = None, progress: bool = False,
+                n_threads: int | None = None) -> np.ndarray:
     """Raw outputs of a model (or target, or vectorised callable) on all 2^n inputs.
 
     Parameters
@@ -371,8 +383,9 @@ def _sample_block(seed, block, n):
     return np.random.default_rng([seed, block]).integers(0, 2, size=(_SAMPLE_BLOCK, n), dtype=np.uint8)
 
 
-def estimate_sensitivity(model, n, samples=DEFAULT_SAMPLES, seed=0, threshold=None, scale="01", chunk_size=None,
-                         progress=False, n_threads=None) -> SensitivityEstimate:
+def estimate_sensitivity(model: AnalysedFunction, n: int, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                         threshold: float | None = None, scale: str = "01", chunk_size: int | None = None,
+                         progress: bool = False, n_threads: int | None = None) -> SensitivityEstimate:
     """Monte-Carlo average sensitivity for any n: uniform inputs, each with all n flips.
 
     Each sampled input x contributes ``s(x) = sum_i (f(x) - f(x xor e_i))^2`` (/4 on "pm1"),
@@ -438,8 +451,9 @@ def estimate_sensitivity(model, n, samples=DEFAULT_SAMPLES, seed=0, threshold=No
                                influences=inf, influence_stderr=inf_stderr)
 
 
-def model_sensitivity(model, n, exact=True, samples=None, seed=0, threshold=0.5, scale="01", chunk_size=None,
-                      progress=False, n_threads=None) -> SensitivityEstimate:
+def model_sensitivity(model: AnalysedFunction, n: int, exact: bool = True, samples: int | None = None, seed: int = 0,
+                      threshold: float | None = 0.5, scale: str = "01", chunk_size: int | None = None,
+                      progress: bool | None = None, n_threads: int | None = None) -> SensitivityEstimate:
     """Average sensitivity of the function a model computes on {0,1}^n.
 
     Parameters
@@ -462,7 +476,10 @@ def model_sensitivity(model, n, exact=True, samples=None, seed=0, threshold=0.5,
         ``scale``.
     scale : {"01", "pm1"}
         How to read raw outputs ("pm1" for a model trained on +-1 labels).
-    chunk_size, progress, n_threads
+    progress : bool, optional
+        Show a tqdm progress bar; by default only for 2^16 inputs or more (n >= 16 exact, or
+        that many Monte-Carlo samples). ``TQDM_DISABLE=1`` silences it.
+    chunk_size, n_threads
         As in ``truth_table``.
 
     Returns

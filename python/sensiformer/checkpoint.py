@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import save_npz_atomically
+from .model import check_format_version
+
 FORMAT_VERSION = 1
 
 
@@ -66,24 +69,28 @@ def _describe(trainer) -> dict:
 
 
 def save(trainer, path) -> None:
-    """Write ``trainer``'s full state to ``path`` atomically."""
+    """Write ``trainer``'s full state to ``path`` atomically.
+
+    Parameters, optimizer state and counters are copied under the model's busy guard (so never
+    from the middle of a training step), and the counters must agree: the optimizer's step count
+    is the trainer's plus the steps the trainer knows were taken outside ``fit``.
+    """
     path = Path(path)
-    opt = trainer.optimizer.state_dict()
-    arrays = dict(params=trainer.model.flat, exp_avg=opt["exp_avg"], exp_avg_sq=opt["exp_avg_sq"])
+    with trainer.model._exclusive("save_checkpoint"):
+        params = trainer.model.flat.copy()
+        opt = trainer.optimizer._snapshot()
+        step_count, offset = trainer.step_count, trainer._optimizer_offset
+    if opt["step"] != step_count + offset:
+        raise RuntimeError(f"save_checkpoint refused: the optimizer has taken {opt['step']} steps but the trainer "
+                           f"accounts for {step_count + offset} ({step_count} in fit + {offset} outside it); was the "
+                           "optimizer stepped directly, or is a step in flight?")
+    trainer.model.require_finite("save_checkpoint", params)
+    arrays = dict(params=params, exp_avg=opt["exp_avg"], exp_avg_sq=opt["exp_avg_sq"])
     meta = json.dumps(dict(format_version=FORMAT_VERSION, describe=_describe(trainer),
-                           step_count=trainer.step_count, optimizer_step=opt["step"], status=trainer.status,
-                           history=trainer._rows), default=float)
+                           step_count=step_count, optimizer_step=opt["step"], optimizer_offset=offset,
+                           status=trainer.status, history=trainer._rows), default=float)
     checksum = _digest(meta, arrays)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, __meta__=np.array(meta), __checksum__=np.array(checksum), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_npz_atomically(path, {"__meta__": np.array(meta), "__checksum__": np.array(checksum), **arrays})
 
 
 def load(trainer, path) -> None:
@@ -110,21 +117,25 @@ def load(trainer, path) -> None:
         raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} has metadata of the wrong kind ({type(state).__name__})")
-    if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {state.get('format_version')}, expected {FORMAT_VERSION}")
+    try:
+        check_format_version(state.get("format_version"), FORMAT_VERSION)
+    except ValueError as err:
+        raise CheckpointError(f"{path} has {err}") from err
     expected = json.loads(json.dumps(_describe(trainer), default=float))
     if state.get("describe") != expected:
         described = state.get("describe") if isinstance(state.get("describe"), dict) else {}
         diff = sorted(k for k in expected if described.get(k) != expected[k])
         raise CheckpointError(f"{path} belongs to a different setup (differs in: {', '.join(diff)}; "
                               "'data' covers the target, its options and noise, train_subset and data)")
-    params, optimizer_state, step_count, status, history = _checked_contents(trainer, path, state, contents)
+    params, optimizer_state, step_count, offset, status, history = _checked_contents(trainer, path, state, contents)
     # everything checked: now write
-    trainer.model.flat[...] = params
-    trainer.optimizer.load_state_dict(optimizer_state)
-    trainer.step_count = step_count
-    trainer.status = status
-    trainer._rows = history
+    with trainer.model._exclusive("load_checkpoint"):
+        trainer.model.flat[...] = params
+        trainer.optimizer._write_state(*optimizer_state)
+        trainer.step_count = step_count
+        trainer._optimizer_offset = offset
+        trainer.status = status
+        trainer._rows = history
 
 
 def _checked_contents(trainer, path, state, contents):
@@ -137,10 +148,15 @@ def _checked_contents(trainer, path, state, contents):
         if contents["params"].shape != trainer.model.flat.shape:
             raise ValueError(f"{contents['params'].shape} parameters, the model has {trainer.model.flat.shape}")
         params = as_finite_array(contents["params"], "params", trainer.model.dtype)
-        optimizer_state = dict(kind=trainer.optimizer._kind, step=state.get("optimizer_step"),
-                               exp_avg=contents.get("exp_avg"), exp_avg_sq=contents.get("exp_avg_sq"))
-        trainer.optimizer._checked_state(optimizer_state)
+        optimizer_state = trainer.optimizer._checked_state(dict(
+            kind=trainer.optimizer._kind, step=state.get("optimizer_step"), exp_avg=contents.get("exp_avg"),
+            exp_avg_sq=contents.get("exp_avg_sq")))  # (exp_avg, exp_avg_sq, step)
         step_count = check_count(state.get("step_count"), "step_count")
+        # files of before the offset was recorded: their fit-only trainers had none
+        offset = check_count(state.get("optimizer_offset", 0), "optimizer_offset")
+        if optimizer_state[2] != step_count + offset:
+            raise ValueError(f"its counters disagree: optimizer step {optimizer_state[2]}, trainer step "
+                             f"{step_count} + {offset} steps outside fit (saved in the middle of a step?)")
         status, history = state.get("status"), state.get("history")
         if not isinstance(status, str):
             raise TypeError(f"status must be a string, got {status!r}")
@@ -149,7 +165,7 @@ def _checked_contents(trainer, path, state, contents):
     except (ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{path} holds invalid contents ({type(err).__name__}: {err}); nothing was loaded") \
             from err
-    return params, optimizer_state, step_count, status, list(history)
+    return params, optimizer_state, step_count, offset, status, list(history)
 
 
 class Checkpoint:

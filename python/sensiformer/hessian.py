@@ -20,7 +20,10 @@ e.g. ``teacher_forcing(bits)`` for a model trained on ±1 labels).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +34,9 @@ from .blocks import block_indices
 from .estimate import Estimate
 from .model import LOSSES
 from .probes import _seq_batches
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, BlockSpec, EngineModel, Exclude
 
 _CHUNK_BYTES = 1 << 28  # directions per engine call are limited to this much memory
 _PROBE_BLOCK = 16  # Rademacher probes are drawn in fixed blocks keyed by (seed, block): chunking never changes them
@@ -55,9 +61,11 @@ class HessianOperator:
     direction). ``n_hvp`` counts the products taken.
     """
 
-    def __init__(self, model, x, y, block=None, exclude=("positional",), loss="mse", batch_size=None,
-                 n_threads=None, full=False, decoder_input=None):
+    def __init__(self, model: EngineModel, x: ArrayLike, y: ArrayLike, block: BlockSpec = None,
+                 exclude: Exclude = ("positional",), loss: str = "mse", batch_size: int | None = None,
+                 n_threads: int | None = None, full: bool = False, decoder_input: ArrayLike | None = None) -> None:
         check_choice(loss, "loss", tuple(LOSSES))
+        model.require_finite("the Hessian probes")
         self.model = model
         # a Seq2SeqTransformer: y are label sequences and the loss is teacher-forced (decoder_input,
         # default [SOS, y]); self.dec is None for the encoder
@@ -72,7 +80,7 @@ class HessianOperator:
         self.n_hvp = 0
         self.loss = float("nan")
 
-    def full_products(self, V):
+    def full_products(self, V: ArrayLike) -> np.ndarray:
         """H V for (k, num_parameters) directions in the model dtype (no block restriction)."""
         P = self.model.num_parameters
         rows = max(1, _CHUNK_BYTES // (P * self.model.dtype.itemsize))
@@ -85,7 +93,7 @@ class HessianOperator:
         self.n_hvp += V.shape[0]
         return np.concatenate(out) if len(out) > 1 else out[0]
 
-    def matvec(self, V):
+    def matvec(self, V: ArrayLike) -> np.ndarray:
         V = np.asarray(V, dtype=np.float64)
         single = V.ndim == 1
         V = V[None, :] if single else V
@@ -94,7 +102,7 @@ class HessianOperator:
         HV = self.full_products(full)[:, self.index].astype(np.float64)
         return HV[0] if single else HV
 
-    def to_full(self, V):
+    def to_full(self, V: ArrayLike) -> np.ndarray:
         """Block-coordinate vectors (k, n) as (k, num_parameters) float64, zero outside the block."""
         V = np.atleast_2d(np.asarray(V, dtype=np.float64))
         full = np.zeros((V.shape[0], self.model.num_parameters))
@@ -102,8 +110,10 @@ class HessianOperator:
         return full
 
 
-def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_size=None, n_threads=None,
-        decoder_input=None):
+def hvp(model: EngineModel, x: ArrayLike, y: ArrayLike, v: ArrayLike | Mapping[str, ArrayLike], loss: str = "mse",
+        block: BlockSpec = None, exclude: Exclude = ("positional",), batch_size: int | None = None,
+        n_threads: int | None = None,
+        decoder_input: ArrayLike | None = None) -> np.ndarray | OrderedDict[str, np.ndarray]:
     """Exact Hessian-vector product(s) H v of the mean loss, by forward-over-reverse.
 
     Parameters
@@ -111,9 +121,11 @@ def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_s
     model : Transformer
     x, y : arrays
         Inputs (rows, length) and labels (rows,) on the scale the model was trained on.
-    v : array (num_parameters,) or (k, num_parameters)
-        Directions laid out like ``model.flat``. With a ``block``, v may instead have the
-        block's size (``len(block_indices(model, block, exclude))``) and the result then does too.
+    v : array (num_parameters,) or (k, num_parameters), or dict of arrays
+        Directions laid out like ``model.flat`` (k = 0 gives an empty result). With a ``block``,
+        v may instead have the block's size (``len(block_indices(model, block, exclude))``) and
+        the result then does too. A dict keyed like ``parameters()`` (e.g. the gradients that
+        ``loss_and_grad`` returns) is one direction, and the result is such a dict too.
     loss : {"mse", "bce"}
     block : optional
         Restrict to a block (see ``sensiformer.blocks``): the result is H_BB v_B, the block's
@@ -127,17 +139,23 @@ def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_s
 
     Returns
     -------
-    numpy.ndarray
-        H v in the model dtype, shaped like v.
+    numpy.ndarray or dict
+        H v in the model dtype, shaped like v (a dict for a dict).
     """
     op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, full=block is None,
                          decoder_input=decoder_input)
+    if isinstance(v, Mapping):
+        return _as_tensor_dict(model, hvp(model, x, y, _flat_from_tensor_dict(model, v), loss=loss, block=block,
+                                          exclude=exclude, batch_size=batch_size, n_threads=n_threads,
+                                          decoder_input=decoder_input))
     v = as_finite_array(v, "v", model.dtype)
     single = v.ndim == 1
     V = v[None, :] if single else v
     if V.ndim != 2 or V.shape[1] not in (model.num_parameters, op.n):
         raise ValueError(f"v must have shape (num_parameters,) = ({model.num_parameters},) or (k, num_parameters)"
                          + (f", or the block's size {op.n}" if block is not None else "") + f"; got {v.shape}")
+    if V.shape[0] == 0:  # no directions: no products (the engine needs at least one)
+        return np.zeros(V.shape, dtype=model.dtype)
     compact = block is not None and V.shape[1] == op.n and op.n != model.num_parameters
     if block is None:
         HV = op.full_products(np.ascontiguousarray(V, dtype=model.dtype))
@@ -150,8 +168,32 @@ def hvp(model, x, y, v, loss="mse", block=None, exclude=("positional",), batch_s
     return HV[0] if single else HV
 
 
-def hessian_matrix(model, x, y, block=None, exclude=("positional",), loss="mse", batch_size=None, n_threads=None,
-                   max_size=8192, decoder_input=None) -> np.ndarray:
+def _flat_from_tensor_dict(model, v):
+    """A direction given as a dict keyed like ``parameters()`` (e.g. ``loss_and_grad``'s gradients),
+    laid out like ``model.flat``."""
+    shapes = {name: p.shape for name, p in model.parameters().items()}
+    missing, unknown = [k for k in shapes if k not in v], [k for k in v if k not in shapes]
+    if missing or unknown:
+        raise ValueError(f"v as a dict must have exactly the keys of model.parameters(); missing {missing}, "
+                         f"unexpected {unknown}")
+    flat = np.empty(model.num_parameters, dtype=model.dtype)
+    for t in model.tensor_info:
+        name = t["name"]
+        flat[t["offset"]:t["offset"] + t["size"]] = as_finite_array(v[name], f"v[{name!r}]", model.dtype,
+                                                                     shapes[name]).reshape(-1)
+    return flat
+
+
+def _as_tensor_dict(model, flat):
+    """A flat vector laid out like ``model.flat`` as a dict of arrays keyed like ``parameters()``."""
+    return OrderedDict((t["name"], flat[t["offset"]:t["offset"] + t["size"]].reshape(t["shape"]))
+                       for t in model.tensor_info)
+
+
+def hessian_matrix(model: EngineModel, x: ArrayLike, y: ArrayLike, block: BlockSpec = None,
+                   exclude: Exclude = ("positional",), loss: str = "mse", batch_size: int | None = None,
+                   n_threads: int | None = None, max_size: int = 8192,
+                   decoder_input: ArrayLike | None = None) -> np.ndarray:
     """The dense Hessian of a block (n x n float64, rows and columns in ``block_indices`` order),
     from n exact HVPs with unit vectors: for tiny models, exact traces, diagonals and spectra.
 
@@ -282,9 +324,10 @@ def _wanted(theta, k, which):
     return chosen[np.argsort(-theta[chosen], kind="stable")]
 
 
-def hessian_eigenvalues(model, x, y, k=1, which="largest", block=None, exclude=("positional",), tol=None,
-                        max_iter=200, seed=0, loss="mse", batch_size=None, n_threads=None,
-                        decoder_input=None) -> HessianEigen:
+def hessian_eigenvalues(model: EngineModel, x: ArrayLike, y: ArrayLike, k: int = 1, which: str = "largest",
+                        block: BlockSpec = None, exclude: Exclude = ("positional",), tol: float | None = None,
+                        max_iter: int = 200, seed: int = 0, loss: str = "mse", batch_size: int | None = None,
+                        n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> HessianEigen:
     """Extreme eigenvalues and eigenvectors of the Hessian by Lanczos.
 
     Lanczos with full reorthogonalisation (memory: iterations x block size float64 values)
@@ -319,7 +362,12 @@ def hessian_eigenvalues(model, x, y, k=1, which="largest", block=None, exclude=(
     max_iter = check_int(max_iter, "max_iter", 1)
     rng = np.random.default_rng(check_seed(seed))
     op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
-    need = min(op.n, k if which != "both" else 2 * k)
+    need = k if which != "both" else 2 * k
+    if need > op.n:
+        raise ValueError(f"k={k} asks for {need} eigenvalues of a Hessian of size {op.n} (the parameters in the "
+                         f"block); k must be <= {op.n if which != 'both' else op.n // 2}")
+    if need > max_iter:
+        raise ValueError(f"k={k} needs at least {need} Lanczos steps, but max_iter={max_iter}")
     lz = _Lanczos(op, rng.standard_normal((1, op.n)), min(max_iter, op.n), rng)
     while True:
         lz.step(restart=lz.steps < need)
@@ -340,8 +388,10 @@ def hessian_eigenvalues(model, x, y, k=1, which="largest", block=None, exclude=(
 
 # ---- trace ---------------------------------------------------------------------------------------
 
-def hessian_trace(model, x, y, samples=100, seed=0, block=None, exclude=("positional",), loss="mse",
-                  batch_size=None, n_threads=None, decoder_input=None) -> Estimate:
+def hessian_trace(model: EngineModel, x: ArrayLike, y: ArrayLike, samples: int = 100, seed: int = 0,
+                  block: BlockSpec = None, exclude: Exclude = ("positional",), loss: str = "mse",
+                  batch_size: int | None = None, n_threads: int | None = None,
+                  decoder_input: ArrayLike | None = None) -> Estimate:
     """Hutchinson's estimate of the Hessian trace: the mean of z^T H z over Rademacher z.
 
     Each draw is unbiased and the draws are independent, so the reported standard error
@@ -400,9 +450,10 @@ class SpectralDensity:
         return Estimate.from_samples((self.weights * self.nodes ** p).sum(axis=1))
 
 
-def hessian_density(model, x, y, probes=10, steps=50, seed=0, block=None, exclude=("positional",),
-                    grid_points=1000, sigma=None, loss="mse", batch_size=None, n_threads=None,
-                    decoder_input=None) -> SpectralDensity:
+def hessian_density(model: EngineModel, x: ArrayLike, y: ArrayLike, probes: int = 10, steps: int = 50, seed: int = 0,
+                    block: BlockSpec = None, exclude: Exclude = ("positional",), grid_points: int = 1000,
+                    sigma: float | None = None, loss: str = "mse", batch_size: int | None = None,
+                    n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> SpectralDensity:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (as PyHessian's ``density``).
 
     Every probe (a normalised Rademacher vector; probe i is draw i of ``hessian_trace`` with

@@ -37,7 +37,7 @@ def reference_module_class():
             d_ff = d_model if d_ff is None else d_ff
             self.embedding = nn.Embedding(2, d_model // 2)
             self.positional_encoding = nn.Embedding(n_positions, d_model // 2)
-            act = {"relu": "relu", "gelu": "gelu", "gelu_tanh": lambda t: nn.functional.gelu(t, approximate="tanh")}
+            act = {"relu": "relu", "gelu": "gelu", "gelu_tanh": _gelu_tanh}
             layer = nn.TransformerEncoderLayer(d_model=d_model, nhead=n_heads, dim_feedforward=d_ff, dropout=0.0,
                                                activation=act[activation], layer_norm_eps=ln_eps, batch_first=True,
                                                norm_first=norm == "pre")
@@ -81,7 +81,7 @@ def scratchpad_module_class():
             n_decoder_layers = n_layers if n_decoder_layers is None else n_decoder_layers
             self.embedding = nn.Embedding(3, d_model // 2)
             self.positional_encoding = nn.Embedding(n_positions + 1, d_model // 2)
-            act = {"relu": "relu", "gelu": "gelu", "gelu_tanh": lambda t: nn.functional.gelu(t, approximate="tanh")}
+            act = {"relu": "relu", "gelu": "gelu", "gelu_tanh": _gelu_tanh}
             with warnings.catch_warnings():  # pre-LN: torch notes it cannot use nested tensors (irrelevant here)
                 warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
                 self.model = nn.Transformer(d_model=d_model, nhead=n_heads, num_encoder_layers=n_layers,
@@ -140,32 +140,143 @@ def to_torch(model, dtype=None):
 
 def from_torch(module, n_positions=None, **config):
     """A sensiformer ``Transformer`` (or, for a ``TorchModelWithScratchpad``-shaped module, a
-    ``Seq2SeqTransformer``) with the weights of an official-architecture module.
+    ``Seq2SeqTransformer``) computing the same function as an official-architecture module, with
+    its weights.
 
-    The architecture is read from the module's tensors where possible (``d_model``,
-    ``n_layers``, ``n_decoder_layers``, ``n_positions``, ``d_ff``); pass ``n_heads``, ``norm``
-    etc. when they differ from the defaults.
+    The architecture is read from the module: sizes (``d_model``, ``n_layers``,
+    ``n_decoder_layers``, ``n_positions``, ``d_ff``) from its tensors, and from its
+    ``nn.TransformerEncoderLayer``/``nn.TransformerDecoderLayer``s the number of heads
+    (``self_attn.num_heads``), the LayerNorm placement (``norm_first``, or ``nn.Identity`` norms
+    for ``norm="none"``), ``ln_eps`` and the activation. Arguments given in ``config`` must agree
+    with what the module says (a ``ValueError`` names any that contradict it); for layers of
+    other types, which cannot be read, ``n_heads``, ``norm``, ``ln_eps`` and ``activation`` must
+    be given. ``dtype`` defaults to the tensors'; ``seed`` and ``identical_layers`` are free.
+    Dropout is ignored (sensiformer has none: the module's function in ``eval()`` mode).
     """
     from .model import Transformer
 
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     if "model.encoder.norm.weight" in state:
-        return _seq2seq_from_state(state, n_positions, config)
-    d_model = state["linear_head.weight"].shape[1]
+        return _seq2seq_from_state(module, state, n_positions, config)
+    for key in ("linear_head.weight", "positional_encoding.weight", "encoders.layers.0.linear1.weight"):
+        if key not in state:
+            raise ValueError(f"module has no {key!r}: not the official TorchModel layout (embedding, "
+                             "positional_encoding, encoders, linear_head)")
     n_layers = len({k.split(".")[2] for k in state if k.startswith("encoders.layers.")})
-    args = dict(n_positions=n_positions or state["positional_encoding.weight"].shape[0], d_model=d_model,
-                n_layers=n_layers, d_ff=state["encoders.layers.0.linear1.weight"].shape[0],
-                final_norm="encoders.norm.weight" in state)
+    args = dict(n_positions=n_positions or state["positional_encoding.weight"].shape[0],
+                d_model=state["linear_head.weight"].shape[1], n_layers=n_layers,
+                d_ff=state["encoders.layers.0.linear1.weight"].shape[0], final_norm="encoders.norm.weight" in state)
+    encoders = getattr(module, "encoders", None)
+    layers = list(getattr(encoders, "layers", []))
+    args.update(_layer_settings(layers, config, "encoders.layers"))
     if args["final_norm"]:
-        config.setdefault("norm", "pre")
-    args.update(config)
-    args.setdefault("dtype", "float64" if state["linear_head.weight"].dtype.itemsize == 8 else "float32")
-    model = Transformer(**args)
+        if args.get("norm", config.get("norm")) != "pre":
+            raise ValueError("the module has a final LayerNorm (encoders.norm) after post-LN layers; sensiformer's "
+                             "final_norm needs norm='pre'")
+        args["ln_eps"] = _final_norm_eps(encoders.norm, args, config)
+    model = Transformer(**_merged(args, config, state))
     model.load_state_dict(state)
     return model
 
 
-def _seq2seq_from_state(state, n_positions, config):
+def _merged(read, given, state):
+    """The settings read from the module, with the caller's ``config`` (which must agree)."""
+    for key, value in given.items():
+        if key in read and read[key] != value:
+            raise ValueError(f"{key}={value!r} contradicts the module, which has {key}={read[key]!r}")
+    args = dict(read, **given)
+    args.setdefault("dtype", "float64" if state["linear_head.weight"].dtype.itemsize == 8 else "float32")
+    return args
+
+
+def _gelu_tanh(t):
+    """GELU with the tanh approximation (``TorchReference``'s activation for "gelu_tanh")."""
+    return _torch().nn.functional.gelu(t, approximate="tanh")
+
+
+def _activation_name(fn):
+    """"relu", "gelu" or "gelu_tanh" for the activations sensiformer has, else None."""
+    import functools
+
+    F = _torch().nn.functional
+    nn = _torch().nn
+    if fn is F.relu or isinstance(fn, nn.ReLU):
+        return "relu"
+    if fn is F.gelu or (isinstance(fn, nn.GELU) and fn.approximate == "none"):
+        return "gelu"
+    if fn is _gelu_tanh or (isinstance(fn, nn.GELU) and fn.approximate == "tanh"):
+        return "gelu_tanh"
+    tanh_partial = isinstance(fn, functools.partial) and fn.func is F.gelu and not fn.args
+    if tanh_partial and fn.keywords == {"approximate": "tanh"}:
+        return "gelu_tanh"
+    return None
+
+
+def _one_layer_settings(layer, name, stated_activation=None):
+    """n_heads, norm, ln_eps and activation of one nn.Transformer{Encoder,Decoder}Layer (an
+    activation function that cannot be recognised is taken from ``stated_activation``)."""
+    nn = _torch().nn
+    norms = [getattr(layer, n) for n in ("norm1", "norm2", "norm3") if hasattr(layer, n)]
+    if all(isinstance(n, nn.Identity) for n in norms):
+        norm, eps = "none", None
+    elif all(isinstance(n, nn.LayerNorm) for n in norms):
+        epss = {n.eps for n in norms}
+        if len(epss) > 1 or any(not n.elementwise_affine or n.bias is None for n in norms):
+            raise ValueError(f"{name}: LayerNorms with different eps or without affine weights and biases are not "
+                             "supported")
+        norm, eps = ("pre" if layer.norm_first else "post"), epss.pop()
+    else:
+        raise ValueError(f"{name}: a mix of LayerNorm and other norms is not supported")
+    attention = [layer.self_attn] + ([layer.multihead_attn] if hasattr(layer, "multihead_attn") else [])
+    if not all(a.batch_first for a in attention):
+        raise ValueError(f"{name}: batch_first=False; the official architecture runs batch_first=True")
+    if any(a.in_proj_bias is None for a in attention) or layer.linear1.bias is None:
+        raise ValueError(f"{name}: layers without biases (bias=False) are not supported")
+    heads = {a.num_heads for a in attention}
+    if len(heads) > 1:
+        raise ValueError(f"{name}: self- and cross-attention with different numbers of heads are not supported")
+    activation = _activation_name(layer.activation) or stated_activation
+    if activation is None:
+        raise ValueError(f"{name}: cannot tell which activation {layer.activation!r} is; sensiformer has relu, gelu "
+                         "and gelu_tanh: pass activation= if it is one of them")
+    settings = dict(n_heads=heads.pop(), norm=norm, activation=activation)
+    if eps is not None:
+        settings["ln_eps"] = eps
+    return settings
+
+
+def _layer_settings(layers, given, prefix):
+    """The settings every layer agrees on; ``given`` may fill in an activation the module's
+    layers do not name, and must supply everything for layers that are not PyTorch's."""
+    nn = _torch().nn
+    known = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    if not layers or not all(isinstance(layer, known) for layer in layers):
+        missing = [k for k in ("n_heads", "norm", "ln_eps", "activation") if k not in given]
+        if missing:
+            raise ValueError(f"cannot read the configuration from the module ({prefix} are not "
+                             f"nn.TransformerEncoderLayer/nn.TransformerDecoderLayer): pass {', '.join(missing)}")
+        return {}
+    found = [_one_layer_settings(layer, f"{prefix}.{i}", given.get("activation")) for i, layer in enumerate(layers)]
+    for key in found[0]:
+        values = [f[key] for f in found]
+        if len(set(values)) > 1:
+            raise ValueError(f"the layers of {prefix} differ in {key} ({values}); sensiformer's layers share it")
+    return found[0]
+
+
+def _final_norm_eps(norm, args, given):
+    nn = _torch().nn
+    if not isinstance(norm, nn.LayerNorm):
+        if "ln_eps" not in given:
+            raise ValueError("cannot read the final norm's eps from the module: pass ln_eps")
+        return given["ln_eps"]
+    if "ln_eps" in args and norm.eps != args["ln_eps"]:
+        raise ValueError(f"the final LayerNorm has eps={norm.eps}, the layers' have {args['ln_eps']}; sensiformer "
+                         "uses one eps")
+    return norm.eps
+
+
+def _seq2seq_from_state(module, state, n_positions, config):
     from .seq2seq import Seq2SeqTransformer
 
     def count(prefix):
@@ -175,8 +286,18 @@ def _seq2seq_from_state(state, n_positions, config):
                 d_model=state["linear_head.weight"].shape[1], n_layers=count("model.encoder.layers."),
                 n_decoder_layers=count("model.decoder.layers."),
                 d_ff=state["model.encoder.layers.0.linear1.weight"].shape[0])
-    args.update(config)
-    args.setdefault("dtype", "float64" if state["linear_head.weight"].dtype.itemsize == 8 else "float32")
-    model = Seq2SeqTransformer(**args)
+    transformer = getattr(module, "model", None)
+    encoder = list(getattr(getattr(transformer, "encoder", None), "layers", []))
+    decoder = list(getattr(getattr(transformer, "decoder", None), "layers", []))
+    read = _layer_settings(encoder + decoder, config, "model.encoder.layers and model.decoder.layers")
+    if read.get("norm") == "none":
+        raise ValueError("a Seq2SeqTransformer has LayerNorms (norm 'post' or 'pre'); the module has none")
+    args.update(read)
+    if read:
+        for final in (transformer.encoder.norm, transformer.decoder.norm):
+            if not isinstance(final, _torch().nn.LayerNorm) or final.eps != read["ln_eps"]:
+                raise ValueError(f"the final encoder/decoder norms must be LayerNorms with the layers' eps "
+                                 f"{read['ln_eps']}, got {final!r}")
+    model = Seq2SeqTransformer(**_merged(args, config, state))
     model.load_state_dict(state)
     return model

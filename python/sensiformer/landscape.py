@@ -13,6 +13,7 @@ exactly. A ``Seq2SeqTransformer`` takes label sequences and, optionally, its ``d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,10 +22,15 @@ from .blocks import block_indices
 from .hessian import hessian_eigenvalues
 from .model import LOSSES
 
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, BlockSpec, EngineModel, Exclude, Sequence
+
 
 def _private_copy(model):
     """``(work, theta)``: a copy of the model to perturb, and its parameters."""
-    return model.copy(), model.flat.copy()
+    model.require_finite("the landscape probes")
+    work = model.copy()
+    return work, work.flat.copy()  # theta from the same snapshot as the copy
 
 
 def _data(model, x, y, loss, decoder_input=None):
@@ -89,9 +95,10 @@ def _project(u, rho):
     return u if n <= rho else u * (rho / n)
 
 
-def worst_case_sharpness(model, x, y, rho, norm="l2", steps=20, restarts=3, seed=0, step_size=None, eta=0.0,
-                         block=None, exclude=("positional",), loss="mse", n_threads=None,
-                         decoder_input=None) -> WorstCaseSharpness:
+def worst_case_sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, rho: float, norm: str = "l2", steps: int = 20,
+                         restarts: int = 3, seed: int = 0, step_size: float | None = None, eta: float = 0.0,
+                         block: BlockSpec = None, exclude: Exclude = ("positional",), loss: str = "mse",
+                         n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> WorstCaseSharpness:
     """Worst-case sharpness max_{||delta|| <= rho} L(theta + delta) - L(theta) by projected
     gradient ascent with restarts (as SAM's inner problem, but run to convergence and reported).
 
@@ -177,8 +184,9 @@ def worst_case_sharpness(model, x, y, rho, norm="l2", steps=20, restarts=3, seed
 
 # ---- slices ----------------------------------------------------------------------------------------
 
-def random_direction(model, seed=0, normalization="filter", ignore="biasbn", exclude=("positional",),
-                     block=None) -> np.ndarray:
+def random_direction(model: EngineModel, seed: int = 0, normalization: str | None = "filter",
+                     ignore: str | None = "biasbn", exclude: Exclude = ("positional",),
+                     block: BlockSpec = None) -> np.ndarray:
     """A random Gaussian direction scaled like the parameters (Li et al. 2018, loss-landscape's
     ``net_plotter``), laid out like ``model.flat`` (float64).
 
@@ -194,7 +202,7 @@ def random_direction(model, seed=0, normalization="filter", ignore="biasbn", exc
         raise ValueError(f"ignore must be 'biasbn' or None; got {ignore!r}")
     rng = np.random.default_rng(check_seed(seed))
     d = rng.standard_normal(model.num_parameters)
-    theta = model.flat.astype(np.float64)
+    theta = model.flat_snapshot().astype(np.float64)
     for t in model.tensor_info:
         sl = slice(t["offset"], t["offset"] + t["size"])
         if len(t["shape"]) == 1:
@@ -250,7 +258,7 @@ def _direction(model, x, y, spec, seed, normalization, ignore, exclude, block, l
         raise ValueError(f"need {count} direction arrays, got {len(arrays)}")
     out = []
     for a in arrays:
-        a = np.asarray(a.flat if hasattr(a, "flat") and hasattr(a, "tensor_info") else a, dtype=np.float64)
+        a = np.asarray(a.flat_snapshot() if hasattr(a, "tensor_info") else a, dtype=np.float64)
         if a.shape != (model.num_parameters,) or not np.all(np.isfinite(a)):
             raise ValueError(f"a direction must be a finite array of shape ({model.num_parameters},)")
         out.append(a.copy())
@@ -264,9 +272,11 @@ def _grid(values, default, name):
     return arr
 
 
-def landscape_1d(model, x, y, direction="random", alphas=None, target=None, seed=0, normalization="filter",
-                 ignore="biasbn", block=None, exclude=("positional",), loss="mse", n_threads=None,
-                 decoder_input=None) -> Landscape:
+def landscape_1d(model: EngineModel, x: ArrayLike, y: ArrayLike, direction: str | ArrayLike = "random",
+                 alphas: ArrayLike | None = None, target: EngineModel | ArrayLike | None = None, seed: int = 0,
+                 normalization: str | None = "filter", ignore: str | None = "biasbn", block: BlockSpec = None,
+                 exclude: Exclude = ("positional",), loss: str = "mse", n_threads: int | None = None,
+                 decoder_input: ArrayLike | None = None) -> Landscape:
     """Loss along theta + alpha d.
 
     Parameters
@@ -289,10 +299,10 @@ def landscape_1d(model, x, y, direction="random", alphas=None, target=None, seed
     """
     x, y, extra = _data(model, x, y, loss, decoder_input)
     if target is not None:
-        t = np.asarray(target.flat if hasattr(target, "tensor_info") else target, dtype=np.float64)
+        t = np.asarray(target.flat_snapshot() if hasattr(target, "tensor_info") else target, dtype=np.float64)
         if t.shape != (model.num_parameters,):
             raise ValueError(f"target must have {model.num_parameters} parameters, got shape {t.shape}")
-        d = t - model.flat.astype(np.float64)
+        d = t - model.flat_snapshot().astype(np.float64)
         alphas = _grid(alphas, np.linspace(0, 1, 21), "alphas")
     else:
         d = _direction(model, x, y, direction, seed, normalization, ignore, exclude, block, loss, n_threads, 1,
@@ -304,9 +314,11 @@ def landscape_1d(model, x, y, direction="random", alphas=None, target=None, seed
     return Landscape(alphas=alphas, betas=None, losses=losses, directions=[d], base_loss=float(base))
 
 
-def landscape_2d(model, x, y, directions="random", alphas=None, betas=None, seed=0, normalization="filter",
-                 ignore="biasbn", block=None, exclude=("positional",), loss="mse", n_threads=None,
-                 decoder_input=None) -> Landscape:
+def landscape_2d(model: EngineModel, x: ArrayLike, y: ArrayLike, directions: str | Sequence[ArrayLike] = "random",
+                 alphas: ArrayLike | None = None, betas: ArrayLike | None = None, seed: int = 0,
+                 normalization: str | None = "filter", ignore: str | None = "biasbn", block: BlockSpec = None,
+                 exclude: Exclude = ("positional",), loss: str = "mse", n_threads: int | None = None,
+                 decoder_input: ArrayLike | None = None) -> Landscape:
     """Loss on the plane theta + alpha d1 + beta d2.
 
     Parameters

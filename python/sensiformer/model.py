@@ -3,15 +3,21 @@ engine-backed model shares (parameter views, state dicts, copies, files; see als
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import OrderedDict
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _engine
+from ._files import save_npz_atomically
 from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, DType, Mapping, PathLike
+    from .seq2seq import Seq2SeqTransformer
 
 NORMS = {"post": 0, "pre": 1, "none": 2}
 ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_tanh": 2}
@@ -25,6 +31,12 @@ MAX_POSITIONS, MAX_D_MODEL, MAX_D_FF, MAX_LAYERS = 1 << 20, 65536, 1 << 20, 64
 # tokens per engine call when a caller streams many inputs through forward: bounds the
 # activation workspace (a few MB at d_model=128) whatever the number of inputs
 FORWARD_TOKENS = 1 << 14
+
+
+class NonFiniteParametersError(FloatingPointError, ValueError):
+    """The model's parameters hold NaN or inf (e.g. written through ``flat``), so a save, an
+    evaluation or a probe would give meaningless numbers. A ``FloatingPointError`` and, like every
+    refused argument, a ``ValueError``."""
 
 
 class _EngineModel:
@@ -45,6 +57,20 @@ class _EngineModel:
     @staticmethod
     def _view(flat, t):
         return flat[t["offset"]:t["offset"] + t["size"]].reshape(t["shape"])
+
+    @contextlib.contextmanager
+    def _exclusive(self, what):
+        """Hold the model's busy flag (as an engine call does) while Python reads or writes its
+        buffers, so a save never mixes parameters from before and after a training step."""
+        try:
+            self._engine.acquire()
+        except RuntimeError as err:
+            raise RuntimeError(f"{what} refused: the model is inside another call (e.g. Trainer.fit in another "
+                               "thread); retry when that call has returned") from err
+        try:
+            yield
+        finally:
+            self._engine.release()
 
     # ---- description ------------------------------------------------------------------------
     @property
@@ -97,8 +123,16 @@ class _EngineModel:
         return self._flat
 
     @flat.setter
-    def flat(self, values):
-        self._flat[...] = as_finite_array(values, "flat", self.dtype, self._flat.shape)
+    def flat(self, values: ArrayLike) -> None:
+        values = as_finite_array(values, "flat", self.dtype, self._flat.shape)
+        with self._exclusive("setting flat"):
+            self._flat[...] = values
+
+    def flat_snapshot(self) -> np.ndarray:
+        """A copy of ``flat`` taken under the busy guard: never from the middle of a training step
+        running in another thread (that raises ``RuntimeError`` instead)."""
+        with self._exclusive("reading the parameters"):
+            return self._flat.copy()
 
     @property
     def flat_grad(self) -> np.ndarray:
@@ -107,9 +141,10 @@ class _EngineModel:
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of the parameters keyed by the official PyTorch names."""
-        return OrderedDict((name, view.copy()) for name, view in self._params.items())
+        with self._exclusive("state_dict"):
+            return OrderedDict((name, view.copy()) for name, view in self._params.items())
 
-    def load_state_dict(self, state, strict: bool = True) -> None:
+    def load_state_dict(self, state: Mapping[str, ArrayLike], strict: bool = True) -> None:
         """Copy parameters in from a mapping of names to arrays (NumPy arrays or torch tensors).
 
         With ``strict=True`` the keys must match exactly. Shapes must always match; nothing is
@@ -131,8 +166,28 @@ class _EngineModel:
         missing = [k for k in self._params if k not in arrays]
         if strict and missing:
             raise KeyError(f"missing keys in state (strict=True): {missing}")
-        for key, value in arrays.items():
-            self._params[key][...] = value
+        with self._exclusive("load_state_dict"):
+            for key, value in arrays.items():
+                self._params[key][...] = value
+
+    def require_finite(self, where: str, flat: np.ndarray | None = None) -> None:
+        """Raise ``NonFiniteParametersError`` naming the first parameter tensor holding NaN or inf.
+
+        Called where a result would otherwise be silently meaningless: saving, evaluating,
+        decoding and every probe. (Writes through ``flat`` or ``parameters()`` views are not
+        checked when they happen: a view cannot intercept item assignment.) ``flat``: check a
+        copy laid out like ``self.flat`` instead of the live buffer.
+        """
+        flat = self._flat if flat is None else flat
+        if np.isfinite(flat).all():  # the common case: one vectorised pass
+            return
+        for t in self._tensors:
+            bad = ~np.isfinite(self._view(flat, t))
+            if bad.any():
+                first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+                raise NonFiniteParametersError(
+                    f"{where}: parameter {t['name']!r} holds non-finite values ({int(bad.sum())} of {bad.size} "
+                    f"entries NaN or inf, first at index {first}); reload or reinitialize the model")
 
     # ---- copies and files -------------------------------------------------------------------
     def _constructor_args(self, **overrides):
@@ -140,32 +195,46 @@ class _EngineModel:
         args.update(overrides)
         return args
 
-    def astype(self, dtype):
+    def astype(self, dtype: DType) -> _EngineModel:
         """A copy with parameters converted to ``dtype`` (e.g. probe a float32 model in float64)."""
         other = type(self)(**self._constructor_args(dtype=np.dtype(dtype).name))
+        source = self.flat_snapshot()
         if other.dtype == self.dtype:
-            other._flat[...] = self._flat
+            other._flat[...] = source
         else:  # refuse float64 parameters beyond float32's range rather than turn them into inf
-            other._flat[...] = as_finite_array(self._flat, f"parameters in {other.dtype.name}", other.dtype)
+            other._flat[...] = as_finite_array(source, f"parameters in {other.dtype.name}", other.dtype)
         return other
 
-    def copy(self):
+    def copy(self) -> _EngineModel:
+        """An independent copy (its own engine model and buffers; gradients are not copied)."""
         return self.astype(self.dtype)
 
-    def reinitialize(self, seed=None) -> None:
+    # copy.copy must not share the parameter buffer with the original (a shallow copy of the
+    # Python object would); copy.deepcopy and pickle rebuild from the config and the parameters
+    def __copy__(self):
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict) -> _EngineModel:
+        return self.copy()
+
+    def __reduce__(self):
+        return _restore_model, (type(self), self.config, self.flat_snapshot())
+
+    def reinitialize(self, seed: int | None = None) -> None:
         """Draw fresh initial parameters (with ``seed``, default the constructor's)."""
         seed = self._config["seed"] if seed is None else check_seed(seed)
         self._engine.reinit(seed, self._config["identical_layers"])
 
-    def save(self, path) -> None:
-        """Write the config and parameters to an ``.npz`` file (no pickle); ``sensiformer.load`` reads it."""
-        arrays = {f"param/{k}": v for k, v in self._params.items()}
+    def save(self, path: PathLike) -> None:
+        """Write the config and parameters to an ``.npz`` file (no pickle); ``sensiformer.load`` reads it.
+
+        Non-finite parameters raise ``FloatingPointError`` (``load`` would refuse the file).
+        """
+        flat = self.flat_snapshot()
+        self.require_finite("save", flat)
+        arrays = {f"param/{t['name']}": self._view(flat, t) for t in self._tensors}
         meta = json.dumps(dict(format_version=FORMAT_VERSION, kind=self._kind_name, config=self._config))
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, __meta__=np.array(meta), **arrays)
-        tmp.replace(path)
+        save_npz_atomically(path, {"__meta__": np.array(meta), **arrays})
 
 
 class Transformer(_EngineModel):
@@ -202,8 +271,10 @@ class Transformer(_EngineModel):
 
     _kind_name = "Transformer"
 
-    def __init__(self, n_positions, d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5,
-                 activation="relu", dtype="float32", seed=0, final_norm=False, identical_layers=True):
+    def __init__(self, n_positions: int, d_model: int = 128, n_heads: int = 2, n_layers: int = 2,
+                 d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
+                 dtype: DType = "float32", seed: int = 0, final_norm: bool = False,
+                 identical_layers: bool = True) -> None:
         n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         check_choice(norm, "norm", tuple(NORMS))
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
@@ -228,7 +299,7 @@ class Transformer(_EngineModel):
                 f"params={self.num_parameters})")
 
     # ---- computation ------------------------------------------------------------------------
-    def forward(self, x, n_threads=None) -> np.ndarray:
+    def forward(self, x: ArrayLike, n_threads: int | None = None) -> np.ndarray:
         """Outputs (batch,) for tokens ``x`` (batch, length), length <= n_positions."""
         x = as_tokens(x, "x", self.n_positions)
         return self._engine.forward(x, resolve_threads(n_threads))
@@ -243,11 +314,12 @@ class Transformer(_EngineModel):
             raise ValueError("loss='bce' needs labels in [0, 1]")
         return self._engine.loss_and_grad(x, y, LOSSES[loss], grad, resolve_threads(n_threads))
 
-    def loss(self, x, y, loss="mse", n_threads=None) -> float:
+    def loss(self, x: ArrayLike, y: ArrayLike, loss: str = "mse", n_threads: int | None = None) -> float:
         """Mean loss of ``forward(x)`` against labels ``y`` (MSE on raw outputs, or BCE with logits)."""
         return self._loss(x, y, loss, False, n_threads)[0]
 
-    def loss_and_grad(self, x, y, loss="mse", n_threads=None):
+    def loss_and_grad(self, x: ArrayLike, y: ArrayLike, loss: str = "mse",
+                      n_threads: int | None = None) -> tuple[float, OrderedDict[str, np.ndarray]]:
         """``(loss, gradients)``: the gradients as a dict of arrays (copies) keyed like ``parameters()``.
 
         The model's gradient buffer (``gradients()``, ``flat_grad``) holds them too.
@@ -256,7 +328,18 @@ class Transformer(_EngineModel):
         return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
 
 
-def check_sizes(n_positions, d_model, n_heads, n_layers, d_ff):
+def _restore_model(cls, config, flat):
+    """Unpickle a model: build it from its config and write its parameters (as pickled, bit for bit)."""
+    model = cls(**config)
+    flat = np.asarray(flat)
+    if flat.shape != model._flat.shape or flat.dtype != model.dtype:
+        raise ValueError(f"pickled parameters {flat.dtype}{flat.shape} do not fit {model!r}")
+    model._flat[...] = flat
+    return model
+
+
+def check_sizes(n_positions: int, d_model: int, n_heads: int, n_layers: int,
+                d_ff: int | None) -> tuple[int, int, int, int, int]:
     """The size arguments every model kind shares, within the engine's limits (csrc/model.c)."""
     n_positions = check_int(n_positions, "n_positions", 1, MAX_POSITIONS)
     d_model = check_int(d_model, "d_model", 2, MAX_D_MODEL)
@@ -282,7 +365,17 @@ def _dtype_name(dtype):
     raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
 
 
-def load(path):
+def check_format_version(found: object, supported: int) -> None:
+    """Refuse a file format this version cannot read (a newer file needs a newer sensiformer)."""
+    if found != supported:
+        from . import __version__
+
+        newer = isinstance(found, int) and not isinstance(found, bool) and found > supported
+        raise ValueError(f"format_version {found!r}, but sensiformer {__version__} reads format_version {supported}"
+                         + (" (the file was written by a newer sensiformer: upgrade to read it)" if newer else ""))
+
+
+def load(path: PathLike) -> Transformer | Seq2SeqTransformer:
     """Load a model written by ``save`` (a ``Transformer`` or a ``Seq2SeqTransformer``).
 
     A file that is not one ``save`` wrote (damaged, or with other metadata) raises ``ValueError``
@@ -308,6 +401,7 @@ def load(path):
         meta = json.loads(str(contents["__meta__"]))
         if not isinstance(meta, dict):
             raise ValueError(f"the metadata is a {type(meta).__name__}, not a dict")
+        check_format_version(meta.get("format_version"), FORMAT_VERSION)
         if meta.get("kind") not in kinds:
             raise ValueError(f"it holds a {meta.get('kind')!r}, not a Transformer or a Seq2SeqTransformer")
         if not isinstance(meta.get("config"), dict):

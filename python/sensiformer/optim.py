@@ -7,10 +7,15 @@ laid out like ``model.flat``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import _engine
 from ._validation import as_finite_array, check_bool, check_choice, check_count, check_float, resolve_threads
+
+if TYPE_CHECKING:
+    from ._typing import Any, EngineModel
 
 _KINDS = {"adamw": 0, "adam": 1, "sgd": 2}
 _SCHEDULES = {"constant": 0, "cosine": 1}
@@ -36,9 +41,10 @@ class Optimizer:
 
     _kind = ""
 
-    def __init__(self, lr, weight_decay, decay_all=True, schedule="constant", warmup_steps=0, total_steps=0,
-                 min_lr=0.0, clip_norm=None, betas=(0.9, 0.999), eps=1e-8, momentum=0.0, dampening=0.0,
-                 nesterov=False):
+    def __init__(self, lr: float, weight_decay: float, decay_all: bool = True, schedule: str = "constant",
+                 warmup_steps: int = 0, total_steps: int = 0, min_lr: float = 0.0, clip_norm: float | None = None,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.0,
+                 dampening: float = 0.0, nesterov: bool = False) -> None:
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair, got {betas!r}")
         check_choice(schedule, "schedule", tuple(_SCHEDULES))
@@ -60,7 +66,7 @@ class Optimizer:
         self._engine = None
         self._model = None
 
-    def bind(self, model) -> "Optimizer":
+    def bind(self, model: EngineModel) -> "Optimizer":
         """Attach to ``model`` (allocates the state). An optimizer serves one model."""
         if self._model is not None:
             if self._model is not model:
@@ -74,12 +80,27 @@ class Optimizer:
         self._model = model
         return self
 
+    # pickling and deep copies: the configuration, the model and a copy of the state; the engine
+    # optimizer is rebuilt by binding to the (unpickled) model
+    def __getstate__(self):
+        state = dict(self.__dict__, _engine=None)
+        state["_saved_state"] = None if self._engine is None else self.state_dict()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        saved, model = state.pop("_saved_state"), state.pop("_model")
+        self.__dict__.update(state, _engine=None, _model=None)
+        if model is not None:
+            self.bind(model)
+            self._write_state(*self._checked_state(saved))
+
     def _bound(self):
         if self._engine is None:
             raise RuntimeError("bind(model) the optimizer first (Trainer does it for you)")
         return self._engine
 
-    def step(self, n_threads=None) -> float:
+    def step(self, n_threads: int | None = None) -> float:
         """One update from the model's gradient buffer; returns the gradient norm (pre-clipping)."""
         return self._bound().step(resolve_threads(n_threads))
 
@@ -97,13 +118,24 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """Copies of the state: step count and moment buffers (laid out like ``model.flat``)."""
+        self._bound()
+        with self._model._exclusive("optimizer state_dict"):  # never from the middle of a step
+            return self._snapshot()
+
+    def _snapshot(self) -> dict:
+        """``state_dict()`` without the guard (for callers that hold it)."""
         eng = self._bound()
         return dict(kind=self._kind, hyper=dict(self.hyper), step=eng.step_count, exp_avg=eng.state(0).copy(),
                     exp_avg_sq=eng.state(1).copy())
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict()``; every entry is checked before anything is written."""
-        exp_avg, exp_avg_sq, step = self._checked_state(state)
+        checked = self._checked_state(state)
+        with self._model._exclusive("optimizer load_state_dict"):
+            self._write_state(*checked)
+
+    def _write_state(self, exp_avg, exp_avg_sq, step) -> None:
+        """Write checked state (for callers that hold the model's guard)."""
         eng = self._bound()
         eng.state(0)[...] = exp_avg
         eng.state(1)[...] = exp_avg_sq
@@ -139,7 +171,8 @@ class AdamW(Optimizer):
 
     _kind = "adamw"
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, **kwargs):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, **kwargs: Any) -> None:
         super().__init__(lr, weight_decay, betas=betas, eps=eps, **kwargs)
 
 
@@ -148,7 +181,8 @@ class Adam(Optimizer):
 
     _kind = "adam"
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **kwargs):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, **kwargs: Any) -> None:
         super().__init__(lr, weight_decay, betas=betas, eps=eps, **kwargs)
 
 
@@ -157,5 +191,6 @@ class SGD(Optimizer):
 
     _kind = "sgd"
 
-    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, **kwargs):
+    def __init__(self, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False, **kwargs: Any) -> None:
         super().__init__(lr, weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov, **kwargs)

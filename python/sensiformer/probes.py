@@ -19,6 +19,7 @@ sharpness by 4 (the {0,1} -> ±1 conversion), which ``sharpness(..., as_pm1=True
 from __future__ import annotations
 
 import fnmatch
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,12 +27,15 @@ from . import _engine
 from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
 from .estimate import Estimate
-from .model import LOSSES
+from .model import LOSSES, TENSOR_KINDS
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, EngineModel, Exclude
 
 DEFAULT_SIGMA = 0.02
 
 
-def tensor_mask(model, exclude=("positional",)) -> np.ndarray:
+def tensor_mask(model: EngineModel, exclude: Exclude = ("positional",)) -> np.ndarray:
     """Per tensor 1 if it is included, 0 if excluded.
 
     ``exclude`` holds tensor kinds ("positional", "token_embedding", "weight", "bias",
@@ -49,10 +53,15 @@ def tensor_mask(model, exclude=("positional",)) -> np.ndarray:
     info = model.tensor_info
     kinds = {t["kind"] for t in info}
     mask = np.ones(len(info), dtype=np.uint8)
-    for i, t in enumerate(info):
-        for pattern in exclude:
-            if pattern == t["kind"] or (pattern not in kinds and fnmatch.fnmatchcase(t["name"], pattern)):
-                mask[i] = 0
+    for pattern in exclude:
+        matched = [i for i, t in enumerate(info)
+                   if pattern == t["kind"] or (pattern not in kinds and fnmatch.fnmatchcase(t["name"], pattern))]
+        # a typo would silently replace the default (and perturb the positional tables); a kind this
+        # model lacks (norm_weight with norm="none") is no typo
+        if not matched and pattern not in TENSOR_KINDS:
+            raise ValueError(f"exclude pattern {pattern!r} matches no parameter of this model (give tensor kinds "
+                             f"{TENSOR_KINDS} or glob patterns of model.parameters() names)")
+        mask[matched] = 0
     return mask
 
 
@@ -83,9 +92,10 @@ def _seq_batches(model, x, y, batch_size, decoder_input=None):
     return x, y, batch_size, dec
 
 
-def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("positional",), noise=None,
-              batch_size=None, paper_compatible=False, as_pm1=False, loss="mse", n_threads=None,
-              decoder_input=None) -> Estimate:
+def sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, sigma: float | None = None, rho: float | None = None,
+              repeats: int = 10, seed: int = 0, exclude: Exclude = ("positional",), noise: ArrayLike | None = None,
+              batch_size: int | None = None, paper_compatible: bool = False, as_pm1: bool = False, loss: str = "mse",
+              n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> Estimate:
     """Gaussian sharpness: E_z[L(θ + σz)] − L(θ), z ~ N(0, I) on the included parameters.
 
     Parameters
@@ -125,6 +135,7 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
         (the engine perturbs a private copy), so they are unchanged even while the probe runs.
     """
     check_choice(loss, "loss", tuple(LOSSES))
+    model.require_finite("sharpness")
     x, y, batch_size, dec = _seq_batches(model, x, y, batch_size, decoder_input)
     repeats = check_int(repeats, "repeats", 1, 1 << 20)
     seed = check_seed(seed)
@@ -146,6 +157,9 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
     as_pm1 = check_bool(as_pm1, "as_pm1")
     base, perturbed = _engine.sharpness(model._engine, x, y, batch_size, LOSSES[loss], sigma, repeats, seed, mask,
                                         noise, shared, resolve_threads(n_threads), dec)
+    if not (np.isfinite(base).all() and np.isfinite(perturbed).all()):
+        raise FloatingPointError(f"sharpness: the perturbed loss is not finite in {model.dtype.name} (sigma={sigma!r} "
+                                 "overflows the parameters or the loss); use a smaller sigma or rho")
     per_draw = (perturbed - base[None, :]).mean(axis=1)
     if as_pm1:
         per_draw = 4.0 * per_draw
@@ -155,7 +169,7 @@ def sharpness(model, x, y, sigma=None, rho=None, repeats=10, seed=0, exclude=("p
 LN_AGGREGATES = ("maxs_prod", "means_prod", "maxs_sum", "means_sum")
 
 
-def ln_names(model) -> list[str]:
+def ln_names(model: EngineModel) -> list[str]:
     """Names of the LayerNorms ``ln_blowup`` reports, in its order (a seq2seq model: every LayerNorm,
     then the official subset as ``"official/<name>"``)."""
     c = model.config
@@ -200,7 +214,8 @@ def _ln_blowup_seq2seq(model, x, decoder_input, y, definition, per_sample, n_thr
     return result
 
 
-def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None, decoder_input=None, y=None) -> dict:
+def ln_blowup(model: EngineModel, x: ArrayLike, definition: str = "official", per_sample: bool = False,
+              n_threads: int | None = None, decoder_input: ArrayLike | None = None, y: ArrayLike | None = None) -> dict:
     """LayerNorm blowup: the normalisation factors 1/std of every LayerNorm's input.
 
     ``definition="official"`` reproduces the official hooks exactly: 1/std with the unbiased
@@ -225,6 +240,7 @@ def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None,
     """
     check_choice(definition, "definition", ("official", "theory"))
     per_sample = check_bool(per_sample, "per_sample")
+    model.require_finite("ln_blowup")
     if _is_seq2seq(model):
         return _ln_blowup_seq2seq(model, x, decoder_input, y, definition, per_sample, n_threads)
     if decoder_input is not None or y is not None:
@@ -243,7 +259,8 @@ def ln_blowup(model, x, definition="official", per_sample=False, n_threads=None,
     return result
 
 
-def autoregressive_accuracy(model, x, y, threshold=0.5, cache=True, n_threads=None) -> dict:
+def autoregressive_accuracy(model: EngineModel, x: ArrayLike, y: ArrayLike, threshold: float = 0.5, cache: bool = True,
+                            n_threads: int | None = None) -> dict:
     """``token`` (the paper's ``autoregressive_accuracy``) and ``sequence`` accuracy of a
     ``Seq2SeqTransformer``'s autoregressive decoding of x against the label sequences y."""
     if not _is_seq2seq(model):
@@ -251,30 +268,32 @@ def autoregressive_accuracy(model, x, y, threshold=0.5, cache=True, n_threads=No
     return model.autoregressive_accuracy(x, y, threshold=threshold, cache=cache, n_threads=n_threads)
 
 
-def param_norm(model, exclude=("positional",)) -> float:
+def param_norm(model: EngineModel, exclude: Exclude = ("positional",)) -> float:
     """L2 norm of all parameters except the excluded ones (the paper excludes positional
     embeddings; its initial value is about 35.8 for the default d=128 model)."""
     mask = tensor_mask(model, exclude)
+    flat = model.flat_snapshot()
     total = 0.0
     for t, keep in zip(model.tensor_info, mask):
         if keep:
-            seg = model.flat[t["offset"]:t["offset"] + t["size"]].astype(np.float64)
+            seg = flat[t["offset"]:t["offset"] + t["size"]].astype(np.float64)
             total += float(seg @ seg)
     return float(np.sqrt(total))
 
 
-def tensor_norms(model) -> dict:
+def tensor_norms(model: EngineModel) -> dict:
     """Frobenius norm of every parameter tensor, keyed by name."""
-    return {name: float(np.linalg.norm(p.astype(np.float64))) for name, p in model.parameters().items()}
+    return {name: float(np.linalg.norm(p.astype(np.float64))) for name, p in model.state_dict().items()}
 
 
-def distance(model, reference, exclude=("positional",)) -> float:
+def distance(model: EngineModel, reference: EngineModel | ArrayLike, exclude: Exclude = ("positional",)) -> float:
     """L2 distance between the parameters of two models of the same shape (e.g. from init), or
     between a model and a flat parameter array laid out like ``model.flat``."""
     # a model has tensor_info; NumPy arrays have a .flat too, so that cannot tell them apart
-    ref_flat = reference.flat if hasattr(reference, "tensor_info") else as_finite_array(reference, "reference",
-                                                                                         np.float64)
-    if ref_flat.shape != model.flat.shape:
+    ref_flat = reference.flat_snapshot() if hasattr(reference, "tensor_info") else as_finite_array(
+        reference, "reference", np.float64)
+    flat = model.flat_snapshot()
+    if ref_flat.shape != flat.shape:
         raise ValueError(f"reference must have {model.flat.shape[0]} parameters (the model's), got shape "
                          f"{ref_flat.shape}")
     mask = tensor_mask(model, exclude)
@@ -282,12 +301,13 @@ def distance(model, reference, exclude=("positional",)) -> float:
     for t, keep in zip(model.tensor_info, mask):
         if keep:
             sl = slice(t["offset"], t["offset"] + t["size"])
-            diff = model.flat[sl].astype(np.float64) - ref_flat[sl].astype(np.float64)
+            diff = flat[sl].astype(np.float64) - ref_flat[sl].astype(np.float64)
             total += float(diff @ diff)
     return float(np.sqrt(total))
 
 
-def attention_logit_scale(model, x, n_threads=None, decoder_input=None, y=None) -> dict:
+def attention_logit_scale(model: EngineModel, x: ArrayLike, n_threads: int | None = None,
+                          decoder_input: ArrayLike | None = None, y: ArrayLike | None = None) -> dict:
     """Attention-logit scale |q.k| / sqrt(d_head), on which the paper's sensitivity bound
     depends exponentially.
 
@@ -300,6 +320,7 @@ def attention_logit_scale(model, x, n_threads=None, decoder_input=None, y=None) 
     encoder self-attention layers, the decoder self-attention layers (each query over the keys the
     causal mask lets it see) and the cross-attention layers, over every position.
     """
+    model.require_finite("attention_logit_scale")
     if _is_seq2seq(model):
         if (decoder_input is None) == (y is None):
             raise TypeError("a Seq2SeqTransformer's attention_logit_scale needs decoder_input or y "

@@ -4,6 +4,7 @@ backed by the C engine."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from . import _engine
 from ._validation import (REAL_KINDS, as_tokens, check_bool, check_choice, check_float, check_int, check_seed,
                           quiet_cast, resolve_threads)
 from .model import ACTIVATIONS, DTYPES, LOSSES, MAX_LAYERS, _dtype_name, _EngineModel, check_sizes
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, DType
 
 SOS = 2  #: the decoder's start token
 _SEQ2SEQ_KIND = 1  # sf_model_kind in csrc/sf.h
@@ -48,7 +52,7 @@ def _as_decoder_input(dec, rows, max_length):
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
-def teacher_forcing(y) -> np.ndarray:
+def teacher_forcing(y: ArrayLike) -> np.ndarray:
     """The decoder input ``[SOS, y_1, ..., y_n]`` (rows, n + 1) for 0/1 label sequences ``y`` (rows, n)."""
     arr = np.asarray(y)
     if arr.ndim != 2 or arr.shape[1] < 1:
@@ -100,8 +104,10 @@ class Seq2SeqTransformer(_EngineModel):
     _kind_name = "Seq2SeqTransformer"
     SOS = SOS
 
-    def __init__(self, n_positions, d_model=32, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5,
-                 activation="relu", dtype="float32", seed=0, n_decoder_layers=None, identical_layers=True):
+    def __init__(self, n_positions: int, d_model: int = 32, n_heads: int = 2, n_layers: int = 2,
+                 d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
+                 dtype: DType = "float32", seed: int = 0, n_decoder_layers: int | None = None,
+                 identical_layers: bool = True) -> None:
         n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         n_decoder_layers = n_layers if n_decoder_layers is None else check_int(n_decoder_layers, "n_decoder_layers",
                                                                                1, MAX_LAYERS)
@@ -146,7 +152,7 @@ class Seq2SeqTransformer(_EngineModel):
         return x, dec, y
 
     # ---- computation --------------------------------------------------------------------------
-    def forward(self, x, decoder_input, n_threads=None) -> np.ndarray:
+    def forward(self, x: ArrayLike, decoder_input: ArrayLike | None, n_threads: int | None = None) -> np.ndarray:
         """Outputs (batch, S) at every decoder position.
 
         ``x`` (batch, n) holds 0/1 tokens (n <= n_positions); ``decoder_input`` (batch, S) holds
@@ -167,7 +173,8 @@ class Seq2SeqTransformer(_EngineModel):
             raise ValueError("loss='bce' needs labels in [0, 1]")
         return _engine.seq2seq_loss_and_grad(self._engine, x, dec, y, LOSSES[loss], grad, resolve_threads(n_threads))
 
-    def loss(self, x, y, decoder_input=None, loss="mse", n_threads=None) -> float:
+    def loss(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, loss: str = "mse",
+             n_threads: int | None = None) -> float:
         """Teacher-forced mean loss over the batch and the L = ``y.shape[1]`` labels per row.
 
         ``y`` (batch, L) are the labels of decoder positions 0..L-1; ``decoder_input`` defaults to
@@ -175,13 +182,16 @@ class Seq2SeqTransformer(_EngineModel):
         """
         return self._loss(x, y, decoder_input, loss, False, n_threads)[0]
 
-    def loss_and_grad(self, x, y, decoder_input=None, loss="mse", n_threads=None):
+    def loss_and_grad(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, loss: str = "mse",
+                      n_threads: int | None = None) -> tuple[float, OrderedDict[str, np.ndarray]]:
         """``(loss, gradients)`` of the teacher-forced loss (see ``loss``); gradients are copies keyed like
         ``parameters()`` (the gradient buffer holds them too)."""
         value, _ = self._loss(x, y, decoder_input, loss, True, n_threads)
         return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
 
-    def generate(self, x, steps=None, cache=True, threshold=0.5, return_outputs=False, n_threads=None):
+    def generate(self, x: ArrayLike, steps: int | None = None, cache: bool = True, threshold: float = 0.5,
+                 return_outputs: bool = False,
+                 n_threads: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Autoregressive decoding from SOS: the generated bits (batch, steps) as uint8.
 
         Step t feeds back ``output_t > threshold`` (the official ``autoregressive_answer``).
@@ -190,6 +200,7 @@ class Seq2SeqTransformer(_EngineModel):
         the whole model at every step, as the official code (the reference). With
         ``return_outputs`` also the raw outputs (batch, steps).
         """
+        self.require_finite("generate")
         x = as_tokens(x, "x", self.n_positions)
         steps = x.shape[1] if steps is None else check_int(steps, "steps", 1, self.n_positions + 1)
         threshold = check_float(threshold, "threshold")
@@ -197,7 +208,8 @@ class Seq2SeqTransformer(_EngineModel):
                                            resolve_threads(n_threads))
         return (tokens, outputs) if return_outputs else tokens
 
-    def autoregressive_accuracy(self, x, y, threshold=0.5, cache=True, n_threads=None) -> dict:
+    def autoregressive_accuracy(self, x: ArrayLike, y: ArrayLike, threshold: float = 0.5, cache: bool = True,
+                                n_threads: int | None = None) -> dict:
         """Accuracy of ``generate(x)`` against the label sequences ``y`` (batch, L), whose bits are
         ``y > threshold`` (0/1 labels with 0.5, or +-1 labels with 0).
 

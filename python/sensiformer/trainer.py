@@ -6,6 +6,7 @@ import contextlib
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,11 +19,15 @@ from .optim import AdamW, Optimizer
 from .seq2seq import Seq2SeqTransformer
 from .targets import Target, all_inputs, inputs_from_indices
 
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, Callable, EngineModel, PathLike, Sequence
+
 # sf_sampler_kind in csrc/sf.h
 _UNIFORM, _SUBSET, _DATASET = range(3)
 # engine status codes (csrc/sf.h)
 _OK, _EINVAL, _ENOMEM, _EINTR, _ENUMERIC = range(5)
 _EXACT_EVAL_MAX_N = 16
+_FIT_LOCK = threading.Lock()
 _MAX_BATCH = 1 << 24
 
 
@@ -57,7 +62,7 @@ class Callback:
     ``Callback(fn, every=k)``.
     """
 
-    def __init__(self, fn=None, every=100):
+    def __init__(self, fn: Callable[[Trainer], dict | None] | None = None, every: int = 100) -> None:
         self.every = check_int(every, "every", 1)
         self._fn = fn
 
@@ -102,8 +107,10 @@ class Trainer:
         Input length (default: the target's n or the data's width).
     """
 
-    def __init__(self, model, target=None, loss="mse", optimizer=None, batch_size=1024, seed=0,
-                 train_subset=None, n_threads=None, labels="01", data=None, seq_len=None):
+    def __init__(self, model: EngineModel, target: Target | None = None, loss: str = "mse",
+                 optimizer: Optimizer | None = None, batch_size: int = 1024, seed: int = 0,
+                 train_subset: ArrayLike | None = None, n_threads: int | None = None, labels: str = "01",
+                 data: tuple[ArrayLike, ArrayLike] | None = None, seq_len: int | None = None) -> None:
         self.model = model
         self.loss = check_choice(loss, "loss", tuple(LOSSES))
         self.labels = check_choice(labels, "labels", ("01", "pm1"))
@@ -119,13 +126,34 @@ class Trainer:
         self._set_data(target, train_subset, data, seq_len)
         self.optimizer.bind(model)  # last: a Trainer that fails validation leaves the optimizer free
         self.step_count = 0
+        # optimizer steps not taken by fit (a reused optimizer's, Trainer.step's): the optimizer's
+        # step count is always step_count + this, which checkpoints record and check
+        self._optimizer_offset = self.optimizer.step_count
         self.status = "ready"
         self._chunk = None  # (first step, record, done) of the C chunk in flight
+        self._fit_thread = None  # ident of the thread inside fit
         self._rows = []
 
     @property
     def _seq2seq(self) -> bool:
         return isinstance(self.model, Seq2SeqTransformer)
+
+    def __repr__(self):
+        source = repr(self.target) if self.target is not None else f"data of {len(self.data[0])} rows"
+        last = self._rows[-1].get("loss") if self._rows else None
+        loss = "" if last is None else f", last_loss={last:.4g}"
+        return (f"Trainer({self.model!r}, {source}, optimizer={self.optimizer!r}, loss={self.loss!r}, "
+                f"batch_size={self.batch_size}, seed={self.seed}, step={self.step_count}, "
+                f"status={self.status!r}{loss})")
+
+    # pickling and deep copies (a process pool, joblib, Dask): model, optimizer state, counters and
+    # history travel; the copy resumes bit-identically (batch k is a function of (seed, k))
+    def __getstate__(self):
+        self._refuse_during_fit_elsewhere("pickling the trainer")
+        return dict(self.__dict__, _chunk=None, _fit_thread=None)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     # ---- data ----------------------------------------------------------------------------
     def _set_data(self, target, train_subset, data, seq_len):
@@ -193,13 +221,15 @@ class Trainer:
     def _threshold(self):
         return 0.5 if (self.loss == "mse" and self.labels == "01") else 0.0
 
-    def sample_batch(self, step=None):
+    def sample_batch(self, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Batch number ``step`` (default: the next one) of the training stream: ``(x, y)``."""
         step = self.step_count if step is None else check_count(step, "step")
         return _engine.sample_batch(self._target_spec, self._sampler, self.seed, step, self.batch_size, self.seq_len)
 
     # ---- training --------------------------------------------------------------------------
-    def fit(self, steps, log_every=100, callbacks=(), progress=True) -> pd.DataFrame:
+    def fit(self, steps: int, log_every: int = 100,
+            callbacks: Sequence[Callback | Callable[[Trainer], dict | None]] = (),
+            progress: bool = True) -> pd.DataFrame:
         """Train for ``steps`` more steps; returns the whole history so far.
 
         Each history row summarises ``log_every`` steps: mean training loss and accuracy,
@@ -215,22 +245,43 @@ class Trainer:
 
         end = self.step_count + steps
         window = []
-        bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=True)
-        started = time.perf_counter()
-        self.status = "running"
-        try:
-            self._fit_loop(end, log_every, callbacks, window, started, bar, progress)
-            self.status = "ok"
-        except BaseException as err:
-            # Ctrl-C or an error in a callback between C chunks: keep what finished
-            if self.status == "running":
-                self._absorb_chunk(window)
-                self._log(window, started, {})
-                self.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            raise
-        finally:
-            bar.close()
+        with self._inside_fit():
+            bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=True)
+            started = time.perf_counter()
+            self.status = "running"
+            try:
+                self._fit_loop(end, log_every, callbacks, window, started, bar, progress)
+                self.status = "ok"
+            except BaseException as err:
+                # Ctrl-C or an error in a callback between C chunks: keep what finished
+                if self.status == "running":
+                    self._absorb_chunk(window)
+                    self._log(window, started, {})
+                    self.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                raise
+            finally:
+                bar.close()
         return self.history
+
+    @contextlib.contextmanager
+    def _inside_fit(self):
+        """Mark the trainer as inside fit in this thread (other threads' checkpoints are refused)."""
+        with _FIT_LOCK:  # two threads starting fit on one trainer: exactly one wins
+            if self._fit_thread is not None:
+                raise RuntimeError("this trainer is already inside fit (one fit at a time per trainer)")
+            self._fit_thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._fit_thread = None
+
+    def _refuse_during_fit_elsewhere(self, what):
+        """Checkpoints read or write the trainer's bookkeeping, which fit updates between its C
+        stretches: refuse them from another thread while fit runs (callbacks of fit may)."""
+        fitting = self._fit_thread
+        if fitting is not None and fitting != threading.get_ident():
+            raise RuntimeError(f"{what} refused: another thread is inside this trainer's fit; call it from a fit "
+                               "callback (e.g. sf.Checkpoint) or after fit returns")
 
     def _fit_loop(self, end, log_every, callbacks, window, started, bar, progress):
         """Alternate C chunks (up to the next log or callback step) with logging and callbacks."""
@@ -290,7 +341,7 @@ class Trainer:
                                lr=float(lr[-1]), grad_norm=float(gn.mean()),
                                time=time.perf_counter() - started, **extra))
 
-    def step(self, x, y) -> float:
+    def step(self, x: ArrayLike, y: ArrayLike) -> float:
         """One update on the given batch; returns its loss (before the update). A seq2seq model takes
         label sequences y (batch, n) and teacher forcing."""
         if self._seq2seq:
@@ -298,15 +349,17 @@ class Trainer:
         else:
             value = self.model._loss(x, y, self.loss, True, self.n_threads)[0]
         self.optimizer.step(self.n_threads)
+        self._optimizer_offset += 1  # the data stream's position (step_count) did not move
         return value
 
-    def save_checkpoint(self, path) -> None:
+    def save_checkpoint(self, path: PathLike) -> None:
         """Save model, optimizer state, data-stream position and history atomically."""
         from . import checkpoint
 
+        self._refuse_during_fit_elsewhere("save_checkpoint")
         checkpoint.save(self, path)
 
-    def load_checkpoint(self, path) -> None:
+    def load_checkpoint(self, path: PathLike) -> None:
         """Restore a checkpoint of an equivalent trainer; training then continues bit-identically.
 
         A damaged file or one from a different setup raises ``CheckpointError`` and changes
@@ -314,6 +367,7 @@ class Trainer:
         """
         from . import checkpoint
 
+        self._refuse_during_fit_elsewhere("load_checkpoint")
         checkpoint.load(self, path)
 
     @property
@@ -322,7 +376,8 @@ class Trainer:
         return pd.DataFrame(self._rows)
 
     # ---- evaluation ------------------------------------------------------------------------
-    def evaluate(self, batches=10, batch_size=None, exact=None, seed=None) -> dict:
+    def evaluate(self, batches: int = 10, batch_size: int | None = None, exact: bool | None = None,
+                 seed: int | None = None) -> dict:
         """Loss and accuracy of the current model on the training distribution.
 
         Exact over all 2^n inputs when ``exact`` (default when n <= 16 with uniform inputs),
@@ -334,6 +389,7 @@ class Trainer:
         (per token, the paper's measure) and ``sequence_accuracy`` of ``generate`` (KV cache).
         """
         exact = None if exact is None else check_bool(exact, "exact")
+        self.model.require_finite("evaluate")
         if self.data is not None:
             x, y = self.data
         elif self.train_subset is not None:

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 
+from .._config import tqdm_env_disabled
 from ..trainer import Callback
 
 #: reports per run at most (the callback splits training into this many C stretches at most)
@@ -22,10 +23,7 @@ REPORTS_PER_RUN = 100
 MIN_INTERVAL = 0.25
 
 
-def env_disabled() -> bool:
-    """Whether ``TQDM_DISABLE`` asks for no bars (read now: bars given ``disable=`` explicitly
-    would otherwise ignore it)."""
-    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
+env_disabled = tqdm_env_disabled  # one definition, shared with the analysis bars
 
 
 def label(cfg) -> str:

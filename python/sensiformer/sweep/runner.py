@@ -313,7 +313,8 @@ def execute(config, n_threads: int = 1, progress=None) -> dict:
     if cfg.model_sensitivity:
         from .. import analysis
 
-        res = analysis.model_sensitivity(model, cfg.n, threshold=cfg.sensitivity_threshold, n_threads=n_threads)
+        res = analysis.model_sensitivity(model, cfg.n, threshold=cfg.sensitivity_threshold, progress=False,
+                                         n_threads=n_threads)  # a worker: the driver draws the bars
         profile = [int(k) for k in res.profile]
         metrics.update(model_as=float(res.value), model_k0_fraction=profile[0] / 2**cfg.n,
                        model_ones_fraction=float(np.mean(res.table > 0.5)) if res.table is not None else None)
