@@ -29,6 +29,7 @@ from .seq2seq import Seq2SeqTransformer
 from .optim import SGD, Adam, AdamW, Optimizer
 from .targets import restricted_subset
 from .trainer import Callback, DivergenceError, Trainer
+from ._selftest import test
 
 # Submodules that import heavy optional dependencies load on first attribute access
 # (``sf.interop`` needs torch only when used), so ``import sensiformer`` stays light.
@@ -49,5 +50,5 @@ def __dir__():
 
 __all__ = [
     "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "NonFiniteParametersError", "Optimizer", "SGD", "Seq2SeqTransformer", "Trainer", "Transformer",
-    "get_num_threads", "interop", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets",
+    "get_num_threads", "interop", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets", "test",
 ]

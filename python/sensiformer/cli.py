@@ -7,10 +7,11 @@
   sensiformer plot scaling --preset quick --store results.db --out scaling.png
   sensiformer show results.db [--sweep NAME] [--export runs.csv]
   sensiformer show-config
+  sensiformer selftest [--json report.json]       validate this installation on every CPU path
 
 Exit status: 0 on success; 1 when runs of the sweep failed (they are listed; a rerun retries
-them); 2 for invalid arguments or files; 130 after Ctrl-C and 143 after SIGTERM (finished runs
-stay in the store and the same command resumes).
+them) or a self-test check failed; 2 for invalid arguments or files; 130 after Ctrl-C and 143
+after SIGTERM (finished runs stay in the store and the same command resumes).
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def cmd_show_config(args) -> int:
 
     sf.show_config()
     return 0
+
+
+def cmd_selftest(args) -> int:
+    from . import _selftest
+
+    return _selftest.cli(args)
 
 
 def _value(text):
@@ -376,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = command("show-config", "describe this build (OpenMP, CPU path, flags)")
     show.set_defaults(func=cmd_show_config)
+
+    st = command("selftest", "validate this installation: the shipped suite on every CPU path, a report")
+    st.add_argument("--path", action="append", default=None,
+                    help="test only this CPU path: x86-64-v4, x86-64-v3 or baseline (repeatable; default: every "
+                         "path this CPU can run)")
+    st.add_argument("--json", default=None, metavar="PATH", help="also write the report here as JSON")
+    st.add_argument("-k", default=None, metavar="EXPR", help="only the checks pytest's -k EXPR selects")
+    st.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
+    st.set_defaults(func=cmd_selftest)
 
     rep = command("reproduce", "run a paper experiment (resumable), print its summary, plot it")
     _add_run_options(rep)
