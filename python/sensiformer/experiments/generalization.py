@@ -18,7 +18,8 @@ target_seed, seed.
 Stage "refit": a fresh transformer per seed is trained on each completion over the whole
 input space; its final sharpness, blowup and norm are measured, and its sharpness on the
 parent's training subset (R=100) is the "train sharpness" of Fig. 15 (for learned
-completions; for random ones the figure uses the full-space sharpness, as the official plot).
+completions only; the official plot puts a random completion's full-space sharpness there,
+which only draws y = 4x, so this figure leaves random completions out of that panel).
 """
 
 from __future__ import annotations
