@@ -549,7 +549,7 @@ def train_sharpness_ax(refits, ax=None, converged_only=True, include_m=None, sho
         _legend(ax, "x-small")
     if not ax.collections:
         _note(ax, "no learned completion's refit to draw")
-    ax.set_xlabel("sharpness on the parent's training set")
+    ax.set_xlabel("sharpness on the parent's training set (not ×4)")
     ax.set_ylabel("sharpness (×4)")
     return ax
 
