@@ -70,3 +70,10 @@ def test_injected_parameters_replace_each_other():
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     assert nb.cells[index + 1].source.endswith("PRESET = 'quick'")
     assert len(execute.without_injected(nb).cells) == before
+
+
+def test_notebooks_extra_has_ipywidgets():
+    """Without ipywidgets every progress bar in Jupyter printed "TqdmWarning: IProgress not found"."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((NOTEBOOK_DIR.parent / "pyproject.toml").read_text())["project"]
+    assert any(dep.startswith("ipywidgets") for dep in project["optional-dependencies"]["notebooks"])

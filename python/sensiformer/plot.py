@@ -171,8 +171,9 @@ def _mean_band(ax, df, x, metric, color, label, limits=(-math.inf, math.inf)):
 
 
 def metric_vs_length_ax(runs, metric="sharpness", targets=None, ax=None, converged_only=True, log=False,
-                        ylabel=None):
-    """Any final metric vs input length n, one colour per target (mean ± 2 SD + runs)."""
+                        ylabel=None, *, log2_lengths=False):
+    """Any final metric vs input length n, one colour per target (mean ± 2 SD + runs);
+    ``log2_lengths`` for lengths that double (4, 8, ..., 1024)."""
     ax = _axes(ax)
     df = converged(runs) if converged_only else runs
     drawn = [t for t in (targets or _targets(df)) if metric in df and (df["target"] == t).any()]
@@ -183,7 +184,10 @@ def metric_vs_length_ax(runs, metric="sharpness", targets=None, ax=None, converg
         _note(ax, missing)
     if log:
         _log(ax, "y")
-    _integer_ticks(ax.xaxis)
+    if log2_lengths:
+        _log2_lengths(ax)
+    else:
+        _integer_ticks(ax.xaxis)
     ax.set_xlabel("input length $n$")
     ax.set_ylabel(ylabel or metric)
     if drawn:
@@ -337,8 +341,7 @@ def scratchpad_figure(runs, converged_only=True, *, title=None):
     fig, axes = plt.subplots(1, len(SCRATCHPAD_PANELS), figsize=(len(SCRATCHPAD_PANELS) * 3.0, SINGLE_COLUMN[1] + 0.4),
                              layout="constrained")
     for ax, (metric, label) in zip(axes, SCRATCHPAD_PANELS):
-        metric_vs_length_ax(runs, metric, ["parity"], ax, converged_only, ylabel=label)
-        _log2_lengths(ax)
+        metric_vs_length_ax(runs, metric, ["parity"], ax, converged_only, ylabel=label, log2_lengths=True)
         if ax.get_legend() is not None:
             ax.get_legend().remove()
     axes[0].yaxis.set_major_formatter(_four_decimals())
