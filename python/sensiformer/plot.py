@@ -8,6 +8,12 @@ Style as the official plots: mean ± 2 SD across seeds as a line with a band, ev
 dot; sharpness multiplied by 4 (the {0,1} -> ±1 label scale; plots only, the store keeps the
 raw value); log axes for LayerNorm blowup. Only converged runs (eval MSE < 1e-3) are drawn
 unless ``converged_only=False``; ``converged_counts`` shows how many that leaves.
+
+Every ``*_figure`` takes a keyword-only ``title`` (``Experiment.plot`` passes the experiment,
+preset and overridden parameters) and heads the figure with it and a caption saying which runs
+are drawn and what the band is; a panel with nothing to draw says why instead of staying blank.
+Tick labels stay readable: integer n gets integer ticks, log axes choose their ticks from the
+range they span, lengths that double (the scratchpad's) get a log2 axis.
 """
 
 from __future__ import annotations
@@ -124,7 +130,8 @@ def _figure_legend(fig, axes, ncols=4):
 
 
 def _missing(runs, targets, converged_only=True):
-    """Text naming the targets of ``runs`` with no run drawn, e.g. "no converged run: PARITY (0/1)"."""
+    """Text naming the targets of ``runs`` with no run drawn, e.g. "no converged run to draw: PARITY (0/3)"
+    (converged / finished runs); "" when every target has runs to draw."""
     if not len(runs):
         return "no finished runs"
     drawn = converged(runs) if converged_only else runs
@@ -179,9 +186,8 @@ def metric_vs_length_ax(runs, metric="sharpness", targets=None, ax=None, converg
     drawn = [t for t in (targets or _targets(df)) if metric in df and (df["target"] == t).any()]
     for t in drawn:
         _mean_band(ax, df[df["target"] == t].dropna(subset=[metric]), "n", metric, COLORS.get(t), LABELS.get(t, t))
-    missing = _missing(runs, targets, converged_only)
-    if missing and not drawn:
-        _note(ax, missing)
+    if not drawn:
+        _note(ax, _missing(runs, targets, converged_only) or f"no values of {metric}")
     if log:
         _log(ax, "y")
     if log2_lengths:
