@@ -459,7 +459,8 @@ def dynamics_axes(history, weight_decay=None, axes=None, window=None, min_fracti
             _log(ax, "y")
         ax.set_ylabel(label, fontsize="small")
     axes[-1].set_xlabel("steps after convergence")
-    title = f"{n_runs} converged run{'' if n_runs == 1 else 's'}" + (f", weight decay {weight_decay:g}" if weight_decay is not None else "")
+    title = f"{n_runs} converged run{'' if n_runs == 1 else 's'}"
+    title += f", weight decay {weight_decay:g}" if weight_decay is not None else ""
     axes[0].set_title(title, fontsize="small")
     return axes
 

@@ -39,7 +39,8 @@ def scratchpad(preset: str = "ci", **overrides) -> Experiment:
     preset : {"ci", "quick", "paper"}
         "paper" is the official grid (``sweeps/scratchpad.yaml``: 30 lengths from 4 to 1024 x
         10 seeds, d=32, B=128, 10k steps at lr 3e-4); "quick" lengths 4-64 x 3 seeds (d=32, B=64,
-        lr 1e-3, 2000 steps: 487 CPU-seconds, 16.2 minutes measured on a shared, busy 2-core machine); "ci" runs every code path in seconds.
+        lr 1e-3, 2000 steps: 487 CPU-seconds, 16.2 minutes measured on a shared, busy 2-core
+        machine); "ci" runs every code path in seconds.
     **overrides
         ``lengths``, ``seeds`` and the model/training/probe settings (``d_model``, ``lr``,
         ``steps``, ``batch_size``, ``measure_batches``, ``sharpness_repeats``, ...).
