@@ -284,3 +284,14 @@ def test_cli_plot_without_matching_runs_fails_and_writes_nothing(tmp_path, capsy
     assert "no finished runs of scaling/ci" in err and "no figure written" in err
     assert ("mine" in err) == (store_kind == "other sweep"), "names the sweeps the store holds"
     assert not png.exists()
+
+
+def test_init_sensitivity_bands_stay_in_range_and_caption_says_pooled_widths():
+    rows = [dict(init="gaussian", n=n, seed=s, d_model=d, n_layers=2, model_as=n / 2 * (0.05 if s else 1.9),
+                 model_k0_fraction=0.95 if s else 0.0) for n in (4, 6) for s in range(3) for d in (16, 64)]
+    fig = plot.init_sensitivity_figure(pd.DataFrame(rows))
+    for ax, high in zip(fig.axes, (2.0, 1.0)):
+        band = next(c for c in ax.collections if isinstance(c, PolyCollection))
+        y = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+        assert y.min() >= 0 and y.max() <= high
+    assert "across seeds and d_model=16,64" in " ".join(fig.get_suptitle().split())

@@ -609,7 +609,7 @@ def length_generalization_ax(long_form, ax=None, metric="eval_accuracy"):
 def length_generalization_figure(long_form, *, title=None):
     """``length_generalization_ax`` with its caption (trained lengths shaded, the band clipped)."""
     fig = length_generalization_ax(long_form, _axes(None, (SINGLE_COLUMN[0] + 0.5, SINGLE_COLUMN[1] + 0.5))).figure
-    _caption(fig, title, BAND.format(" clipped to [0, 1]") + "; grey: the trained lengths")
+    _caption(fig, title, BAND.format(" clipped to [0,\u00a01]") + "; grey: the trained lengths")  # no break in [0, 1]
     return fig
 
 
@@ -620,17 +620,19 @@ INIT_COLORS = {"pytorch": "#1f77b4", "gaussian": "#ff7f0e", "uniform": "#2ca02c"
 
 def init_sensitivity_axes(runs, axes=None):
     """Average sensitivity relative to a random function's n/2, and the fraction of
-    zero-sensitivity inputs K_0 / 2^n, vs n per initialisation (mean ± 2 SD + runs)."""
+    zero-sensitivity inputs K_0 / 2^n, vs n per initialisation (mean ± 2 SD + runs; the bands
+    clipped to the ranges the quantities can take, [0, 2] and [0, 1])."""
     plt = _plt()
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0], SINGLE_COLUMN[1]), layout="constrained")
     df = runs.assign(relative=runs["model_as"] / (runs["n"] / 2)) if len(runs) else runs
-    for ax, metric, label in zip(axes, ("relative", "model_k0_fraction"),
-                                 ("average sensitivity / (n/2)", "zero-sensitivity inputs $K_0/2^n$")):
+    panels = (("relative", "average sensitivity / (n/2)", (0.0, 2.0)),
+              ("model_k0_fraction", "zero-sensitivity inputs $K_0/2^n$", (0.0, 1.0)))
+    for ax, (metric, label, limits) in zip(axes, panels):
         _style(ax)
         if len(df):
             for init in [i for i in INIT_COLORS if i in set(df["init"])]:
-                _mean_band(ax, df[df["init"] == init], "n", metric, INIT_COLORS[init], init)
+                _mean_band(ax, df[df["init"] == init], "n", metric, INIT_COLORS[init], init, limits=limits)
         _integer_ticks(ax.xaxis)
         ax.set_xlabel("input length $n$")
         ax.set_ylabel(label)
@@ -644,5 +646,8 @@ def init_sensitivity_figure(runs, *, title=None):
     fig, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.8), layout="constrained")
     init_sensitivity_axes(runs, axes)
     _figure_legend(fig, axes, ncols=5)
-    _caption(fig, title, "untrained models, per initialisation; " + BAND.format(""))
+    pooled = [f"{k}={','.join(map(str, sorted(set(runs[k]))))}" for k in ("d_model", "n_layers")
+              if len(runs) and k in runs and runs[k].nunique() > 1]
+    band = BAND.format((" and " + ", ".join(pooled) if pooled else "") + ", clipped to the possible range")
+    _caption(fig, title, "untrained models, per initialisation; " + band)
     return fig
