@@ -32,6 +32,10 @@ def test_scaling_ci(store):
     assert "slope" in report and "converged runs / finished runs" in report
     fig = exp.plot(store)
     assert len(fig.axes) == 3
+    from sensiformer import plot
+
+    assert np.isfinite(plot.slopes(runs).set_index("target").loc["parity", "slope"]), "the ci figure has PARITY's slope"
+    assert "scaling, preset ci" in fig.get_suptitle()
     again = sweep.run_configs(exp.configs(), store, executor="serial", progress=False)
     assert again.executed == 0 and again.skipped == 12
 
@@ -50,6 +54,7 @@ def test_tradeoff_ci(store):
     runs = exp.results(store)
     assert len(runs) == 4 and set(runs["part"]) == {"tradeoff_2", "tradeoff_3"}
     assert "converged" in exp.report(store)
+    assert runs[runs["target"] == "parity"]["converged"].all(), "the ci figure's PARITY panel is not blank"
     exp.plot(store)
 
 

@@ -1,5 +1,6 @@
 """Plots render with the Agg backend and carry the expected artists."""
 
+import itertools
 import math
 
 import matplotlib
@@ -124,7 +125,7 @@ def test_generalization_axes():
     ax = plot.generalization_ax(refits)
     assert len(ax.collections) == 3, "m = 2^n (1024) is left out, as in the paper"
     ax = plot.train_sharpness_ax(refits)
-    assert len(ax.collections) == 3
+    assert len(ax.collections) == 2, "learned completions only: a random one has no training-set sharpness"
     fig = plot.generalization_figure(refits, refits.rename(columns={}))
     assert len(fig.axes) == 3
     refits["converged"] = False  # none converged: drawn hollow rather than an empty figure
@@ -139,3 +140,158 @@ def test_length_generalization_ax():
                             trained=k < 5) for k in range(2, 9)])
     ax = plot.length_generalization_ax(df)
     assert len(ax.lines) == 1 and ax.get_xlabel() == "evaluation length"
+
+
+# ---- readability: ticks, legends, captions, bands ---------------------------------------------------
+def tick_labels(ax, axis):
+    """The drawn major tick labels of ``ax.xaxis`` or ``ax.yaxis``: (text, window extent) pairs."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    target = getattr(ax, f"{axis}axis")
+    lo, hi = sorted(target.get_view_interval())
+    ticks = [t for t in target.get_major_ticks() if lo * (1 - 1e-9) <= t.get_loc() <= hi * (1 + 1e-9)]
+    labels = [label for t in ticks for label in (t.label1, t.label2) if label.get_visible() and label.get_text()]
+    return [(label.get_text(), label.get_window_extent(renderer)) for label in labels]
+
+
+def assert_readable(ax, axis, at_least=2):
+    labels = tick_labels(ax, axis)
+    assert len(labels) >= at_least, f"too few tick labels: {[t for t, _ in labels]}"
+    overlapping = [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(labels, 2) if box_a.overlaps(box_b)]
+    assert not overlapping, f"overlapping tick labels {overlapping} of {[t for t, _ in labels]}"
+    return [t for t, _ in labels]
+
+
+@pytest.mark.parametrize("low, high", [(100, 5000), (3, 4.5), (2, 9), (1, 1e4), (0.5, 2e8), (10, 60)])
+def test_log_axis_tick_labels_never_overlap(low, high):
+    """The tradeoff figure once labelled a 100..5000 blowup axis "100200500100020005000"."""
+    runs = synthetic_runs()
+    runs["blowup_maxs_prod"] = np.geomspace(low, high, len(runs))
+    fig = plot.tradeoff_figure(runs)
+    for ax in fig.axes[:2]:  # the two panels (the colour bar comes last)
+        assert ax.get_xscale() == "log"
+        assert_readable(ax, "x", at_least=1 if high / low < 3 else 2)
+    ax = plot.blowup_vs_length_ax(runs)
+    assert_readable(ax, "y", at_least=1 if high / low < 3 else 2)
+
+
+def test_integer_lengths_have_integer_ticks():
+    runs = synthetic_runs()
+    runs = runs[runs["n"].isin([4, 6])]  # a short range, where matplotlib would put ticks at 4.5, 5.0, 5.5
+    ax = plot.sharpness_vs_length_ax(runs)
+    labels = assert_readable(ax, "x")
+    assert all(float(t).is_integer() for t in labels), labels
+    fig = plot.tradeoff_figure(runs)
+    colorbar = fig.axes[-1]
+    labels = assert_readable(colorbar, "y")
+    assert all(float(t).is_integer() for t in labels), labels
+
+
+def test_scaling_figure_has_one_legend_and_a_caption():
+    fig = plot.scaling_figure(synthetic_runs(), title="scaling, preset quick")
+    assert all(ax.get_legend() is None for ax in fig.axes), "no per-panel legends"
+    assert len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["PARITY", "MAJORITY", "FIRST", "MEAN"]
+    caption = fig.get_suptitle()
+    assert caption.startswith("scaling, preset quick\n")
+    caption = " ".join(caption.split())
+    assert "converged runs only (eval MSE < 1e-3)" in caption and "mean ± 2 SD across seeds" in caption
+
+
+def test_missing_targets_are_named_not_left_blank():
+    runs = synthetic_runs(seeds=2)
+    runs.loc[runs["target"] == "parity", "converged"] = False
+    fig = plot.scaling_figure(runs)
+    assert "PARITY (0/8)" in " ".join(fig.get_suptitle().split())
+    assert "PARITY n/a" in fig.axes[0].get_title(loc="left"), "no NaN slope"
+    fig = plot.tradeoff_figure(runs)
+    assert any("PARITY (0/8)" in t.get_text() for t in fig.axes[0].texts), "the empty PARITY panel says why"
+    ax = plot.metric_vs_length_ax(runs, "param_norm", ["parity"])
+    assert any("no converged run" in t.get_text() for t in ax.texts)
+
+
+def test_every_figure_has_a_caption_with_its_title():
+    runs = synthetic_runs()
+    hist = pd.DataFrame([dict(key="a", step=s, weight_decay=0.1, measure_loss=0.2 if s < 300 else 0.001,
+                              sharpness=0.01, blowup_maxs_prod=2.0, param_norm=20.0) for s in range(100, 600, 100)])
+    from sensiformer.experiments import aligned_history
+
+    long_form = pd.DataFrame([dict(key=f"a{s}", target="parity", seed=s, length=k, eval_loss=0.1,
+                                   eval_accuracy=1.0, trained=k < 4) for s in range(2) for k in range(2, 6)])
+    init = pd.DataFrame([dict(init=i, n=n, seed=s, model_as=n / 3, model_k0_fraction=0.1)
+                         for i in ("pytorch", "gaussian") for n in (4, 6) for s in range(2)])
+    figures = [plot.scaling_figure(runs, title="T"), plot.tradeoff_figure(runs, title="T"),
+               plot.dynamics_figure(aligned_history(hist), title="T"), plot.scratchpad_figure(runs, title="T"),
+               plot.length_generalization_figure(long_form, title="T"), plot.init_sensitivity_figure(init, title="T")]
+    for fig in figures:
+        assert fig.get_suptitle().startswith("T\n"), fig.get_suptitle()
+    assert len(figures[-1].legends) == 1 and figures[-1].axes[0].get_legend() is None
+
+
+def test_length_generalization_band_stays_in_unit_interval():
+    accuracy = {0: 1.0, 1: 0.55, 2: 1.0}  # mean ± 2 SD would reach 1.26 and 0.44
+    df = pd.DataFrame([dict(key=f"r{s}", target="parity", seed=s, length=k, eval_loss=0.1,
+                            eval_accuracy=accuracy[s] if k > 4 else 1.0, trained=k <= 4)
+                       for s in range(3) for k in range(2, 9)])
+    fig = plot.length_generalization_figure(df)
+    bands = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1
+    y = np.concatenate([path.vertices[:, 1] for path in bands[0].get_paths()])
+    assert y.min() >= 0 and y.max() <= 1 and y.max() == 1.0
+    assert "mean ± 2 SD across seeds clipped to [0, 1]" in " ".join(fig.get_suptitle().split())
+
+
+def test_train_sharpness_panel_plots_only_what_its_label_says():
+    rows = [dict(key=f"{kind}{i}", status="ok", converged=True, kind=kind, m=256, n=10, average_sensitivity=2.0 + i,
+                 sharpness=0.01 * (i + 1), train_sharpness=0.002 * (i + 1) if kind == "learned" else math.nan)
+            for kind in ("learned", "random") for i in range(3)]
+    fig = plot.generalization_figure(pd.DataFrame(rows), pd.DataFrame(rows))
+    ax = fig.axes[2]
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert len(points) == 3, "random completions have no training-set sharpness: not drawn"
+    assert np.allclose(points[:, 0], [0.002, 0.004, 0.006]) and np.allclose(points[:, 1], [0.04, 0.08, 0.12])
+    assert "training set" in ax.get_xlabel() and "learned completions only" in " ".join(fig.get_suptitle().split())
+    assert len(fig.legends) == 1 and all(a.get_legend() is None for a in fig.axes)
+
+
+def test_scratchpad_axes_log2_lengths_and_data_fitted_y():
+    runs = pd.DataFrame([dict(key=f"{n}{s}", status="ok", converged=True, target="parity", n=n, seed=s,
+                              sharpness=0.004, blowup_official_encoder_maxs_prod=3.0,
+                              blowup_official_decoder_maxs_prod=4.0, param_norm=40 + n / 16 + s)
+                         for n in (4, 8, 16, 32, 64, 128, 256, 512, 1024) for s in range(2)])
+    fig = plot.scratchpad_figure(runs)
+    for ax in fig.axes:
+        assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+        labels = assert_readable(ax, "x", at_least=3)
+        assert all(float(t).is_integer() for t in labels), labels
+    norm = fig.axes[3]
+    assert norm.get_ylim()[0] > 30, "a y axis from 0 would flatten the norm's growth from 40 to 105"
+
+
+@pytest.mark.parametrize("store_kind", ["empty", "other sweep"])
+def test_cli_plot_without_matching_runs_fails_and_writes_nothing(tmp_path, capsys, store_kind):
+    from sensiformer.cli import main
+    from sensiformer.sweep import RunConfig, Store, run_configs
+
+    db, png = tmp_path / "r.db", tmp_path / "fig.png"
+    store = Store(db)
+    if store_kind == "other sweep":  # runs of another experiment: scaling/ci matches nothing
+        run_configs([RunConfig(n=3, d_model=8, batch_size=8, steps=2, measure_batches=1, eval_batches=1)], store,
+                    executor="serial", progress=False, sweep="mine")
+    assert main(["plot", "scaling", "--preset", "ci", "--store", str(db), "--out", str(png)]) != 0
+    err = capsys.readouterr().err
+    assert "no finished runs of scaling/ci" in err and "no figure written" in err
+    assert ("mine" in err) == (store_kind == "other sweep"), "names the sweeps the store holds"
+    assert not png.exists()
+
+
+def test_init_sensitivity_bands_stay_in_range_and_caption_says_pooled_widths():
+    rows = [dict(init="gaussian", n=n, seed=s, d_model=d, n_layers=2, model_as=n / 2 * (0.05 if s else 1.9),
+                 model_k0_fraction=0.95 if s else 0.0) for n in (4, 6) for s in range(3) for d in (16, 64)]
+    fig = plot.init_sensitivity_figure(pd.DataFrame(rows))
+    for ax, high in zip(fig.axes, (2.0, 1.0)):
+        band = next(c for c in ax.collections if isinstance(c, PolyCollection))
+        y = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+        assert y.min() >= 0 and y.max() <= high
+    assert "across seeds and d_model=16,64" in " ".join(fig.get_suptitle().split())

@@ -267,6 +267,10 @@ def cmd_plot(args) -> int:
     if not Path(args.store).exists():
         raise ValueError(f"no store at {args.store}")
     store = Store(args.store)
+    if not len(exp.results(store)):
+        held = ", ".join(store.sweeps()["sweep"]) if len(store) else "none"
+        raise ValueError(f"{args.store} holds no finished runs of {exp.sweep} (check --preset and --set; its sweeps: "
+                         f"{held}); no figure written")
     print(exp.report(store))
     exp.plot(store, path=args.out)
     print(f"wrote {args.out}")

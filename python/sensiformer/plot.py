@@ -8,6 +8,12 @@ Style as the official plots: mean ± 2 SD across seeds as a line with a band, ev
 dot; sharpness multiplied by 4 (the {0,1} -> ±1 label scale; plots only, the store keeps the
 raw value); log axes for LayerNorm blowup. Only converged runs (eval MSE < 1e-3) are drawn
 unless ``converged_only=False``; ``converged_counts`` shows how many that leaves.
+
+Every ``*_figure`` takes a keyword-only ``title`` (``Experiment.plot`` passes the experiment,
+preset and overridden parameters) and heads the figure with it and a caption saying which runs
+are drawn and what the band is; a panel with nothing to draw says why instead of staying blank.
+Tick labels stay readable: integer n gets integer ticks, log axes choose their ticks from the
+range they span, lengths that double (the scratchpad's) get a log2 axis.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ import pandas as pd
 COLORS = {"parity": "#1f77b4", "majority": "#ff7f0e", "first": "#2ca02c", "mean": "#d62728"}
 LABELS = {"parity": "PARITY", "majority": "MAJORITY", "first": "FIRST", "mean": "MEAN"}
 SINGLE_COLUMN = (3.5, 2.625)
+#: what the line and band of ``_mean_band`` are, as every caption says it
+BAND = "line: mean, band: mean ± 2 SD across seeds{}, dots: runs"
+#: the paper's convergence filter, as captions say it
+CONVERGED = "converged runs only (eval MSE < 1e-3)"
 
 
 def _plt():
@@ -44,14 +54,96 @@ def _legend(ax, fontsize="small"):
 
 
 def _log(ax, axis="y"):
-    """A log axis without the crowded minor-tick labels matplotlib adds on short ranges."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """A log axis whose tick labels never crowd: decades on long ranges, 1-3 or 1-2-5 steps on
+    short ones, plain ticks when less than a factor 3 is shown."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     getattr(ax, f"set_{axis}scale")("log")
     target = getattr(ax, f"{axis}axis")
-    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_locator(_log_locator())
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(NullFormatter())
+
+
+def _log_locator():
+    from matplotlib.ticker import LogLocator, MaxNLocator
+
+    class SpanLogLocator(LogLocator):
+        """Chooses the ticks from the decades the axis spans when it is drawn."""
+
+        def tick_values(self, vmin, vmax):
+            vmin, vmax = sorted((vmin, vmax))
+            if not (vmin > 0 and math.isfinite(vmax)):
+                return super().tick_values(vmin, vmax)
+            decades = math.log10(vmax / vmin)
+            if decades < 0.5:
+                return MaxNLocator(nbins=3, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+            subs = (1.0, 2.0, 5.0) if decades < 1 else (1.0, 3.0) if decades < 2 else (1.0,)
+            return LogLocator(base=10, subs=subs, numticks=6).tick_values(vmin, vmax)
+
+    return SpanLogLocator(base=10)
+
+
+def _integer_ticks(axis):
+    """Integer quantities (input length n) get integer ticks only."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _log2_lengths(ax):
+    """A log2 x axis for lengths that double (4, 8, ..., 1024), labelled as integers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(LogLocator(base=2, numticks=6))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _note(ax, text):
+    """Say in an empty panel what is missing, instead of leaving it blank."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="#666666",
+            wrap=True)
+
+
+def _caption(fig, title, details):
+    """Above the figure: what it is (``title``: experiment and preset) and how to read it (filter,
+    band), wrapped to the figure's width."""
+    import textwrap
+
+    details = textwrap.fill(details, width=int(15 * fig.get_figwidth())) if details else details
+    fig.suptitle("\n".join(t for t in (title, details) if t), fontsize="small")
+
+
+def _figure_legend(fig, axes, ncols=4):
+    """One legend below the panels for series that every panel shares (the panels' own removed)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", frameon=False,
+                   fontsize="small", ncols=min(ncols, len(entries)))
+
+
+def _missing(runs, targets, converged_only=True):
+    """Text naming the targets of ``runs`` with no run drawn, e.g. "no converged run to draw: PARITY (0/3)"
+    (converged / finished runs); "" when every target has runs to draw."""
+    if not len(runs):
+        return "no finished runs"
+    drawn = converged(runs) if converged_only else runs
+    absent = [f"{LABELS.get(t, t)} ({int((drawn['target'] == t).sum())}/{int((runs['target'] == t).sum())})"
+              for t in (targets or _targets(runs)) if not (drawn["target"] == t).any()]
+    return f"no {'converged ' if converged_only else ''}run to draw: {', '.join(absent)}" if absent else ""
+
+
+def _targets(df):
+    """Targets present in ``df``: the paper's four in its order, then any others sorted."""
+    present = set(df["target"]) if len(df) else set()
+    return [t for t in COLORS if t in present] + sorted(present - set(COLORS))
 
 
 def _axes(ax, figsize=SINGLE_COLUMN):
@@ -73,32 +165,38 @@ def _column(runs, metric):
     return 4.0 * values if metric in ("sharpness", "sharpness_stderr") else values
 
 
-def _mean_band(ax, df, x, metric, color, label):
-    """Mean ± 2 SD across seeds per x, plus every run as a dot."""
+def _mean_band(ax, df, x, metric, color, label, limits=(-math.inf, math.inf)):
+    """Mean ± 2 SD across seeds per x, plus every run as a dot; the band is clipped to
+    ``limits`` (the range the quantity can take, e.g. [0, 1] for an accuracy)."""
     y = _column(df, metric)
     grouped = pd.DataFrame({"x": df[x].astype(float), "y": y}).groupby("x")["y"]
     mean, sd = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
     ax.plot(mean.index, mean.values, color=color, label=label, linewidth=1.5, marker="o", markersize=2.5)
-    ax.fill_between(mean.index, (mean - 2 * sd).values, (mean + 2 * sd).values, color=color, alpha=0.2,
-                    linewidth=0)
+    low, high = (mean - 2 * sd).clip(*limits), (mean + 2 * sd).clip(*limits)
+    ax.fill_between(mean.index, low.values, high.values, color=color, alpha=0.2, linewidth=0)
     ax.scatter(df[x].astype(float), y, color=color, s=6, alpha=0.5, linewidths=0)
 
 
 def metric_vs_length_ax(runs, metric="sharpness", targets=None, ax=None, converged_only=True, log=False,
-                        ylabel=None):
-    """Any final metric vs input length n, one colour per target (mean ± 2 SD + runs)."""
+                        ylabel=None, *, log2_lengths=False):
+    """Any final metric vs input length n, one colour per target (mean ± 2 SD + runs);
+    ``log2_lengths`` for lengths that double (4, 8, ..., 1024)."""
     ax = _axes(ax)
     df = converged(runs) if converged_only else runs
-    targets = targets or [t for t in COLORS if len(df) and t in set(df["target"])]
-    for t in targets:
-        sub = df[df["target"] == t]
-        if len(sub) and metric in sub:
-            _mean_band(ax, sub.dropna(subset=[metric]), "n", metric, COLORS.get(t), LABELS.get(t, t))
+    drawn = [t for t in (targets or _targets(df)) if metric in df and (df["target"] == t).any()]
+    for t in drawn:
+        _mean_band(ax, df[df["target"] == t].dropna(subset=[metric]), "n", metric, COLORS.get(t), LABELS.get(t, t))
+    if not drawn:
+        _note(ax, _missing(runs, targets, converged_only) or f"no values of {metric}")
     if log:
         _log(ax, "y")
+    if log2_lengths:
+        _log2_lengths(ax)
+    else:
+        _integer_ticks(ax.xaxis)
     ax.set_xlabel("input length $n$")
     ax.set_ylabel(ylabel or metric)
-    if targets:
+    if drawn:
         _legend(ax, "small")
     return ax
 
@@ -149,8 +247,7 @@ def slopes(runs, metric="sharpness", x="n", converged_only=True, level=0.95) -> 
     confidence interval (t distribution), r, and the number of runs used."""
     df = converged(runs) if converged_only else runs
     rows = []
-    for t in [t for t in COLORS if len(df) and t in set(df["target"])] + sorted(
-            set(df["target"]) - set(COLORS) if len(df) else []):
+    for t in _targets(df):
         sub = df[df["target"] == t].dropna(subset=[metric])
         xs, ys = sub[x].astype(float).to_numpy(), _column(sub, metric).to_numpy()
         k = len(xs)
@@ -210,22 +307,26 @@ def parity_verdict(slope_table) -> str:
             f"{'above' if above else 'NOT above'} the CIs of {', '.join(LABELS.get(t, t) for t in others)}")
 
 
-def scaling_figure(runs, targets=None, converged_only=True):
-    """Fig. 1 / 5–8 in one row: sharpness (×4), LayerNorm blowup (log) and parameter norm vs n."""
+def scaling_figure(runs, targets=None, converged_only=True, *, title=None):
+    """Fig. 1 / 5–8 in one row: sharpness (×4), LayerNorm blowup (log) and parameter norm vs n,
+    one legend for the three panels. ``title`` (e.g. experiment and preset) heads the caption,
+    which says the filter and the band, names targets with no run to draw, and gives the
+    sharpness slopes ("n/a" where fewer than 3 runs over 2 lengths remain)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(3 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.3), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(3 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.6), layout="constrained")
     sharpness_vs_length_ax(runs, targets, axes[0], converged_only)
     blowup_vs_length_ax(runs, targets, axes[1], converged_only)
     norm_vs_length_ax(runs, targets, axes[2], converged_only)
-    for ax in axes[1:]:
-        legend = ax.get_legend()
-        if legend:
-            legend.remove()
-    s = slopes(runs, converged_only=converged_only)
-    if len(s):
-        text = "; ".join(f"{LABELS.get(r.target, r.target)} {r.slope:+.4f}" for r in s.itertuples()
-                         if np.isfinite(r.slope))
+    _figure_legend(fig, axes)
+    slope = slopes(runs, converged_only=converged_only).set_index("target")["slope"]
+    shown = targets or _targets(runs)
+    if shown:
+        text = "; ".join(f"{LABELS.get(t, t)} " + (f"{slope[t]:+.4f}" if np.isfinite(slope.get(t, math.nan)) else "n/a")
+                         for t in shown)
         axes[0].set_title(f"slopes per bit: {text}", fontsize="x-small", loc="left")
+    details = "; ".join(t for t in ((CONVERGED if converged_only else "all finished runs"), BAND.format(""),
+                                    _missing(runs, targets, converged_only)) if t)
+    _caption(fig, title, details)
     return fig
 
 
@@ -237,23 +338,22 @@ SCRATCHPAD_PANELS = (("sharpness", "sharpness (×4)"),
                      ("param_norm", "parameter norm"))
 
 
-def scratchpad_figure(runs, converged_only=True):
+def scratchpad_figure(runs, converged_only=True, *, title=None):
     """Fig. 11 in one row: sharpness (×4), encoder and decoder LayerNorm blowup and parameter
-    norm vs n, for runs whose autoregressive accuracy exceeds 0.999 (``converged``). Linear axes
-    from 0, so that flat curves (the paper's claim) look flat."""
+    norm vs n (log2 axis: the lengths double), for runs whose autoregressive accuracy exceeds
+    0.999 (``converged``). The y axes fit the data (not from 0), so that growth shows; read
+    flatness from the tick values and the slopes of ``scratchpad_report``."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(SCRATCHPAD_PANELS), figsize=(len(SCRATCHPAD_PANELS) * 3.0, SINGLE_COLUMN[1]),
+    fig, axes = plt.subplots(1, len(SCRATCHPAD_PANELS), figsize=(len(SCRATCHPAD_PANELS) * 3.0, SINGLE_COLUMN[1] + 0.4),
                              layout="constrained")
     for ax, (metric, label) in zip(axes, SCRATCHPAD_PANELS):
-        metric_vs_length_ax(runs, metric, ["parity"], ax, converged_only, ylabel=label)
-        ax.set_ylim(bottom=0)
-        legend = ax.get_legend()
-        if legend:
-            legend.remove()
+        metric_vs_length_ax(runs, metric, ["parity"], ax, converged_only, ylabel=label, log2_lengths=True)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
     axes[0].yaxis.set_major_formatter(_four_decimals())
     kept = len(converged(runs)) if converged_only else len(runs)
-    fig.suptitle(f"PARITY with a scratchpad: {kept}/{len(runs)} runs with autoregressive accuracy > 0.999",
-                 fontsize="small")
+    _caption(fig, title, f"PARITY with a scratchpad: {kept}/{len(runs)} runs with autoregressive accuracy > 0.999"
+             + (" (drawn)" if converged_only else "; all runs drawn") + "; " + BAND.format(""))
     return fig
 
 
@@ -280,18 +380,26 @@ def tradeoff_ax(runs, ax=None, target=None, color_by="n", converged_only=True, c
     if target is not None and len(df):
         df = df[df["target"] == target]
     df = df.dropna(subset=["blowup_maxs_prod", "param_norm"]) if len(df) else df
-    if color_by == "n":
-        sc = ax.scatter(df["blowup_maxs_prod"] if len(df) else [], df["param_norm"] if len(df) else [],
-                        c=df["n"] if len(df) else [], cmap="plasma", s=10, alpha=0.8, linewidths=0)
-        if colorbar and len(df):
-            ax.figure.colorbar(sc, ax=ax, label="input length $n$")
+    if not len(df):
+        _note(ax, _missing(runs, [target] if target is not None else None, converged_only) or "no run to draw")
+    elif color_by == "n":
+        from matplotlib.colors import BoundaryNorm
+        from matplotlib.ticker import MaxNLocator
+
+        n = df["n"].astype(int)
+        # one colour per integer n, and integer ticks on the colour bar
+        norm = BoundaryNorm(np.arange(n.min() - 0.5, n.max() + 1.5), ncolors=256)
+        sc = ax.scatter(df["blowup_maxs_prod"], df["param_norm"], c=n, cmap="plasma", norm=norm, s=10, alpha=0.8,
+                        linewidths=0)
+        if colorbar:
+            bar = ax.figure.colorbar(sc, ax=ax, label="input length $n$")
+            bar.locator = MaxNLocator(integer=True)
     else:
-        for t in [t for t in COLORS if len(df) and t in set(df["target"])]:
+        for t in _targets(df):
             sub = df[df["target"] == t]
-            ax.scatter(sub["blowup_maxs_prod"], sub["param_norm"], color=COLORS[t], label=LABELS[t], s=10,
+            ax.scatter(sub["blowup_maxs_prod"], sub["param_norm"], color=COLORS.get(t), label=LABELS.get(t, t), s=10,
                        alpha=0.8, linewidths=0)
-        if len(df):
-            _legend(ax, "small")
+        _legend(ax, "small")
     _log(ax, "x")
     ax.set_xlabel("LayerNorm blowup")
     ax.set_ylabel("parameter norm")
@@ -300,13 +408,16 @@ def tradeoff_ax(runs, ax=None, target=None, color_by="n", converged_only=True, c
     return ax
 
 
-def tradeoff_figure(runs, converged_only=True):
-    """PARITY coloured by n, and every target at once (coloured by target)."""
+def tradeoff_figure(runs, converged_only=True, *, title=None):
+    """PARITY coloured by n, and every target at once (coloured by target); each dot a run."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0] + 0.8, SINGLE_COLUMN[1] + 0.3), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0] + 0.8, SINGLE_COLUMN[1] + 0.5), layout="constrained")
     tradeoff_ax(runs, axes[0], target="parity", color_by="n", converged_only=converged_only)
     tradeoff_ax(runs, axes[1], color_by="target", converged_only=converged_only)
     axes[1].set_title("all targets", fontsize="small")
+    kept = len(converged(runs)) if converged_only else len(runs)
+    _caption(fig, title, f"{CONVERGED if converged_only else 'all finished runs'}: {kept} of {len(runs)} runs, "
+                         "each dot a run")
     return fig
 
 
@@ -341,17 +452,25 @@ def dynamics_axes(history, weight_decay=None, axes=None, window=None, min_fracti
             agg = sub.assign(_y=y).groupby("steps_after_convergence")["_y"].agg(["mean", "count"])
             agg = agg[agg["count"] >= max(1, math.ceil(min_fraction * n_runs))]
             ax.plot(agg.index, agg["mean"], color="#08306b", linewidth=1.8)
+        if not n_runs and ax is axes[0]:
+            _note(ax, "no converged run to draw")
         ax.axvline(0, color="red", linestyle="--", linewidth=0.8)
         if log:
             _log(ax, "y")
         ax.set_ylabel(label, fontsize="small")
     axes[-1].set_xlabel("steps after convergence")
-    title = f"{n_runs} converged runs" + (f", weight decay {weight_decay:g}" if weight_decay is not None else "")
+    title = f"{n_runs} converged run{'' if n_runs == 1 else 's'}"
+    title += f", weight decay {weight_decay:g}" if weight_decay is not None else ""
     axes[0].set_title(title, fontsize="small")
     return axes
 
 
-def dynamics_figure(history, weight_decays=None):
+#: how to read the dynamics figure
+DYNAMICS_CAPTION = ("converged runs (measurement loss < 0.01), aligned at their convergence step (red line); "
+                    "faint: each run, bold: mean over the runs (steps reached by ≥ 25% of them)")
+
+
+def dynamics_figure(history, weight_decays=None, *, title=None):
     """One column of the four dynamic panels per weight decay."""
     plt = _plt()
     if weight_decays is None:
@@ -361,6 +480,7 @@ def dynamics_figure(history, weight_decays=None):
                              sharex="col", squeeze=False, layout="constrained")
     for j, wd in enumerate(weight_decays):
         dynamics_axes(history, wd, axes=axes[:, j])
+    _caption(fig, title, DYNAMICS_CAPTION)
     return fig
 
 
@@ -404,6 +524,8 @@ def generalization_ax(refits, ax=None, converged_only=True, include_m=None, show
         df = df.assign(_sharp4=4 * df["sharpness"].astype(float))
         _scatter_groups(ax, df, "average_sensitivity", "_sharp4", converged_only, show_unconverged)
         _legend(ax, "x-small")
+    if not ax.collections:
+        _note(ax, "no converged refit to draw" if len(df) else "no refit runs")
     ax.set_xlabel("average sensitivity of the function")
     ax.set_ylabel("sharpness (×4)")
     return ax
@@ -426,53 +548,69 @@ def sensitivity_hist_ax(manifest, ax=None, include_m=None):
 
 def train_sharpness_ax(refits, ax=None, converged_only=True, include_m=None, show_unconverged=False):
     """Fig. 15: sharpness (×4) vs sharpness on the parent's training set (not ×4, as the official
-    plot; random completions use their full-space sharpness)."""
+    plot), for learned completions only: a random completion has no training-set sharpness (the
+    official plot puts its full-space sharpness there, which only draws the line y = 4x)."""
     ax = _axes(ax)
     df = _partial(refits, include_m) if len(refits) else refits
-    if len(df):
-        train = df["train_sharpness"] if "train_sharpness" in df else pd.Series(np.nan, index=df.index)
-        train = train.astype(float).where(df["kind"] == "learned", df["sharpness"].astype(float))
-        df = df.assign(_train=train, _sharp4=4 * df["sharpness"].astype(float)).dropna(subset=["_train"])
-        _scatter_groups(ax, df, "_train", "_sharp4", converged_only, show_unconverged)
+    if len(df) and "train_sharpness" in df:
+        df = df[df["kind"] == "learned"]
+        df = df.assign(_train=df["train_sharpness"].astype(float), _sharp4=4 * df["sharpness"].astype(float))
+        _scatter_groups(ax, df.dropna(subset=["_train"]), "_train", "_sharp4", converged_only, show_unconverged)
         _legend(ax, "x-small")
-    ax.set_xlabel("sharpness on the training set")
+    if not ax.collections:
+        _note(ax, "no learned completion's refit to draw")
+    ax.set_xlabel("sharpness on the parent's training set (not ×4)")
     ax.set_ylabel("sharpness (×4)")
     return ax
 
 
-def generalization_figure(refits, manifest, show_unconverged=None):
-    """The sensitivity of learned vs random completions, Fig. 4 and Fig. 15. Unconverged
-    refits are drawn hollow when none converged (``show_unconverged=None``), e.g. with a
-    training budget too small for the MSE filter."""
+def generalization_figure(refits, manifest, show_unconverged=None, *, title=None):
+    """The sensitivity of learned vs random completions, Fig. 4 and Fig. 15, with one legend for
+    the three panels. Unconverged refits are drawn hollow when none converged
+    (``show_unconverged=None``), e.g. with a training budget too small for the MSE filter."""
     plt = _plt()
     if show_unconverged is None:
         show_unconverged = not len(converged(refits))
-    fig, axes = plt.subplots(1, 3, figsize=(3 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.3), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(3 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.9), layout="constrained")
     sensitivity_hist_ax(manifest, axes[0])
     generalization_ax(refits, axes[1], show_unconverged=show_unconverged)
     train_sharpness_ax(refits, axes[2], show_unconverged=show_unconverged)
+    _figure_legend(fig, axes, ncols=3)
+    kept = len(converged(refits))
+    drawn = (f"refits: {kept} of {len(refits)} converged (eval MSE < 1e-3), drawn filled"
+             + ("; the others hollow" if show_unconverged else ""))
+    _caption(fig, title, f"left: every completion; middle and right: {drawn}, each dot a refit (m = 2^n left out, "
+                         "as in the paper); right: learned completions only")
     return fig
 
 
 # ---- length generalisation ------------------------------------------------------------------------
 def length_generalization_ax(long_form, ax=None, metric="eval_accuracy"):
-    """Accuracy by evaluation length (trained lengths shaded)."""
+    """Accuracy by evaluation length (trained lengths shaded); mean ± 2 SD across seeds, the
+    band clipped to [0, 1] for accuracy (an accuracy cannot leave it)."""
     ax = _axes(ax)
+    limits = (0.0, 1.0) if metric == "eval_accuracy" else (0.0, math.inf)
     if len(long_form):
-        for t in [t for t in COLORS if t in set(long_form["target"])]:
+        for t in _targets(long_form):
             _mean_band(ax, long_form[long_form["target"] == t].rename(columns={"length": "n"}), "n", metric,
-                       COLORS[t], LABELS[t])
+                       COLORS.get(t), LABELS.get(t, t), limits=limits)
         trained = long_form[long_form["trained"]]["length"]
         if len(trained):
             ax.axvspan(trained.min() - 0.5, trained.max() + 0.5, color="#eeeeee", zorder=0)
         _legend(ax, "small")
+    else:
+        _note(ax, "no finished runs")
+    _integer_ticks(ax.xaxis)
     ax.set_xlabel("evaluation length")
     ax.set_ylabel("accuracy" if metric == "eval_accuracy" else metric)
     return ax
 
 
-def length_generalization_figure(long_form):
-    return length_generalization_ax(long_form).figure
+def length_generalization_figure(long_form, *, title=None):
+    """``length_generalization_ax`` with its caption (trained lengths shaded, the band clipped)."""
+    fig = length_generalization_ax(long_form, _axes(None, (SINGLE_COLUMN[0] + 0.5, SINGLE_COLUMN[1] + 0.5))).figure
+    _caption(fig, title, BAND.format(" clipped to [0,\u00a01]") + "; grey: the trained lengths")  # no break in [0, 1]
+    return fig
 
 
 # ---- sensitivity at initialisation ------------------------------------------------------------------
@@ -482,22 +620,34 @@ INIT_COLORS = {"pytorch": "#1f77b4", "gaussian": "#ff7f0e", "uniform": "#2ca02c"
 
 def init_sensitivity_axes(runs, axes=None):
     """Average sensitivity relative to a random function's n/2, and the fraction of
-    zero-sensitivity inputs K_0 / 2^n, vs n per initialisation (mean ± 2 SD + runs)."""
+    zero-sensitivity inputs K_0 / 2^n, vs n per initialisation (mean ± 2 SD + runs; the bands
+    clipped to the ranges the quantities can take, [0, 2] and [0, 1])."""
     plt = _plt()
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0], SINGLE_COLUMN[1]), layout="constrained")
     df = runs.assign(relative=runs["model_as"] / (runs["n"] / 2)) if len(runs) else runs
-    for ax, metric, label in zip(axes, ("relative", "model_k0_fraction"),
-                                 ("average sensitivity / (n/2)", "zero-sensitivity inputs $K_0/2^n$")):
+    panels = (("relative", "average sensitivity / (n/2)", (0.0, 2.0)),
+              ("model_k0_fraction", "zero-sensitivity inputs $K_0/2^n$", (0.0, 1.0)))
+    for ax, (metric, label, limits) in zip(axes, panels):
         _style(ax)
         if len(df):
             for init in [i for i in INIT_COLORS if i in set(df["init"])]:
-                _mean_band(ax, df[df["init"] == init], "n", metric, INIT_COLORS[init], init)
+                _mean_band(ax, df[df["init"] == init], "n", metric, INIT_COLORS[init], init, limits=limits)
+        _integer_ticks(ax.xaxis)
         ax.set_xlabel("input length $n$")
         ax.set_ylabel(label)
     _legend(axes[0], "x-small")
     return axes
 
 
-def init_sensitivity_figure(runs):
-    return init_sensitivity_axes(runs)[0].figure
+def init_sensitivity_figure(runs, *, title=None):
+    """``init_sensitivity_axes`` with one legend for both panels and its caption."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.8), layout="constrained")
+    init_sensitivity_axes(runs, axes)
+    _figure_legend(fig, axes, ncols=5)
+    pooled = [f"{k}={','.join(map(str, sorted(set(runs[k]))))}" for k in ("d_model", "n_layers")
+              if len(runs) and k in runs and runs[k].nunique() > 1]
+    band = BAND.format((" and " + ", ".join(pooled) if pooled else "") + ", clipped to the possible range")
+    _caption(fig, title, "untrained models, per initialisation; " + band)
+    return fig

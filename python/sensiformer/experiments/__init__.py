@@ -19,8 +19,9 @@ function                          figures                  paper preset (officia
 ================================  =======================  =======================================
 
 Presets: ``"paper"`` = the official grids and settings; ``"quick"`` = a scaled-down grid that
-shows the same effect in about 15 minutes on 2 cores; ``"ci"`` = a tiny grid that exercises
-every code path in seconds (the default, for tests and notebooks).
+shows the same effect in 26-487 CPU-seconds per experiment (measured 2026-12-05 on a shared
+2-core machine; the notebooks' parameter cells and the README's table give them); ``"ci"`` = a
+tiny grid that exercises every code path in seconds (the default, for tests and notebooks).
 """
 
 from ._base import PRESETS, Experiment, Stage, average_sensitivity

@@ -40,6 +40,12 @@ def resolve(name: str, presets: dict, preset: str, overrides: dict) -> tuple[dic
     return params, changed
 
 
+def _brief(value, width=24) -> str:
+    """A parameter value short enough for a figure's title."""
+    text = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def run_fields(params: dict) -> dict:
     return {k: params[k] for k in RUN_FIELDS if k in params}
 
@@ -96,6 +102,14 @@ class Experiment:
             base += "+" + hashlib.sha256(text.encode()).hexdigest()[:8]
         return base
 
+    @property
+    def title(self) -> str:
+        """The heading of this experiment's figures: name, variant, preset, overridden parameters."""
+        name = self.name + (f" ({self.variant})" if self.variant else "")
+        changed = ", ".join(f"{k}={_brief(v)}" for k, v in sorted(self.overrides.items()))
+        return f"{name}, preset {self.preset}" + (f" with {changed}" if changed else "") + \
+            (f" ({self.figures})" if self.figures else "")
+
     def stage_sweep(self, stage) -> str:
         name = stage.name if isinstance(stage, Stage) else stage
         return self.sweep if len(self.stages) == 1 else f"{self.sweep}:{name}"
@@ -144,10 +158,11 @@ class Experiment:
         return self._report(self, store)
 
     def plot(self, store, path=None, **kwargs):
-        """Draw this experiment's figure(s); saves to ``path`` if given. Returns the Figure."""
+        """Draw this experiment's figure(s), captioned with ``title`` (pass ``title=`` to change
+        it) and with the run filter and band; saves to ``path`` if given. Returns the Figure."""
         if self._plot is None:
             raise NotImplementedError(f"{self.name} has no figure")
-        fig = self._plot(self, store, **kwargs)
+        fig = self._plot(self, store, **{"title": self.title, **kwargs})
         if path is not None:
             fig.savefig(path, dpi=150, bbox_inches="tight")
         return fig

@@ -30,10 +30,11 @@ PRESETS = {
         "tradeoff_3": dict(runs=16, lengths=("values", 4, 6, 8), seeds=(0, 1000), targets=TARGETS),
     }, lr_range=(1e-3, 3e-3), weight_decay_range=(0.0, 0.4), sample_seed=0, d_model=32, batch_size=128, steps=2000,
         log_every=250, eval_batches=50, measure_batches=8),
+    # ci: PARITY at n = 3, 4 and 600 steps, so that its panel has converged runs to draw
     "ci": dict(_PAPER, parts={
-        "tradeoff_2": dict(runs=2, lengths=("uniform", 4, 6), seeds=(0, 1000), targets=("parity",)),
+        "tradeoff_2": dict(runs=2, lengths=("values", 3, 4), seeds=(0, 1000), targets=("parity",)),
         "tradeoff_3": dict(runs=2, lengths=("values", 4, 6), seeds=(0, 1000), targets=("first", "majority")),
-    }, lr_range=(1e-3, 3e-3), weight_decay_range=(0.0, 0.4), sample_seed=0, d_model=16, batch_size=64, steps=200,
+    }, lr_range=(1e-3, 3e-3), weight_decay_range=(0.0, 0.4), sample_seed=0, d_model=16, batch_size=64, steps=600,
         log_every=100, eval_batches=4, measure_batches=2),
 }
 
