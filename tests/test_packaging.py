@@ -30,6 +30,7 @@ def test_the_sdist_ships_what_the_tests_need(sdist_names):
               "python/sensiformer/py.typed"}
     wanted |= {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("*.py")}
     wanted |= {str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("*.ipynb")}
+    wanted |= {"notebooks/execute.py"}  # tests/test_notebooks.py imports it
     assert wanted - sdist_names == set()
 
 
