@@ -7,17 +7,12 @@ import numpy as np
 import pytest
 
 import sensiformer as sf
+from sensiformer.tests._support import randomize
 
 
 def random_model(seed=0, scale=0.4, **kwargs):
     kwargs.setdefault("dtype", "float64")
-    model = sf.Seq2SeqTransformer(**kwargs)
-    rng = np.random.default_rng(seed)
-    model.flat[:] = rng.normal(scale=scale, size=model.flat.size)
-    for name, p in model.parameters().items():
-        if "norm" in name and name.endswith("weight"):
-            p[:] = 1.0 + rng.uniform(-0.5, 0.5, size=p.shape)
-    return model
+    return randomize(sf.Seq2SeqTransformer(**kwargs), seed, scale)
 
 
 CASES = [

@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 
 import sensiformer as sf
+from sensiformer.tests._support import randomize
 from sensiformer.hessian import _rademacher
 
 
 def random_model(seed=0, scale=0.5, **kwargs):
     cfg = dict(n_positions=6, d_model=8, n_heads=2, n_layers=2, dtype="float64")
     cfg.update(kwargs)
-    model = sf.Seq2SeqTransformer(**cfg)
-    rng = np.random.default_rng(seed)
-    model.flat[:] = rng.normal(scale=scale, size=model.flat.size)
-    for name, p in model.parameters().items():
-        if "norm" in name and name.endswith("weight"):
-            p[:] = 1.0 + rng.uniform(-0.5, 0.5, size=p.shape)
-    return model
+    return randomize(sf.Seq2SeqTransformer(**cfg), seed, scale)
 
 
 def data(rows, n=6, seed=1):

@@ -17,6 +17,8 @@ import pytest
 
 import sensiformer as sf
 from sensiformer import interop
+from sensiformer.tests import _support
+from sensiformer.tests._support import randomize
 
 pytestmark = pytest.mark.torch
 
@@ -32,32 +34,9 @@ def rel_err(ours, ref):
     return diff / scale if scale > 0 else diff
 
 
-def randomize(model, seed, scale=0.5):
-    """Every parameter random; LayerNorm gains near 1 so that LayerNorms stay well conditioned."""
-    rng = np.random.default_rng(seed)
-    model.flat[:] = rng.normal(scale=scale, size=model.flat.size)
-    for name, p in model.parameters().items():
-        if "norm" in name and name.endswith("weight"):
-            p[:] = 1.0 + rng.uniform(-0.5, 0.5, size=p.shape)
-    return model
-
-
 def torch_reference(torch, module, x, dec, y, loss):
-    """Outputs (B, S) of the official forward, the loss on the first L outputs (the official drops
-    the last one of [SOS, y]) and every parameter's gradient, as float64 NumPy."""
-    module.zero_grad(set_to_none=True)
-    dtype = next(module.parameters()).dtype
-    out = module(torch.from_numpy(x.astype(np.int64)), torch.from_numpy(dec.astype(np.int64)))
-    yt = torch.from_numpy(y).to(dtype)
-    scored = out[:, :y.shape[1]]
-    if loss == "mse":
-        value = torch.nn.functional.mse_loss(scored, yt)
-    else:
-        value = torch.nn.functional.binary_cross_entropy_with_logits(scored, yt)
-    value.backward()
-    grads = {n: (p.grad.double().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape)))
-             for n, p in module.named_parameters()}
-    return out.detach().double().numpy(), float(value.item()), grads
+    """The shipped reference (sensiformer.tests._support) on (x, decoder input)."""
+    return _support.torch_reference(torch, module, (x, dec), y, loss)
 
 
 def make_configs(count=16, seed=20240611):

@@ -26,6 +26,7 @@ import pytest
 
 import sensiformer as sf
 from sensiformer import interop
+from sensiformer.tests import _support
 
 pytestmark = pytest.mark.torch
 
@@ -47,21 +48,9 @@ def rel_err(ours, ref):
 
 
 def torch_outputs_and_grads(torch, module, x, y, loss):
-    """PyTorch's forward output, loss value and parameter gradients (float64 NumPy copies)."""
-    module.zero_grad(set_to_none=True)
-    dtype = next(module.parameters()).dtype
-    out = module(torch.from_numpy(np.asarray(x, dtype=np.int64)))
-    yt = torch.from_numpy(np.asarray(y, dtype=np.float64)).to(dtype)
-    if loss == "mse":
-        value = torch.nn.functional.mse_loss(out, yt)
-    else:
-        value = torch.nn.functional.binary_cross_entropy_with_logits(out, yt)
-    value.backward()
-    grads = {}
-    for name, p in module.named_parameters():
-        grads[name] = (p.grad.detach().double().numpy().copy() if p.grad is not None
-                       else np.zeros(tuple(p.shape)))
-    return out.detach().double().numpy(), float(value.item()), grads
+    """PyTorch's forward output, loss value and parameter gradients (float64 NumPy copies): the shipped
+    reference (sensiformer.tests._support)."""
+    return _support.torch_reference(torch, module, (x,), y, loss)
 
 
 def _divisible_widths(n_heads, lo=4, hi=16):
