@@ -99,20 +99,21 @@ def measure_paths(job: Job, paths, repeats: int, peak_gflops: Optional[float] = 
 
 
 def print_path_table(rows, paths, machine=None) -> None:
-    """One line per job: each path's time, its ratio to the other side, and each path relative to the first."""
+    """One line per job: each path's time, its ratio to the other side, and the first path's speed-up over
+    each other path."""
     if machine:
         print(", ".join(f"{k}={v}" for k, v in machine.items() if v is not None))
     head = f"{'job':34s} {'config':30s}" + "".join(f" {p + ' ms':>15s}" for p in paths) + f" {'other ms':>10s}"
-    head += "".join(f" {'ratio ' + p:>17s}" for p in paths) + "".join(f" {p + '/' + paths[0]:>21s}" for p in paths[1:])
+    head += "".join(f" {'ratio ' + p:>17s}" for p in paths) + "".join(f" {paths[0] + ' vs ' + p:>24s}" for p in paths[1:])
     print(head)
     for r in rows:
         line = f"{r['job']:34s} {r['config'][:30]:30s}"
         line += "".join(f" {r['paths'][p]['ms']:15.2f}" for p in paths) + f" {_fmt(r['theirs_ms'], '10.2f')}"
         line += "".join(f" {_fmt(r['paths'][p]['ratio'], '17.2f')}" for p in paths)
-        line += "".join(f" {r['paths'][paths[0]]['ms'] / r['paths'][p]['ms']:21.2f}" for p in paths[1:])
+        line += "".join(f" {r['paths'][p]['ms'] / r['paths'][paths[0]]['ms']:24.2f}" for p in paths[1:])
         print(line)
-    print(f"ratio = other / sensiformer on that path (> 1: sensiformer is faster); {'/'.join(paths[1:2] or ['-'])}/"
-          f"{paths[0]} > 1: the second path is faster than the first")
+    print(f"ratio = other / sensiformer on that path (> 1: sensiformer is faster); '{paths[0]} vs P' = P's time / "
+          f"{paths[0]}'s (> 1: {paths[0]} is faster)")
 
 
 def remeasure_peak(rows, machine, threads: int) -> None:
