@@ -70,9 +70,36 @@ def test_dynamics_ci(store):
     assert conv == probed[probed["measure_loss"] < 0.01]["step"].min()
     assert exp.results(store)["convergence_step"].iloc[0] == conv
     assert (hist["steps_after_convergence"] == hist["step"] - conv).all()
-    assert "1/1 converged" in exp.report(store)
+    assert "1/1 converged" in exp.report(store) and "1 of 1 stored runs pass the official filter" in exp.report(store)
     fig = exp.plot(store)
     assert len(fig.axes) == 4
+
+
+def test_dynamics_keeps_only_runs_that_pass_the_official_filter():
+    """Issue 17 point 2: a run that reached the convergence step on its measurement batch but whose eval
+    loss is >= 1e-3 (or that did not finish) is dropped from the figure and the report, as in the official
+    plots; the report says how many passed."""
+    import importlib
+
+    D = importlib.import_module("sensiformer.experiments.dynamics")  # the package exports the function
+
+    hist = pd.DataFrame(dict(key=["a"] * 3 + ["b"] * 3 + ["c"] * 3, step=[100, 200, 300] * 3,
+                             measure_loss=[0.5, 0.005, 0.001] * 3, weight_decay=0.1))
+    runs = pd.DataFrame(dict(key=["a", "b", "c"], converged=[True, False, True], status=["ok", "ok", "failed"],
+                             eval_loss=[1e-4, 5e-3, 1e-4]))
+
+    class Stored:
+        sweep = "dynamics/test"
+
+        def results(self, store):
+            return runs
+
+        def history(self, store):
+            return hist
+
+    kept = D.filtered_history(Stored(), None)
+    assert set(kept["key"]) == {"a"} and (kept["convergence_step"] == 200).all()
+    assert "1 of 3 stored runs pass the official filter" in D._report(Stored(), None)
 
 
 def test_generalization_ci(store):

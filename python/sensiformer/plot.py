@@ -466,7 +466,8 @@ def dynamics_axes(history, weight_decay=None, axes=None, window=None, min_fracti
 
 
 #: how to read the dynamics figure
-DYNAMICS_CAPTION = ("converged runs (measurement loss < 0.01), aligned at their convergence step (red line); "
+DYNAMICS_CAPTION = ("runs that pass the official filter (eval MSE < 1e-3), aligned at their convergence step "
+                    "(measurement loss < 0.01; red line); "
                     "faint: each run, bold: mean over the runs (steps reached by ≥ 25% of them)")
 
 

@@ -79,18 +79,29 @@ def aligned_history(history: pd.DataFrame, loss_column: str = "measure_loss",
     return out
 
 
+def filtered_history(exp, store) -> pd.DataFrame:
+    """The histories of the runs the official plots keep (finished, eval loss < 1e-3), aligned at the
+    convergence step; a run that never reached it is dropped by the figure as before."""
+    from ..plot import converged
+
+    kept = set(converged(exp.results(store))["key"])
+    hist = exp.history(store)
+    return aligned_history(hist[hist["key"].isin(kept)] if len(hist) else hist)
+
+
 def _figure(exp, store, **kwargs):
     from .. import plot
 
-    return plot.dynamics_figure(aligned_history(exp.history(store)), **kwargs)
+    return plot.dynamics_figure(filtered_history(exp, store), **kwargs)
 
 
 def _report(exp, store):
-    hist = aligned_history(exp.history(store))
+    runs = exp.results(store)
+    hist = filtered_history(exp, store)
     if not len(hist):
-        return f"{exp.sweep}: no finished runs"
+        return f"{exp.sweep}: no finished run passes the official filter (eval MSE < 1e-3) of {len(runs)} stored"
     per_run = hist.groupby("key").agg(wd=("weight_decay", "first"), conv=("convergence_step", "first"))
-    lines = [f"{exp.sweep}: {len(per_run)} runs"]
+    lines = [f"{exp.sweep}: {len(per_run)} of {len(runs)} stored runs pass the official filter (finished, eval MSE < 1e-3)"]
     for wd, g in per_run.groupby("wd"):
         c = g["conv"].dropna()
         lines.append(f"  weight decay {wd:g}: {len(c)}/{len(g)} converged (measurement loss < {CONVERGENCE_LOSS}), "
