@@ -97,6 +97,27 @@ def test_scratchpad_runs_are_the_official_measurement(tmp_path):
     assert untrained["autoregressive_accuracy"] < 0.9 and not untrained["converged"]
 
 
+def test_the_final_measurement_of_a_subset_trained_run_samples_uniform_inputs():
+    """Issue 17 point 3: the official final measurement samples uniform inputs even when the run trained on
+    a restricted subset; sensiformer's drew its measurement batches from the subset."""
+    import numpy as np
+
+    import sensiformer as sf
+    from sensiformer.sweep import runner
+
+    n = 8
+    subset = sf.restricted_subset(n, 4, 0)
+    trainer = sf.Trainer(sf.Transformer(n, d_model=8), sf.targets.Parity(n), batch_size=64, train_subset=subset)
+    x, y = runner._measurement_data(trainer, 2)
+    index = (x.astype(np.int64) << np.arange(n - 1, -1, -1)).sum(axis=1)  # x_1 most significant
+    assert len(set(index) - set(subset.tolist())) > 32, "the measurement drew from the training subset"
+    assert np.array_equal(y, sf.targets.Parity(n)(x))
+    sub_x, _ = trainer.sample_batch(step=0)
+    assert set((sub_x.astype(np.int64) << np.arange(n - 1, -1, -1)).sum(axis=1)) <= set(subset.tolist())
+    with pytest.raises(ValueError, match="needs a target"):
+        sf.Trainer(sf.Transformer(n, d_model=8), data=(x, y)).sample_batch(uniform=True)
+
+
 def test_scratchpad_configs_refuse_encoder_only_options():
     with pytest.raises(ValueError, match="prefix labels"):
         tiny(model="scratchpad", target="mean")

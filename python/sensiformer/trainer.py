@@ -222,10 +222,20 @@ class Trainer:
     def _threshold(self):
         return 0.5 if (self.loss == "mse" and self.labels == "01") else 0.0
 
-    def sample_batch(self, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Batch number ``step`` (default: the next one) of the training stream: ``(x, y)``."""
+    def sample_batch(self, step: int | None = None, *, uniform: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Batch number ``step`` (default: the next one) of the training stream: ``(x, y)``.
+
+        ``uniform=True`` draws the batch from the uniform distribution over all inputs, labelled by
+        the target, whatever the training sampler (a ``train_subset``): the inputs of the official
+        final measurement. A trainer on ``data`` has no target to label them and refuses.
+        """
         step = self.step_count if step is None else check_count(step, "step")
-        return _engine.sample_batch(self._target_spec, self._sampler, self.seed, step, self.batch_size, self.seq_len)
+        sampler = self._sampler
+        if check_bool(uniform, "uniform"):
+            if self.target is None:
+                raise ValueError("uniform=True needs a target to label the inputs; this trainer samples from data")
+            sampler = (_UNIFORM, None, None, None)
+        return _engine.sample_batch(self._target_spec, sampler, self.seed, step, self.batch_size, self.seq_len)
 
     # ---- training --------------------------------------------------------------------------
     def fit(self, steps: int, log_every: int = 100,

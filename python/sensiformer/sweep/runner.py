@@ -141,7 +141,9 @@ def _evaluate(trainer, cfg, n_threads):
 
 
 def _measurement_data(trainer, batches):
-    pairs = [trainer.sample_batch(step=_FINAL_STREAM + k) for k in range(batches)]
+    """The final measurement's batches: uniform over all inputs even for a run trained on a subset, as the
+    official final measurement samples them."""
+    pairs = [trainer.sample_batch(step=_FINAL_STREAM + k, uniform=True) for k in range(batches)]
     return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
 
