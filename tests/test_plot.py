@@ -250,8 +250,10 @@ def test_train_sharpness_panel_plots_only_what_its_label_says():
     ax = fig.axes[2]
     points = np.concatenate([c.get_offsets() for c in ax.collections])
     assert len(points) == 3, "random completions have no training-set sharpness: not drawn"
-    assert np.allclose(points[:, 0], [0.002, 0.004, 0.006]) and np.allclose(points[:, 1], [0.04, 0.08, 0.12])
-    assert "training set" in ax.get_xlabel() and "learned completions only" in " ".join(fig.get_suptitle().split())
+    # the official plot's axes (issue 17 point 4): sharpness x4 on x, training-set sharpness (not x4) on y
+    assert np.allclose(points[:, 0], [0.04, 0.08, 0.12]) and np.allclose(points[:, 1], [0.002, 0.004, 0.006])
+    assert ax.get_xlabel() == "sharpness (×4)" and "training set" in ax.get_ylabel()
+    assert "learned completions only" in " ".join(fig.get_suptitle().split())
     assert len(fig.legends) == 1 and all(a.get_legend() is None for a in fig.axes)
 
 

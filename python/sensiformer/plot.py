@@ -548,20 +548,20 @@ def sensitivity_hist_ax(manifest, ax=None, include_m=None):
 
 
 def train_sharpness_ax(refits, ax=None, converged_only=True, include_m=None, show_unconverged=False):
-    """Fig. 15: sharpness (×4) vs sharpness on the parent's training set (not ×4, as the official
-    plot), for learned completions only: a random completion has no training-set sharpness (the
-    official plot puts its full-space sharpness there, which only draws the line y = 4x)."""
+    """Fig. 15, with the official plot's axes: sharpness (×4) on x, sharpness on the parent's training set
+    (not ×4, as the official plot) on y, for learned completions only (a random completion has no
+    training-set sharpness, and the official plot leaves random functions out too)."""
     ax = _axes(ax)
     df = _partial(refits, include_m) if len(refits) else refits
     if len(df) and "train_sharpness" in df:
         df = df[df["kind"] == "learned"]
         df = df.assign(_train=df["train_sharpness"].astype(float), _sharp4=4 * df["sharpness"].astype(float))
-        _scatter_groups(ax, df.dropna(subset=["_train"]), "_train", "_sharp4", converged_only, show_unconverged)
+        _scatter_groups(ax, df.dropna(subset=["_train"]), "_sharp4", "_train", converged_only, show_unconverged)
         _legend(ax, "x-small")
     if not ax.collections:
         _note(ax, "no learned completion's refit to draw")
-    ax.set_xlabel("sharpness on the parent's training set (not ×4)")
-    ax.set_ylabel("sharpness (×4)")
+    ax.set_xlabel("sharpness (×4)")
+    ax.set_ylabel("sharpness on the parent's training set (not ×4)")
     return ax
 
 
