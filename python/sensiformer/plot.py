@@ -561,7 +561,7 @@ def train_sharpness_ax(refits, ax=None, converged_only=True, include_m=None, sho
     if not ax.collections:
         _note(ax, "no learned completion's refit to draw")
     ax.set_xlabel("sharpness (×4)")
-    ax.set_ylabel("sharpness on the parent's training set (not ×4)")
+    ax.set_ylabel("training set sharpness (not ×4)")
     return ax
 
 

@@ -42,9 +42,9 @@ PRESETS = {
     # quick: d=32 fits m <= 256 random labels exactly within 2000 steps (m=512 needs more than 4000). The
     # refits fit all 1024 inputs to MSE < 1e-3, which d=32 does not reach in 8000 steps even with a decaying
     # lr (measured: 2.8e-3); d=64 with a cosine decay gets learned completions there in 6000 steps and
-    # random ones (as ~5) in 10000. Measured 2026-12-05: 32 fits + 9 refits, 233 CPU-seconds (8.4 min of
-    # wall time on a shared, busy 2-core machine); all 9 refits converge; learned as 3.3 (m=128) / 3.7
-    # (m=256), random 5.01; sharpness (x4) 0.09 / 0.11 (learned) vs 0.29 (random)
+    # random ones (as ~5) in 10000. Measured 2026-12-05: 32 fits + 9 refits, 166 CPU-seconds (2.1 min of
+    # wall time on a 2-core AVX-512 host); all 9 refits converge; learned as 3.3 (m=128) / 3.7
+    # (m=256), random 5.01; sharpness (x4) 0.10 / 0.13 (learned) vs 0.30 (random)
     "quick": dict(_GEN, seeds=(0, 1), target_seeds=tuple(range(8)), subset_sizes=(128, 256),
                   random_completion_sizes=(256,), refit_seeds=(0,), train_sharpness_repeats=100, d_model=32,
                   batch_size=128, lr=2e-3, steps=2000, log_every=250, measure_batches=8, refit_per_group=3,

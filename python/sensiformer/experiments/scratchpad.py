@@ -21,7 +21,7 @@ _SP = dict(_PAPER, d_model=32, batch_size=128)
 PRESETS = {
     # sweeps/scratchpad.yaml: 30 lengths x seed 0..9, d=32, B=128, the paper's defaults otherwise = 300 runs
     "paper": dict(_SP, lengths=LENGTHS, seeds=tuple(range(10))),
-    # measured 2026-12-05: 15 runs, 487 CPU-seconds (16.2 min on a shared, busy 2-core machine), all 15 pass the
+    # measured 2026-12-05: 15 runs, 203 CPU-seconds (2.8 min on a 2-core AVX-512 host), all 15 pass the
     # filter; n=64 passes 0.999 after ~1000 steps at lr 1e-3, B=64 (the paper's lr 3e-4 needs several times more)
     "quick": dict(_SP, lengths=(4, 8, 16, 32, 64), seeds=(0, 1, 2), batch_size=64, lr=1e-3, steps=2000,
                   log_every=250, eval_batches=8, measure_batches=8),
@@ -39,8 +39,8 @@ def scratchpad(preset: str = "ci", **overrides) -> Experiment:
     preset : {"ci", "quick", "paper"}
         "paper" is the official grid (``sweeps/scratchpad.yaml``: 30 lengths from 4 to 1024 x
         10 seeds, d=32, B=128, 10k steps at lr 3e-4); "quick" lengths 4-64 x 3 seeds (d=32, B=64,
-        lr 1e-3, 2000 steps: 487 CPU-seconds, 16.2 minutes measured on a shared, busy 2-core
-        machine); "ci" runs every code path in seconds.
+        lr 1e-3, 2000 steps: 203 CPU-seconds, 2.8 minutes measured on a 2-core AVX-512 host);
+        "ci" runs every code path in seconds.
     **overrides
         ``lengths``, ``seeds`` and the model/training/probe settings (``d_model``, ``lr``,
         ``steps``, ``batch_size``, ``measure_batches``, ``sharpness_repeats``, ...).
