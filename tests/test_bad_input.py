@@ -570,6 +570,8 @@ def _small():
     pytest.param(dict(seq_len=N + 1), ValueError, r"inputs of length 9 exceed the model's n_positions=8",
                  id="seq_len > n_positions"),
     pytest.param(dict(seq_len=0), ValueError, r"seq_len must be >= 1", id="seq_len 0"),
+    # the fuzzer's SF_FUZZ_SEED=142639962: checked before an (1, seq_len) array was allocated (8 EiB)
+    pytest.param(dict(seq_len=2**63 - 1), ValueError, r"inputs of length 9223372036854775807 exceed", id="seq_len huge"),
     pytest.param(dict(seq_len=4.0), TypeError, r"seq_len must be an integer", id="seq_len float"),
     pytest.param(dict(batch_size=0), ValueError, r"batch_size must be >= 1, got 0", id="batch_size 0"),
     pytest.param(dict(batch_size=-5), ValueError, r"batch_size must be >= 1", id="batch_size negative"),

@@ -173,6 +173,7 @@ class Trainer:
             if self._seq2seq and not target.boolean:
                 raise ValueError(f"teacher forcing feeds the labels back as tokens, so {target!r} must be Boolean")
             self.seq_len = target.n if seq_len is None else check_int(seq_len, "seq_len", 1)
+            self._check_seq_len()  # before anything is allocated for it
             if target.engine_spec()[2] is not None and self.seq_len != target.n:
                 raise ValueError(f"seq_len={self.seq_len} but the target's truth table is for n={target.n}")
             try:  # the engine knows which positions a target reads (SparseParity, Junta, FourierFunction)
@@ -215,6 +216,9 @@ class Trainer:
             self._sampler = (_DATASET, None, x, y)
             # the kind is unused by the dataset sampler; prefix: a label per position
             self._target_spec = (0, self.seq_len, None, {"prefix": True}) if self._seq2seq else (0, self.seq_len, None)
+        self._check_seq_len()
+
+    def _check_seq_len(self):
         if self.seq_len > self.model.n_positions:
             raise ValueError(f"inputs of length {self.seq_len} exceed the model's n_positions={self.model.n_positions}")
 
