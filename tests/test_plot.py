@@ -297,3 +297,18 @@ def test_init_sensitivity_bands_stay_in_range_and_caption_says_pooled_widths():
         y = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
         assert y.min() >= 0 and y.max() <= high
     assert "across seeds and d_model=16,64" in " ".join(fig.get_suptitle().split())
+
+
+def test_frontier_shift_recovers_how_the_norm_needed_at_a_given_blowup_moves_with_n():
+    """The tradeoff report's statistic (issue 17 point 4): norm = a + b log10(blowup) + c n per target."""
+    rng = np.random.default_rng(0)
+    n = rng.integers(4, 11, size=60)
+    blowup = 10 ** rng.uniform(0, 3, size=60)
+    rows = dict(key=[str(i) for i in range(60)], status="ok", converged=True, n=n, blowup_maxs_prod=blowup,
+                param_norm=12 - 3 * np.log10(blowup) + 0.5 * n + rng.normal(scale=0.2, size=60))
+    parity = pd.DataFrame(rows).assign(target="parity")
+    flat = pd.DataFrame(rows).assign(target="mean", param_norm=12 - 3 * np.log10(blowup) + rng.normal(scale=0.2, size=60))
+    table = plot.frontier_shift(pd.concat([parity, flat])).set_index("target")
+    assert table.loc["parity", "ci_low"] < 0.5 < table.loc["parity", "ci_high"] and table.loc["parity", "ci_low"] > 0.3
+    assert table.loc["mean", "ci_low"] < 0 < table.loc["mean", "ci_high"]
+    assert table.loc["parity", "per_decade"] == pytest.approx(-3, abs=0.2) and table.loc["parity", "runs"] == 60

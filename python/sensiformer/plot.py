@@ -267,6 +267,32 @@ def slopes(runs, metric="sharpness", x="n", converged_only=True, level=0.95) -> 
     return pd.DataFrame(rows, columns=["target", "slope", "ci_low", "ci_high", "stderr", "r", "runs", "lengths"])
 
 
+def frontier_shift(runs, converged_only=True, level=0.95) -> pd.DataFrame:
+    """How the norm/blowup tradeoff moves with n, per target: the least-squares fit
+    ``param_norm = a + b log10(blowup) + c n`` over the (converged) runs, with c's ``level``
+    confidence interval (t distribution). c > 0: at a given blowup, longer inputs need a larger
+    parameter norm, so the frontier moves outward with n (the paper's claim for PARITY)."""
+    df = converged(runs) if converged_only else runs
+    rows = []
+    for t in _targets(df):
+        sub = df[df["target"] == t].dropna(subset=["blowup_maxs_prod", "param_norm"])
+        sub = sub[sub["blowup_maxs_prod"].astype(float) > 0]
+        n, y = sub["n"].astype(float).to_numpy(), sub["param_norm"].astype(float).to_numpy()
+        X = np.column_stack([np.ones_like(n), np.log10(sub["blowup_maxs_prod"].astype(float).to_numpy()), n])
+        row = dict(target=t, per_bit=math.nan, ci_low=math.nan, ci_high=math.nan, per_decade=math.nan, runs=len(y),
+                   lengths=int(len(set(n))))
+        if len(y) > 3 and len(set(n)) >= 2 and np.linalg.matrix_rank(X) == 3:
+            coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+            dof = len(y) - 3
+            sigma2 = float(((y - X @ coef) ** 2).sum()) / dof
+            se = math.sqrt(sigma2 * np.linalg.inv(X.T @ X)[2, 2])
+            q = _t_quantile(0.5 + level / 2, dof)
+            row.update(per_bit=float(coef[2]), ci_low=float(coef[2] - q * se), ci_high=float(coef[2] + q * se),
+                       per_decade=float(coef[1]))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["target", "per_bit", "ci_low", "ci_high", "per_decade", "runs", "lengths"])
+
+
 def converged_counts(runs) -> pd.DataFrame:
     """Converged runs / finished runs per (target, n), as strings "k/m"."""
     if not len(runs):

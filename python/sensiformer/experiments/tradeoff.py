@@ -88,6 +88,15 @@ def _report(exp, store):
     df = exp.results(store)
     if not len(df):
         return f"{exp.sweep}: no finished runs"
+    from ..plot import LABELS, frontier_shift
+
     conv = df[df["converged"] == True]  # noqa: E712
     counts = conv.groupby("target").size().to_dict()
-    return (f"{exp.sweep}: {len(df)} runs, {len(conv)} converged (eval MSE < 1e-3) by target: {counts}")
+    lines = [f"{exp.sweep}: {len(df)} runs, {len(conv)} converged (eval MSE < 1e-3) by target: {counts}",
+             "frontier vs n: param_norm = a + b log10(blowup) + c n over the converged runs; c > 0: at a given "
+             "blowup, longer inputs need a larger norm"]
+    for r in frontier_shift(df).itertuples():
+        lines.append(f"  {LABELS.get(r.target, r.target):9s} c = {r.per_bit:+.3f} per bit   95% CI [{r.ci_low:+.3f}, "
+                     f"{r.ci_high:+.3f}]   b = {r.per_decade:+.2f} per decade of blowup   {r.runs} runs over "
+                     f"{r.lengths} lengths")
+    return "\n".join(lines)
