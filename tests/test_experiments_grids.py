@@ -66,6 +66,10 @@ def test_tradeoff_random_sweeps():
     # reproducible draws
     assert [c.key for c in E.tradeoff("paper").configs()] == [c.key for c in configs]
     assert [c.key for c in E.tradeoff("paper", sample_seed=1).configs()] != [c.key for c in configs]
+    # the quick preset draws lr from the official range too: a wider range lets every target reach large
+    # blowups and hides PARITY's frontier moving outward with n (issue 17 point 4)
+    quick_lrs = [c.lr for c in E.tradeoff("quick").configs()]
+    assert 1e-4 <= min(quick_lrs) and max(quick_lrs) <= 5e-4
 
 
 @pytest.mark.parametrize("variant,count,wds,steps", [("20k", 404, (0.0, 0.1, 0.2, 0.3), 20_000),
