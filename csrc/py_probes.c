@@ -67,7 +67,7 @@ done:
 }
 
 /* ln_blowup(model, x uint8 (B,T), theory, n_threads[, dec uint8 (B,S)]) -> (maxs, means), each float64
- * (n_ln, B); with dec (seq2seq) the rows of sf_seq2seq_ln_blowup. */
+ * (n_ln, B); with dec (seq2seq) the rows in the order of sf_seq2seq_ln_counts. */
 static PyObject *py_ln_blowup(PyObject *self, PyObject *args) {
     PyObject *mo, *xo, *deco = Py_None;
     int theory, nt;

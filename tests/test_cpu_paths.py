@@ -79,6 +79,12 @@ def test_every_build_has_the_baseline_and_show_config_reports_the_path():
     assert config["vector_bits"] in (128, 256, 512) and config["widest_vector_bits"] >= config["vector_bits"]
 
 
+def test_the_peak_is_measured_at_the_widest_vector_width_and_says_so():
+    config = sf.show_config(print_out=False, peak=True)
+    assert config["peak_vector_bits"] == config["widest_vector_bits"] >= config["vector_bits"]
+    assert config["peak_gflops_fp32"] > config["peak_gflops_fp64"] > 0
+
+
 def test_auto_takes_the_widest_path_that_proves_itself_faster():
     """x86-64-v4 only where its GEMM measured at least 5% faster than x86-64-v3's when the engine loaded."""
     proc = run_on_path("auto", "import json, sensiformer as sf; print(json.dumps(sf.show_config(print_out=False)))")

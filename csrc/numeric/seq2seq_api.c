@@ -1,4 +1,4 @@
-/* The numeric entry points behind sf_seq2seq_forward and sf_seq2seq_loss_and_grad, one precision. */
+/* The seq2seq model's forward and loss: sf_forward and sf_loss_and_grad on a model of kind SF_MODEL_SEQ2SEQ. */
 #include "seq2seq.h"
 
 #include <string.h>

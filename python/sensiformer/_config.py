@@ -66,6 +66,7 @@ def show_config(print_out: bool = True, peak: bool = False) -> dict:
     if peak:
         info["peak_gflops_fp32"] = round(measure_peak("float32"), 1)
         info["peak_gflops_fp64"] = round(measure_peak("float64"), 1)
+        info["peak_vector_bits"] = info["widest_vector_bits"]  # the width the peaks were measured at
     if print_out:
         for key, value in info.items():
             print(f"{key:>16}: {value}")
