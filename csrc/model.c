@@ -6,34 +6,18 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Per-layer tensors in nn.TransformerEncoderLayer's named_parameters() order. */
-static const struct {
+/* The per-layer tensor lists of engine.h as data. */
+typedef struct {
     const char *suffix;
     sf_tensor_kind kind;
-} layer_slots[] = {
-    {"self_attn.in_proj_weight", SF_KIND_WEIGHT}, {"self_attn.in_proj_bias", SF_KIND_BIAS},
-    {"self_attn.out_proj.weight", SF_KIND_WEIGHT}, {"self_attn.out_proj.bias", SF_KIND_BIAS},
-    {"linear1.weight", SF_KIND_WEIGHT},            {"linear1.bias", SF_KIND_BIAS},
-    {"linear2.weight", SF_KIND_WEIGHT},            {"linear2.bias", SF_KIND_BIAS},
-    {"norm1.weight", SF_KIND_NORM_WEIGHT},         {"norm1.bias", SF_KIND_NORM_BIAS},
-    {"norm2.weight", SF_KIND_NORM_WEIGHT},         {"norm2.bias", SF_KIND_NORM_BIAS},
-};
+    sf_init_rule init;
+} slot_info;
+#define SF_SLOT_INFO(slot, field, s2s_field, suffix, rows, cols, kind, init) {suffix, kind, SF_INIT_##init},
+static const slot_info encoder_slots[SF_ENC_SLOTS] = {SF_ENCODER_LAYER_TENSORS(SF_SLOT_INFO)};
+static const slot_info decoder_slots[SF_DEC_SLOTS] = {SF_DECODER_LAYER_TENSORS(SF_SLOT_INFO)};
+#undef SF_SLOT_INFO
 
-/* Per-layer tensors of nn.TransformerDecoderLayer (named_parameters() order). */
-static const struct {
-    const char *suffix;
-    sf_tensor_kind kind;
-} decoder_slots[SF_DEC_SLOTS] = {
-    {"self_attn.in_proj_weight", SF_KIND_WEIGHT},      {"self_attn.in_proj_bias", SF_KIND_BIAS},
-    {"self_attn.out_proj.weight", SF_KIND_WEIGHT},     {"self_attn.out_proj.bias", SF_KIND_BIAS},
-    {"multihead_attn.in_proj_weight", SF_KIND_WEIGHT}, {"multihead_attn.in_proj_bias", SF_KIND_BIAS},
-    {"multihead_attn.out_proj.weight", SF_KIND_WEIGHT}, {"multihead_attn.out_proj.bias", SF_KIND_BIAS},
-    {"linear1.weight", SF_KIND_WEIGHT},                {"linear1.bias", SF_KIND_BIAS},
-    {"linear2.weight", SF_KIND_WEIGHT},                {"linear2.bias", SF_KIND_BIAS},
-    {"norm1.weight", SF_KIND_NORM_WEIGHT},             {"norm1.bias", SF_KIND_NORM_BIAS},
-    {"norm2.weight", SF_KIND_NORM_WEIGHT},             {"norm2.bias", SF_KIND_NORM_BIAS},
-    {"norm3.weight", SF_KIND_NORM_WEIGHT},             {"norm3.bias", SF_KIND_NORM_BIAS},
-};
+sf_init_rule sf_slot_init(int decoder, int slot) { return (decoder ? decoder_slots : encoder_slots)[slot].init; }
 
 int sf_layer_slots(const sf_config *c) { return c->norm == SF_NORM_NONE ? 8 : 12; }
 
@@ -44,8 +28,8 @@ int sf_tensor_index(const sf_model *m, int layer, int slot) {
 /* Seq2seq table: tok, pos, encoder layers (12 each), encoder norm (2), decoder layers (18 each),
  * decoder norm (2), head (2). */
 int sf_seq2seq_tensor_index(const sf_model *m, int decoder, int layer, int slot) {
-    const int enc = 2 + m->cfg.n_layers * 12;
-    return decoder ? enc + 2 + layer * SF_DEC_SLOTS + slot : 2 + layer * 12 + slot;
+    const int enc = 2 + m->cfg.n_layers * SF_ENC_SLOTS;
+    return decoder ? enc + 2 + layer * SF_DEC_SLOTS + slot : 2 + layer * SF_ENC_SLOTS + slot;
 }
 
 static sf_status seq2seq_check(const sf_config *c) {
@@ -102,20 +86,29 @@ static void add_tensor(sf_model *m, const char *name, int ndim, int64_t r, int64
     m->n_params += t->size;
 }
 
+/* Layers first_layer.. of one stack, named "<prefix>.<l>.<suffix>", the first `slots` of its list. */
+static void add_layers(sf_model *m, const char *prefix, int first_layer, int layers, int slots, int decoder) {
+    const int64_t d = m->cfg.d_model, f = m->cfg.d_ff;
+#define SF_SLOT_SHAPE(slot, field, s2s_field, suffix, rows, cols, kind, init) {rows, cols},
+    const int64_t enc[SF_ENC_SLOTS][2] = {SF_ENCODER_LAYER_TENSORS(SF_SLOT_SHAPE)};
+    const int64_t dec[SF_DEC_SLOTS][2] = {SF_DECODER_LAYER_TENSORS(SF_SLOT_SHAPE)};
+#undef SF_SLOT_SHAPE
+    for (int l = 0; l < layers; l++)
+        for (int s = 0; s < slots; s++) {
+            const int64_t *shape = decoder ? dec[s] : enc[s];
+            const slot_info *info = decoder ? &decoder_slots[s] : &encoder_slots[s];
+            char name[96];
+            snprintf(name, sizeof name, "%s.%d.%s", prefix, l, info->suffix);
+            add_tensor(m, name, shape[1] ? 2 : 1, shape[0], shape[1], info->kind, first_layer + l);
+        }
+}
+
 static void build_tensor_table(sf_model *m) {
     const sf_config *c = &m->cfg;
-    int64_t d = c->d_model, h = d / 2, f = c->d_ff;
+    int64_t d = c->d_model, h = d / 2;
     add_tensor(m, "embedding.weight", 2, 2, h, SF_KIND_TOKEN_EMBEDDING, -1);
     add_tensor(m, "positional_encoding.weight", 2, c->n_positions, h, SF_KIND_POSITIONAL, -1);
-    const int64_t shapes[12][3] = {{2, 3 * d, d}, {1, 3 * d, 0}, {2, d, d}, {1, d, 0}, {2, f, d}, {1, f, 0},
-                                   {2, d, f},     {1, d, 0},     {1, d, 0}, {1, d, 0}, {1, d, 0}, {1, d, 0}};
-    for (int l = 0; l < c->n_layers; l++) {
-        for (int s = 0; s < sf_layer_slots(c); s++) {
-            char name[96];
-            snprintf(name, sizeof name, "encoders.layers.%d.%s", l, layer_slots[s].suffix);
-            add_tensor(m, name, (int)shapes[s][0], shapes[s][1], shapes[s][2], layer_slots[s].kind, l);
-        }
-    }
+    add_layers(m, "encoders.layers", 0, c->n_layers, sf_layer_slots(c), 0);
     if (c->final_norm) {
         add_tensor(m, "encoders.norm.weight", 1, d, 0, SF_KIND_NORM_WEIGHT, -1);
         add_tensor(m, "encoders.norm.bias", 1, d, 0, SF_KIND_NORM_BIAS, -1);
@@ -128,29 +121,13 @@ static void build_tensor_table(sf_model *m) {
  * (n_positions + 1), nn.Transformer's encoder and decoder stacks with their final norms, head. */
 static void build_seq2seq_table(sf_model *m) {
     const sf_config *c = &m->cfg;
-    int64_t d = c->d_model, h = d / 2, f = c->d_ff;
+    int64_t d = c->d_model, h = d / 2;
     add_tensor(m, "embedding.weight", 2, 3, h, SF_KIND_TOKEN_EMBEDDING, -1);
     add_tensor(m, "positional_encoding.weight", 2, (int64_t)c->n_positions + 1, h, SF_KIND_POSITIONAL, -1);
-    const int64_t enc_shapes[12][3] = {{2, 3 * d, d}, {1, 3 * d, 0}, {2, d, d}, {1, d, 0}, {2, f, d}, {1, f, 0},
-                                       {2, d, f},     {1, d, 0},     {1, d, 0}, {1, d, 0}, {1, d, 0}, {1, d, 0}};
-    char name[96];
-    for (int l = 0; l < c->n_layers; l++)
-        for (int s = 0; s < 12; s++) {
-            snprintf(name, sizeof name, "model.encoder.layers.%d.%s", l, layer_slots[s].suffix);
-            add_tensor(m, name, (int)enc_shapes[s][0], enc_shapes[s][1], enc_shapes[s][2], layer_slots[s].kind, l);
-        }
+    add_layers(m, "model.encoder.layers", 0, c->n_layers, SF_ENC_SLOTS, 0);
     add_tensor(m, "model.encoder.norm.weight", 1, d, 0, SF_KIND_NORM_WEIGHT, -1);
     add_tensor(m, "model.encoder.norm.bias", 1, d, 0, SF_KIND_NORM_BIAS, -1);
-    const int64_t dec_shapes[SF_DEC_SLOTS][3] = {{2, 3 * d, d}, {1, 3 * d, 0}, {2, d, d}, {1, d, 0}, {2, 3 * d, d},
-                                                 {1, 3 * d, 0}, {2, d, d},     {1, d, 0}, {2, f, d}, {1, f, 0},
-                                                 {2, d, f},     {1, d, 0},     {1, d, 0}, {1, d, 0}, {1, d, 0},
-                                                 {1, d, 0},     {1, d, 0},     {1, d, 0}};
-    for (int l = 0; l < c->n_decoder_layers; l++)
-        for (int s = 0; s < SF_DEC_SLOTS; s++) {
-            snprintf(name, sizeof name, "model.decoder.layers.%d.%s", l, decoder_slots[s].suffix);
-            add_tensor(m, name, (int)dec_shapes[s][0], dec_shapes[s][1], dec_shapes[s][2], decoder_slots[s].kind,
-                       c->n_layers + l);
-        }
+    add_layers(m, "model.decoder.layers", c->n_layers, c->n_decoder_layers, SF_DEC_SLOTS, 1);
     add_tensor(m, "model.decoder.norm.weight", 1, d, 0, SF_KIND_NORM_WEIGHT, -1);
     add_tensor(m, "model.decoder.norm.bias", 1, d, 0, SF_KIND_NORM_BIAS, -1);
     add_tensor(m, "linear_head.weight", 2, 1, d, SF_KIND_WEIGHT, -1);
@@ -165,7 +142,7 @@ sf_status sf_model_create(const sf_config *cfg, uint64_t seed, int identical_lay
     if (!m) return sf_fail(SF_ENOMEM, "out of memory creating the model");
     m->cfg = *cfg;
     m->elem = cfg->dtype == SF_F64 ? 8 : 4;
-    int max_tensors = 2 + cfg->n_layers * 12 + 4 + cfg->n_decoder_layers * SF_DEC_SLOTS + 2;
+    int max_tensors = 2 + cfg->n_layers * SF_ENC_SLOTS + 4 + cfg->n_decoder_layers * SF_DEC_SLOTS + 2;
     m->tensors = calloc((size_t)max_tensors, sizeof *m->tensors);
     if (!m->tensors) {
         free(m);

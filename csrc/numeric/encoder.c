@@ -110,19 +110,11 @@ void SF(encoder_params)(const sf_model *m, real *base, params *p) {
     p->pos = tensor(base, m, 1);
     for (int l = 0; l < c->n_layers; l++) {
         layer_params *q = &p->layer[l];
-        q->w_in = tensor(base, m, sf_tensor_index(m, l, 0));
-        q->b_in = tensor(base, m, sf_tensor_index(m, l, 1));
-        q->w_out = tensor(base, m, sf_tensor_index(m, l, 2));
-        q->b_out = tensor(base, m, sf_tensor_index(m, l, 3));
-        q->w1 = tensor(base, m, sf_tensor_index(m, l, 4));
-        q->b1 = tensor(base, m, sf_tensor_index(m, l, 5));
-        q->w2 = tensor(base, m, sf_tensor_index(m, l, 6));
-        q->b2 = tensor(base, m, sf_tensor_index(m, l, 7));
-        const int has_norm = c->norm != SF_NORM_NONE;
-        q->g1 = has_norm ? tensor(base, m, sf_tensor_index(m, l, 8)) : NULL;
-        q->be1 = has_norm ? tensor(base, m, sf_tensor_index(m, l, 9)) : NULL;
-        q->g2 = has_norm ? tensor(base, m, sf_tensor_index(m, l, 10)) : NULL;
-        q->be2 = has_norm ? tensor(base, m, sf_tensor_index(m, l, 11)) : NULL;
+        const int slots = sf_layer_slots(c); /* without LayerNorms, their views are NULL */
+#define SF_LAYER_VIEW(slot, field, s2s_field, ...)                                                                    \
+    q->field = SF_SLOT_##slot < slots ? tensor(base, m, sf_tensor_index(m, l, SF_SLOT_##slot)) : NULL;
+        SF_ENCODER_LAYER_TENSORS(SF_LAYER_VIEW)
+#undef SF_LAYER_VIEW
     }
     const int n = m->n_tensors;
     p->gf = c->final_norm ? tensor(base, m, n - 4) : NULL;

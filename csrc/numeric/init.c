@@ -20,9 +20,21 @@ static void fill_const(real *w, long n, real v) {
     for (long i = 0; i < n; i++) w[i] = v;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    const size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
+/* w by its init rule (engine.h's layer lists): xavier_uniform of the matrix's shape, Linear's default
+ * U(+-1/sqrt(fan_in)) with fan_in d or d_ff, or a constant. */
+static void init_by_rule(real *w, const sf_tensor_info *t, sf_init_rule rule, uint64_t key, const sf_config *c) {
+    switch (rule) {
+    case SF_INIT_XAVIER: fill_uniform(w, t->size, sqrt(6.0 / (double)(t->shape[0] + t->shape[1])), key); break;
+    case SF_INIT_UNIFORM_D: fill_uniform(w, t->size, 1.0 / sqrt((double)c->d_model), key); break;
+    case SF_INIT_UNIFORM_F: fill_uniform(w, t->size, 1.0 / sqrt((double)c->d_ff), key); break;
+    case SF_INIT_ZERO: fill_const(w, t->size, 0); break;
+    case SF_INIT_ONE: fill_const(w, t->size, 1); break;
+    }
+}
+
+/* Outside the layers: final LayerNorms 1 and 0, the readout Linear's defaults. */
+static sf_init_rule outer_rule(sf_tensor_kind kind) {
+    return kind == SF_KIND_NORM_WEIGHT ? SF_INIT_ONE : kind == SF_KIND_NORM_BIAS ? SF_INIT_ZERO : SF_INIT_UNIFORM_D;
 }
 
 /* nn.Transformer: its layers are built (and, within a stack, deep-copied) with the encoder's rules,
@@ -32,34 +44,24 @@ static int ends_with(const char *s, const char *suffix) {
 sf_status SF(s2s_init)(sf_model *m, uint64_t seed, int identical_layers) {
     const sf_config *c = &m->cfg;
     real *base = (real *)m->params;
-    const double d = c->d_model, F = c->d_ff;
     for (int i = 0; i < m->n_tensors; i++) {
         const sf_tensor_info *t = &m->tensors[i];
         real *w = base + t->offset;
-        int key_index = i;
-        if (identical_layers && t->layer >= 0) { /* a layer > 0 bias copies layer 0 of its stack */
-            const int dec = t->layer >= c->n_layers, l = dec ? t->layer - c->n_layers : t->layer;
-            key_index = i - sf_seq2seq_tensor_index(m, dec, l, 0) + sf_seq2seq_tensor_index(m, dec, 0, 0);
-        }
         const uint64_t own = sf_key(seed, SF_STREAM_INIT, (uint64_t)i);
-        switch (t->kind) {
-        case SF_KIND_TOKEN_EMBEDDING:
-        case SF_KIND_POSITIONAL: fill_normal(w, t->size, own); break;
-        case SF_KIND_NORM_WEIGHT: fill_const(w, t->size, 1); break;
-        case SF_KIND_NORM_BIAS: fill_const(w, t->size, 0); break;
-        case SF_KIND_WEIGHT:
-            if (t->layer < 0) fill_uniform(w, t->size, 1.0 / sqrt(d), own); /* readout */
-            else fill_uniform(w, t->size, sqrt(6.0 / (double)(t->shape[0] + t->shape[1])), own);
-            break;
-        case SF_KIND_BIAS: {
-            const uint64_t key = sf_key(seed, SF_STREAM_INIT, (uint64_t)key_index);
-            if (t->layer < 0) fill_uniform(w, t->size, 1.0 / sqrt(d), own);
-            else if (ends_with(t->name, "linear1.bias")) fill_uniform(w, t->size, 1.0 / sqrt(d), key);
-            else if (ends_with(t->name, "linear2.bias")) fill_uniform(w, t->size, 1.0 / sqrt(F), key);
-            else fill_const(w, t->size, 0); /* in_proj and out_proj biases */
-            break;
+        if (t->kind == SF_KIND_TOKEN_EMBEDDING || t->kind == SF_KIND_POSITIONAL) {
+            fill_normal(w, t->size, own);
+            continue;
         }
+        if (t->layer < 0) {
+            init_by_rule(w, t, outer_rule(t->kind), own, c);
+            continue;
         }
+        const int dec = t->layer >= c->n_layers, l = dec ? t->layer - c->n_layers : t->layer;
+        const int slot = i - sf_seq2seq_tensor_index(m, dec, l, 0);
+        /* a layer > 0 bias copies layer 0 of its stack (its draws use layer 0's key) */
+        const int key_index = identical_layers ? sf_seq2seq_tensor_index(m, dec, 0, slot) : i;
+        const uint64_t key = t->kind == SF_KIND_BIAS ? sf_key(seed, SF_STREAM_INIT, (uint64_t)key_index) : own;
+        init_by_rule(w, t, t->kind == SF_KIND_WEIGHT ? SF_INIT_XAVIER : sf_slot_init(dec, slot), key, c);
     }
     memset(m->grads, 0, (size_t)m->n_params * sizeof(real));
     return SF_OK;
@@ -69,7 +71,6 @@ sf_status SF(model_init)(sf_model *m, uint64_t seed, int identical_layers) {
     if (m->cfg.kind == SF_MODEL_SEQ2SEQ) return SF(s2s_init)(m, seed, identical_layers);
     const sf_config *c = &m->cfg;
     real *base = (real *)m->params;
-    const double d = c->d_model, F = c->d_ff;
     for (int i = 0; i < m->n_tensors; i++) {
         const sf_tensor_info *t = &m->tensors[i];
         real *w = base + t->offset;
@@ -77,22 +78,8 @@ sf_status SF(model_init)(sf_model *m, uint64_t seed, int identical_layers) {
         /* copies of layer 0 draw from layer 0's streams */
         const int key_index = identical_layers && t->layer > 0 ? sf_tensor_index(m, 0, slot) : i;
         const uint64_t key = sf_key(seed, SF_STREAM_INIT, (uint64_t)key_index);
-        switch (t->kind) {
-        case SF_KIND_TOKEN_EMBEDDING:
-        case SF_KIND_POSITIONAL: fill_normal(w, t->size, key); break;
-        case SF_KIND_NORM_WEIGHT: fill_const(w, t->size, 1); break;
-        case SF_KIND_NORM_BIAS: fill_const(w, t->size, 0); break;
-        case SF_KIND_WEIGHT:
-            if (slot == 0) fill_uniform(w, t->size, sqrt(6.0 / (d + 3 * d)), key);    /* in_proj */
-            else if (slot == 6) fill_uniform(w, t->size, 1.0 / sqrt(F), key);         /* linear2 */
-            else fill_uniform(w, t->size, 1.0 / sqrt(d), key);                        /* out_proj, linear1, head */
-            break;
-        case SF_KIND_BIAS:
-            if (slot == 1 || slot == 3) fill_const(w, t->size, 0);                    /* in_proj, out_proj */
-            else if (slot == 7) fill_uniform(w, t->size, 1.0 / sqrt(F), key);         /* linear2 */
-            else fill_uniform(w, t->size, 1.0 / sqrt(d), key);                        /* linear1, head */
-            break;
-        }
+        if (t->kind == SF_KIND_TOKEN_EMBEDDING || t->kind == SF_KIND_POSITIONAL) fill_normal(w, t->size, key);
+        else init_by_rule(w, t, slot >= 0 ? sf_slot_init(0, slot) : outer_rule(t->kind), key, c);
     }
     memset(m->grads, 0, (size_t)m->n_params * sizeof(real));
     return SF_OK;

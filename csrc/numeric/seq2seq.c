@@ -19,20 +19,17 @@ void SF(s2s_params)(const sf_model *m, real *base, s2s_params *p) {
 #define NEXT (base + m->tensors[i++].offset)
     p->tok = NEXT;
     p->pos = NEXT;
+#define SF_S2S_VIEW(slot, field, s2s_field, ...) w->s2s_field = NEXT;
     for (int l = 0; l < c->n_layers; l++) {
         s2s_layer_w *w = &p->enc[l];
-        w->self.w_in = NEXT, w->self.b_in = NEXT, w->self.w_out = NEXT, w->self.b_out = NEXT;
-        w->ffn.w1 = NEXT, w->ffn.b1 = NEXT, w->ffn.w2 = NEXT, w->ffn.b2 = NEXT;
-        for (int k = 0; k < 2; k++) w->norm[k].g = NEXT, w->norm[k].b = NEXT;
+        SF_ENCODER_LAYER_TENSORS(SF_S2S_VIEW)
     }
     p->enc_norm.g = NEXT, p->enc_norm.b = NEXT;
     for (int l = 0; l < c->n_decoder_layers; l++) {
         s2s_layer_w *w = &p->dec[l];
-        w->self.w_in = NEXT, w->self.b_in = NEXT, w->self.w_out = NEXT, w->self.b_out = NEXT;
-        w->cross.w_in = NEXT, w->cross.b_in = NEXT, w->cross.w_out = NEXT, w->cross.b_out = NEXT;
-        w->ffn.w1 = NEXT, w->ffn.b1 = NEXT, w->ffn.w2 = NEXT, w->ffn.b2 = NEXT;
-        for (int k = 0; k < 3; k++) w->norm[k].g = NEXT, w->norm[k].b = NEXT;
+        SF_DECODER_LAYER_TENSORS(SF_S2S_VIEW)
     }
+#undef SF_S2S_VIEW
     p->dec_norm.g = NEXT, p->dec_norm.b = NEXT;
     p->w_head = NEXT, p->b_head = NEXT;
 #undef NEXT
