@@ -18,7 +18,7 @@ import os as _os
 # cost a few microseconds per parallel region instead. Set OMP_WAIT_POLICY=active to override.
 _os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-from . import probes, targets
+from . import metrics, probes, targets
 from . import analysis
 from ._config import get_num_threads, set_memory_limit, set_num_threads, show_config
 from .checkpoint import Checkpoint, CheckpointError
@@ -50,5 +50,5 @@ def __dir__():
 
 __all__ = [
     "Adam", "AdamW", "Callback", "Checkpoint", "CheckpointError", "DivergenceError", "Estimate", "Measure", "NonFiniteParametersError", "Optimizer", "SGD", "Seq2SeqTransformer", "Trainer", "Transformer",
-    "get_num_threads", "interop", "load", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets", "test",
+    "get_num_threads", "interop", "load", "metrics", "probes", "restricted_subset", "set_memory_limit", "set_num_threads", "show_config", "targets", "test",
 ]

@@ -6,6 +6,7 @@ import numpy as np
 
 from . import probes
 from ._validation import check_float, check_int, check_seed
+from .metrics import METRICS, Settings, measure
 from .trainer import Callback
 
 _MEASURE_STREAM = 0x3EA5_0E5E  # keeps measurement batches apart from training batches
@@ -46,24 +47,31 @@ class Measure(Callback):
         (``hessian_iters`` steps at most) and the trace from ``hessian_samples`` probes.
     logit_scale : bool
         Also measure the attention-logit scale |q.k|/sqrt(d_head).
+    metrics : sequence of str, optional
+        The metrics to run, by name in ``sensiformer.metrics.METRICS`` (your own registered ones
+        too), instead of the flags above; ``metric_settings`` go to user metrics as ``settings.extra``.
     """
 
     def __init__(self, x=None, y=None, every=100, n_batches=1, sharpness=True, blowup=True, norm=True,
                  sigma=probes.DEFAULT_SIGMA, repeats=10, seed=0, definition="official", hessian=False,
-                 hessian_samples=20, hessian_iters=30, logit_scale=False):
+                 hessian_samples=20, hessian_iters=30, logit_scale=False, metrics=None, metric_settings=None):
         super().__init__(every=every)
         if (x is None) != (y is None):
             raise ValueError("give both x and y, or neither")
         self.x, self.y = x, y
         self.n_batches = check_int(n_batches, "n_batches", 1)
-        self.do_sharpness, self.do_blowup, self.do_norm = bool(sharpness), bool(blowup), bool(norm)
-        self.sigma = check_float(sigma, "sigma", 0.0)
-        self.repeats = check_int(repeats, "repeats", 1)
-        self.seed = check_seed(seed)
-        self.definition = definition
-        self.do_hessian, self.do_logits = bool(hessian), bool(logit_scale)
-        self.hessian_samples = check_int(hessian_samples, "hessian_samples", 1)
-        self.hessian_iters = check_int(hessian_iters, "hessian_iters", 1)
+        if metrics is None:
+            flags = dict(sharpness=sharpness, blowup=blowup, param_norm=norm, hessian=hessian,
+                         logit_scale=logit_scale)
+            metrics = ["loss"] + [name for name, on in flags.items() if on]
+        elif isinstance(metrics, str) or any(m not in METRICS for m in metrics):
+            raise ValueError(f"metrics must be names of registered metrics ({sorted(METRICS)}), got {metrics!r}")
+        self.metrics = tuple(metrics)
+        self.settings = dict(sigma=check_float(sigma, "sigma", 0.0), repeats=check_int(repeats, "repeats", 1),
+                             seed=check_seed(seed), definition=definition,
+                             hessian_samples=check_int(hessian_samples, "hessian_samples", 1),
+                             hessian_iters=check_int(hessian_iters, "hessian_iters", 1),
+                             extra=dict(metric_settings or {}))
 
     def _data(self, trainer):
         if self.x is None:
@@ -83,33 +91,11 @@ class Measure(Callback):
         return dict(decoder_input=trainer.model.teacher_forcing(bits))
 
     def __call__(self, trainer):
-        model = trainer.model
         x, y = self._data(trainer)
-        batch = len(x) // self.n_batches if len(x) % self.n_batches == 0 else len(x)
         row = {}
         seq = self._seq2seq_extras(trainer, x, y, row) if trainer._seq2seq else {}
-        row["measure_loss"] = model.loss(x, y, loss=trainer.loss, n_threads=trainer.n_threads, **seq)
-        if self.do_sharpness:
-            est = probes.sharpness(model, x, y, sigma=self.sigma, repeats=self.repeats, seed=self.seed,
-                                   batch_size=batch, paper_compatible=True, loss=trainer.loss,
-                                   n_threads=trainer.n_threads, **seq)
-            row.update(sharpness=est.value, sharpness_stderr=est.stderr)
-        if self.do_blowup and model.config["norm"] != "none":
-            blow = probes.ln_blowup(model, x, definition=self.definition, n_threads=trainer.n_threads, **seq)
-            if seq:  # encoder and decoder separately, complete and official
-                parts = ("encoder", "decoder", "official/encoder", "official/decoder")
-                row.update({f"blowup_{p.replace('/', '_')}_{k}": blow[f"{p}/{k}"] for p in parts
-                            for k in probes.LN_AGGREGATES})
-            else:
-                row.update({f"blowup_{k}": blow[k] for k in probes.LN_AGGREGATES})
-        if self.do_norm:
-            row["param_norm"] = probes.param_norm(model)
-        if self.do_hessian:
-            kw = dict(seed=self.seed, loss=trainer.loss, batch_size=batch, n_threads=trainer.n_threads, **seq)
-            top = probes.hessian_eigenvalues(model, x, y, k=1, max_iter=self.hessian_iters, **kw)
-            trace = probes.hessian_trace(model, x, y, samples=self.hessian_samples, **kw)
-            row.update(hessian_top=float(top.values[0]), hessian_trace=trace.value, hessian_trace_stderr=trace.stderr)
-        if self.do_logits:
-            scale = probes.attention_logit_scale(model, x, n_threads=trainer.n_threads, **seq)
-            row.update(logit_max=float(scale["max"].max()), logit_mean=float(scale["mean"].mean()))
+        settings = Settings(loss=trainer.loss, n_threads=trainer.n_threads, decoder_input=seq.get("decoder_input"),
+                            batch_size=len(x) // self.n_batches if len(x) % self.n_batches == 0 else len(x),
+                            **self.settings)
+        row.update(measure(trainer.model, x, y, self.metrics, settings))
         return row

@@ -148,21 +148,16 @@ def _measurement_data(trainer, batches):
 
 
 def _final_probes(model, trainer, cfg, n_threads):
-    from .. import probes
+    """The final measurement: loss, sharpness, blowup and norm (the metric registry, as ``Measure``)."""
+    from ..metrics import Settings, measure
 
     x, y = _measurement_data(trainer, cfg.measure_batches)
     if trainer.labels == "pm1":
         y = 2 * y - 1
-    out = dict(measure_loss=_finite(model.loss(x, y, n_threads=n_threads)))
-    est = probes.sharpness(model, x, y, sigma=cfg.sharpness_sigma, repeats=cfg.sharpness_repeats,
-                           seed=cfg.sharpness_seed, batch_size=trainer.batch_size, paper_compatible=True,
-                           n_threads=n_threads)
-    out.update(sharpness=_finite(est.value), sharpness_stderr=_finite(est.stderr))
-    if model.config["norm"] != "none":
-        blow = probes.ln_blowup(model, x, definition=cfg.blowup_definition, n_threads=n_threads)
-        out.update({f"blowup_{k}": _finite(blow[k]) for k in probes.LN_AGGREGATES})
-    out["param_norm"] = probes.param_norm(model)
-    return out
+    settings = Settings(batch_size=trainer.batch_size, n_threads=n_threads, sigma=cfg.sharpness_sigma,
+                        repeats=cfg.sharpness_repeats, seed=cfg.sharpness_seed, definition=cfg.blowup_definition)
+    row = measure(model, x, y, ("loss", "sharpness", "blowup", "param_norm"), settings)
+    return {k: v if k == "param_norm" else _finite(v) for k, v in row.items()}
 
 
 def _final_probes_seq2seq(trainer, cfg):
