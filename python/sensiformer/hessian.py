@@ -33,7 +33,6 @@ from ._validation import (as_finite_array, check_choice, check_float, check_int,
 from .blocks import block_indices
 from .estimate import Estimate
 from ._vocabulary import LOSSES
-from .probes import _seq_batches
 
 if TYPE_CHECKING:
     from ._typing import ArrayLike, BlockSpec, EngineModel, Exclude
@@ -69,7 +68,7 @@ class HessianOperator:
         self.model = model
         # a Seq2SeqTransformer: y are label sequences and the loss is teacher-forced (decoder_input,
         # default [SOS, y]); self.dec is None for the encoder
-        self.x, self.y, self.batch_size, self.dec = _seq_batches(model, x, y, batch_size, decoder_input)
+        self.x, self.y, self.batch_size, self.dec = model._probe_batches(x, y, batch_size, decoder_input)
         if loss == "bce" and not np.all((self.y >= 0) & (self.y <= 1)):
             raise ValueError("loss='bce' needs labels in [0, 1]")
         self.loss_code = LOSSES[loss]

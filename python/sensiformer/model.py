@@ -39,6 +39,22 @@ class _EngineModel:
     ``self._config`` and call ``_bind_buffers``."""
 
     _kind_name = ""
+    #: every model class by its file kind name (subclasses register themselves), so ``load`` needs no import
+    _classes: dict = {}
+
+    def _probe_batches(self, x, y, batch_size, decoder_input=None):
+        """(x, y, batch_size, decoder input) checked for a probe on ``batch_size``-row batches: a
+        seq2seq model's y are (rows, L) label sequences with its decoder inputs (default: teacher
+        forcing [SOS, y]); an encoder's decoder input is None."""
+        x, dec, y = self._probe_data(x, y, decoder_input)
+        batch_size = x.shape[0] if batch_size is None else check_int(batch_size, "batch_size", 1)
+        if x.shape[0] % batch_size:
+            raise ValueError(f"x has {x.shape[0]} rows, not a multiple of batch_size={batch_size}")
+        return x, y, batch_size, dec
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _EngineModel._classes[cls._kind_name] = cls
 
     def _bind_buffers(self):
         self._flat = self._engine.flat("params")
@@ -265,6 +281,12 @@ class Transformer(_EngineModel):
 
     _kind_name = "Transformer"
 
+    def _probe_data(self, x, y, decoder_input):
+        if decoder_input is not None:
+            raise TypeError("decoder_input is for a Seq2SeqTransformer")
+        x = as_tokens(x, "x", self.n_positions)
+        return x, None, as_values(y, "y", x.shape[0], self.dtype)
+
     def __init__(self, n_positions: int, d_model: int = 128, n_heads: int = 2, n_layers: int = 2,
                  d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
                  dtype: DType = "float32", seed: int = 0, final_norm: bool = False,
@@ -388,9 +410,7 @@ def load(path: PathLike) -> Transformer | Seq2SeqTransformer:
         raise ValueError(f"{path} is not a readable sensiformer model file ({type(err).__name__}: {err})") from err
     if "__meta__" not in contents:
         raise ValueError(f"{path} is not a sensiformer model file")
-    from .seq2seq import Seq2SeqTransformer
-
-    kinds = {"Transformer": Transformer, "Seq2SeqTransformer": Seq2SeqTransformer}
+    kinds = _EngineModel._classes
     try:
         meta = json.loads(str(contents["__meta__"]))
         if not isinstance(meta, dict):

@@ -75,23 +75,6 @@ def _is_seq2seq(model):
     return isinstance(model, Seq2SeqTransformer)
 
 
-def _seq_batches(model, x, y, batch_size, decoder_input=None):
-    """(x, y, batch_size, dec): a seq2seq model's y are (rows, L) label sequences and dec its decoder
-    inputs (default: teacher forcing [SOS, y]); an encoder's dec is None."""
-    if _is_seq2seq(model):
-        x, dec, y = model._loss_data(x, y, decoder_input)
-    else:
-        if decoder_input is not None:
-            raise TypeError("decoder_input is for a Seq2SeqTransformer")
-        x = as_tokens(x, "x", model.n_positions)
-        y = as_values(y, "y", x.shape[0], model.dtype)
-        dec = None
-    batch_size = x.shape[0] if batch_size is None else check_int(batch_size, "batch_size", 1)
-    if x.shape[0] % batch_size:
-        raise ValueError(f"x has {x.shape[0]} rows, not a multiple of batch_size={batch_size}")
-    return x, y, batch_size, dec
-
-
 def sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, sigma: float | None = None, rho: float | None = None,
               repeats: int = 10, seed: int = 0, exclude: Exclude = ("positional",), noise: ArrayLike | None = None,
               batch_size: int | None = None, paper_compatible: bool = False, as_pm1: bool = False, loss: str = "mse",
@@ -136,7 +119,7 @@ def sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, sigma: float | Non
     """
     check_choice(loss, "loss", tuple(LOSSES))
     model.require_finite("sharpness")
-    x, y, batch_size, dec = _seq_batches(model, x, y, batch_size, decoder_input)
+    x, y, batch_size, dec = model._probe_batches(x, y, batch_size, decoder_input)
     repeats = check_int(repeats, "repeats", 1, 1 << 20)
     seed = check_seed(seed)
     mask = tensor_mask(model, exclude)

@@ -139,6 +139,9 @@ class Seq2SeqTransformer(_EngineModel):
             return x, None
         return x, _as_decoder_input(decoder_input, x.shape[0], self.n_positions + 1)
 
+    def _probe_data(self, x, y, decoder_input):
+        return self._loss_data(x, y, decoder_input)
+
     def _loss_data(self, x, y, decoder_input):
         x, dec = self._inputs(x, decoder_input)
         y = _as_labels(y, "y", x.shape[0], self.dtype)
