@@ -281,6 +281,28 @@ class Transformer(_EngineModel):
 
     _kind_name = "Transformer"
 
+    def _probe_inputs(self, x, decoder_input, y, what):
+        """(x, decoder input) of a forward-only probe: the encoder takes no decoder input."""
+        if decoder_input is not None or y is not None:
+            raise TypeError("decoder_input and y are for a Seq2SeqTransformer")
+        return as_tokens(x, "x", self.n_positions), None
+
+    def _ln_names(self):
+        """The LayerNorms ``probes.ln_blowup`` reports, in its order."""
+        c = self._config
+        if c["norm"] == "none":
+            return []
+        names = [f"encoders.layers.{i}.norm{j}" for i in range(c["n_layers"]) for j in (1, 2)]
+        return names + (["encoders.norm"] if c["final_norm"] else [])
+
+    def _ln_groups(self):
+        """(key prefix, rows) of the blowup's aggregates: one group, every LayerNorm."""
+        return [("", slice(None))]
+
+    def _attention_modules(self):
+        """The attention modules ``probes.attention_logit_scale`` reports (None: one per layer, unnamed)."""
+        return None
+
     def _probe_data(self, x, y, decoder_input):
         if decoder_input is not None:
             raise TypeError("decoder_input is for a Seq2SeqTransformer")

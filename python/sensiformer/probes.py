@@ -69,12 +69,6 @@ def _included_size(model, mask):
     return int(sum(t["size"] for t, keep in zip(model.tensor_info, mask) if keep))
 
 
-def _is_seq2seq(model):
-    from .seq2seq import Seq2SeqTransformer
-
-    return isinstance(model, Seq2SeqTransformer)
-
-
 def sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, sigma: float | None = None, rho: float | None = None,
               repeats: int = 10, seed: int = 0, exclude: Exclude = ("positional",), noise: ArrayLike | None = None,
               batch_size: int | None = None, paper_compatible: bool = False, as_pm1: bool = False, loss: str = "mse",
@@ -155,46 +149,13 @@ LN_AGGREGATES = ("maxs_prod", "means_prod", "maxs_sum", "means_sum")
 def ln_names(model: EngineModel) -> list[str]:
     """Names of the LayerNorms ``ln_blowup`` reports, in its order (a seq2seq model: every LayerNorm,
     then the official subset as ``"official/<name>"``)."""
-    c = model.config
-    if _is_seq2seq(model):
-        enc = [f"model.encoder.layers.{i}.norm{j}" for i in range(c["n_layers"]) for j in (1, 2)]
-        dec = [f"model.decoder.layers.{i}.norm{j}" for i in range(c["n_decoder_layers"]) for j in (1, 2, 3)]
-        official = enc + [f"model.decoder.layers.{i}.norm{j}" for i in range(c["n_decoder_layers"]) for j in (1, 2)]
-        return enc + ["model.encoder.norm"] + dec + ["model.decoder.norm"] + [f"official/{n}" for n in official]
-    if c["norm"] == "none":
-        return []
-    names = [f"encoders.layers.{i}.norm{j}" for i in range(c["n_layers"]) for j in (1, 2)]
-    return names + (["encoders.norm"] if c["final_norm"] else [])
+    return model._ln_names()
 
 
 def _aggregates(maxs, means):
     """The products and sums over LayerNorms per sample, then the batch mean (the official aggregates)."""
     return dict(maxs_prod=float(np.prod(maxs, axis=0).mean()), means_prod=float(np.prod(means, axis=0).mean()),
                 maxs_sum=float(np.sum(maxs, axis=0).mean()), means_sum=float(np.sum(means, axis=0).mean()))
-
-
-def _ln_blowup_seq2seq(model, x, decoder_input, y, definition, per_sample, n_threads):
-    if (decoder_input is None) == (y is None):
-        raise TypeError("a Seq2SeqTransformer's ln_blowup needs decoder_input or y (teacher forcing [SOS, y]), "
-                        "exactly one of them")
-    if decoder_input is None:
-        decoder_input = model.teacher_forcing(y)
-    x, dec = model._inputs(x, decoder_input)
-    maxs, means = _engine.ln_blowup(model._engine, x, definition == "theory", resolve_threads(n_threads), dec)
-    names = ln_names(model)
-    result = {}
-    for name, mx, mn in zip(names, maxs, means):
-        result[f"{name}/max"] = float(mx.mean())
-        result[f"{name}/mean"] = float(mn.mean())
-    counts = _engine.seq2seq_ln_counts(model._engine)
-    bounds = np.cumsum((0,) + counts)
-    for group, part in enumerate(("encoder", "decoder", "official/encoder", "official/decoder")):
-        rows = slice(bounds[group], bounds[group + 1])
-        for key, value in _aggregates(maxs[rows], means[rows]).items():
-            result[f"{part}/{key}"] = value
-    if per_sample:
-        result["maxs"], result["means"] = maxs, means
-    return result
 
 
 def ln_blowup(model: EngineModel, x: ArrayLike, definition: str = "official", per_sample: bool = False,
@@ -224,19 +185,18 @@ def ln_blowup(model: EngineModel, x: ArrayLike, definition: str = "official", pe
     check_choice(definition, "definition", ("official", "theory"))
     per_sample = check_bool(per_sample, "per_sample")
     model.require_finite("ln_blowup")
-    if _is_seq2seq(model):
-        return _ln_blowup_seq2seq(model, x, decoder_input, y, definition, per_sample, n_threads)
-    if decoder_input is not None or y is not None:
-        raise TypeError("decoder_input and y are for a Seq2SeqTransformer")
-    if model.config["norm"] == "none":
+    x, dec = model._probe_inputs(x, decoder_input, y, "ln_blowup")
+    names = model._ln_names()
+    if not names:
         raise ValueError("the model has norm='none': there is no LayerNorm to probe")
-    x = as_tokens(x, "x", model.n_positions)
-    maxs, means = _engine.ln_blowup(model._engine, x, definition == "theory", resolve_threads(n_threads))
+    extra = () if dec is None else (dec,)
+    maxs, means = _engine.ln_blowup(model._engine, x, definition == "theory", resolve_threads(n_threads), *extra)
     result = {}
-    for name, mx, mn in zip(ln_names(model), maxs, means):
+    for name, mx, mn in zip(names, maxs, means):
         result[f"{name}/max"] = float(mx.mean())
         result[f"{name}/mean"] = float(mn.mean())
-    result.update(_aggregates(maxs, means))
+    for prefix, rows in model._ln_groups():
+        result.update({f"{prefix}{key}": value for key, value in _aggregates(maxs[rows], means[rows]).items()})
     if per_sample:
         result["maxs"], result["means"] = maxs, means
     return result
@@ -246,7 +206,7 @@ def autoregressive_accuracy(model: EngineModel, x: ArrayLike, y: ArrayLike, thre
                             n_threads: int | None = None) -> dict:
     """``token`` (the paper's ``autoregressive_accuracy``) and ``sequence`` accuracy of a
     ``Seq2SeqTransformer``'s autoregressive decoding of x against the label sequences y."""
-    if not _is_seq2seq(model):
+    if not hasattr(model, "autoregressive_accuracy"):  # only a model that decodes has it
         raise TypeError("autoregressive_accuracy needs a Seq2SeqTransformer")
     return model.autoregressive_accuracy(x, y, threshold=threshold, cache=cache, n_threads=n_threads)
 
@@ -304,22 +264,11 @@ def attention_logit_scale(model: EngineModel, x: ArrayLike, n_threads: int | Non
     causal mask lets it see) and the cross-attention layers, over every position.
     """
     model.require_finite("attention_logit_scale")
-    if _is_seq2seq(model):
-        if (decoder_input is None) == (y is None):
-            raise TypeError("a Seq2SeqTransformer's attention_logit_scale needs decoder_input or y "
-                            "(teacher forcing [SOS, y]), exactly one of them")
-        x, dec = model._inputs(x, model.teacher_forcing(y) if decoder_input is None else decoder_input)
-        maxs, means = _engine.attention_logits(model._engine, x, resolve_threads(n_threads), dec)
-        c = model.config
-        modules = ([f"model.encoder.layers.{i}.self_attn" for i in range(c["n_layers"])]
-                   + [f"model.decoder.layers.{i}.self_attn" for i in range(c["n_decoder_layers"])]
-                   + [f"model.decoder.layers.{i}.multihead_attn" for i in range(c["n_decoder_layers"])])
-        return {"max": maxs, "mean": means, "modules": modules}
-    if decoder_input is not None or y is not None:
-        raise TypeError("decoder_input and y are for a Seq2SeqTransformer")
-    x = as_tokens(x, "x", model.n_positions)
-    maxs, means = _engine.attention_logits(model._engine, x, resolve_threads(n_threads))
-    return {"max": maxs, "mean": means}
+    x, dec = model._probe_inputs(x, decoder_input, y, "attention_logit_scale")
+    extra = () if dec is None else (dec,)
+    maxs, means = _engine.attention_logits(model._engine, x, resolve_threads(n_threads), *extra)
+    modules = model._attention_modules()
+    return {"max": maxs, "mean": means} if modules is None else {"max": maxs, "mean": means, "modules": modules}
 
 
 # The Hessian and landscape probes live in their own modules; they import this one.

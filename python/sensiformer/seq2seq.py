@@ -142,6 +142,34 @@ class Seq2SeqTransformer(_EngineModel):
     def _probe_data(self, x, y, decoder_input):
         return self._loss_data(x, y, decoder_input)
 
+    def _probe_inputs(self, x, decoder_input, y, what):
+        """(x, decoder input) of a forward-only probe: the decoder input, or the teacher forcing [SOS, y]."""
+        if (decoder_input is None) == (y is None):
+            raise TypeError(f"a Seq2SeqTransformer's {what} needs decoder_input or y (teacher forcing [SOS, y]), "
+                            "exactly one of them")
+        return self._inputs(x, self.teacher_forcing(y) if decoder_input is None else decoder_input)
+
+    def _ln_names(self):
+        """Every LayerNorm (encoder, final encoder norm, decoder, final decoder norm), then the official
+        hooks' subset as ``"official/<name>"``: the rows of ``probes.ln_blowup``."""
+        c = self._config
+        enc = [f"model.encoder.layers.{i}.norm{j}" for i in range(c["n_layers"]) for j in (1, 2)]
+        dec = [f"model.decoder.layers.{i}.norm{j}" for i in range(c["n_decoder_layers"]) for j in (1, 2, 3)]
+        official = enc + [f"model.decoder.layers.{i}.norm{j}" for i in range(c["n_decoder_layers"]) for j in (1, 2)]
+        return enc + ["model.encoder.norm"] + dec + ["model.decoder.norm"] + [f"official/{n}" for n in official]
+
+    def _ln_groups(self):
+        """(key prefix, rows) of the blowup's aggregates: each stack, complete and official."""
+        bounds = np.cumsum((0,) + _engine.seq2seq_ln_counts(self._engine))
+        parts = ("encoder", "decoder", "official/encoder", "official/decoder")
+        return [(f"{part}/", slice(bounds[g], bounds[g + 1])) for g, part in enumerate(parts)]
+
+    def _attention_modules(self):
+        c = self._config
+        return ([f"model.encoder.layers.{i}.self_attn" for i in range(c["n_layers"])]
+                + [f"model.decoder.layers.{i}.self_attn" for i in range(c["n_decoder_layers"])]
+                + [f"model.decoder.layers.{i}.multihead_attn" for i in range(c["n_decoder_layers"])])
+
     def _loss_data(self, x, y, decoder_input):
         x, dec = self._inputs(x, decoder_input)
         y = _as_labels(y, "y", x.shape[0], self.dtype)
