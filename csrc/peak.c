@@ -5,7 +5,6 @@
 #include "engine.h"
 #include "threads.h"
 
-#include <string.h>
 #include <time.h>
 
 #define ACCS 12

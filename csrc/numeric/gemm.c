@@ -26,55 +26,6 @@
 #define KSPLIT_MAX_C 262144L  /* ... when C has at most this many elements */
 #define STREAMED (1L << 19)   /* bytes of A and C rows beyond which they come from memory, not cache */
 
-/* A partial tile (mr <= MR rows, nr <= NR columns) at the right or bottom edge, with the same
- * arithmetic as a full tile; compiled per path so that it uses the same instructions (FMA). */
-#define DEFINE_TILE_EDGE(NAME, NR_BYTES)                                                               \
-    static void NAME(long mr, long nr, long kc, const real *a, long sai, long sak, const real *b,  \
-                          long ldb, real *c, long ldc, const real *bias, int add) {                     \
-        real acc[NR_BYTES / sizeof(real)];                                                              \
-        for (long r = 0; r < mr; r++) {                                                                 \
-            for (long q = 0; q < nr; q++) acc[q] = 0;                                                   \
-            for (long k = 0; k < kc; k++) {                                                             \
-                const real ar = a[r * sai + k * sak], *bk = b + k * ldb;                                \
-                _Pragma("omp simd") for (long q = 0; q < nr; q++) acc[q] += ar * bk[q];                 \
-            }                                                                                           \
-            real *cr = c + r * ldc;                                                                     \
-            for (long q = 0; q < nr; q++) {                                                             \
-                cr[q] = add ? cr[q] + acc[q] : acc[q];                                                  \
-                if (bias) cr[q] += bias[q];                                                             \
-            }                                                                                           \
-        }                                                                                               \
-    }
-
-/* One full MR x NR tile over kc steps of k: c (+)= a b (+ bias). The portable micro-kernel;
- * arithmetic: one multiply-add per k in k order from zero, then added to C, then the bias. */
-#define DEFINE_TILE_GENERIC(NAME, MR, NR_BYTES)                                                        \
-    static inline void NAME(long kc, const real *a, long sai, long sak, const real *b, long ldb,  \
-                                 real *c, long ldc, const real *bias, int add) {                        \
-        enum { NR = NR_BYTES / (int)sizeof(real) };                                                     \
-        real acc[MR][NR];                                                                               \
-        _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++)                                           \
-            _Pragma("omp simd") for (int q = 0; q < NR; q++) acc[r][q] = 0;                             \
-        for (long k = 0; k < kc; k++) {                                                                 \
-            const real *bk = b + k * ldb;                                                               \
-            _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++) {                                     \
-                const real ar = a[r * sai + k * sak];                                                   \
-                _Pragma("omp simd") for (int q = 0; q < NR; q++) acc[r][q] += ar * bk[q];               \
-            }                                                                                           \
-        }                                                                                               \
-        _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++) {                                         \
-            real *cr = c + r * ldc;                                                                     \
-            if (add) {                                                                                  \
-                _Pragma("omp simd") for (int q = 0; q < NR; q++) cr[q] += acc[r][q];                    \
-            } else {                                                                                    \
-                _Pragma("omp simd") for (int q = 0; q < NR; q++) cr[q] = acc[r][q];                     \
-            }                                                                                           \
-            if (bias) {                                                                                 \
-                _Pragma("omp simd") for (int q = 0; q < NR; q++) cr[q] += bias[q];                      \
-            }                                                                                           \
-        }                                                                                               \
-    }
-
 /* Copy B's block (kc rows from b, columns [0, n)) into contiguous kc x nr panels, the last one
  * partial: a tile then reads its panel from consecutive lines rather than one line per k at
  * stride ldb, which maps a whole panel onto a few L1 sets (and it can read a transposed B). */
@@ -135,14 +86,66 @@ static inline void prefetch_next_block(long t, long tiles, long kn, const real *
 #define NR (GEMM_NR_BYTES / (int)sizeof(real))
 #define TILE tile_simd
 #define EDGE tile_simd_edge
-#else
-DEFINE_TILE_GENERIC(tile_base, 4, 32)
-DEFINE_TILE_EDGE(edge_base, 32)
+#else /* the baseline build's portable micro-kernel: a 4 x 32-byte tile */
 #define MR 4
 #define NR (32 / (int)sizeof(real))
 #define TILE tile_base
 #define EDGE edge_base
 #define GEMM_ISA
+
+/* One full MR x NR tile over kc steps of k: c (+)= a b (+ bias). Arithmetic, as the vector paths':
+ * one multiply-add per k in k order from zero, then added to C, then the bias. */
+static inline void tile_base(long kc, const real *a, long sai, long sak, const real *b, long ldb, real *c, long ldc,
+                             const real *bias, int add) {
+    real acc[MR][NR];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+#pragma omp simd
+        for (int q = 0; q < NR; q++) acc[r][q] = 0;
+    for (long k = 0; k < kc; k++) {
+        const real *bk = b + k * ldb;
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++) {
+            const real ar = a[r * sai + k * sak];
+#pragma omp simd
+            for (int q = 0; q < NR; q++) acc[r][q] += ar * bk[q];
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++) {
+        real *cr = c + r * ldc;
+        if (add) {
+#pragma omp simd
+            for (int q = 0; q < NR; q++) cr[q] += acc[r][q];
+        } else {
+#pragma omp simd
+            for (int q = 0; q < NR; q++) cr[q] = acc[r][q];
+        }
+        if (bias) {
+#pragma omp simd
+            for (int q = 0; q < NR; q++) cr[q] += bias[q];
+        }
+    }
+}
+
+/* A partial tile (mr <= MR rows, nr <= NR columns) at the right or bottom edge, same arithmetic. */
+static void edge_base(long mr, long nr, long kc, const real *a, long sai, long sak, const real *b, long ldb, real *c,
+                      long ldc, const real *bias, int add) {
+    real acc[NR];
+    for (long r = 0; r < mr; r++) {
+        for (long q = 0; q < nr; q++) acc[q] = 0;
+        for (long k = 0; k < kc; k++) {
+            const real ar = a[r * sai + k * sak], *bk = b + k * ldb;
+#pragma omp simd
+            for (long q = 0; q < nr; q++) acc[q] += ar * bk[q];
+        }
+        real *cr = c + r * ldc;
+        for (long q = 0; q < nr; q++) {
+            cr[q] = add ? cr[q] + acc[q] : acc[q];
+            if (bias) cr[q] += bias[q];
+        }
+    }
+}
 #endif
 
 /* The cache-blocked loop over tiles of C rows [i0,i1) x columns [j0,j1): K in KC blocks; per
