@@ -1,6 +1,8 @@
 /* sensiformer._engine.Model: owns an sf_model; parameters are exposed as zero-copy views. */
 #include "py_util.h"
 
+#include <time.h>
+
 int sf_py_model_ready(SfModelObject *m) {
     if (!m->model) {
         PyErr_SetString(PyExc_RuntimeError, "the engine model was not initialised");
@@ -14,6 +16,21 @@ int sf_py_model_acquire(SfModelObject *m) {
     if (m->busy) {
         PyErr_SetString(PyExc_RuntimeError, "this model is being used by another call (one thread at a time per model)");
         return -1;
+    }
+    m->busy = 1;
+    return 0;
+}
+
+/* For a training stretch: another thread may hold the model for a moment between stretches (a
+ * save, a state dict, a probe); fit waits for it rather than failing. The flag changes only under
+ * the GIL, so checking it with the GIL held is race-free; the GIL is released while sleeping. */
+int sf_py_model_acquire_waiting(SfModelObject *m) {
+    if (sf_py_model_ready(m) < 0) return -1;
+    while (m->busy) {
+        Py_BEGIN_ALLOW_THREADS
+        nanosleep(&(struct timespec){0, 200000}, NULL);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0) return -1;
     }
     m->busy = 1;
     return 0;

@@ -284,7 +284,7 @@ static PyObject *py_train(PyObject *self, PyObject *args) {
         goto out_arrays;
     }
     if (data_spec_parse(target, sampler, &s) < 0) goto out_spec;
-    if (sf_py_model_acquire(model) < 0) goto out_spec;
+    if (sf_py_model_acquire_waiting(model) < 0) goto out_spec;
     sf_train_config tc = {loss_kind, pm1, B, T, seed, threshold};
     double *rec = PyArray_DATA(record);
     const npy_intp stride = PyArray_DIM(record, 1);

@@ -48,6 +48,7 @@ extern PyTypeObject SfModelType;
 extern PyTypeObject SfOptimizerType;
 int sf_py_model_ready(SfModelObject *m); /* -1 with an exception if uninitialised */
 int sf_py_model_acquire(SfModelObject *m);
+int sf_py_model_acquire_waiting(SfModelObject *m);
 void sf_py_model_release(SfModelObject *m);
 
 typedef struct {

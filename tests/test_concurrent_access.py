@@ -73,6 +73,19 @@ def test_python_side_access_during_fit_is_refused_or_consistent(tmp_path):
         assert sf.load(path).num_parameters == model.num_parameters
 
 
+def test_fit_waits_for_a_python_side_hold_instead_of_failing():
+    """A save or state dict in another thread holds the model for a moment; the training stretch
+    that starts meanwhile waits for it (it used to fail the whole fit)."""
+    trainer = _trainer()
+    thread = threading.Thread(target=lambda: trainer.fit(50, log_every=10, progress=False))
+    with trainer.model._exclusive("test hold"):
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive() and trainer.step_count == 0  # waiting for the hold, not failed
+    thread.join(60)
+    assert not thread.is_alive() and trainer.step_count == 50 and trainer.status != "failed"
+
+
 def test_a_checkpoint_callback_still_saves_during_fit(tmp_path):
     trainer = _trainer()
     trainer.fit(20, log_every=10, progress=False, callbacks=[sf.Checkpoint(tmp_path / "ck.npz", every=10)])

@@ -47,8 +47,8 @@ def same(a, b):
     a, b = np.asarray(a), np.asarray(b)
     try:
         return np.array_equal(a, b, equal_nan=True)
-    except TypeError:  # object or string arrays
-        return a.shape == b.shape and a.dtype == b.dtype and a.tolist() == b.tolist()
+    except TypeError:  # object or string arrays; inside a list, == takes the same object (a NaN too) as equal
+        return a.shape == b.shape and a.dtype == b.dtype and [a.tolist()] == [b.tolist()]
 
 
 def tokens_valid(x, n_positions):
