@@ -52,45 +52,46 @@ sf_status sf_check_budget(size_t bytes, const char *what);
 sf_status sf_workspace_reserve(sf_workspace *w, size_t bytes);
 
 /* The per-layer tensors, declared once, in PyTorch's named_parameters() order:
- * X(slot, encoder-model field, seq2seq field, name suffix, rows, cols (0: a vector), kind, init rule).
+ * X(slot, view field, name suffix, rows, cols (0: a vector), kind, init rule). An encoder layer's
+ * fields are layer_params' (encoder.h): both model kinds run their encoder layers through one stack.
  * The tensor tables (model.c), the parameter views (encoder.c, seq2seq.c) and the initialisation
  * (init.c) all follow from them; `d` and `f` (d_ff) are in scope where a list is expanded. The
  * init rules: XAVIER (xavier_uniform of the matrix), UNIFORM_D / UNIFORM_F (U(+-1/sqrt(d)),
  * U(+-1/sqrt(d_ff)): Linear's defaults), ZERO, ONE. The seq2seq model redraws every matrix inside
  * nn.Transformer with xavier_uniform (init.c). */
 #define SF_ENCODER_LAYER_TENSORS(X)                                                                                   \
-    X(W_IN, w_in, self.w_in, "self_attn.in_proj_weight", 3 * d, d, SF_KIND_WEIGHT, XAVIER)                         \
-    X(B_IN, b_in, self.b_in, "self_attn.in_proj_bias", 3 * d, 0, SF_KIND_BIAS, ZERO)                               \
-    X(W_OUT, w_out, self.w_out, "self_attn.out_proj.weight", d, d, SF_KIND_WEIGHT, UNIFORM_D)                       \
-    X(B_OUT, b_out, self.b_out, "self_attn.out_proj.bias", d, 0, SF_KIND_BIAS, ZERO)                               \
-    X(W1, w1, ffn.w1, "linear1.weight", f, d, SF_KIND_WEIGHT, UNIFORM_D)                                           \
-    X(B1, b1, ffn.b1, "linear1.bias", f, 0, SF_KIND_BIAS, UNIFORM_D)                                              \
-    X(W2, w2, ffn.w2, "linear2.weight", d, f, SF_KIND_WEIGHT, UNIFORM_F)                                           \
-    X(B2, b2, ffn.b2, "linear2.bias", d, 0, SF_KIND_BIAS, UNIFORM_F)                                              \
-    X(G1, g1, norm[0].g, "norm1.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                          \
-    X(BE1, be1, norm[0].b, "norm1.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)                                           \
-    X(G2, g2, norm[1].g, "norm2.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                          \
-    X(BE2, be2, norm[1].b, "norm2.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)
-/* nn.TransformerDecoderLayer's (the encoder-model field is unused: only the seq2seq model has them) */
+    X(W_IN, w_in, "self_attn.in_proj_weight", 3 * d, d, SF_KIND_WEIGHT, XAVIER)                                      \
+    X(B_IN, b_in, "self_attn.in_proj_bias", 3 * d, 0, SF_KIND_BIAS, ZERO)                                            \
+    X(W_OUT, w_out, "self_attn.out_proj.weight", d, d, SF_KIND_WEIGHT, UNIFORM_D)                                    \
+    X(B_OUT, b_out, "self_attn.out_proj.bias", d, 0, SF_KIND_BIAS, ZERO)                                             \
+    X(W1, w1, "linear1.weight", f, d, SF_KIND_WEIGHT, UNIFORM_D)                                                     \
+    X(B1, b1, "linear1.bias", f, 0, SF_KIND_BIAS, UNIFORM_D)                                                         \
+    X(W2, w2, "linear2.weight", d, f, SF_KIND_WEIGHT, UNIFORM_F)                                                     \
+    X(B2, b2, "linear2.bias", d, 0, SF_KIND_BIAS, UNIFORM_F)                                                         \
+    X(G1, g1, "norm1.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                                        \
+    X(BE1, be1, "norm1.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)                                                         \
+    X(G2, g2, "norm2.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                                        \
+    X(BE2, be2, "norm2.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)
+/* nn.TransformerDecoderLayer's (only the seq2seq model has them; fields of s2s_layer_w) */
 #define SF_DECODER_LAYER_TENSORS(X)                                                                                   \
-    X(D_W_IN, -, self.w_in, "self_attn.in_proj_weight", 3 * d, d, SF_KIND_WEIGHT, XAVIER)                          \
-    X(D_B_IN, -, self.b_in, "self_attn.in_proj_bias", 3 * d, 0, SF_KIND_BIAS, ZERO)                                \
-    X(D_W_OUT, -, self.w_out, "self_attn.out_proj.weight", d, d, SF_KIND_WEIGHT, UNIFORM_D)                        \
-    X(D_B_OUT, -, self.b_out, "self_attn.out_proj.bias", d, 0, SF_KIND_BIAS, ZERO)                                 \
-    X(D_CW_IN, -, cross.w_in, "multihead_attn.in_proj_weight", 3 * d, d, SF_KIND_WEIGHT, XAVIER)                   \
-    X(D_CB_IN, -, cross.b_in, "multihead_attn.in_proj_bias", 3 * d, 0, SF_KIND_BIAS, ZERO)                         \
-    X(D_CW_OUT, -, cross.w_out, "multihead_attn.out_proj.weight", d, d, SF_KIND_WEIGHT, UNIFORM_D)                 \
-    X(D_CB_OUT, -, cross.b_out, "multihead_attn.out_proj.bias", d, 0, SF_KIND_BIAS, ZERO)                          \
-    X(D_W1, -, ffn.w1, "linear1.weight", f, d, SF_KIND_WEIGHT, UNIFORM_D)                                          \
-    X(D_B1, -, ffn.b1, "linear1.bias", f, 0, SF_KIND_BIAS, UNIFORM_D)                                             \
-    X(D_W2, -, ffn.w2, "linear2.weight", d, f, SF_KIND_WEIGHT, UNIFORM_F)                                          \
-    X(D_B2, -, ffn.b2, "linear2.bias", d, 0, SF_KIND_BIAS, UNIFORM_F)                                             \
-    X(D_G1, -, norm[0].g, "norm1.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                         \
-    X(D_BE1, -, norm[0].b, "norm1.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)                                           \
-    X(D_G2, -, norm[1].g, "norm2.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                         \
-    X(D_BE2, -, norm[1].b, "norm2.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)                                           \
-    X(D_G3, -, norm[2].g, "norm3.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                         \
-    X(D_BE3, -, norm[2].b, "norm3.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)
+    X(D_W_IN, self.w_in, "self_attn.in_proj_weight", 3 * d, d, SF_KIND_WEIGHT, XAVIER)                               \
+    X(D_B_IN, self.b_in, "self_attn.in_proj_bias", 3 * d, 0, SF_KIND_BIAS, ZERO)                                     \
+    X(D_W_OUT, self.w_out, "self_attn.out_proj.weight", d, d, SF_KIND_WEIGHT, UNIFORM_D)                             \
+    X(D_B_OUT, self.b_out, "self_attn.out_proj.bias", d, 0, SF_KIND_BIAS, ZERO)                                      \
+    X(D_CW_IN, cross.w_in, "multihead_attn.in_proj_weight", 3 * d, d, SF_KIND_WEIGHT, XAVIER)                        \
+    X(D_CB_IN, cross.b_in, "multihead_attn.in_proj_bias", 3 * d, 0, SF_KIND_BIAS, ZERO)                              \
+    X(D_CW_OUT, cross.w_out, "multihead_attn.out_proj.weight", d, d, SF_KIND_WEIGHT, UNIFORM_D)                      \
+    X(D_CB_OUT, cross.b_out, "multihead_attn.out_proj.bias", d, 0, SF_KIND_BIAS, ZERO)                               \
+    X(D_W1, ffn.w1, "linear1.weight", f, d, SF_KIND_WEIGHT, UNIFORM_D)                                               \
+    X(D_B1, ffn.b1, "linear1.bias", f, 0, SF_KIND_BIAS, UNIFORM_D)                                                   \
+    X(D_W2, ffn.w2, "linear2.weight", d, f, SF_KIND_WEIGHT, UNIFORM_F)                                               \
+    X(D_B2, ffn.b2, "linear2.bias", d, 0, SF_KIND_BIAS, UNIFORM_F)                                                   \
+    X(D_G1, norm[0].g, "norm1.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                               \
+    X(D_BE1, norm[0].b, "norm1.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)                                                 \
+    X(D_G2, norm[1].g, "norm2.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                               \
+    X(D_BE2, norm[1].b, "norm2.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)                                                 \
+    X(D_G3, norm[2].g, "norm3.weight", d, 0, SF_KIND_NORM_WEIGHT, ONE)                                               \
+    X(D_BE3, norm[2].b, "norm3.bias", d, 0, SF_KIND_NORM_BIAS, ZERO)
 
 #define SF_SLOT_ENUM(slot, ...) SF_SLOT_##slot,
 enum { SF_ENCODER_LAYER_TENSORS(SF_SLOT_ENUM) SF_ENC_SLOTS };

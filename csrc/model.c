@@ -12,7 +12,7 @@ typedef struct {
     sf_tensor_kind kind;
     sf_init_rule init;
 } slot_info;
-#define SF_SLOT_INFO(slot, field, s2s_field, suffix, rows, cols, kind, init) {suffix, kind, SF_INIT_##init},
+#define SF_SLOT_INFO(slot, field, suffix, rows, cols, kind, init) {suffix, kind, SF_INIT_##init},
 static const slot_info encoder_slots[SF_ENC_SLOTS] = {SF_ENCODER_LAYER_TENSORS(SF_SLOT_INFO)};
 static const slot_info decoder_slots[SF_DEC_SLOTS] = {SF_DECODER_LAYER_TENSORS(SF_SLOT_INFO)};
 #undef SF_SLOT_INFO
@@ -89,7 +89,7 @@ static void add_tensor(sf_model *m, const char *name, int ndim, int64_t r, int64
 /* Layers first_layer.. of one stack, named "<prefix>.<l>.<suffix>", the first `slots` of its list. */
 static void add_layers(sf_model *m, const char *prefix, int first_layer, int layers, int slots, int decoder) {
     const int64_t d = m->cfg.d_model, f = m->cfg.d_ff;
-#define SF_SLOT_SHAPE(slot, field, s2s_field, suffix, rows, cols, kind, init) {rows, cols},
+#define SF_SLOT_SHAPE(slot, field, suffix, rows, cols, kind, init) {rows, cols},
     const int64_t enc[SF_ENC_SLOTS][2] = {SF_ENCODER_LAYER_TENSORS(SF_SLOT_SHAPE)};
     const int64_t dec[SF_DEC_SLOTS][2] = {SF_DECODER_LAYER_TENSORS(SF_SLOT_SHAPE)};
 #undef SF_SLOT_SHAPE

@@ -64,6 +64,7 @@ CONFIGS = [
     dict(norm="pre"),
     dict(norm="post", activation="gelu", n_decoder_layers=3, d_ff=10),
     dict(norm="pre", activation="gelu_tanh", n_layers=1, n_heads=4, ln_eps=1e-3),
+    dict(norm="post", d_model=32, n_heads=2),  # wide heads: the encoder stack's table-capable layer 0
 ]
 
 

@@ -1,24 +1,27 @@
-/* The encoder model of Hahn & Rofin (2024): embedding halves, L encoder layers, readout at the
- * last position. Forward saves what backward needs; backward mirrors it layer by layer.
+/* The encoder stack (embedding halves, L encoder layers, optional final LayerNorm) and the encoder
+ * model of Hahn & Rofin (2024) built on it: the stack read out at the last position. The seq2seq
+ * model runs its encoder through the same stack. Forward saves what backward needs; backward
+ * mirrors it layer by layer.
  *
- * The output reads only the last position of the last layer, so that layer computes keys and
- * values for every position but queries, attention output, FFN and LayerNorms only for the
- * readout position (Tq = 1). Earlier layers compute every position (Tq = T). */
+ * The encoder model's output reads only the last position of the last layer, so that layer
+ * computes keys and values for every position but queries, attention output, FFN and LayerNorms
+ * only for the readout position (Tq = 1). Earlier layers, and every layer of the seq2seq memory,
+ * compute every position (Tq = T). */
 #include "encoder.h"
 
 #include <string.h>
 
 /* ---- workspace layout ---------------------------------------------------------------------- */
 
-size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base, acts *a) {
+size_t SF(encoder_layout)(const sf_config *c, long B, long T, int every_position, int nt, char *base, acts *a) {
     bump b = {base, 0};
     const long d = c->d_model, F = c->d_ff, H = c->n_heads, L = c->n_layers, N = B * T;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
-    a->B = B, a->T = T;
+    a->B = B, a->T = T, a->Nf = every_position ? N : B;
     real *next_x = take(&b, N * d); /* layer 0 input: the embeddings */
     for (long l = 0; l < L; l++) {
         layer_acts *s = &a->layer[l];
-        const long Tq = l == L - 1 ? 1 : T, Nq = B * Tq;
+        const long Tq = l == L - 1 && !every_position ? 1 : T, Nq = B * Tq;
         s->Tq = Tq;
         s->x = next_x;
         s->a_in = pre ? take(&b, N * d) : s->x;
@@ -42,9 +45,9 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base
         s->r2 = post ? take(&b, Nq * d) : s->out;
     }
     a->final_in = next_x;
-    a->final_mean = take(&b, B);
-    a->final_rstd = take(&b, B);
-    a->final_out = c->final_norm ? take(&b, B * d) : a->final_in;
+    a->final_mean = take(&b, a->Nf);
+    a->final_rstd = take(&b, a->Nf);
+    a->final_out = c->final_norm ? take(&b, a->Nf * d) : a->final_in;
     a->out = take(&b, B);
     /* backward scratch, shared by all layers */
     const long big = N * 2 * d > N * d ? N * 2 * d : N * d;
@@ -93,10 +96,10 @@ sf_status SF(encoder_reserve)(sf_model *m, long B, long T, int nt, acts *a) {
         return sf_fail(SF_EINVAL, "sequence length must be in [1, n_positions=%d], got %ld", c->n_positions, T);
     a->layer = a->layer_storage;
     if (c->n_layers > SF_MAX_LAYERS_INLINE) return sf_fail(SF_EINVAL, "at most %d layers", SF_MAX_LAYERS_INLINE);
-    size_t bytes = SF(encoder_layout)(c, B, T, nt, NULL, a);
+    size_t bytes = SF(encoder_layout)(c, B, T, 0, nt, NULL, a);
     sf_status st = sf_workspace_reserve(&m->work, bytes);
     if (st) return st;
-    SF(encoder_layout)(c, B, T, nt, m->work.base, a);
+    SF(encoder_layout)(c, B, T, 0, nt, m->work.base, a);
     return SF_OK;
 }
 
@@ -104,23 +107,29 @@ sf_status SF(encoder_reserve)(sf_model *m, long B, long T, int nt, acts *a) {
 
 static real *tensor(real *base, const sf_model *m, int index) { return base + m->tensors[index].offset; }
 
-void SF(encoder_params)(const sf_model *m, real *base, params *p) {
+void SF(stack_params)(const sf_model *m, real *base, params *p) {
     const sf_config *c = &m->cfg;
+    p->layer = p->layer_storage;
     p->tok = tensor(base, m, 0);
     p->pos = tensor(base, m, 1);
+    const int slots = sf_layer_slots(c); /* without LayerNorms, their views are NULL */
     for (int l = 0; l < c->n_layers; l++) {
         layer_params *q = &p->layer[l];
-        const int slots = sf_layer_slots(c); /* without LayerNorms, their views are NULL */
-#define SF_LAYER_VIEW(slot, field, s2s_field, ...)                                                                    \
+#define SF_LAYER_VIEW(slot, field, ...)                                                                               \
     q->field = SF_SLOT_##slot < slots ? tensor(base, m, sf_tensor_index(m, l, SF_SLOT_##slot)) : NULL;
         SF_ENCODER_LAYER_TENSORS(SF_LAYER_VIEW)
 #undef SF_LAYER_VIEW
     }
-    const int n = m->n_tensors;
-    p->gf = c->final_norm ? tensor(base, m, n - 4) : NULL;
-    p->bf = c->final_norm ? tensor(base, m, n - 3) : NULL;
-    p->w_head = tensor(base, m, n - 2);
-    p->b_head = tensor(base, m, n - 1);
+    const int final = 2 + c->n_layers * slots;
+    p->gf = c->final_norm ? tensor(base, m, final) : NULL;
+    p->bf = c->final_norm ? tensor(base, m, final + 1) : NULL;
+    p->w_head = p->b_head = NULL;
+}
+
+void SF(encoder_params)(const sf_model *m, real *base, params *p) {
+    SF(stack_params)(m, base, p);
+    p->w_head = tensor(base, m, m->n_tensors - 2);
+    p->b_head = tensor(base, m, m->n_tensors - 1);
 }
 
 /* ---- forward -------------------------------------------------------------------------------- */
@@ -254,7 +263,7 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
         if (pre) gather_last(s->aq, s->a_in, B, T, d);
     }
     /* self-attention: q from the query rows, k and v from every row (in_proj rows [0,d) and [d,3d)) */
-    const int pooled = l == c->n_layers - 1 && (a->forward_only || (a->loss_only && !x));
+    const int pooled = Tq == 1 && l == c->n_layers - 1 && (a->forward_only || (a->loss_only && !x));
     s->pooled = pooled;
     s->tabled = x && Tq == T && a->s_tab && (a->forward_only || a->loss_only);
     if (x) {
@@ -271,17 +280,20 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
     layer_tail_forward(c, w, s, Nq, wt, par);
 }
 
-void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
-    const sf_config *c = &m->cfg;
+void SF(stack_forward)(const sf_config *c, const params *p, const uint8_t *x, acts *a, sf_par *par) {
     const long B = a->B, T = a->T, d = c->d_model;
-    params p;
-    p.layer = p.layer_storage;
-    SF(encoder_params)(m, (real *)m->params, &p);
-    SF(embedding_forward)(a->layer[0].x, x, p.tok, p.pos, B, T, d, par);
-    for (int l = 0; l < c->n_layers; l++) layer_forward(c, &p, l, a, l == 0 && a->U ? x : NULL, par);
+    SF(embedding_forward)(a->layer[0].x, x, p->tok, p->pos, B, T, d, par);
+    for (int l = 0; l < c->n_layers; l++) layer_forward(c, p, l, a, l == 0 && a->U ? x : NULL, par);
     if (c->final_norm)
-        SF(layernorm_forward)(a->final_out, a->final_mean, a->final_rstd, a->final_in, p.gf, p.bf, c->ln_eps, B, d, par);
-    SF(readout_forward)(a->out, a->final_out, p.w_head, p.b_head, B, d);
+        SF(layernorm_forward)(a->final_out, a->final_mean, a->final_rstd, a->final_in, p->gf, p->bf, c->ln_eps, a->Nf,
+                              d, par);
+}
+
+void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
+    params p;
+    SF(encoder_params)(m, (real *)m->params, &p);
+    SF(stack_forward)(&m->cfg, &p, x, a, par);
+    SF(readout_forward)(a->out, a->final_out, p.w_head, p.b_head, a->B, m->cfg.d_model);
 }
 
 /* ---- backward ------------------------------------------------------------------------------- */
@@ -467,33 +479,36 @@ static const real *layer_backward(const sf_config *c, const layer_params *w, lay
     return g_x;
 }
 
-void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
-    const sf_config *c = &m->cfg;
+void SF(stack_backward)(const sf_config *c, const params *p, params *g, const uint8_t *x, acts *a, sf_par *par) {
     const long B = a->B, T = a->T, d = c->d_model, L = c->n_layers;
-    params p, g;
-    p.layer = p.layer_storage;
-    g.layer = g.layer_storage;
-    SF(encoder_params)(m, (real *)m->params, &p);
-    SF(encoder_params)(m, (real *)m->grads, &g);
-    /* readout and final norm */
-    real *g_last = a->g_cur;
-    SF(readout_backward)(c->final_norm ? a->g_next : g_last, g.w_head, g.b_head, a->g_out, a->final_out, p.w_head, B, d);
     if (c->final_norm)
-        SF(layernorm_backward)(g_last, NULL, g.gf, g.bf, a->g_next, a->final_in, a->final_mean, a->final_rstd, p.gf, B,
-                               d, a->ln_partials, par);
+        SF(layernorm_backward)(a->g_cur, NULL, g->gf, g->bf, a->g_next, a->final_in, a->final_mean, a->final_rstd, p->gf,
+                               a->Nf, d, a->ln_partials, par);
     real *g_out = a->g_cur, *g_in = a->g_next;
     const real *g_emb = g_out;
     for (long l = L - 1; l >= 0; l--) {
-        g_emb = layer_backward(c, &p.layer[l], &g.layer[l], &a->layer[l], a, l == 0 && a->U ? x : NULL, g_out, g_in, B,
-                               T, par);
+        g_emb = layer_backward(c, &p->layer[l], &g->layer[l], &a->layer[l], a, l == 0 && a->U ? x : NULL, g_out, g_in,
+                               B, T, par);
         real *t = g_out;
         g_out = g_in;
         g_in = t;
     }
-    SF(embedding_backward)(g.tok, g.pos, g_emb, x, B, T, c->n_positions, d, par);
+    SF(embedding_backward_add)(g->tok, g->pos, g_emb, x, B, T, 2, d, par);
     const long h = d / 2;
     for (long u = 0; u < a->U; u++) { /* row u is token u / T at position u % T */
-        add_into(g.tok + (u / T) * h, a->u_gemb + u * d, h);
-        add_into(g.pos + (u % T) * h, a->u_gemb + u * d + h, h);
+        add_into(g->tok + (u / T) * h, a->u_gemb + u * d, h);
+        add_into(g->pos + (u % T) * h, a->u_gemb + u * d + h, h);
     }
+}
+
+void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
+    const sf_config *c = &m->cfg;
+    const long d = c->d_model;
+    params p, g;
+    SF(encoder_params)(m, (real *)m->params, &p);
+    SF(encoder_params)(m, (real *)m->grads, &g);
+    SF(readout_backward)(stack_output_grad(c, a), g.w_head, g.b_head, a->g_out, a->final_out, p.w_head, a->B, d);
+    memset(g.tok, 0, (size_t)d * sizeof(real)); /* 2 rows of d/2 */
+    memset(g.pos, 0, (size_t)(c->n_positions * (d / 2)) * sizeof(real));
+    SF(stack_backward)(c, &p, &g, x, a, par);
 }

@@ -1,5 +1,7 @@
-/* The encoder's parameter and activation views, shared by the forward/backward driver,
- * initialisation and the training loop of one precision. */
+/* The encoder stack, shared by both model kinds: embedding halves, L encoder layers and an
+ * optional final LayerNorm. The encoder model reads it out at the last position; the seq2seq
+ * model's decoder attends to every position of it (its memory). Parameter and activation views,
+ * the layout of its workspace, and its forward, backward and tangent passes (hvp.c). */
 #ifndef SF_ENCODER_H
 #define SF_ENCODER_H
 
@@ -17,7 +19,8 @@ typedef struct {
     real *tok, *pos;
     layer_params *layer;
     layer_params layer_storage[SF_MAX_LAYERS_INLINE];
-    real *gf, *bf, *w_head, *b_head;
+    real *gf, *bf;        /* the final LayerNorm (c->final_norm) */
+    real *w_head, *b_head; /* the encoder model's readout (NULL in the seq2seq model's stack) */
 } params;
 
 /* Saved activations of one layer; N = B*T rows, Nq = B*Tq query rows. Buffers that a norm
@@ -45,10 +48,11 @@ typedef struct {
 
 typedef struct {
     long B, T;
+    long Nf;           /* rows the last layer and the final LayerNorm compute: B (readout) or B*T */
     layer_acts *layer;
     layer_acts layer_storage[SF_MAX_LAYERS_INLINE];
-    real *final_in, *final_mean, *final_rstd, *final_out; /* (B,d), (B), (B), (B,d) */
-    real *out;                                            /* (B) model outputs */
+    real *final_in, *final_mean, *final_rstd, *final_out; /* (Nf,d), (Nf), (Nf), (Nf,d): the stack's output */
+    real *out;                                            /* (B) the encoder model's outputs */
     /* Layer 0's attention input is a function of (token, position) only: with U = 2T < N such
      * rows, its in-projection runs on the U distinct rows (row v*T + t: token v at position t)
      * and is gathered, and its backward aggregates the gradient per distinct row first. */
@@ -74,16 +78,39 @@ typedef struct {
     double *ln_partials; /* LayerNorm backward's parameter-gradient partial sums (N rows) */
 } acts;
 
+/* Views of the encoder model's parameters (or of anything in its layout: gradients, directions). */
 void SF(encoder_params)(const sf_model *m, real *base, params *p);
-/* Lay out (or, with base == NULL, only measure) a workspace for (B, T) at base; returns its
- * bytes. a->layer must point at storage for n_layers entries. The HVP lays its tangents out
- * with the same function, so every tangent sits where its primal would. */
-size_t SF(encoder_layout)(const sf_config *c, long B, long T, int nt, char *base, acts *a);
-/* Size the model's workspace for (B, T) with nt threads and point `a` into it. */
+/* Views of the stack's tensors, first in either model's table: tok, pos, the layers'
+ * (sf_layer_slots each), the final LayerNorm's (c->final_norm); the head stays NULL. */
+void SF(stack_params)(const sf_model *m, real *base, params *p);
+/* Lay out (or, with base == NULL, only measure) a stack's workspace for (B, T) at base; returns
+ * its bytes. every_position: the last layer and the final LayerNorm compute every position (the
+ * seq2seq memory), else only the last one (the encoder model's readout, Tq = 1). The HVP lays
+ * its tangents out with the same function, so every tangent sits where its primal would. */
+size_t SF(encoder_layout)(const sf_config *c, long B, long T, int every_position, int nt, char *base, acts *a);
+/* Size the encoder model's workspace for (B, T) with nt threads and point `a` into it. */
 sf_status SF(encoder_reserve)(sf_model *m, long B, long T, int nt, acts *a);
+
+/* The stack: embedding, layers and the final LayerNorm into a->final_out (Nf rows). */
+void SF(stack_forward)(const sf_config *c, const params *p, const uint8_t *x, acts *a, sf_par *par);
+/* Where the gradient w.r.t. a->final_out (Nf,d) goes before stack_backward. */
+static inline real *stack_output_grad(const sf_config *c, const acts *a) { return c->final_norm ? a->g_next : a->g_cur; }
+/* From that gradient and the forward's activations on the same x: the stack's parameter
+ * gradients into g, the embedding tables' added (the seq2seq decoder's share may be there). */
+void SF(stack_backward)(const sf_config *c, const params *p, params *g, const uint8_t *x, acts *a, sf_par *par);
+
+/* The encoder model: the stack and its readout at the last position. */
 void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par);
 /* Needs a->g_out (B) = d(loss)/d(out) and the activations of the forward on the same x. */
 void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par);
+
+/* The stack's tangents (hvp.c): t holds the tangents of a's activations for the direction v. */
+void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params *v, const uint8_t *x, acts *a,
+                               acts *t, real *attn, sf_par *par);
+/* From (gradient, tangent) w.r.t. final_out at stack_output_grad of a and of t: the blocks of H v
+ * into hv (the embedding tables' added). */
+void SF(stack_tangent_backward)(const sf_config *c, const params *p, const params *v, params *hv, const uint8_t *x,
+                                acts *a, acts *t, real *attn, sf_par *par);
 
 /* ---- small helpers shared by the encoder's drivers (forward/backward, HVP) ---------------- */
 

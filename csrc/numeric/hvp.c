@@ -24,14 +24,14 @@ static sf_status hvp_reserve(sf_model *m, long B, long T, int nt, hvp_work *w) {
     sf_status st = SF(encoder_reserve)(m, B, T, nt, &w->a); /* validates B, T and the layer count */
     if (st) return st;
     w->t.layer = w->t.layer_storage;
-    const size_t primal = SF(encoder_layout)(c, B, T, nt, NULL, &w->a);
-    const size_t tangent = SF(encoder_layout)(c, B, T, nt, NULL, &w->t);
+    const size_t primal = SF(encoder_layout)(c, B, T, 0, nt, NULL, &w->a);
+    const size_t tangent = SF(encoder_layout)(c, B, T, 0, nt, NULL, &w->t);
     bump extra = {NULL, 0};
     take(&extra, SF(attention_tangent_scratch)(T, T, c->d_model, c->n_heads, nt));
     if ((st = sf_workspace_reserve(&m->work, primal + tangent + extra.used))) return st;
     char *base = m->work.base;
-    SF(encoder_layout)(c, B, T, nt, base, &w->a);
-    SF(encoder_layout)(c, B, T, nt, base + primal, &w->t);
+    SF(encoder_layout)(c, B, T, 0, nt, base, &w->a);
+    SF(encoder_layout)(c, B, T, 0, nt, base + primal, &w->t);
     w->attn = (real *)(base + primal + tangent);
     return SF_OK;
 }
@@ -72,18 +72,15 @@ static void layer_tangent_forward(const sf_config *c, const layer_params *w, con
                                       w->g2, v->g2, v->be2, Nq, d, par);
 }
 
-static void tangent_forward(sf_model *m, const uint8_t *x, const params *p, const params *v, hvp_work *w,
-                            sf_par *par) {
-    const sf_config *c = &m->cfg;
-    acts *a = &w->a, *t = &w->t;
+void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params *v, const uint8_t *x, acts *a,
+                               acts *t, real *attn, sf_par *par) {
     const long B = a->B, T = a->T, d = c->d_model;
-    SF(embedding_forward)(t->layer[0].x, x, v->tok, v->pos, B, T, d, par);
+    SF(embedding_forward)(t->layer[0].x, x, v->tok, v->pos, B, T, d, par); /* linear in the tables */
     for (int l = 0; l < c->n_layers; l++)
-        layer_tangent_forward(c, &p->layer[l], &v->layer[l], &a->layer[l], &t->layer[l], B, T, w->attn, t->wt, par);
+        layer_tangent_forward(c, &p->layer[l], &v->layer[l], &a->layer[l], &t->layer[l], B, T, attn, t->wt, par);
     if (c->final_norm)
         SF(layernorm_tangent_forward)(t->final_out, t->final_mean, t->final_rstd, t->final_in, a->final_in,
-                                      a->final_mean, a->final_rstd, p->gf, v->gf, v->bf, B, d, par);
-    SF(readout_tangent_forward)(t->out, t->final_out, a->final_out, p->w_head, v->w_head, v->b_head, B, d);
+                                      a->final_mean, a->final_rstd, p->gf, v->gf, v->bf, a->Nf, d, par);
 }
 
 /* ---- backward with tangents ------------------------------------------------------------------ */
@@ -156,30 +153,46 @@ static void layer_tangent_backward(const sf_config *c, const layer_params *w, co
     }
 }
 
-/* Needs a->g_out from the loss and the tangent forward; writes H v to hvp (parameter layout). */
-static void tangent_backward(sf_model *m, const uint8_t *x, const params *p, const params *v, params *hv,
-                             hvp_work *w, sf_loss loss, sf_par *par) {
-    const sf_config *c = &m->cfg;
-    acts *a = &w->a, *t = &w->t;
+void SF(stack_tangent_backward)(const sf_config *c, const params *p, const params *v, params *hv, const uint8_t *x,
+                                acts *a, acts *t, real *attn, sf_par *par) {
     const long B = a->B, T = a->T, d = c->d_model, L = c->n_layers;
-    SF(loss_tangent)(t->g_out, a->out, t->out, B, loss);
-    const int fn = c->final_norm;
-    SF(readout_tangent_backward)(fn ? a->g_next : a->g_cur, fn ? t->g_next : t->g_cur, hv->w_head, hv->b_head, a->g_out,
-                                 t->g_out, a->final_out, t->final_out, p->w_head, v->w_head, B, d);
-    if (fn)
+    if (c->final_norm)
         SF(layernorm_tangent_backward)(a->g_cur, t->g_cur, 0, hv->gf, hv->bf, a->g_next, t->g_next, a->final_in,
                                        t->final_in, a->final_mean, a->final_rstd, t->final_mean, t->final_rstd, p->gf,
-                                       v->gf, B, d, par);
+                                       v->gf, a->Nf, d, par);
     real *g_out = a->g_cur, *g_in = a->g_next, *tg_out = t->g_cur, *tg_in = t->g_next;
     for (long l = L - 1; l >= 0; l--) {
         layer_tangent_backward(c, &p->layer[l], &v->layer[l], &hv->layer[l], &a->layer[l], &t->layer[l], a, t, g_out,
-                               tg_out, g_in, tg_in, B, T, w->attn, par);
+                               tg_out, g_in, tg_in, B, T, attn, par);
         real *s = g_out;
         g_out = g_in, g_in = s;
         s = tg_out;
         tg_out = tg_in, tg_in = s;
     }
-    SF(embedding_backward)(hv->tok, hv->pos, tg_out, x, B, T, c->n_positions, d, par);
+    SF(embedding_backward_add)(hv->tok, hv->pos, tg_out, x, B, T, 2, d, par);
+}
+
+/* The encoder model: the stack and its readout. */
+static void tangent_forward(sf_model *m, const uint8_t *x, const params *p, const params *v, hvp_work *w,
+                            sf_par *par) {
+    acts *a = &w->a, *t = &w->t;
+    SF(stack_tangent_forward)(&m->cfg, p, v, x, a, t, w->attn, par);
+    SF(readout_tangent_forward)(t->out, t->final_out, a->final_out, p->w_head, v->w_head, v->b_head, a->B,
+                                m->cfg.d_model);
+}
+
+/* Needs a->g_out from the loss and the tangent forward; writes H v to hv (parameter layout). */
+static void tangent_backward(sf_model *m, const uint8_t *x, const params *p, const params *v, params *hv,
+                             hvp_work *w, sf_loss loss, sf_par *par) {
+    const sf_config *c = &m->cfg;
+    acts *a = &w->a, *t = &w->t;
+    const long B = a->B, d = c->d_model;
+    SF(loss_tangent)(t->g_out, a->out, t->out, B, loss);
+    SF(readout_tangent_backward)(stack_output_grad(c, a), stack_output_grad(c, t), hv->w_head, hv->b_head, a->g_out,
+                                 t->g_out, a->final_out, t->final_out, p->w_head, v->w_head, B, d);
+    memset(hv->tok, 0, (size_t)d * sizeof(real)); /* 2 rows of d/2 */
+    memset(hv->pos, 0, (size_t)(c->n_positions * (d / 2)) * sizeof(real));
+    SF(stack_tangent_backward)(c, p, v, hv, x, a, t, w->attn, par);
 }
 
 /* ---- entry point --------------------------------------------------------------------------------- */
@@ -203,7 +216,6 @@ sf_status SF(hvp)(sf_model *m, const sf_seq_data *d, int n_batches, sf_loss loss
             return sf_fail(SF_ENOMEM, "could not allocate the HVP's per-batch product");
     }
     params p, pv, ph;
-    p.layer = p.layer_storage, pv.layer = pv.layer_storage, ph.layer = ph.layer_storage;
     SF(encoder_params)(m, (real *)m->params, &p);
     double total = 0;
     for (int b = 0; b < n_batches && st == SF_OK; b++) {

@@ -146,9 +146,8 @@ sf_status SF(ln_blowup)(sf_model *m, const sf_seq_data *data, int theory, double
     const int pre = c->norm == SF_NORM_PRE;
     for (long l = 0; l < L; l++) {
         const layer_acts *s = &a.layer[l];
-        /* The inputs the official forward hooks see: post-LN norm1(r1), norm2(r2); pre-LN norm1(x),
-         * norm2(h). In the last layer only the readout position counts (rows_per_seq = Tq = 1). */
-        const real *in1 = pre ? s->x : s->r1, *in2 = pre ? s->h : s->r2;
+        /* In the last layer only the readout position counts (rows_per_seq = Tq = 1). */
+        const real *in1 = layer_norm_input(c, s, 0), *in2 = layer_norm_input(c, s, 1);
         const long rows1 = pre ? T : s->Tq, first1 = pre && s->Tq < T ? T - 1 : 0;
         double *mx = maxs + 2 * l * B, *mn = means + 2 * l * B;
         SF(inv_std_stats)(mx, mn, in1, B, rows1, first1, d, theory, c->ln_eps, &par);

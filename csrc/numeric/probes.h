@@ -10,4 +10,11 @@
 void SF(inv_std_stats)(double *maxs, double *means, const real *X, long B, long rows_per_seq, long t0, long d,
                        int theory, double eps, const sf_par *par);
 
+/* The input of an encoder-stack layer's LayerNorm k (0: norm1, 1: norm2), which the official
+ * hooks see: post-LN norm1(r1), norm2(r2); pre-LN norm1(x), norm2(h). */
+static inline const real *layer_norm_input(const sf_config *c, const layer_acts *s, int k) {
+    const int pre = c->norm == SF_NORM_PRE;
+    return k == 0 ? (pre ? s->x : s->r1) : (pre ? s->h : s->r2);
+}
+
 #endif

@@ -4,9 +4,11 @@
  *   z   = LN_d(decoder layers([tok(y_s) ; pos(s)], mem))      causal self-attention, cross-attention
  *   out = z w + b                                              every decoder position
  *
- * Layers are built from residual sublayers (attention or FFN, post- or pre-LN), each forward next
- * to its backward. The encoder and decoder share the token and positional tables, so their
- * gradients are the sum of both uses (decoder first, then encoder: a fixed order). */
+ * The encoder is the encoder stack of encoder.c over every position (with its exact speed-ups:
+ * layer 0 on the distinct rows, scores from a table). Decoder layers are built from residual
+ * sublayers (attention or FFN, post- or pre-LN), each forward next to its backward. The encoder
+ * and decoder share the token and positional tables, so their gradients are the sum of both uses
+ * (decoder first, then encoder: a fixed order). */
 #include "seq2seq.h"
 
 #include <string.h>
@@ -15,16 +17,10 @@
 
 void SF(s2s_params)(const sf_model *m, real *base, s2s_params *p) {
     const sf_config *c = &m->cfg;
-    int i = 0;
+    SF(stack_params)(m, base, &p->enc); /* tok, pos, the encoder layers, the final encoder LN */
+    int i = 2 + c->n_layers * SF_ENC_SLOTS + 2;
 #define NEXT (base + m->tensors[i++].offset)
-    p->tok = NEXT;
-    p->pos = NEXT;
-#define SF_S2S_VIEW(slot, field, s2s_field, ...) w->s2s_field = NEXT;
-    for (int l = 0; l < c->n_layers; l++) {
-        s2s_layer_w *w = &p->enc[l];
-        SF_ENCODER_LAYER_TENSORS(SF_S2S_VIEW)
-    }
-    p->enc_norm.g = NEXT, p->enc_norm.b = NEXT;
+#define SF_S2S_VIEW(slot, field, ...) w->field = NEXT;
     for (int l = 0; l < c->n_decoder_layers; l++) {
         s2s_layer_w *w = &p->dec[l];
         SF_DECODER_LAYER_TENSORS(SF_S2S_VIEW)
@@ -59,50 +55,40 @@ static real *sub_layout(bump *b, s2s_sub *s, real *x, long N, long Nk, long np, 
     return s->out;
 }
 
-static long max3(long a, long b, long c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
-
 size_t SF(s2s_layout)(const sf_config *c, long B, long T, long S, int nt, char *base, s2s_acts *a) {
-    bump b = {base, 0};
+    a->enc.layer = a->enc.layer_storage;
+    const size_t encoder = SF(encoder_layout)(c, B, T, 1, nt, base, &a->enc);
+    a->enc.loss_only = 1;
+    bump b = {base ? base + encoder : NULL, 0};
     const long d = c->d_model, F = c->d_ff, H = c->n_heads, Ne = B * T, Nd = B * S;
     const int pre = c->norm == SF_NORM_PRE;
     a->B = B, a->T = T, a->S = S;
     a->dec = (uint8_t *)take(&b, (Nd + (long)sizeof(real) - 1) / (long)sizeof(real));
-    real *x = take(&b, Ne * d);
-    for (int l = 0; l < c->n_layers; l++) {
-        x = sub_layout(&b, &a->enc[l][S2S_SELF], x, Ne, Ne, B * H * T * T, d, F, pre);
-        x = sub_layout(&b, &a->enc[l][S2S_FFN_ENC], x, Ne, 0, -1, d, F, pre);
-    }
-    a->mem = take(&b, Ne * d); /* the final encoder LN's input is the last sublayer's output x */
-    a->mem_mean = take(&b, Ne);
-    a->mem_rstd = take(&b, Ne);
     real *y = take(&b, Nd * d);
     for (int l = 0; l < c->n_decoder_layers; l++) {
         y = sub_layout(&b, &a->dec_sub[l][S2S_SELF], y, Nd, Nd, B * H * S * S, d, F, pre);
         y = sub_layout(&b, &a->dec_sub[l][S2S_CROSS], y, Nd, Ne, B * H * S * T, d, F, pre);
-        y = sub_layout(&b, &a->dec_sub[l][S2S_FFN_DEC], y, Nd, 0, -1, d, F, pre);
+        y = sub_layout(&b, &a->dec_sub[l][S2S_FFN], y, Nd, 0, -1, d, F, pre);
     }
     a->z = take(&b, Nd * d);
     a->z_mean = take(&b, Nd);
     a->z_rstd = take(&b, Nd);
     a->out = take(&b, Nd);
-    /* backward scratch */
-    const long N = Ne > Nd ? Ne : Nd;
-    a->g_a = take(&b, N * d);
-    a->g_b = take(&b, N * d);
-    a->g_r = take(&b, N * d);
-    a->g_nin = take(&b, N * d);
-    a->g_ctx = take(&b, N * d);
-    a->g_q = take(&b, N * d);
-    a->g_kv = take(&b, N * 2 * d);
-    a->g_f = take(&b, N * (F > d ? F : d));
-    a->g_mem = take(&b, Ne * d);
+    /* the decoder's backward scratch (the cross-attention's key/value gradient has the memory's rows) */
+    a->g_a = take(&b, Nd * d);
+    a->g_b = take(&b, Nd * d);
+    a->g_r = take(&b, Nd * d);
+    a->g_nin = take(&b, Nd * d);
+    a->g_ctx = take(&b, Nd * d);
+    a->g_q = take(&b, Nd * d);
+    a->g_kv = take(&b, (Ne > Nd ? Ne : Nd) * 2 * d);
+    a->g_f = take(&b, Nd * (F > d ? F : d));
     a->g_out = take(&b, Nd);
-    a->attn_scratch = take(&b, max3(SF(attention_scratch)(T, T, d, H, nt), SF(attention_scratch)(S, S, d, H, nt),
-                                    SF(attention_scratch)(T, S, d, H, nt)));
+    const long self = SF(attention_scratch)(S, S, d, H, nt), cross = SF(attention_scratch)(T, S, d, H, nt);
+    a->attn_scratch = take(&b, self > cross ? self : cross);
     a->wt = take(&b, 3 * d * d > d * F ? 3 * d * d : d * F);
-    a->ln_partials =
-        (double *)take(&b, SF(layernorm_partials)(N, d) * (long)(sizeof(double) / sizeof(real)));
-    return b.used;
+    a->ln_partials = (double *)take(&b, SF(layernorm_partials)(Nd, d) * (long)(sizeof(double) / sizeof(real)));
+    return encoder + b.used;
 }
 
 sf_status SF(s2s_reserve)(sf_model *m, long B, long T, long S, int nt, s2s_acts *a) {
@@ -207,29 +193,21 @@ static void ffn_backward(const sf_config *c, const s2s_ffn_w *w, s2s_ffn_w *gw, 
 /* ---- the model ----------------------------------------------------------------------------------- */
 
 void SF(s2s_encode)(const sf_model *m, const s2s_params *p, const uint8_t *x, s2s_acts *a, sf_par *par) {
-    const sf_config *c = &m->cfg;
-    const long B = a->B, T = a->T, d = c->d_model;
-    SF(embedding_forward)(a->enc[0][S2S_SELF].x, x, p->tok, p->pos, B, T, d, par);
-    for (int l = 0; l < c->n_layers; l++) {
-        attn_forward(c, &p->enc[l].self, &p->enc[l].norm[0], &a->enc[l][S2S_SELF], NULL, B, T, T, 0, a, par);
-        ffn_forward(c, &p->enc[l].ffn, &p->enc[l].norm[1], &a->enc[l][S2S_FFN_ENC], B * T, a, par);
-    }
-    SF(layernorm_forward)(a->mem, a->mem_mean, a->mem_rstd, a->enc[c->n_layers - 1][S2S_FFN_ENC].out, p->enc_norm.g,
-                          p->enc_norm.b, c->ln_eps, B * T, d, par);
+    SF(stack_forward)(&m->cfg, &p->enc, x, &a->enc, par);
 }
 
 void SF(s2s_decode)(const sf_model *m, const s2s_params *p, s2s_acts *a, sf_par *par) {
     const sf_config *c = &m->cfg;
     const long B = a->B, T = a->T, S = a->S, d = c->d_model;
-    SF(embedding_forward)(a->dec_sub[0][S2S_SELF].x, a->dec, p->tok, p->pos, B, S, d, par);
+    SF(embedding_forward)(a->dec_sub[0][S2S_SELF].x, a->dec, p->enc.tok, p->enc.pos, B, S, d, par);
     for (int l = 0; l < c->n_decoder_layers; l++) {
         const s2s_layer_w *w = &p->dec[l];
         s2s_sub *s = a->dec_sub[l];
         attn_forward(c, &w->self, &w->norm[0], &s[S2S_SELF], NULL, B, S, S, 1, a, par);
-        attn_forward(c, &w->cross, &w->norm[1], &s[S2S_CROSS], a->mem, B, S, T, 0, a, par);
-        ffn_forward(c, &w->ffn, &w->norm[2], &s[S2S_FFN_DEC], B * S, a, par);
+        attn_forward(c, &w->cross, &w->norm[1], &s[S2S_CROSS], a->enc.final_out, B, S, T, 0, a, par);
+        ffn_forward(c, &w->ffn, &w->norm[2], &s[S2S_FFN], B * S, a, par);
     }
-    SF(layernorm_forward)(a->z, a->z_mean, a->z_rstd, a->dec_sub[c->n_decoder_layers - 1][S2S_FFN_DEC].out,
+    SF(layernorm_forward)(a->z, a->z_mean, a->z_rstd, a->dec_sub[c->n_decoder_layers - 1][S2S_FFN].out,
                           p->dec_norm.g, p->dec_norm.b, c->ln_eps, B * S, d, par);
     SF(readout_forward)(a->out, a->z, p->w_head, p->b_head, B * S, d);
 }
@@ -242,44 +220,32 @@ void SF(s2s_backward)(sf_model *m, const uint8_t *x, s2s_acts *a, sf_par *par) {
     SF(s2s_params)(m, (real *)m->grads, &g);
     /* readout and the final decoder LN */
     SF(readout_backward)(a->g_b, g.w_head, g.b_head, a->g_out, a->z, p.w_head, Nd, d);
-    const int Ld = c->n_decoder_layers, Le = c->n_layers;
-    SF(layernorm_backward)(a->g_a, NULL, g.dec_norm.g, g.dec_norm.b, a->g_b, a->dec_sub[Ld - 1][S2S_FFN_DEC].out,
+    const int Ld = c->n_decoder_layers;
+    SF(layernorm_backward)(a->g_a, NULL, g.dec_norm.g, g.dec_norm.b, a->g_b, a->dec_sub[Ld - 1][S2S_FFN].out,
                            a->z_mean, a->z_rstd, p.dec_norm.g, Nd, d, a->ln_partials, par);
-    memset(a->g_mem, 0, (size_t)(Ne * d) * sizeof(real));
+    real *g_mem = stack_output_grad(c, &a->enc); /* the cross-attentions add the memory's gradient */
+    memset(g_mem, 0, (size_t)(Ne * d) * sizeof(real));
     real *g_out = a->g_a, *g_in = a->g_b, *t;
 #define SWAP (t = g_out, g_out = g_in, g_in = t)
     for (int l = Ld - 1; l >= 0; l--) {
         const s2s_layer_w *w = &p.dec[l];
         s2s_layer_w *gw = &g.dec[l];
         const s2s_sub *s = a->dec_sub[l];
-        ffn_backward(c, &w->ffn, &gw->ffn, &w->norm[2], &gw->norm[2], &s[S2S_FFN_DEC], g_out, g_in, Nd, a, par);
+        ffn_backward(c, &w->ffn, &gw->ffn, &w->norm[2], &gw->norm[2], &s[S2S_FFN], g_out, g_in, Nd, a, par);
         SWAP;
-        attn_backward(c, &w->cross, &gw->cross, &w->norm[1], &gw->norm[1], &s[S2S_CROSS], a->mem, a->g_mem, g_out,
-                      g_in, B, S, T, a, par);
+        attn_backward(c, &w->cross, &gw->cross, &w->norm[1], &gw->norm[1], &s[S2S_CROSS], a->enc.final_out, g_mem,
+                      g_out, g_in, B, S, T, a, par);
         SWAP;
         attn_backward(c, &w->self, &gw->self, &w->norm[0], &gw->norm[0], &s[S2S_SELF], NULL, NULL, g_out, g_in, B,
                       S, S, a, par);
         SWAP;
     }
-    /* the shared tables: decoder use, then encoder use */
-    memset(g.tok, 0, (size_t)(3 * d / 2) * sizeof(real));
-    memset(g.pos, 0, (size_t)(((long)c->n_positions + 1) * d / 2) * sizeof(real));
-    SF(embedding_backward_add)(g.tok, g.pos, g_out, a->dec, B, S, 3, d, par);
-    /* the final encoder LN, then the encoder layers */
-    SF(layernorm_backward)(g_out, NULL, g.enc_norm.g, g.enc_norm.b, a->g_mem, a->enc[Le - 1][S2S_FFN_ENC].out,
-                           a->mem_mean, a->mem_rstd, p.enc_norm.g, Ne, d, a->ln_partials, par);
-    for (int l = Le - 1; l >= 0; l--) {
-        const s2s_layer_w *w = &p.enc[l];
-        s2s_layer_w *gw = &g.enc[l];
-        ffn_backward(c, &w->ffn, &gw->ffn, &w->norm[1], &gw->norm[1], &a->enc[l][S2S_FFN_ENC], g_out, g_in, Ne, a,
-                     par);
-        SWAP;
-        attn_backward(c, &w->self, &gw->self, &w->norm[0], &gw->norm[0], &a->enc[l][S2S_SELF], NULL, NULL, g_out,
-                      g_in, B, T, T, a, par);
-        SWAP;
-    }
 #undef SWAP
-    SF(embedding_backward_add)(g.tok, g.pos, g_out, x, B, T, 3, d, par);
+    /* the shared tables: decoder use, then the encoder stack's */
+    memset(g.enc.tok, 0, (size_t)(3 * d / 2) * sizeof(real));
+    memset(g.enc.pos, 0, (size_t)(((long)c->n_positions + 1) * d / 2) * sizeof(real));
+    SF(embedding_backward_add)(g.enc.tok, g.enc.pos, g_out, a->dec, B, S, 3, d, par);
+    SF(stack_backward)(c, &p.enc, &g.enc, x, &a->enc, par);
 }
 
 double SF(s2s_batch_loss)(sf_model *m, const s2s_params *p, const sf_seq_data *d, int b, int B, sf_loss loss,

@@ -193,7 +193,7 @@ static sf_status generate_cached(sf_model *m, const uint8_t *x, long B, long T, 
         pack_t(k->self_in, w->self.w_in, 3 * d, d), pack_t(k->self_out, w->self.w_out, d, d);
         pack_t(k->cross_in, w->cross.w_in, 3 * d, d), pack_t(k->cross_out, w->cross.w_out, d, d);
         pack_t(k->w1, w->ffn.w1, F, d), pack_t(k->w2, w->ffn.w2, d, F);
-        SF(gemm)(B * T, 2 * d, d, a.mem, d, 1, k->cross_in + d, 3 * d, s.kv, 2 * d, w->cross.b_in + d, 0, par);
+        SF(gemm)(B * T, 2 * d, d, a.enc.final_out, d, 1, k->cross_in + d, 3 * d, s.kv, 2 * d, w->cross.b_in + d, 0, par);
         for (long b = 0; b < B; b++) cache_store(&k->cross, s.kv + b * T * 2 * d, b, 0, T, d, H);
     }
     memset(cur, SF_SOS, (size_t)B);
@@ -203,8 +203,8 @@ static sf_status generate_cached(sf_model *m, const uint8_t *x, long B, long T, 
             break;
         }
         for (long b = 0; b < B; b++) { /* [tok(cur) ; pos(t)] */
-            memcpy(s.x + b * d, p.tok + cur[b] * h, (size_t)h * sizeof(real));
-            memcpy(s.x + b * d + h, p.pos + t * h, (size_t)h * sizeof(real));
+            memcpy(s.x + b * d, p.enc.tok + cur[b] * h, (size_t)h * sizeof(real));
+            memcpy(s.x + b * d + h, p.enc.pos + t * h, (size_t)h * sizeof(real));
         }
         for (long l = 0; l < Ld; l++) {
             const s2s_layer_w *w = &p.dec[l];

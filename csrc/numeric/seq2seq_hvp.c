@@ -1,8 +1,9 @@
 /* Exact Hessian-vector products of the seq2seq model's teacher-forced loss, by forward-over-reverse
- * as hvp.c does for the encoder (see there): a tangent forward over a second workspace laid out by
- * s2s_layout, then the backward of seq2seq.c run together with its tangent, sublayer by sublayer,
- * with the tangent kernels of tangent.h. The causal mask needs nothing: masked probabilities are
- * exact zeros, and so are their tangents. The gradient buffer is not touched. */
+ * as hvp.c does for the encoder model (see there): a tangent forward over a second workspace laid
+ * out by s2s_layout, then the backward of seq2seq.c run together with its tangent, sublayer by
+ * sublayer, with the tangent kernels of tangent.h; the encoder is the stack's own tangent passes
+ * (hvp.c). The causal mask needs nothing: masked probabilities are exact zeros, and so are their
+ * tangents. The gradient buffer is not touched. */
 #include "seq2seq.h"
 #include "tangent.h"
 
@@ -30,6 +31,7 @@ static sf_status hvp_reserve(sf_model *m, long B, long T, long S, int nt, s2s_hv
     char *base = m->work.base;
     SF(s2s_layout)(c, B, T, S, nt, base, &w->a);
     SF(s2s_layout)(c, B, T, S, nt, base + primal, &w->t);
+    w->a.enc.loss_only = 0; /* the tangents need layer 0's keys and values */
     w->attn = (real *)(base + 2 * primal);
     return SF_OK;
 }
@@ -142,32 +144,24 @@ static void tangent_forward(const sf_model *m, const uint8_t *x, s2s_hvp_work *w
     const sf_config *c = &m->cfg;
     s2s_acts *a = &w->a, *t = &w->t;
     const s2s_params *p = &w->p, *v = &w->v;
-    const long B = a->B, T = a->T, S = a->S, d = c->d_model, Le = c->n_layers, Ld = c->n_decoder_layers;
-    SF(embedding_forward)(t->enc[0][S2S_SELF].x, x, v->tok, v->pos, B, T, d, par); /* linear in the tables */
-    for (long l = 0; l < Le; l++) {
-        attn_tangent_forward(c, &p->enc[l].self, &v->enc[l].self, &p->enc[l].norm[0], &v->enc[l].norm[0],
-                             &a->enc[l][S2S_SELF], &t->enc[l][S2S_SELF], NULL, NULL, B, T, T, w->attn, t->wt, par);
-        ffn_tangent_forward(c, &p->enc[l].ffn, &v->enc[l].ffn, &p->enc[l].norm[1], &v->enc[l].norm[1],
-                            &a->enc[l][S2S_FFN_ENC], &t->enc[l][S2S_FFN_ENC], B * T, t->wt, par);
-    }
-    SF(layernorm_tangent_forward)(t->mem, t->mem_mean, t->mem_rstd, t->enc[Le - 1][S2S_FFN_ENC].out,
-                                  a->enc[Le - 1][S2S_FFN_ENC].out, a->mem_mean, a->mem_rstd, p->enc_norm.g,
-                                  v->enc_norm.g, v->enc_norm.b, B * T, d, par);
-    SF(embedding_forward)(t->dec_sub[0][S2S_SELF].x, a->dec, v->tok, v->pos, B, S, d, par);
+    const long B = a->B, T = a->T, S = a->S, d = c->d_model, Ld = c->n_decoder_layers;
+    const real *mem = a->enc.final_out, *tmem = t->enc.final_out;
+    SF(stack_tangent_forward)(c, &p->enc, &v->enc, x, &a->enc, &t->enc, w->attn, par);
+    SF(embedding_forward)(t->dec_sub[0][S2S_SELF].x, a->dec, v->enc.tok, v->enc.pos, B, S, d, par);
     for (long l = 0; l < Ld; l++) {
         const s2s_layer_w *pw = &p->dec[l], *vw = &v->dec[l];
         const s2s_sub *s = a->dec_sub[l];
         s2s_sub *ts = t->dec_sub[l];
         attn_tangent_forward(c, &pw->self, &vw->self, &pw->norm[0], &vw->norm[0], &s[S2S_SELF], &ts[S2S_SELF], NULL,
                              NULL, B, S, S, w->attn, t->wt, par);
-        attn_tangent_forward(c, &pw->cross, &vw->cross, &pw->norm[1], &vw->norm[1], &s[S2S_CROSS], &ts[S2S_CROSS],
-                             a->mem, t->mem, B, S, T, w->attn, t->wt, par);
-        ffn_tangent_forward(c, &pw->ffn, &vw->ffn, &pw->norm[2], &vw->norm[2], &s[S2S_FFN_DEC], &ts[S2S_FFN_DEC], B * S,
-                            t->wt, par);
+        attn_tangent_forward(c, &pw->cross, &vw->cross, &pw->norm[1], &vw->norm[1], &s[S2S_CROSS], &ts[S2S_CROSS], mem,
+                             tmem, B, S, T, w->attn, t->wt, par);
+        ffn_tangent_forward(c, &pw->ffn, &vw->ffn, &pw->norm[2], &vw->norm[2], &s[S2S_FFN], &ts[S2S_FFN], B * S, t->wt,
+                            par);
     }
-    SF(layernorm_tangent_forward)(t->z, t->z_mean, t->z_rstd, t->dec_sub[Ld - 1][S2S_FFN_DEC].out,
-                                  a->dec_sub[Ld - 1][S2S_FFN_DEC].out, a->z_mean, a->z_rstd, p->dec_norm.g,
-                                  v->dec_norm.g, v->dec_norm.b, B * S, d, par);
+    SF(layernorm_tangent_forward)(t->z, t->z_mean, t->z_rstd, t->dec_sub[Ld - 1][S2S_FFN].out,
+                                  a->dec_sub[Ld - 1][S2S_FFN].out, a->z_mean, a->z_rstd, p->dec_norm.g, v->dec_norm.g,
+                                  v->dec_norm.b, B * S, d, par);
     SF(readout_tangent_forward)(t->out, t->z, a->z, p->w_head, v->w_head, v->b_head, B * S, d);
 }
 
@@ -178,54 +172,41 @@ static void tangent_backward(const sf_model *m, const uint8_t *x, s2s_hvp_work *
     const s2s_params *p = &w->p, *v = &w->v;
     s2s_params *hv = &w->hv;
     const long B = a->B, T = a->T, S = a->S, d = c->d_model, Ne = B * T, Nd = B * S;
-    const int Le = c->n_layers, Ld = c->n_decoder_layers;
+    const int Ld = c->n_decoder_layers;
+    const real *mem = a->enc.final_out, *tmem = t->enc.final_out;
     SF(loss_tangent)(t->g_out, a->out, t->out, Nd, loss);
     SF(readout_tangent_backward)(a->g_b, t->g_b, hv->w_head, hv->b_head, a->g_out, t->g_out, a->z, t->z, p->w_head,
                                  v->w_head, Nd, d);
     SF(layernorm_tangent_backward)(a->g_a, t->g_a, 0, hv->dec_norm.g, hv->dec_norm.b, a->g_b, t->g_b,
-                                   a->dec_sub[Ld - 1][S2S_FFN_DEC].out, t->dec_sub[Ld - 1][S2S_FFN_DEC].out, a->z_mean,
+                                   a->dec_sub[Ld - 1][S2S_FFN].out, t->dec_sub[Ld - 1][S2S_FFN].out, a->z_mean,
                                    a->z_rstd, t->z_mean, t->z_rstd, p->dec_norm.g, v->dec_norm.g, Nd, d, par);
-    memset(a->g_mem, 0, (size_t)(Ne * d) * sizeof(real));
-    memset(t->g_mem, 0, (size_t)(Ne * d) * sizeof(real));
+    real *g_mem = stack_output_grad(c, &a->enc), *tg_mem = stack_output_grad(c, &t->enc);
+    memset(g_mem, 0, (size_t)(Ne * d) * sizeof(real));
+    memset(tg_mem, 0, (size_t)(Ne * d) * sizeof(real));
     real *g_out = a->g_a, *g_in = a->g_b, *tg_out = t->g_a, *tg_in = t->g_b, *tmp;
 #define SWAP (tmp = g_out, g_out = g_in, g_in = tmp, tmp = tg_out, tg_out = tg_in, tg_in = tmp)
     for (int l = Ld - 1; l >= 0; l--) {
         const s2s_layer_w *pw = &p->dec[l], *vw = &v->dec[l];
         s2s_layer_w *hw = &hv->dec[l];
         const s2s_sub *s = a->dec_sub[l], *ts = t->dec_sub[l];
-        ffn_tangent_backward(c, &pw->ffn, &vw->ffn, &hw->ffn, &pw->norm[2], &vw->norm[2], &hw->norm[2], &s[S2S_FFN_DEC],
-                             &ts[S2S_FFN_DEC], g_out, tg_out, g_in, tg_in, Nd, a, t, par);
+        ffn_tangent_backward(c, &pw->ffn, &vw->ffn, &hw->ffn, &pw->norm[2], &vw->norm[2], &hw->norm[2], &s[S2S_FFN],
+                             &ts[S2S_FFN], g_out, tg_out, g_in, tg_in, Nd, a, t, par);
         SWAP;
         attn_tangent_backward(c, &pw->cross, &vw->cross, &hw->cross, &pw->norm[1], &vw->norm[1], &hw->norm[1],
-                              &s[S2S_CROSS], &ts[S2S_CROSS], a->mem, t->mem, a->g_mem, t->g_mem, g_out, tg_out, g_in,
-                              tg_in, B, S, T, a, t, w->attn, par);
+                              &s[S2S_CROSS], &ts[S2S_CROSS], mem, tmem, g_mem, tg_mem, g_out, tg_out, g_in, tg_in, B,
+                              S, T, a, t, w->attn, par);
         SWAP;
         attn_tangent_backward(c, &pw->self, &vw->self, &hw->self, &pw->norm[0], &vw->norm[0], &hw->norm[0],
                               &s[S2S_SELF], &ts[S2S_SELF], NULL, NULL, NULL, NULL, g_out, tg_out, g_in, tg_in, B, S, S,
                               a, t, w->attn, par);
         SWAP;
     }
-    /* the shared tables: decoder use, then encoder use (as seq2seq.c) */
-    memset(hv->tok, 0, (size_t)(3 * d / 2) * sizeof(real));
-    memset(hv->pos, 0, (size_t)(((long)c->n_positions + 1) * d / 2) * sizeof(real));
-    SF(embedding_backward_add)(hv->tok, hv->pos, tg_out, a->dec, B, S, 3, d, par);
-    SF(layernorm_tangent_backward)(g_out, tg_out, 0, hv->enc_norm.g, hv->enc_norm.b, a->g_mem, t->g_mem,
-                                   a->enc[Le - 1][S2S_FFN_ENC].out, t->enc[Le - 1][S2S_FFN_ENC].out, a->mem_mean,
-                                   a->mem_rstd, t->mem_mean, t->mem_rstd, p->enc_norm.g, v->enc_norm.g, Ne, d, par);
-    for (int l = Le - 1; l >= 0; l--) {
-        const s2s_layer_w *pw = &p->enc[l], *vw = &v->enc[l];
-        s2s_layer_w *hw = &hv->enc[l];
-        ffn_tangent_backward(c, &pw->ffn, &vw->ffn, &hw->ffn, &pw->norm[1], &vw->norm[1], &hw->norm[1],
-                             &a->enc[l][S2S_FFN_ENC], &t->enc[l][S2S_FFN_ENC], g_out, tg_out, g_in, tg_in, Ne, a, t,
-                             par);
-        SWAP;
-        attn_tangent_backward(c, &pw->self, &vw->self, &hw->self, &pw->norm[0], &vw->norm[0], &hw->norm[0],
-                              &a->enc[l][S2S_SELF], &t->enc[l][S2S_SELF], NULL, NULL, NULL, NULL, g_out, tg_out, g_in,
-                              tg_in, B, T, T, a, t, w->attn, par);
-        SWAP;
-    }
 #undef SWAP
-    SF(embedding_backward_add)(hv->tok, hv->pos, tg_out, x, B, T, 3, d, par);
+    /* the shared tables: decoder use, then the encoder stack's (as seq2seq.c) */
+    memset(hv->enc.tok, 0, (size_t)(3 * d / 2) * sizeof(real));
+    memset(hv->enc.pos, 0, (size_t)(((long)c->n_positions + 1) * d / 2) * sizeof(real));
+    SF(embedding_backward_add)(hv->enc.tok, hv->enc.pos, tg_out, a->dec, B, S, 3, d, par);
+    SF(stack_tangent_backward)(c, &p->enc, &v->enc, &hv->enc, x, &a->enc, &t->enc, w->attn, par);
 }
 
 /* ---- entry point ------------------------------------------------------------------------------------ */

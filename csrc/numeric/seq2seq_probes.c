@@ -5,7 +5,7 @@
 #include "probes.h"
 #include "seq2seq.h"
 
-/* The input of a sublayer's LayerNorm: x + f(x) (post) or x (pre). */
+/* The input of a decoder sublayer's LayerNorm: x + f(x) (post) or x (pre). */
 static const real *ln_input(const sf_config *c, const s2s_sub *s) { return c->norm == SF_NORM_PRE ? s->x : s->r; }
 
 sf_status SF(seq2seq_ln_blowup)(sf_model *m, const sf_seq_data *d, int theory, double *maxs, double *means, int nt) {
@@ -25,13 +25,13 @@ sf_status SF(seq2seq_ln_blowup)(sf_model *m, const sf_seq_data *d, int theory, d
     long row = 0;
 #define STATS(X, len, t0) (SF(inv_std_stats)(maxs + row * B, means + row * B, X, B, len, t0, dm, theory, eps, &par), row++)
     for (long l = 0; l < Le; l++)
-        for (int k = 0; k < 2; k++) STATS(ln_input(c, &a.enc[l][k]), T, 0);
-    STATS(a.enc[Le - 1][S2S_FFN_ENC].out, T, 0);
+        for (int k = 0; k < 2; k++) STATS(layer_norm_input(c, &a.enc.layer[l], k), T, 0);
+    STATS(a.enc.final_in, T, 0);
     for (long l = 0; l < Ld; l++)
         for (int k = 0; k < 3; k++) STATS(ln_input(c, &a.dec_sub[l][k]), S, 0);
-    STATS(a.dec_sub[Ld - 1][S2S_FFN_DEC].out, S, 0);
+    STATS(a.dec_sub[Ld - 1][S2S_FFN].out, S, 0);
     for (long l = 0; l < Le; l++)
-        for (int k = 0; k < 2; k++) STATS(ln_input(c, &a.enc[l][k]), T, l == Le - 1 ? T - 1 : 0);
+        for (int k = 0; k < 2; k++) STATS(layer_norm_input(c, &a.enc.layer[l], k), T, l == Le - 1 ? T - 1 : 0);
     for (long l = 0; l < Ld; l++)
         for (int k = 0; k < 2; k++) STATS(ln_input(c, &a.dec_sub[l][k]), S, l == Ld - 1 ? S - 1 : 0);
 #undef STATS
@@ -41,16 +41,17 @@ sf_status SF(seq2seq_ln_blowup)(sf_model *m, const sf_seq_data *d, int theory, d
 
 /* ---- attention-logit scale ----------------------------------------------------------------------- */
 
-/* One attention module: maxs, means (H) over the batch (reduced in batch order). */
-static void module_logits(double *maxs, double *means, double *tmax, double *tsum, const s2s_sub *s, long B, long Tq,
-                          long Tk, long d, long H, int causal, const sf_par *par) {
+/* One attention module with queries q (B*Tq,d) and keys|values kv (B*Tk,2d): maxs, means (H) over
+ * the batch (reduced in batch order). */
+static void module_logits(double *maxs, double *means, double *tmax, double *tsum, const real *q, const real *kv,
+                          long B, long Tq, long Tk, long d, long H, int causal, const sf_par *par) {
     const long dh = d / H, tasks = B * H;
     const double scale = 1.0 / sqrt((double)dh);
 #pragma omp parallel for num_threads(tasks * Tq * Tk * d >= 65536 ? par->nt : 1) schedule(static)
     for (long task = 0; task < tasks; task++) {
         const long b = task / H, h = task % H;
-        SF(task_logits)(tmax + task, tsum + task, s->q + b * Tq * d + h * dh, s->kv + b * Tk * 2 * d + h * dh, Tk, Tq, d,
-                    dh, causal, scale);
+        SF(task_logits)(tmax + task, tsum + task, q + b * Tq * d + h * dh, kv + b * Tk * 2 * d + h * dh, Tk, Tq, d, dh,
+                        causal, scale);
     }
     const double pairs = causal ? (double)Tq * (2.0 * Tk - Tq + 1) / 2 : (double)Tq * Tk;
     for (long h = 0; h < H; h++) {
@@ -70,6 +71,7 @@ sf_status SF(seq2seq_attention_logits)(sf_model *m, const sf_seq_data *d, double
     s2s_acts a;
     sf_status st = SF(s2s_reserve)(m, d->rows, d->T, d->S, par.nt, &a);
     if (st) return st;
+    a.enc.loss_only = 0; /* the probe reads layer 0's keys */
     const long B = d->rows, T = d->T, S = d->S, dm = c->d_model, H = c->n_heads, tasks = B * H;
     if ((st = sf_check_budget((size_t)tasks * 2 * sizeof(double), "the attention-logit probe"))) return st;
     double *tmax = sf_alloc((size_t)tasks * 2 * sizeof(double)), *tsum = tmax + tasks;
@@ -80,12 +82,16 @@ sf_status SF(seq2seq_attention_logits)(sf_model *m, const sf_seq_data *d, double
     SF(s2s_encode)(m, &p, d->x, &a, &par);
     SF(s2s_decode)(m, &p, &a, &par);
     long row = 0; /* encoder self-attention, decoder self-attention (causal), cross-attention */
-    for (long l = 0; l < c->n_layers; l++, row++)
-        module_logits(maxs + row * H, means + row * H, tmax, tsum, &a.enc[l][S2S_SELF], B, T, T, dm, H, 0, &par);
-    for (long l = 0; l < c->n_decoder_layers; l++, row++)
-        module_logits(maxs + row * H, means + row * H, tmax, tsum, &a.dec_sub[l][S2S_SELF], B, S, S, dm, H, 1, &par);
-    for (long l = 0; l < c->n_decoder_layers; l++, row++)
-        module_logits(maxs + row * H, means + row * H, tmax, tsum, &a.dec_sub[l][S2S_CROSS], B, S, T, dm, H, 0, &par);
+    for (long l = 0; l < c->n_layers; l++, row++) {
+        const layer_acts *s = &a.enc.layer[l];
+        module_logits(maxs + row * H, means + row * H, tmax, tsum, s->q, s->kv, B, T, T, dm, H, 0, &par);
+    }
+    for (long k = S2S_SELF; k <= S2S_CROSS; k++) /* decoder self-attention (causal), then cross-attention */
+        for (long l = 0; l < c->n_decoder_layers; l++, row++) {
+            const s2s_sub *s = &a.dec_sub[l][k];
+            module_logits(maxs + row * H, means + row * H, tmax, tsum, s->q, s->kv, B, S, k == S2S_SELF ? S : T, dm, H,
+                          k == S2S_SELF, &par);
+        }
     sf_free(tmax);
     m->last_threads = par.used;
     return SF_OK;
