@@ -17,23 +17,23 @@ int sf_py_model_acquire(SfModelObject *m) {
         PyErr_SetString(PyExc_RuntimeError, "this model is being used by another call (one thread at a time per model)");
         return -1;
     }
-    m->busy = 1;
+    m->busy = SF_BUSY_ENGINE;
     return 0;
 }
 
-/* For a training stretch: another thread may hold the model for a moment between stretches (a
- * save, a state dict, a probe); fit waits for it rather than failing. The flag changes only under
- * the GIL, so checking it with the GIL held is race-free; the GIL is released while sleeping. */
+/* For a training stretch: a Python-side hold (a save, a state dict, a parameter read between
+ * stretches) lasts a moment, so fit waits for it rather than failing the run; another engine call
+ * still refuses it. The flag changes only under the GIL, so checking it with the GIL held is
+ * race-free; the GIL is released while sleeping. */
 int sf_py_model_acquire_waiting(SfModelObject *m) {
     if (sf_py_model_ready(m) < 0) return -1;
-    while (m->busy) {
+    while (m->busy == SF_BUSY_PYTHON) {
         Py_BEGIN_ALLOW_THREADS
         nanosleep(&(struct timespec){0, 200000}, NULL);
         Py_END_ALLOW_THREADS
         if (PyErr_CheckSignals() < 0) return -1;
     }
-    m->busy = 1;
-    return 0;
+    return sf_py_model_acquire(m);
 }
 
 void sf_py_model_release(SfModelObject *m) { m->busy = 0; }
@@ -185,6 +185,7 @@ static PyObject *model_reinit(SfModelObject *self, PyObject *args) {
  * another thread is inside one instead of seeing or making a half-updated model. */
 static PyObject *model_acquire(SfModelObject *self, PyObject *noargs) {
     if (sf_py_model_acquire(self) < 0) return NULL;
+    self->busy = SF_BUSY_PYTHON;
     Py_RETURN_NONE;
 }
 

@@ -42,11 +42,12 @@ int sf_py_stop_hook(void *ctx);
 typedef struct {
     PyObject_HEAD
     sf_model *model;
-    int busy; /* one call at a time per model: the workspace is shared */
+    int busy; /* one call at a time per model (the workspace is shared): SF_BUSY_ENGINE or SF_BUSY_PYTHON */
 } SfModelObject;
 extern PyTypeObject SfModelType;
 extern PyTypeObject SfOptimizerType;
 int sf_py_model_ready(SfModelObject *m); /* -1 with an exception if uninitialised */
+enum { SF_BUSY_ENGINE = 1, SF_BUSY_PYTHON = 2 }; /* who holds a model: an engine call, or Python's acquire() */
 int sf_py_model_acquire(SfModelObject *m);
 int sf_py_model_acquire_waiting(SfModelObject *m);
 void sf_py_model_release(SfModelObject *m);
