@@ -99,12 +99,16 @@ enum { SF_DECODER_LAYER_TENSORS(SF_SLOT_ENUM) SF_DEC_SLOTS };
 #undef SF_SLOT_ENUM
 typedef enum { SF_INIT_XAVIER, SF_INIT_UNIFORM_D, SF_INIT_UNIFORM_F, SF_INIT_ZERO, SF_INIT_ONE } sf_init_rule;
 
-/* Tensors per encoder layer: the encoder model without LayerNorms has only the first 8. */
+/* Whether a configuration has a slot of a layer list (decoder: the decoder list): no norm tensors
+ * with norm none, no norm biases with RMSNorm. */
+int sf_slot_present(const sf_config *c, int decoder, int slot);
+/* Tensors per encoder layer (the slots present). */
 int sf_layer_slots(const sf_config *c);
-/* Index in the tensor table of slot `slot` of encoder layer `layer` (the encoder model), or of the
- * seq2seq model's encoder (decoder=0) or decoder (decoder=1) layer. */
+/* Tensors of a stack's final norm: weight and bias (LayerNorm) or weight (RMSNorm). */
+int sf_final_norm_tensors(const sf_config *c);
+/* Index in the tensor table of slot `slot` of encoder layer `layer` (either model: the stack's
+ * tensors come first after tok and pos). */
 int sf_tensor_index(const sf_model *m, int layer, int slot);
-int sf_seq2seq_tensor_index(const sf_model *m, int decoder, int layer, int slot);
 /* The init rule of a stack's slot (encoder layer, or seq2seq decoder layer). */
 sf_init_rule sf_slot_init(int decoder, int slot);
 

@@ -19,17 +19,26 @@ static const slot_info decoder_slots[SF_DEC_SLOTS] = {SF_DECODER_LAYER_TENSORS(S
 
 sf_init_rule sf_slot_init(int decoder, int slot) { return (decoder ? decoder_slots : encoder_slots)[slot].init; }
 
-int sf_layer_slots(const sf_config *c) { return c->norm == SF_NORM_NONE ? 8 : 12; }
-
-int sf_tensor_index(const sf_model *m, int layer, int slot) {
-    return 2 + layer * sf_layer_slots(&m->cfg) + slot;
+int sf_slot_present(const sf_config *c, int decoder, int slot) {
+    const sf_tensor_kind kind = (decoder ? decoder_slots : encoder_slots)[slot].kind;
+    const int norm = kind == SF_KIND_NORM_WEIGHT || kind == SF_KIND_NORM_BIAS;
+    return !(norm && c->norm == SF_NORM_NONE) && !(kind == SF_KIND_NORM_BIAS && c->norm_type == SF_NORM_RMS);
 }
 
-/* Seq2seq table: tok, pos, encoder layers (12 each), encoder norm (2), decoder layers (18 each),
- * decoder norm (2), head (2). */
-int sf_seq2seq_tensor_index(const sf_model *m, int decoder, int layer, int slot) {
-    const int enc = 2 + m->cfg.n_layers * SF_ENC_SLOTS;
-    return decoder ? enc + 2 + layer * SF_DEC_SLOTS + slot : 2 + layer * SF_ENC_SLOTS + slot;
+/* Present slots before `slot` (its index within a layer's tensors), or, with slot = the list's
+ * length, the tensors per layer. */
+static int slot_rank(const sf_config *c, int decoder, int slot) {
+    int rank = 0;
+    for (int s = 0; s < slot; s++) rank += sf_slot_present(c, decoder, s);
+    return rank;
+}
+
+int sf_layer_slots(const sf_config *c) { return slot_rank(c, 0, SF_ENC_SLOTS); }
+
+int sf_final_norm_tensors(const sf_config *c) { return c->norm_type == SF_NORM_RMS ? 1 : 2; }
+
+int sf_tensor_index(const sf_model *m, int layer, int slot) {
+    return 2 + layer * sf_layer_slots(&m->cfg) + slot_rank(&m->cfg, 0, slot);
 }
 
 static sf_status seq2seq_check(const sf_config *c) {
@@ -60,6 +69,8 @@ sf_status sf_config_check(const sf_config *c) {
         return sf_fail(SF_EINVAL, "n_layers must be in [1, %d], got %d", SF_MAX_LAYERS, c->n_layers);
     if (c->d_ff < 1 || c->d_ff > SF_MAX_D_FF) return sf_fail(SF_EINVAL, "d_ff must be in [1, 2^20], got %d", c->d_ff);
     if (c->norm < SF_NORM_POST || c->norm > SF_NORM_NONE) return sf_fail(SF_EINVAL, "norm must be post, pre or none");
+    if (c->norm_type != SF_NORM_LAYER && c->norm_type != SF_NORM_RMS)
+        return sf_fail(SF_EINVAL, "norm_type must be layer or rms");
     if (!(c->ln_eps >= 0) || !isfinite(c->ln_eps))
         return sf_fail(SF_EINVAL, "ln_eps must be finite and >= 0, got %g", c->ln_eps);
     if (c->activation < SF_ACT_RELU || c->activation > SF_ACT_GELU_TANH)
@@ -73,7 +84,7 @@ sf_status sf_config_check(const sf_config *c) {
 }
 
 static void add_tensor(sf_model *m, const char *name, int ndim, int64_t r, int64_t c,
-                       sf_tensor_kind kind, int layer) {
+                       sf_tensor_kind kind, int layer, int slot) {
     sf_tensor_info *t = &m->tensors[m->n_tensors++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = ndim;
@@ -83,38 +94,48 @@ static void add_tensor(sf_model *m, const char *name, int ndim, int64_t r, int64
     t->offset = m->n_params;
     t->kind = kind;
     t->layer = layer;
+    t->slot = slot;
     m->n_params += t->size;
 }
 
-/* Layers first_layer.. of one stack, named "<prefix>.<l>.<suffix>", the first `slots` of its list. */
-static void add_layers(sf_model *m, const char *prefix, int first_layer, int layers, int slots, int decoder) {
+/* Layers first_layer.. of one stack, named "<prefix>.<l>.<suffix>": the slots of its list the
+ * configuration has (sf_slot_present). */
+static void add_layers(sf_model *m, const char *prefix, int first_layer, int layers, int decoder) {
     const int64_t d = m->cfg.d_model, f = m->cfg.d_ff;
 #define SF_SLOT_SHAPE(slot, field, suffix, rows, cols, kind, init) {rows, cols},
     const int64_t enc[SF_ENC_SLOTS][2] = {SF_ENCODER_LAYER_TENSORS(SF_SLOT_SHAPE)};
     const int64_t dec[SF_DEC_SLOTS][2] = {SF_DECODER_LAYER_TENSORS(SF_SLOT_SHAPE)};
 #undef SF_SLOT_SHAPE
     for (int l = 0; l < layers; l++)
-        for (int s = 0; s < slots; s++) {
+        for (int s = 0; s < (decoder ? SF_DEC_SLOTS : SF_ENC_SLOTS); s++) {
+            if (!sf_slot_present(&m->cfg, decoder, s)) continue;
             const int64_t *shape = decoder ? dec[s] : enc[s];
             const slot_info *info = decoder ? &decoder_slots[s] : &encoder_slots[s];
             char name[96];
             snprintf(name, sizeof name, "%s.%d.%s", prefix, l, info->suffix);
-            add_tensor(m, name, shape[1] ? 2 : 1, shape[0], shape[1], info->kind, first_layer + l);
+            add_tensor(m, name, shape[1] ? 2 : 1, shape[0], shape[1], info->kind, first_layer + l, s);
         }
+}
+
+/* A stack's final norm "<prefix>.weight" (and ".bias" for a LayerNorm). */
+static void add_final_norm(sf_model *m, const char *prefix) {
+    char name[96];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    add_tensor(m, name, 1, m->cfg.d_model, 0, SF_KIND_NORM_WEIGHT, -1, -1);
+    if (sf_final_norm_tensors(&m->cfg) < 2) return;
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    add_tensor(m, name, 1, m->cfg.d_model, 0, SF_KIND_NORM_BIAS, -1, -1);
 }
 
 static void build_tensor_table(sf_model *m) {
     const sf_config *c = &m->cfg;
     int64_t d = c->d_model, h = d / 2;
-    add_tensor(m, "embedding.weight", 2, 2, h, SF_KIND_TOKEN_EMBEDDING, -1);
-    add_tensor(m, "positional_encoding.weight", 2, c->n_positions, h, SF_KIND_POSITIONAL, -1);
-    add_layers(m, "encoders.layers", 0, c->n_layers, sf_layer_slots(c), 0);
-    if (c->final_norm) {
-        add_tensor(m, "encoders.norm.weight", 1, d, 0, SF_KIND_NORM_WEIGHT, -1);
-        add_tensor(m, "encoders.norm.bias", 1, d, 0, SF_KIND_NORM_BIAS, -1);
-    }
-    add_tensor(m, "linear_head.weight", 2, 1, d, SF_KIND_WEIGHT, -1);
-    add_tensor(m, "linear_head.bias", 1, 1, 0, SF_KIND_BIAS, -1);
+    add_tensor(m, "embedding.weight", 2, 2, h, SF_KIND_TOKEN_EMBEDDING, -1, -1);
+    add_tensor(m, "positional_encoding.weight", 2, c->n_positions, h, SF_KIND_POSITIONAL, -1, -1);
+    add_layers(m, "encoders.layers", 0, c->n_layers, 0);
+    if (c->final_norm) add_final_norm(m, "encoders.norm");
+    add_tensor(m, "linear_head.weight", 2, 1, d, SF_KIND_WEIGHT, -1, -1);
+    add_tensor(m, "linear_head.bias", 1, 1, 0, SF_KIND_BIAS, -1, -1);
 }
 
 /* TorchModelWithScratchpad's named_parameters(): embedding (3 tokens with SOS), positions
@@ -122,16 +143,14 @@ static void build_tensor_table(sf_model *m) {
 static void build_seq2seq_table(sf_model *m) {
     const sf_config *c = &m->cfg;
     int64_t d = c->d_model, h = d / 2;
-    add_tensor(m, "embedding.weight", 2, 3, h, SF_KIND_TOKEN_EMBEDDING, -1);
-    add_tensor(m, "positional_encoding.weight", 2, (int64_t)c->n_positions + 1, h, SF_KIND_POSITIONAL, -1);
-    add_layers(m, "model.encoder.layers", 0, c->n_layers, SF_ENC_SLOTS, 0);
-    add_tensor(m, "model.encoder.norm.weight", 1, d, 0, SF_KIND_NORM_WEIGHT, -1);
-    add_tensor(m, "model.encoder.norm.bias", 1, d, 0, SF_KIND_NORM_BIAS, -1);
-    add_layers(m, "model.decoder.layers", c->n_layers, c->n_decoder_layers, SF_DEC_SLOTS, 1);
-    add_tensor(m, "model.decoder.norm.weight", 1, d, 0, SF_KIND_NORM_WEIGHT, -1);
-    add_tensor(m, "model.decoder.norm.bias", 1, d, 0, SF_KIND_NORM_BIAS, -1);
-    add_tensor(m, "linear_head.weight", 2, 1, d, SF_KIND_WEIGHT, -1);
-    add_tensor(m, "linear_head.bias", 1, 1, 0, SF_KIND_BIAS, -1);
+    add_tensor(m, "embedding.weight", 2, 3, h, SF_KIND_TOKEN_EMBEDDING, -1, -1);
+    add_tensor(m, "positional_encoding.weight", 2, (int64_t)c->n_positions + 1, h, SF_KIND_POSITIONAL, -1, -1);
+    add_layers(m, "model.encoder.layers", 0, c->n_layers, 0);
+    add_final_norm(m, "model.encoder.norm");
+    add_layers(m, "model.decoder.layers", c->n_layers, c->n_decoder_layers, 1);
+    add_final_norm(m, "model.decoder.norm");
+    add_tensor(m, "linear_head.weight", 2, 1, d, SF_KIND_WEIGHT, -1, -1);
+    add_tensor(m, "linear_head.bias", 1, 1, 0, SF_KIND_BIAS, -1, -1);
 }
 
 sf_status sf_model_create(const sf_config *cfg, uint64_t seed, int identical_layers, sf_model **out) {

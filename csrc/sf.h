@@ -29,6 +29,8 @@ extern "C" {
     X(SF_ENUMERIC, 4, "numeric")  /* non-finite loss or parameters */
 #define SF_DTYPE_LIST(X) X(SF_F32, 0, "float32") X(SF_F64, 1, "float64")
 #define SF_NORM_LIST(X) X(SF_NORM_POST, 0, "post") X(SF_NORM_PRE, 1, "pre") X(SF_NORM_NONE, 2, "none")
+/* What a norm computes: LayerNorm (centre, scale by 1/std, gain and bias) or RMSNorm (scale by 1/RMS, gain) */
+#define SF_NORM_TYPE_LIST(X) X(SF_NORM_LAYER, 0, "layer") X(SF_NORM_RMS, 1, "rms")
 #define SF_ACTIVATION_LIST(X) X(SF_ACT_RELU, 0, "relu") X(SF_ACT_GELU, 1, "gelu") X(SF_ACT_GELU_TANH, 2, "gelu_tanh")
 /* SF_MODEL_ENCODER: the official TorchModel (readout at the last position). SF_MODEL_SEQ2SEQ: the
  * official TorchModelWithScratchpad, nn.Transformer with a shared embedding of the tokens 0, 1 and
@@ -69,7 +71,7 @@ extern "C" {
 /* Every list, with the name of its vocabulary. */
 #define SF_VOCABULARIES(X)                                                                                    \
     X(SF_STATUS_LIST, "status") X(SF_DTYPE_LIST, "dtype") X(SF_NORM_LIST, "norm")                             \
-    X(SF_ACTIVATION_LIST, "activation") X(SF_MODEL_KIND_LIST, "model_kind")                                   \
+    X(SF_NORM_TYPE_LIST, "norm_type") X(SF_ACTIVATION_LIST, "activation") X(SF_MODEL_KIND_LIST, "model_kind")                                   \
     X(SF_TENSOR_KIND_LIST, "tensor_kind") X(SF_LOSS_LIST, "loss") X(SF_TARGET_KIND_LIST, "target_kind")      \
     X(SF_SAMPLER_KIND_LIST, "sampler_kind") X(SF_OPTIMIZER_KIND_LIST, "optimizer_kind")                       \
     X(SF_SCHEDULE_KIND_LIST, "schedule_kind") X(SF_LIMIT_LIST, "limit")
@@ -78,6 +80,7 @@ extern "C" {
 typedef enum { SF_STATUS_LIST(SF_ENUM_CONSTANT) } sf_status;
 typedef enum { SF_DTYPE_LIST(SF_ENUM_CONSTANT) } sf_dtype;
 typedef enum { SF_NORM_LIST(SF_ENUM_CONSTANT) } sf_norm;
+typedef enum { SF_NORM_TYPE_LIST(SF_ENUM_CONSTANT) } sf_norm_type;
 typedef enum { SF_ACTIVATION_LIST(SF_ENUM_CONSTANT) } sf_activation;
 typedef enum { SF_MODEL_KIND_LIST(SF_ENUM_CONSTANT) } sf_model_kind;
 typedef enum { SF_TENSOR_KIND_LIST(SF_ENUM_CONSTANT) } sf_tensor_kind;
@@ -114,6 +117,7 @@ typedef struct {
     sf_dtype dtype;
     sf_model_kind kind;  /* zero: the encoder */
     int n_decoder_layers; /* seq2seq: decoder layers (1..64); must be 0 for the encoder */
+    sf_norm_type norm_type; /* zero: LayerNorm; RMSNorm norms have a gain and no bias tensor */
 } sf_config;
 /* A seq2seq model has n_layers encoder and n_decoder_layers decoder layers, norm post or pre
  * (nn.Transformer's norm_first) and always the final encoder and decoder LayerNorms of
@@ -128,6 +132,7 @@ typedef struct {
     sf_tensor_kind kind;
     int layer;           /* layer index: encoder layers 0..L-1, then (seq2seq) decoder layers L..L+Ld-1;
                             -1 outside the stacks */
+    int slot;            /* inside a layer: its slot in engine.h's layer list; -1 outside */
 } sf_tensor_info;
 
 typedef struct sf_model sf_model;

@@ -101,6 +101,8 @@ CONFIGS = [
     dict(n_positions=5, d_model=6, n_heads=3, n_layers=1, norm="none", dtype="float64", activation="gelu_tanh",
          d_ff=3),
     dict(n_positions=6, d_model=8, n_heads=2, n_layers=2, dtype="float32", identical_layers=False),
+    dict(n_positions=6, d_model=4, n_heads=2, n_layers=2, norm="pre", final_norm=True, norm_type="rms",
+         dtype="float64"),
 ]
 _models = {}
 
@@ -170,13 +172,14 @@ CONFIG_ARGS = {
     "seed": st.sampled_from([0, 1, 2**64 - 1, 2**64, -1, 1.0, "0", True, np.uint64(5), np.int64(-1), None]),
     "final_norm": st.sampled_from([True, False, 1, 0, "yes", None, np.bool_(True)]),
     "identical_layers": st.sampled_from([True, False, 1, "no", np.bool_(False)]),
+    "norm_type": st.sampled_from(["layer", "rms", "RMS", "batch", None, 1, ""]),
 }
 
 
 def config_problems(kw):
     """Names of the arguments that break the documented contract of Transformer(...)."""
     full = dict(d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5, activation="relu",
-                dtype="float32", seed=0, final_norm=False, identical_layers=True)
+                dtype="float32", seed=0, final_norm=False, identical_layers=True, norm_type="layer")
     full.update(kw)
     bad = []
     ok_int = lambda v, lo, hi=None: is_int(v) and v >= lo and (hi is None or v <= hi)  # noqa: E731
@@ -196,6 +199,8 @@ def config_problems(kw):
         bad.append("d_ff")
     if not (isinstance(full["norm"], str) and full["norm"] in ("post", "pre", "none")):
         bad.append("norm")
+    if not (isinstance(full["norm_type"], str) and full["norm_type"] in ("layer", "rms")):
+        bad.append("norm_type")
     e = full["ln_eps"]
     if not (is_real(e) and math.isfinite(e) and e >= 0):
         bad.append("ln_eps")
@@ -883,8 +888,8 @@ _SEQ = {}
 
 def seq_model(i):
     if i not in _SEQ:
-        model = sf.Seq2SeqTransformer(5, d_model=4, n_heads=2, n_layers=1, dtype=("float64", "float32")[i],
-                                      norm=("post", "pre")[i], seed=i)
+        model = sf.Seq2SeqTransformer(5, d_model=4, n_heads=2, n_layers=1, dtype=("float64", "float32")[i % 2],
+                                      norm=("post", "pre")[i % 2], norm_type=("layer", "rms")[i // 2], seed=i)
         model.flat[:] = np.random.default_rng(i).normal(scale=0.5, size=model.num_parameters)
         _SEQ[i] = model
     return _SEQ[i]
@@ -896,7 +901,7 @@ SEQ_CALL = st.sampled_from(["forward", "loss", "loss", "generate"])
 
 @st.composite
 def seq_case(draw):
-    i = draw(st.integers(0, 1))
+    i = draw(st.integers(0, 3))  # dtype and placement alternate; 2, 3: RMSNorm
     b, t = draw(st.integers(1, 4)), draw(st.integers(1, 5))
     if draw(st.integers(0, 3)):
         x = draw(S["arrays"](st.just((b, t)), BITS, dtype_choices=["uint8", "int64", "bool"]))

@@ -25,7 +25,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int every_position
         s->Tq = Tq;
         s->x = next_x;
         s->a_in = pre ? take(&b, N * d) : s->x;
-        s->ln1_mean = take(&b, N);
+        s->ln1_mean = take_means(&b, c, N);
         s->ln1_rstd = take(&b, N);
         s->xq = Tq < T ? take(&b, Nq * d) : s->x;
         s->aq = Tq < T && pre ? take(&b, Nq * d) : (Tq < T ? s->xq : s->a_in);
@@ -36,7 +36,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int every_position
         s->r1 = take(&b, Nq * d);
         s->h = post ? take(&b, Nq * d) : s->r1;
         s->f_in = pre ? take(&b, Nq * d) : s->h;
-        s->ln2_mean = take(&b, Nq);
+        s->ln2_mean = take_means(&b, c, Nq);
         s->ln2_rstd = take(&b, Nq);
         s->a1 = take(&b, Nq * F);
         s->act = take(&b, Nq * F);
@@ -45,7 +45,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int every_position
         s->r2 = post ? take(&b, Nq * d) : s->out;
     }
     a->final_in = next_x;
-    a->final_mean = take(&b, a->Nf);
+    a->final_mean = take_means(&b, c, a->Nf);
     a->final_rstd = take(&b, a->Nf);
     a->final_out = c->final_norm ? take(&b, a->Nf * d) : a->final_in;
     a->out = take(&b, B);
@@ -66,7 +66,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int every_position
     a->U = B > 2 ? 2 * T : 0;
     a->u_emb = take(&b, a->U * d);
     a->u_ain = pre ? take(&b, a->U * d) : a->u_emb;
-    a->u_mean = take(&b, a->U);
+    a->u_mean = take_means(&b, c, a->U);
     a->u_rstd = take(&b, a->U);
     a->u_qkv = take(&b, a->U * 3 * d);
     a->u_grad = take(&b, a->U * 3 * d);
@@ -112,17 +112,16 @@ void SF(stack_params)(const sf_model *m, real *base, params *p) {
     p->layer = p->layer_storage;
     p->tok = tensor(base, m, 0);
     p->pos = tensor(base, m, 1);
-    const int slots = sf_layer_slots(c); /* without LayerNorms, their views are NULL */
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = 0; l < c->n_layers; l++) { /* a slot the configuration lacks has a NULL view */
         layer_params *q = &p->layer[l];
 #define SF_LAYER_VIEW(slot, field, ...)                                                                               \
-    q->field = SF_SLOT_##slot < slots ? tensor(base, m, sf_tensor_index(m, l, SF_SLOT_##slot)) : NULL;
+    q->field = sf_slot_present(c, 0, SF_SLOT_##slot) ? tensor(base, m, sf_tensor_index(m, l, SF_SLOT_##slot)) : NULL;
         SF_ENCODER_LAYER_TENSORS(SF_LAYER_VIEW)
 #undef SF_LAYER_VIEW
     }
-    const int final = 2 + c->n_layers * slots;
+    const int final = 2 + c->n_layers * sf_layer_slots(c);
     p->gf = c->final_norm ? tensor(base, m, final) : NULL;
-    p->bf = c->final_norm ? tensor(base, m, final + 1) : NULL;
+    p->bf = c->final_norm && sf_final_norm_tensors(c) == 2 ? tensor(base, m, final + 1) : NULL;
     p->w_head = p->b_head = NULL;
 }
 
@@ -234,17 +233,17 @@ static void layer_tail_forward(const sf_config *c, const layer_params *w, layer_
         SF(gemm)(n, d, d, s->ctx + rd, d, 1, wt_out, d, s->r1 + rd, d, w->b_out, 0, &one);
         add_into(s->r1 + rd, s->xq + rd, n * d);
         if (post)
-            SF(layernorm_forward)(s->h + rd, s->ln1_mean + r, s->ln1_rstd + r, s->r1 + rd, w->g1, w->be1, c->ln_eps, n,
+            SF(layernorm_forward)(s->h + rd, rows_from(s->ln1_mean, r), s->ln1_rstd + r, s->r1 + rd, w->g1, w->be1, c->ln_eps, n,
                                   d, &one);
         if (pre)
-            SF(layernorm_forward)(s->f_in + rd, s->ln2_mean + r, s->ln2_rstd + r, s->h + rd, w->g2, w->be2, c->ln_eps,
+            SF(layernorm_forward)(s->f_in + rd, rows_from(s->ln2_mean, r), s->ln2_rstd + r, s->h + rd, w->g2, w->be2, c->ln_eps,
                                   n, d, &one);
         SF(gemm)(n, F, d, s->f_in + rd, d, 1, wt1, F, s->a1 + r * F, F, w->b1, 0, &one);
         SF(activation_forward)(s->act + r * F, s->a1 + r * F, n * F, c->activation, &one);
         SF(gemm)(n, d, F, s->act + r * F, F, 1, wt2, d, s->r2 + rd, d, w->b2, 0, &one);
         add_into(s->r2 + rd, s->h + rd, n * d);
         if (post)
-            SF(layernorm_forward)(s->out + rd, s->ln2_mean + r, s->ln2_rstd + r, s->r2 + rd, w->g2, w->be2, c->ln_eps, n,
+            SF(layernorm_forward)(s->out + rd, rows_from(s->ln2_mean, r), s->ln2_rstd + r, s->r2 + rd, w->g2, w->be2, c->ln_eps, n,
                                   d, &one);
     }
     sf_par_note(par, nt);

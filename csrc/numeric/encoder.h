@@ -126,6 +126,15 @@ static inline real *take(bump *b, long elements) {
     return r;
 }
 
+/* A norm's saved means: none for RMSNorm, which does not centre (the norm kernels take a NULL mean
+ * as RMSNorm; layers.c). */
+static inline real *take_means(bump *b, const sf_config *c, long rows) {
+    return c->norm_type == SF_NORM_RMS ? NULL : take(b, rows);
+}
+
+/* rows r.. of a per-row array that may be absent (NULL) */
+static inline real *rows_from(real *p, long r) { return p ? p + r : NULL; }
+
 /* dst (B,d) = rows b*T + T-1 of src (B,T,d) */
 static inline void gather_last(real *dst, const real *src, long B, long T, long d) {
     for (long b = 0; b < B; b++) memcpy(dst + b * d, src + (b * T + T - 1) * d, (size_t)d * sizeof(real));

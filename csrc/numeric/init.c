@@ -37,6 +37,14 @@ static sf_init_rule outer_rule(sf_tensor_kind kind) {
     return kind == SF_KIND_NORM_WEIGHT ? SF_INIT_ONE : kind == SF_KIND_NORM_BIAS ? SF_INIT_ZERO : SF_INIT_UNIFORM_D;
 }
 
+/* The index of tensor i's slot in the first layer of its stack (layers of a stack are alike). */
+static int same_slot_in_layer_0(const sf_model *m, int i) {
+    const int layer = m->tensors[i].layer, first = layer >= m->cfg.n_layers ? m->cfg.n_layers : 0;
+    int j = i;
+    while (m->tensors[j].layer != first || m->tensors[j].slot != m->tensors[i].slot) j--;
+    return j;
+}
+
 /* nn.Transformer: its layers are built (and, within a stack, deep-copied) with the encoder's rules,
  * then _reset_parameters redraws every matrix inside it with xavier_uniform. So the matrices differ
  * between layers while linear1/linear2 biases stay copies within a stack (identical_layers) and the
@@ -56,12 +64,11 @@ sf_status SF(s2s_init)(sf_model *m, uint64_t seed, int identical_layers) {
             init_by_rule(w, t, outer_rule(t->kind), own, c);
             continue;
         }
-        const int dec = t->layer >= c->n_layers, l = dec ? t->layer - c->n_layers : t->layer;
-        const int slot = i - sf_seq2seq_tensor_index(m, dec, l, 0);
+        const int dec = t->layer >= c->n_layers;
         /* a layer > 0 bias copies layer 0 of its stack (its draws use layer 0's key) */
-        const int key_index = identical_layers ? sf_seq2seq_tensor_index(m, dec, 0, slot) : i;
+        const int key_index = identical_layers ? same_slot_in_layer_0(m, i) : i;
         const uint64_t key = t->kind == SF_KIND_BIAS ? sf_key(seed, SF_STREAM_INIT, (uint64_t)key_index) : own;
-        init_by_rule(w, t, t->kind == SF_KIND_WEIGHT ? SF_INIT_XAVIER : sf_slot_init(dec, slot), key, c);
+        init_by_rule(w, t, t->kind == SF_KIND_WEIGHT ? SF_INIT_XAVIER : sf_slot_init(dec, t->slot), key, c);
     }
     memset(m->grads, 0, (size_t)m->n_params * sizeof(real));
     return SF_OK;
@@ -74,12 +81,11 @@ sf_status SF(model_init)(sf_model *m, uint64_t seed, int identical_layers) {
     for (int i = 0; i < m->n_tensors; i++) {
         const sf_tensor_info *t = &m->tensors[i];
         real *w = base + t->offset;
-        const int slot = t->layer >= 0 ? i - sf_tensor_index(m, t->layer, 0) : -1;
         /* copies of layer 0 draw from layer 0's streams */
-        const int key_index = identical_layers && t->layer > 0 ? sf_tensor_index(m, 0, slot) : i;
+        const int key_index = identical_layers && t->layer > 0 ? same_slot_in_layer_0(m, i) : i;
         const uint64_t key = sf_key(seed, SF_STREAM_INIT, (uint64_t)key_index);
         if (t->kind == SF_KIND_TOKEN_EMBEDDING || t->kind == SF_KIND_POSITIONAL) fill_normal(w, t->size, key);
-        else init_by_rule(w, t, slot >= 0 ? sf_slot_init(0, slot) : outer_rule(t->kind), key, c);
+        else init_by_rule(w, t, t->slot >= 0 ? sf_slot_init(0, t->slot) : outer_rule(t->kind), key, c);
     }
     memset(m->grads, 0, (size_t)m->n_params * sizeof(real));
     return SF_OK;

@@ -57,7 +57,9 @@ void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_
     SF(embedding_backward_add)(dtok, dpos, dX, tokens, B, T, 2, d, par);
 }
 
-/* ---- LayerNorm over the last dimension (biased variance, eps inside the sqrt) ------------- */
+/* ---- LayerNorm over the last dimension (biased variance, eps inside the sqrt) ------------- *
+ * and RMSNorm, LayerNorm without centring (x / sqrt(mean(x^2) + eps) * g, torch.nn.RMSNorm):
+ * the same kernels, told by a NULL mean (no saved means: nothing is subtracted) and a NULL bias. */
 
 /* One row of LayerNorm: statistics in double (vectorised reductions, fixed order per build). */
 SF_VECTOR_ISA static void layernorm_row(real *y, real *mean, real *rstd, const real *x, const real *g,
@@ -76,16 +78,31 @@ SF_VECTOR_ISA static void layernorm_row(real *y, real *mean, real *rstd, const r
     for (long j = 0; j < d; j++) y[j] = (x[j] - m_) * rs_ * g[j] + b[j];
 }
 
-/* Y, X (N,d); mean, rstd (N) saved for backward; g, b (d) */
+/* One row of RMSNorm (the mean square in double). */
+SF_VECTOR_ISA static void rmsnorm_row(real *y, real *rstd, const real *x, const real *g, double eps, long d) {
+    double v = 0;
+#pragma omp simd reduction(+ : v)
+    for (long j = 0; j < d; j++) v += (double)x[j] * x[j];
+    const real rs = (real)(1.0 / sqrt(v / d + eps));
+    *rstd = rs;
+#pragma omp simd
+    for (long j = 0; j < d; j++) y[j] = x[j] * rs * g[j];
+}
+
+/* Y, X (N,d); mean (N, or NULL: RMSNorm), rstd (N) saved for backward; g (d), b (d, NULL with RMSNorm) */
 void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
                            double eps, long N, long d, sf_par *par) {
 #pragma omp parallel for num_threads(THREADS_FOR(N * d)) schedule(static)
-    for (long r = 0; r < N; r++) layernorm_row(Y + r * d, mean + r, rstd + r, X + r * d, g, b, eps, d);
+    for (long r = 0; r < N; r++) {
+        if (mean) layernorm_row(Y + r * d, mean + r, rstd + r, X + r * d, g, b, eps, d);
+        else rmsnorm_row(Y + r * d, rstd + r, X + r * d, g, eps, d);
+    }
 }
 
-/* dx (d) = residual (d, or NULL) + the LayerNorm input gradient of one row. */
+/* dx (d) = residual (d, or NULL) + the LayerNorm input gradient of one row (centre = 0: RMSNorm's,
+ * with m_ = 0: no mean to differentiate through). */
 SF_VECTOR_ISA static void layernorm_row_backward(real *dx, const real *residual, const real *dy, const real *x,
-                                                    real m_, real rs, const real *g, long d) {
+                                                    real m_, real rs, const real *g, long d, int centre) {
     double s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s1, s2)
     for (long j = 0; j < d; j++) {
@@ -93,7 +110,7 @@ SF_VECTOR_ISA static void layernorm_row_backward(real *dx, const real *residual,
         s1 += gdy;
         s2 += gdy * ((x[j] - m_) * rs);
     }
-    const real m1 = (real)(s1 / d), m2 = (real)(s2 / d);
+    const real m1 = centre ? (real)(s1 / d) : 0, m2 = (real)(s2 / d);
     if (residual) {
 #pragma omp simd
         for (long j = 0; j < d; j++) dx[j] = residual[j] + rs * (g[j] * dy[j] - m1 - (x[j] - m_) * rs * m2);
@@ -117,8 +134,8 @@ enum { LN_CHUNK = 64 }; /* rows per partial sum of the parameter gradients */
 
 long SF(layernorm_partials)(long N, long d) { return (N + LN_CHUNK - 1) / LN_CHUNK * 2 * d; }
 
-/* dX (N,d) = residual (N,d: dX itself to accumulate, another gradient, or NULL) + d/dX;
- * dg, db (d) overwritten (may be NULL), summed in the same pass as the rows (X and dY are read
+/* dX (N,d) = residual (N,d: dX itself to accumulate, another gradient, or NULL) + d/dX (mean NULL:
+ * RMSNorm); dg, db (d) overwritten (may be NULL), summed in the same pass as the rows (X and dY are read
  * once): per chunk of LN_CHUNK rows a partial sum, in row order, in partials
  * (layernorm_partials(N, d) doubles; NULL when dg and db are), then the chunks' partials in chunk
  * order. Chunks depend on N only, so any thread count gives the same bits. */
@@ -134,9 +151,10 @@ void SF(layernorm_backward)(real *dX, const real *residual, real *dg, real *db, 
             double *ag = params ? partials + c * 2 * d : NULL, *ab = params ? ag + d : NULL;
             for (long j = 0; params && j < 2 * d; j++) ag[j] = 0;
             for (long r = c * LN_CHUNK; r < N && r < (c + 1) * LN_CHUNK; r++) {
-                layernorm_row_backward(dX + r * d, residual ? residual + r * d : NULL, dY + r * d, X + r * d, mean[r],
-                                       rstd[r], g, d);
-                if (params) layernorm_row_params(ag, ab, dY + r * d, X + r * d, mean[r], rstd[r], d);
+                const real m_ = mean ? mean[r] : 0;
+                layernorm_row_backward(dX + r * d, residual ? residual + r * d : NULL, dY + r * d, X + r * d, m_,
+                                       rstd[r], g, d, mean != NULL);
+                if (params) layernorm_row_params(ag, ab, dY + r * d, X + r * d, m_, rstd[r], d);
             }
         }
         long lo, hi;

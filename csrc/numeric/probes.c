@@ -108,17 +108,19 @@ done:
 /* ---- LayerNorm blowup ------------------------------------------------------------------------ */
 
 void SF(inv_std_stats)(double *maxs, double *means, const real *X, long B, long rows_per_seq, long t0, long d,
-                       int theory, double eps, const sf_par *par) {
+                       int theory, const sf_config *c, const sf_par *par) {
+    const double eps = c->ln_eps;
+    const int centre = c->norm_type != SF_NORM_RMS;
 #pragma omp parallel for num_threads(B * (rows_per_seq - t0) * d >= 65536 ? par->nt : 1) schedule(static)
     for (long b = 0; b < B; b++) {
         double mx = 0, sum = 0;
         for (long t = t0; t < rows_per_seq; t++) {
             const real *x = X + (b * rows_per_seq + t) * d;
             double s = 0, v = 0;
-            for (long j = 0; j < d; j++) s += x[j];
+            for (long j = 0; centre && j < d; j++) s += x[j];
             const double mu = s / d;
             for (long j = 0; j < d; j++) v += (x[j] - mu) * (x[j] - mu);
-            const double inv = theory ? 1.0 / sqrt(v / d + eps) : 1.0 / sqrt(v / (d - 1));
+            const double inv = theory ? 1.0 / sqrt(v / d + eps) : 1.0 / sqrt(v / (centre ? d - 1 : d));
             mx = t == t0 || inv > mx ? inv : mx;
             sum += inv;
         }
@@ -150,11 +152,11 @@ sf_status SF(ln_blowup)(sf_model *m, const sf_seq_data *data, int theory, double
         const real *in1 = layer_norm_input(c, s, 0), *in2 = layer_norm_input(c, s, 1);
         const long rows1 = pre ? T : s->Tq, first1 = pre && s->Tq < T ? T - 1 : 0;
         double *mx = maxs + 2 * l * B, *mn = means + 2 * l * B;
-        SF(inv_std_stats)(mx, mn, in1, B, rows1, first1, d, theory, c->ln_eps, &par);
-        SF(inv_std_stats)(mx + B, mn + B, in2, B, s->Tq, 0, d, theory, c->ln_eps, &par);
+        SF(inv_std_stats)(mx, mn, in1, B, rows1, first1, d, theory, c, &par);
+        SF(inv_std_stats)(mx + B, mn + B, in2, B, s->Tq, 0, d, theory, c, &par);
     }
     if (c->final_norm)
-        SF(inv_std_stats)(maxs + 2 * L * B, means + 2 * L * B, a.final_in, B, 1, 0, d, theory, c->ln_eps, &par);
+        SF(inv_std_stats)(maxs + 2 * L * B, means + 2 * L * B, a.final_in, B, 1, 0, d, theory, c, &par);
     m->last_threads = par.used;
     return SF_OK;
 }

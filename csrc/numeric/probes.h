@@ -6,9 +6,11 @@
 
 /* Per sample: max and mean over the rows [t0, rows_per_seq) of each sequence of 1/std(row), with
  * std = sqrt(sum (x - mean)^2 / (d - 1)) (official: torch.std, unbiased, no eps) or
- * sqrt(sum (x - mean)^2 / d + eps) (theory: what LayerNorm divides by). X (B, rows_per_seq, d). */
+ * sqrt(sum (x - mean)^2 / d + eps) (theory: what LayerNorm divides by). X (B, rows_per_seq, d).
+ * RMSNorm's analogue (c->norm_type rms): 1/RMS(row), RMS = sqrt(sum x^2 / d) (official: nothing is
+ * centred, so there is no unbiased form) or sqrt(sum x^2 / d + eps) (theory: what RMSNorm divides by). */
 void SF(inv_std_stats)(double *maxs, double *means, const real *X, long B, long rows_per_seq, long t0, long d,
-                       int theory, double eps, const sf_par *par);
+                       int theory, const sf_config *c, const sf_par *par);
 
 /* The input of an encoder-stack layer's LayerNorm k (0: norm1, 1: norm2), which the official
  * hooks see: post-LN norm1(r1), norm2(r2); pre-LN norm1(x), norm2(h). */

@@ -18,15 +18,15 @@
 void SF(s2s_params)(const sf_model *m, real *base, s2s_params *p) {
     const sf_config *c = &m->cfg;
     SF(stack_params)(m, base, &p->enc); /* tok, pos, the encoder layers, the final encoder LN */
-    int i = 2 + c->n_layers * SF_ENC_SLOTS + 2;
+    int i = 2 + c->n_layers * sf_layer_slots(c) + sf_final_norm_tensors(c);
 #define NEXT (base + m->tensors[i++].offset)
-#define SF_S2S_VIEW(slot, field, ...) w->field = NEXT;
+#define SF_S2S_VIEW(slot, field, ...) w->field = sf_slot_present(c, 1, SF_SLOT_##slot) ? NEXT : NULL;
     for (int l = 0; l < c->n_decoder_layers; l++) {
         s2s_layer_w *w = &p->dec[l];
         SF_DECODER_LAYER_TENSORS(SF_S2S_VIEW)
     }
 #undef SF_S2S_VIEW
-    p->dec_norm.g = NEXT, p->dec_norm.b = NEXT;
+    p->dec_norm.g = NEXT, p->dec_norm.b = sf_final_norm_tensors(c) == 2 ? NEXT : NULL;
     p->w_head = NEXT, p->b_head = NEXT;
 #undef NEXT
 }
@@ -35,11 +35,13 @@ void SF(s2s_params)(const sf_model *m, real *base, s2s_params *p) {
 
 /* One sublayer over N rows with input x; attention with Nk key rows and P of np entries, or an FFN
  * (np < 0). Returns its output, the next sublayer's input. */
-static real *sub_layout(bump *b, s2s_sub *s, real *x, long N, long Nk, long np, long d, long F, int pre) {
+static real *sub_layout(bump *b, const sf_config *c, s2s_sub *s, real *x, long N, long Nk, long np) {
+    const long d = c->d_model, F = c->d_ff;
+    const int pre = c->norm == SF_NORM_PRE;
     memset(s, 0, sizeof *s);
     s->x = x;
     s->n_in = pre ? take(b, N * d) : x;
-    s->mean = take(b, N);
+    s->mean = take_means(b, c, N);
     s->rstd = take(b, N);
     if (np >= 0) {
         s->q = take(b, N * d);
@@ -61,17 +63,16 @@ size_t SF(s2s_layout)(const sf_config *c, long B, long T, long S, int nt, char *
     a->enc.loss_only = 1;
     bump b = {base ? base + encoder : NULL, 0};
     const long d = c->d_model, F = c->d_ff, H = c->n_heads, Ne = B * T, Nd = B * S;
-    const int pre = c->norm == SF_NORM_PRE;
     a->B = B, a->T = T, a->S = S;
     a->dec = (uint8_t *)take(&b, (Nd + (long)sizeof(real) - 1) / (long)sizeof(real));
     real *y = take(&b, Nd * d);
     for (int l = 0; l < c->n_decoder_layers; l++) {
-        y = sub_layout(&b, &a->dec_sub[l][S2S_SELF], y, Nd, Nd, B * H * S * S, d, F, pre);
-        y = sub_layout(&b, &a->dec_sub[l][S2S_CROSS], y, Nd, Ne, B * H * S * T, d, F, pre);
-        y = sub_layout(&b, &a->dec_sub[l][S2S_FFN], y, Nd, 0, -1, d, F, pre);
+        y = sub_layout(&b, c, &a->dec_sub[l][S2S_SELF], y, Nd, Nd, B * H * S * S);
+        y = sub_layout(&b, c, &a->dec_sub[l][S2S_CROSS], y, Nd, Ne, B * H * S * T);
+        y = sub_layout(&b, c, &a->dec_sub[l][S2S_FFN], y, Nd, 0, -1);
     }
     a->z = take(&b, Nd * d);
-    a->z_mean = take(&b, Nd);
+    a->z_mean = take_means(&b, c, Nd);
     a->z_rstd = take(&b, Nd);
     a->out = take(&b, Nd);
     /* the decoder's backward scratch (the cross-attention's key/value gradient has the memory's rows) */

@@ -149,7 +149,7 @@ static size_t cache_layout(const sf_config *c, long B, long T, long steps, char 
         k->cross.cap = T, k->cross.kt = take(&b, B * d * T), k->cross.v = take(&b, B * T * d);
     }
     s->x = take(&b, B * d), s->y = take(&b, B * d), s->n = take(&b, B * d), s->q = take(&b, B * d);
-    s->ctx = take(&b, B * d), s->r = take(&b, B * d), s->mean = take(&b, B), s->rstd = take(&b, B);
+    s->ctx = take(&b, B * d), s->r = take(&b, B * d), s->mean = take_means(&b, c, B), s->rstd = take(&b, B);
     s->a1 = take(&b, B * F), s->act = take(&b, B * F), s->kv = take(&b, B * T * 2 * d);
     s->p = take(&b, B * H * cap), s->out = take(&b, B);
     return b.used;

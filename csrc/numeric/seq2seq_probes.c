@@ -21,9 +21,8 @@ sf_status SF(seq2seq_ln_blowup)(sf_model *m, const sf_seq_data *d, int theory, d
     SF(s2s_encode)(m, &p, d->x, &a, &par);
     SF(s2s_decode)(m, &p, &a, &par);
     const long B = d->rows, T = d->T, S = d->S, dm = c->d_model, Le = c->n_layers, Ld = c->n_decoder_layers;
-    const double eps = c->ln_eps;
     long row = 0;
-#define STATS(X, len, t0) (SF(inv_std_stats)(maxs + row * B, means + row * B, X, B, len, t0, dm, theory, eps, &par), row++)
+#define STATS(X, len, t0) (SF(inv_std_stats)(maxs + row * B, means + row * B, X, B, len, t0, dm, theory, c, &par), row++)
     for (long l = 0; l < Le; l++)
         for (int k = 0; k < 2; k++) STATS(layer_norm_input(c, &a.enc.layer[l], k), T, 0);
     STATS(a.enc.final_in, T, 0);

@@ -30,7 +30,9 @@ void SF(linear_tangent_backward)(real *dX, real *tdX, int accumulate_dx, real *t
 
 /* ---- LayerNorm ------------------------------------------------------------------------------
  * With xh = (x - mean) r and r = 1/sqrt(var + eps):  t(mean) = mean(tx),
- * t(r) = -r^2 mean(xh tx)  (any eps >= 0), and t(xh) = (tx - t(mean)) r + (x - mean) t(r). */
+ * t(r) = -r^2 mean(xh tx)  (any eps >= 0), and t(xh) = (tx - t(mean)) r + (x - mean) t(r).
+ * RMSNorm (mean NULL, as in layers.c) is the same with mean = t(mean) = 0 and no mean term in the
+ * backward (r = 1/sqrt(mean(x^2) + eps) gives the same t(r)); no bias, so tb and tdb are NULL. */
 
 void SF(layernorm_tangent_forward)(real *tY, real *tmean, real *trstd, const real *tX, const real *X,
                                    const real *mean, const real *rstd, const real *g, const real *tg,
@@ -38,20 +40,25 @@ void SF(layernorm_tangent_forward)(real *tY, real *tmean, real *trstd, const rea
 #pragma omp parallel for num_threads(THREADS_FOR(N * d)) schedule(static)
     for (long r = 0; r < N; r++) {
         const real *x = X + r * d, *tx = tX + r * d;
-        const real m_ = mean[r], rs = rstd[r];
+        const real m_ = mean ? mean[r] : 0, rs = rstd[r];
         double s = 0, c = 0;
         for (long j = 0; j < d; j++) {
             s += tx[j];
             c += (double)((x[j] - m_) * rs) * tx[j];
         }
-        const real tm = (real)(s / d), trs = (real)(-(double)rs * rs * c / d);
-        tmean[r] = tm;
+        const real tm = mean ? (real)(s / d) : 0, trs = (real)(-(double)rs * rs * c / d);
+        if (mean) tmean[r] = tm;
         trstd[r] = trs;
         real *ty = tY + r * d;
+        if (tb) {
 #pragma omp simd
-        for (long j = 0; j < d; j++) {
-            const real xh = (x[j] - m_) * rs, txh = (tx[j] - tm) * rs + (x[j] - m_) * trs;
-            ty[j] = txh * g[j] + xh * tg[j] + tb[j];
+            for (long j = 0; j < d; j++) {
+                const real xh = (x[j] - m_) * rs, txh = (tx[j] - tm) * rs + (x[j] - m_) * trs;
+                ty[j] = txh * g[j] + xh * tg[j] + tb[j];
+            }
+        } else {
+#pragma omp simd
+            for (long j = 0; j < d; j++) ty[j] = (tx[j] * rs + x[j] * trs) * g[j] + x[j] * rs * tg[j];
         }
     }
 }
@@ -67,7 +74,7 @@ void SF(layernorm_tangent_backward)(real *dX, real *tdX, int accumulate_dx, real
 #pragma omp for schedule(static)
         for (long r = 0; r < N; r++) {
             const real *x = X + r * d, *tx = tX + r * d, *dy = dY + r * d, *tdy = tdY + r * d;
-            const real m_ = mean[r], rs = rstd[r], tm = tmean[r], trs = trstd[r];
+            const real m_ = mean ? mean[r] : 0, rs = rstd[r], tm = mean ? tmean[r] : 0, trs = trstd[r];
             double s1 = 0, s2 = 0, t1 = 0, t2 = 0;
             for (long j = 0; j < d; j++) {
                 const real xh = (x[j] - m_) * rs, txh = (tx[j] - tm) * rs + (x[j] - m_) * trs;
@@ -77,7 +84,8 @@ void SF(layernorm_tangent_backward)(real *dX, real *tdX, int accumulate_dx, real
                 t1 += tu;
                 t2 += (double)tu * xh + (double)u * txh;
             }
-            const real m1 = (real)(s1 / d), m2 = (real)(s2 / d), tm1 = (real)(t1 / d), tm2 = (real)(t2 / d);
+            const real m1 = mean ? (real)(s1 / d) : 0, m2 = (real)(s2 / d), tm1 = mean ? (real)(t1 / d) : 0,
+                       tm2 = (real)(t2 / d);
             real *tdx = tdX + r * d;
 #pragma omp simd
             for (long j = 0; j < d; j++) {
@@ -95,7 +103,7 @@ void SF(layernorm_tangent_backward)(real *dX, real *tdX, int accumulate_dx, real
             double ag[64] = {0}, ab[64] = {0};
             for (long r = 0; r < N; r++) {
                 const real *x = X + r * d + j0, *tx = tX + r * d + j0, *dy = dY + r * d + j0, *tdy = tdY + r * d + j0;
-                const real m_ = mean[r], rs = rstd[r], tm = tmean[r], trs = trstd[r];
+                const real m_ = mean ? mean[r] : 0, rs = rstd[r], tm = mean ? tmean[r] : 0, trs = trstd[r];
 #pragma omp simd
                 for (long q = 0; q < w; q++) {
                     const real xh = (x[q] - m_) * rs, txh = (tx[q] - tm) * rs + (x[q] - m_) * trs;
@@ -105,7 +113,7 @@ void SF(layernorm_tangent_backward)(real *dX, real *tdX, int accumulate_dx, real
             }
             for (long q = 0; q < w; q++) {
                 tdg[j0 + q] = (real)ag[q];
-                tdb[j0 + q] = (real)ab[q];
+                if (tdb) tdb[j0 + q] = (real)ab[q];
             }
         }
     }

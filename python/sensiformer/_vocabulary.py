@@ -17,6 +17,7 @@ def _ordered(name: str) -> tuple:
 STATUSES = _WORDS["status"]
 DTYPES = _WORDS["dtype"]
 NORMS = _WORDS["norm"]
+NORM_TYPES = _WORDS["norm_type"]
 ACTIVATIONS = _WORDS["activation"]
 MODEL_KINDS = _WORDS["model_kind"]
 TENSOR_KINDS = _ordered("tensor_kind")

@@ -1,7 +1,7 @@
 """PyTorch interop: the official architectures as ``torch.nn.Module``s, and conversions.
 
 ``TorchReference`` is Hahn & Rofin's ``TorchModel`` (src/model.py of the official code) with
-sensiformer's options (pre/post/no LayerNorm, eps, GELU, d_ff, final norm). Its
+sensiformer's options (pre/post/no LayerNorm, eps, GELU, d_ff, final norm, RMSNorm). Its
 ``state_dict()`` keys are the official ones, so weights move both ways unchanged;
 ``TorchScratchpadReference`` is ``TorchModelWithScratchpad`` likewise. PyTorch is
 imported lazily: only these functions need it.
@@ -20,6 +20,15 @@ def _torch():
     return torch
 
 
+def _use_rms_norms(module, d_model, eps):
+    """Replace every nn.LayerNorm inside ``module`` by an nn.RMSNorm(d_model, eps) (norm_type="rms")."""
+    nn = _torch().nn
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.LayerNorm):
+                setattr(parent, name, nn.RMSNorm(d_model, eps=eps))
+
+
 def reference_module_class():
     """The ``TorchReference`` class (defined on first use so importing needs no torch)."""
     global _TorchReference
@@ -32,7 +41,7 @@ def reference_module_class():
         """The official encoder model in PyTorch, keyed like sensiformer's ``state_dict()``."""
 
         def __init__(self, n_positions, d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post",
-                     ln_eps=1e-5, activation="relu", final_norm=False, **_ignored):
+                     ln_eps=1e-5, activation="relu", final_norm=False, norm_type="layer", **_ignored):
             super().__init__()
             d_ff = d_model if d_ff is None else d_ff
             self.embedding = nn.Embedding(2, d_model // 2)
@@ -46,6 +55,8 @@ def reference_module_class():
             if norm == "none":
                 for lyr in self.encoders.layers:
                     lyr.norm1, lyr.norm2 = nn.Identity(), nn.Identity()
+            if norm_type == "rms":
+                _use_rms_norms(self.encoders, d_model, ln_eps)
             self.linear_head = nn.Linear(d_model, 1, bias=True)
 
         def forward(self, x):
@@ -75,7 +86,7 @@ def scratchpad_module_class():
         """The official scratchpad encoder-decoder in PyTorch."""
 
         def __init__(self, n_positions, d_model=32, n_heads=2, n_layers=2, n_decoder_layers=None, d_ff=None,
-                     norm="post", ln_eps=1e-5, activation="relu", **_ignored):
+                     norm="post", ln_eps=1e-5, activation="relu", norm_type="layer", **_ignored):
             super().__init__()
             d_ff = d_model if d_ff is None else d_ff
             n_decoder_layers = n_layers if n_decoder_layers is None else n_decoder_layers
@@ -88,6 +99,8 @@ def scratchpad_module_class():
                                             num_decoder_layers=n_decoder_layers, dim_feedforward=d_ff, dropout=0.0,
                                             activation=act[activation], layer_norm_eps=ln_eps, batch_first=True,
                                             norm_first=norm == "pre")
+            if norm_type == "rms":
+                _use_rms_norms(self.model, d_model, ln_eps)
             self.linear_head = nn.Linear(d_model, 1, bias=True)
 
         def prepare_tensors(self, x, y):
@@ -217,6 +230,7 @@ def _one_layer_settings(layer, name, stated_activation=None):
     activation function that cannot be recognised is taken from ``stated_activation``)."""
     nn = _torch().nn
     norms = [getattr(layer, n) for n in ("norm1", "norm2", "norm3") if hasattr(layer, n)]
+    norm_type = "layer"
     if all(isinstance(n, nn.Identity) for n in norms):
         norm, eps = "none", None
     elif all(isinstance(n, nn.LayerNorm) for n in norms):
@@ -225,8 +239,13 @@ def _one_layer_settings(layer, name, stated_activation=None):
             raise ValueError(f"{name}: LayerNorms with different eps or without affine weights and biases are not "
                              "supported")
         norm, eps = ("pre" if layer.norm_first else "post"), epss.pop()
+    elif all(isinstance(n, nn.RMSNorm) for n in norms):
+        epss = {n.eps for n in norms}
+        if len(epss) > 1 or None in epss or any(n.weight is None for n in norms):
+            raise ValueError(f"{name}: RMSNorms need one explicit eps (eps=None depends on the dtype) and a weight")
+        norm, eps, norm_type = ("pre" if layer.norm_first else "post"), epss.pop(), "rms"
     else:
-        raise ValueError(f"{name}: a mix of LayerNorm and other norms is not supported")
+        raise ValueError(f"{name}: a mix of LayerNorm, RMSNorm and other norms is not supported")
     attention = [layer.self_attn] + ([layer.multihead_attn] if hasattr(layer, "multihead_attn") else [])
     if not all(a.batch_first for a in attention):
         raise ValueError(f"{name}: batch_first=False; the official architecture runs batch_first=True")
@@ -241,7 +260,7 @@ def _one_layer_settings(layer, name, stated_activation=None):
                          "and gelu_tanh: pass activation= if it is one of them")
     settings = dict(n_heads=heads.pop(), norm=norm, activation=activation)
     if eps is not None:
-        settings["ln_eps"] = eps
+        settings["ln_eps"], settings["norm_type"] = eps, norm_type
     return settings
 
 
@@ -266,7 +285,7 @@ def _layer_settings(layers, given, prefix):
 
 def _final_norm_eps(norm, args, given):
     nn = _torch().nn
-    if not isinstance(norm, nn.LayerNorm):
+    if not isinstance(norm, nn.RMSNorm if args.get("norm_type") == "rms" else nn.LayerNorm):
         if "ln_eps" not in given:
             raise ValueError("cannot read the final norm's eps from the module: pass ln_eps")
         return given["ln_eps"]
@@ -294,9 +313,10 @@ def _seq2seq_from_state(module, state, n_positions, config):
         raise ValueError("a Seq2SeqTransformer has LayerNorms (norm 'post' or 'pre'); the module has none")
     args.update(read)
     if read:
+        kind = _torch().nn.RMSNorm if read.get("norm_type") == "rms" else _torch().nn.LayerNorm
         for final in (transformer.encoder.norm, transformer.decoder.norm):
-            if not isinstance(final, _torch().nn.LayerNorm) or final.eps != read["ln_eps"]:
-                raise ValueError(f"the final encoder/decoder norms must be LayerNorms with the layers' eps "
+            if not isinstance(final, kind) or final.eps != read["ln_eps"]:
+                raise ValueError(f"the final encoder/decoder norms must be {kind.__name__}s with the layers' eps "
                                  f"{read['ln_eps']}, got {final!r}")
     model = Seq2SeqTransformer(**_merged(args, config, state))
     model.load_state_dict(state)

@@ -12,8 +12,8 @@ import numpy as np
 
 from . import _engine
 from ._files import save_npz_atomically
-from ._vocabulary import (ACTIVATIONS, DTYPES, LOSSES, MAX_D_FF, MAX_D_MODEL, MAX_LAYERS, MAX_POSITIONS, NORMS,
-                          TENSOR_KINDS)
+from ._vocabulary import (ACTIVATIONS, DTYPES, LOSSES, MAX_D_FF, MAX_D_MODEL, MAX_LAYERS, MAX_POSITIONS, NORM_TYPES,
+                          NORMS, TENSOR_KINDS)
 from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
 
@@ -265,9 +265,11 @@ class Transformer(_EngineModel):
     d_ff : int, optional
         FFN width (default ``d_model``, as the paper).
     norm : {"post", "pre", "none"}
-        LayerNorm placement ("post" is ``nn.TransformerEncoderLayer``'s default).
+        Norm placement ("post" is ``nn.TransformerEncoderLayer``'s default).
+    norm_type : {"layer", "rms"}
+        Which norm: ``nn.LayerNorm`` (the paper's) or ``nn.RMSNorm`` (a gain, no bias, no centring).
     ln_eps : float
-        LayerNorm epsilon (>= 0; 0 is allowed).
+        The norms' epsilon (>= 0; 0 is allowed).
     activation : {"relu", "gelu", "gelu_tanh"}
         FFN activation; "gelu" is PyTorch's exact erf form.
     dtype : {"float32", "float64"}
@@ -312,9 +314,10 @@ class Transformer(_EngineModel):
     def __init__(self, n_positions: int, d_model: int = 128, n_heads: int = 2, n_layers: int = 2,
                  d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
                  dtype: DType = "float32", seed: int = 0, final_norm: bool = False,
-                 identical_layers: bool = True) -> None:
+                 identical_layers: bool = True, norm_type: str = "layer") -> None:
         n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         check_choice(norm, "norm", tuple(NORMS))
+        check_choice(norm_type, "norm_type", tuple(NORM_TYPES))
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
         check_choice(activation, "activation", tuple(ACTIVATIONS))
         dtype = _dtype_name(dtype)
@@ -325,16 +328,18 @@ class Transformer(_EngineModel):
             raise ValueError("final_norm=True needs norm='pre'")
         self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                             d_ff=d_ff, norm=norm, ln_eps=ln_eps, activation=activation, dtype=dtype,
-                            seed=seed, final_norm=bool(final_norm), identical_layers=bool(identical_layers))
+                            seed=seed, final_norm=bool(final_norm), identical_layers=bool(identical_layers),
+                            norm_type=norm_type)
         self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, NORMS[norm], bool(final_norm),
-                                     ln_eps, ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers))
+                                     ln_eps, ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
+                                     norm_type=NORM_TYPES[norm_type])
         self._bind_buffers()
 
     def __repr__(self):
         c = self._config
         return (f"Transformer(n_positions={c['n_positions']}, d_model={c['d_model']}, n_heads={c['n_heads']}, "
-                f"n_layers={c['n_layers']}, d_ff={c['d_ff']}, norm={c['norm']!r}, dtype={c['dtype']!r}, "
-                f"params={self.num_parameters})")
+                f"n_layers={c['n_layers']}, d_ff={c['d_ff']}, norm={c['norm']!r}{_norm_type_repr(c)}, "
+                f"dtype={c['dtype']!r}, params={self.num_parameters})")
 
     # ---- computation ------------------------------------------------------------------------
     def forward(self, x: ArrayLike, n_threads: int | None = None) -> np.ndarray:
@@ -374,6 +379,12 @@ def _restore_model(cls, config, flat):
         raise ValueError(f"pickled parameters {flat.dtype}{flat.shape} do not fit {model!r}")
     model._flat[...] = flat
     return model
+
+
+def _norm_type_repr(config):
+    """", norm_type='rms'" in a model's repr when it is not the paper's LayerNorm."""
+    kind = config.get("norm_type", "layer")
+    return "" if kind == "layer" else f", norm_type={kind!r}"
 
 
 def check_sizes(n_positions: int, d_model: int, n_heads: int, n_layers: int,
