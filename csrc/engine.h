@@ -25,6 +25,7 @@ struct sf_model {
     void *grads;
     sf_workspace work;
     int last_threads;
+    void *sinusoid;           /* positional sinusoidal: the fixed (rows of pos, d) table, model dtype */
 };
 
 struct sf_optimizer {
@@ -104,10 +105,12 @@ typedef enum { SF_INIT_XAVIER, SF_INIT_UNIFORM_D, SF_INIT_UNIFORM_F, SF_INIT_ZER
 int sf_slot_present(const sf_config *c, int decoder, int slot);
 /* Tensors per encoder layer (the slots present). */
 int sf_layer_slots(const sf_config *c);
+/* Tensors before the layers: the token embedding, and the positional table when it is learned. */
+int sf_embedding_tensors(const sf_config *c);
 /* Tensors of a stack's final norm: weight and bias (LayerNorm) or weight (RMSNorm). */
 int sf_final_norm_tensors(const sf_config *c);
 /* Index in the tensor table of slot `slot` of encoder layer `layer` (either model: the stack's
- * tensors come first after tok and pos). */
+ * tensors come first after the embedding tables). */
 int sf_tensor_index(const sf_model *m, int layer, int slot);
 /* The init rule of a stack's slot (encoder layer, or seq2seq decoder layer). */
 sf_init_rule sf_slot_init(int decoder, int slot);

@@ -37,8 +37,12 @@ int sf_layer_slots(const sf_config *c) { return slot_rank(c, 0, SF_ENC_SLOTS); }
 
 int sf_final_norm_tensors(const sf_config *c) { return c->norm_type == SF_NORM_RMS ? 1 : 2; }
 
+int sf_embedding_tensors(const sf_config *c) {
+    return c->positional == SF_POS_CONCAT || c->positional == SF_POS_ADD ? 2 : 1;
+}
+
 int sf_tensor_index(const sf_model *m, int layer, int slot) {
-    return 2 + layer * sf_layer_slots(&m->cfg) + slot_rank(&m->cfg, 0, slot);
+    return sf_embedding_tensors(&m->cfg) + layer * sf_layer_slots(&m->cfg) + slot_rank(&m->cfg, 0, slot);
 }
 
 static sf_status seq2seq_check(const sf_config *c) {
@@ -71,6 +75,8 @@ sf_status sf_config_check(const sf_config *c) {
     if (c->norm < SF_NORM_POST || c->norm > SF_NORM_NONE) return sf_fail(SF_EINVAL, "norm must be post, pre or none");
     if (c->norm_type != SF_NORM_LAYER && c->norm_type != SF_NORM_RMS)
         return sf_fail(SF_EINVAL, "norm_type must be layer or rms");
+    if (c->positional < SF_POS_CONCAT || c->positional > SF_POS_NONE)
+        return sf_fail(SF_EINVAL, "positional must be concat, add, sinusoidal or none");
     if (!(c->ln_eps >= 0) || !isfinite(c->ln_eps))
         return sf_fail(SF_EINVAL, "ln_eps must be finite and >= 0, got %g", c->ln_eps);
     if (c->activation < SF_ACT_RELU || c->activation > SF_ACT_GELU_TANH)
@@ -117,6 +123,31 @@ static void add_layers(sf_model *m, const char *prefix, int first_layer, int lay
         }
 }
 
+/* The token table (tokens rows: 2, or 3 with SOS) and the learned positional table (positions rows):
+ * half width each when concatenated, full width when added; no positional tensor otherwise. */
+static void add_embeddings(sf_model *m, int64_t tokens, int64_t positions) {
+    const sf_config *c = &m->cfg;
+    const int64_t width = c->positional == SF_POS_CONCAT ? c->d_model / 2 : c->d_model;
+    add_tensor(m, "embedding.weight", 2, tokens, width, SF_KIND_TOKEN_EMBEDDING, -1, -1);
+    if (sf_embedding_tensors(c) == 2)
+        add_tensor(m, "positional_encoding.weight", 2, positions, width, SF_KIND_POSITIONAL, -1, -1);
+}
+
+/* The fixed table of positional sinusoidal (the original transformer's: pe[t, 2i] = sin(t w_i),
+ * pe[t, 2i + 1] = cos(t w_i), w_i = 10000^(-2i/d)), in the model's dtype. */
+static sf_status make_sinusoid(sf_model *m, int64_t positions) {
+    const int64_t d = m->cfg.d_model;
+    if (!(m->sinusoid = sf_alloc((size_t)(positions * d) * m->elem)))
+        return sf_fail(SF_ENOMEM, "could not allocate the sinusoidal table");
+    for (int64_t t = 0; t < positions; t++)
+        for (int64_t j = 0; j < d; j++) {
+            const double w = pow(10000.0, -(double)(j - j % 2) / (double)d), v = j % 2 ? cos(t * w) : sin(t * w);
+            if (m->elem == 8) ((double *)m->sinusoid)[t * d + j] = v;
+            else ((float *)m->sinusoid)[t * d + j] = (float)v;
+        }
+    return SF_OK;
+}
+
 /* A stack's final norm "<prefix>.weight" (and ".bias" for a LayerNorm). */
 static void add_final_norm(sf_model *m, const char *prefix) {
     char name[96];
@@ -129,9 +160,8 @@ static void add_final_norm(sf_model *m, const char *prefix) {
 
 static void build_tensor_table(sf_model *m) {
     const sf_config *c = &m->cfg;
-    int64_t d = c->d_model, h = d / 2;
-    add_tensor(m, "embedding.weight", 2, 2, h, SF_KIND_TOKEN_EMBEDDING, -1, -1);
-    add_tensor(m, "positional_encoding.weight", 2, c->n_positions, h, SF_KIND_POSITIONAL, -1, -1);
+    const int64_t d = c->d_model;
+    add_embeddings(m, 2, c->n_positions);
     add_layers(m, "encoders.layers", 0, c->n_layers, 0);
     if (c->final_norm) add_final_norm(m, "encoders.norm");
     add_tensor(m, "linear_head.weight", 2, 1, d, SF_KIND_WEIGHT, -1, -1);
@@ -142,9 +172,8 @@ static void build_tensor_table(sf_model *m) {
  * (n_positions + 1), nn.Transformer's encoder and decoder stacks with their final norms, head. */
 static void build_seq2seq_table(sf_model *m) {
     const sf_config *c = &m->cfg;
-    int64_t d = c->d_model, h = d / 2;
-    add_tensor(m, "embedding.weight", 2, 3, h, SF_KIND_TOKEN_EMBEDDING, -1, -1);
-    add_tensor(m, "positional_encoding.weight", 2, (int64_t)c->n_positions + 1, h, SF_KIND_POSITIONAL, -1, -1);
+    const int64_t d = c->d_model;
+    add_embeddings(m, 3, (int64_t)c->n_positions + 1);
     add_layers(m, "model.encoder.layers", 0, c->n_layers, 0);
     add_final_norm(m, "model.encoder.norm");
     add_layers(m, "model.decoder.layers", c->n_layers, c->n_decoder_layers, 1);
@@ -176,6 +205,8 @@ sf_status sf_model_create(const sf_config *cfg, uint64_t seed, int identical_lay
         m->grads = sf_alloc(bytes);
         if (!m->params || !m->grads) st = sf_fail(SF_ENOMEM, "could not allocate %.3g GB of parameters", 2 * bytes / 1e9);
     }
+    if (st == SF_OK && cfg->positional == SF_POS_SINUSOIDAL)
+        st = make_sinusoid(m, (int64_t)cfg->n_positions + (cfg->kind == SF_MODEL_SEQ2SEQ));
     if (st == SF_OK) st = sf_model_reinit(m, seed, identical_layers);
     if (st) {
         sf_model_free(m);
@@ -189,6 +220,7 @@ void sf_model_free(sf_model *m) {
     if (!m) return;
     sf_free(m->params);
     sf_free(m->grads);
+    sf_free(m->sinusoid);
     sf_free(m->work.base);
     free(m->tensors);
     free(m);

@@ -31,6 +31,11 @@ extern "C" {
 #define SF_NORM_LIST(X) X(SF_NORM_POST, 0, "post") X(SF_NORM_PRE, 1, "pre") X(SF_NORM_NONE, 2, "none")
 /* What a norm computes: LayerNorm (centre, scale by 1/std, gain and bias) or RMSNorm (scale by 1/RMS, gain) */
 #define SF_NORM_TYPE_LIST(X) X(SF_NORM_LAYER, 0, "layer") X(SF_NORM_RMS, 1, "rms")
+/* How positions enter: a learned table concatenated with the token embedding (the paper's), a
+ * learned full-width table added, the original transformer's fixed sinusoids added, or nothing */
+#define SF_POSITIONAL_LIST(X)                                                                                 \
+    X(SF_POS_CONCAT, 0, "concat") X(SF_POS_ADD, 1, "add") X(SF_POS_SINUSOIDAL, 2, "sinusoidal")              \
+    X(SF_POS_NONE, 3, "none")
 #define SF_ACTIVATION_LIST(X) X(SF_ACT_RELU, 0, "relu") X(SF_ACT_GELU, 1, "gelu") X(SF_ACT_GELU_TANH, 2, "gelu_tanh")
 /* SF_MODEL_ENCODER: the official TorchModel (readout at the last position). SF_MODEL_SEQ2SEQ: the
  * official TorchModelWithScratchpad, nn.Transformer with a shared embedding of the tokens 0, 1 and
@@ -71,7 +76,8 @@ extern "C" {
 /* Every list, with the name of its vocabulary. */
 #define SF_VOCABULARIES(X)                                                                                    \
     X(SF_STATUS_LIST, "status") X(SF_DTYPE_LIST, "dtype") X(SF_NORM_LIST, "norm")                             \
-    X(SF_NORM_TYPE_LIST, "norm_type") X(SF_ACTIVATION_LIST, "activation") X(SF_MODEL_KIND_LIST, "model_kind")                                   \
+    X(SF_NORM_TYPE_LIST, "norm_type") X(SF_POSITIONAL_LIST, "positional")                                     \
+    X(SF_ACTIVATION_LIST, "activation") X(SF_MODEL_KIND_LIST, "model_kind")                                   \
     X(SF_TENSOR_KIND_LIST, "tensor_kind") X(SF_LOSS_LIST, "loss") X(SF_TARGET_KIND_LIST, "target_kind")      \
     X(SF_SAMPLER_KIND_LIST, "sampler_kind") X(SF_OPTIMIZER_KIND_LIST, "optimizer_kind")                       \
     X(SF_SCHEDULE_KIND_LIST, "schedule_kind") X(SF_LIMIT_LIST, "limit")
@@ -81,6 +87,7 @@ typedef enum { SF_STATUS_LIST(SF_ENUM_CONSTANT) } sf_status;
 typedef enum { SF_DTYPE_LIST(SF_ENUM_CONSTANT) } sf_dtype;
 typedef enum { SF_NORM_LIST(SF_ENUM_CONSTANT) } sf_norm;
 typedef enum { SF_NORM_TYPE_LIST(SF_ENUM_CONSTANT) } sf_norm_type;
+typedef enum { SF_POSITIONAL_LIST(SF_ENUM_CONSTANT) } sf_positional;
 typedef enum { SF_ACTIVATION_LIST(SF_ENUM_CONSTANT) } sf_activation;
 typedef enum { SF_MODEL_KIND_LIST(SF_ENUM_CONSTANT) } sf_model_kind;
 typedef enum { SF_TENSOR_KIND_LIST(SF_ENUM_CONSTANT) } sf_tensor_kind;
@@ -118,6 +125,7 @@ typedef struct {
     sf_model_kind kind;  /* zero: the encoder */
     int n_decoder_layers; /* seq2seq: decoder layers (1..64); must be 0 for the encoder */
     sf_norm_type norm_type; /* zero: LayerNorm; RMSNorm norms have a gain and no bias tensor */
+    sf_positional positional; /* zero: the paper's concatenated table */
 } sf_config;
 /* A seq2seq model has n_layers encoder and n_decoder_layers decoder layers, norm post or pre
  * (nn.Transformer's norm_first) and always the final encoder and decoder LayerNorms of

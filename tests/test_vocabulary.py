@@ -10,13 +10,14 @@ from sensiformer import _engine, _vocabulary, optim, seq2seq, targets, trainer
 
 def test_every_list_is_exported_with_values_0_to_k():
     words = _engine.vocabulary()
-    assert set(words) == {"status", "dtype", "norm", "norm_type", "activation", "model_kind", "tensor_kind", "loss",
+    assert set(words) == {"status", "dtype", "norm", "norm_type", "positional", "activation", "model_kind", "tensor_kind", "loss",
                           "target_kind", "sampler_kind", "optimizer_kind", "schedule_kind", "limit"}
     for name, values in words.items():
         if name != "limit":
             assert sorted(values.values()) == list(range(len(values))), name
     assert words["norm"] == {"post": 0, "pre": 1, "none": 2} and words["limit"]["sos"] == 2
     assert words["norm_type"] == {"layer": 0, "rms": 1}
+    assert words["positional"] == {"concat": 0, "add": 1, "sinusoidal": 2, "none": 3}
 
 
 def test_python_reads_its_choices_from_the_engine():

@@ -111,7 +111,8 @@ void SF(stack_params)(const sf_model *m, real *base, params *p) {
     const sf_config *c = &m->cfg;
     p->layer = p->layer_storage;
     p->tok = tensor(base, m, 0);
-    p->pos = tensor(base, m, 1);
+    p->pos = sf_embedding_tensors(c) == 2 ? tensor(base, m, 1) : NULL;
+    p->fixed_pos = m->sinusoid;
     for (int l = 0; l < c->n_layers; l++) { /* a slot the configuration lacks has a NULL view */
         layer_params *q = &p->layer[l];
 #define SF_LAYER_VIEW(slot, field, ...)                                                                               \
@@ -119,7 +120,7 @@ void SF(stack_params)(const sf_model *m, real *base, params *p) {
         SF_ENCODER_LAYER_TENSORS(SF_LAYER_VIEW)
 #undef SF_LAYER_VIEW
     }
-    const int final = 2 + c->n_layers * sf_layer_slots(c);
+    const int final = sf_embedding_tensors(c) + c->n_layers * sf_layer_slots(c);
     p->gf = c->final_norm ? tensor(base, m, final) : NULL;
     p->bf = c->final_norm && sf_final_norm_tensors(c) == 2 ? tensor(base, m, final + 1) : NULL;
     p->w_head = p->b_head = NULL;
@@ -138,12 +139,10 @@ void SF(encoder_params)(const sf_model *m, real *base, params *p) {
  * Tabled: only the score table a->s_tab (the attention reads the values from the distinct rows). */
 static void distinct_inproj_forward(const sf_config *c, const params *p, layer_acts *s, acts *a, const uint8_t *x,
                                     sf_par *par) {
-    const long d = c->d_model, h = d / 2, B = a->B, T = a->T, Tq = s->Tq, U = a->U, H = c->n_heads, dh = d / H;
+    const long d = c->d_model, B = a->B, T = a->T, Tq = s->Tq, U = a->U, H = c->n_heads, dh = d / H;
     const layer_params *w = &p->layer[0];
-    for (long u = 0; u < U; u++) {
-        memcpy(a->u_emb + u * d, p->tok + (u / T) * h, (size_t)h * sizeof(real));
-        memcpy(a->u_emb + u * d + h, p->pos + (u % T) * h, (size_t)h * sizeof(real));
-    }
+    for (long u = 0; u < U; u++) /* row u: token u / T at position u % T */
+        embed_row(a->u_emb + u * d, p->tok, position_table(p), u / T, u % T, d, concat_positions(c));
     if (c->norm == SF_NORM_PRE)
         SF(layernorm_forward)(a->u_ain, a->u_mean, a->u_rstd, a->u_emb, w->g1, w->be1, c->ln_eps, U, d, par);
     SF(linear_forward)(a->u_qkv, a->u_ain, w->w_in, w->b_in, U, d, 3 * d, a->wt, par);
@@ -281,7 +280,7 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
 
 void SF(stack_forward)(const sf_config *c, const params *p, const uint8_t *x, acts *a, sf_par *par) {
     const long B = a->B, T = a->T, d = c->d_model;
-    SF(embedding_forward)(a->layer[0].x, x, p->tok, p->pos, B, T, d, par);
+    SF(embedding_forward)(a->layer[0].x, x, p->tok, position_table(p), B, T, d, concat_positions(c), par);
     for (int l = 0; l < c->n_layers; l++) layer_forward(c, p, l, a, l == 0 && a->U ? x : NULL, par);
     if (c->final_norm)
         SF(layernorm_forward)(a->final_out, a->final_mean, a->final_rstd, a->final_in, p->gf, p->bf, c->ln_eps, a->Nf,
@@ -492,12 +491,9 @@ void SF(stack_backward)(const sf_config *c, const params *p, params *g, const ui
         g_out = g_in;
         g_in = t;
     }
-    SF(embedding_backward_add)(g->tok, g->pos, g_emb, x, B, T, 2, d, par);
-    const long h = d / 2;
-    for (long u = 0; u < a->U; u++) { /* row u is token u / T at position u % T */
-        add_into(g->tok + (u / T) * h, a->u_gemb + u * d, h);
-        add_into(g->pos + (u % T) * h, a->u_gemb + u * d + h, h);
-    }
+    SF(embedding_backward_add)(g->tok, g->pos, g_emb, x, B, T, 2, d, concat_positions(c), par);
+    for (long u = 0; u < a->U; u++) /* row u is token u / T at position u % T */
+        embed_row_backward_add(g->tok, g->pos, a->u_gemb + u * d, u / T, u % T, d, concat_positions(c));
 }
 
 void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
@@ -507,7 +503,6 @@ void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
     SF(encoder_params)(m, (real *)m->params, &p);
     SF(encoder_params)(m, (real *)m->grads, &g);
     SF(readout_backward)(stack_output_grad(c, a), g.w_head, g.b_head, a->g_out, a->final_out, p.w_head, a->B, d);
-    memset(g.tok, 0, (size_t)d * sizeof(real)); /* 2 rows of d/2 */
-    memset(g.pos, 0, (size_t)(c->n_positions * (d / 2)) * sizeof(real));
+    zero_embedding_grads(m, &g);
     SF(stack_backward)(c, &p, &g, x, a, par);
 }

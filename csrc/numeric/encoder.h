@@ -16,7 +16,8 @@ typedef struct {
 } layer_params;
 
 typedef struct {
-    real *tok, *pos;
+    real *tok, *pos;      /* the token table and the learned positional table (NULL when not learned) */
+    const real *fixed_pos; /* the fixed sinusoids (positional sinusoidal), else NULL */
     layer_params *layer;
     layer_params layer_storage[SF_MAX_LAYERS_INLINE];
     real *gf, *bf;        /* the final LayerNorm (c->final_norm) */
@@ -113,6 +114,18 @@ void SF(stack_tangent_backward)(const sf_config *c, const params *p, const param
                                 acts *a, acts *t, real *attn, sf_par *par);
 
 /* ---- small helpers shared by the encoder's drivers (forward/backward, HVP) ---------------- */
+
+/* How a row embeds: concatenated halves, or full-width tables added (embed_row). */
+static inline int concat_positions(const sf_config *c) { return c->positional == SF_POS_CONCAT; }
+
+/* The positional table the forward adds or concatenates: learned, fixed, or none (NULL). */
+static inline const real *position_table(const params *p) { return p->pos ? p->pos : p->fixed_pos; }
+
+/* Zero the embedding tables' gradient views (their uses add into them). */
+static inline void zero_embedding_grads(const sf_model *m, params *g) {
+    memset(g->tok, 0, (size_t)m->tensors[0].size * sizeof(real));
+    if (g->pos) memset(g->pos, 0, (size_t)m->tensors[1].size * sizeof(real));
+}
 
 /* A bump allocator over a workspace; with p == NULL it only measures. */
 typedef struct {

@@ -75,7 +75,8 @@ static void layer_tangent_forward(const sf_config *c, const layer_params *w, con
 void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params *v, const uint8_t *x, acts *a,
                                acts *t, real *attn, sf_par *par) {
     const long B = a->B, T = a->T, d = c->d_model;
-    SF(embedding_forward)(t->layer[0].x, x, v->tok, v->pos, B, T, d, par); /* linear in the tables */
+    /* linear in the learned tables (a fixed table has no tangent) */
+    SF(embedding_forward)(t->layer[0].x, x, v->tok, v->pos, B, T, d, concat_positions(c), par);
     for (int l = 0; l < c->n_layers; l++)
         layer_tangent_forward(c, &p->layer[l], &v->layer[l], &a->layer[l], &t->layer[l], B, T, attn, t->wt, par);
     if (c->final_norm)
@@ -169,7 +170,7 @@ void SF(stack_tangent_backward)(const sf_config *c, const params *p, const param
         s = tg_out;
         tg_out = tg_in, tg_in = s;
     }
-    SF(embedding_backward_add)(hv->tok, hv->pos, tg_out, x, B, T, 2, d, par);
+    SF(embedding_backward_add)(hv->tok, hv->pos, tg_out, x, B, T, 2, d, concat_positions(c), par);
 }
 
 /* The encoder model: the stack and its readout. */
@@ -190,8 +191,7 @@ static void tangent_backward(sf_model *m, const uint8_t *x, const params *p, con
     SF(loss_tangent)(t->g_out, a->out, t->out, B, loss);
     SF(readout_tangent_backward)(stack_output_grad(c, a), stack_output_grad(c, t), hv->w_head, hv->b_head, a->g_out,
                                  t->g_out, a->final_out, t->final_out, p->w_head, v->w_head, B, d);
-    memset(hv->tok, 0, (size_t)d * sizeof(real)); /* 2 rows of d/2 */
-    memset(hv->pos, 0, (size_t)(c->n_positions * (d / 2)) * sizeof(real));
+    zero_embedding_grads(m, hv);
     SF(stack_tangent_backward)(c, p, v, hv, x, a, t, w->attn, par);
 }
 

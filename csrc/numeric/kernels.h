@@ -47,14 +47,31 @@ void SF(linear_backward)(real *dX, int accumulate_dx, real *dW, real *db, const 
 void SF(column_sums)(real *out, const real *Y, long M, long N, long ldy, sf_par *par);
 
 /* layers.c */
+
+/* One embedded row x (d) of token v at position t: [tok[v] ; pos[t]] (concat: tables d/2 wide), or
+ * tok[v] + pos[t] (tables d wide; pos NULL: tok[v], no positions). */
+static inline void embed_row(real *x, const real *tok, const real *pos, long v, long t, long d, int concat) {
+    const long w = concat ? d / 2 : d;
+    for (long j = 0; j < w; j++) x[j] = tok[v * w + j];
+    if (concat) for (long j = 0; j < w; j++) x[w + j] = pos[t * w + j];
+    else if (pos) for (long j = 0; j < d; j++) x[j] += pos[t * d + j];
+}
+
+/* The gradient g (d) of one embedded row added to its token's row of dtok and its position's of dpos
+ * (NULL: no learned positions). */
+static inline void embed_row_backward_add(real *dtok, real *dpos, const real *g, long v, long t, long d, int concat) {
+    const long w = concat ? d / 2 : d;
+    for (long j = 0; j < w; j++) dtok[v * w + j] += g[j];
+    if (dpos) for (long j = 0; j < w; j++) dpos[t * w + j] += g[(concat ? w : 0) + j];
+}
+
+/* X (B,T,d): row (b, t) embeds token tokens[b*T + t] at position t (embed_row). */
 void SF(embedding_forward)(real *X, const uint8_t *tokens, const real *tok, const real *pos, long B,
-                           long T, long d, sf_par *par);
-void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
-                            long T, long P, long d, sf_par *par);
-/* dtok (V,d/2), dpos (>= T rows) += the gradient of X (B,T,d) = [tok[tokens] ; pos[t]] (tables that
- * several embeddings share: the seq2seq encoder and decoder). */
+                           long T, long d, int concat, sf_par *par);
+/* dtok (V rows), dpos (>= T rows, or NULL) += the gradient of X (B,T,d) (tables that several
+ * embeddings share: the seq2seq encoder and decoder). */
 void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
-                                long T, long V, long d, sf_par *par);
+                                long T, long V, long d, int concat, sf_par *par);
 void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
                            double eps, long N, long d, sf_par *par);
 /* dX = residual (NULL, dX itself, or another (N,d) gradient) + the input gradient; dg, db (may

@@ -6,55 +6,50 @@
 #define PARALLEL_MIN 131072
 #define THREADS_FOR(work) ((work) >= PARALLEL_MIN ? par->nt : 1)
 
-/* ---- embedding: X[b,t] = [tok[x[b,t]] ; pos[t]] ------------------------------------------ */
+/* ---- embedding: X[b,t] = [tok[x[b,t]] ; pos[t]] (concat) or tok[x[b,t]] + pos[t] --------------- */
 
-/* X (B,T,d); tok (2,d/2); pos (P,d/2) */
 void SF(embedding_forward)(real *X, const uint8_t *tokens, const real *tok, const real *pos, long B,
-                           long T, long d, sf_par *par) {
+                           long T, long d, int concat, sf_par *par) {
     const long h = d / 2;
+    if (concat) { /* two copies per row */
 #pragma omp parallel for num_threads(THREADS_FOR(B * T * d)) schedule(static)
-    for (long r = 0; r < B * T; r++) {
-        real *x = X + r * d;
-        memcpy(x, tok + tokens[r] * h, h * sizeof(real));
-        memcpy(x + h, pos + (r % T) * h, h * sizeof(real));
+        for (long r = 0; r < B * T; r++) {
+            real *x = X + r * d;
+            memcpy(x, tok + tokens[r] * h, h * sizeof(real));
+            memcpy(x + h, pos + (r % T) * h, h * sizeof(real));
+        }
+        return;
     }
+#pragma omp parallel for num_threads(THREADS_FOR(B * T * d)) schedule(static)
+    for (long r = 0; r < B * T; r++) embed_row(X + r * d, tok, pos, tokens[r], r % T, d, 0);
 }
 
-/* dtok (V,d/2), dpos (T,d/2) += the gradients from dX (B,T,d); tokens index the rows of dtok.
- * Every element is summed in row order on any thread count: positions by thread-owned ranges of
+/* Every element is summed in row order on any thread count: positions by thread-owned ranges of
  * t (each sequence's rows of the range are contiguous, so the reads stream), tokens by
  * thread-owned ranges of columns. */
 void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
-                                long T, long V, long d, sf_par *par) {
-    const long h = d / 2;
+                                long T, long V, long d, int concat, sf_par *par) {
+    const long w = concat ? d / 2 : d, pos_col = concat ? w : 0; /* table width; where positions sit in a row */
     (void)V; /* tokens index the rows; V documents the table */
 #pragma omp parallel num_threads(THREADS_FOR(B * T * d))
     {
         long lo, hi;
         sf_partition(T, 1, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
-        for (long b = 0; b < B; b++)
+        for (long b = 0; dpos && b < B; b++)
             for (long t = lo; t < hi; t++) {
-                real *g = dpos + t * h;
-                const real *s = dX + (b * T + t) * d + h;
+                real *g = dpos + t * w;
+                const real *s = dX + (b * T + t) * d + pos_col;
 #pragma omp simd
-                for (long j = 0; j < h; j++) g[j] += s[j];
+                for (long j = 0; j < w; j++) g[j] += s[j];
             }
-        sf_partition(h, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
+        sf_partition(w, 16, SF_THREAD_ID(), SF_TEAM_SIZE(), &lo, &hi);
         for (long r = 0; r < B * T && lo < hi; r++) {
-            real *g = dtok + tokens[r] * h;
+            real *g = dtok + tokens[r] * w;
             const real *s = dX + r * d;
 #pragma omp simd
             for (long j = lo; j < hi; j++) g[j] += s[j];
         }
     }
-}
-
-/* dtok (2,d/2), dpos (P,d/2) overwritten; dX (B,T,d) */
-void SF(embedding_backward)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
-                            long T, long P, long d, sf_par *par) {
-    memset(dtok, 0, (size_t)d * sizeof(real)); /* 2 rows of d/2 */
-    memset(dpos, 0, (size_t)(P * (d / 2)) * sizeof(real));
-    SF(embedding_backward_add)(dtok, dpos, dX, tokens, B, T, 2, d, par);
 }
 
 /* ---- LayerNorm over the last dimension (biased variance, eps inside the sqrt) ------------- *

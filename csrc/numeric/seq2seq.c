@@ -18,7 +18,7 @@
 void SF(s2s_params)(const sf_model *m, real *base, s2s_params *p) {
     const sf_config *c = &m->cfg;
     SF(stack_params)(m, base, &p->enc); /* tok, pos, the encoder layers, the final encoder LN */
-    int i = 2 + c->n_layers * sf_layer_slots(c) + sf_final_norm_tensors(c);
+    int i = sf_embedding_tensors(c) + c->n_layers * sf_layer_slots(c) + sf_final_norm_tensors(c);
 #define NEXT (base + m->tensors[i++].offset)
 #define SF_S2S_VIEW(slot, field, ...) w->field = sf_slot_present(c, 1, SF_SLOT_##slot) ? NEXT : NULL;
     for (int l = 0; l < c->n_decoder_layers; l++) {
@@ -200,7 +200,8 @@ void SF(s2s_encode)(const sf_model *m, const s2s_params *p, const uint8_t *x, s2
 void SF(s2s_decode)(const sf_model *m, const s2s_params *p, s2s_acts *a, sf_par *par) {
     const sf_config *c = &m->cfg;
     const long B = a->B, T = a->T, S = a->S, d = c->d_model;
-    SF(embedding_forward)(a->dec_sub[0][S2S_SELF].x, a->dec, p->enc.tok, p->enc.pos, B, S, d, par);
+    SF(embedding_forward)(a->dec_sub[0][S2S_SELF].x, a->dec, p->enc.tok, position_table(&p->enc), B, S, d,
+                          concat_positions(c), par);
     for (int l = 0; l < c->n_decoder_layers; l++) {
         const s2s_layer_w *w = &p->dec[l];
         s2s_sub *s = a->dec_sub[l];
@@ -243,9 +244,8 @@ void SF(s2s_backward)(sf_model *m, const uint8_t *x, s2s_acts *a, sf_par *par) {
     }
 #undef SWAP
     /* the shared tables: decoder use, then the encoder stack's */
-    memset(g.enc.tok, 0, (size_t)(3 * d / 2) * sizeof(real));
-    memset(g.enc.pos, 0, (size_t)(((long)c->n_positions + 1) * d / 2) * sizeof(real));
-    SF(embedding_backward_add)(g.enc.tok, g.enc.pos, g_out, a->dec, B, S, 3, d, par);
+    zero_embedding_grads(m, &g.enc);
+    SF(embedding_backward_add)(g.enc.tok, g.enc.pos, g_out, a->dec, B, S, 3, d, concat_positions(c), par);
     SF(stack_backward)(c, &p.enc, &g.enc, x, &a->enc, par);
 }
 

@@ -168,7 +168,7 @@ static void emit(uint8_t *tokens, real *outputs, uint8_t *cur, const real *out, 
 static sf_status generate_cached(sf_model *m, const uint8_t *x, long B, long T, long steps, double threshold,
                                  uint8_t *tokens, real *outputs, sf_par *par, stop_check *sc) {
     const sf_config *c = &m->cfg;
-    const long d = c->d_model, F = c->d_ff, H = c->n_heads, h = d / 2, Ld = c->n_decoder_layers;
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, Ld = c->n_decoder_layers;
     s2s_acts a;
     sf_status st = SF(s2s_reserve)(m, B, T, 1, par->nt, &a); /* the encoder's workspace */
     if (st) return st;
@@ -202,10 +202,8 @@ static sf_status generate_cached(sf_model *m, const uint8_t *x, long B, long T, 
             st = sf_fail(SF_EINTR, "interrupted after %ld of %ld decoding steps", t, steps);
             break;
         }
-        for (long b = 0; b < B; b++) { /* [tok(cur) ; pos(t)] */
-            memcpy(s.x + b * d, p.enc.tok + cur[b] * h, (size_t)h * sizeof(real));
-            memcpy(s.x + b * d + h, p.enc.pos + t * h, (size_t)h * sizeof(real));
-        }
+        for (long b = 0; b < B; b++) /* token cur[b] at position t */
+            embed_row(s.x + b * d, p.enc.tok, position_table(&p.enc), cur[b], t, d, concat_positions(c));
         for (long l = 0; l < Ld; l++) {
             const s2s_layer_w *w = &p.dec[l];
             layer_cache *k = &lc[l];

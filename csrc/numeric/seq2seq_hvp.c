@@ -147,7 +147,8 @@ static void tangent_forward(const sf_model *m, const uint8_t *x, s2s_hvp_work *w
     const long B = a->B, T = a->T, S = a->S, d = c->d_model, Ld = c->n_decoder_layers;
     const real *mem = a->enc.final_out, *tmem = t->enc.final_out;
     SF(stack_tangent_forward)(c, &p->enc, &v->enc, x, &a->enc, &t->enc, w->attn, par);
-    SF(embedding_forward)(t->dec_sub[0][S2S_SELF].x, a->dec, v->enc.tok, v->enc.pos, B, S, d, par);
+    SF(embedding_forward)(t->dec_sub[0][S2S_SELF].x, a->dec, v->enc.tok, v->enc.pos, B, S, d, concat_positions(c),
+                          par);
     for (long l = 0; l < Ld; l++) {
         const s2s_layer_w *pw = &p->dec[l], *vw = &v->dec[l];
         const s2s_sub *s = a->dec_sub[l];
@@ -203,9 +204,8 @@ static void tangent_backward(const sf_model *m, const uint8_t *x, s2s_hvp_work *
     }
 #undef SWAP
     /* the shared tables: decoder use, then the encoder stack's (as seq2seq.c) */
-    memset(hv->enc.tok, 0, (size_t)(3 * d / 2) * sizeof(real));
-    memset(hv->enc.pos, 0, (size_t)(((long)c->n_positions + 1) * d / 2) * sizeof(real));
-    SF(embedding_backward_add)(hv->enc.tok, hv->enc.pos, tg_out, a->dec, B, S, 3, d, par);
+    zero_embedding_grads(m, &hv->enc);
+    SF(embedding_backward_add)(hv->enc.tok, hv->enc.pos, tg_out, a->dec, B, S, 3, d, concat_positions(c), par);
     SF(stack_tangent_backward)(c, &p->enc, &v->enc, &hv->enc, x, &a->enc, &t->enc, w->attn, par);
 }
 

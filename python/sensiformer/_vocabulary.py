@@ -18,6 +18,7 @@ STATUSES = _WORDS["status"]
 DTYPES = _WORDS["dtype"]
 NORMS = _WORDS["norm"]
 NORM_TYPES = _WORDS["norm_type"]
+POSITIONALS = _WORDS["positional"]
 ACTIVATIONS = _WORDS["activation"]
 MODEL_KINDS = _WORDS["model_kind"]
 TENSOR_KINDS = _ordered("tensor_kind")

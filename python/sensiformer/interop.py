@@ -29,6 +29,36 @@ def _use_rms_norms(module, d_model, eps):
                 setattr(parent, name, nn.RMSNorm(d_model, eps=eps))
 
 
+def _positional_tables(module, positional, tokens, positions, d_model):
+    """The embedding tables of a reference module: token (and learned positional) tables of width
+    d/2 (concat) or d, or the fixed sinusoids as a non-persistent buffer (state_dict() leaves it out)."""
+    torch = _torch()
+    width = d_model // 2 if positional == "concat" else d_model
+    module.positional = positional
+    module.embedding = torch.nn.Embedding(tokens, width)
+    if positional in ("concat", "add"):
+        module.positional_encoding = torch.nn.Embedding(positions, width)
+    elif positional == "sinusoidal":
+        t = torch.arange(positions, dtype=torch.float64)[:, None]
+        rate = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+        table = torch.zeros(positions, d_model, dtype=torch.float64)
+        table[:, 0::2], table[:, 1::2] = torch.sin(t * rate), torch.cos(t * rate)
+        module.register_buffer("sinusoid", table, persistent=False)
+
+
+def _embed(module, tokens):
+    """Embed (batch, length) tokens as the module's ``positional`` says."""
+    torch = _torch()
+    t = torch.arange(tokens.size(1), device=tokens.device)
+    if module.positional == "concat":
+        return torch.cat([module.embedding(tokens), module.positional_encoding(t).repeat(tokens.size(0), 1, 1)], dim=-1)
+    if module.positional == "add":
+        return module.embedding(tokens) + module.positional_encoding(t)
+    if module.positional == "sinusoidal":
+        return module.embedding(tokens) + module.sinusoid[:tokens.size(1)]
+    return module.embedding(tokens)
+
+
 def reference_module_class():
     """The ``TorchReference`` class (defined on first use so importing needs no torch)."""
     global _TorchReference
@@ -41,11 +71,11 @@ def reference_module_class():
         """The official encoder model in PyTorch, keyed like sensiformer's ``state_dict()``."""
 
         def __init__(self, n_positions, d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post",
-                     ln_eps=1e-5, activation="relu", final_norm=False, norm_type="layer", **_ignored):
+                     ln_eps=1e-5, activation="relu", final_norm=False, norm_type="layer", positional="concat",
+                     **_ignored):
             super().__init__()
             d_ff = d_model if d_ff is None else d_ff
-            self.embedding = nn.Embedding(2, d_model // 2)
-            self.positional_encoding = nn.Embedding(n_positions, d_model // 2)
+            _positional_tables(self, positional, 2, n_positions, d_model)
             act = {"relu": "relu", "gelu": "gelu", "gelu_tanh": _gelu_tanh}
             layer = nn.TransformerEncoderLayer(d_model=d_model, nhead=n_heads, dim_feedforward=d_ff, dropout=0.0,
                                                activation=act[activation], layer_norm_eps=ln_eps, batch_first=True,
@@ -60,9 +90,7 @@ def reference_module_class():
             self.linear_head = nn.Linear(d_model, 1, bias=True)
 
         def forward(self, x):
-            positional = self.positional_encoding(torch.arange(x.size(1), device=x.device)).repeat(x.size(0), 1, 1)
-            h = torch.cat([self.embedding(x), positional], dim=-1)
-            h = self.encoders(h)
+            h = self.encoders(_embed(self, x))
             return self.linear_head(h)[:, -1, :].view(-1)
 
     _TorchReference = TorchReference
@@ -86,12 +114,11 @@ def scratchpad_module_class():
         """The official scratchpad encoder-decoder in PyTorch."""
 
         def __init__(self, n_positions, d_model=32, n_heads=2, n_layers=2, n_decoder_layers=None, d_ff=None,
-                     norm="post", ln_eps=1e-5, activation="relu", norm_type="layer", **_ignored):
+                     norm="post", ln_eps=1e-5, activation="relu", norm_type="layer", positional="concat", **_ignored):
             super().__init__()
             d_ff = d_model if d_ff is None else d_ff
             n_decoder_layers = n_layers if n_decoder_layers is None else n_decoder_layers
-            self.embedding = nn.Embedding(3, d_model // 2)
-            self.positional_encoding = nn.Embedding(n_positions + 1, d_model // 2)
+            _positional_tables(self, positional, 3, n_positions + 1, d_model)
             act = {"relu": "relu", "gelu": "gelu", "gelu_tanh": _gelu_tanh}
             with warnings.catch_warnings():  # pre-LN: torch notes it cannot use nested tensors (irrelevant here)
                 warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
@@ -104,11 +131,7 @@ def scratchpad_module_class():
             self.linear_head = nn.Linear(d_model, 1, bias=True)
 
         def prepare_tensors(self, x, y):
-            def embed(tokens):
-                pos = self.positional_encoding(torch.arange(tokens.size(1), device=tokens.device))
-                return torch.cat([self.embedding(tokens), pos.repeat(tokens.size(0), 1, 1)], dim=-1)
-
-            return embed(x), embed(y)
+            return _embed(self, x), _embed(self, y)
 
         def forward(self, x, y):
             xe, ye = self.prepare_tensors(x, y)
@@ -171,13 +194,16 @@ def from_torch(module, n_positions=None, **config):
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     if "model.encoder.norm.weight" in state:
         return _seq2seq_from_state(module, state, n_positions, config)
-    for key in ("linear_head.weight", "positional_encoding.weight", "encoders.layers.0.linear1.weight"):
+    for key in ("linear_head.weight", "encoders.layers.0.linear1.weight"):
         if key not in state:
             raise ValueError(f"module has no {key!r}: not the official TorchModel layout (embedding, "
                              "positional_encoding, encoders, linear_head)")
     n_layers = len({k.split(".")[2] for k in state if k.startswith("encoders.layers.")})
+    if n_positions is None and "positional_encoding.weight" not in state:
+        raise ValueError("the module has no positional_encoding table to read n_positions from: pass n_positions")
     args = dict(n_positions=n_positions or state["positional_encoding.weight"].shape[0],
                 d_model=state["linear_head.weight"].shape[1], n_layers=n_layers,
+                positional=_positional_of(module, state, config),
                 d_ff=state["encoders.layers.0.linear1.weight"].shape[0], final_norm="encoders.norm.weight" in state)
     encoders = getattr(module, "encoders", None)
     layers = list(getattr(encoders, "layers", []))
@@ -190,6 +216,20 @@ def from_torch(module, n_positions=None, **config):
     model = Transformer(**_merged(args, config, state))
     model.load_state_dict(state)
     return model
+
+
+def _positional_of(module, state, given):
+    """How the module embeds positions: from the tables' widths when it learns them, else from a
+    reference module's ``positional`` (fixed sinusoids and no positions have the same tensors)."""
+    d_model = state["linear_head.weight"].shape[1]
+    if "positional_encoding.weight" in state:
+        return "concat" if state["positional_encoding.weight"].shape[1] * 2 == d_model else "add"
+    if getattr(module, "positional", None) in ("sinusoidal", "none"):
+        return module.positional
+    if given.get("positional") in ("sinusoidal", "none"):
+        return given["positional"]
+    raise ValueError("the module has no positional_encoding table: pass positional='sinusoidal' or 'none' (the "
+                     "tensors cannot tell them apart)")
 
 
 def _merged(read, given, state):
@@ -301,7 +341,10 @@ def _seq2seq_from_state(module, state, n_positions, config):
     def count(prefix):
         return len({k.split(".")[3] for k in state if k.startswith(prefix)})
 
+    if n_positions is None and "positional_encoding.weight" not in state:
+        raise ValueError("the module has no positional_encoding table to read n_positions from: pass n_positions")
     args = dict(n_positions=n_positions or state["positional_encoding.weight"].shape[0] - 1,
+                positional=_positional_of(module, state, config),
                 d_model=state["linear_head.weight"].shape[1], n_layers=count("model.encoder.layers."),
                 n_decoder_layers=count("model.decoder.layers."),
                 d_ff=state["model.encoder.layers.0.linear1.weight"].shape[0])

@@ -13,7 +13,7 @@ import numpy as np
 from . import _engine
 from ._files import save_npz_atomically
 from ._vocabulary import (ACTIVATIONS, DTYPES, LOSSES, MAX_D_FF, MAX_D_MODEL, MAX_LAYERS, MAX_POSITIONS, NORM_TYPES,
-                          NORMS, TENSOR_KINDS)
+                          NORMS, POSITIONALS, TENSOR_KINDS)
 from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
 
@@ -268,6 +268,10 @@ class Transformer(_EngineModel):
         Norm placement ("post" is ``nn.TransformerEncoderLayer``'s default).
     norm_type : {"layer", "rms"}
         Which norm: ``nn.LayerNorm`` (the paper's) or ``nn.RMSNorm`` (a gain, no bias, no centring).
+    positional : {"concat", "add", "sinusoidal", "none"}
+        How positions enter: the paper's learned table concatenated with the token embedding (each
+        d/2 wide); a learned table added to a full-width token embedding; the original
+        transformer's fixed sinusoids added; or none (the model then sees a multiset of tokens).
     ln_eps : float
         The norms' epsilon (>= 0; 0 is allowed).
     activation : {"relu", "gelu", "gelu_tanh"}
@@ -314,10 +318,11 @@ class Transformer(_EngineModel):
     def __init__(self, n_positions: int, d_model: int = 128, n_heads: int = 2, n_layers: int = 2,
                  d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
                  dtype: DType = "float32", seed: int = 0, final_norm: bool = False,
-                 identical_layers: bool = True, norm_type: str = "layer") -> None:
+                 identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat") -> None:
         n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         check_choice(norm, "norm", tuple(NORMS))
         check_choice(norm_type, "norm_type", tuple(NORM_TYPES))
+        check_choice(positional, "positional", tuple(POSITIONALS))
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
         check_choice(activation, "activation", tuple(ACTIVATIONS))
         dtype = _dtype_name(dtype)
@@ -329,16 +334,16 @@ class Transformer(_EngineModel):
         self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                             d_ff=d_ff, norm=norm, ln_eps=ln_eps, activation=activation, dtype=dtype,
                             seed=seed, final_norm=bool(final_norm), identical_layers=bool(identical_layers),
-                            norm_type=norm_type)
+                            norm_type=norm_type, positional=positional)
         self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, NORMS[norm], bool(final_norm),
                                      ln_eps, ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
-                                     norm_type=NORM_TYPES[norm_type])
+                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional])
         self._bind_buffers()
 
     def __repr__(self):
         c = self._config
         return (f"Transformer(n_positions={c['n_positions']}, d_model={c['d_model']}, n_heads={c['n_heads']}, "
-                f"n_layers={c['n_layers']}, d_ff={c['d_ff']}, norm={c['norm']!r}{_norm_type_repr(c)}, "
+                f"n_layers={c['n_layers']}, d_ff={c['d_ff']}, norm={c['norm']!r}{_options_repr(c)}, "
                 f"dtype={c['dtype']!r}, params={self.num_parameters})")
 
     # ---- computation ------------------------------------------------------------------------
@@ -381,10 +386,13 @@ def _restore_model(cls, config, flat):
     return model
 
 
-def _norm_type_repr(config):
-    """", norm_type='rms'" in a model's repr when it is not the paper's LayerNorm."""
-    kind = config.get("norm_type", "layer")
-    return "" if kind == "layer" else f", norm_type={kind!r}"
+_PAPER_OPTIONS = {"norm_type": "layer", "positional": "concat"}
+
+
+def _options_repr(config):
+    """A model's options that differ from the paper's, for its repr (", norm_type='rms'")."""
+    return "".join(f", {key}={config.get(key, paper)!r}" for key, paper in _PAPER_OPTIONS.items()
+                   if config.get(key, paper) != paper)
 
 
 def check_sizes(n_positions: int, d_model: int, n_heads: int, n_layers: int,

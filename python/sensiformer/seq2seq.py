@@ -11,8 +11,8 @@ import numpy as np
 from . import _engine
 from ._validation import (REAL_KINDS, as_tokens, check_bool, check_choice, check_float, check_int, check_seed,
                           quiet_cast, resolve_threads)
-from ._vocabulary import ACTIVATIONS, DTYPES, LOSSES, MAX_LAYERS, MODEL_KINDS, NORM_TYPES, NORMS, SOS
-from .model import _dtype_name, _EngineModel, _norm_type_repr, check_sizes
+from ._vocabulary import ACTIVATIONS, DTYPES, LOSSES, MAX_LAYERS, MODEL_KINDS, NORM_TYPES, NORMS, POSITIONALS, SOS
+from .model import _dtype_name, _EngineModel, _options_repr, check_sizes
 
 if TYPE_CHECKING:
     from ._typing import ArrayLike, DType
@@ -90,6 +90,9 @@ class Seq2SeqTransformer(_EngineModel):
         Norm placement ("pre" is ``nn.Transformer(norm_first=True)``).
     norm_type : {"layer", "rms"}
         Every norm (the layers' and the final ones) an ``nn.LayerNorm`` or an ``nn.RMSNorm``.
+    positional : {"concat", "add", "sinusoidal", "none"}
+        How positions enter both stacks' embeddings (see ``Transformer``); with "none" the encoder
+        sees a multiset of tokens and the decoder keeps only its causal mask.
     ln_eps : float
     activation : {"relu", "gelu", "gelu_tanh"}
     dtype : {"float32", "float64"}
@@ -108,12 +111,13 @@ class Seq2SeqTransformer(_EngineModel):
     def __init__(self, n_positions: int, d_model: int = 32, n_heads: int = 2, n_layers: int = 2,
                  d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
                  dtype: DType = "float32", seed: int = 0, n_decoder_layers: int | None = None,
-                 identical_layers: bool = True, norm_type: str = "layer") -> None:
+                 identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat") -> None:
         n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         n_decoder_layers = n_layers if n_decoder_layers is None else check_int(n_decoder_layers, "n_decoder_layers",
                                                                                1, MAX_LAYERS)
         check_choice(norm, "norm", tuple(_NORMS))
         check_choice(norm_type, "norm_type", tuple(NORM_TYPES))
+        check_choice(positional, "positional", tuple(POSITIONALS))
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
         check_choice(activation, "activation", tuple(ACTIVATIONS))
         dtype = _dtype_name(dtype)
@@ -122,18 +126,18 @@ class Seq2SeqTransformer(_EngineModel):
         self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                             n_decoder_layers=n_decoder_layers, d_ff=d_ff, norm=norm, ln_eps=ln_eps,
                             activation=activation, dtype=dtype, seed=seed, identical_layers=bool(identical_layers),
-                            norm_type=norm_type)
+                            norm_type=norm_type, positional=positional)
         self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, _NORMS[norm], True, ln_eps,
                                      ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
                                      kind=MODEL_KINDS["seq2seq"], n_decoder_layers=n_decoder_layers,
-                                     norm_type=NORM_TYPES[norm_type])
+                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional])
         self._bind_buffers()
 
     def __repr__(self):
         c = self._config
         return (f"Seq2SeqTransformer(n_positions={c['n_positions']}, d_model={c['d_model']}, n_heads={c['n_heads']}, "
                 f"n_layers={c['n_layers']}, n_decoder_layers={c['n_decoder_layers']}, d_ff={c['d_ff']}, "
-                f"norm={c['norm']!r}{_norm_type_repr(c)}, dtype={c['dtype']!r}, params={self.num_parameters})")
+                f"norm={c['norm']!r}{_options_repr(c)}, dtype={c['dtype']!r}, params={self.num_parameters})")
 
     # ---- inputs -------------------------------------------------------------------------------
     teacher_forcing = staticmethod(teacher_forcing)
