@@ -124,6 +124,9 @@ def _logit_scale(model, x, y, s):
 def _spectrum(model, x, y, s):
     """The model function's Fourier weight per degree and average sensitivity (thresholded and real-valued),
     on the measurement data's length: exact for n <= 20, Monte-Carlo with standard errors beyond."""
+    if s.spectrum_exact and x.shape[1] > spectrum.EXACT_MAX_N:
+        raise ValueError(f"spectrum_exact=True enumerates 2**n inputs, and n={x.shape[1]} is beyond the spectrum's "
+                         f"exact limit of {spectrum.EXACT_MAX_N}; pass spectrum_exact=None or False (Monte-Carlo)")
     est = spectrum.model_spectrum(model, x.shape[1], exact=s.spectrum_exact, samples=s.spectrum_samples, seed=s.seed,
                                   scale=s.labels, n_threads=s.n_threads)
     return est.columns()

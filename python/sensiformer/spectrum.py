@@ -16,10 +16,11 @@ distance d = 0..n, a partner x xor z_d at distance d,
     W_k = sum_d P(d) K_k(d) E[g(x) g(x xor z_d)],    P(d) = C(n, d) / 2^n,
 
 where K_k is the Krawtchouk polynomial (``sum_{|S|=k} chi_S(z)`` at |z| = d). Each sampled x gives an
-unbiased estimate of every W_k from its n + 1 partners, and those per-x estimates sum to g(x)^2 exactly,
-so the estimated weights obey Parseval sample by sample. Their standard errors are honest and can be
-large at middle degrees for large n (the Krawtchouk values grow like sqrt(C(n, k))): a function whose
-output depends on x only through a distance pattern (PARITY) is estimated exactly. The average
+unbiased estimate of every W_k from its n + 1 partners (for k >= 1 with the output centred at the other
+samples' mean, which a constant cannot bias and which removes the output's offset from the variance), and
+degree 0 takes the rest of g(x)^2, so the estimated weights obey Parseval sample by sample. The standard
+errors are those of the per-sample estimates; they grow at middle degrees for large n (the Krawtchouk
+values grow like sqrt(C(n, k))), so read them before reading a middle degree's weight. The average
 sensitivities come from ``analysis.estimate_sensitivity`` (every flip of each sampled input).
 """
 

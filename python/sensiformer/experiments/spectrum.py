@@ -178,6 +178,9 @@ def _report(exp, store):
                              f"{_spread(plateau['weight_first'], '.1e')} to "
                              f"{_spread(plateau['weight_at_plateau_end'], '.1e')} "
                              f"({_spread(100 * plateau['share_at_plateau_end'], '.1f')}% of the weight)")
+            if len(plateau) < len(ok):
+                lines.append(f"    {len(ok) - len(plateau)} without a plateau: the loss was already below it at the "
+                             f"first measurement (step {ok['first_step'].min():.0f})")
             lines.append(f"    at the end: {_spread(100 * ok['final_share'], '.1f')}% of the weight at degree k")
         if len(failed):
             lines.append(f"    runs that did not converge: W_k from {_spread(failed['weight_first'], '.1e')} to "
