@@ -95,3 +95,16 @@ def test_figure_draws_the_mean_share_per_degree_and_says_when_a_target_has_no_ru
     edges = [np.asarray(c.get_paths()[0].vertices)[:, 1].max() for c in top.collections]
     assert edges[1] == pytest.approx(1 - 7 / 12) and edges[2] == pytest.approx(1.0)
     assert any("no run to draw" in t.get_text() for t in fig.axes[1].texts), "the MAJORITY column says why it is empty"
+
+
+def test_share_panel_draws_a_plain_training_history():
+    import sensiformer as sf
+    from sensiformer import plot
+
+    model = sf.Transformer(4, d_model=8, seed=0)
+    history = sf.Trainer(model, sf.targets.Parity(4), batch_size=16, seed=0).fit(
+        40, log_every=10, progress=False, callbacks=[sf.Measure(every=20, spectrum=True, repeats=2)])
+    ax = plot.spectrum_share_ax(history)
+    assert len(ax.collections) == 5  # degrees 0..4
+    tops = np.asarray(ax.collections[-1].get_paths()[0].vertices)[:, 1]
+    assert tops.max() == pytest.approx(1.0) and ax.get_xlabel() == "training step"

@@ -700,13 +700,33 @@ def _faint_and_mean(ax, df, metric, color, n_runs, linestyle="-", geometric=Fals
             linestyle=linestyle)
 
 
+def spectrum_share_ax(history, ax=None):
+    """Each degree's share of the Fourier weight (``fourier_weight_k`` / their sum) against the step, stacked
+    (degree 0 at the bottom, viridis), averaged over the runs at each step: any history with the spectrum
+    columns (``Measure(spectrum=True)``'s, or a store's)."""
+    from matplotlib import colormaps
+
+    ax = _axes(ax)
+    n = max(int(c.rsplit("_", 1)[1]) for c in history if c.startswith("fourier_weight_") and c[-1].isdigit())
+    cols = [f"fourier_weight_{k}" for k in range(n + 1)]
+    df = history.dropna(subset=cols)
+    w = df[cols].to_numpy(float)
+    share = pd.DataFrame(w / w.sum(axis=1, keepdims=True), columns=cols).assign(step=df["step"].to_numpy())
+    mean_share = share.groupby("step").mean()
+    cmap = colormaps["viridis"]
+    ax.stackplot(mean_share.index, mean_share.to_numpy().T, colors=[cmap(k / max(n, 1)) for k in range(n + 1)],
+                 linewidth=0)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("share of Fourier\nweight per degree", fontsize="small")
+    return ax
+
+
 def spectrum_axes(history, target, target_weights, n, axes, runs_label=None):
     """One target's column against the training step (log axis): the share of the Fourier weight per degree
     (stacked, mean over runs), the loss (black) and the weight at the target's heaviest degree (log), the
     average sensitivity (real-valued solid, thresholded dashed, the target's dotted), sharpness (×4) and
     LayerNorm blowup (log); a red line at the runs' median convergence step (loss < 0.01)."""
-    from matplotlib import colormaps
-
     df = history[history["target"] == target].dropna(subset=["fourier_weight_0"]) if len(history) else history
     n_runs = df["key"].nunique() if len(df) else 0
     for ax in axes:
@@ -717,15 +737,7 @@ def spectrum_axes(history, target, target_weights, n, axes, runs_label=None):
         for ax in axes:
             _note(ax, "no run to draw")
         return axes
-    cols = [f"fourier_weight_{k}" for k in range(n + 1)]
-    w = df[cols].to_numpy(float)
-    share = pd.DataFrame(w / w.sum(axis=1, keepdims=True), columns=cols).assign(step=df["step"].to_numpy())
-    mean_share = share.groupby("step").mean()
-    cmap = colormaps["viridis"]
-    axes[0].stackplot(mean_share.index, mean_share.to_numpy().T, colors=[cmap(k / max(n, 1)) for k in range(n + 1)],
-                      linewidth=0)
-    axes[0].set_ylim(0, 1)
-    axes[0].set_ylabel("share of Fourier\nweight per degree", fontsize="small")
+    spectrum_share_ax(df, axes[0]).set_xlabel("")  # the bottom row says it
 
     color = COLORS.get(target, "#1f77b4")
     k = int(np.argmax(target_weights))
