@@ -32,7 +32,7 @@ PRESETS = {
                   log_every=100, dynamic_every=100, dynamic_repeats=500, eval_batches=1000),
     # n=8, d=32 (the dynamics quick preset's PARITY model), 8 seeds; probes every 10 steps so that MAJORITY's
     # fit within ~100 steps and PARITY's plateau both show on the log step axis. Measured 2026-12-05: 24 runs,
-    # 109 CPU-seconds (1.5 min on a 2-core AVX-512 host); 6/8 PARITY runs converge (at n=10 and 12, 2/6 and
+    # 109-113 CPU-seconds (1.5-1.7 min on a 2-core AVX-512 host); 6/8 PARITY runs converge (at n=10 and 12, 2/6 and
     # 1/6 did in 3000-5000 steps), and what the report shows is in the README
     "quick": dict(_SPEC, n=8, sparse_bits=(1, 4, 6), seeds=tuple(range(8)), weight_decays=(0.1,), steps=3000,
                   d_model=32, batch_size=128, lr=2e-3, log_every=10, dynamic_every=10, dynamic_repeats=20,
@@ -51,7 +51,7 @@ def spectrum(preset: str = "ci", **overrides) -> Experiment:
     preset : {"ci", "quick", "paper"}
         "paper": the paper's model, training and dynamics-probe settings at n=16 (exact spectrum; 10 seeds,
         20k steps);
-        "quick": n=8, d=32, 8 seeds, 3000 steps: 24 runs, 109 CPU-seconds (1.5 min measured on a 2-core
+        "quick": n=8, d=32, 8 seeds, 3000 steps: 24 runs, 109-113 CPU-seconds (1.5-1.7 min measured on a 2-core
         AVX-512 host; the README says what it shows); "ci" runs every code path in seconds.
     **overrides
         ``targets``, ``n``, ``sparse_bits`` (0-based positions of the sparse parity), ``seeds``,
