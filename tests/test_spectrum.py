@@ -174,6 +174,14 @@ def test_bad_model_spectrum_arguments_name_the_argument():
         spectrum.model_spectrum(sf.Seq2SeqTransformer(6, d_model=8, seed=0), 6)
 
 
+def test_a_model_with_non_finite_parameters_is_refused_naming_the_tensor():
+    model = sf.Transformer(5, d_model=8, seed=0)
+    model.parameters()["linear_head.weight"][0, 0] = np.nan
+    for exact in (True, False):
+        with pytest.raises(sf.NonFiniteParametersError, match="linear_head.weight"):
+            spectrum.model_spectrum(model, 5, exact=exact)
+
+
 def test_spectrum_of_a_seq2seq_model_is_refused_by_measure():
     model = sf.Seq2SeqTransformer(4, d_model=8, seed=0)
     trainer = sf.Trainer(model, sf.targets.Prefix(Parity(4)), batch_size=8, seed=0)

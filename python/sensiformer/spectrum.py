@@ -148,6 +148,7 @@ def model_spectrum(model: Transformer, n: int, *, exact: bool | None = None, sam
         raise ValueError(f"exact=True enumerates 2**n inputs, and n={n} is beyond the spectrum's exact limit of "
                          f"{EXACT_MAX_N}; pass exact=False or None (Monte-Carlo with standard errors)")
     threshold = 0.5 if scale == "01" else 0.0
+    model.require_finite("the model's spectrum")  # NaN weights would otherwise come out as NaN columns
     if exact:
         table = analysis.truth_table(model, n, n_threads=n_threads)
         weights = analysis.degree_spectrum(table, scale, n_threads)
