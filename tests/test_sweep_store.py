@@ -48,9 +48,11 @@ def test_every_hashed_field_changes_the_key():
                    sharpness_repeats=3, sharpness_seed=1, blowup_definition="theory", dynamic_every=10,
                    dynamic_batches=2, dynamic_repeats=3, save_predictions=True, train_sharpness_repeats=2,
                    sharpness_subset=8, sharpness_subset_seed=1, eval_lengths=(9,), init="gaussian",
-                   model_sensitivity=True, sensitivity_threshold=0.0, lr_schedule="cosine")
+                   model_sensitivity=True, sensitivity_threshold=0.0, lr_schedule="cosine",
+                   dynamic_spectrum=True, spectrum_samples=7)
     hashed = {f.name for f in dataclasses.fields(RunConfig)} - {"tags"}
-    assert hashed | {"target_table"} == set(changes) | {"target_table"}, "a new field needs a case here"
+    with_target = {"target_table", "target_bits"}  # only valid with their target: checked below
+    assert hashed | with_target == set(changes) | with_target, "a new field needs a case here"
     assert "tags" not in hashed
     keys = {base.key}
     for name, value in changes.items():
@@ -58,6 +60,8 @@ def test_every_hashed_field_changes_the_key():
     assert len(keys) == len(changes) + 1
     t = RunConfig(target="table", n=3, target_table=table_to_hex([0, 1, 1, 0, 1, 0, 0, 1]))
     assert t.key != dataclasses.replace(t, target_table=table_to_hex([1, 1, 1, 0, 1, 0, 0, 1])).key
+    sparse = RunConfig(target="sparse_parity", n=6, target_bits=(0, 3))
+    assert sparse.key != dataclasses.replace(sparse, target_bits=(0, 4)).key
     assert HASH_VERSION == 1
 
 
@@ -68,7 +72,7 @@ def test_late_fields_at_their_defaults_keep_the_earlier_keys():
     assert RunConfig(n=8).key == "9ac4ab4d374782736b84"
     assert RunConfig(target="majority", n=12, seed=3, lr=1e-3, train_subset=64).key == "361ef5fff901619f32be"
     assert set(LATE_FIELDS) <= {f.name for f in dataclasses.fields(RunConfig)}
-    assert "lr_schedule" not in RunConfig(n=8).hashed_fields()
+    assert not set(LATE_FIELDS) & set(RunConfig(n=8).hashed_fields())
     cosine = RunConfig(n=8, lr_schedule="cosine")
     assert cosine.hashed_fields()["lr_schedule"] == "cosine" and cosine.key != RunConfig(n=8).key
     assert RunConfig.from_dict(RunConfig(n=8).to_dict()).to_dict()["lr_schedule"] == "constant"

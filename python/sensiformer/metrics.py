@@ -10,9 +10,9 @@ name::
 
     sf.Measure(every=100, metrics=("loss", "sharpness", "output_mean"))
 
-``settings`` (``Settings``) carries the loss, the batch size, the thread count, the seq2seq model's
-decoder input (teacher forcing) and the probes' own settings (sharpness sigma/repeats/seed, blowup
-definition, Hessian sample and iteration counts).
+``settings`` (``Settings``) carries the loss, the label scale, the batch size, the thread count, the seq2seq
+model's decoder input (teacher forcing) and the probes' own settings (sharpness sigma/repeats/seed, blowup
+definition, Hessian sample and iteration counts, the spectrum's Monte-Carlo samples and exact mode).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from . import probes
+from . import probes, spectrum
 
 #: name -> fn(model, x, y, settings) -> {column: value}
 METRICS: dict[str, Callable] = {}
@@ -43,6 +43,7 @@ class Settings:
     """What every metric of one measurement shares."""
 
     loss: str = "mse"
+    labels: str = "01"  # the label scale: how the spectrum reads and thresholds the outputs
     batch_size: int | None = None
     n_threads: int | None = None
     decoder_input: object = None  # a Seq2SeqTransformer's teacher-forcing input, else None
@@ -52,6 +53,8 @@ class Settings:
     definition: str = "official"
     hessian_samples: int = 20
     hessian_iters: int = 30
+    spectrum_samples: int = spectrum.DEFAULT_SAMPLES
+    spectrum_exact: bool | None = None  # None: exact up to spectrum.EXACT_MAX_N, Monte-Carlo beyond
     extra: Mapping = field(default_factory=dict)  # settings of user-registered metrics
 
     @property
@@ -115,3 +118,15 @@ def _logit_scale(model, x, y, s):
     """The attention-logit scale |q.k|/sqrt(d_head): max over layers and heads, mean of the per-head means."""
     scale = probes.attention_logit_scale(model, x, n_threads=s.n_threads, **s.seq)
     return {"logit_max": float(scale["max"].max()), "logit_mean": float(scale["mean"].mean())}
+
+
+@register("spectrum")
+def _spectrum(model, x, y, s):
+    """The model function's Fourier weight per degree and average sensitivity (thresholded and real-valued),
+    on the measurement data's length: exact for n <= 20, Monte-Carlo with standard errors beyond."""
+    if s.spectrum_exact and x.shape[1] > spectrum.EXACT_MAX_N:
+        raise ValueError(f"spectrum_exact=True enumerates 2**n inputs, and n={x.shape[1]} is beyond the spectrum's "
+                         f"exact limit of {spectrum.EXACT_MAX_N}; pass spectrum_exact=None or False (Monte-Carlo)")
+    est = spectrum.model_spectrum(model, x.shape[1], exact=s.spectrum_exact, samples=s.spectrum_samples, seed=s.seed,
+                                  scale=s.labels, n_threads=s.n_threads)
+    return est.columns()

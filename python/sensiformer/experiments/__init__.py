@@ -16,6 +16,7 @@ function                          figures                  paper preset (officia
 ``scratchpad()``                  Fig. 11                  scratchpad: 300 runs (encoder-decoder)
 ``length_generalization()``       beyond the paper
 ``init_sensitivity()``            beyond the paper         (the 2026 follow-up's random-init profiles)
+``spectrum()``                    beyond the paper         (the model's Fourier spectrum during training)
 ================================  =======================  =======================================
 
 Presets: ``"paper"`` = the official grids and settings; ``"quick"`` = a scaled-down grid that
@@ -31,6 +32,7 @@ from .init_sensitivity import init_sensitivity
 from .length_generalization import length_generalization
 from .scaling import scaling
 from .scratchpad import scratchpad
+from .spectrum import spectrum
 from .tradeoff import tradeoff
 
 #: name -> experiment function (the CLI's ``sensiformer reproduce NAME``)
@@ -42,9 +44,10 @@ EXPERIMENTS = {
     "scratchpad": scratchpad,
     "length_generalization": length_generalization,
     "init_sensitivity": init_sensitivity,
+    "spectrum": spectrum,
 }
 
 
 __all__ = ["EXPERIMENTS", "Experiment", "PRESETS", "Stage", "aligned_history", "average_sensitivity",
            "completion_manifest", "dynamics", "generalization", "init_sensitivity", "length_generalization", "scaling",
-           "scratchpad", "tradeoff"]
+           "scratchpad", "spectrum", "tradeoff"]

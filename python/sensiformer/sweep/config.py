@@ -35,14 +35,14 @@ from typing import Any, Iterable, Mapping
 HASH_VERSION = 1
 #: The paper's run filter: eval MSE below this on the {0,1} label scale.
 CONVERGED_MSE = 1e-3
-TARGETS = ("parity", "majority", "first", "mean", "random", "table")
+TARGETS = ("parity", "majority", "first", "mean", "random", "table", "sparse_parity")
 MODELS = ("encoder", "scratchpad")
 INITS = ("pytorch", "gaussian", "uniform", "xavier_uniform", "xavier_normal")
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "float64")
 NORMS = ("post", "pre", "none")
 #: fields added after the key's format was fixed, with the default at which they stay out of it
-LATE_FIELDS = {"lr_schedule": "constant"}
+LATE_FIELDS = {"lr_schedule": "constant", "target_bits": (), "dynamic_spectrum": False, "spectrum_samples": 1024}
 
 
 def _integer(value, name) -> int:
@@ -59,7 +59,8 @@ class RunConfig:
     Target
         ``target`` is one of "parity", "majority", "first", "mean", "random" (the official
         ``RandomFunc(target_seed)`` table) or "table" (``target_table``: the truth table as a
-        hex string of 2^n bits, x_1 the most significant bit of the index; see ``table_to_hex``).
+        hex string of 2^n bits, x_1 the most significant bit of the index; see ``table_to_hex``) or
+        "sparse_parity" (the parity of the 0-based positions ``target_bits``).
     Model
         ``model`` "encoder" (the official TorchModel) or "scratchpad" (the official
         TorchModelWithScratchpad, ``Seq2SeqTransformer``: trained by teacher forcing on the
@@ -82,7 +83,10 @@ class RunConfig:
         (``blowup_definition``) and the parameter norm.
     Dynamics
         ``dynamic_every`` > 0 probes every that many steps on ``dynamic_batches`` fixed batches
-        with ``dynamic_repeats`` noise draws (common random numbers over training).
+        with ``dynamic_repeats`` noise draws (common random numbers over training);
+        ``dynamic_spectrum`` adds the model function's Fourier weight per degree and average
+        sensitivity to those rows (``Measure(spectrum=True)``: exact for n <= 20, else Monte-Carlo
+        from ``spectrum_samples`` inputs).
     Extras
         ``save_predictions`` stores the thresholded predictions on all 2^n inputs;
         ``train_sharpness_repeats`` > 0 measures sharpness (R = that many draws) on one batch
@@ -103,6 +107,7 @@ class RunConfig:
     n: int = 20
     target_seed: int = 0
     target_table: str | None = None
+    target_bits: tuple = ()
     model: str = "encoder"
     d_model: int = 128
     n_heads: int = 2
@@ -133,6 +138,8 @@ class RunConfig:
     dynamic_every: int = 0
     dynamic_batches: int = 1
     dynamic_repeats: int = 500
+    dynamic_spectrum: bool = False
+    spectrum_samples: int = 1024
     save_predictions: bool = False
     train_sharpness_repeats: int = 0
     sharpness_subset: int | None = None
@@ -172,10 +179,17 @@ class RunConfig:
                 raise ValueError(f"target='table' needs target_table: hex of 2**n = {2**self.n} bits")
         elif self.target_table is not None:
             raise ValueError("target_table is only used with target='table'")
+        if self.target == "sparse_parity":
+            if not self.target_bits or len(set(self.target_bits)) != len(self.target_bits) \
+                    or not all(0 <= b < self.n for b in self.target_bits):
+                raise ValueError(f"target='sparse_parity' needs target_bits: distinct positions in [0, n={self.n}), "
+                                 f"got {self.target_bits}")
+        elif self.target_bits:
+            raise ValueError("target_bits is only used with target='sparse_parity'")
         if self.train_subset is not None and not 1 <= self.train_subset <= 2**self.n:
             raise ValueError(f"train_subset must be in [1, 2**n], got {self.train_subset}")
         for name in ("steps", "batch_size", "log_every", "eval_batches", "measure_batches", "sharpness_repeats",
-                     "dynamic_batches", "dynamic_repeats", "length_chunk"):
+                     "dynamic_batches", "dynamic_repeats", "length_chunk", "spectrum_samples"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "ln_eps", "sharpness_sigma"):
@@ -206,7 +220,8 @@ class RunConfig:
         unsupported = dict(train_subset=self.train_subset is not None, train_lengths=bool(self.train_lengths),
                            eval_lengths=bool(self.eval_lengths), save_predictions=self.save_predictions,
                            train_sharpness_repeats=bool(self.train_sharpness_repeats),
-                           model_sensitivity=self.model_sensitivity, init=self.init != "pytorch")
+                           model_sensitivity=self.model_sensitivity, init=self.init != "pytorch",
+                           dynamic_spectrum=self.dynamic_spectrum)
         bad = sorted(k for k, v in unsupported.items() if v)
         if bad:
             raise ValueError(f"model='scratchpad' does not support {', '.join(bad)} (encoder-only options)")

@@ -92,6 +92,8 @@ def _target(cfg: RunConfig, n=None):
         return targets.RandomFunction(n, cfg.target_seed)
     if cfg.target == "table":
         return _Table(hex_to_table(cfg.target_table, n), n)
+    if cfg.target == "sparse_parity":
+        return targets.SparseParity(n, cfg.target_bits)
     return {"parity": targets.Parity, "majority": targets.Majority, "first": targets.First,
             "mean": targets.Mean}[cfg.target](n)
 
@@ -302,7 +304,8 @@ def execute(config, n_threads: int = 1, progress=None) -> dict:
             if cfg.dynamic_every:
                 callbacks.append(sf.Measure(every=cfg.dynamic_every, n_batches=cfg.dynamic_batches,
                                             repeats=cfg.dynamic_repeats, sigma=cfg.sharpness_sigma, seed=cfg.seed,
-                                            definition=cfg.blowup_definition))
+                                            definition=cfg.blowup_definition, spectrum=cfg.dynamic_spectrum,
+                                            spectrum_samples=cfg.spectrum_samples))
             trainer.fit(cfg.steps, log_every=cfg.log_every, callbacks=callbacks, progress=False)
     except sf.DivergenceError as err:
         status, error = "diverged", str(err)
