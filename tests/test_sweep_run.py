@@ -127,6 +127,34 @@ def test_scratchpad_configs_refuse_encoder_only_options():
         tiny(model="scratchpad", init="gaussian", save_predictions=True)
 
 
+@pytest.mark.parametrize("model", ["encoder", "scratchpad"])
+@pytest.mark.parametrize("positional", sweep.config.POSITIONALS)
+def test_the_runner_builds_the_requested_positional_encoding_and_norm(model, positional):
+    from sensiformer.sweep import runner
+
+    built = runner._model(tiny(model=model, positional=positional, norm_type="rms"))
+    assert built.config["positional"] == positional and built.config["norm_type"] == "rms"
+    assert runner._model(tiny(model=model)).config["positional"] == "concat", "the paper's by default"
+
+
+def test_a_run_without_positions_computes_a_function_of_the_multiset():
+    """positional='none' reaches the run's model: after training, moving the tokens before the read-out position
+    around leaves its output unchanged, which the paper's learned positions do not."""
+    import numpy as np
+
+    from sensiformer.sweep import runner
+
+    x = np.random.default_rng(0).integers(0, 2, (64, 6)).astype(np.uint8)
+    moved = np.concatenate([x[:, :-1][:, ::-1], x[:, -1:]], axis=1)  # reversed, the read-out position kept
+    outputs = {}
+    for positional in ("none", "concat"):
+        model, _, trainer, _ = runner._build(tiny(n=6, positional=positional), 1)
+        trainer.fit(20, progress=False)
+        outputs[positional] = model.forward(x), model.forward(moved)
+    assert np.allclose(*outputs["none"], atol=1e-5)
+    assert not np.allclose(*outputs["concat"], atol=1e-3)
+
+
 def test_sigkill_midway_then_resume(tmp_path):
     """Kill a sweep with SIGKILL while it runs: the store holds only whole runs, and a rerun
     executes exactly the missing ones."""

@@ -49,7 +49,7 @@ def test_every_hashed_field_changes_the_key():
                    dynamic_batches=2, dynamic_repeats=3, save_predictions=True, train_sharpness_repeats=2,
                    sharpness_subset=8, sharpness_subset_seed=1, eval_lengths=(9,), init="gaussian",
                    model_sensitivity=True, sensitivity_threshold=0.0, lr_schedule="cosine",
-                   dynamic_spectrum=True, spectrum_samples=7)
+                   dynamic_spectrum=True, spectrum_samples=7, positional="sinusoidal", norm_type="rms")
     hashed = {f.name for f in dataclasses.fields(RunConfig)} - {"tags"}
     with_target = {"target_table", "target_bits"}  # only valid with their target: checked below
     assert hashed | with_target == set(changes) | with_target, "a new field needs a case here"
@@ -79,6 +79,34 @@ def test_late_fields_at_their_defaults_keep_the_earlier_keys():
     assert RunConfig.from_dict(cosine.to_dict()).key == cosine.key
     with pytest.raises(ValueError, match="lr_schedule"):
         RunConfig(lr_schedule="step")
+
+
+@pytest.mark.parametrize("name, value", [("positional", "none"), ("positional", "add"), ("norm_type", "rms")])
+def test_model_options_are_late_fields(name, value):
+    """The paper's encoding and norm stay out of the key (pinned above); any other is in it and survives a
+    round trip through the store's dict."""
+    from sensiformer.sweep.config import LATE_FIELDS
+
+    assert LATE_FIELDS[name] == getattr(RunConfig(), name)
+    other = RunConfig(n=8, **{name: value})
+    assert other.hashed_fields()[name] == value and other.key != RunConfig(n=8).key
+    assert RunConfig.from_dict(other.to_dict()).key == other.key
+    assert RunConfig(n=8).to_dict()[name] == LATE_FIELDS[name]
+
+
+@pytest.mark.parametrize("name, value", [("positional", "rotary"), ("positional", "Concat"), ("positional", ["add"]),
+                                         ("norm_type", "batch"), ("norm_type", None)])
+def test_model_options_refuse_unknown_names(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be one of"):
+        RunConfig(**{name: value})
+
+
+def test_model_options_come_from_the_engine_vocabulary():
+    from sensiformer import _vocabulary
+    from sensiformer.sweep.config import NORM_TYPES, POSITIONALS
+
+    assert set(POSITIONALS) == set(_vocabulary.POSITIONALS) and POSITIONALS[0] == "concat"
+    assert set(NORM_TYPES) == set(_vocabulary.NORM_TYPES)
 
 
 def test_config_validation():

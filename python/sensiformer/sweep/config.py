@@ -31,6 +31,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .. import _vocabulary
+
 #: Bumped when the meaning of a field changes, so old keys can never collide with new runs.
 HASH_VERSION = 1
 #: The paper's run filter: eval MSE below this on the {0,1} label scale.
@@ -41,8 +43,12 @@ INITS = ("pytorch", "gaussian", "uniform", "xavier_uniform", "xavier_normal")
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "float64")
 NORMS = ("post", "pre", "none")
+#: the engine's norm types and positional encodings (a new one in the engine is a valid value here at once)
+NORM_TYPES = tuple(_vocabulary.NORM_TYPES)
+POSITIONALS = tuple(sorted(_vocabulary.POSITIONALS, key=_vocabulary.POSITIONALS.get))
 #: fields added after the key's format was fixed, with the default at which they stay out of it
-LATE_FIELDS = {"lr_schedule": "constant", "target_bits": (), "dynamic_spectrum": False, "spectrum_samples": 1024}
+LATE_FIELDS = {"lr_schedule": "constant", "target_bits": (), "dynamic_spectrum": False, "spectrum_samples": 1024,
+               "positional": "concat", "norm_type": "layer"}
 
 
 def _integer(value, name) -> int:
@@ -67,6 +73,8 @@ class RunConfig:
         target's prefix labels, e.g. the prefix parities; its final probes add the encoder and
         decoder blowup and the autoregressive accuracy, and ``converged`` is the paper's filter
         autoregressive accuracy > 0.999); ``n_positions`` defaults to the largest length used.
+        ``positional`` (the engine's encodings: "concat", the paper's, "add", "sinusoidal", "none")
+        and ``norm_type`` ("layer", the paper's, or "rms") are passed to the model's constructor.
     Training
         AdamW(lr, weight_decay) (``lr_schedule`` "constant", the paper's, or "cosine": decay
         to 0 over ``steps``, no warm-up) on fresh uniform batches (or batches drawn from
@@ -114,6 +122,8 @@ class RunConfig:
     n_layers: int = 2
     d_ff: int | None = None
     norm: str = "post"
+    norm_type: str = "layer"
+    positional: str = "concat"
     ln_eps: float = 1e-5
     dtype: str = "float32"
     n_positions: int | None = None
@@ -200,6 +210,10 @@ class RunConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {self.norm_type!r}")
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {POSITIONALS}, got {self.positional!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.init not in INITS:
