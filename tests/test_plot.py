@@ -138,8 +138,47 @@ def test_generalization_axes():
 def test_length_generalization_ax():
     df = pd.DataFrame([dict(key="a", target="parity", seed=0, length=k, eval_loss=0.1, eval_accuracy=1.0 if k < 5 else 0.5,
                             trained=k < 5) for k in range(2, 9)])
-    ax = plot.length_generalization_ax(df)
-    assert len(ax.lines) == 1 and ax.get_xlabel() == "evaluation length"
+    ax = plot.length_generalization_ax(df)  # stored before the positional field: the paper's encoding
+    assert [line.get_label() for line in ax.lines] == ["concat", "accuracy 0.5"]
+    assert ax.get_xlabel() == "evaluation length $n$" and ax.get_title() == "PARITY"
+
+
+def length_generalization_long_form(positionals=("concat", "none"), targets=("parity", "first"), seeds=3):
+    return pd.DataFrame([dict(key=f"{t}{p}{s}", target=t, positional=p, seed=s, length=k, eval_loss=0.1,
+                              eval_accuracy=1.0 if k <= 4 or p == "none" else 0.5 + 0.1 * s, trained=k <= 4,
+                              beyond=k > 4)
+                         for t in targets for p in positionals for s in range(seeds) for k in range(2, 9)])
+
+
+def test_length_generalization_figure_has_a_panel_per_target_and_a_line_per_encoding():
+    from sensiformer.sweep.config import POSITIONALS
+
+    fig = plot.length_generalization_figure(length_generalization_long_form(POSITIONALS), title="T")
+    assert [ax.get_title() for ax in fig.axes] == ["PARITY", "FIRST"]
+    for ax in fig.axes:
+        drawn = [line for line in ax.lines if line.get_label() in POSITIONALS]
+        assert [line.get_label() for line in drawn] == list(POSITIONALS), "every encoding, in the engine's order"
+        assert len({(line.get_color(), str(line.get_linestyle()), line.get_marker()) for line in drawn}) == 4
+        shaded = [p for p in ax.patches if p.get_label() == "trained lengths"]
+        x = ax.transData.inverted().transform(shaded[0].get_verts())[:, 0]  # a Polygon or a Rectangle
+        assert len(shaded) == 1 and x.min() == pytest.approx(1.5) and x.max() == pytest.approx(4.5)
+        assert assert_readable(ax, "x") and all(float(t).is_integer() for t in assert_readable(ax, "x"))
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [*POSITIONALS, "trained lengths", "accuracy 0.5"]
+    assert "the trained lengths (2..4)" in " ".join(fig.get_suptitle().split())
+
+
+def test_length_generalization_ax_needs_a_target_when_there_are_several():
+    with pytest.raises(ValueError, match="target="):
+        plot.length_generalization_ax(length_generalization_long_form())
+    ax = plot.length_generalization_ax(length_generalization_long_form(), target="first")
+    assert ax.get_title() == "FIRST"
+
+
+def test_an_encoding_the_plot_does_not_know_gets_its_own_colour():
+    fig = plot.length_generalization_figure(length_generalization_long_form(("concat", "alibi", "xpos")))
+    colors = {line.get_label(): line.get_color() for line in fig.axes[0].lines}
+    assert len({colors["concat"], colors["alibi"], colors["xpos"]}) == 3
 
 
 # ---- readability: ticks, legends, captions, bands ---------------------------------------------------

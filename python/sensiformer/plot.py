@@ -167,13 +167,14 @@ def _column(runs, metric):
     return 4.0 * values if metric in ("sharpness", "sharpness_stderr") else values
 
 
-def _mean_band(ax, df, x, metric, color, label, limits=(-math.inf, math.inf)):
+def _mean_band(ax, df, x, metric, color, label, limits=(-math.inf, math.inf), linestyle="-", marker="o"):
     """Mean ± 2 SD across seeds per x, plus every run as a dot; the band is clipped to
     ``limits`` (the range the quantity can take, e.g. [0, 1] for an accuracy)."""
     y = _column(df, metric)
     grouped = pd.DataFrame({"x": df[x].astype(float), "y": y}).groupby("x")["y"]
     mean, sd = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
-    ax.plot(mean.index, mean.values, color=color, label=label, linewidth=1.5, marker="o", markersize=2.5)
+    ax.plot(mean.index, mean.values, color=color, label=label, linewidth=1.5, marker=marker, markersize=2.5,
+            linestyle=linestyle)
     low, high = (mean - 2 * sd).clip(*limits), (mean + 2 * sd).clip(*limits)
     ax.fill_between(mean.index, low.values, high.values, color=color, alpha=0.2, linewidth=0)
     ax.scatter(df[x].astype(float), y, color=color, s=6, alpha=0.5, linewidths=0)
@@ -614,31 +615,98 @@ def generalization_figure(refits, manifest, show_unconverged=None, *, title=None
 
 
 # ---- length generalisation ------------------------------------------------------------------------
-def length_generalization_ax(long_form, ax=None, metric="eval_accuracy"):
-    """Accuracy by evaluation length (trained lengths shaded); mean ± 2 SD across seeds, the
-    band clipped to [0, 1] for accuracy (an accuracy cannot leave it)."""
+#: a colour per positional encoding; one the engine adds later gets the next of ``_SPARE_COLORS``
+POSITIONAL_COLORS = {"concat": "#1f77b4", "add": "#ff7f0e", "sinusoidal": "#2ca02c", "none": "#d62728",
+                     "rope": "#9467bd"}
+_SPARE_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#17becf")
+#: line styles and markers cycled over the encodings, so that lines lying on each other (all at accuracy 1)
+#: still show which encodings are there
+_POSITIONAL_LINES = (("-", "o"), ("--", "s"), ("-.", "^"), ((0, (1, 1.2)), "D"), ((0, (5, 1.5, 1, 1.5, 1, 1.5)), "v"))
+#: the shading of the trained lengths and the line at accuracy 0.5
+TRAINED_SHADE, HALF_LINE = "#e6e6e6", dict(color="#777777", linestyle="-", linewidth=0.7)
+
+
+def _positionals(df):
+    """Encodings present in ``df``, in the engine's order, then any others sorted."""
+    from .sweep.config import POSITIONALS
+
+    present = set(df["positional"])
+    return [p for p in POSITIONALS if p in present] + sorted(present - set(POSITIONALS))
+
+
+def _positional_color(name, order):
+    spare = [p for p in order if p not in POSITIONAL_COLORS]
+    return POSITIONAL_COLORS.get(name) or _SPARE_COLORS[spare.index(name) % len(_SPARE_COLORS)]
+
+
+def _trained_spans(lengths):
+    """Runs of consecutive trained lengths as (first, last) pairs: each is shaded from first-0.5 to last+0.5."""
+    spans = []
+    for k in sorted(set(lengths)):
+        if spans and k == spans[-1][1] + 1:
+            spans[-1][1] = k
+        else:
+            spans.append([k, k])
+    return [tuple(s) for s in spans]
+
+
+def length_generalization_ax(long_form, ax=None, metric="eval_accuracy", target=None):
+    """One target's accuracy by evaluation length, one line per positional encoding (runs stored without
+    one used the paper's, "concat"): mean ± 2 SD across seeds, the band clipped to [0, 1] for accuracy;
+    the trained lengths shaded, a thin grey line at accuracy 0.5. ``target``: which target of ``long_form``
+    (needed when it holds several)."""
     ax = _axes(ax)
+    df = long_form
+    if len(df) and "positional" not in df:
+        df = df.assign(positional="concat")
+    if len(df):
+        targets = _targets(df)
+        if target is None and len(targets) > 1:
+            raise ValueError(f"long_form holds several targets {targets}: pass target= (or use "
+                             f"length_generalization_figure for a panel per target)")
+        target = targets[0] if target is None else target
+        df = df[df["target"] == target]
     limits = (0.0, 1.0) if metric == "eval_accuracy" else (0.0, math.inf)
-    if len(long_form):
-        for t in _targets(long_form):
-            _mean_band(ax, long_form[long_form["target"] == t].rename(columns={"length": "n"}), "n", metric,
-                       COLORS.get(t), LABELS.get(t, t), limits=limits)
-        trained = long_form[long_form["trained"]]["length"]
-        if len(trained):
-            ax.axvspan(trained.min() - 0.5, trained.max() + 0.5, color="#eeeeee", zorder=0)
-        _legend(ax, "small")
+    if len(df):
+        order = _positionals(df)
+        for i, p in enumerate(order):
+            linestyle, marker = _POSITIONAL_LINES[i % len(_POSITIONAL_LINES)]
+            _mean_band(ax, df[df["positional"] == p].rename(columns={"length": "n"}), "n", metric,
+                       _positional_color(p, order), p, limits=limits, linestyle=linestyle, marker=marker)
+        for first, last in _trained_spans(df.loc[df["trained"], "length"]):
+            ax.axvspan(first - 0.5, last + 0.5, color=TRAINED_SHADE, zorder=0, label="trained lengths")
+        if metric == "eval_accuracy":
+            ax.axhline(0.5, zorder=1, label="accuracy 0.5", **HALF_LINE)
+            ax.set_ylim(-0.03, 1.03)
+        _legend(ax, "x-small")
     else:
-        _note(ax, "no finished runs")
+        _note(ax, "no finished runs" if target is None else f"no finished runs of {LABELS.get(target, target)}")
+    if target is not None:
+        ax.set_title(LABELS.get(target, target), fontsize="medium")
     _integer_ticks(ax.xaxis)
-    ax.set_xlabel("evaluation length")
+    ax.set_xlabel("evaluation length $n$")
     ax.set_ylabel("accuracy" if metric == "eval_accuracy" else metric)
     return ax
 
 
-def length_generalization_figure(long_form, *, title=None):
-    """``length_generalization_ax`` with its caption (trained lengths shaded, the band clipped)."""
-    fig = length_generalization_ax(long_form, _axes(None, (SINGLE_COLUMN[0] + 0.5, SINGLE_COLUMN[1] + 0.5))).figure
-    _caption(fig, title, BAND.format(" clipped to [0,\u00a01]") + "; grey: the trained lengths")  # no break in [0, 1]
+def length_generalization_figure(long_form, *, title=None, metric="eval_accuracy"):
+    """A panel per target (``length_generalization_ax``), one legend for the encodings, the trained lengths
+    and the 0.5 line below them, and the caption (band, the trained lengths)."""
+    plt = _plt()
+    targets = _targets(long_form) or [None]
+    fig, axes = plt.subplots(1, len(targets), figsize=(max(SINGLE_COLUMN[0] + 0.5, 2.8 * len(targets)),
+                                                       SINGLE_COLUMN[1] + 0.9),
+                             layout="constrained", sharey=True, squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        length_generalization_ax(long_form, ax, metric, target)
+    for ax in axes[0][1:]:
+        ax.set_ylabel("")
+    _figure_legend(fig, axes[0], ncols=6)
+    trained = sorted(set(long_form.loc[long_form["trained"], "length"])) if len(long_form) else []
+    spans = ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in _trained_spans(trained))
+    band = BAND.format(" clipped to [0,\u00a01]" if metric == "eval_accuracy" else "")  # no line break in [0, 1]
+    trained_note = f"; grey: the trained lengths ({spans}); a line per positional encoding" if spans else ""
+    _caption(fig, title, band + trained_note)
     return fig
 
 
