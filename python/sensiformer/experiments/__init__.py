@@ -14,13 +14,13 @@ function                          figures                  paper preset (officia
 ``dynamics(variant="100k")``      Fig. 12-14 (100k)        dynamic_metrics_2: 202 runs
 ``generalization()``              Fig. 4, 15               first_step_1/2: 100/300; second_step_1/2: 1000/1500
 ``scratchpad()``                  Fig. 11                  scratchpad: 300 runs (encoder-decoder)
-``length_generalization()``       beyond the paper
+``length_generalization()``       beyond the paper         (every positional encoding of the engine)
 ``init_sensitivity()``            beyond the paper         (the 2026 follow-up's random-init profiles)
 ``spectrum()``                    beyond the paper         (the model's Fourier spectrum during training)
 ================================  =======================  =======================================
 
 Presets: ``"paper"`` = the official grids and settings; ``"quick"`` = a scaled-down grid that
-shows the same effect in 17-203 CPU-seconds per experiment (measured 2026-12-05 on a 2-core
+shows the same effect in 17-249 CPU-seconds per experiment (measured 2026-12-05 on a 2-core
 AVX-512 host; the notebooks' parameter cells and the README's table give them); ``"ci"`` = a
 tiny grid that exercises every code path in seconds (the default, for tests and notebooks).
 """
