@@ -174,3 +174,16 @@ def test_the_ci_preset_from_the_cli_writes_its_store_report_and_figure(tmp_path,
     fig = exp.plot(db)
     assert [ax.get_title() for ax in fig.axes] == ["PARITY", "FIRST"]
     assert {line.get_label() for line in fig.axes[0].lines} == {"concat", "none", "accuracy 0.5"}
+
+
+def test_the_dry_run_lists_each_runs_encoding(tmp_path, capsys):
+    """The paper's encoding is out of the key, not out of the listing: "concat" shows next to "none"."""
+    from sensiformer.cli import main
+
+    db = tmp_path / "r.db"
+    assert main(["reproduce", "length_generalization", "--preset", "ci", "--store", str(db), "--dry-run"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    header = next(r for r in rows if r[:2] == ["key", "target"])
+    column = header.index("positional")
+    listed = [r[column] for r in rows if len(r) == len(header) and r[0] != "key"]
+    assert listed == ["concat", "none", "concat", "none"] and not db.exists()

@@ -196,7 +196,8 @@ def _dry_run(args, configs, first_stage_of=None) -> int:
     stored = Store(args.store).keys() if Path(args.store).is_file() else set()
     print("calibrating on this machine (a few training steps of each of the runs' shapes) ...", flush=True)
     seconds = cost.cpu_seconds(configs)
-    rows = pd.DataFrame([c.hashed_fields() for c in configs])
+    # every field, late ones at their defaults too: a grid over positional shows "concat" next to "none"
+    rows = pd.DataFrame([{k: v for k, v in c.to_dict().items() if k != "tags"} for c in configs])
     varying = [c for c in rows.columns if rows[c].astype(str).nunique() > 1]
     table = (rows[varying] if varying else rows[["target", "n", "seed"]]).copy()
     table.insert(0, "key", [c.key for c in configs])
