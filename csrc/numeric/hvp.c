@@ -39,10 +39,13 @@ static sf_status hvp_reserve(sf_model *m, long B, long T, int nt, hvp_work *w) {
 /* ---- tangent forward --------------------------------------------------------------------------- */
 
 /* w: parameters, v: the direction (same layout); s: saved activations, ts: their tangents. */
-static void layer_tangent_forward(const sf_config *c, const layer_params *w, const layer_params *v,
-                                  const layer_acts *s, layer_acts *ts, long B, long T, real *attn, real *wt,
-                                  sf_par *par) {
-    const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
+static void layer_tangent_forward(const sf_config *c, const params *p, const params *pv, int l, const acts *a, acts *t,
+                                  real *attn, sf_par *par) {
+    const layer_params *w = &p->layer[l], *v = &pv->layer[l];
+    const layer_acts *s = &a->layer[l];
+    layer_acts *ts = &t->layer[l];
+    real *wt = t->wt;
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
     if (pre)
         SF(layernorm_tangent_forward)(ts->a_in, ts->ln1_mean, ts->ln1_rstd, ts->x, s->x, s->ln1_mean, s->ln1_rstd,
@@ -54,6 +57,8 @@ static void layer_tangent_forward(const sf_config *c, const layer_params *w, con
     SF(linear_tangent_forward)(ts->q, ts->aq, s->aq, w->w_in, v->w_in, v->b_in, Nq, d, d, wt, par);
     SF(linear_tangent_forward)(ts->kv, ts->a_in, s->a_in, w->w_in + d * d, v->w_in + d * d, v->b_in + d, N, d,
                                2 * d, wt, par);
+    rope_heads(c, p->rope, ts->q, d, B, Tq, T, 0, par); /* RoPE is linear: the tangents turn with the values */
+    rope_heads(c, p->rope, ts->kv, 2 * d, B, T, T, 0, par);
     SF(attention_tangent_forward)(ts->ctx, ts->p, ts->q, ts->kv, s->p, s->q, s->kv, B, T, Tq, d, H, attn, par);
     SF(linear_tangent_forward)(ts->r1, ts->ctx, s->ctx, w->w_out, v->w_out, v->b_out, Nq, d, d, wt, par);
     add_into(ts->r1, ts->xq, Nq * d);
@@ -78,7 +83,7 @@ void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params
     /* linear in the learned tables (a fixed table has no tangent) */
     SF(embedding_forward)(t->layer[0].x, x, v->tok, v->pos, B, T, d, concat_positions(c), par);
     for (int l = 0; l < c->n_layers; l++)
-        layer_tangent_forward(c, &p->layer[l], &v->layer[l], &a->layer[l], &t->layer[l], B, T, attn, t->wt, par);
+        layer_tangent_forward(c, p, v, l, a, t, attn, par);
     if (c->final_norm)
         SF(layernorm_tangent_forward)(t->final_out, t->final_mean, t->final_rstd, t->final_in, a->final_in,
                                       a->final_mean, a->final_rstd, p->gf, v->gf, v->bf, a->Nf, d, par);
@@ -89,11 +94,13 @@ void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params
 /* Mirrors encoder.c's layer_backward. (g_out, tg_out) (Nq,d): the gradient w.r.t. the layer
  * output and its tangent; writes (g_x, tg_x) (N,d) for the layer input and the layer's blocks
  * of H v to hv. a and t hold the primal and tangent scratch. */
-static void layer_tangent_backward(const sf_config *c, const layer_params *w, const layer_params *v,
-                                   layer_params *hv, const layer_acts *s, const layer_acts *ts, acts *a, acts *t,
-                                   const real *g_out, const real *tg_out, real *g_x, real *tg_x, long B, long T,
-                                   real *attn, sf_par *par) {
-    const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
+static void layer_tangent_backward(const sf_config *c, const params *p, const params *pv, params *phv, int l, acts *a,
+                                   acts *t, const real *g_out, const real *tg_out, real *g_x, real *tg_x, real *attn,
+                                   sf_par *par) {
+    const layer_params *w = &p->layer[l], *v = &pv->layer[l];
+    layer_params *hv = &phv->layer[l];
+    const layer_acts *s = &a->layer[l], *ts = &t->layer[l];
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
     /* out = LN2(r2) (post) or r2 */
     const real *g_r2 = g_out, *tg_r2 = tg_out;
@@ -128,6 +135,10 @@ static void layer_tangent_backward(const sf_config *c, const layer_params *w, co
                                 v->w_out, Nq, d, d, par);
     SF(attention_tangent_backward)(a->g_q, a->g_kv, t->g_q, t->g_kv, a->g_ctx, t->g_ctx, s->p, ts->p, s->q, ts->q,
                                    s->kv, ts->kv, B, T, Tq, d, H, attn, par);
+    for (int k = 0; k < 2; k++) { /* the gradients and their tangents back through RoPE */
+        rope_heads(c, p->rope, (k ? t : a)->g_q, d, B, Tq, T, 1, par);
+        rope_heads(c, p->rope, (k ? t : a)->g_kv, 2 * d, B, T, T, 1, par);
+    }
     /* in_proj: weight rows [0,d) from the queries, [d,3d) from keys and values */
     real *g_ain = pre ? a->g_ain : g_x, *tg_ain = pre ? t->g_ain : tg_x;
     SF(linear_tangent_backward)(g_ain, tg_ain, 0, hv->w_in + d * d, hv->b_in + d, a->g_kv, t->g_kv, s->a_in,
@@ -163,8 +174,7 @@ void SF(stack_tangent_backward)(const sf_config *c, const params *p, const param
                                        v->gf, a->Nf, d, par);
     real *g_out = a->g_cur, *g_in = a->g_next, *tg_out = t->g_cur, *tg_in = t->g_next;
     for (long l = L - 1; l >= 0; l--) {
-        layer_tangent_backward(c, &p->layer[l], &v->layer[l], &hv->layer[l], &a->layer[l], &t->layer[l], a, t, g_out,
-                               tg_out, g_in, tg_in, B, T, attn, par);
+        layer_tangent_backward(c, p, v, hv, l, a, t, g_out, tg_out, g_in, tg_in, attn, par);
         real *s = g_out;
         g_out = g_in, g_in = s;
         s = tg_out;

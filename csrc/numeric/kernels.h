@@ -72,6 +72,12 @@ void SF(embedding_forward)(real *X, const uint8_t *tokens, const real *tok, cons
  * embeddings share: the seq2seq encoder and decoder). */
 void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
                                 long T, long V, long d, int concat, sf_par *par);
+/* Rotary position embedding (rotate-half, per head): row r of X (rows ld apart) is at position
+ * t0 + r % period; each head's pair (i, i + dh/2) of its first d columns turns by the angle of
+ * that position and i (cs: the model's (cos, sin) table, dh/2 pairs per position). inverse turns
+ * back: a rotation's backward (and its tangent's) is its inverse. */
+void SF(rope_rows)(real *X, long ld, long rows, long period, long t0, long d, long H, const double *cs, int inverse,
+                   sf_par *par);
 void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
                            double eps, long N, long d, sf_par *par);
 /* dX = residual (NULL, dX itself, or another (N,d) gradient) + the input gradient; dg, db (may

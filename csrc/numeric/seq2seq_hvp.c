@@ -42,7 +42,8 @@ static sf_status hvp_reserve(sf_model *m, long B, long T, long S, int nt, s2s_hv
  * the cross-attention memory and its tangent (NULL: self-attention). */
 static void attn_tangent_forward(const sf_config *c, const s2s_attn_w *w, const s2s_attn_w *v, const s2s_norm_w *nw,
                                  const s2s_norm_w *nv, const s2s_sub *s, s2s_sub *ts, const real *mem,
-                                 const real *tmem, long B, long Tq, long Tk, real *attn, real *wt, sf_par *par) {
+                                 const real *tmem, long B, long Tq, long Tk, const double *rope, real *attn, real *wt,
+                                 sf_par *par) {
     const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE;
     if (pre)
@@ -51,6 +52,8 @@ static void attn_tangent_forward(const sf_config *c, const s2s_attn_w *w, const 
     SF(linear_tangent_forward)(ts->q, ts->n_in, s->n_in, w->w_in, v->w_in, v->b_in, Nq, d, d, wt, par);
     SF(linear_tangent_forward)(ts->kv, mem ? tmem : ts->n_in, mem ? mem : s->n_in, w->w_in + d * d, v->w_in + d * d,
                                v->b_in + d, B * Tk, d, 2 * d, wt, par);
+    rope_heads(c, rope, ts->q, d, B, Tq, Tq, 0, par); /* RoPE is linear: the tangents turn with the values */
+    rope_heads(c, rope, ts->kv, 2 * d, B, Tk, Tk, 0, par);
     SF(attention_tangent_forward)(ts->ctx, ts->p, ts->q, ts->kv, s->p, s->q, s->kv, B, Tk, Tq, d, H, attn, par);
     SF(linear_tangent_forward)(ts->r, ts->ctx, s->ctx, w->w_out, v->w_out, v->b_out, Nq, d, d, wt, par);
     add_into(ts->r, ts->x, Nq * d);
@@ -65,7 +68,7 @@ static void attn_tangent_backward(const sf_config *c, const s2s_attn_w *w, const
                                   const s2s_norm_w *nw, const s2s_norm_w *nv, s2s_norm_w *hnw, const s2s_sub *s,
                                   const s2s_sub *ts, const real *mem, const real *tmem, real *g_mem, real *tg_mem,
                                   const real *g_out, const real *tg_out, real *g_x, real *tg_x, long B, long Tq,
-                                  long Tk, s2s_acts *a, s2s_acts *t, real *attn, sf_par *par) {
+                                  long Tk, const double *rope, s2s_acts *a, s2s_acts *t, real *attn, sf_par *par) {
     const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE;
     const real *g_r = g_out, *tg_r = tg_out;
@@ -78,6 +81,10 @@ static void attn_tangent_backward(const sf_config *c, const s2s_attn_w *w, const
                                 v->w_out, Nq, d, d, par);
     SF(attention_tangent_backward)(a->g_q, a->g_kv, t->g_q, t->g_kv, a->g_ctx, t->g_ctx, s->p, ts->p, s->q, ts->q,
                                    s->kv, ts->kv, B, Tk, Tq, d, H, attn, par);
+    for (int k = 0; k < 2; k++) { /* the gradients and their tangents back through RoPE */
+        rope_heads(c, rope, (k ? t : a)->g_q, d, B, Tq, Tq, 1, par);
+        rope_heads(c, rope, (k ? t : a)->g_kv, 2 * d, B, Tk, Tk, 1, par);
+    }
     real *g_nin = pre ? a->g_nin : g_x, *tg_nin = pre ? t->g_nin : tg_x;
     if (mem) {
         SF(linear_tangent_backward)(g_mem, tg_mem, 1, hv->w_in + d * d, hv->b_in + d, a->g_kv, t->g_kv, mem, tmem,
@@ -154,9 +161,9 @@ static void tangent_forward(const sf_model *m, const uint8_t *x, s2s_hvp_work *w
         const s2s_sub *s = a->dec_sub[l];
         s2s_sub *ts = t->dec_sub[l];
         attn_tangent_forward(c, &pw->self, &vw->self, &pw->norm[0], &vw->norm[0], &s[S2S_SELF], &ts[S2S_SELF], NULL,
-                             NULL, B, S, S, w->attn, t->wt, par);
+                             NULL, B, S, S, p->enc.rope, w->attn, t->wt, par);
         attn_tangent_forward(c, &pw->cross, &vw->cross, &pw->norm[1], &vw->norm[1], &s[S2S_CROSS], &ts[S2S_CROSS], mem,
-                             tmem, B, S, T, w->attn, t->wt, par);
+                             tmem, B, S, T, NULL, w->attn, t->wt, par);
         ffn_tangent_forward(c, &pw->ffn, &vw->ffn, &pw->norm[2], &vw->norm[2], &s[S2S_FFN], &ts[S2S_FFN], B * S, t->wt,
                             par);
     }
@@ -195,11 +202,11 @@ static void tangent_backward(const sf_model *m, const uint8_t *x, s2s_hvp_work *
         SWAP;
         attn_tangent_backward(c, &pw->cross, &vw->cross, &hw->cross, &pw->norm[1], &vw->norm[1], &hw->norm[1],
                               &s[S2S_CROSS], &ts[S2S_CROSS], mem, tmem, g_mem, tg_mem, g_out, tg_out, g_in, tg_in, B,
-                              S, T, a, t, w->attn, par);
+                              S, T, NULL, a, t, w->attn, par);
         SWAP;
         attn_tangent_backward(c, &pw->self, &vw->self, &hw->self, &pw->norm[0], &vw->norm[0], &hw->norm[0],
                               &s[S2S_SELF], &ts[S2S_SELF], NULL, NULL, NULL, NULL, g_out, tg_out, g_in, tg_in, B, S, S,
-                              a, t, w->attn, par);
+                              p->enc.rope, a, t, w->attn, par);
         SWAP;
     }
 #undef SWAP

@@ -268,10 +268,14 @@ class Transformer(_EngineModel):
         Norm placement ("post" is ``nn.TransformerEncoderLayer``'s default).
     norm_type : {"layer", "rms"}
         Which norm: ``nn.LayerNorm`` (the paper's) or ``nn.RMSNorm`` (a gain, no bias, no centring).
-    positional : {"concat", "add", "sinusoidal", "none"}
+    positional : {"concat", "add", "sinusoidal", "none", "rope"}
         How positions enter: the paper's learned table concatenated with the token embedding (each
         d/2 wide); a learned table added to a full-width token embedding; the original
-        transformer's fixed sinusoids added; or none (the model then sees a multiset of tokens).
+        transformer's fixed sinusoids added; none (the model then sees a multiset of tokens); or
+        rope: rotary embeddings of each self-attention head's queries and keys (rotate-half
+        convention), with a full-width token table and no positional tensor.
+    rope_base : float
+        RoPE's base (head pair i turns by position / rope_base^(2i / d_head)); 10000 as in RoFormer.
     ln_eps : float
         The norms' epsilon (>= 0; 0 is allowed).
     activation : {"relu", "gelu", "gelu_tanh"}
@@ -318,11 +322,15 @@ class Transformer(_EngineModel):
     def __init__(self, n_positions: int, d_model: int = 128, n_heads: int = 2, n_layers: int = 2,
                  d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
                  dtype: DType = "float32", seed: int = 0, final_norm: bool = False,
-                 identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat") -> None:
+                 identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat",
+                 rope_base: float = 10000.0) -> None:
         n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         check_choice(norm, "norm", tuple(NORMS))
         check_choice(norm_type, "norm_type", tuple(NORM_TYPES))
         check_choice(positional, "positional", tuple(POSITIONALS))
+        rope_base = check_float(rope_base, "rope_base", 0.0)
+        if rope_base == 0:
+            raise ValueError("rope_base must be > 0, got 0.0")
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
         check_choice(activation, "activation", tuple(ACTIVATIONS))
         dtype = _dtype_name(dtype)
@@ -334,10 +342,12 @@ class Transformer(_EngineModel):
         self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                             d_ff=d_ff, norm=norm, ln_eps=ln_eps, activation=activation, dtype=dtype,
                             seed=seed, final_norm=bool(final_norm), identical_layers=bool(identical_layers),
-                            norm_type=norm_type, positional=positional)
+                            norm_type=norm_type, positional=positional,
+                            rope_base=rope_base)
         self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, NORMS[norm], bool(final_norm),
                                      ln_eps, ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
-                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional])
+                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional],
+                                     rope_base=rope_base)
         self._bind_buffers()
 
     def __repr__(self):
@@ -386,7 +396,7 @@ def _restore_model(cls, config, flat):
     return model
 
 
-_PAPER_OPTIONS = {"norm_type": "layer", "positional": "concat"}
+_PAPER_OPTIONS = {"norm_type": "layer", "positional": "concat", "rope_base": 10000.0}
 
 
 def _options_repr(config):
