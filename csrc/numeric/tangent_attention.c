@@ -70,9 +70,9 @@ static int tangent_threads(long B, long T, long Tq, long d, long H, const sf_par
     return B * H > 1 && B * H * Tq * T * d >= 65536 ? par->nt : 1;
 }
 
-void SF(attention_tangent_forward)(real *tctx, real *tP, const real *tQ, const real *tKV, const real *P,
-                                   const real *Q, const real *KV, long B, long T, long Tq, long d, long H,
-                                   real *scratch, sf_par *par) {
+void SF(attention_tangent_forward)(real *tctx, real *tP, cdual Q_, cdual KV_, const real *P, long B, long T, long Tq,
+                                   long d, long H, real *scratch, sf_par *par) {
+    const real *Q = Q_.v, *tQ = Q_.t, *KV = KV_.v, *tKV = KV_.t;
     const long dh = d / H;
     const int nt = tangent_threads(B, T, Tq, d, H, par);
     (void)nt, (void)scratch; /* unused in a serial build; the forward needs no scratch */
@@ -88,10 +88,11 @@ void SF(attention_tangent_forward)(real *tctx, real *tP, const real *tQ, const r
     }
 }
 
-void SF(attention_tangent_backward)(real *dQ, real *dKV, real *tdQ, real *tdKV, const real *dctx,
-                                    const real *tdctx, const real *P, const real *tP, const real *Q,
-                                    const real *tQ, const real *KV, const real *tKV, long B, long T, long Tq,
-                                    long d, long H, real *scratch, sf_par *par) {
+void SF(attention_tangent_backward)(dual dQ_, dual dKV_, cdual dctx_, cdual P_, cdual Q_, cdual KV_, long B, long T,
+                                    long Tq, long d, long H, real *scratch, sf_par *par) {
+    real *dQ = dQ_.v, *tdQ = dQ_.t, *dKV = dKV_.v, *tdKV = dKV_.t;
+    const real *dctx = dctx_.v, *tdctx = dctx_.t, *P = P_.v, *tP = P_.t, *Q = Q_.v, *tQ = Q_.t, *KV = KV_.v,
+               *tKV = KV_.t;
     const long dh = d / H, per_thread = 2 * Tq * T;
     const int nt = tangent_threads(B, T, Tq, d, H, par);
     (void)nt; /* unused in a serial build */
