@@ -247,6 +247,34 @@ class _EngineModel:
         save_npz_atomically(path, {"__meta__": np.array(meta), **arrays})
 
 
+    # ---- losses: one implementation for both kinds (each class checks its data: _probe_data) ----
+    def _loss(self, x, y, decoder_input, loss, grad, n_threads):
+        check_choice(loss, "loss", tuple(LOSSES))
+        x, dec, y = self._probe_data(x, y, decoder_input)
+        if loss == "bce" and not np.all((y >= 0) & (y <= 1)):
+            raise ValueError("loss='bce' needs labels in [0, 1]")
+        return self._engine_loss(x, dec, y, LOSSES[loss], grad, resolve_threads(n_threads))
+
+    def loss(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, *, loss: str = "mse",
+             n_threads: int | None = None) -> float:
+        """Mean loss of the model's outputs against labels ``y`` (MSE on raw outputs, or BCE with logits).
+
+        A ``Transformer`` has one label per row, ``y`` (batch,), and no decoder input. A
+        ``Seq2SeqTransformer`` is teacher-forced: ``y`` (batch, L) labels decoder positions 0..L-1 and
+        ``decoder_input`` defaults to ``[SOS, y_1..y_L]`` (the official teacher forcing; only its
+        first L positions reach the loss).
+        """
+        return self._loss(x, y, decoder_input, loss, False, n_threads)[0]
+
+    def loss_and_grad(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, *, loss: str = "mse",
+                      n_threads: int | None = None) -> tuple[float, OrderedDict[str, np.ndarray]]:
+        """``(loss, gradients)`` of ``loss``: the gradients as a dict of arrays (copies) keyed like
+        ``parameters()``. The model's gradient buffer (``gradients()``, ``flat_grad``) holds them too.
+        """
+        value, _ = self._loss(x, y, decoder_input, loss, True, n_threads)
+        return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
+
+
 class Transformer(_EngineModel):
     """Encoder-only transformer on 0/1 tokens with a scalar readout at the last position.
 
@@ -364,26 +392,8 @@ class Transformer(_EngineModel):
 
     __call__ = forward
 
-    def _loss(self, x, y, loss, grad, n_threads):
-        check_choice(loss, "loss", tuple(LOSSES))
-        x = as_tokens(x, "x", self.n_positions)
-        y = as_values(y, "y", x.shape[0], self.dtype)
-        if loss == "bce" and not np.all((y >= 0) & (y <= 1)):
-            raise ValueError("loss='bce' needs labels in [0, 1]")
-        return self._engine.loss_and_grad(x, y, LOSSES[loss], grad, resolve_threads(n_threads))
-
-    def loss(self, x: ArrayLike, y: ArrayLike, loss: str = "mse", n_threads: int | None = None) -> float:
-        """Mean loss of ``forward(x)`` against labels ``y`` (MSE on raw outputs, or BCE with logits)."""
-        return self._loss(x, y, loss, False, n_threads)[0]
-
-    def loss_and_grad(self, x: ArrayLike, y: ArrayLike, loss: str = "mse",
-                      n_threads: int | None = None) -> tuple[float, OrderedDict[str, np.ndarray]]:
-        """``(loss, gradients)``: the gradients as a dict of arrays (copies) keyed like ``parameters()``.
-
-        The model's gradient buffer (``gradients()``, ``flat_grad``) holds them too.
-        """
-        value, _ = self._loss(x, y, loss, True, n_threads)
-        return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
+    def _engine_loss(self, x, decoder_input, y, loss, grad, n_threads):
+        return self._engine.loss_and_grad(x, y, loss, grad, n_threads)
 
 
 def _restore_model(cls, config, flat):

@@ -3,7 +3,6 @@ backed by the C engine."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,7 +10,7 @@ import numpy as np
 from . import _engine
 from ._validation import (REAL_KINDS, as_tokens, check_bool, check_choice, check_float, check_int, check_seed,
                           quiet_cast, resolve_threads)
-from ._vocabulary import ACTIVATIONS, DTYPES, LOSSES, MAX_LAYERS, MODEL_KINDS, NORM_TYPES, NORMS, POSITIONALS, SOS
+from ._vocabulary import ACTIVATIONS, DTYPES, MAX_LAYERS, MODEL_KINDS, NORM_TYPES, NORMS, POSITIONALS, SOS
 from .model import _dtype_name, _EngineModel, _options_repr, check_sizes
 
 if TYPE_CHECKING:
@@ -214,28 +213,8 @@ class Seq2SeqTransformer(_EngineModel):
 
     __call__ = forward
 
-    def _loss(self, x, y, decoder_input, loss, grad, n_threads):
-        check_choice(loss, "loss", tuple(LOSSES))
-        x, dec, y = self._loss_data(x, y, decoder_input)
-        if loss == "bce" and not np.all((y >= 0) & (y <= 1)):
-            raise ValueError("loss='bce' needs labels in [0, 1]")
-        return _engine.seq2seq_loss_and_grad(self._engine, x, dec, y, LOSSES[loss], grad, resolve_threads(n_threads))
-
-    def loss(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, loss: str = "mse",
-             n_threads: int | None = None) -> float:
-        """Teacher-forced mean loss over the batch and the L = ``y.shape[1]`` labels per row.
-
-        ``y`` (batch, L) are the labels of decoder positions 0..L-1; ``decoder_input`` defaults to
-        ``[SOS, y_1..y_L]`` (the official teacher forcing; only its first L positions reach the loss).
-        """
-        return self._loss(x, y, decoder_input, loss, False, n_threads)[0]
-
-    def loss_and_grad(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, loss: str = "mse",
-                      n_threads: int | None = None) -> tuple[float, OrderedDict[str, np.ndarray]]:
-        """``(loss, gradients)`` of the teacher-forced loss (see ``loss``); gradients are copies keyed like
-        ``parameters()`` (the gradient buffer holds them too)."""
-        value, _ = self._loss(x, y, decoder_input, loss, True, n_threads)
-        return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
+    def _engine_loss(self, x, decoder_input, y, loss, grad, n_threads):
+        return _engine.seq2seq_loss_and_grad(self._engine, x, decoder_input, y, loss, grad, n_threads)
 
     def generate(self, x: ArrayLike, steps: int | None = None, cache: bool = True, threshold: float = 0.5,
                  return_outputs: bool = False,
