@@ -109,10 +109,22 @@ static inline real softmax_dot(const real *g, const real *p, long T) { /* p . g,
     for (long j = 0; j < T; j++) s += (double)g[j] * p[j];
     return (real)s;
 }
-/* logits.c: max and sum of |q_i . k_j| / sqrt(dh) over one (batch, head)'s queries (Q, Tq rows of
- * stride d) and the keys each sees (KV rows of stride 2d; causal as in attention_forward_ex). */
-void SF(task_logits)(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
-                     int causal, double scale);
+/* The (sequence, head) tasks of multi-head attention: task b*H + h works on head h's columns of
+ * sequence b's rows and owns its outputs, so the bits never depend on the thread count.
+ * for_each_head_task runs fn(args, task, work) for tasks 0..tasks-1 on a team of nt threads in a
+ * static schedule, each thread with its per_thread elements of scratch (work NULL without), and
+ * notes the team size. head_slices_of gives a task's offsets into query rows (Tq per sequence, d
+ * wide), key|value rows (kv_rows per sequence, 2d wide) and its (Tq,T) block of probabilities. */
+typedef void (*head_task_fn)(const void *args, long task, real *work);
+void SF(for_each_head_task)(long tasks, int nt, real *scratch, long per_thread, head_task_fn fn, const void *args,
+                            sf_par *par);
+typedef struct {
+    long q, kv, p;
+} head_slices;
+static inline head_slices head_slices_of(long task, long H, long Tq, long T, long kv_rows, long d) {
+    const long b = task / H, h = task % H, dh = d / H;
+    return (head_slices){b * Tq * d + h * dh, b * kv_rows * 2 * d + h * dh, task * Tq * T};
+}
 
 /* attention.c: per (batch, head) softmax(Q K^T / sqrt(dh)) V.
  * Q (B,Tq,d) rows are the last Tq positions; KV (B,T,2d) holds K then V; P (B,H,Tq,T) saved. */
