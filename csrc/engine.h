@@ -26,6 +26,7 @@ struct sf_model {
     sf_workspace work;
     int last_threads;
     void *sinusoid;           /* positional sinusoidal: the fixed (rows of pos, d) table, model dtype */
+    double *rope;             /* positional rope: (cos, sin) per (position, head pair), double */
 };
 
 struct sf_optimizer {

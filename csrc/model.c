@@ -75,8 +75,13 @@ sf_status sf_config_check(const sf_config *c) {
     if (c->norm < SF_NORM_POST || c->norm > SF_NORM_NONE) return sf_fail(SF_EINVAL, "norm must be post, pre or none");
     if (c->norm_type != SF_NORM_LAYER && c->norm_type != SF_NORM_RMS)
         return sf_fail(SF_EINVAL, "norm_type must be layer or rms");
-    if (c->positional < SF_POS_CONCAT || c->positional > SF_POS_NONE)
-        return sf_fail(SF_EINVAL, "positional must be concat, add, sinusoidal or none");
+    if (c->positional < SF_POS_CONCAT || c->positional > SF_POS_ROPE)
+        return sf_fail(SF_EINVAL, "positional must be concat, add, sinusoidal, none or rope");
+    if (c->positional == SF_POS_ROPE && (c->d_model / c->n_heads) % 2)
+        return sf_fail(SF_EINVAL, "positional rope rotates pairs of each head's dimensions: d_model / n_heads "
+                       "(%d) must be even", c->d_model / c->n_heads);
+    if (c->positional == SF_POS_ROPE && !(c->rope_base > 0 && isfinite(c->rope_base)))
+        return sf_fail(SF_EINVAL, "rope_base must be finite and > 0, got %g", c->rope_base);
     if (!(c->ln_eps >= 0) || !isfinite(c->ln_eps))
         return sf_fail(SF_EINVAL, "ln_eps must be finite and >= 0, got %g", c->ln_eps);
     if (c->activation < SF_ACT_RELU || c->activation > SF_ACT_GELU_TANH)
@@ -148,6 +153,21 @@ static sf_status make_sinusoid(sf_model *m, int64_t positions) {
     return SF_OK;
 }
 
+/* positional rope: cos and sin of angle t / base^(2i / dh) for every position t and head pair i
+ * (rotate-half convention: pair (i, i + dh/2)), computed once in double. */
+static sf_status make_rope(sf_model *m, int64_t positions) {
+    const int64_t half = m->cfg.d_model / m->cfg.n_heads / 2;
+    if (!(m->rope = sf_alloc((size_t)(positions * half * 2) * sizeof(double))))
+        return sf_fail(SF_ENOMEM, "could not allocate the rotary table");
+    for (int64_t t = 0; t < positions; t++)
+        for (int64_t i = 0; i < half; i++) {
+            const double angle = (double)t * pow(m->cfg.rope_base, -(double)i / (double)half);
+            m->rope[(t * half + i) * 2] = cos(angle);
+            m->rope[(t * half + i) * 2 + 1] = sin(angle);
+        }
+    return SF_OK;
+}
+
 /* A stack's final norm "<prefix>.weight" (and ".bias" for a LayerNorm). */
 static void add_final_norm(sf_model *m, const char *prefix) {
     char name[96];
@@ -205,8 +225,9 @@ sf_status sf_model_create(const sf_config *cfg, uint64_t seed, int identical_lay
         m->grads = sf_alloc(bytes);
         if (!m->params || !m->grads) st = sf_fail(SF_ENOMEM, "could not allocate %.3g GB of parameters", 2 * bytes / 1e9);
     }
-    if (st == SF_OK && cfg->positional == SF_POS_SINUSOIDAL)
-        st = make_sinusoid(m, (int64_t)cfg->n_positions + (cfg->kind == SF_MODEL_SEQ2SEQ));
+    const int64_t positions = (int64_t)cfg->n_positions + (cfg->kind == SF_MODEL_SEQ2SEQ);
+    if (st == SF_OK && cfg->positional == SF_POS_SINUSOIDAL) st = make_sinusoid(m, positions);
+    if (st == SF_OK && cfg->positional == SF_POS_ROPE) st = make_rope(m, positions);
     if (st == SF_OK) st = sf_model_reinit(m, seed, identical_layers);
     if (st) {
         sf_model_free(m);
@@ -221,6 +242,7 @@ void sf_model_free(sf_model *m) {
     sf_free(m->params);
     sf_free(m->grads);
     sf_free(m->sinusoid);
+    sf_free(m->rope);
     sf_free(m->work.base);
     free(m->tensors);
     free(m);

@@ -41,14 +41,16 @@ void sf_py_model_release(SfModelObject *m) { m->busy = 0; }
 static int model_init(SfModelObject *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"n_positions", "d_model", "n_heads", "n_layers", "d_ff", "norm", "final_norm", "ln_eps",
                             "activation", "dtype", "seed", "identical_layers", "kind", "n_decoder_layers", "norm_type",
-                            "positional", NULL};
+                            "positional", "rope_base", NULL};
     sf_config c = {0};
     int norm, act, dtype, final_norm, identical, kind = SF_MODEL_ENCODER, norm_type = SF_NORM_LAYER;
     int positional = SF_POS_CONCAT;
+    c.rope_base = 10000.0;
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiiipdiiKp|iiii", names, &c.n_positions, &c.d_model, &c.n_heads,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiiipdiiKp|iiiid", names, &c.n_positions, &c.d_model, &c.n_heads,
                                      &c.n_layers, &c.d_ff, &norm, &final_norm, &c.ln_eps, &act, &dtype, &seed,
-                                     &identical, &kind, &c.n_decoder_layers, &norm_type, &positional))
+                                     &identical, &kind, &c.n_decoder_layers, &norm_type, &positional,
+                                     &c.rope_base))
         return -1;
     c.norm = norm, c.final_norm = final_norm, c.activation = act, c.dtype = dtype, c.kind = kind;
     c.norm_type = norm_type, c.positional = positional;

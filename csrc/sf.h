@@ -32,10 +32,11 @@ extern "C" {
 /* What a norm computes: LayerNorm (centre, scale by 1/std, gain and bias) or RMSNorm (scale by 1/RMS, gain) */
 #define SF_NORM_TYPE_LIST(X) X(SF_NORM_LAYER, 0, "layer") X(SF_NORM_RMS, 1, "rms")
 /* How positions enter: a learned table concatenated with the token embedding (the paper's), a
- * learned full-width table added, the original transformer's fixed sinusoids added, or nothing */
+ * learned full-width table added, the original transformer's fixed sinusoids added, nothing, or
+ * rotary embeddings of each self-attention head's queries and keys (RoPE) */
 #define SF_POSITIONAL_LIST(X)                                                                                 \
     X(SF_POS_CONCAT, 0, "concat") X(SF_POS_ADD, 1, "add") X(SF_POS_SINUSOIDAL, 2, "sinusoidal")              \
-    X(SF_POS_NONE, 3, "none")
+    X(SF_POS_NONE, 3, "none") X(SF_POS_ROPE, 4, "rope")
 #define SF_ACTIVATION_LIST(X) X(SF_ACT_RELU, 0, "relu") X(SF_ACT_GELU, 1, "gelu") X(SF_ACT_GELU_TANH, 2, "gelu_tanh")
 /* SF_MODEL_ENCODER: the official TorchModel (readout at the last position). SF_MODEL_SEQ2SEQ: the
  * official TorchModelWithScratchpad, nn.Transformer with a shared embedding of the tokens 0, 1 and
@@ -126,6 +127,7 @@ typedef struct {
     int n_decoder_layers; /* seq2seq: decoder layers (1..64); must be 0 for the encoder */
     sf_norm_type norm_type; /* zero: LayerNorm; RMSNorm norms have a gain and no bias tensor */
     sf_positional positional; /* zero: the paper's concatenated table */
+    double rope_base;         /* RoPE: head pair i turns by t / rope_base^(2i / d_head) (> 0; 10000 usual) */
 } sf_config;
 /* A seq2seq model has n_layers encoder and n_decoder_layers decoder layers, norm post or pre
  * (nn.Transformer's norm_first) and always the final encoder and decoder LayerNorms of

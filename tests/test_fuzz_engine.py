@@ -104,6 +104,7 @@ CONFIGS = [
     dict(n_positions=6, d_model=4, n_heads=2, n_layers=2, norm="pre", final_norm=True, norm_type="rms",
          dtype="float64", positional="sinusoidal"),
     dict(n_positions=5, d_model=8, n_heads=2, n_layers=1, dtype="float32", positional="add"),
+    dict(n_positions=6, d_model=8, n_heads=2, n_layers=2, norm="post", dtype="float64", positional="rope"),
 ]
 _models = {}
 
@@ -174,7 +175,8 @@ CONFIG_ARGS = {
     "final_norm": st.sampled_from([True, False, 1, 0, "yes", None, np.bool_(True)]),
     "identical_layers": st.sampled_from([True, False, 1, "no", np.bool_(False)]),
     "norm_type": st.sampled_from(["layer", "rms", "RMS", "batch", None, 1, ""]),
-    "positional": st.sampled_from(["concat", "add", "sinusoidal", "none", "rope ", "learned", None, 2]),
+    "positional": st.sampled_from(["concat", "add", "sinusoidal", "none", "rope", "rope ", "learned", None, 2]),
+    "rope_base": st.sampled_from([10000.0, 2.0, 1e-3, 0.0, -1.0, float("inf"), float("nan"), "1e4", True, 500]),
 }
 
 
@@ -182,7 +184,7 @@ def config_problems(kw):
     """Names of the arguments that break the documented contract of Transformer(...)."""
     full = dict(d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post", ln_eps=1e-5, activation="relu",
                 dtype="float32", seed=0, final_norm=False, identical_layers=True, norm_type="layer",
-                positional="concat")
+                positional="concat", rope_base=10000.0)
     full.update(kw)
     bad = []
     ok_int = lambda v, lo, hi=None: is_int(v) and v >= lo and (hi is None or v <= hi)  # noqa: E731
@@ -204,8 +206,14 @@ def config_problems(kw):
         bad.append("norm")
     if not (isinstance(full["norm_type"], str) and full["norm_type"] in ("layer", "rms")):
         bad.append("norm_type")
-    if not (isinstance(full["positional"], str) and full["positional"] in ("concat", "add", "sinusoidal", "none")):
+    if not (isinstance(full["positional"], str) and
+            full["positional"] in ("concat", "add", "sinusoidal", "none", "rope")):
         bad.append("positional")
+    elif full["positional"] == "rope" and "d_model" not in bad and "n_heads" not in bad and (d // h) % 2:
+        bad.append("positional")  # RoPE turns pairs of each head's dimensions
+    r = full["rope_base"]
+    if not (is_real(r) and math.isfinite(r) and r > 0):
+        bad.append("rope_base")
     e = full["ln_eps"]
     if not (is_real(e) and math.isfinite(e) and e >= 0):
         bad.append("ln_eps")
@@ -895,7 +903,7 @@ def seq_model(i):
     if i not in _SEQ:
         model = sf.Seq2SeqTransformer(5, d_model=4, n_heads=2, n_layers=1, dtype=("float64", "float32")[i % 2],
                                       norm=("post", "pre")[i % 2], norm_type=("layer", "rms")[i // 2],
-                                      positional=("concat", "none", "add", "sinusoidal")[i], seed=i)
+                                      positional=("concat", "rope", "add", "sinusoidal")[i], seed=i)
         model.flat[:] = np.random.default_rng(i).normal(scale=0.5, size=model.num_parameters)
         _SEQ[i] = model
     return _SEQ[i]

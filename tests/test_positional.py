@@ -1,9 +1,11 @@
 """Positional encodings as a model option (issue 17, item 5): ``positional="concat"`` (the paper's
 learned table concatenated with the token embedding), ``"add"`` (a learned full-width table added),
-``"sinusoidal"`` (the original transformer's fixed table added) and ``"none"``, for both model
-kinds. Checked against PyTorch in float64 (forward, gradients, Hessian-vector products), the
-sinusoids against the textbook formula, "none" by what it means (the encoder sees a multiset), and
-the plumbing a new option needs (names, exclusion from sharpness, files, decoding, bad input)."""
+``"sinusoidal"`` (the original transformer's fixed table added), ``"none"`` and ``"rope"`` (rotary
+embeddings of every self-attention's queries and keys), for both model kinds. Checked against
+PyTorch in float64 (forward, gradients, Hessian-vector products), the sinusoids against the
+textbook formula, RoPE's logits against a NumPy complex-number rotation, "none" by what it means
+(the encoder sees a multiset), and the plumbing a new option needs (names, exclusion from
+sharpness, files, decoding, bad input)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ test_seq2seq_hessian = _sibling("test_seq2seq_hessian")
 test_seq2seq_torch = _sibling("test_seq2seq_torch")
 test_torch_equivalence = _sibling("test_torch_equivalence")
 
-NEW = ["add", "sinusoidal", "none"]
+NEW = ["add", "sinusoidal", "none", "rope"]
 # narrow heads, and wide heads with B > 2 (layer 0 on the distinct (token, position) rows, scores from a table)
 WIDTHS = [dict(d_model=8, n_heads=2, d_ff=12), dict(d_model=32, n_heads=2, d_ff=24)]
 
@@ -110,10 +112,10 @@ def test_without_positions_the_encoder_sees_a_multiset(cls):
 
 def test_tables_names_and_the_sharpness_default_exclusion():
     shapes = {p: {k: v.shape for k, v in sf.Transformer(6, d_model=16, positional=p).state_dict().items()
-                  if k.startswith(("embedding", "positional"))} for p in ("concat", "add", "sinusoidal", "none")}
+                  if k.startswith(("embedding", "positional"))} for p in ("concat", "add", "sinusoidal", "none", "rope")}
     assert shapes["concat"] == {"embedding.weight": (2, 8), "positional_encoding.weight": (6, 8)}
     assert shapes["add"] == {"embedding.weight": (2, 16), "positional_encoding.weight": (6, 16)}
-    assert shapes["sinusoidal"] == shapes["none"] == {"embedding.weight": (2, 16)}
+    assert shapes["sinusoidal"] == shapes["none"] == shapes["rope"] == {"embedding.weight": (2, 16)}
     s2s = sf.Seq2SeqTransformer(6, d_model=16, positional="add").state_dict()
     assert s2s["embedding.weight"].shape == (3, 16) and s2s["positional_encoding.weight"].shape == (7, 16)
     model = sf.Transformer(6, d_model=16, positional="add")
@@ -145,12 +147,53 @@ def test_cached_decoding_equals_the_full_model(positional):
     assert np.array_equal(model.generate(x, cache=True), model.generate(x, cache=False))
 
 
-@pytest.mark.parametrize("positional", ["concat", "add", "sinusoidal", "none"])
+@pytest.mark.parametrize("positional", ["concat", "add", "sinusoidal", "none", "rope"])
 def test_from_torch_reads_the_option(torch, positional):
-    model = randomize(sf.Transformer(6, d_model=8, positional=positional, dtype="float64"), 1, 0.5)
+    model = randomize(sf.Transformer(6, d_model=8, positional=positional, rope_base=500.0, dtype="float64"), 1, 0.5)
     module = interop.to_torch(model)
     back = interop.from_torch(module, n_positions=6)
     assert back.config["positional"] == positional and np.array_equal(back.flat, model.flat)
+    if positional == "rope":
+        assert back.config["rope_base"] == 500.0
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 2, size=(4, 6)))
+    with torch.no_grad():  # inference mode too: the fused encoder path must stay off for rotary attention
+        np.testing.assert_allclose(module.eval()(x).numpy(), model.forward(x.numpy()), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("base", [10000.0, 50.0])
+def test_rope_logits_equal_a_complex_rotation_in_numpy(base):
+    """One layer, no norm: the first layer's attention logits q_t . k_s / sqrt(dh) with q and k turned
+    as complex numbers, (x_i + i x_{i+dh/2}) e^{i t base^(-2i/dh)}, independently of the engine's kernel."""
+    d, H, n, B = 8, 2, 6, 5
+    model = randomize(sf.Transformer(n, d_model=d, n_heads=H, n_layers=1, norm="none", positional="rope",
+                                     rope_base=base, dtype="float64"), 4, 0.7)
+    p = model.parameters()
+    x = np.random.default_rng(1).integers(0, 2, size=(B, n))
+    emb = p["embedding.weight"][x]
+    w, b = p["encoders.layers.0.self_attn.in_proj_weight"], p["encoders.layers.0.self_attn.in_proj_bias"]
+    q, k = emb @ w[:d].T + b[:d], emb @ w[d:2 * d].T + b[d:2 * d]
+    dh, half = d // H, d // H // 2
+    angle = np.arange(n)[:, None] * base ** (-2 * np.arange(half) / dh)
+
+    def turn(v):  # (B, n, H, dh) -> the same, rotated
+        v = v.reshape(B, n, H, dh)
+        z = (v[..., :half] + 1j * v[..., half:]) * np.exp(1j * angle)[None, :, None, :]
+        return np.concatenate([z.real, z.imag], axis=-1)
+
+    # |q . k| / sqrt(dh) of the one query that reaches the output (the last position) against every key
+    logits = np.abs(np.einsum("bhj,bshj->bhs", turn(q)[:, -1], turn(k))) / np.sqrt(dh)
+    ours = probes.attention_logit_scale(model, x)
+    np.testing.assert_allclose(ours["max"][0], logits.max(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(ours["mean"][0], logits.mean(axis=(0, 2)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [sf.Transformer, sf.Seq2SeqTransformer])
+def test_rope_needs_even_head_widths_and_a_positive_base(cls):
+    with pytest.raises(ValueError, match="d_model / n_heads"):
+        cls(6, d_model=6, n_heads=2, positional="rope")
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="rope_base"):
+            cls(6, d_model=8, positional="rope", rope_base=bad)
 
 
 def test_from_torch_refuses_to_guess_between_sinusoids_and_none(torch):

@@ -17,7 +17,7 @@ def test_every_list_is_exported_with_values_0_to_k():
             assert sorted(values.values()) == list(range(len(values))), name
     assert words["norm"] == {"post": 0, "pre": 1, "none": 2} and words["limit"]["sos"] == 2
     assert words["norm_type"] == {"layer": 0, "rms": 1}
-    assert words["positional"] == {"concat": 0, "add": 1, "sinusoidal": 2, "none": 3}
+    assert words["positional"] == {"concat": 0, "add": 1, "sinusoidal": 2, "none": 3, "rope": 4}
 
 
 def test_python_reads_its_choices_from_the_engine():

@@ -152,42 +152,60 @@ void SF(attention_forward)(real *ctx, real *P, const real *Q, const real *KV, lo
     SF(attention_forward_ex)(ctx, P, Q, KV, B, T, Tq, d, H, 0, T, scratch, par);
 }
 
-void SF(attention_forward_ex)(real *ctx, real *P, const real *Q, const real *KV, long B, long T, long Tq,
-                              long d, long H, int causal, long kv_rows, real *scratch, sf_par *par) {
-    const long dh = d / H, per_thread = SF(attention_scratch)(T, Tq, d, H, 1);
-    const int nt = attention_threads(B, T, Tq, d, H, par);
+void SF(for_each_head_task)(long tasks, int nt, real *scratch, long per_thread, head_task_fn fn, const void *args,
+                            sf_par *par) {
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)
     {
-        real *work = scratch + (long)SF_THREAD_ID() * per_thread;
+        real *work = scratch ? scratch + (long)SF_THREAD_ID() * per_thread : NULL;
         if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
 #pragma omp for schedule(static)
-        for (long task = 0; task < B * H; task++) {
-            const long b = task / H, h = task % H;
-            real *c = ctx + b * Tq * d + h * dh, *p = P + task * Tq * T;
-            const real *q = Q + b * Tq * d + h * dh, *kv = KV + b * kv_rows * 2 * d + h * dh;
-            if (dh < SF_NARROW_HEAD) attention_task_narrow(c, p, q, kv, T, Tq, d, dh, causal, work);
-            else attention_task_wide(c, p, q, kv, T, Tq, d, dh, causal);
-        }
+        for (long task = 0; task < tasks; task++) fn(args, task, work);
     }
+}
+
+typedef struct {
+    real *ctx, *P, *dQ, *dKV;
+    const real *Q, *KV, *dctx, *Pc;
+    long T, Tq, d, H, kv_rows;
+    int causal;
+} attention_args;
+
+static void forward_task(const void *args, long task, real *work) {
+    const attention_args *a = args;
+    const long dh = a->d / a->H;
+    const head_slices s = head_slices_of(task, a->H, a->Tq, a->T, a->kv_rows, a->d);
+    if (dh < SF_NARROW_HEAD)
+        attention_task_narrow(a->ctx + s.q, a->P + s.p, a->Q + s.q, a->KV + s.kv, a->T, a->Tq, a->d, dh, a->causal,
+                              work);
+    else attention_task_wide(a->ctx + s.q, a->P + s.p, a->Q + s.q, a->KV + s.kv, a->T, a->Tq, a->d, dh, a->causal);
+}
+
+void SF(attention_forward_ex)(real *ctx, real *P, const real *Q, const real *KV, long B, long T, long Tq,
+                              long d, long H, int causal, long kv_rows, real *scratch, sf_par *par) {
+    const attention_args args = {.ctx = ctx, .P = P, .Q = Q, .KV = KV, .T = T, .Tq = Tq, .d = d, .H = H,
+                                 .kv_rows = kv_rows, .causal = causal};
+    SF(for_each_head_task)(B * H, attention_threads(B, T, Tq, d, H, par), scratch, SF(attention_scratch)(T, Tq, d, H, 1),
+                           forward_task, &args, par);
+}
+
+static void backward_task(const void *args, long task, real *work) {
+    const attention_args *a = args;
+    const long dh = a->d / a->H;
+    const head_slices s = head_slices_of(task, a->H, a->Tq, a->T, a->T, a->d);
+    if (dh < SF_NARROW_HEAD)
+        attention_task_narrow_backward(a->dQ + s.q, a->dKV + s.kv, a->dctx + s.q, a->Pc + s.p, a->Q + s.q, a->KV + s.kv,
+                                       a->T, a->Tq, a->d, dh, work);
+    else
+        attention_task_wide_backward(a->dQ + s.q, a->dKV + s.kv, a->dctx + s.q, a->Pc + s.p, a->Q + s.q, a->KV + s.kv,
+                                     a->T, a->Tq, a->d, dh, work);
 }
 
 void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P, const real *Q,
                             const real *KV, long B, long T, long Tq, long d, long H, real *scratch,
                             sf_par *par) {
-    const long dh = d / H, per_thread = SF(attention_scratch)(T, Tq, d, H, 1);
-    const int nt = attention_threads(B, T, Tq, d, H, par);
-    (void)nt; /* unused in a serial build */
-#pragma omp parallel num_threads(nt)
-    {
-        real *work = scratch + (long)SF_THREAD_ID() * per_thread;
-#pragma omp for schedule(static)
-        for (long task = 0; task < B * H; task++) {
-            const long b = task / H, h = task % H, off = b * Tq * d + h * dh;
-            real *dkv = dKV + b * T * 2 * d + h * dh;
-            const real *p = P + task * Tq * T, *kv = KV + b * T * 2 * d + h * dh;
-            if (dh < SF_NARROW_HEAD) attention_task_narrow_backward(dQ + off, dkv, dctx + off, p, Q + off, kv, T, Tq, d, dh, work);
-            else attention_task_wide_backward(dQ + off, dkv, dctx + off, p, Q + off, kv, T, Tq, d, dh, work);
-        }
-    }
+    const attention_args args = {.dQ = dQ, .dKV = dKV, .dctx = dctx, .Pc = P, .Q = Q, .KV = KV, .T = T, .Tq = Tq,
+                                 .d = d, .H = H};
+    SF(for_each_head_task)(B * H, attention_threads(B, T, Tq, d, H, par), scratch, SF(attention_scratch)(T, Tq, d, H, 1),
+                           backward_task, &args, par);
 }

@@ -45,29 +45,30 @@ static void gather_values(real *v, const real *Vu, long ldv, const uint8_t *x, l
     for (long j = 0; j < T; j++) memcpy(v + j * dh, Vu + (x[j] * T + j) * ldv + h * dh, (size_t)dh * sizeof(real));
 }
 
+typedef struct {
+    real *ctx, *P;
+    const real *stab, *Vu;
+    const uint8_t *x;
+    long ldv, T, d, H;
+} tabled_args;
+
+static void tabled_task(const void *args, long task, real *v) {
+    const tabled_args *a = args;
+    const long T = a->T, d = a->d, H = a->H, dh = d / H, U = 2 * T, b = task / H, h = task % H;
+    const real scale = (real)(1.0 / sqrt((double)dh));
+    const uint8_t *xb = a->x + b * T;
+    real *p = a->P + task * T * T;
+    sf_par one = {1, 0};
+    for (long i = 0; i < T; i++) softmax_gathered_row(p + i * T, a->stab + (h * U + xb[i] * T + i) * U, xb, T, scale);
+    gather_values(v, a->Vu, a->ldv, xb, T, dh, h);
+    SF(gemm)(T, dh, T, p, T, 1, v, dh, a->ctx + b * T * d + h * dh, d, NULL, 0, &one);
+}
+
 void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *Vu, long ldv,
                                   long B, long T, long d, long H, real *scratch, sf_par *par) {
-    const long dh = d / H, U = 2 * T;
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const tabled_args args = {ctx, P, stab, Vu, x, ldv, T, d, H};
     const int nt = B * H > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
-    (void)nt; /* unused in a serial build */
-#pragma omp parallel num_threads(nt)
-    {
-        real *v = scratch + (long)SF_THREAD_ID() * SF(attention_scratch)(T, T, d, H, 1);
-        if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
-        sf_par one = {1, 0};
-#pragma omp for schedule(static)
-        for (long task = 0; task < B * H; task++) {
-            const long b = task / H, h = task % H;
-            const uint8_t *xb = x + b * T;
-            real *p = P + task * T * T;
-            for (long i = 0; i < T; i++) {
-                softmax_gathered_row(p + i * T, stab + (h * U + xb[i] * T + i) * U, xb, T, scale);
-            }
-            gather_values(v, Vu, ldv, xb, T, dh, h);
-            SF(gemm)(T, dh, T, p, T, 1, v, dh, ctx + b * T * d + h * dh, d, NULL, 0, &one);
-        }
-    }
+    SF(for_each_head_task)(B * H, nt, scratch, SF(attention_scratch)(T, T, d, H, 1), tabled_task, &args, par);
 }
 
 long SF(score_table_groups)(long B, long T, long H) {

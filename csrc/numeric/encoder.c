@@ -113,6 +113,7 @@ void SF(stack_params)(const sf_model *m, real *base, params *p) {
     p->tok = tensor(base, m, 0);
     p->pos = sf_embedding_tensors(c) == 2 ? tensor(base, m, 1) : NULL;
     p->fixed_pos = m->sinusoid;
+    p->rope = m->rope;
     for (int l = 0; l < c->n_layers; l++) { /* a slot the configuration lacks has a NULL view */
         layer_params *q = &p->layer[l];
 #define SF_LAYER_VIEW(slot, field, ...)                                                                               \
@@ -146,6 +147,8 @@ static void distinct_inproj_forward(const sf_config *c, const params *p, layer_a
     if (c->norm == SF_NORM_PRE)
         SF(layernorm_forward)(a->u_ain, a->u_mean, a->u_rstd, a->u_emb, w->g1, w->be1, c->ln_eps, U, d, par);
     SF(linear_forward)(a->u_qkv, a->u_ain, w->w_in, w->b_in, U, d, 3 * d, a->wt, par);
+    rope_heads(c, p->rope, a->u_qkv, 3 * d, 2, T, T, 0, par); /* U = 2T rows: token u / T at position u % T */
+    rope_heads(c, p->rope, a->u_qkv + d, 3 * d, 2, T, T, 0, par);
     if (s->tabled) {
         for (long hd = 0; hd < H; hd++) /* s_tab[h] = Q_h K_h^T over the distinct rows */
             SF(gemm_bt)(U, U, dh, a->u_qkv + hd * dh, 3 * d, 1, a->u_qkv + d + hd * dh, 3 * d, a->s_tab + hd * U * U, U,
@@ -261,14 +264,19 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
         if (pre) gather_last(s->aq, s->a_in, B, T, d);
     }
     /* self-attention: q from the query rows, k and v from every row (in_proj rows [0,d) and [d,3d)) */
-    const int pooled = Tq == 1 && l == c->n_layers - 1 && (a->forward_only || (a->loss_only && !x));
+    /* (the pooled form needs keys linear in the inputs: not with RoPE) */
+    const int pooled = Tq == 1 && l == c->n_layers - 1 && !p->rope && (a->forward_only || (a->loss_only && !x));
     s->pooled = pooled;
     s->tabled = x && Tq == T && a->s_tab && (a->forward_only || a->loss_only);
     if (x) {
         distinct_inproj_forward(c, p, s, a, x, par);
     } else {
         SF(linear_forward)(s->q, s->aq, w->w_in, w->b_in, Nq, d, d, wt, par);
-        if (!pooled) SF(linear_forward)(s->kv, s->a_in, w->w_in + d * d, w->b_in + d, N, d, 2 * d, wt, par);
+        rope_heads(c, p->rope, s->q, d, B, Tq, T, 0, par);
+        if (!pooled) {
+            SF(linear_forward)(s->kv, s->a_in, w->w_in + d * d, w->b_in + d, N, d, 2 * d, wt, par);
+            rope_heads(c, p->rope, s->kv, 2 * d, B, T, T, 0, par);
+        }
     }
     if (pooled) pooled_attention_forward(c, w, s, a, par);
     else if (s->tabled)
@@ -329,15 +337,19 @@ static void sum_by_distinct_row(acts *a, const layer_acts *s, const uint8_t *x, 
 
 /* Layer 0's in-projection backward on the distinct rows: its weight and bias gradients, and
  * a->u_gemb (U,d), the gradient w.r.t. the distinct embeddings (added by encoder_backward). */
-static void distinct_inproj_backward(const sf_config *c, const layer_params *w, layer_params *gw,
-                                     const layer_acts *s, acts *a, const uint8_t *x, sf_par *par) {
-    const long d = c->d_model, U = a->U, H = c->n_heads, dh = d / H;
+static void distinct_inproj_backward(const sf_config *c, const params *p, layer_params *gw, const layer_acts *s,
+                                     acts *a, const uint8_t *x, sf_par *par) {
+    const long d = c->d_model, U = a->U, H = c->n_heads, dh = d / H, T = a->T;
+    const layer_params *w = &p->layer[0];
     sum_by_distinct_row(a, s, x, d, par);
     for (long h = 0; s->tabled && h < H; h++) { /* s_tab[h] = Q_h K_h^T: dQ_h = dS K_h, dK_h = dS^T Q_h */
         const real *ds = a->ds_tab + h * U * U, *q = a->u_qkv + h * dh, *k = a->u_qkv + d + h * dh;
         SF(gemm)(U, dh, U, ds, U, 1, k, 3 * d, a->u_grad + h * dh, 3 * d, NULL, 0, par);
         SF(gemm)(U, dh, U, ds, 1, U, q, 3 * d, a->u_grad + d + h * dh, 3 * d, NULL, 0, par);
     }
+    /* the gradients of the rotated queries and keys, back through RoPE (per distinct row: its position) */
+    rope_heads(c, p->rope, a->u_grad, 3 * d, 2, T, T, 1, par);
+    rope_heads(c, p->rope, a->u_grad + d, 3 * d, 2, T, T, 1, par);
     SF(linear_backward)(a->u_gain, 0, gw->w_in, gw->b_in, a->u_grad, a->u_ain, w->w_in, U, d, 3 * d, par);
     if (c->norm == SF_NORM_PRE)
         SF(layernorm_backward)(a->u_gemb, NULL, gw->g1, gw->be1, a->u_gain, a->u_emb, a->u_mean, a->u_rstd, w->g1, U, d,
@@ -412,9 +424,12 @@ static void pooled_attention_backward(const sf_config *c, const layer_params *w,
 /* g_out (Nq,d): gradient w.r.t. the layer output. Writes the layer's parameter gradients to gw
  * and returns the gradient w.r.t. the layer input (N,d): g_x, or on layer 0's distinct rows
  * with every position a query, the residual path's own buffer (the rest goes to a->u_gemb). */
-static const real *layer_backward(const sf_config *c, const layer_params *w, layer_params *gw, const layer_acts *s,
-                           acts *a, const uint8_t *x, const real *g_out, real *g_x, long B, long T, sf_par *par) {
-    const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
+static const real *layer_backward(const sf_config *c, const params *p, params *g, int l, acts *a, const uint8_t *x,
+                                  const real *g_out, real *g_x, sf_par *par) {
+    const layer_params *w = &p->layer[l];
+    layer_params *gw = &g->layer[l];
+    const layer_acts *s = &a->layer[l];
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
     /* out = LN2(r2) (post) or r2 */
     const real *g_r2 = g_out;
@@ -452,13 +467,15 @@ static const real *layer_backward(const sf_config *c, const layer_params *w, lay
         SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, T, Tq, d, H, a->attn_scratch, par);
     }
     if (x) { /* layer 0 on the distinct rows: g_x keeps only the residual path */
-        distinct_inproj_backward(c, w, gw, s, a, x, par);
+        distinct_inproj_backward(c, p, gw, s, a, x, par);
         if (Tq == T) return g_r1;
         memset(g_x, 0, (size_t)(N * d) * sizeof(real));
         scatter_add_last(g_x, g_r1, B, T, d);
         return g_x;
     }
-    /* in_proj: weight rows [0,d) from the queries, [d,3d) from keys and values */
+    /* in_proj: weight rows [0,d) from the queries, [d,3d) from keys and values (back through RoPE) */
+    rope_heads(c, p->rope, a->g_q, d, B, Tq, T, 1, par);
+    if (!s->pooled) rope_heads(c, p->rope, a->g_kv, 2 * d, B, T, T, 1, par);
     if (!s->pooled)
         SF(linear_backward)(g_ain, 0, gw->w_in + d * d, gw->b_in + d, a->g_kv, s->a_in, w->w_in + d * d, N, d, 2 * d,
                             par);
@@ -485,8 +502,7 @@ void SF(stack_backward)(const sf_config *c, const params *p, params *g, const ui
     real *g_out = a->g_cur, *g_in = a->g_next;
     const real *g_emb = g_out;
     for (long l = L - 1; l >= 0; l--) {
-        g_emb = layer_backward(c, &p->layer[l], &g->layer[l], &a->layer[l], a, l == 0 && a->U ? x : NULL, g_out, g_in,
-                               B, T, par);
+        g_emb = layer_backward(c, p, g, l, a, l == 0 && a->U ? x : NULL, g_out, g_in, par);
         real *t = g_out;
         g_out = g_in;
         g_in = t;

@@ -18,6 +18,7 @@ typedef struct {
 typedef struct {
     real *tok, *pos;      /* the token table and the learned positional table (NULL when not learned) */
     const real *fixed_pos; /* the fixed sinusoids (positional sinusoidal), else NULL */
+    const double *rope;    /* positional rope: the (cos, sin) table (rope_rows), else NULL */
     layer_params *layer;
     layer_params layer_storage[SF_MAX_LAYERS_INLINE];
     real *gf, *bf;        /* the final LayerNorm (c->final_norm) */
@@ -120,6 +121,15 @@ static inline int concat_positions(const sf_config *c) { return c->positional ==
 
 /* The positional table the forward adds or concatenates: learned, fixed, or none (NULL). */
 static inline const real *position_table(const params *p) { return p->pos ? p->pos : p->fixed_pos; }
+
+/* Rotate (inverse: back) the queries (ld d) or keys (ld 2d) of B sequences' rows that sit at
+ * positions T - rows_per_seq .. T - 1 (rope: the model's table; NULL without RoPE: nothing). */
+static inline void rope_heads(const sf_config *c, const double *rope, real *X, long ld, long B, long rows_per_seq,
+                              long T, int inverse, sf_par *par) {
+    if (rope)
+        SF(rope_rows)(X, ld, B * rows_per_seq, rows_per_seq, T - rows_per_seq, c->d_model, c->n_heads, rope, inverse,
+                      par);
+}
 
 /* Zero the embedding tables' gradient views (their uses add into them). */
 static inline void zero_embedding_grads(const sf_model *m, params *g) {

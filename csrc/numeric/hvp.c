@@ -38,38 +38,49 @@ static sf_status hvp_reserve(sf_model *m, long B, long T, int nt, hvp_work *w) {
 
 /* ---- tangent forward --------------------------------------------------------------------------- */
 
-/* w: parameters, v: the direction (same layout); s: saved activations, ts: their tangents. */
-static void layer_tangent_forward(const sf_config *c, const layer_params *w, const layer_params *v,
-                                  const layer_acts *s, layer_acts *ts, long B, long T, real *attn, real *wt,
-                                  sf_par *par) {
-    const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
+/* (value, tangent) pairs of a layer: a saved activation and its tangent (s, ts), a weight and the
+ * direction's block (w, v), a gradient scratch buffer and its tangent (a, t). */
+#define ACT(f) cdual_of(s->f, ts->f)
+#define WGT(f, off) cdual_of(w->f + (off), v->f + (off))
+#define GRAD(f) dual_of(a->f, t->f)
+#define CGRAD(f) cdual_of(a->f, t->f)
+
+/* p: parameters, pv: the direction (same layout); a: saved activations, t: their tangents. */
+static void layer_tangent_forward(const sf_config *c, const params *p, const params *pv, int l, const acts *a, acts *t,
+                                  real *attn, sf_par *par) {
+    const layer_params *w = &p->layer[l], *v = &pv->layer[l];
+    const layer_acts *s = &a->layer[l];
+    layer_acts *ts = &t->layer[l];
+    real *wt = t->wt;
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
     if (pre)
-        SF(layernorm_tangent_forward)(ts->a_in, ts->ln1_mean, ts->ln1_rstd, ts->x, s->x, s->ln1_mean, s->ln1_rstd,
-                                      w->g1, v->g1, v->be1, N, d, par);
+        SF(layernorm_tangent_forward)(ts->a_in, ts->ln1_mean, ts->ln1_rstd, ACT(x), s->ln1_mean, s->ln1_rstd,
+                                      WGT(g1, 0), v->be1, N, d, par);
     if (Tq < T) {
         gather_last(ts->xq, ts->x, B, T, d);
         if (pre) gather_last(ts->aq, ts->a_in, B, T, d);
     }
-    SF(linear_tangent_forward)(ts->q, ts->aq, s->aq, w->w_in, v->w_in, v->b_in, Nq, d, d, wt, par);
-    SF(linear_tangent_forward)(ts->kv, ts->a_in, s->a_in, w->w_in + d * d, v->w_in + d * d, v->b_in + d, N, d,
-                               2 * d, wt, par);
-    SF(attention_tangent_forward)(ts->ctx, ts->p, ts->q, ts->kv, s->p, s->q, s->kv, B, T, Tq, d, H, attn, par);
-    SF(linear_tangent_forward)(ts->r1, ts->ctx, s->ctx, w->w_out, v->w_out, v->b_out, Nq, d, d, wt, par);
+    SF(linear_tangent_forward)(ts->q, ACT(aq), WGT(w_in, 0), v->b_in, Nq, d, d, wt, par);
+    SF(linear_tangent_forward)(ts->kv, ACT(a_in), WGT(w_in, d * d), v->b_in + d, N, d, 2 * d, wt, par);
+    rope_heads(c, p->rope, ts->q, d, B, Tq, T, 0, par); /* RoPE is linear: the tangents turn with the values */
+    rope_heads(c, p->rope, ts->kv, 2 * d, B, T, T, 0, par);
+    SF(attention_tangent_forward)(ts->ctx, ts->p, ACT(q), ACT(kv), s->p, B, T, Tq, d, H, attn, par);
+    SF(linear_tangent_forward)(ts->r1, ACT(ctx), WGT(w_out, 0), v->b_out, Nq, d, d, wt, par);
     add_into(ts->r1, ts->xq, Nq * d);
     if (post)
-        SF(layernorm_tangent_forward)(ts->h, ts->ln1_mean, ts->ln1_rstd, ts->r1, s->r1, s->ln1_mean, s->ln1_rstd,
-                                      w->g1, v->g1, v->be1, Nq, d, par);
+        SF(layernorm_tangent_forward)(ts->h, ts->ln1_mean, ts->ln1_rstd, ACT(r1), s->ln1_mean, s->ln1_rstd, WGT(g1, 0),
+                                      v->be1, Nq, d, par);
     if (pre)
-        SF(layernorm_tangent_forward)(ts->f_in, ts->ln2_mean, ts->ln2_rstd, ts->h, s->h, s->ln2_mean, s->ln2_rstd,
-                                      w->g2, v->g2, v->be2, Nq, d, par);
-    SF(linear_tangent_forward)(ts->a1, ts->f_in, s->f_in, w->w1, v->w1, v->b1, Nq, d, F, wt, par);
+        SF(layernorm_tangent_forward)(ts->f_in, ts->ln2_mean, ts->ln2_rstd, ACT(h), s->ln2_mean, s->ln2_rstd,
+                                      WGT(g2, 0), v->be2, Nq, d, par);
+    SF(linear_tangent_forward)(ts->a1, ACT(f_in), WGT(w1, 0), v->b1, Nq, d, F, wt, par);
     SF(activation_tangent_forward)(ts->act, ts->a1, s->a1, Nq * F, c->activation, par);
-    SF(linear_tangent_forward)(ts->r2, ts->act, s->act, w->w2, v->w2, v->b2, Nq, F, d, wt, par);
+    SF(linear_tangent_forward)(ts->r2, ACT(act), WGT(w2, 0), v->b2, Nq, F, d, wt, par);
     add_into(ts->r2, ts->h, Nq * d);
     if (post)
-        SF(layernorm_tangent_forward)(ts->out, ts->ln2_mean, ts->ln2_rstd, ts->r2, s->r2, s->ln2_mean, s->ln2_rstd,
-                                      w->g2, v->g2, v->be2, Nq, d, par);
+        SF(layernorm_tangent_forward)(ts->out, ts->ln2_mean, ts->ln2_rstd, ACT(r2), s->ln2_mean, s->ln2_rstd,
+                                      WGT(g2, 0), v->be2, Nq, d, par);
 }
 
 void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params *v, const uint8_t *x, acts *a,
@@ -78,79 +89,79 @@ void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params
     /* linear in the learned tables (a fixed table has no tangent) */
     SF(embedding_forward)(t->layer[0].x, x, v->tok, v->pos, B, T, d, concat_positions(c), par);
     for (int l = 0; l < c->n_layers; l++)
-        layer_tangent_forward(c, &p->layer[l], &v->layer[l], &a->layer[l], &t->layer[l], B, T, attn, t->wt, par);
+        layer_tangent_forward(c, p, v, l, a, t, attn, par);
     if (c->final_norm)
-        SF(layernorm_tangent_forward)(t->final_out, t->final_mean, t->final_rstd, t->final_in, a->final_in,
-                                      a->final_mean, a->final_rstd, p->gf, v->gf, v->bf, a->Nf, d, par);
+        SF(layernorm_tangent_forward)(t->final_out, t->final_mean, t->final_rstd, cdual_of(a->final_in, t->final_in),
+                                      a->final_mean, a->final_rstd, cdual_of(p->gf, v->gf), v->bf, a->Nf, d, par);
 }
 
 /* ---- backward with tangents ------------------------------------------------------------------ */
 
-/* Mirrors encoder.c's layer_backward. (g_out, tg_out) (Nq,d): the gradient w.r.t. the layer
- * output and its tangent; writes (g_x, tg_x) (N,d) for the layer input and the layer's blocks
- * of H v to hv. a and t hold the primal and tangent scratch. */
-static void layer_tangent_backward(const sf_config *c, const layer_params *w, const layer_params *v,
-                                   layer_params *hv, const layer_acts *s, const layer_acts *ts, acts *a, acts *t,
-                                   const real *g_out, const real *tg_out, real *g_x, real *tg_x, long B, long T,
-                                   real *attn, sf_par *par) {
-    const long d = c->d_model, F = c->d_ff, H = c->n_heads, N = B * T, Tq = s->Tq, Nq = B * Tq;
+/* Mirrors encoder.c's layer_backward. g_out (Nq,d): the gradient w.r.t. the layer output and its
+ * tangent; writes g_x (N,d) for the layer input and the layer's blocks of H v to hv. a and t hold
+ * the primal and tangent scratch. */
+static void layer_tangent_backward(const sf_config *c, const params *p, const params *pv, params *phv, int l, acts *a,
+                                   acts *t, cdual g_out, dual g_x, real *attn, sf_par *par) {
+    const layer_params *w = &p->layer[l], *v = &pv->layer[l];
+    layer_params *hv = &phv->layer[l];
+    const layer_acts *s = &a->layer[l], *ts = &t->layer[l];
+    const long d = c->d_model, F = c->d_ff, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
     /* out = LN2(r2) (post) or r2 */
-    const real *g_r2 = g_out, *tg_r2 = tg_out;
+    cdual g_r2 = g_out;
     if (post) {
-        SF(layernorm_tangent_backward)(a->g_r2, t->g_r2, 0, hv->g2, hv->be2, g_out, tg_out, s->r2, ts->r2, s->ln2_mean,
-                                       s->ln2_rstd, ts->ln2_mean, ts->ln2_rstd, w->g2, v->g2, Nq, d, par);
-        g_r2 = a->g_r2, tg_r2 = t->g_r2;
+        SF(layernorm_tangent_backward)(GRAD(g_r2), 0, hv->g2, hv->be2, g_out, ACT(r2), ACT(ln2_mean), ACT(ln2_rstd),
+                                       WGT(g2, 0), Nq, d, par);
+        g_r2 = CGRAD(g_r2);
     }
     /* r2 = h + linear2(act(linear1(f_in))) */
-    memcpy(a->g_h, g_r2, (size_t)(Nq * d) * sizeof(real));
-    memcpy(t->g_h, tg_r2, (size_t)(Nq * d) * sizeof(real));
-    SF(linear_tangent_backward)(a->g_f, t->g_f, 0, hv->w2, hv->b2, g_r2, tg_r2, s->act, ts->act, w->w2, v->w2, Nq, F,
-                                d, par);
-    SF(activation_tangent_backward)(a->g_f, t->g_f, a->g_f, t->g_f, s->a1, ts->a1, Nq * F, c->activation, par);
+    memcpy(a->g_h, g_r2.v, (size_t)(Nq * d) * sizeof(real));
+    memcpy(t->g_h, g_r2.t, (size_t)(Nq * d) * sizeof(real));
+    SF(linear_tangent_backward)(GRAD(g_f), 0, hv->w2, hv->b2, g_r2, ACT(act), WGT(w2, 0), Nq, F, d, par);
+    SF(activation_tangent_backward)(GRAD(g_f), CGRAD(g_f), ACT(a1), Nq * F, c->activation, par);
     if (pre) {
-        SF(linear_tangent_backward)(a->g_ctx, t->g_ctx, 0, hv->w1, hv->b1, a->g_f, t->g_f, s->f_in, ts->f_in, w->w1,
-                                    v->w1, Nq, d, F, par);
-        SF(layernorm_tangent_backward)(a->g_h, t->g_h, 1, hv->g2, hv->be2, a->g_ctx, t->g_ctx, s->h, ts->h,
-                                       s->ln2_mean, s->ln2_rstd, ts->ln2_mean, ts->ln2_rstd, w->g2, v->g2, Nq, d, par);
+        SF(linear_tangent_backward)(GRAD(g_ctx), 0, hv->w1, hv->b1, CGRAD(g_f), ACT(f_in), WGT(w1, 0), Nq, d, F, par);
+        SF(layernorm_tangent_backward)(GRAD(g_h), 1, hv->g2, hv->be2, CGRAD(g_ctx), ACT(h), ACT(ln2_mean),
+                                       ACT(ln2_rstd), WGT(g2, 0), Nq, d, par);
     } else {
-        SF(linear_tangent_backward)(a->g_h, t->g_h, 1, hv->w1, hv->b1, a->g_f, t->g_f, s->f_in, ts->f_in, w->w1, v->w1,
-                                    Nq, d, F, par);
+        SF(linear_tangent_backward)(GRAD(g_h), 1, hv->w1, hv->b1, CGRAD(g_f), ACT(f_in), WGT(w1, 0), Nq, d, F, par);
     }
     /* h = LN1(r1) (post) or r1; r1 = xq + out_proj(attention) */
-    const real *g_r1 = a->g_h, *tg_r1 = t->g_h;
+    cdual g_r1 = CGRAD(g_h);
     if (post) {
-        SF(layernorm_tangent_backward)(a->g_r1, t->g_r1, 0, hv->g1, hv->be1, a->g_h, t->g_h, s->r1, ts->r1,
-                                       s->ln1_mean, s->ln1_rstd, ts->ln1_mean, ts->ln1_rstd, w->g1, v->g1, Nq, d, par);
-        g_r1 = a->g_r1, tg_r1 = t->g_r1;
+        SF(layernorm_tangent_backward)(GRAD(g_r1), 0, hv->g1, hv->be1, CGRAD(g_h), ACT(r1), ACT(ln1_mean),
+                                       ACT(ln1_rstd), WGT(g1, 0), Nq, d, par);
+        g_r1 = CGRAD(g_r1);
     }
-    SF(linear_tangent_backward)(a->g_ctx, t->g_ctx, 0, hv->w_out, hv->b_out, g_r1, tg_r1, s->ctx, ts->ctx, w->w_out,
-                                v->w_out, Nq, d, d, par);
-    SF(attention_tangent_backward)(a->g_q, a->g_kv, t->g_q, t->g_kv, a->g_ctx, t->g_ctx, s->p, ts->p, s->q, ts->q,
-                                   s->kv, ts->kv, B, T, Tq, d, H, attn, par);
+    SF(linear_tangent_backward)(GRAD(g_ctx), 0, hv->w_out, hv->b_out, g_r1, ACT(ctx), WGT(w_out, 0), Nq, d, d, par);
+    SF(attention_tangent_backward)(GRAD(g_q), GRAD(g_kv), CGRAD(g_ctx), ACT(p), ACT(q), ACT(kv), B, T, Tq, d, H, attn,
+                                   par);
+    for (int k = 0; k < 2; k++) { /* the gradients and their tangents back through RoPE */
+        rope_heads(c, p->rope, (k ? t : a)->g_q, d, B, Tq, T, 1, par);
+        rope_heads(c, p->rope, (k ? t : a)->g_kv, 2 * d, B, T, T, 1, par);
+    }
     /* in_proj: weight rows [0,d) from the queries, [d,3d) from keys and values */
-    real *g_ain = pre ? a->g_ain : g_x, *tg_ain = pre ? t->g_ain : tg_x;
-    SF(linear_tangent_backward)(g_ain, tg_ain, 0, hv->w_in + d * d, hv->b_in + d, a->g_kv, t->g_kv, s->a_in,
-                                ts->a_in, w->w_in + d * d, v->w_in + d * d, N, d, 2 * d, par);
+    const dual g_ain = pre ? GRAD(g_ain) : g_x;
+    SF(linear_tangent_backward)(g_ain, 0, hv->w_in + d * d, hv->b_in + d, CGRAD(g_kv), ACT(a_in), WGT(w_in, d * d), N, d,
+                                2 * d, par);
     if (Tq == T) {
-        SF(linear_tangent_backward)(g_ain, tg_ain, 1, hv->w_in, hv->b_in, a->g_q, t->g_q, s->aq, ts->aq, w->w_in,
-                                    v->w_in, Nq, d, d, par);
+        SF(linear_tangent_backward)(g_ain, 1, hv->w_in, hv->b_in, CGRAD(g_q), ACT(aq), WGT(w_in, 0), Nq, d, d, par);
     } else {
-        SF(linear_tangent_backward)(a->g_aq, t->g_aq, 0, hv->w_in, hv->b_in, a->g_q, t->g_q, s->aq, ts->aq, w->w_in,
-                                    v->w_in, Nq, d, d, par);
-        scatter_add_last(g_ain, a->g_aq, B, T, d);
-        scatter_add_last(tg_ain, t->g_aq, B, T, d);
+        SF(linear_tangent_backward)(GRAD(g_aq), 0, hv->w_in, hv->b_in, CGRAD(g_q), ACT(aq), WGT(w_in, 0), Nq, d, d,
+                                    par);
+        scatter_add_last(g_ain.v, a->g_aq, B, T, d);
+        scatter_add_last(g_ain.t, t->g_aq, B, T, d);
     }
     if (pre)
-        SF(layernorm_tangent_backward)(g_x, tg_x, 0, hv->g1, hv->be1, g_ain, tg_ain, s->x, ts->x, s->ln1_mean,
-                                       s->ln1_rstd, ts->ln1_mean, ts->ln1_rstd, w->g1, v->g1, N, d, par);
+        SF(layernorm_tangent_backward)(g_x, 0, hv->g1, hv->be1, cdual_of(g_ain.v, g_ain.t), ACT(x), ACT(ln1_mean),
+                                       ACT(ln1_rstd), WGT(g1, 0), N, d, par);
     /* the residual path from xq */
     if (Tq == T) {
-        add_into(g_x, g_r1, N * d);
-        add_into(tg_x, tg_r1, N * d);
+        add_into(g_x.v, g_r1.v, N * d);
+        add_into(g_x.t, g_r1.t, N * d);
     } else {
-        scatter_add_last(g_x, g_r1, B, T, d);
-        scatter_add_last(tg_x, tg_r1, B, T, d);
+        scatter_add_last(g_x.v, g_r1.v, B, T, d);
+        scatter_add_last(g_x.t, g_r1.t, B, T, d);
     }
 }
 
@@ -158,19 +169,16 @@ void SF(stack_tangent_backward)(const sf_config *c, const params *p, const param
                                 acts *a, acts *t, real *attn, sf_par *par) {
     const long B = a->B, T = a->T, d = c->d_model, L = c->n_layers;
     if (c->final_norm)
-        SF(layernorm_tangent_backward)(a->g_cur, t->g_cur, 0, hv->gf, hv->bf, a->g_next, t->g_next, a->final_in,
-                                       t->final_in, a->final_mean, a->final_rstd, t->final_mean, t->final_rstd, p->gf,
-                                       v->gf, a->Nf, d, par);
-    real *g_out = a->g_cur, *g_in = a->g_next, *tg_out = t->g_cur, *tg_in = t->g_next;
+        SF(layernorm_tangent_backward)(GRAD(g_cur), 0, hv->gf, hv->bf, CGRAD(g_next), cdual_of(a->final_in, t->final_in),
+                                       cdual_of(a->final_mean, t->final_mean), cdual_of(a->final_rstd, t->final_rstd),
+                                       cdual_of(p->gf, v->gf), a->Nf, d, par);
+    dual g_out = GRAD(g_cur), g_in = GRAD(g_next);
     for (long l = L - 1; l >= 0; l--) {
-        layer_tangent_backward(c, &p->layer[l], &v->layer[l], &hv->layer[l], &a->layer[l], &t->layer[l], a, t, g_out,
-                               tg_out, g_in, tg_in, B, T, attn, par);
-        real *s = g_out;
-        g_out = g_in, g_in = s;
-        s = tg_out;
-        tg_out = tg_in, tg_in = s;
+        layer_tangent_backward(c, p, v, hv, l, a, t, cdual_of(g_out.v, g_out.t), g_in, attn, par);
+        const dual swap = g_out;
+        g_out = g_in, g_in = swap;
     }
-    SF(embedding_backward_add)(hv->tok, hv->pos, tg_out, x, B, T, 2, d, concat_positions(c), par);
+    SF(embedding_backward_add)(hv->tok, hv->pos, g_out.t, x, B, T, 2, d, concat_positions(c), par);
 }
 
 /* The encoder model: the stack and its readout. */
@@ -178,8 +186,8 @@ static void tangent_forward(sf_model *m, const uint8_t *x, const params *p, cons
                             sf_par *par) {
     acts *a = &w->a, *t = &w->t;
     SF(stack_tangent_forward)(&m->cfg, p, v, x, a, t, w->attn, par);
-    SF(readout_tangent_forward)(t->out, t->final_out, a->final_out, p->w_head, v->w_head, v->b_head, a->B,
-                                m->cfg.d_model);
+    SF(readout_tangent_forward)(t->out, cdual_of(a->final_out, t->final_out), cdual_of(p->w_head, v->w_head),
+                                v->b_head, a->B, m->cfg.d_model);
 }
 
 /* Needs a->g_out from the loss and the tangent forward; writes H v to hv (parameter layout). */
@@ -189,11 +197,17 @@ static void tangent_backward(sf_model *m, const uint8_t *x, const params *p, con
     acts *a = &w->a, *t = &w->t;
     const long B = a->B, d = c->d_model;
     SF(loss_tangent)(t->g_out, a->out, t->out, B, loss);
-    SF(readout_tangent_backward)(stack_output_grad(c, a), stack_output_grad(c, t), hv->w_head, hv->b_head, a->g_out,
-                                 t->g_out, a->final_out, t->final_out, p->w_head, v->w_head, B, d);
+    SF(readout_tangent_backward)(dual_of(stack_output_grad(c, a), stack_output_grad(c, t)), hv->w_head, hv->b_head,
+                                 CGRAD(g_out), cdual_of(a->final_out, t->final_out), cdual_of(p->w_head, v->w_head), B,
+                                 d);
     zero_embedding_grads(m, hv);
     SF(stack_tangent_backward)(c, p, v, hv, x, a, t, w->attn, par);
 }
+
+#undef ACT
+#undef WGT
+#undef GRAD
+#undef CGRAD
 
 /* ---- entry point --------------------------------------------------------------------------------- */
 

@@ -72,6 +72,12 @@ void SF(embedding_forward)(real *X, const uint8_t *tokens, const real *tok, cons
  * embeddings share: the seq2seq encoder and decoder). */
 void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const uint8_t *tokens, long B,
                                 long T, long V, long d, int concat, sf_par *par);
+/* Rotary position embedding (rotate-half, per head): row r of X (rows ld apart) is at position
+ * t0 + r % period; each head's pair (i, i + dh/2) of its first d columns turns by the angle of
+ * that position and i (cs: the model's (cos, sin) table, dh/2 pairs per position). inverse turns
+ * back: a rotation's backward (and its tangent's) is its inverse. */
+void SF(rope_rows)(real *X, long ld, long rows, long period, long t0, long d, long H, const double *cs, int inverse,
+                   sf_par *par);
 void SF(layernorm_forward)(real *Y, real *mean, real *rstd, const real *X, const real *g, const real *b,
                            double eps, long N, long d, sf_par *par);
 /* dX = residual (NULL, dX itself, or another (N,d) gradient) + the input gradient; dg, db (may
@@ -103,10 +109,22 @@ static inline real softmax_dot(const real *g, const real *p, long T) { /* p . g,
     for (long j = 0; j < T; j++) s += (double)g[j] * p[j];
     return (real)s;
 }
-/* logits.c: max and sum of |q_i . k_j| / sqrt(dh) over one (batch, head)'s queries (Q, Tq rows of
- * stride d) and the keys each sees (KV rows of stride 2d; causal as in attention_forward_ex). */
-void SF(task_logits)(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
-                     int causal, double scale);
+/* The (sequence, head) tasks of multi-head attention: task b*H + h works on head h's columns of
+ * sequence b's rows and owns its outputs, so the bits never depend on the thread count.
+ * for_each_head_task runs fn(args, task, work) for tasks 0..tasks-1 on a team of nt threads in a
+ * static schedule, each thread with its per_thread elements of scratch (work NULL without), and
+ * notes the team size. head_slices_of gives a task's offsets into query rows (Tq per sequence, d
+ * wide), key|value rows (kv_rows per sequence, 2d wide) and its (Tq,T) block of probabilities. */
+typedef void (*head_task_fn)(const void *args, long task, real *work);
+void SF(for_each_head_task)(long tasks, int nt, real *scratch, long per_thread, head_task_fn fn, const void *args,
+                            sf_par *par);
+typedef struct {
+    long q, kv, p;
+} head_slices;
+static inline head_slices head_slices_of(long task, long H, long Tq, long T, long kv_rows, long d) {
+    const long b = task / H, h = task % H, dh = d / H;
+    return (head_slices){b * Tq * d + h * dh, b * kv_rows * 2 * d + h * dh, task * Tq * T};
+}
 
 /* attention.c: per (batch, head) softmax(Q K^T / sqrt(dh)) V.
  * Q (B,Tq,d) rows are the last Tq positions; KV (B,T,2d) holds K then V; P (B,H,Tq,T) saved. */

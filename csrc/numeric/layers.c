@@ -52,6 +52,26 @@ void SF(embedding_backward_add)(real *dtok, real *dpos, const real *dX, const ui
     }
 }
 
+/* ---- rotary position embedding ------------------------------------------------------------- */
+
+void SF(rope_rows)(real *X, long ld, long rows, long period, long t0, long d, long H, const double *cs, int inverse,
+                   sf_par *par) {
+    const long half = d / H / 2;
+    const real sign = inverse ? -1 : 1;
+#pragma omp parallel for num_threads(THREADS_FOR(rows * d * 4)) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const double *row_cs = cs + (t0 + r % period) * half * 2;
+        for (long h = 0; h < H; h++) {
+            real *x1 = X + r * ld + h * 2 * half, *x2 = x1 + half;
+            for (long i = 0; i < half; i++) {
+                const real c = (real)row_cs[2 * i], sn = sign * (real)row_cs[2 * i + 1], a = x1[i], b = x2[i];
+                x1[i] = a * c - b * sn;
+                x2[i] = b * c + a * sn;
+            }
+        }
+    }
+}
+
 /* ---- LayerNorm over the last dimension (biased variance, eps inside the sqrt) ------------- *
  * and RMSNorm, LayerNorm without centring (x / sqrt(mean(x^2) + eps) * g, torch.nn.RMSNorm):
  * the same kernels, told by a NULL mean (no saved means: nothing is subtracted) and a NULL bias. */

@@ -1,11 +1,11 @@
 /* Attention-logit scale: |q . k| / sqrt(d_head) per layer and head, the quantity the paper's
  * sensitivity bound depends on exponentially. */
-#include "encoder.h"
+#include "probes.h"
 
 /* Per (batch, head) task: max and sum of |q_i . k_j| * scale over its queries and the keys each
  * sees (causal: query i, at position T - Tq + i, sees keys j <= T - Tq + i). */
-void SF(task_logits)(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
-                     int causal, double scale) {
+static void task_logits(double *mx, double *sum, const real *Q, const real *KV, long T, long Tq, long d, long dh,
+                        int causal, double scale) {
     double m = 0, s = 0;
     for (long i = 0; i < Tq; i++) {
         const real *q = Q + i * d;
@@ -23,6 +23,38 @@ void SF(task_logits)(double *mx, double *sum, const real *Q, const real *KV, lon
     *sum = s;
 }
 
+typedef struct {
+    double *stats; /* per task: max, then (after `tasks` entries) sum */
+    const real *q, *kv;
+    long tasks, Tq, Tk, d, H;
+    int causal;
+} logits_args;
+
+static void logits_task(const void *args, long task, real *work) {
+    const logits_args *a = args;
+    const head_slices sl = head_slices_of(task, a->H, a->Tq, a->Tk, a->Tk, a->d);
+    (void)work;
+    task_logits(a->stats + task, a->stats + a->tasks + task, a->q + sl.q, a->kv + sl.kv, a->Tk, a->Tq, a->d,
+                a->d / a->H, a->causal, 1.0 / sqrt((double)(a->d / a->H)));
+}
+
+void SF(module_logits)(const sf_config *c, double *maxs, double *means, double *stats, const real *q, const real *kv,
+                       long B, long Tq, long Tk, int causal, sf_par *par) {
+    const long d = c->d_model, H = c->n_heads, tasks = B * H;
+    const logits_args args = {stats, q, kv, tasks, Tq, Tk, d, H, causal};
+    SF(for_each_head_task)(tasks, tasks * Tq * Tk * d >= 65536 ? par->nt : 1, NULL, 0, logits_task, &args, par);
+    const double pairs = causal ? (double)Tq * (2.0 * Tk - Tq + 1) / 2 : (double)Tq * Tk;
+    for (long h = 0; h < H; h++) { /* reduce over the batch in order */
+        double mx = 0, sum = 0;
+        for (long b = 0; b < B; b++) {
+            mx = stats[b * H + h] > mx ? stats[b * H + h] : mx;
+            sum += stats[tasks + b * H + h];
+        }
+        maxs[h] = mx;
+        means[h] = sum / (B * pairs);
+    }
+}
+
 sf_status SF(attention_logits)(sf_model *m, const sf_seq_data *data, double *maxs, double *means, int nt) {
     const uint8_t *x = data->x;
     const int B = data->rows, T = data->T;
@@ -31,32 +63,16 @@ sf_status SF(attention_logits)(sf_model *m, const sf_seq_data *data, double *max
     acts a;
     sf_status st = SF(encoder_reserve)(m, B, T, par.nt, &a);
     if (st) return st;
-    const long d = c->d_model, H = c->n_heads, dh = d / H, tasks = (long)B * H;
+    const long H = c->n_heads, tasks = (long)B * H;
     if ((st = sf_check_budget((size_t)tasks * 2 * sizeof(double), "the attention-logit probe"))) return st;
-    double *tmax = sf_alloc((size_t)tasks * 2 * sizeof(double)), *tsum = tmax + tasks;
-    if (!tmax) return sf_fail(SF_ENOMEM, "could not allocate the attention-logit probe's per-task results");
+    double *stats = sf_alloc((size_t)tasks * 2 * sizeof(double));
+    if (!stats) return sf_fail(SF_ENOMEM, "could not allocate the attention-logit probe's per-task results");
     SF(encoder_forward)(m, x, &a, &par);
-    const double scale = 1.0 / sqrt((double)dh);
     for (long l = 0; l < c->n_layers; l++) {
         const layer_acts *s = &a.layer[l];
-        const long Tq = s->Tq;
-#pragma omp parallel for num_threads(tasks * Tq * T * d >= 65536 ? par.nt : 1) schedule(static)
-        for (long task = 0; task < tasks; task++) {
-            const long b = task / H, h = task % H;
-            SF(task_logits)(tmax + task, tsum + task, s->q + b * Tq * d + h * dh, s->kv + b * T * 2 * d + h * dh, T,
-                            Tq, d, dh, 0, scale);
-        }
-        for (long h = 0; h < H; h++) { /* reduce over the batch in order */
-            double mx = 0, sum = 0;
-            for (long b = 0; b < B; b++) {
-                mx = tmax[b * H + h] > mx ? tmax[b * H + h] : mx;
-                sum += tsum[b * H + h];
-            }
-            maxs[l * H + h] = mx;
-            means[l * H + h] = sum / ((double)B * Tq * T);
-        }
+        SF(module_logits)(c, maxs + l * H, means + l * H, stats, s->q, s->kv, B, s->Tq, T, 0, &par);
     }
-    sf_free(tmax);
+    sf_free(stats);
     m->last_threads = par.used;
     return SF_OK;
 }

@@ -12,6 +12,12 @@
 void SF(inv_std_stats)(double *maxs, double *means, const real *X, long B, long rows_per_seq, long t0, long d,
                        int theory, const sf_config *c, const sf_par *par);
 
+/* logits.c: one attention module's |q . k| / sqrt(d_head) with queries q (B*Tq,d) and keys|values kv
+ * (B*Tk,2d): maxs, means (H) over the batch and every (query, visible key) pair (causal: query i,
+ * at position Tk - Tq + i, sees keys j <= Tk - Tq + i). stats: 2 B H doubles of scratch. */
+void SF(module_logits)(const sf_config *c, double *maxs, double *means, double *stats, const real *q, const real *kv,
+                       long B, long Tq, long Tk, int causal, sf_par *par);
+
 /* The input of an encoder-stack layer's LayerNorm k (0: norm1, 1: norm2), which the official
  * hooks see: post-LN norm1(r1), norm2(r2); pre-LN norm1(x), norm2(h). */
 static inline const real *layer_norm_input(const sf_config *c, const layer_acts *s, int k) {

@@ -113,14 +113,17 @@ void SF(s2s_set_decoder)(s2s_acts *a, const uint8_t *dec, long S_given) {
 /* ---- sublayers: forward next to backward ------------------------------------------------------ */
 
 /* Attention sublayer over B*Tq query rows: keys and values from the branch input (mem == NULL,
- * self-attention, Tk == Tq) or from mem (B*Tk,d) (cross-attention). */
+ * self-attention, Tk == Tq) or from mem (B*Tk,d) (cross-attention). rope: the RoPE table for
+ * self-attention (NULL: none; cross-attention has none). */
 static void attn_forward(const sf_config *c, const s2s_attn_w *w, const s2s_norm_w *nw, s2s_sub *s, const real *mem,
-                         long B, long Tq, long Tk, int causal, s2s_acts *a, sf_par *par) {
+                         long B, long Tq, long Tk, int causal, const double *rope, s2s_acts *a, sf_par *par) {
     const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE;
     if (pre) SF(layernorm_forward)(s->n_in, s->mean, s->rstd, s->x, nw->g, nw->b, c->ln_eps, Nq, d, par);
     SF(linear_forward)(s->q, s->n_in, w->w_in, w->b_in, Nq, d, d, a->wt, par);
     SF(linear_forward)(s->kv, mem ? mem : s->n_in, w->w_in + d * d, w->b_in + d, B * Tk, d, 2 * d, a->wt, par);
+    rope_heads(c, rope, s->q, d, B, Tq, Tq, 0, par);
+    rope_heads(c, rope, s->kv, 2 * d, B, Tk, Tk, 0, par);
     SF(attention_forward_ex)(s->ctx, s->p, s->q, s->kv, B, Tk, Tq, d, H, causal, Tk, a->attn_scratch, par);
     SF(linear_forward)(s->r, s->ctx, w->w_out, w->b_out, Nq, d, d, a->wt, par);
     add_into(s->r, s->x, Nq * d);
@@ -131,7 +134,7 @@ static void attn_forward(const sf_config *c, const s2s_attn_w *w, const s2s_norm
  * to g_mem (B*Tk,d). gw, gnw: the parameter gradients. */
 static void attn_backward(const sf_config *c, const s2s_attn_w *w, s2s_attn_w *gw, const s2s_norm_w *nw,
                           s2s_norm_w *gnw, const s2s_sub *s, const real *mem, real *g_mem, const real *g_out,
-                          real *g_x, long B, long Tq, long Tk, s2s_acts *a, sf_par *par) {
+                          real *g_x, long B, long Tq, long Tk, const double *rope, s2s_acts *a, sf_par *par) {
     const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE;
     const real *g_r = g_out;
@@ -142,6 +145,8 @@ static void attn_backward(const sf_config *c, const s2s_attn_w *w, s2s_attn_w *g
     }
     SF(linear_backward)(a->g_ctx, 0, gw->w_out, gw->b_out, g_r, s->ctx, w->w_out, Nq, d, d, par);
     SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, Tk, Tq, d, H, a->attn_scratch, par);
+    rope_heads(c, rope, a->g_q, d, B, Tq, Tq, 1, par);
+    rope_heads(c, rope, a->g_kv, 2 * d, B, Tk, Tk, 1, par);
     real *g_nin = pre ? a->g_nin : g_x;
     if (mem) {
         SF(linear_backward)(g_mem, 1, gw->w_in + d * d, gw->b_in + d, a->g_kv, mem, w->w_in + d * d, B * Tk, d,
@@ -205,8 +210,8 @@ void SF(s2s_decode)(const sf_model *m, const s2s_params *p, s2s_acts *a, sf_par 
     for (int l = 0; l < c->n_decoder_layers; l++) {
         const s2s_layer_w *w = &p->dec[l];
         s2s_sub *s = a->dec_sub[l];
-        attn_forward(c, &w->self, &w->norm[0], &s[S2S_SELF], NULL, B, S, S, 1, a, par);
-        attn_forward(c, &w->cross, &w->norm[1], &s[S2S_CROSS], a->enc.final_out, B, S, T, 0, a, par);
+        attn_forward(c, &w->self, &w->norm[0], &s[S2S_SELF], NULL, B, S, S, 1, p->enc.rope, a, par);
+        attn_forward(c, &w->cross, &w->norm[1], &s[S2S_CROSS], a->enc.final_out, B, S, T, 0, NULL, a, par);
         ffn_forward(c, &w->ffn, &w->norm[2], &s[S2S_FFN], B * S, a, par);
     }
     SF(layernorm_forward)(a->z, a->z_mean, a->z_rstd, a->dec_sub[c->n_decoder_layers - 1][S2S_FFN].out,
@@ -236,10 +241,10 @@ void SF(s2s_backward)(sf_model *m, const uint8_t *x, s2s_acts *a, sf_par *par) {
         ffn_backward(c, &w->ffn, &gw->ffn, &w->norm[2], &gw->norm[2], &s[S2S_FFN], g_out, g_in, Nd, a, par);
         SWAP;
         attn_backward(c, &w->cross, &gw->cross, &w->norm[1], &gw->norm[1], &s[S2S_CROSS], a->enc.final_out, g_mem,
-                      g_out, g_in, B, S, T, a, par);
+                      g_out, g_in, B, S, T, NULL, a, par);
         SWAP;
         attn_backward(c, &w->self, &gw->self, &w->norm[0], &gw->norm[0], &s[S2S_SELF], NULL, NULL, g_out, g_in, B,
-                      S, S, a, par);
+                      S, S, p.enc.rope, a, par);
         SWAP;
     }
 #undef SWAP

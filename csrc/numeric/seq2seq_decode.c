@@ -104,15 +104,19 @@ static void decode_attention(real *ctx, real *p, const real *q, const kv_cache *
 /* y (B,d) = one attention sublayer on the rows x: queries from these rows, keys/values from the
  * cache's first `filled` rows; self-attention first appends this row's key/value at row t. */
 static void step_attn(const sf_config *c, const s2s_attn_w *w, const real *wt_in, const real *wt_out,
-                      const s2s_norm_w *nw, const real *x, real *y, kv_cache *kv, long filled, int self, long t,
-                      long B, step_rows *s, sf_par *par) {
+                      const s2s_norm_w *nw, const real *x, real *y, kv_cache *kv, long filled, const double *rope,
+                      int self, long t, long B, step_rows *s, sf_par *par) {
     const long d = c->d_model, H = c->n_heads;
     const int pre = c->norm == SF_NORM_PRE;
     const real *n = x;
     if (pre) SF(layernorm_forward)(s->n, s->mean, s->rstd, x, nw->g, nw->b, c->ln_eps, B, d, par), n = s->n;
     SF(gemm)(B, d, d, n, d, 1, wt_in, 3 * d, s->q, d, w->b_in, 0, par);
-    if (self) {
+    if (self) { /* this row sits at position t: its query and key turn by t under RoPE */
         SF(gemm)(B, 2 * d, d, n, d, 1, wt_in + d, 3 * d, s->kv, 2 * d, w->b_in + d, 0, par);
+        if (rope) {
+            SF(rope_rows)(s->q, d, B, 1, t, d, H, rope, 0, par);
+            SF(rope_rows)(s->kv, 2 * d, B, 1, t, d, H, rope, 0, par);
+        }
         for (long b = 0; b < B; b++) cache_store(kv, s->kv + b * 2 * d, b, t, 1, d, H);
     }
     decode_attention(s->ctx, s->p, s->q, kv, filled, B, d, H, par);
@@ -207,8 +211,10 @@ static sf_status generate_cached(sf_model *m, const uint8_t *x, long B, long T, 
         for (long l = 0; l < Ld; l++) {
             const s2s_layer_w *w = &p.dec[l];
             layer_cache *k = &lc[l];
-            step_attn(c, &w->self, k->self_in, k->self_out, &w->norm[0], s.x, s.y, &k->self, t + 1, 1, t, B, &s, par);
-            step_attn(c, &w->cross, k->cross_in, k->cross_out, &w->norm[1], s.y, s.x, &k->cross, T, 0, t, B, &s, par);
+            step_attn(c, &w->self, k->self_in, k->self_out, &w->norm[0], s.x, s.y, &k->self, t + 1, p.enc.rope, 1, t,
+                      B, &s, par);
+            step_attn(c, &w->cross, k->cross_in, k->cross_out, &w->norm[1], s.y, s.x, &k->cross, T, NULL, 0, t, B, &s,
+                      par);
             step_ffn(c, &w->ffn, k->w1, k->w2, &w->norm[2], s.x, s.y, B, &s, par);
             memcpy(s.x, s.y, (size_t)(B * d) * sizeof(real));
         }

@@ -38,105 +38,155 @@ static sf_status hvp_reserve(sf_model *m, long B, long T, long S, int nt, s2s_hv
 
 /* ---- sublayers: tangent forward next to tangent backward ---------------------------------------- */
 
-/* w, nw: parameters; v, nv: the direction; s, ts: saved activations and their tangents; mem, tmem:
- * the cross-attention memory and its tangent (NULL: self-attention). */
-static void attn_tangent_forward(const sf_config *c, const s2s_attn_w *w, const s2s_attn_w *v, const s2s_norm_w *nw,
-                                 const s2s_norm_w *nv, const s2s_sub *s, s2s_sub *ts, const real *mem,
-                                 const real *tmem, long B, long Tq, long Tk, real *attn, real *wt, sf_par *par) {
-    const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
-    const int pre = c->norm == SF_NORM_PRE;
-    if (pre)
-        SF(layernorm_tangent_forward)(ts->n_in, ts->mean, ts->rstd, ts->x, s->x, s->mean, s->rstd, nw->g, nv->g, nv->b,
-                                      Nq, d, par);
-    SF(linear_tangent_forward)(ts->q, ts->n_in, s->n_in, w->w_in, v->w_in, v->b_in, Nq, d, d, wt, par);
-    SF(linear_tangent_forward)(ts->kv, mem ? tmem : ts->n_in, mem ? mem : s->n_in, w->w_in + d * d, v->w_in + d * d,
-                               v->b_in + d, B * Tk, d, 2 * d, wt, par);
-    SF(attention_tangent_forward)(ts->ctx, ts->p, ts->q, ts->kv, s->p, s->q, s->kv, B, Tk, Tq, d, H, attn, par);
-    SF(linear_tangent_forward)(ts->r, ts->ctx, s->ctx, w->w_out, v->w_out, v->b_out, Nq, d, d, wt, par);
-    add_into(ts->r, ts->x, Nq * d);
-    if (!pre)
-        SF(layernorm_tangent_forward)(ts->out, ts->mean, ts->rstd, ts->r, s->r, s->mean, s->rstd, nw->g, nv->g, nv->b,
-                                      Nq, d, par);
-}
+/* Sublayer k (S2S_SELF, S2S_CROSS, S2S_FFN) of decoder layer l, addressed in the work: its weights
+ * and the direction's (w, v), their blocks of H v (hv), its saved activations and their tangents
+ * (s, ts); attention: keys from the memory (cross) or the branch input (self, causal, RoPE). */
+typedef struct {
+    const s2s_attn_w *w, *v;
+    s2s_attn_w *hv;
+    const s2s_ffn_w *fw, *fv;
+    s2s_ffn_w *fhv;
+    const s2s_norm_w *nw, *nv;
+    s2s_norm_w *nhv;
+    const s2s_sub *s;
+    s2s_sub *ts;
+    long B, Tq, Tk;
+    cdual mem;          /* cross-attention: the memory and its tangent; self: NULLs */
+    dual g_mem;         /* cross-attention: where its gradient and tangent are added */
+    const double *rope; /* self-attention with RoPE: the table */
+} sublayer;
 
-/* Mirrors seq2seq.c's attn_backward: (g_out, tg_out) -> (g_x, tg_x); the memory's gradient and
- * tangent are added to (g_mem, tg_mem); the sublayer's blocks of H v go to hv, hnw. */
-static void attn_tangent_backward(const sf_config *c, const s2s_attn_w *w, const s2s_attn_w *v, s2s_attn_w *hv,
-                                  const s2s_norm_w *nw, const s2s_norm_w *nv, s2s_norm_w *hnw, const s2s_sub *s,
-                                  const s2s_sub *ts, const real *mem, const real *tmem, real *g_mem, real *tg_mem,
-                                  const real *g_out, const real *tg_out, real *g_x, real *tg_x, long B, long Tq,
-                                  long Tk, s2s_acts *a, s2s_acts *t, real *attn, sf_par *par) {
-    const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
-    const int pre = c->norm == SF_NORM_PRE;
-    const real *g_r = g_out, *tg_r = tg_out;
-    if (!pre) {
-        SF(layernorm_tangent_backward)(a->g_r, t->g_r, 0, hnw->g, hnw->b, g_out, tg_out, s->r, ts->r, s->mean, s->rstd,
-                                       ts->mean, ts->rstd, nw->g, nv->g, Nq, d, par);
-        g_r = a->g_r, tg_r = t->g_r;
+static sublayer sublayer_at(const sf_config *c, s2s_hvp_work *w, int l, int k) {
+    s2s_acts *a = &w->a, *t = &w->t;
+    const int cross = k == S2S_CROSS;
+    sublayer u = {.nw = &w->p.dec[l].norm[k], .nv = &w->v.dec[l].norm[k], .nhv = &w->hv.dec[l].norm[k],
+                  .s = &a->dec_sub[l][k], .ts = &t->dec_sub[l][k], .B = a->B, .Tq = a->S, .Tk = cross ? a->T : a->S};
+    if (k == S2S_FFN) {
+        u.fw = &w->p.dec[l].ffn, u.fv = &w->v.dec[l].ffn, u.fhv = &w->hv.dec[l].ffn;
+        return u;
     }
-    SF(linear_tangent_backward)(a->g_ctx, t->g_ctx, 0, hv->w_out, hv->b_out, g_r, tg_r, s->ctx, ts->ctx, w->w_out,
-                                v->w_out, Nq, d, d, par);
-    SF(attention_tangent_backward)(a->g_q, a->g_kv, t->g_q, t->g_kv, a->g_ctx, t->g_ctx, s->p, ts->p, s->q, ts->q,
-                                   s->kv, ts->kv, B, Tk, Tq, d, H, attn, par);
-    real *g_nin = pre ? a->g_nin : g_x, *tg_nin = pre ? t->g_nin : tg_x;
-    if (mem) {
-        SF(linear_tangent_backward)(g_mem, tg_mem, 1, hv->w_in + d * d, hv->b_in + d, a->g_kv, t->g_kv, mem, tmem,
-                                    w->w_in + d * d, v->w_in + d * d, B * Tk, d, 2 * d, par);
-        SF(linear_tangent_backward)(g_nin, tg_nin, 0, hv->w_in, hv->b_in, a->g_q, t->g_q, s->n_in, ts->n_in, w->w_in,
-                                    v->w_in, Nq, d, d, par);
+    u.w = cross ? &w->p.dec[l].cross : &w->p.dec[l].self;
+    u.v = cross ? &w->v.dec[l].cross : &w->v.dec[l].self;
+    u.hv = cross ? &w->hv.dec[l].cross : &w->hv.dec[l].self;
+    if (cross) {
+        u.mem = cdual_of(a->enc.final_out, t->enc.final_out);
+        u.g_mem = dual_of(stack_output_grad(c, &a->enc), stack_output_grad(c, &t->enc));
     } else {
-        SF(linear_tangent_backward)(g_nin, tg_nin, 0, hv->w_in + d * d, hv->b_in + d, a->g_kv, t->g_kv, s->n_in,
-                                    ts->n_in, w->w_in + d * d, v->w_in + d * d, Nq, d, 2 * d, par);
-        SF(linear_tangent_backward)(g_nin, tg_nin, 1, hv->w_in, hv->b_in, a->g_q, t->g_q, s->n_in, ts->n_in, w->w_in,
-                                    v->w_in, Nq, d, d, par);
+        u.rope = w->p.enc.rope;
     }
-    if (pre)
-        SF(layernorm_tangent_backward)(g_x, tg_x, 0, hnw->g, hnw->b, g_nin, tg_nin, s->x, ts->x, s->mean, s->rstd,
-                                       ts->mean, ts->rstd, nw->g, nv->g, Nq, d, par);
-    add_into(g_x, g_r, Nq * d);
-    add_into(tg_x, tg_r, Nq * d);
+    return u;
 }
 
-static void ffn_tangent_forward(const sf_config *c, const s2s_ffn_w *w, const s2s_ffn_w *v, const s2s_norm_w *nw,
-                                const s2s_norm_w *nv, const s2s_sub *s, s2s_sub *ts, long N, real *wt, sf_par *par) {
-    const long d = c->d_model, F = c->d_ff;
-    const int pre = c->norm == SF_NORM_PRE;
+#define ACT(f) cdual_of(u->s->f, u->ts->f)
+#define GRAD(f) dual_of(a->f, t->f)
+#define CGRAD(f) cdual_of(a->f, t->f)
+#define NORM_G cdual_of(u->nw->g, u->nv->g)
+
+/* The sublayer's LayerNorm, forward (pre: of its input, post: of x + f) and tangent backward. */
+static void norm_tangent_forward(const sf_config *c, const sublayer *u, int pre, long N, sf_par *par) {
     if (pre)
-        SF(layernorm_tangent_forward)(ts->n_in, ts->mean, ts->rstd, ts->x, s->x, s->mean, s->rstd, nw->g, nv->g, nv->b,
-                                      N, d, par);
-    SF(linear_tangent_forward)(ts->a1, ts->n_in, s->n_in, w->w1, v->w1, v->b1, N, d, F, wt, par);
-    SF(activation_tangent_forward)(ts->act, ts->a1, s->a1, N * F, c->activation, par);
-    SF(linear_tangent_forward)(ts->r, ts->act, s->act, w->w2, v->w2, v->b2, N, F, d, wt, par);
-    add_into(ts->r, ts->x, N * d);
-    if (!pre)
-        SF(layernorm_tangent_forward)(ts->out, ts->mean, ts->rstd, ts->r, s->r, s->mean, s->rstd, nw->g, nv->g, nv->b,
-                                      N, d, par);
+        SF(layernorm_tangent_forward)(u->ts->n_in, u->ts->mean, u->ts->rstd, ACT(x), u->s->mean, u->s->rstd, NORM_G,
+                                      u->nv->b, N, c->d_model, par);
+    else
+        SF(layernorm_tangent_forward)(u->ts->out, u->ts->mean, u->ts->rstd, ACT(r), u->s->mean, u->s->rstd, NORM_G,
+                                      u->nv->b, N, c->d_model, par);
 }
 
-static void ffn_tangent_backward(const sf_config *c, const s2s_ffn_w *w, const s2s_ffn_w *v, s2s_ffn_w *hv,
-                                 const s2s_norm_w *nw, const s2s_norm_w *nv, s2s_norm_w *hnw, const s2s_sub *s,
-                                 const s2s_sub *ts, const real *g_out, const real *tg_out, real *g_x, real *tg_x,
-                                 long N, s2s_acts *a, s2s_acts *t, sf_par *par) {
-    const long d = c->d_model, F = c->d_ff;
+static void attn_tangent_forward(const sf_config *c, const sublayer *u, real *attn, real *wt, sf_par *par) {
+    const long d = c->d_model, H = c->n_heads, B = u->B, Tq = u->Tq, Tk = u->Tk, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE;
-    const real *g_r = g_out, *tg_r = tg_out;
+    const s2s_attn_w *w = u->w, *v = u->v;
+    s2s_sub *ts = u->ts;
+    if (pre) norm_tangent_forward(c, u, 1, Nq, par);
+    SF(linear_tangent_forward)(ts->q, ACT(n_in), cdual_of(w->w_in, v->w_in), v->b_in, Nq, d, d, wt, par);
+    SF(linear_tangent_forward)(ts->kv, u->mem.v ? u->mem : ACT(n_in), cdual_of(w->w_in + d * d, v->w_in + d * d),
+                               v->b_in + d, B * Tk, d, 2 * d, wt, par);
+    rope_heads(c, u->rope, ts->q, d, B, Tq, Tq, 0, par); /* RoPE is linear: the tangents turn with the values */
+    rope_heads(c, u->rope, ts->kv, 2 * d, B, Tk, Tk, 0, par);
+    SF(attention_tangent_forward)(ts->ctx, ts->p, ACT(q), ACT(kv), u->s->p, B, Tk, Tq, d, H, attn, par);
+    SF(linear_tangent_forward)(ts->r, ACT(ctx), cdual_of(w->w_out, v->w_out), v->b_out, Nq, d, d, wt, par);
+    add_into(ts->r, ts->x, Nq * d);
+    if (!pre) norm_tangent_forward(c, u, 0, Nq, par);
+}
+
+/* Mirrors seq2seq.c's attn_backward: g_out -> g_x (with tangents); cross-attention adds the
+ * memory's gradient and tangent to u->g_mem; the blocks of H v go to u->hv, u->nhv. */
+static void attn_tangent_backward(const sf_config *c, const sublayer *u, cdual g_out, dual g_x, s2s_acts *a,
+                                  s2s_acts *t, real *attn, sf_par *par) {
+    const long d = c->d_model, H = c->n_heads, B = u->B, Tq = u->Tq, Tk = u->Tk, Nq = B * Tq;
+    const int pre = c->norm == SF_NORM_PRE;
+    const s2s_attn_w *w = u->w, *v = u->v;
+    s2s_attn_w *hv = u->hv;
+    cdual g_r = g_out;
     if (!pre) {
-        SF(layernorm_tangent_backward)(a->g_r, t->g_r, 0, hnw->g, hnw->b, g_out, tg_out, s->r, ts->r, s->mean, s->rstd,
-                                       ts->mean, ts->rstd, nw->g, nv->g, N, d, par);
-        g_r = a->g_r, tg_r = t->g_r;
+        SF(layernorm_tangent_backward)(GRAD(g_r), 0, u->nhv->g, u->nhv->b, g_out, ACT(r), ACT(mean), ACT(rstd), NORM_G,
+                                       Nq, d, par);
+        g_r = CGRAD(g_r);
     }
-    SF(linear_tangent_backward)(a->g_f, t->g_f, 0, hv->w2, hv->b2, g_r, tg_r, s->act, ts->act, w->w2, v->w2, N, F, d,
-                                par);
-    SF(activation_tangent_backward)(a->g_f, t->g_f, a->g_f, t->g_f, s->a1, ts->a1, N * F, c->activation, par);
-    real *g_nin = pre ? a->g_nin : g_x, *tg_nin = pre ? t->g_nin : tg_x;
-    SF(linear_tangent_backward)(g_nin, tg_nin, 0, hv->w1, hv->b1, a->g_f, t->g_f, s->n_in, ts->n_in, w->w1, v->w1, N,
-                                d, F, par);
+    SF(linear_tangent_backward)(GRAD(g_ctx), 0, hv->w_out, hv->b_out, g_r, ACT(ctx), cdual_of(w->w_out, v->w_out), Nq,
+                                d, d, par);
+    SF(attention_tangent_backward)(GRAD(g_q), GRAD(g_kv), CGRAD(g_ctx), ACT(p), ACT(q), ACT(kv), B, Tk, Tq, d, H, attn,
+                                   par);
+    for (int k = 0; k < 2; k++) { /* the gradients and their tangents back through RoPE */
+        rope_heads(c, u->rope, (k ? t : a)->g_q, d, B, Tq, Tq, 1, par);
+        rope_heads(c, u->rope, (k ? t : a)->g_kv, 2 * d, B, Tk, Tk, 1, par);
+    }
+    const dual g_nin = pre ? GRAD(g_nin) : g_x;
+    const cdual w_kv = cdual_of(w->w_in + d * d, v->w_in + d * d), w_q = cdual_of(w->w_in, v->w_in);
+    if (u->mem.v) {
+        SF(linear_tangent_backward)(u->g_mem, 1, hv->w_in + d * d, hv->b_in + d, CGRAD(g_kv), u->mem, w_kv, B * Tk, d,
+                                    2 * d, par);
+        SF(linear_tangent_backward)(g_nin, 0, hv->w_in, hv->b_in, CGRAD(g_q), ACT(n_in), w_q, Nq, d, d, par);
+    } else {
+        SF(linear_tangent_backward)(g_nin, 0, hv->w_in + d * d, hv->b_in + d, CGRAD(g_kv), ACT(n_in), w_kv, Nq, d,
+                                    2 * d, par);
+        SF(linear_tangent_backward)(g_nin, 1, hv->w_in, hv->b_in, CGRAD(g_q), ACT(n_in), w_q, Nq, d, d, par);
+    }
     if (pre)
-        SF(layernorm_tangent_backward)(g_x, tg_x, 0, hnw->g, hnw->b, g_nin, tg_nin, s->x, ts->x, s->mean, s->rstd,
-                                       ts->mean, ts->rstd, nw->g, nv->g, N, d, par);
-    add_into(g_x, g_r, N * d);
-    add_into(tg_x, tg_r, N * d);
+        SF(layernorm_tangent_backward)(g_x, 0, u->nhv->g, u->nhv->b, cdual_of(g_nin.v, g_nin.t), ACT(x), ACT(mean),
+                                       ACT(rstd), NORM_G, Nq, d, par);
+    add_into(g_x.v, g_r.v, Nq * d);
+    add_into(g_x.t, g_r.t, Nq * d);
 }
+
+static void ffn_tangent_forward(const sf_config *c, const sublayer *u, real *wt, sf_par *par) {
+    const long d = c->d_model, F = c->d_ff, N = u->B * u->Tq;
+    const int pre = c->norm == SF_NORM_PRE;
+    const s2s_ffn_w *w = u->fw, *v = u->fv;
+    s2s_sub *ts = u->ts;
+    if (pre) norm_tangent_forward(c, u, 1, N, par);
+    SF(linear_tangent_forward)(ts->a1, ACT(n_in), cdual_of(w->w1, v->w1), v->b1, N, d, F, wt, par);
+    SF(activation_tangent_forward)(ts->act, ts->a1, u->s->a1, N * F, c->activation, par);
+    SF(linear_tangent_forward)(ts->r, ACT(act), cdual_of(w->w2, v->w2), v->b2, N, F, d, wt, par);
+    add_into(ts->r, ts->x, N * d);
+    if (!pre) norm_tangent_forward(c, u, 0, N, par);
+}
+
+static void ffn_tangent_backward(const sf_config *c, const sublayer *u, cdual g_out, dual g_x, s2s_acts *a,
+                                 s2s_acts *t, sf_par *par) {
+    const long d = c->d_model, F = c->d_ff, N = u->B * u->Tq;
+    const int pre = c->norm == SF_NORM_PRE;
+    const s2s_ffn_w *w = u->fw, *v = u->fv;
+    s2s_ffn_w *hv = u->fhv;
+    cdual g_r = g_out;
+    if (!pre) {
+        SF(layernorm_tangent_backward)(GRAD(g_r), 0, u->nhv->g, u->nhv->b, g_out, ACT(r), ACT(mean), ACT(rstd), NORM_G,
+                                       N, d, par);
+        g_r = CGRAD(g_r);
+    }
+    SF(linear_tangent_backward)(GRAD(g_f), 0, hv->w2, hv->b2, g_r, ACT(act), cdual_of(w->w2, v->w2), N, F, d, par);
+    SF(activation_tangent_backward)(GRAD(g_f), CGRAD(g_f), ACT(a1), N * F, c->activation, par);
+    const dual g_nin = pre ? GRAD(g_nin) : g_x;
+    SF(linear_tangent_backward)(g_nin, 0, hv->w1, hv->b1, CGRAD(g_f), ACT(n_in), cdual_of(w->w1, v->w1), N, d, F, par);
+    if (pre)
+        SF(layernorm_tangent_backward)(g_x, 0, u->nhv->g, u->nhv->b, cdual_of(g_nin.v, g_nin.t), ACT(x), ACT(mean),
+                                       ACT(rstd), NORM_G, N, d, par);
+    add_into(g_x.v, g_r.v, N * d);
+    add_into(g_x.t, g_r.t, N * d);
+}
+
+#undef ACT
+#undef NORM_G
 
 /* ---- the model ------------------------------------------------------------------------------------ */
 
@@ -144,26 +194,21 @@ static void tangent_forward(const sf_model *m, const uint8_t *x, s2s_hvp_work *w
     const sf_config *c = &m->cfg;
     s2s_acts *a = &w->a, *t = &w->t;
     const s2s_params *p = &w->p, *v = &w->v;
-    const long B = a->B, T = a->T, S = a->S, d = c->d_model, Ld = c->n_decoder_layers;
-    const real *mem = a->enc.final_out, *tmem = t->enc.final_out;
+    const long B = a->B, S = a->S, d = c->d_model, Ld = c->n_decoder_layers;
     SF(stack_tangent_forward)(c, &p->enc, &v->enc, x, &a->enc, &t->enc, w->attn, par);
     SF(embedding_forward)(t->dec_sub[0][S2S_SELF].x, a->dec, v->enc.tok, v->enc.pos, B, S, d, concat_positions(c),
                           par);
-    for (long l = 0; l < Ld; l++) {
-        const s2s_layer_w *pw = &p->dec[l], *vw = &v->dec[l];
-        const s2s_sub *s = a->dec_sub[l];
-        s2s_sub *ts = t->dec_sub[l];
-        attn_tangent_forward(c, &pw->self, &vw->self, &pw->norm[0], &vw->norm[0], &s[S2S_SELF], &ts[S2S_SELF], NULL,
-                             NULL, B, S, S, w->attn, t->wt, par);
-        attn_tangent_forward(c, &pw->cross, &vw->cross, &pw->norm[1], &vw->norm[1], &s[S2S_CROSS], &ts[S2S_CROSS], mem,
-                             tmem, B, S, T, w->attn, t->wt, par);
-        ffn_tangent_forward(c, &pw->ffn, &vw->ffn, &pw->norm[2], &vw->norm[2], &s[S2S_FFN], &ts[S2S_FFN], B * S, t->wt,
-                            par);
+    for (int l = 0; l < Ld; l++) {
+        sublayer self = sublayer_at(c, w, l, S2S_SELF), cross = sublayer_at(c, w, l, S2S_CROSS),
+                 ffn = sublayer_at(c, w, l, S2S_FFN);
+        attn_tangent_forward(c, &self, w->attn, t->wt, par);
+        attn_tangent_forward(c, &cross, w->attn, t->wt, par);
+        ffn_tangent_forward(c, &ffn, t->wt, par);
     }
-    SF(layernorm_tangent_forward)(t->z, t->z_mean, t->z_rstd, t->dec_sub[Ld - 1][S2S_FFN].out,
-                                  a->dec_sub[Ld - 1][S2S_FFN].out, a->z_mean, a->z_rstd, p->dec_norm.g, v->dec_norm.g,
-                                  v->dec_norm.b, B * S, d, par);
-    SF(readout_tangent_forward)(t->out, t->z, a->z, p->w_head, v->w_head, v->b_head, B * S, d);
+    SF(layernorm_tangent_forward)(t->z, t->z_mean, t->z_rstd, cdual_of(a->dec_sub[Ld - 1][S2S_FFN].out,
+                                  t->dec_sub[Ld - 1][S2S_FFN].out), a->z_mean, a->z_rstd,
+                                  cdual_of(p->dec_norm.g, v->dec_norm.g), v->dec_norm.b, B * S, d, par);
+    SF(readout_tangent_forward)(t->out, CGRAD(z), cdual_of(p->w_head, v->w_head), v->b_head, B * S, d);
 }
 
 /* Needs a->g_out from the loss and the tangent forward; writes H v into w->hv's views. */
@@ -174,40 +219,36 @@ static void tangent_backward(const sf_model *m, const uint8_t *x, s2s_hvp_work *
     s2s_params *hv = &w->hv;
     const long B = a->B, T = a->T, S = a->S, d = c->d_model, Ne = B * T, Nd = B * S;
     const int Ld = c->n_decoder_layers;
-    const real *mem = a->enc.final_out, *tmem = t->enc.final_out;
     SF(loss_tangent)(t->g_out, a->out, t->out, Nd, loss);
-    SF(readout_tangent_backward)(a->g_b, t->g_b, hv->w_head, hv->b_head, a->g_out, t->g_out, a->z, t->z, p->w_head,
-                                 v->w_head, Nd, d);
-    SF(layernorm_tangent_backward)(a->g_a, t->g_a, 0, hv->dec_norm.g, hv->dec_norm.b, a->g_b, t->g_b,
-                                   a->dec_sub[Ld - 1][S2S_FFN].out, t->dec_sub[Ld - 1][S2S_FFN].out, a->z_mean,
-                                   a->z_rstd, t->z_mean, t->z_rstd, p->dec_norm.g, v->dec_norm.g, Nd, d, par);
-    real *g_mem = stack_output_grad(c, &a->enc), *tg_mem = stack_output_grad(c, &t->enc);
-    memset(g_mem, 0, (size_t)(Ne * d) * sizeof(real));
-    memset(tg_mem, 0, (size_t)(Ne * d) * sizeof(real));
-    real *g_out = a->g_a, *g_in = a->g_b, *tg_out = t->g_a, *tg_in = t->g_b, *tmp;
-#define SWAP (tmp = g_out, g_out = g_in, g_in = tmp, tmp = tg_out, tg_out = tg_in, tg_in = tmp)
+    SF(readout_tangent_backward)(GRAD(g_b), hv->w_head, hv->b_head, CGRAD(g_out), CGRAD(z),
+                                 cdual_of(p->w_head, v->w_head), Nd, d);
+    SF(layernorm_tangent_backward)(GRAD(g_a), 0, hv->dec_norm.g, hv->dec_norm.b, CGRAD(g_b),
+                                   cdual_of(a->dec_sub[Ld - 1][S2S_FFN].out, t->dec_sub[Ld - 1][S2S_FFN].out),
+                                   CGRAD(z_mean), CGRAD(z_rstd), cdual_of(p->dec_norm.g, v->dec_norm.g), Nd, d, par);
+    memset(stack_output_grad(c, &a->enc), 0, (size_t)(Ne * d) * sizeof(real)); /* the cross-attentions add to it */
+    memset(stack_output_grad(c, &t->enc), 0, (size_t)(Ne * d) * sizeof(real));
+    dual g_out = GRAD(g_a), g_in = GRAD(g_b);
     for (int l = Ld - 1; l >= 0; l--) {
-        const s2s_layer_w *pw = &p->dec[l], *vw = &v->dec[l];
-        s2s_layer_w *hw = &hv->dec[l];
-        const s2s_sub *s = a->dec_sub[l], *ts = t->dec_sub[l];
-        ffn_tangent_backward(c, &pw->ffn, &vw->ffn, &hw->ffn, &pw->norm[2], &vw->norm[2], &hw->norm[2], &s[S2S_FFN],
-                             &ts[S2S_FFN], g_out, tg_out, g_in, tg_in, Nd, a, t, par);
-        SWAP;
-        attn_tangent_backward(c, &pw->cross, &vw->cross, &hw->cross, &pw->norm[1], &vw->norm[1], &hw->norm[1],
-                              &s[S2S_CROSS], &ts[S2S_CROSS], mem, tmem, g_mem, tg_mem, g_out, tg_out, g_in, tg_in, B,
-                              S, T, a, t, w->attn, par);
-        SWAP;
-        attn_tangent_backward(c, &pw->self, &vw->self, &hw->self, &pw->norm[0], &vw->norm[0], &hw->norm[0],
-                              &s[S2S_SELF], &ts[S2S_SELF], NULL, NULL, NULL, NULL, g_out, tg_out, g_in, tg_in, B, S, S,
-                              a, t, w->attn, par);
-        SWAP;
+        const sublayer self = sublayer_at(c, w, l, S2S_SELF), cross = sublayer_at(c, w, l, S2S_CROSS),
+                       ffn = sublayer_at(c, w, l, S2S_FFN);
+        dual swap;
+#define NEXT (swap = g_out, g_out = g_in, g_in = swap)
+        ffn_tangent_backward(c, &ffn, cdual_of(g_out.v, g_out.t), g_in, a, t, par);
+        NEXT;
+        attn_tangent_backward(c, &cross, cdual_of(g_out.v, g_out.t), g_in, a, t, w->attn, par);
+        NEXT;
+        attn_tangent_backward(c, &self, cdual_of(g_out.v, g_out.t), g_in, a, t, w->attn, par);
+        NEXT;
+#undef NEXT
     }
-#undef SWAP
     /* the shared tables: decoder use, then the encoder stack's (as seq2seq.c) */
     zero_embedding_grads(m, &hv->enc);
-    SF(embedding_backward_add)(hv->enc.tok, hv->enc.pos, tg_out, a->dec, B, S, 3, d, concat_positions(c), par);
+    SF(embedding_backward_add)(hv->enc.tok, hv->enc.pos, g_out.t, a->dec, B, S, 3, d, concat_positions(c), par);
     SF(stack_tangent_backward)(c, &p->enc, &v->enc, &hv->enc, x, &a->enc, &t->enc, w->attn, par);
 }
+
+#undef GRAD
+#undef CGRAD
 
 /* ---- entry point ------------------------------------------------------------------------------------ */
 

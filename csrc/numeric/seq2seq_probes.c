@@ -40,30 +40,6 @@ sf_status SF(seq2seq_ln_blowup)(sf_model *m, const sf_seq_data *d, int theory, d
 
 /* ---- attention-logit scale ----------------------------------------------------------------------- */
 
-/* One attention module with queries q (B*Tq,d) and keys|values kv (B*Tk,2d): maxs, means (H) over
- * the batch (reduced in batch order). */
-static void module_logits(double *maxs, double *means, double *tmax, double *tsum, const real *q, const real *kv,
-                          long B, long Tq, long Tk, long d, long H, int causal, const sf_par *par) {
-    const long dh = d / H, tasks = B * H;
-    const double scale = 1.0 / sqrt((double)dh);
-#pragma omp parallel for num_threads(tasks * Tq * Tk * d >= 65536 ? par->nt : 1) schedule(static)
-    for (long task = 0; task < tasks; task++) {
-        const long b = task / H, h = task % H;
-        SF(task_logits)(tmax + task, tsum + task, q + b * Tq * d + h * dh, kv + b * Tk * 2 * d + h * dh, Tk, Tq, d, dh,
-                        causal, scale);
-    }
-    const double pairs = causal ? (double)Tq * (2.0 * Tk - Tq + 1) / 2 : (double)Tq * Tk;
-    for (long h = 0; h < H; h++) {
-        double mx = 0, sum = 0;
-        for (long b = 0; b < B; b++) {
-            mx = tmax[b * H + h] > mx ? tmax[b * H + h] : mx;
-            sum += tsum[b * H + h];
-        }
-        maxs[h] = mx;
-        means[h] = sum / (B * pairs);
-    }
-}
-
 sf_status SF(seq2seq_attention_logits)(sf_model *m, const sf_seq_data *d, double *maxs, double *means, int nt) {
     const sf_config *c = &m->cfg;
     sf_par par = {sf_resolve_threads(nt), 1};
@@ -71,10 +47,10 @@ sf_status SF(seq2seq_attention_logits)(sf_model *m, const sf_seq_data *d, double
     sf_status st = SF(s2s_reserve)(m, d->rows, d->T, d->S, par.nt, &a);
     if (st) return st;
     a.enc.loss_only = 0; /* the probe reads layer 0's keys */
-    const long B = d->rows, T = d->T, S = d->S, dm = c->d_model, H = c->n_heads, tasks = B * H;
+    const long B = d->rows, T = d->T, S = d->S, H = c->n_heads, tasks = B * H;
     if ((st = sf_check_budget((size_t)tasks * 2 * sizeof(double), "the attention-logit probe"))) return st;
-    double *tmax = sf_alloc((size_t)tasks * 2 * sizeof(double)), *tsum = tmax + tasks;
-    if (!tmax) return sf_fail(SF_ENOMEM, "could not allocate the attention-logit probe's per-task results");
+    double *stats = sf_alloc((size_t)tasks * 2 * sizeof(double));
+    if (!stats) return sf_fail(SF_ENOMEM, "could not allocate the attention-logit probe's per-task results");
     s2s_params p;
     SF(s2s_params)(m, (real *)m->params, &p);
     SF(s2s_set_decoder)(&a, d->dec, d->S);
@@ -83,15 +59,15 @@ sf_status SF(seq2seq_attention_logits)(sf_model *m, const sf_seq_data *d, double
     long row = 0; /* encoder self-attention, decoder self-attention (causal), cross-attention */
     for (long l = 0; l < c->n_layers; l++, row++) {
         const layer_acts *s = &a.enc.layer[l];
-        module_logits(maxs + row * H, means + row * H, tmax, tsum, s->q, s->kv, B, T, T, dm, H, 0, &par);
+        SF(module_logits)(c, maxs + row * H, means + row * H, stats, s->q, s->kv, B, T, T, 0, &par);
     }
-    for (long k = S2S_SELF; k <= S2S_CROSS; k++) /* decoder self-attention (causal), then cross-attention */
+    for (long k = S2S_SELF; k <= S2S_CROSS; k++)
         for (long l = 0; l < c->n_decoder_layers; l++, row++) {
             const s2s_sub *s = &a.dec_sub[l][k];
-            module_logits(maxs + row * H, means + row * H, tmax, tsum, s->q, s->kv, B, S, k == S2S_SELF ? S : T, dm, H,
-                          k == S2S_SELF, &par);
+            SF(module_logits)(c, maxs + row * H, means + row * H, stats, s->q, s->kv, B, S, k == S2S_SELF ? S : T,
+                              k == S2S_SELF, &par);
         }
-    sf_free(tmax);
+    sf_free(stats);
     m->last_threads = par.used;
     return SF_OK;
 }

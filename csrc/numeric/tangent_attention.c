@@ -9,8 +9,22 @@
  *             tdQ = tdS K + dS tK,  tdK = tdS^T Q + dS^T tQ,  tdV = tP^T dctx + P^T tdctx. */
 #include "tangent.h"
 
-static void task_tangent_forward(real *tctx, real *tP, const real *tQ, const real *tKV, const real *P,
-                                 const real *Q, const real *KV, long T, long Tq, long d, long dh) {
+/* The operands of every (sequence, head) task: gradients and values with their tangents. */
+typedef struct {
+    real *tctx, *tP;
+    dual dQ, dKV;
+    cdual dctx, P, Q, KV;
+    long T, Tq, d, H;
+} tangent_args;
+
+static void task_tangent_forward(const void *args, long task, real *work) {
+    const tangent_args *a = args;
+    const long T = a->T, Tq = a->Tq, d = a->d, dh = d / a->H;
+    const head_slices sl = head_slices_of(task, a->H, Tq, T, T, d);
+    real *tctx = a->tctx + sl.q, *tP = a->tP + sl.p;
+    const real *tQ = a->Q.t + sl.q, *tKV = a->KV.t + sl.kv, *P = a->P.v + sl.p, *Q = a->Q.v + sl.q,
+               *KV = a->KV.v + sl.kv;
+    (void)work; /* the forward needs no scratch */
     sf_par one = {1, 0};
     const real scale = (real)(1.0 / sqrt((double)dh));
     SF(gemm_bt)(Tq, T, dh, tQ, d, 1, KV, 2 * d, tP, T, NULL, 0, &one);
@@ -27,9 +41,13 @@ static void task_tangent_forward(real *tctx, real *tP, const real *tQ, const rea
     SF(gemm)(Tq, dh, T, P, T, 1, tKV + d, 2 * d, tctx, d, NULL, 1, &one);
 }
 
-static void task_tangent_backward(real *dQ, real *dKV, real *tdQ, real *tdKV, const real *dctx, const real *tdctx,
-                                  const real *P, const real *tP, const real *Q, const real *tQ, const real *KV,
-                                  const real *tKV, long T, long Tq, long d, long dh, real *work) {
+static void task_tangent_backward(const void *args, long task, real *work) {
+    const tangent_args *a = args;
+    const long T = a->T, Tq = a->Tq, d = a->d, dh = d / a->H;
+    const head_slices sl = head_slices_of(task, a->H, Tq, T, T, d);
+    real *dQ = a->dQ.v + sl.q, *tdQ = a->dQ.t + sl.q, *dKV = a->dKV.v + sl.kv, *tdKV = a->dKV.t + sl.kv;
+    const real *dctx = a->dctx.v + sl.q, *tdctx = a->dctx.t + sl.q, *P = a->P.v + sl.p, *tP = a->P.t + sl.p,
+               *Q = a->Q.v + sl.q, *tQ = a->Q.t + sl.q, *KV = a->KV.v + sl.kv, *tKV = a->KV.t + sl.kv;
     sf_par one = {1, 0};
     const real scale = (real)(1.0 / sqrt((double)dh));
     real *dS = work, *tdS = dS + Tq * T;
@@ -70,41 +88,18 @@ static int tangent_threads(long B, long T, long Tq, long d, long H, const sf_par
     return B * H > 1 && B * H * Tq * T * d >= 65536 ? par->nt : 1;
 }
 
-void SF(attention_tangent_forward)(real *tctx, real *tP, const real *tQ, const real *tKV, const real *P,
-                                   const real *Q, const real *KV, long B, long T, long Tq, long d, long H,
-                                   real *scratch, sf_par *par) {
-    const long dh = d / H;
-    const int nt = tangent_threads(B, T, Tq, d, H, par);
-    (void)nt, (void)scratch; /* unused in a serial build; the forward needs no scratch */
-#pragma omp parallel num_threads(nt)
-    {
-        if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
-#pragma omp for schedule(static)
-        for (long task = 0; task < B * H; task++) {
-            const long b = task / H, h = task % H, q = b * Tq * d + h * dh, kv = b * T * 2 * d + h * dh;
-            task_tangent_forward(tctx + q, tP + task * Tq * T, tQ + q, tKV + kv, P + task * Tq * T, Q + q, KV + kv,
-                                 T, Tq, d, dh);
-        }
-    }
+void SF(attention_tangent_forward)(real *tctx, real *tP, cdual Q, cdual KV, const real *P, long B, long T, long Tq,
+                                   long d, long H, real *scratch, sf_par *par) {
+    const tangent_args args = {.tctx = tctx, .tP = tP, .P = cdual_of(P, NULL), .Q = Q, .KV = KV, .T = T, .Tq = Tq,
+                               .d = d, .H = H};
+    (void)scratch;
+    SF(for_each_head_task)(B * H, tangent_threads(B, T, Tq, d, H, par), NULL, 0, task_tangent_forward, &args, par);
 }
 
-void SF(attention_tangent_backward)(real *dQ, real *dKV, real *tdQ, real *tdKV, const real *dctx,
-                                    const real *tdctx, const real *P, const real *tP, const real *Q,
-                                    const real *tQ, const real *KV, const real *tKV, long B, long T, long Tq,
-                                    long d, long H, real *scratch, sf_par *par) {
-    const long dh = d / H, per_thread = 2 * Tq * T;
-    const int nt = tangent_threads(B, T, Tq, d, H, par);
-    (void)nt; /* unused in a serial build */
-#pragma omp parallel num_threads(nt)
-    {
-        real *work = scratch + (long)SF_THREAD_ID() * per_thread;
-        if (SF_THREAD_ID() == 0) sf_par_note(par, SF_TEAM_SIZE());
-#pragma omp for schedule(static)
-        for (long task = 0; task < B * H; task++) {
-            const long b = task / H, h = task % H, q = b * Tq * d + h * dh, kv = b * T * 2 * d + h * dh;
-            const long pp = task * Tq * T;
-            task_tangent_backward(dQ + q, dKV + kv, tdQ + q, tdKV + kv, dctx + q, tdctx + q, P + pp, tP + pp, Q + q,
-                                  tQ + q, KV + kv, tKV + kv, T, Tq, d, dh, work);
-        }
-    }
+void SF(attention_tangent_backward)(dual dQ, dual dKV, cdual dctx, cdual P, cdual Q, cdual KV, long B, long T,
+                                    long Tq, long d, long H, real *scratch, sf_par *par) {
+    const tangent_args args = {.dQ = dQ, .dKV = dKV, .dctx = dctx, .P = P, .Q = Q, .KV = KV, .T = T, .Tq = Tq, .d = d,
+                               .H = H};
+    SF(for_each_head_task)(B * H, tangent_threads(B, T, Tq, d, H, par), scratch, 2 * Tq * T, task_tangent_backward,
+                           &args, par);
 }

@@ -9,23 +9,22 @@
 
 /* ---- linear ---------------------------------------------------------------------------------- */
 
-void SF(linear_tangent_forward)(real *tY, const real *tX, const real *X, const real *W, const real *tW,
-                                const real *tb, long M, long in, long out, real *wt, sf_par *par) {
-    SF(linear_forward)(tY, tX, W, tb, M, in, out, wt, par);
+void SF(linear_tangent_forward)(real *tY, cdual X, cdual W, const real *tb, long M, long in, long out, real *wt,
+                                sf_par *par) {
+    SF(linear_forward)(tY, X.t, W.v, tb, M, in, out, wt, par);
     for (long o = 0; o < out; o++)
-        for (long i = 0; i < in; i++) wt[i * out + o] = tW[o * in + i];
-    SF(gemm)(M, out, in, X, in, 1, wt, out, tY, out, NULL, 1, par);
+        for (long i = 0; i < in; i++) wt[i * out + o] = W.t[o * in + i];
+    SF(gemm)(M, out, in, X.v, in, 1, wt, out, tY, out, NULL, 1, par);
 }
 
-void SF(linear_tangent_backward)(real *dX, real *tdX, int accumulate_dx, real *tdW, real *tdb, const real *dY,
-                                 const real *tdY, const real *X, const real *tX, const real *W, const real *tW,
-                                 long M, long in, long out, sf_par *par) {
-    if (dX) SF(gemm)(M, in, out, dY, out, 1, W, in, dX, in, NULL, accumulate_dx, par);
-    SF(gemm)(M, in, out, tdY, out, 1, W, in, tdX, in, NULL, accumulate_dx, par);
-    SF(gemm)(M, in, out, dY, out, 1, tW, in, tdX, in, NULL, 1, par);
-    SF(gemm)(out, in, M, tdY, 1, out, X, in, tdW, in, NULL, 0, par);
-    SF(gemm)(out, in, M, dY, 1, out, tX, in, tdW, in, NULL, 1, par);
-    SF(column_sums)(tdb, tdY, M, out, out, par);
+void SF(linear_tangent_backward)(dual dX, int accumulate_dx, real *tdW, real *tdb, cdual dY, cdual X, cdual W, long M,
+                                 long in, long out, sf_par *par) {
+    if (dX.v) SF(gemm)(M, in, out, dY.v, out, 1, W.v, in, dX.v, in, NULL, accumulate_dx, par);
+    SF(gemm)(M, in, out, dY.t, out, 1, W.v, in, dX.t, in, NULL, accumulate_dx, par);
+    SF(gemm)(M, in, out, dY.v, out, 1, W.t, in, dX.t, in, NULL, 1, par);
+    SF(gemm)(out, in, M, dY.t, 1, out, X.v, in, tdW, in, NULL, 0, par);
+    SF(gemm)(out, in, M, dY.v, 1, out, X.t, in, tdW, in, NULL, 1, par);
+    SF(column_sums)(tdb, dY.t, M, out, out, par);
 }
 
 /* ---- LayerNorm ------------------------------------------------------------------------------
@@ -34,9 +33,9 @@ void SF(linear_tangent_backward)(real *dX, real *tdX, int accumulate_dx, real *t
  * RMSNorm (mean NULL, as in layers.c) is the same with mean = t(mean) = 0 and no mean term in the
  * backward (r = 1/sqrt(mean(x^2) + eps) gives the same t(r)); no bias, so tb and tdb are NULL. */
 
-void SF(layernorm_tangent_forward)(real *tY, real *tmean, real *trstd, const real *tX, const real *X,
-                                   const real *mean, const real *rstd, const real *g, const real *tg,
-                                   const real *tb, long N, long d, sf_par *par) {
+void SF(layernorm_tangent_forward)(real *tY, real *tmean, real *trstd, cdual X_, const real *mean, const real *rstd,
+                                   cdual g_, const real *tb, long N, long d, sf_par *par) {
+    const real *X = X_.v, *tX = X_.t, *g = g_.v, *tg = g_.t;
 #pragma omp parallel for num_threads(THREADS_FOR(N * d)) schedule(static)
     for (long r = 0; r < N; r++) {
         const real *x = X + r * d, *tx = tX + r * d;
@@ -64,10 +63,11 @@ void SF(layernorm_tangent_forward)(real *tY, real *tmean, real *trstd, const rea
 }
 
 /* dX = r (u - mean(u) - xh mean(u xh)) with u = g dY; its tangent follows by the product rule. */
-void SF(layernorm_tangent_backward)(real *dX, real *tdX, int accumulate_dx, real *tdg, real *tdb,
-                                    const real *dY, const real *tdY, const real *X, const real *tX,
-                                    const real *mean, const real *rstd, const real *tmean, const real *trstd,
-                                    const real *g, const real *tg, long N, long d, sf_par *par) {
+void SF(layernorm_tangent_backward)(dual dX_, int accumulate_dx, real *tdg, real *tdb, cdual dY_, cdual X_,
+                                    cdual mean_, cdual rstd_, cdual g_, long N, long d, sf_par *par) {
+    real *dX = dX_.v, *tdX = dX_.t;
+    const real *dY = dY_.v, *tdY = dY_.t, *X = X_.v, *tX = X_.t, *mean = mean_.v, *tmean = mean_.t;
+    const real *rstd = rstd_.v, *trstd = rstd_.t, *g = g_.v, *tg = g_.t;
     SF(layernorm_backward)(dX, accumulate_dx ? dX : NULL, NULL, NULL, dY, X, mean, rstd, g, N, d, NULL, par);
 #pragma omp parallel num_threads(THREADS_FOR(N * d))
     {
@@ -140,30 +140,29 @@ void SF(activation_tangent_forward)(real *tY, const real *tX, const real *X, lon
     SF(activation_backward)(tY, tX, X, n, act, par);
 }
 
-void SF(activation_tangent_backward)(real *dX, real *tdX, const real *dY, const real *tdY, const real *X,
-                                     const real *tX, long n, sf_activation act, sf_par *par) {
-    SF(activation_backward)(tdX, tdY, X, n, act, par);
+void SF(activation_tangent_backward)(dual dX, cdual dY, cdual X, long n, sf_activation act, sf_par *par) {
+    SF(activation_backward)(dX.t, dY.t, X.v, n, act, par);
     if (act != SF_ACT_RELU) {
 #pragma omp parallel for num_threads(THREADS_FOR(n * 4)) schedule(static)
-        for (long i = 0; i < n; i++) tdX[i] += second_derivative(X[i], act) * tX[i] * dY[i];
+        for (long i = 0; i < n; i++) dX.t[i] += second_derivative(X.v[i], act) * X.t[i] * dY.v[i];
     }
-    SF(activation_backward)(dX, dY, X, n, act, par); /* last: dX may alias dY */
+    SF(activation_backward)(dX.v, dY.v, X.v, n, act, par); /* last: dX may alias dY */
 }
 
 /* ---- readout and loss ------------------------------------------------------------------------ */
 
-void SF(readout_tangent_forward)(real *tout, const real *tX, const real *X, const real *w, const real *tw,
-                                 const real *tb, long B, long d) {
+void SF(readout_tangent_forward)(real *tout, cdual X, cdual w, const real *tb, long B, long d) {
     for (long i = 0; i < B; i++) {
-        const real *x = X + i * d, *tx = tX + i * d;
+        const real *x = X.v + i * d, *tx = X.t + i * d;
         double s = 0;
-        for (long j = 0; j < d; j++) s += (double)tx[j] * w[j] + (double)x[j] * tw[j];
+        for (long j = 0; j < d; j++) s += (double)tx[j] * w.v[j] + (double)x[j] * w.t[j];
         tout[i] = (real)(s + tb[0]);
     }
 }
 
-void SF(readout_tangent_backward)(real *dX, real *tdX, real *tdw, real *tdb, const real *dout, const real *tdout,
-                                  const real *X, const real *tX, const real *w, const real *tw, long B, long d) {
+void SF(readout_tangent_backward)(dual dX_, real *tdw, real *tdb, cdual dout_, cdual X_, cdual w_, long B, long d) {
+    real *dX = dX_.v, *tdX = dX_.t;
+    const real *dout = dout_.v, *tdout = dout_.t, *X = X_.v, *tX = X_.t, *w = w_.v, *tw = w_.t;
     double sb = 0;
     for (long i = 0; i < B; i++) {
         for (long j = 0; j < d; j++) {

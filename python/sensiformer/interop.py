@@ -29,13 +29,69 @@ def _use_rms_norms(module, d_model, eps):
                 setattr(parent, name, nn.RMSNorm(d_model, eps=eps))
 
 
+def _rotary_attention_class():
+    """nn.MultiheadAttention (the same parameters) whose queries and keys turn by rotary position
+    embeddings (rotate-half per head, rows at positions 0..): sensiformer's positional="rope" for
+    self-attention."""
+    global _RotaryAttention
+    if _RotaryAttention is not None:
+        return _RotaryAttention
+    torch = _torch()
+    F = torch.nn.functional
+
+    class RotaryMultiheadAttention(torch.nn.MultiheadAttention):
+        def __init__(self, embed_dim, num_heads, rope_base=10000.0):
+            super().__init__(embed_dim, num_heads, dropout=0.0, batch_first=True)
+            self.rope_base = rope_base
+
+        def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
+                    average_attn_weights=True, is_causal=False):
+            d, H = self.embed_dim, self.num_heads
+            dh, (B, Tq), Tk = d // H, query.shape[:2], key.size(1)
+            w, b = self.in_proj_weight, self.in_proj_bias
+            q, k, v = (F.linear(t, w[i * d:(i + 1) * d], b[i * d:(i + 1) * d]).view(B, -1, H, dh).transpose(1, 2)
+                       for i, t in enumerate((query, key, value)))
+            q, k = _rotate(q, self.rope_base), _rotate(k, self.rope_base)
+            scores = q @ k.transpose(-1, -2) / dh ** 0.5
+            if attn_mask is not None:
+                scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                    else scores + attn_mask
+            elif is_causal:
+                scores = scores.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool).triu(1), float("-inf"))
+            ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, Tq, d)
+            return self.out_proj(ctx), None
+
+    _RotaryAttention = RotaryMultiheadAttention
+    return RotaryMultiheadAttention
+
+
+_RotaryAttention = None
+
+
+def _rotate(x, base):
+    """Rotate-half RoPE of (batch, heads, length, dh) rows at positions 0..length-1."""
+    torch = _torch()
+    half = x.size(-1) // 2
+    t = torch.arange(x.size(-2), dtype=torch.float64)[:, None]
+    angle = (t * base ** (-torch.arange(half, dtype=torch.float64) / half)).to(x.dtype)
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def _slow_path_only(layers):
+    """Keep nn.TransformerEncoderLayer off its fused inference path, which reads LayerNorm biases
+    and the stock attention directly (wrong or failing for other norms and rotary attention)."""
+    for layer in layers:
+        layer.activation_relu_or_gelu = 0
+
+
 def _positional_tables(module, positional, tokens, positions, d_model):
     """The embedding tables of a reference module: token (and learned positional) tables of width
     d/2 (concat) or d, or the fixed sinusoids as a non-persistent buffer (state_dict() leaves it out)."""
     torch = _torch()
     width = d_model // 2 if positional == "concat" else d_model
     module.positional = positional
-    module.embedding = torch.nn.Embedding(tokens, width)
+    module.embedding = torch.nn.Embedding(tokens, width)  # (rope: the token table alone; the layers turn q, k)
     if positional in ("concat", "add"):
         module.positional_encoding = torch.nn.Embedding(positions, width)
     elif positional == "sinusoidal":
@@ -72,7 +128,7 @@ def reference_module_class():
 
         def __init__(self, n_positions, d_model=128, n_heads=2, n_layers=2, d_ff=None, norm="post",
                      ln_eps=1e-5, activation="relu", final_norm=False, norm_type="layer", positional="concat",
-                     **_ignored):
+                     rope_base=10000.0, **_ignored):
             super().__init__()
             d_ff = d_model if d_ff is None else d_ff
             _positional_tables(self, positional, 2, n_positions, d_model)
@@ -87,6 +143,10 @@ def reference_module_class():
                     lyr.norm1, lyr.norm2 = nn.Identity(), nn.Identity()
             if norm_type == "rms":
                 _use_rms_norms(self.encoders, d_model, ln_eps)
+            for lyr in self.encoders.layers if positional == "rope" else ():
+                lyr.self_attn = _rotary_attention_class()(d_model, n_heads, rope_base)
+            if norm == "none" or norm_type == "rms" or positional == "rope":
+                _slow_path_only(self.encoders.layers)
             self.linear_head = nn.Linear(d_model, 1, bias=True)
 
         def forward(self, x):
@@ -114,7 +174,8 @@ def scratchpad_module_class():
         """The official scratchpad encoder-decoder in PyTorch."""
 
         def __init__(self, n_positions, d_model=32, n_heads=2, n_layers=2, n_decoder_layers=None, d_ff=None,
-                     norm="post", ln_eps=1e-5, activation="relu", norm_type="layer", positional="concat", **_ignored):
+                     norm="post", ln_eps=1e-5, activation="relu", norm_type="layer", positional="concat",
+                     rope_base=10000.0, **_ignored):
             super().__init__()
             d_ff = d_model if d_ff is None else d_ff
             n_decoder_layers = n_layers if n_decoder_layers is None else n_decoder_layers
@@ -128,6 +189,11 @@ def scratchpad_module_class():
                                             norm_first=norm == "pre")
             if norm_type == "rms":
                 _use_rms_norms(self.model, d_model, ln_eps)
+            if positional == "rope":  # self-attention turns its queries and keys; cross-attention does not
+                for lyr in list(self.model.encoder.layers) + list(self.model.decoder.layers):
+                    lyr.self_attn = _rotary_attention_class()(d_model, n_heads, rope_base)
+            if norm_type == "rms" or positional == "rope":
+                _slow_path_only(self.model.encoder.layers)
             self.linear_head = nn.Linear(d_model, 1, bias=True)
 
         def prepare_tensors(self, x, y):
@@ -224,12 +290,14 @@ def _positional_of(module, state, given):
     d_model = state["linear_head.weight"].shape[1]
     if "positional_encoding.weight" in state:
         return "concat" if state["positional_encoding.weight"].shape[1] * 2 == d_model else "add"
+    if any(type(m).__name__ == "RotaryMultiheadAttention" for m in module.modules()):
+        return "rope"
     if getattr(module, "positional", None) in ("sinusoidal", "none"):
         return module.positional
-    if given.get("positional") in ("sinusoidal", "none"):
+    if given.get("positional") in ("sinusoidal", "none", "rope"):
         return given["positional"]
-    raise ValueError("the module has no positional_encoding table: pass positional='sinusoidal' or 'none' (the "
-                     "tensors cannot tell them apart)")
+    raise ValueError("the module has no positional_encoding table: pass positional='sinusoidal', 'none' or 'rope' "
+                     "(the tensors cannot tell them apart)")
 
 
 def _merged(read, given, state):
@@ -301,6 +369,8 @@ def _one_layer_settings(layer, name, stated_activation=None):
     settings = dict(n_heads=heads.pop(), norm=norm, activation=activation)
     if eps is not None:
         settings["ln_eps"], settings["norm_type"] = eps, norm_type
+    if hasattr(layer.self_attn, "rope_base"):  # a rotary self-attention (positional="rope")
+        settings["rope_base"] = layer.self_attn.rope_base
     return settings
 
 

@@ -247,6 +247,34 @@ class _EngineModel:
         save_npz_atomically(path, {"__meta__": np.array(meta), **arrays})
 
 
+    # ---- losses: one implementation for both kinds (each class checks its data: _probe_data) ----
+    def _loss(self, x, y, decoder_input, loss, grad, n_threads):
+        check_choice(loss, "loss", tuple(LOSSES))
+        x, dec, y = self._probe_data(x, y, decoder_input)
+        if loss == "bce" and not np.all((y >= 0) & (y <= 1)):
+            raise ValueError("loss='bce' needs labels in [0, 1]")
+        return self._engine_loss(x, dec, y, LOSSES[loss], grad, resolve_threads(n_threads))
+
+    def loss(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, *, loss: str = "mse",
+             n_threads: int | None = None) -> float:
+        """Mean loss of the model's outputs against labels ``y`` (MSE on raw outputs, or BCE with logits).
+
+        A ``Transformer`` has one label per row, ``y`` (batch,), and no decoder input. A
+        ``Seq2SeqTransformer`` is teacher-forced: ``y`` (batch, L) labels decoder positions 0..L-1 and
+        ``decoder_input`` defaults to ``[SOS, y_1..y_L]`` (the official teacher forcing; only its
+        first L positions reach the loss).
+        """
+        return self._loss(x, y, decoder_input, loss, False, n_threads)[0]
+
+    def loss_and_grad(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, *, loss: str = "mse",
+                      n_threads: int | None = None) -> tuple[float, OrderedDict[str, np.ndarray]]:
+        """``(loss, gradients)`` of ``loss``: the gradients as a dict of arrays (copies) keyed like
+        ``parameters()``. The model's gradient buffer (``gradients()``, ``flat_grad``) holds them too.
+        """
+        value, _ = self._loss(x, y, decoder_input, loss, True, n_threads)
+        return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
+
+
 class Transformer(_EngineModel):
     """Encoder-only transformer on 0/1 tokens with a scalar readout at the last position.
 
@@ -268,10 +296,14 @@ class Transformer(_EngineModel):
         Norm placement ("post" is ``nn.TransformerEncoderLayer``'s default).
     norm_type : {"layer", "rms"}
         Which norm: ``nn.LayerNorm`` (the paper's) or ``nn.RMSNorm`` (a gain, no bias, no centring).
-    positional : {"concat", "add", "sinusoidal", "none"}
+    positional : {"concat", "add", "sinusoidal", "none", "rope"}
         How positions enter: the paper's learned table concatenated with the token embedding (each
         d/2 wide); a learned table added to a full-width token embedding; the original
-        transformer's fixed sinusoids added; or none (the model then sees a multiset of tokens).
+        transformer's fixed sinusoids added; none (the model then sees a multiset of tokens); or
+        rope: rotary embeddings of each self-attention head's queries and keys (rotate-half
+        convention), with a full-width token table and no positional tensor.
+    rope_base : float
+        RoPE's base (head pair i turns by position / rope_base^(2i / d_head)); 10000 as in RoFormer.
     ln_eps : float
         The norms' epsilon (>= 0; 0 is allowed).
     activation : {"relu", "gelu", "gelu_tanh"}
@@ -318,11 +350,15 @@ class Transformer(_EngineModel):
     def __init__(self, n_positions: int, d_model: int = 128, n_heads: int = 2, n_layers: int = 2,
                  d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
                  dtype: DType = "float32", seed: int = 0, final_norm: bool = False,
-                 identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat") -> None:
+                 identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat",
+                 rope_base: float = 10000.0) -> None:
         n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         check_choice(norm, "norm", tuple(NORMS))
         check_choice(norm_type, "norm_type", tuple(NORM_TYPES))
         check_choice(positional, "positional", tuple(POSITIONALS))
+        rope_base = check_float(rope_base, "rope_base", 0.0)
+        if rope_base == 0:
+            raise ValueError("rope_base must be > 0, got 0.0")
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
         check_choice(activation, "activation", tuple(ACTIVATIONS))
         dtype = _dtype_name(dtype)
@@ -334,10 +370,12 @@ class Transformer(_EngineModel):
         self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                             d_ff=d_ff, norm=norm, ln_eps=ln_eps, activation=activation, dtype=dtype,
                             seed=seed, final_norm=bool(final_norm), identical_layers=bool(identical_layers),
-                            norm_type=norm_type, positional=positional)
+                            norm_type=norm_type, positional=positional,
+                            rope_base=rope_base)
         self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, NORMS[norm], bool(final_norm),
                                      ln_eps, ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
-                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional])
+                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional],
+                                     rope_base=rope_base)
         self._bind_buffers()
 
     def __repr__(self):
@@ -354,26 +392,8 @@ class Transformer(_EngineModel):
 
     __call__ = forward
 
-    def _loss(self, x, y, loss, grad, n_threads):
-        check_choice(loss, "loss", tuple(LOSSES))
-        x = as_tokens(x, "x", self.n_positions)
-        y = as_values(y, "y", x.shape[0], self.dtype)
-        if loss == "bce" and not np.all((y >= 0) & (y <= 1)):
-            raise ValueError("loss='bce' needs labels in [0, 1]")
-        return self._engine.loss_and_grad(x, y, LOSSES[loss], grad, resolve_threads(n_threads))
-
-    def loss(self, x: ArrayLike, y: ArrayLike, loss: str = "mse", n_threads: int | None = None) -> float:
-        """Mean loss of ``forward(x)`` against labels ``y`` (MSE on raw outputs, or BCE with logits)."""
-        return self._loss(x, y, loss, False, n_threads)[0]
-
-    def loss_and_grad(self, x: ArrayLike, y: ArrayLike, loss: str = "mse",
-                      n_threads: int | None = None) -> tuple[float, OrderedDict[str, np.ndarray]]:
-        """``(loss, gradients)``: the gradients as a dict of arrays (copies) keyed like ``parameters()``.
-
-        The model's gradient buffer (``gradients()``, ``flat_grad``) holds them too.
-        """
-        value, _ = self._loss(x, y, loss, True, n_threads)
-        return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
+    def _engine_loss(self, x, decoder_input, y, loss, grad, n_threads):
+        return self._engine.loss_and_grad(x, y, loss, grad, n_threads)
 
 
 def _restore_model(cls, config, flat):
@@ -386,7 +406,7 @@ def _restore_model(cls, config, flat):
     return model
 
 
-_PAPER_OPTIONS = {"norm_type": "layer", "positional": "concat"}
+_PAPER_OPTIONS = {"norm_type": "layer", "positional": "concat", "rope_base": 10000.0}
 
 
 def _options_repr(config):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import _engine
-from ._validation import (as_finite_array, as_tokens, as_values, check_bool, check_choice, check_float, check_int,
+from ._validation import (as_finite_array, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
 from .estimate import Estimate
 from ._vocabulary import LOSSES, TENSOR_KINDS

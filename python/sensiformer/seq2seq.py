@@ -3,7 +3,6 @@ backed by the C engine."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,7 +10,7 @@ import numpy as np
 from . import _engine
 from ._validation import (REAL_KINDS, as_tokens, check_bool, check_choice, check_float, check_int, check_seed,
                           quiet_cast, resolve_threads)
-from ._vocabulary import ACTIVATIONS, DTYPES, LOSSES, MAX_LAYERS, MODEL_KINDS, NORM_TYPES, NORMS, POSITIONALS, SOS
+from ._vocabulary import ACTIVATIONS, DTYPES, MAX_LAYERS, MODEL_KINDS, NORM_TYPES, NORMS, POSITIONALS, SOS
 from .model import _dtype_name, _EngineModel, _options_repr, check_sizes
 
 if TYPE_CHECKING:
@@ -90,9 +89,12 @@ class Seq2SeqTransformer(_EngineModel):
         Norm placement ("pre" is ``nn.Transformer(norm_first=True)``).
     norm_type : {"layer", "rms"}
         Every norm (the layers' and the final ones) an ``nn.LayerNorm`` or an ``nn.RMSNorm``.
-    positional : {"concat", "add", "sinusoidal", "none"}
-        How positions enter both stacks' embeddings (see ``Transformer``); with "none" the encoder
-        sees a multiset of tokens and the decoder keeps only its causal mask.
+    positional : {"concat", "add", "sinusoidal", "none", "rope"}
+        How positions enter both stacks (see ``Transformer``); with "none" the encoder sees a
+        multiset of tokens and the decoder keeps only its causal mask; "rope" turns the queries and
+        keys of every self-attention (encoder and decoder), not of the cross-attention.
+    rope_base : float
+        RoPE's base (see ``Transformer``).
     ln_eps : float
     activation : {"relu", "gelu", "gelu_tanh"}
     dtype : {"float32", "float64"}
@@ -111,13 +113,17 @@ class Seq2SeqTransformer(_EngineModel):
     def __init__(self, n_positions: int, d_model: int = 32, n_heads: int = 2, n_layers: int = 2,
                  d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
                  dtype: DType = "float32", seed: int = 0, n_decoder_layers: int | None = None,
-                 identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat") -> None:
+                 identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat",
+                 rope_base: float = 10000.0) -> None:
         n_positions, d_model, n_heads, n_layers, d_ff = check_sizes(n_positions, d_model, n_heads, n_layers, d_ff)
         n_decoder_layers = n_layers if n_decoder_layers is None else check_int(n_decoder_layers, "n_decoder_layers",
                                                                                1, MAX_LAYERS)
         check_choice(norm, "norm", tuple(_NORMS))
         check_choice(norm_type, "norm_type", tuple(NORM_TYPES))
         check_choice(positional, "positional", tuple(POSITIONALS))
+        rope_base = check_float(rope_base, "rope_base", 0.0)
+        if rope_base == 0:
+            raise ValueError("rope_base must be > 0, got 0.0")
         ln_eps = check_float(ln_eps, "ln_eps", 0.0)
         check_choice(activation, "activation", tuple(ACTIVATIONS))
         dtype = _dtype_name(dtype)
@@ -126,11 +132,13 @@ class Seq2SeqTransformer(_EngineModel):
         self._config = dict(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                             n_decoder_layers=n_decoder_layers, d_ff=d_ff, norm=norm, ln_eps=ln_eps,
                             activation=activation, dtype=dtype, seed=seed, identical_layers=bool(identical_layers),
-                            norm_type=norm_type, positional=positional)
+                            norm_type=norm_type, positional=positional,
+                            rope_base=rope_base)
         self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, _NORMS[norm], True, ln_eps,
                                      ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
                                      kind=MODEL_KINDS["seq2seq"], n_decoder_layers=n_decoder_layers,
-                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional])
+                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional],
+                                     rope_base=rope_base)
         self._bind_buffers()
 
     def __repr__(self):
@@ -205,28 +213,8 @@ class Seq2SeqTransformer(_EngineModel):
 
     __call__ = forward
 
-    def _loss(self, x, y, decoder_input, loss, grad, n_threads):
-        check_choice(loss, "loss", tuple(LOSSES))
-        x, dec, y = self._loss_data(x, y, decoder_input)
-        if loss == "bce" and not np.all((y >= 0) & (y <= 1)):
-            raise ValueError("loss='bce' needs labels in [0, 1]")
-        return _engine.seq2seq_loss_and_grad(self._engine, x, dec, y, LOSSES[loss], grad, resolve_threads(n_threads))
-
-    def loss(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, loss: str = "mse",
-             n_threads: int | None = None) -> float:
-        """Teacher-forced mean loss over the batch and the L = ``y.shape[1]`` labels per row.
-
-        ``y`` (batch, L) are the labels of decoder positions 0..L-1; ``decoder_input`` defaults to
-        ``[SOS, y_1..y_L]`` (the official teacher forcing; only its first L positions reach the loss).
-        """
-        return self._loss(x, y, decoder_input, loss, False, n_threads)[0]
-
-    def loss_and_grad(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, loss: str = "mse",
-                      n_threads: int | None = None) -> tuple[float, OrderedDict[str, np.ndarray]]:
-        """``(loss, gradients)`` of the teacher-forced loss (see ``loss``); gradients are copies keyed like
-        ``parameters()`` (the gradient buffer holds them too)."""
-        value, _ = self._loss(x, y, decoder_input, loss, True, n_threads)
-        return value, OrderedDict((name, g.copy()) for name, g in self._grads.items())
+    def _engine_loss(self, x, decoder_input, y, loss, grad, n_threads):
+        return _engine.seq2seq_loss_and_grad(self._engine, x, decoder_input, y, loss, grad, n_threads)
 
     def generate(self, x: ArrayLike, steps: int | None = None, cache: bool = True, threshold: float = 0.5,
                  return_outputs: bool = False,

@@ -359,10 +359,7 @@ class Trainer:
     def step(self, x: ArrayLike, y: ArrayLike) -> float:
         """One update on the given batch; returns its loss (before the update). A seq2seq model takes
         label sequences y (batch, n) and teacher forcing."""
-        if self._seq2seq:
-            value = self.model._loss(x, y, None, self.loss, True, self.n_threads)[0]
-        else:
-            value = self.model._loss(x, y, self.loss, True, self.n_threads)[0]
+        value = self.model._loss(x, y, None, self.loss, True, self.n_threads)[0]
         self.optimizer.step(self.n_threads)
         self._optimizer_offset += 1  # the data stream's position (step_count) did not move
         return value

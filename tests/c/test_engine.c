@@ -557,6 +557,83 @@ static void test_hvp_logits_reinit(void) {
     sf_model_free(m);
 }
 
+/* Norm types and positional encodings: float64 finite differences of the loss and of the gradient
+ * along a direction (H v), for the encoder model (narrow heads, and wide heads whose layer 0 takes
+ * its scores from the table) and for the seq2seq model. */
+static void check_options(sf_config c, const char *what) {
+    sf_model *m = NULL;
+    CHECK(sf_model_create(&c, 3, 0, &m) == SF_OK, "create (%s)", what);
+    if (!m) return;
+    enum { B = 3, T = 6, S = 7 };
+    uint8_t x[B * T], dec[B * S];
+    double y[B * T], loss, lp, lm, h = 1e-6;
+    fill_tokens(x, B * T, 9);
+    fill_tokens(dec, B * S, 13);
+    for (int i = 0; i < B * T; i++) y[i] = 0.1 * (i % 7) - 0.2;
+    const int s2s = c.kind == SF_MODEL_SEQ2SEQ;
+    sf_seq_data d = s2s ? (sf_seq_data){x, dec, y, B, T, S, T} : (sf_seq_data){x, NULL, y, B, T, 0, 1};
+    const int64_t n = sf_model_num_params(m);
+    double *p = sf_model_params(m), *g = sf_model_grads(m), worst = 0;
+    double *grad = malloc(n * sizeof *grad), *v = malloc(n * sizeof *v), *hv = malloc(n * sizeof *hv);
+    double *gp = malloc(n * sizeof *gp);
+    CHECK(sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &loss, NULL, 2) == SF_OK, "loss_and_grad (%s)", what);
+    memcpy(grad, g, n * sizeof *g);
+    for (int64_t i = 0; i < n; i += n / 60 + 1) { /* about 60 entries: cheap under valgrind */
+        const double keep = p[i];
+        p[i] = keep + h;
+        sf_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lp, NULL, 1);
+        p[i] = keep - h;
+        sf_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lm, NULL, 1);
+        p[i] = keep;
+        const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
+        if (err > worst) worst = err;
+    }
+    CHECK(worst < 1, "finite differences (%s): worst relative error %g", what, worst);
+    for (int64_t i = 0; i < n; i++) v[i] = sin(0.37 * (double)i);
+    CHECK(sf_hvp(m, &d, 1, SF_LOSS_MSE, v, 1, hv, NULL, 2, NULL, NULL) == SF_OK, "hvp (%s)", what);
+    h = 1e-5, worst = 0;
+    for (int64_t i = 0; i < n; i++) p[i] += h * v[i];
+    sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lp, NULL, 1);
+    memcpy(gp, g, n * sizeof *g);
+    for (int64_t i = 0; i < n; i++) p[i] -= 2 * h * v[i];
+    sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lm, NULL, 1);
+    for (int64_t i = 0; i < n; i++) {
+        p[i] += h * v[i];
+        const double fd = (gp[i] - g[i]) / (2 * h), err = fabs(fd - hv[i]) / (1e-5 * fabs(hv[i]) + 1e-7);
+        if (err > worst) worst = err;
+    }
+    CHECK(worst < 1, "hvp against central differences (%s): worst relative error %g", what, worst);
+    if (s2s) {
+        uint8_t tok_c[B * S], tok_f[B * S];
+        CHECK(sf_generate(m, x, B, T, S, 1, 0.5, tok_c, NULL, 2, NULL, NULL) == SF_OK &&
+                  sf_generate(m, x, B, T, S, 0, 0.5, tok_f, NULL, 1, NULL, NULL) == SF_OK &&
+                  memcmp(tok_c, tok_f, sizeof tok_c) == 0,
+              "the cache gives the recomputed tokens (%s)", what);
+    }
+    free(grad), free(v), free(hv), free(gp);
+    sf_model_free(m);
+}
+
+static void test_model_options(void) {
+    const struct {
+        sf_norm_type norm_type;
+        sf_positional positional;
+    } options[] = {{SF_NORM_RMS, SF_POS_ROPE}, {SF_NORM_LAYER, SF_POS_ADD}, {SF_NORM_RMS, SF_POS_SINUSOIDAL},
+                   {SF_NORM_LAYER, SF_POS_NONE}, {SF_NORM_LAYER, SF_POS_ROPE}};
+    char what[96];
+    for (size_t i = 0; i < sizeof options / sizeof *options; i++)
+        for (int wide = 0; wide < 2; wide++)
+            for (int kind = SF_MODEL_ENCODER; kind <= SF_MODEL_SEQ2SEQ; kind++) {
+                sf_config c = config(i % 2 ? SF_NORM_POST : SF_NORM_PRE, SF_F64);
+                c.d_model = wide ? 32 : 8, c.norm_type = options[i].norm_type, c.positional = options[i].positional;
+                c.rope_base = 100.0, c.kind = kind;
+                if (kind == SF_MODEL_SEQ2SEQ) c.final_norm = 1, c.n_decoder_layers = 1;
+                snprintf(what, sizeof what, "%s, norm type %d, positional %d, d %d",
+                         kind ? "seq2seq" : "encoder", c.norm_type, c.positional, c.d_model);
+                check_options(c, what);
+            }
+}
+
 /* Process settings and build facts: thread policy, memory limit, config checks, model views. */
 static void test_settings_and_facts(void) {
     sf_set_default_threads(1);
@@ -576,7 +653,7 @@ static void test_settings_and_facts(void) {
         for (int j = 0; j < lists[i].count; j++)
             found += !strcmp(lists[i].name, "norm") && !strcmp(lists[i].words[j].name, "pre") &&
                      lists[i].words[j].value == SF_NORM_PRE;
-    CHECK(n_lists == 12 && found == 1, "vocabulary: %d lists", n_lists);
+    CHECK(n_lists == 14 && found == 1, "vocabulary: %d lists", n_lists);
     int bits = 0;
     CHECK(sf_measure_peak_gflops(0, 1, 0.001, &bits) > 0 && bits == sf_widest_vector_bits(), "peak measurement");
     sf_config c = config(SF_NORM_POST, SF_F32);
@@ -655,6 +732,7 @@ int main(void) {
         test_seq2seq(SF_NORM_PRE, dtype);
     }
     test_errors();
+    test_model_options();
     test_reliability_entry_points();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

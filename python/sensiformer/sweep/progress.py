@@ -10,7 +10,6 @@ them, and closes a run's bar when its result is stored.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
