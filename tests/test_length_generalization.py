@@ -64,6 +64,8 @@ def test_overrides_choose_the_encodings_and_the_norm():
     assert {c.positional for c in configs} == {"sinusoidal"} and {c.norm_type for c in configs} == {"rms"}
     assert exp.overrides == dict(positionals=("sinusoidal",), norm_type="rms")
     assert exp.sweep != E.length_generalization("ci").sweep
+    rope = E.length_generalization("ci", positionals="rope", rope_base=100).configs()
+    assert {(c.positional, c.rope_base) for c in rope} == {("rope", 100.0)}
 
 
 @pytest.mark.parametrize("positionals", ["rope2", ("concat", "learned"), ("Concat",)])

@@ -158,7 +158,7 @@ def test_length_generalization_figure_has_a_panel_per_target_and_a_line_per_enco
     for ax in fig.axes:
         drawn = [line for line in ax.lines if line.get_label() in POSITIONALS]
         assert [line.get_label() for line in drawn] == list(POSITIONALS), "every encoding, in the engine's order"
-        assert len({(line.get_color(), str(line.get_linestyle()), line.get_marker()) for line in drawn}) == 4
+        assert len({(line.get_color(), str(line.get_linestyle()), line.get_marker()) for line in drawn}) == len(drawn)
         shaded = [p for p in ax.patches if p.get_label() == "trained lengths"]
         x = ax.transData.inverted().transform(shaded[0].get_verts())[:, 0]  # a Polygon or a Rectangle
         assert len(shaded) == 1 and x.min() == pytest.approx(1.5) and x.max() == pytest.approx(4.5)

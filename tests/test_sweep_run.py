@@ -132,8 +132,9 @@ def test_scratchpad_configs_refuse_encoder_only_options():
 def test_the_runner_builds_the_requested_positional_encoding_and_norm(model, positional):
     from sensiformer.sweep import runner
 
-    built = runner._model(tiny(model=model, positional=positional, norm_type="rms"))
+    built = runner._model(tiny(model=model, positional=positional, norm_type="rms", rope_base=500.0))
     assert built.config["positional"] == positional and built.config["norm_type"] == "rms"
+    assert built.config["rope_base"] == 500.0
     assert runner._model(tiny(model=model)).config["positional"] == "concat", "the paper's by default"
 
 

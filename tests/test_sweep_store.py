@@ -49,7 +49,8 @@ def test_every_hashed_field_changes_the_key():
                    dynamic_batches=2, dynamic_repeats=3, save_predictions=True, train_sharpness_repeats=2,
                    sharpness_subset=8, sharpness_subset_seed=1, eval_lengths=(9,), init="gaussian",
                    model_sensitivity=True, sensitivity_threshold=0.0, lr_schedule="cosine",
-                   dynamic_spectrum=True, spectrum_samples=7, positional="sinusoidal", norm_type="rms")
+                   dynamic_spectrum=True, spectrum_samples=7, positional="sinusoidal", norm_type="rms",
+                   rope_base=500.0)
     hashed = {f.name for f in dataclasses.fields(RunConfig)} - {"tags"}
     with_target = {"target_table", "target_bits"}  # only valid with their target: checked below
     assert hashed | with_target == set(changes) | with_target, "a new field needs a case here"
@@ -81,7 +82,8 @@ def test_late_fields_at_their_defaults_keep_the_earlier_keys():
         RunConfig(lr_schedule="step")
 
 
-@pytest.mark.parametrize("name, value", [("positional", "none"), ("positional", "add"), ("norm_type", "rms")])
+@pytest.mark.parametrize("name, value", [("positional", "none"), ("positional", "rope"), ("norm_type", "rms"),
+                                         ("rope_base", 100.0)])
 def test_model_options_are_late_fields(name, value):
     """The paper's encoding and norm stay out of the key (pinned above); any other is in it and survives a
     round trip through the store's dict."""
@@ -99,6 +101,13 @@ def test_model_options_are_late_fields(name, value):
 def test_model_options_refuse_unknown_names(name, value):
     with pytest.raises(ValueError, match=f"{name} must be one of"):
         RunConfig(**{name: value})
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-1.0, ValueError), (float("inf"), ValueError),
+                                          ("1e4", TypeError)])
+def test_rope_base_is_a_positive_number(value, error):
+    with pytest.raises(error, match="rope_base"):
+        RunConfig(positional="rope", rope_base=value)
 
 
 def test_model_options_come_from_the_engine_vocabulary():

@@ -701,7 +701,7 @@ def length_generalization_figure(long_form, *, title=None, metric="eval_accuracy
         length_generalization_ax(long_form, ax, metric, target)
     for ax in axes[0][1:]:
         ax.set_ylabel("")
-    _figure_legend(fig, axes[0], ncols=6)
+    _figure_legend(fig, axes[0], ncols=8)  # one row: the encodings, the shading, the 0.5 line
     trained = sorted(set(long_form.loc[long_form["trained"], "length"])) if len(long_form) else []
     spans = ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in _trained_spans(trained))
     band = BAND.format(" clipped to [0,\u00a01]" if metric == "eval_accuracy" else "")  # no line break in [0, 1]

@@ -14,10 +14,10 @@ from ..sweep.config import RunConfig
 PRESETS = ("ci", "quick", "paper")
 
 #: RunConfig fields an experiment passes through from its parameters unchanged.
-RUN_FIELDS = ("d_model", "n_heads", "n_layers", "d_ff", "norm", "norm_type", "ln_eps", "dtype", "lr", "weight_decay",
-              "batch_size", "steps", "log_every", "eval_batches", "measure", "measure_batches", "sharpness_sigma",
-              "sharpness_repeats", "sharpness_seed", "blowup_definition", "dynamic_every", "dynamic_batches",
-              "dynamic_repeats")
+RUN_FIELDS = ("d_model", "n_heads", "n_layers", "d_ff", "norm", "norm_type", "rope_base", "ln_eps", "dtype", "lr",
+              "weight_decay", "batch_size", "steps", "log_every", "eval_batches", "measure", "measure_batches",
+              "sharpness_sigma", "sharpness_repeats", "sharpness_seed", "blowup_definition", "dynamic_every",
+              "dynamic_batches", "dynamic_repeats")
 
 
 def resolve(name: str, presets: dict, preset: str, overrides: dict) -> tuple[dict, dict]:

@@ -26,16 +26,17 @@ PRESETS = {
     # as long; every encoding of the engine: a cluster preset
     "paper": dict(_PAPER, targets=TARGETS, positionals=POSITIONALS, train_lengths=tuple(range(4, 21)),
                   eval_lengths=tuple(range(4, 41)), seeds=tuple(range(10)), length_chunk=10, measure=False,
-                  norm_type="layer"),
+                  norm_type="layer", rope_base=10000.0),
     # lengths 2..8, evaluated up to 16 (exact), every encoding, 5 seeds: lr 1e-3 and 8000 steps fit PARITY at the
     # trained lengths with the learned tables (with lr 2e-3 and 3000 steps it did not in seed 0). Measured
     # 2026-12-05: 60 runs, 244-249 CPU-seconds (2.4 min on a 2-core AVX-512 host); what it shows is in the README
     "quick": dict(_PAPER, targets=TARGETS, positionals=POSITIONALS, train_lengths=tuple(range(2, 9)),
                   eval_lengths=tuple(range(2, 17)), seeds=tuple(range(5)), length_chunk=10, measure=False,
-                  d_model=32, batch_size=128, lr=1e-3, steps=8000, log_every=250, eval_batches=20, norm_type="layer"),
+                  d_model=32, batch_size=128, lr=1e-3, steps=8000, log_every=250, eval_batches=20, norm_type="layer",
+                  rope_base=10000.0),
     "ci": dict(_PAPER, targets=("parity", "first"), positionals=("concat", "none"), train_lengths=(2, 3, 4),
                eval_lengths=(2, 3, 4, 5, 6), seeds=(0,), length_chunk=10, measure=False, d_model=16, batch_size=64,
-               lr=3e-3, steps=200, log_every=100, eval_batches=2, norm_type="layer"),
+               lr=3e-3, steps=200, log_every=100, eval_batches=2, norm_type="layer", rope_base=10000.0),
 }
 
 
@@ -51,8 +52,8 @@ def length_generalization(preset: str = "ci", **overrides) -> Experiment:
         code path in seconds.
     **overrides
         ``targets``, ``positionals`` (a grid axis: names from the engine's ``positional`` vocabulary),
-        ``train_lengths``, ``eval_lengths``, ``seeds``, ``length_chunk``, ``norm_type`` and the
-        model/training settings.
+        ``train_lengths``, ``eval_lengths``, ``seeds``, ``length_chunk``, ``norm_type``, ``rope_base`` (RoPE's
+        base) and the model/training settings.
 
     Raises
     ------

@@ -48,7 +48,7 @@ NORM_TYPES = tuple(_vocabulary.NORM_TYPES)
 POSITIONALS = tuple(sorted(_vocabulary.POSITIONALS, key=_vocabulary.POSITIONALS.get))
 #: fields added after the key's format was fixed, with the default at which they stay out of it
 LATE_FIELDS = {"lr_schedule": "constant", "target_bits": (), "dynamic_spectrum": False, "spectrum_samples": 1024,
-               "positional": "concat", "norm_type": "layer"}
+               "positional": "concat", "norm_type": "layer", "rope_base": 10000.0}
 
 
 def _integer(value, name) -> int:
@@ -73,8 +73,9 @@ class RunConfig:
         target's prefix labels, e.g. the prefix parities; its final probes add the encoder and
         decoder blowup and the autoregressive accuracy, and ``converged`` is the paper's filter
         autoregressive accuracy > 0.999); ``n_positions`` defaults to the largest length used.
-        ``positional`` (the engine's encodings: "concat", the paper's, "add", "sinusoidal", "none")
-        and ``norm_type`` ("layer", the paper's, or "rms") are passed to the model's constructor.
+        ``positional`` (the engine's encodings: "concat", the paper's, "add", "sinusoidal", "none",
+        "rope" with its ``rope_base``) and ``norm_type`` ("layer", the paper's, or "rms") are passed to
+        the model's constructor.
     Training
         AdamW(lr, weight_decay) (``lr_schedule`` "constant", the paper's, or "cosine": decay
         to 0 over ``steps``, no warm-up) on fresh uniform batches (or batches drawn from
@@ -124,6 +125,7 @@ class RunConfig:
     norm: str = "post"
     norm_type: str = "layer"
     positional: str = "concat"
+    rope_base: float = 10000.0
     ln_eps: float = 1e-5
     dtype: str = "float32"
     n_positions: int | None = None
@@ -206,6 +208,8 @@ class RunConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if not (math.isfinite(self.rope_base) and self.rope_base > 0):
+            raise ValueError(f"rope_base must be finite and > 0, got {self.rope_base}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.norm not in NORMS:

@@ -182,7 +182,7 @@ def _model(cfg):
     kind = sf.Seq2SeqTransformer if cfg.model == "scratchpad" else sf.Transformer
     return kind(cfg.positions, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
                 norm=cfg.norm, ln_eps=cfg.ln_eps, dtype=cfg.dtype, seed=cfg.seed, norm_type=cfg.norm_type,
-                positional=cfg.positional)
+                positional=cfg.positional, rope_base=cfg.rope_base)
 
 
 def _optimizer(cfg):
@@ -205,7 +205,7 @@ def check_buildable(configs) -> None:
     seen = set()
     for cfg in configs:
         model = (cfg.model, cfg.positions, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.d_ff, cfg.norm, cfg.ln_eps,
-                 cfg.dtype, cfg.norm_type, cfg.positional)
+                 cfg.dtype, cfg.norm_type, cfg.positional, cfg.rope_base)
         optimizer = (cfg.lr, cfg.weight_decay, cfg.lr_schedule, cfg.steps)
         try:
             for shape, build in ((model, _model), (optimizer, _optimizer)):
