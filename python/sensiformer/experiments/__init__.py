@@ -20,7 +20,7 @@ function                          figures                  paper preset (officia
 ================================  =======================  =======================================
 
 Presets: ``"paper"`` = the official grids and settings; ``"quick"`` = a scaled-down grid that
-shows the same effect in 17-249 CPU-seconds per experiment (measured 2026-12-05 on a 2-core
+shows the same effect in 17-319 CPU-seconds per experiment (measured 2026-12-05 on a 2-core
 AVX-512 host; the notebooks' parameter cells and the README's table give them); ``"ci"`` = a
 tiny grid that exercises every code path in seconds (the default, for tests and notebooks).
 """
