@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from ..sweep.config import RunConfig
+from ..sweep.plan import Stage, StagedSweep
 
 PRESETS = ("ci", "quick", "paper")
 
@@ -63,17 +64,7 @@ def _jsonable(v):
 
 
 @dataclass
-class Stage:
-    """One sweep of an experiment. ``build(store)`` returns its configurations; stages that
-    depend on earlier results (generalization's refits) read them from the store."""
-
-    name: str
-    build: Callable
-    needs_store: bool = False
-
-
-@dataclass
-class Experiment:
+class Experiment(StagedSweep):
     """A reproducible experiment: named parameters, the sweeps (stages) they define, and how
     to read, summarise and plot the results.
 
