@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -13,6 +14,13 @@ from ..sweep.config import RunConfig
 from ..sweep.plan import Stage, StagedSweep
 
 PRESETS = ("ci", "quick", "paper")
+
+#: The paper's model, training and probe settings: RunConfig's defaults (sweep/config.py is the one place
+#: they are written), the base of every experiment's paper preset.
+PAPER = {f.name: f.default for f in dataclasses.fields(RunConfig)
+         if f.name in ("d_model", "n_heads", "n_layers", "batch_size", "lr", "weight_decay", "steps", "log_every",
+                       "eval_batches", "measure_batches", "sharpness_sigma", "sharpness_repeats", "dtype",
+                       "blowup_definition")}
 
 #: RunConfig fields an experiment passes through from its parameters unchanged.
 RUN_FIELDS = ("d_model", "n_heads", "n_layers", "d_ff", "norm", "ln_eps", "dtype", "lr", "weight_decay",
