@@ -155,11 +155,15 @@ static void distinct_inproj_forward(const sf_config *c, const params *p, layer_a
                         NULL, 0, par);
         return; /* the attention reads the values from u_qkv */
     }
+    SF(gather_distinct)(s->q, s->kv, a->u_qkv, x, B, T, Tq, d);
+}
+
+void SF(gather_distinct)(real *q, real *kv, const real *u_qkv, const uint8_t *x, long B, long T, long Tq, long d) {
     for (long b = 0; b < B; b++)
         for (long t = 0; t < T; t++) {
-            const real *src = a->u_qkv + (x[b * T + t] * T + t) * 3 * d;
-            memcpy(s->kv + (b * T + t) * 2 * d, src + d, (size_t)(2 * d) * sizeof(real));
-            if (t >= T - Tq) memcpy(s->q + (b * Tq + t - (T - Tq)) * d, src, (size_t)d * sizeof(real));
+            const real *src = u_qkv + (x[b * T + t] * T + t) * 3 * d;
+            memcpy(kv + (b * T + t) * 2 * d, src + d, (size_t)(2 * d) * sizeof(real));
+            if (t >= T - Tq) memcpy(q + (b * Tq + t - (T - Tq)) * d, src, (size_t)d * sizeof(real));
         }
 }
 
@@ -307,7 +311,7 @@ void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {
 /* a->u_grad (U,3d) = [g_q | g_kv] summed over the rows of each distinct (token, position) in
  * double, in row order; threads own column ranges, so the sums do not depend on the thread count.
  * Tabled, the score table gives q and k, and the attention's backward the values' sums. */
-static void sum_by_distinct_row(acts *a, const layer_acts *s, const uint8_t *x, long d, sf_par *par) {
+void SF(sum_by_distinct_row)(acts *a, const layer_acts *s, const uint8_t *x, long d, sf_par *par) {
     const long B = a->B, T = a->T, Tq = s->Tq, U = a->U, W = 3 * d;
     if (s->tabled) {
         for (long u = 0; u < U; u++)
@@ -341,7 +345,7 @@ static void distinct_inproj_backward(const sf_config *c, const params *p, layer_
                                      acts *a, const uint8_t *x, sf_par *par) {
     const long d = c->d_model, U = a->U, H = c->n_heads, dh = d / H, T = a->T;
     const layer_params *w = &p->layer[0];
-    sum_by_distinct_row(a, s, x, d, par);
+    SF(sum_by_distinct_row)(a, s, x, d, par);
     for (long h = 0; s->tabled && h < H; h++) { /* s_tab[h] = Q_h K_h^T: dQ_h = dS K_h, dK_h = dS^T Q_h */
         const real *ds = a->ds_tab + h * U * U, *q = a->u_qkv + h * dh, *k = a->u_qkv + d + h * dh;
         SF(gemm)(U, dh, U, ds, U, 1, k, 3 * d, a->u_grad + h * dh, 3 * d, NULL, 0, par);

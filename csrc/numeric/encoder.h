@@ -106,6 +106,13 @@ void SF(encoder_forward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par);
 /* Needs a->g_out (B) = d(loss)/d(out) and the activations of the forward on the same x. */
 void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par);
 
+/* Layer 0 on the 2T distinct (token, position) rows (row u: token u / T at position u % T):
+ * gather_distinct copies q (B*Tq,d; the last Tq positions) and kv (B*T,2d) of every row from the
+ * distinct rows' u_qkv (U,3d); sum_by_distinct_row sums a->g_q and a->g_kv per distinct row into
+ * a->u_grad (U,3d), in double and row order (s: layer 0's activations). */
+void SF(gather_distinct)(real *q, real *kv, const real *u_qkv, const uint8_t *x, long B, long T, long Tq, long d);
+void SF(sum_by_distinct_row)(acts *a, const layer_acts *s, const uint8_t *x, long d, sf_par *par);
+
 /* The stack's tangents (hvp.c): t holds the tangents of a's activations for the direction v. */
 void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params *v, const uint8_t *x, acts *a,
                                acts *t, real *attn, sf_par *par);

@@ -45,26 +45,47 @@ static sf_status hvp_reserve(sf_model *m, long B, long T, int nt, hvp_work *w) {
 #define GRAD(f) dual_of(a->f, t->f)
 #define CGRAD(f) cdual_of(a->f, t->f)
 
-/* p: parameters, pv: the direction (same layout); a: saved activations, t: their tangents. */
+/* Layer 0's in-projection tangent on the distinct rows, as the forward ran it (encoder.c): the
+ * tangents of the 2T distinct embeddings, their LayerNorm (pre), q|k|v and RoPE, gathered into ts. */
+static void distinct_inproj_tangent_forward(const sf_config *c, const params *p, const params *pv, const acts *a,
+                                            acts *t, const uint8_t *x, sf_par *par) {
+    const layer_params *w = &p->layer[0], *v = &pv->layer[0];
+    const long d = c->d_model, B = a->B, T = a->T, U = a->U;
+    for (long u = 0; u < U; u++) /* row u: token u / T at position u % T (a fixed table has no tangent) */
+        embed_row(t->u_emb + u * d, pv->tok, pv->pos, u / T, u % T, d, concat_positions(c));
+    if (c->norm == SF_NORM_PRE)
+        SF(layernorm_tangent_forward)(t->u_ain, t->u_mean, t->u_rstd, cdual_of(a->u_emb, t->u_emb), a->u_mean,
+                                      a->u_rstd, cdual_of(w->g1, v->g1), v->be1, U, d, par);
+    SF(linear_tangent_forward)(t->u_qkv, cdual_of(a->u_ain, t->u_ain), cdual_of(w->w_in, v->w_in), v->b_in, U, d,
+                               3 * d, t->wt, par);
+    rope_heads(c, p->rope, t->u_qkv, 3 * d, 2, T, T, 0, par);
+    rope_heads(c, p->rope, t->u_qkv + d, 3 * d, 2, T, T, 0, par);
+    SF(gather_distinct)(t->layer[0].q, t->layer[0].kv, t->u_qkv, x, B, T, a->layer[0].Tq, d);
+}
+
+/* p: parameters, pv: the direction (same layout); a: saved activations, t: their tangents; x: layer
+ * 0's tokens when its in-projection runs on the distinct rows (a->U > 0), else NULL. */
 static void layer_tangent_forward(const sf_config *c, const params *p, const params *pv, int l, const acts *a, acts *t,
-                                  real *attn, sf_par *par) {
+                                  const uint8_t *x, real *attn, sf_par *par) {
     const layer_params *w = &p->layer[l], *v = &pv->layer[l];
     const layer_acts *s = &a->layer[l];
     layer_acts *ts = &t->layer[l];
     real *wt = t->wt;
     const long d = c->d_model, F = c->d_ff, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
-    if (pre)
-        SF(layernorm_tangent_forward)(ts->a_in, ts->ln1_mean, ts->ln1_rstd, ACT(x), s->ln1_mean, s->ln1_rstd,
-                                      WGT(g1, 0), v->be1, N, d, par);
-    if (Tq < T) {
-        gather_last(ts->xq, ts->x, B, T, d);
-        if (pre) gather_last(ts->aq, ts->a_in, B, T, d);
+    if (Tq < T) gather_last(ts->xq, ts->x, B, T, d);
+    if (x) {
+        distinct_inproj_tangent_forward(c, p, pv, a, t, x, par);
+    } else {
+        if (pre)
+            SF(layernorm_tangent_forward)(ts->a_in, ts->ln1_mean, ts->ln1_rstd, ACT(x), s->ln1_mean, s->ln1_rstd,
+                                          WGT(g1, 0), v->be1, N, d, par);
+        if (Tq < T && pre) gather_last(ts->aq, ts->a_in, B, T, d);
+        SF(linear_tangent_forward)(ts->q, ACT(aq), WGT(w_in, 0), v->b_in, Nq, d, d, wt, par);
+        SF(linear_tangent_forward)(ts->kv, ACT(a_in), WGT(w_in, d * d), v->b_in + d, N, d, 2 * d, wt, par);
+        rope_heads(c, p->rope, ts->q, d, B, Tq, T, 0, par); /* RoPE is linear: the tangents turn with the values */
+        rope_heads(c, p->rope, ts->kv, 2 * d, B, T, T, 0, par);
     }
-    SF(linear_tangent_forward)(ts->q, ACT(aq), WGT(w_in, 0), v->b_in, Nq, d, d, wt, par);
-    SF(linear_tangent_forward)(ts->kv, ACT(a_in), WGT(w_in, d * d), v->b_in + d, N, d, 2 * d, wt, par);
-    rope_heads(c, p->rope, ts->q, d, B, Tq, T, 0, par); /* RoPE is linear: the tangents turn with the values */
-    rope_heads(c, p->rope, ts->kv, 2 * d, B, T, T, 0, par);
     SF(attention_tangent_forward)(ts->ctx, ts->p, ACT(q), ACT(kv), s->p, B, T, Tq, d, H, attn, par);
     SF(linear_tangent_forward)(ts->r1, ACT(ctx), WGT(w_out, 0), v->b_out, Nq, d, d, wt, par);
     add_into(ts->r1, ts->xq, Nq * d);
@@ -89,7 +110,7 @@ void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params
     /* linear in the learned tables (a fixed table has no tangent) */
     SF(embedding_forward)(t->layer[0].x, x, v->tok, v->pos, B, T, d, concat_positions(c), par);
     for (int l = 0; l < c->n_layers; l++)
-        layer_tangent_forward(c, p, v, l, a, t, attn, par);
+        layer_tangent_forward(c, p, v, l, a, t, l == 0 && a->U ? x : NULL, attn, par);
     if (c->final_norm)
         SF(layernorm_tangent_forward)(t->final_out, t->final_mean, t->final_rstd, cdual_of(a->final_in, t->final_in),
                                       a->final_mean, a->final_rstd, cdual_of(p->gf, v->gf), v->bf, a->Nf, d, par);
@@ -97,11 +118,34 @@ void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params
 
 /* ---- backward with tangents ------------------------------------------------------------------ */
 
+/* Layer 0's in-projection backward with tangents on the distinct rows (encoder.c's
+ * distinct_inproj_backward): the gradients of q|k|v and their tangents summed per distinct row,
+ * back through RoPE, the projection (its blocks of H v) and LayerNorm (pre), into u_gemb of a and t
+ * (the tangent's goes to the embedding tables: stack_tangent_backward). */
+static void distinct_inproj_tangent_backward(const sf_config *c, const params *p, const params *pv, layer_params *hv,
+                                             acts *a, acts *t, const uint8_t *x, sf_par *par) {
+    const layer_params *w = &p->layer[0], *v = &pv->layer[0];
+    const long d = c->d_model, T = a->T, U = a->U;
+    SF(sum_by_distinct_row)(a, &a->layer[0], x, d, par);
+    SF(sum_by_distinct_row)(t, &a->layer[0], x, d, par);
+    for (int k = 0; k < 2; k++) { /* per distinct row: its position turns back */
+        rope_heads(c, p->rope, (k ? t : a)->u_grad, 3 * d, 2, T, T, 1, par);
+        rope_heads(c, p->rope, (k ? t : a)->u_grad + d, 3 * d, 2, T, T, 1, par);
+    }
+    SF(linear_tangent_backward)(dual_of(a->u_gain, t->u_gain), 0, hv->w_in, hv->b_in, cdual_of(a->u_grad, t->u_grad),
+                                cdual_of(a->u_ain, t->u_ain), cdual_of(w->w_in, v->w_in), U, d, 3 * d, par);
+    if (c->norm == SF_NORM_PRE)
+        SF(layernorm_tangent_backward)(dual_of(a->u_gemb, t->u_gemb), 0, hv->g1, hv->be1,
+                                       cdual_of(a->u_gain, t->u_gain), cdual_of(a->u_emb, t->u_emb),
+                                       cdual_of(a->u_mean, t->u_mean), cdual_of(a->u_rstd, t->u_rstd),
+                                       cdual_of(w->g1, v->g1), U, d, par);
+}
+
 /* Mirrors encoder.c's layer_backward. g_out (Nq,d): the gradient w.r.t. the layer output and its
  * tangent; writes g_x (N,d) for the layer input and the layer's blocks of H v to hv. a and t hold
- * the primal and tangent scratch. */
+ * the primal and tangent scratch; x as in layer_tangent_forward (then g_x keeps the residual path). */
 static void layer_tangent_backward(const sf_config *c, const params *p, const params *pv, params *phv, int l, acts *a,
-                                   acts *t, cdual g_out, dual g_x, real *attn, sf_par *par) {
+                                   acts *t, const uint8_t *x, cdual g_out, dual g_x, real *attn, sf_par *par) {
     const layer_params *w = &p->layer[l], *v = &pv->layer[l];
     layer_params *hv = &phv->layer[l];
     const layer_acts *s = &a->layer[l], *ts = &t->layer[l];
@@ -136,6 +180,20 @@ static void layer_tangent_backward(const sf_config *c, const params *p, const pa
     SF(linear_tangent_backward)(GRAD(g_ctx), 0, hv->w_out, hv->b_out, g_r1, ACT(ctx), WGT(w_out, 0), Nq, d, d, par);
     SF(attention_tangent_backward)(GRAD(g_q), GRAD(g_kv), CGRAD(g_ctx), ACT(p), ACT(q), ACT(kv), B, T, Tq, d, H, attn,
                                    par);
+    if (x) { /* layer 0 on the distinct rows: g_x keeps only the residual path */
+        distinct_inproj_tangent_backward(c, p, pv, hv, a, t, x, par);
+        for (int k = 0; k < 2; k++) {
+            real *dst = k ? g_x.t : g_x.v;
+            const real *src = k ? g_r1.t : g_r1.v;
+            if (Tq == T) {
+                memcpy(dst, src, (size_t)(N * d) * sizeof(real));
+            } else {
+                memset(dst, 0, (size_t)(N * d) * sizeof(real));
+                scatter_add_last(dst, src, B, T, d);
+            }
+        }
+        return;
+    }
     for (int k = 0; k < 2; k++) { /* the gradients and their tangents back through RoPE */
         rope_heads(c, p->rope, (k ? t : a)->g_q, d, B, Tq, T, 1, par);
         rope_heads(c, p->rope, (k ? t : a)->g_kv, 2 * d, B, T, T, 1, par);
@@ -174,11 +232,14 @@ void SF(stack_tangent_backward)(const sf_config *c, const params *p, const param
                                        cdual_of(p->gf, v->gf), a->Nf, d, par);
     dual g_out = GRAD(g_cur), g_in = GRAD(g_next);
     for (long l = L - 1; l >= 0; l--) {
-        layer_tangent_backward(c, p, v, hv, l, a, t, cdual_of(g_out.v, g_out.t), g_in, attn, par);
+        layer_tangent_backward(c, p, v, hv, l, a, t, l == 0 && a->U ? x : NULL, cdual_of(g_out.v, g_out.t), g_in, attn,
+                               par);
         const dual swap = g_out;
         g_out = g_in, g_in = swap;
     }
     SF(embedding_backward_add)(hv->tok, hv->pos, g_out.t, x, B, T, 2, d, concat_positions(c), par);
+    for (long u = 0; u < a->U; u++) /* layer 0's distinct rows: row u is token u / T at position u % T */
+        embed_row_backward_add(hv->tok, hv->pos, t->u_gemb + u * d, u / T, u % T, d, concat_positions(c));
 }
 
 /* The encoder model: the stack and its readout. */

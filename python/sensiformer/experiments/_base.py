@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -10,8 +11,16 @@ from typing import Callable
 import numpy as np
 
 from ..sweep.config import RunConfig
+from ..sweep.plan import Stage, StagedSweep
 
 PRESETS = ("ci", "quick", "paper")
+
+#: The paper's model, training and probe settings: RunConfig's defaults (sweep/config.py is the one place
+#: they are written), the base of every experiment's paper preset.
+PAPER = {f.name: f.default for f in dataclasses.fields(RunConfig)
+         if f.name in ("d_model", "n_heads", "n_layers", "batch_size", "lr", "weight_decay", "steps", "log_every",
+                       "eval_batches", "measure_batches", "sharpness_sigma", "sharpness_repeats", "dtype",
+                       "blowup_definition")}
 
 #: RunConfig fields an experiment passes through from its parameters unchanged.
 RUN_FIELDS = ("d_model", "n_heads", "n_layers", "d_ff", "norm", "norm_type", "rope_base", "ln_eps", "dtype", "lr",
@@ -63,17 +72,7 @@ def _jsonable(v):
 
 
 @dataclass
-class Stage:
-    """One sweep of an experiment. ``build(store)`` returns its configurations; stages that
-    depend on earlier results (generalization's refits) read them from the store."""
-
-    name: str
-    build: Callable
-    needs_store: bool = False
-
-
-@dataclass
-class Experiment:
+class Experiment(StagedSweep):
     """A reproducible experiment: named parameters, the sweeps (stages) they define, and how
     to read, summarise and plot the results.
 

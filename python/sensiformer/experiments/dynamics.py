@@ -7,13 +7,12 @@ import numpy as np
 import pandas as pd
 
 from ..sweep.config import RunConfig
-from ._base import Experiment, Stage, resolve, run_fields
-from .scaling import _PAPER
+from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
 #: the official convergence step: first logged step whose measurement-batch loss is below this
 CONVERGENCE_LOSS = 0.01
 
-_DYN = dict(_PAPER, target="parity", n=25, dynamic_every=100, dynamic_batches=1, dynamic_repeats=500, measure=False)
+_DYN = dict(PAPER, target="parity", n=25, dynamic_every=100, dynamic_batches=1, dynamic_repeats=500, measure=False)
 PRESETS = {
     "20k": {
         # sweeps/dynamic_metrics_1.yaml: seed 0..100 x wd {0, .1, .2, .3}, 20k steps = 404 runs

@@ -28,11 +28,10 @@ import numpy as np
 import pandas as pd
 
 from ..sweep.config import RunConfig, hex_to_table, table_to_hex
-from ._base import Experiment, Stage, average_sensitivity, resolve, run_fields
-from .scaling import _PAPER
+from ._base import PAPER, Experiment, Stage, average_sensitivity, resolve, run_fields
 
 N = 10
-_GEN = dict(_PAPER, n=N)
+_GEN = dict(PAPER, n=N)
 PRESETS = {
     # generalization_first_step_{1,2}: seed 0..9 x target_seed 0..9 x m in {256} / {128, 512, 1024} (100 + 300 runs);
     # generalization_second_step_{1,2}: seed 0..4 x each manifest entry (<= 200 / <= 300 entries)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import pandas as pd
 
 from ..sweep.config import INITS, RunConfig
-from ._base import Experiment, Stage, resolve
-from .scaling import _PAPER
+from ._base import PAPER, Experiment, Stage, resolve
 
-_INIT = dict(n_heads=2, batch_size=_PAPER["batch_size"], dtype="float32", threshold=0.0)
+_INIT = dict(n_heads=2, batch_size=PAPER["batch_size"], dtype="float32", threshold=0.0)
 PRESETS = {
     "paper": dict(_INIT, lengths=(8, 12, 16, 20), widths=(16, 64, 256), depths=(1, 2, 4), inits=INITS,
                   seeds=tuple(range(20))),

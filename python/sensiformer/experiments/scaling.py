@@ -3,38 +3,36 @@
 from __future__ import annotations
 
 from ..sweep.config import RunConfig
-from ._base import Experiment, Stage, resolve, run_fields
+from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
 TARGETS = ("parity", "majority", "first", "mean")
 #: sweeps/length_scaling_2.yaml
 LONG_LENGTHS = (4, 31, 57, 84, 111, 138, 164, 191, 218, 245, 271, 298, 325, 352, 378, 405, 432, 459, 485, 512)
 
-_PAPER = dict(d_model=128, n_heads=2, n_layers=2, batch_size=1024, lr=3e-4, weight_decay=0.1, steps=10_000,
-              log_every=100, eval_batches=1000, measure_batches=1000, sharpness_sigma=0.02, sharpness_repeats=10,
-              dtype="float32", blowup_definition="official")
+_PAPER = PAPER  # the old name, until length_generalization reads PAPER from _base
 
 PRESETS = {
     "short": {
         # sweeps/length_scaling_1.yaml: n 4..30 x seed 0..9 x 4 targets, default settings = 1080 runs
-        "paper": dict(_PAPER, targets=TARGETS, lengths=tuple(range(4, 31)), seeds=tuple(range(10))),
+        "paper": dict(PAPER, targets=TARGETS, lengths=tuple(range(4, 31)), seeds=tuple(range(10))),
         # measured on the 2-core machine (README quick start); PARITY fits up to n=8 in most seeds
         # with d=32, B=128, lr 2e-3, 2000 steps; R=100 noise draws (the paper: 10, averaged over
         # 1000 batches) keep the per-run sharpness noise small
-        "quick": dict(_PAPER, targets=TARGETS, lengths=(4, 5, 6, 7, 8), seeds=tuple(range(8)), d_model=32,
+        "quick": dict(PAPER, targets=TARGETS, lengths=(4, 5, 6, 7, 8), seeds=tuple(range(8)), d_model=32,
                       batch_size=128, lr=2e-3, steps=2000, log_every=250, eval_batches=50, measure_batches=8,
                       sharpness_repeats=100),
         # ci: 600 steps, so that PARITY converges at every length too and the figure has its slope
-        "ci": dict(_PAPER, targets=TARGETS, lengths=(3, 4, 5), seeds=(0,), d_model=16, batch_size=64, lr=3e-3,
+        "ci": dict(PAPER, targets=TARGETS, lengths=(3, 4, 5), seeds=(0,), d_model=16, batch_size=64, lr=3e-3,
                    steps=600, log_every=100, eval_batches=4, measure_batches=2),
     },
     "long": {
         # sweeps/length_scaling_2.yaml: 20 lengths up to 512 x seed 0..9 x 3 targets, d=4, B=128 = 600 runs
-        "paper": dict(_PAPER, targets=("majority", "first", "mean"), lengths=LONG_LENGTHS, seeds=tuple(range(10)),
+        "paper": dict(PAPER, targets=("majority", "first", "mean"), lengths=LONG_LENGTHS, seeds=tuple(range(10)),
                       d_model=4, batch_size=128),
-        "quick": dict(_PAPER, targets=("majority", "first", "mean"), lengths=(4, 32, 64, 128), seeds=(0, 1, 2),
+        "quick": dict(PAPER, targets=("majority", "first", "mean"), lengths=(4, 32, 64, 128), seeds=(0, 1, 2),
                       d_model=4, batch_size=128, lr=3e-3, steps=2000, log_every=250, eval_batches=20,
                       measure_batches=8),
-        "ci": dict(_PAPER, targets=("majority", "first"), lengths=(4, 24), seeds=(0,), d_model=4, batch_size=32,
+        "ci": dict(PAPER, targets=("majority", "first"), lengths=(4, 24), seeds=(0,), d_model=4, batch_size=32,
                    lr=3e-3, steps=100, log_every=50, eval_batches=2, measure_batches=2),
     },
 }

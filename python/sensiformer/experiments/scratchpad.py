@@ -10,14 +10,13 @@ the runs whose autoregressive accuracy exceeds 0.999 (paper.md §3.2, §5).
 from __future__ import annotations
 
 from ..sweep.config import RunConfig
-from ._base import Experiment, Stage, resolve, run_fields
-from .scaling import _PAPER
+from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
 #: sweeps/scratchpad.yaml
 LENGTHS = (4, 39, 74, 109, 144, 179, 215, 250, 285, 320, 355, 390, 426, 461, 496, 531, 566, 601, 637, 672, 707, 742,
            777, 812, 848, 883, 918, 953, 988, 1024)
 
-_SP = dict(_PAPER, d_model=32, batch_size=128)
+_SP = dict(PAPER, d_model=32, batch_size=128)
 PRESETS = {
     # sweeps/scratchpad.yaml: 30 lengths x seed 0..9, d=32, B=128, the paper's defaults otherwise = 300 runs
     "paper": dict(_SP, lengths=LENGTHS, seeds=tuple(range(10))),

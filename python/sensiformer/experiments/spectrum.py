@@ -14,16 +14,15 @@ import numpy as np
 import pandas as pd
 
 from ..sweep.config import RunConfig
-from ._base import Experiment, Stage, resolve, run_fields
+from ._base import PAPER, Experiment, Stage, resolve, run_fields
 from .dynamics import CONVERGENCE_LOSS
-from .scaling import _PAPER
 
 TARGETS = ("parity", "majority", "sparse_parity")
 #: a measured step is on the loss plateau until the loss first falls below this fraction of the best constant
 #: predictor's loss (the target's variance)
 PLATEAU_FRACTION = 0.9
 
-_SPEC = dict(_PAPER, targets=TARGETS, measure=False, dynamic_batches=1, spectrum_samples=1024)
+_SPEC = dict(PAPER, targets=TARGETS, measure=False, dynamic_batches=1, spectrum_samples=1024)
 PRESETS = {
     # the paper's model and optimiser (d=128, B=1024, lr 3e-4, wd 0.1) and its dynamics probes (every 100
     # steps, R=500 on one batch) at n=16: the exact spectrum's 2^16 forward passes cost about a tenth of the

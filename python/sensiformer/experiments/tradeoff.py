@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..sweep.config import RunConfig
-from ._base import Experiment, Stage, resolve, run_fields
-from .scaling import _PAPER
+from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
 TARGETS = ("parity", "majority", "first", "mean")
 
@@ -22,19 +21,19 @@ PAPER_PARTS = {
 }
 
 PRESETS = {
-    "paper": dict(_PAPER, parts=PAPER_PARTS, lr_range=(1e-4, 5e-4), weight_decay_range=(0.0, 0.4), sample_seed=0),
+    "paper": dict(PAPER, parts=PAPER_PARTS, lr_range=(1e-4, 5e-4), weight_decay_range=(0.0, 0.4), sample_seed=0),
     # quick: the same four kinds of sweep, smaller, on the d=32 model that fits PARITY up to n=8, with the
     # official lr range: measured 2026-12-05 (52 runs, 50 converged), PARITY's frontier moves outward with n
     # (c = +0.47 per bit, 95% CI [+0.28, +0.67] in frontier_shift) and no other target's does (CIs around 0).
     # With lr in [1e-3, 3e-3] every target reached blowups of 10^3 and PARITY's c was +0.18 [-0.18, +0.54].
-    "quick": dict(_PAPER, parts={
+    "quick": dict(PAPER, parts={
         "tradeoff_1": dict(runs=12, lengths=("uniform", 4, 8), seeds=(0, 1000), targets=("majority", "first", "mean")),
         "tradeoff_2": dict(runs=24, lengths=("uniform", 4, 8), seeds=(0, 1000), targets=("parity",)),
         "tradeoff_3": dict(runs=16, lengths=("values", 4, 6, 8), seeds=(0, 1000), targets=TARGETS),
     }, lr_range=(1e-4, 5e-4), weight_decay_range=(0.0, 0.4), sample_seed=0, d_model=32, batch_size=128, steps=3000,
         log_every=250, eval_batches=50, measure_batches=8),
     # ci: PARITY at n = 3, 4 and 600 steps, so that its panel has converged runs to draw
-    "ci": dict(_PAPER, parts={
+    "ci": dict(PAPER, parts={
         "tradeoff_2": dict(runs=2, lengths=("values", 3, 4), seeds=(0, 1000), targets=("parity",)),
         "tradeoff_3": dict(runs=2, lengths=("values", 4, 6), seeds=(0, 1000), targets=("first", "majority")),
     }, lr_range=(1e-3, 3e-3), weight_decay_range=(0.0, 0.4), sample_seed=0, d_model=16, batch_size=64, steps=600,

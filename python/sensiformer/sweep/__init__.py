@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from .._interrupt import Terminated, terminate_as_interrupt
 from .config import CONVERGED_MSE, HASH_VERSION, RunConfig, as_config, hex_to_table, table_to_hex
 from .executors import make_backend, usable_cpus
+from .plan import Stage, StagedSweep
 from .progress import RunBars, env_disabled
 from .runner import check_buildable, execute, provenance
 from .store import Store
 
-__all__ = ["CONVERGED_MSE", "HASH_VERSION", "RunConfig", "Store", "SweepResult", "Terminated", "as_config",
+__all__ = ["CONVERGED_MSE", "HASH_VERSION", "RunConfig", "Stage", "StagedSweep", "Store", "SweepResult", "Terminated", "as_config",
            "check_buildable", "execute", "hex_to_table", "provenance", "run", "run_configs", "table_to_hex",
            "usable_cpus"]
 
@@ -164,7 +165,7 @@ def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_t
 
 def run(experiment, store="results.db", executor=None, max_workers=None, n_threads=None, progress=True,
         stages=None, run_progress=False) -> Store:
-    """Run an experiment (``sensiformer.experiments.*``) or a list of configurations.
+    """Run an experiment (``sensiformer.experiments.*``, or any ``StagedSweep``) or a list of configurations.
 
     Finished runs are skipped, so a rerun resumes. Returns the ``Store``; read results with
     ``store.runs(sweep=experiment.sweep)`` or ``experiment.results(store)``.
@@ -173,7 +174,7 @@ def run(experiment, store="results.db", executor=None, max_workers=None, n_threa
     named stages. ``run_progress=True`` adds a bar per run in flight (see ``run_configs``).
     """
     store = _as_store(store)
-    if hasattr(experiment, "stages") and hasattr(experiment, "sweep"):
+    if isinstance(experiment, StagedSweep):
         with terminate_as_interrupt():  # also between stages
             _run_stages(experiment, store, stages, executor=executor, max_workers=max_workers,
                          n_threads=n_threads, progress=progress, run_progress=run_progress)

@@ -1,5 +1,6 @@
-"""Both model kinds on this process's CPU path: gradients against float64 central differences, the
-float32 build against the float64 build, the encoder's row kernels (softmax, LayerNorm,
+"""Both model kinds on this process's CPU path, with the paper's options and the others (RMSNorm,
+positional encodings): gradients against float64 central differences, the float32 build against
+the float64 build, the encoder's row kernels (softmax, LayerNorm,
 activations, readout) against a NumPy forward, and training bit for bit on 1 and 2 threads."""
 
 import numpy as np
@@ -10,25 +11,30 @@ import sensiformer as sf
 from ._support import encoder_case, numpy_forward, rel_err, seq2seq_case, tokens
 
 KINDS = ["encoder", "seq2seq"]
+# the paper's options, and every norm type and positional encoding in some combination
+OPTIONS = [{}, dict(norm_type="rms", positional="rope"), dict(positional="add"),
+           dict(norm_type="rms", positional="sinusoidal"), dict(positional="none")]
+OPTION_IDS = ["paper", "rms-rope", "add", "rms-sinusoidal", "no-positions"]
 
 
-def case(kind, dtype="float64", seed=0):
+def case(kind, dtype="float64", seed=0, **options):
     """(model, loss(y) -> value, loss_and_grad, forward): one calling convention for both kinds."""
     if kind == "encoder":
-        model, x, y = encoder_case(dtype, seed)
+        model, x, y = encoder_case(dtype, seed, **options)
         return model, lambda: model.loss(x, y), lambda: model.loss_and_grad(x, y), lambda: model.forward(x)
-    model, x, dec, y = seq2seq_case(dtype, seed)
+    model, x, dec, y = seq2seq_case(dtype, seed, **options)
     return (model, lambda: model.loss(x, y, decoder_input=dec), lambda: model.loss_and_grad(x, y, decoder_input=dec),
             lambda: model.forward(x, dec))
 
 
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradients_match_central_differences(errors, kind):
+def test_gradients_match_central_differences(errors, kind, options):
     """g . v against (L(p + h v) - L(p - h v)) / 2h along random unit directions (each mixes every
     parameter: a wrong term anywhere shows), and every element of the readout and one layer's
     attention input projection. In float64 the difference quotient is good to ~1e-9 (rounding of
     two O(1) losses over 2h): the limit is 1e-6 relative to ||g||."""
-    model, loss, loss_and_grad, _ = case(kind)
+    model, loss, loss_and_grad, _ = case(kind, **options)
     value, _ = loss_and_grad()
     g, base = model.flat_grad.copy(), model.flat.copy()
     scale = np.linalg.norm(g) + 1e-9 * max(1.0, abs(value))
@@ -57,13 +63,14 @@ def test_gradients_match_central_differences(errors, kind):
     assert loss() == value, "the probing changed the model"
 
 
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_float32_build_matches_float64_build(errors, kind):
+def test_float32_build_matches_float64_build(errors, kind, options):
     """The same parameters in float32 and float64: outputs and every gradient tensor agree to
     ~1e-6 relative (float32 rounding 6e-8 amplified by these small, well-conditioned networks;
     an error in one build's code is O(1))."""
-    m64, _, loss_and_grad64, forward64 = case(kind, "float64", seed=1)
-    m32, _, loss_and_grad32, forward32 = case(kind, "float32", seed=1)
+    m64, _, loss_and_grad64, forward64 = case(kind, "float64", seed=1, **options)
+    m32, _, loss_and_grad32, forward32 = case(kind, "float32", seed=1, **options)
     m32.flat[:] = m64.flat  # the same values (rounded to float32)
     m64.flat[:] = m32.flat
     errors.check("forward", rel_err(forward32(), forward64()), 1e-5)
