@@ -29,8 +29,8 @@ PRESETS = {
                   norm_type="layer", rope_base=10000.0),
     # lengths 2..8, evaluated up to 16 (exact), every encoding, 5 seeds: lr 1e-3 and 8000 steps fit PARITY at the
     # trained lengths with the learned tables (with lr 2e-3 and 3000 steps it did not in seed 0). Measured
-    # 2026-12-05 with 5 encodings: 75 runs, 316-319 CPU-seconds (3.4-3.5 min on a 2-core AVX-512 host shared with
-    # another job); what it shows is in the README
+    # 2026-12-05 with 5 encodings: 75 runs, 297-319 CPU-seconds (2.5 min on an idle 2-core AVX-512 host, 3.4-3.5 min
+    # shared with another job); what it shows is in the README
     "quick": dict(_PAPER, targets=TARGETS, positionals=POSITIONALS, train_lengths=tuple(range(2, 9)),
                   eval_lengths=tuple(range(2, 17)), seeds=tuple(range(5)), length_chunk=10, measure=False,
                   d_model=32, batch_size=128, lr=1e-3, steps=8000, log_every=250, eval_batches=20, norm_type="layer",
@@ -49,8 +49,8 @@ def length_generalization(preset: str = "ci", **overrides) -> Experiment:
     preset : {"ci", "quick", "paper"}
         "paper": the paper's model and training on lengths 4..20, evaluated on 4..40, every encoding, 10 seeds;
         "quick": d=32 on lengths 2..8, evaluated on 2..16, every encoding, 5 seeds: 75 runs with the engine's 5
-        encodings, 316-319 CPU-seconds (3.4-3.5 min measured on a 2-core AVX-512 host; the README says what it
-        shows); "ci" runs every code path in seconds.
+        encodings, 297-319 CPU-seconds (2.5 min measured on an idle 2-core AVX-512 host; the README says what
+        it shows); "ci" runs every code path in seconds.
     **overrides
         ``targets``, ``positionals`` (a grid axis: names from the engine's ``positional`` vocabulary),
         ``train_lengths``, ``eval_lengths``, ``seeds``, ``length_chunk``, ``norm_type``, ``rope_base`` (RoPE's
