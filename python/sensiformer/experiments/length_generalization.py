@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..sweep.config import LATE_FIELDS, POSITIONALS, RunConfig
-from ._base import Experiment, Stage, resolve, run_fields
-from .scaling import _PAPER
+from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
 TARGETS = ("parity", "majority", "first")
 #: an evaluation length counts as solved when the accuracy, averaged over seeds, reaches this
@@ -24,18 +23,18 @@ SOLVED_ACCURACY = 0.95
 PRESETS = {
     # the paper's model and training (d=128, B=1024, lr 3e-4, 10k steps) on lengths 4..20, evaluated up to twice
     # as long; every encoding of the engine: a cluster preset
-    "paper": dict(_PAPER, targets=TARGETS, positionals=POSITIONALS, train_lengths=tuple(range(4, 21)),
+    "paper": dict(PAPER, targets=TARGETS, positionals=POSITIONALS, train_lengths=tuple(range(4, 21)),
                   eval_lengths=tuple(range(4, 41)), seeds=tuple(range(10)), length_chunk=10, measure=False,
                   norm_type="layer", rope_base=10000.0),
     # lengths 2..8, evaluated up to 16 (exact), every encoding, 5 seeds: lr 1e-3 and 8000 steps fit PARITY at the
     # trained lengths with the learned tables (with lr 2e-3 and 3000 steps it did not in seed 0). Measured
     # 2026-12-05 with 5 encodings: 75 runs, 297-319 CPU-seconds (2.5 min on an idle 2-core AVX-512 host, 3.4-3.5 min
     # shared with another job); what it shows is in the README
-    "quick": dict(_PAPER, targets=TARGETS, positionals=POSITIONALS, train_lengths=tuple(range(2, 9)),
+    "quick": dict(PAPER, targets=TARGETS, positionals=POSITIONALS, train_lengths=tuple(range(2, 9)),
                   eval_lengths=tuple(range(2, 17)), seeds=tuple(range(5)), length_chunk=10, measure=False,
                   d_model=32, batch_size=128, lr=1e-3, steps=8000, log_every=250, eval_batches=20, norm_type="layer",
                   rope_base=10000.0),
-    "ci": dict(_PAPER, targets=("parity", "first"), positionals=("concat", "none"), train_lengths=(2, 3, 4),
+    "ci": dict(PAPER, targets=("parity", "first"), positionals=("concat", "none"), train_lengths=(2, 3, 4),
                eval_lengths=(2, 3, 4, 5, 6), seeds=(0,), length_chunk=10, measure=False, d_model=16, batch_size=64,
                lr=3e-3, steps=200, log_every=100, eval_batches=2, norm_type="layer", rope_base=10000.0),
 }

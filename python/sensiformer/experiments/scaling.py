@@ -9,7 +9,6 @@ TARGETS = ("parity", "majority", "first", "mean")
 #: sweeps/length_scaling_2.yaml
 LONG_LENGTHS = (4, 31, 57, 84, 111, 138, 164, 191, 218, 245, 271, 298, 325, 352, 378, 405, 432, 459, 485, 512)
 
-_PAPER = PAPER  # the old name, until length_generalization reads PAPER from _base
 
 PRESETS = {
     "short": {
