@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -272,9 +273,31 @@ def _train_multi_length(model, cfg, optimizer, n_threads, history_rows, reporter
     return trainers
 
 
+@dataclass
+class _Run:
+    """One configuration on its way through execute's stages, and what they record."""
+
+    cfg: RunConfig
+    n_threads: int
+    model: object
+    optimizer: object
+    trainer: object
+    subset: object
+    reporter: RunReporter | None
+    status: str = "ok"
+    error: str | None = None
+    history: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    artifacts: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    cpu0: float = field(default_factory=time.process_time)
+
+
 def execute(config, n_threads: int = 1, progress=None) -> dict:
     """Run one configuration and return ``{key, status, config, metrics, artifacts, history,
-    provenance, started, finished, duration}``.
+    provenance, started, finished, duration}``: build, train, evaluate, measure, then the extras
+    the configuration asks for.
 
     ``progress``: a sink (``put(message)``, see ``sweep.progress``) that receives the training
     steps as they finish; it does not change the results.
@@ -283,25 +306,31 @@ def execute(config, n_threads: int = 1, progress=None) -> dict:
     the last finite parameters). Other exceptions propagate (the sweep records them as
     failures and a rerun tries again).
     """
+    cfg = as_config(config)
+    started, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
+    reporter = RunReporter(progress, cfg) if progress is not None else None
+    run = _Run(cfg, n_threads, *_build(cfg, n_threads), reporter=reporter, started=started, t0=t0, cpu0=cpu0)
+    for stage in (_train_stage, _evaluate_stage, _measure_stage, _extras_stage):
+        stage(run)
+    finished = time.time()
+    run.metrics["cpu_seconds"] = time.process_time() - run.cpu0  # all threads of this process (one run at a time)
+    return dict(key=cfg.key, status=run.status, error=run.error, config=cfg.to_dict(), metrics=run.metrics,
+                artifacts=run.artifacts, history=run.history, provenance=provenance(n_threads, cfg.seed),
+                started=run.started, finished=finished, duration=time.perf_counter() - run.t0)
+
+
+def _train_stage(run: _Run) -> None:
+    """Train (one length, or several in turn); a diverged run keeps its last finite parameters."""
     import sensiformer as sf
 
-    cfg = as_config(config)
-    started = time.time()
-    t0 = time.perf_counter()
-    cpu0 = time.process_time()
-    model, optimizer, trainer, subset = _build(cfg, n_threads)
-    reporter = RunReporter(progress, cfg) if progress is not None else None
-    if reporter:
-        reporter.send(0, force=True)
-    status = "ok"
-    error = None
-    history_rows = []
-    metrics = {}
+    cfg, trainer = run.cfg, run.trainer
+    if run.reporter:
+        run.reporter.send(0, force=True)
     try:
         if cfg.train_lengths:
-            _train_multi_length(model, cfg, optimizer, n_threads, history_rows, reporter)
+            _train_multi_length(run.model, cfg, run.optimizer, run.n_threads, run.history, run.reporter)
         else:
-            callbacks = [reporter] if reporter else []
+            callbacks = [run.reporter] if run.reporter else []
             if cfg.dynamic_every:
                 callbacks.append(sf.Measure(every=cfg.dynamic_every, n_batches=cfg.dynamic_batches,
                                             repeats=cfg.dynamic_repeats, sigma=cfg.sharpness_sigma, seed=cfg.seed,
@@ -309,44 +338,63 @@ def execute(config, n_threads: int = 1, progress=None) -> dict:
                                             spectrum_samples=cfg.spectrum_samples))
             trainer.fit(cfg.steps, log_every=cfg.log_every, callbacks=callbacks, progress=False)
     except sf.DivergenceError as err:
-        status, error = "diverged", str(err)
+        run.status, run.error = "diverged", str(err)
     finally:
         if not cfg.train_lengths:
-            history_rows = trainer.history.to_dict("records")
-    history_rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
-                     if not (isinstance(v, float) and math.isnan(v) and k not in ("loss",))}
-                    for row in history_rows]
-    metrics["steps_done"] = trainer.step_count if not cfg.train_lengths else cfg.steps
-    metrics["train_seconds"] = time.perf_counter() - t0
-    if history_rows and history_rows[-1].get("loss") is not None:
-        metrics["final_train_loss"] = float(history_rows[-1]["loss"])
-    if reporter:
-        reporter.send(metrics["steps_done"], metrics.get("final_train_loss"), phase="probing", force=True)
-    metrics.update(_evaluate(trainer, cfg, n_threads))
-    metrics["label_scale"] = trainer.labels  # "01": losses and sharpness on the {0,1} scale
+            run.history = trainer.history.to_dict("records")
+    run.history = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
+                    if not (isinstance(v, float) and math.isnan(v) and k not in ("loss",))}
+                   for row in run.history]
+
+
+def _evaluate_stage(run: _Run) -> None:
+    """Training time and loss, the evaluation, and the step the measurement first converged."""
+    cfg, metrics = run.cfg, run.metrics
+    metrics["steps_done"] = run.trainer.step_count if not cfg.train_lengths else cfg.steps
+    metrics["train_seconds"] = time.perf_counter() - run.t0
+    if run.history and run.history[-1].get("loss") is not None:
+        metrics["final_train_loss"] = float(run.history[-1]["loss"])
+    if run.reporter:
+        run.reporter.send(metrics["steps_done"], metrics.get("final_train_loss"), phase="probing", force=True)
+    metrics.update(_evaluate(run.trainer, cfg, run.n_threads))
+    metrics["label_scale"] = run.trainer.labels  # "01": losses and sharpness on the {0,1} scale
     if cfg.dynamic_every:
-        conv = [r["step"] for r in history_rows if r.get("measure_loss") is not None and r["measure_loss"] < 0.01]
+        conv = [r["step"] for r in run.history if r.get("measure_loss") is not None and r["measure_loss"] < 0.01]
         metrics["convergence_step"] = conv[0] if conv else None
-    if cfg.measure and status == "ok":
+
+
+def _measure_stage(run: _Run) -> None:
+    """The final probes (a diverged run gets its parameter norm only) and the convergence verdict."""
+    import sensiformer as sf
+
+    cfg, metrics = run.cfg, run.metrics
+    if cfg.measure and run.status == "ok":
         if cfg.model == "scratchpad":
-            metrics.update(_final_probes_seq2seq(trainer, cfg))
+            metrics.update(_final_probes_seq2seq(run.trainer, cfg))
         else:
-            metrics.update(_final_probes(model, trainer, cfg, n_threads))
+            metrics.update(_final_probes(run.model, run.trainer, cfg, run.n_threads))
     elif cfg.measure:
-        metrics["param_norm"] = sf.probes.param_norm(model)
+        metrics["param_norm"] = sf.probes.param_norm(run.model)
     metrics["converged"] = _converged(cfg, metrics)
     metrics["converge_threshold"] = CONVERGED_AUTOREGRESSIVE if cfg.model == "scratchpad" else CONVERGED_MSE
-    artifacts = {}
-    if cfg.train_sharpness_repeats and (subset is not None or cfg.sharpness_subset is not None):
+
+
+def _extras_stage(run: _Run) -> None:
+    """What some experiments ask for: sharpness on the training set, predictions, the model's
+    sensitivity, accuracy at other lengths."""
+    import sensiformer as sf
+
+    cfg, model, metrics, n_threads = run.cfg, run.model, run.metrics, run.n_threads
+    if cfg.train_sharpness_repeats and (run.subset is not None or cfg.sharpness_subset is not None):
         from ..targets import inputs_from_indices
 
         if cfg.sharpness_subset is not None:
             probe_seed = cfg.seed if cfg.sharpness_subset_seed is None else cfg.sharpness_subset_seed
             probe_set = sf.restricted_subset(cfg.n, cfg.sharpness_subset, probe_seed)
         else:
-            probe_set = subset
+            probe_set = run.subset
         xs = inputs_from_indices(np.unique(probe_set), cfg.n)
-        est = sf.probes.sharpness(model, xs, trainer.target(xs), sigma=cfg.sharpness_sigma,
+        est = sf.probes.sharpness(model, xs, run.trainer.target(xs), sigma=cfg.sharpness_sigma,
                                   repeats=cfg.train_sharpness_repeats, seed=cfg.sharpness_seed, n_threads=n_threads)
         metrics.update(train_sharpness=_finite(est.value), train_sharpness_stderr=_finite(est.stderr))
     if cfg.save_predictions:
@@ -354,7 +402,7 @@ def execute(config, n_threads: int = 1, progress=None) -> dict:
         from .config import table_to_hex
 
         preds = (model.forward(all_inputs(cfg.n), n_threads) > 0.5).astype(np.uint8)
-        artifacts["predictions"] = table_to_hex(preds)
+        run.artifacts["predictions"] = table_to_hex(preds)
     if cfg.model_sensitivity:
         from .. import analysis
 
@@ -363,18 +411,13 @@ def execute(config, n_threads: int = 1, progress=None) -> dict:
         profile = [int(k) for k in res.profile]
         metrics.update(model_as=float(res.value), model_k0_fraction=profile[0] / 2**cfg.n,
                        model_ones_fraction=float(np.mean(res.table > 0.5)) if res.table is not None else None)
-        artifacts["sensitivity_profile"] = profile
+        run.artifacts["sensitivity_profile"] = profile
     for length in cfg.eval_lengths:
         tr = sf.Trainer(model, _target(cfg, length), optimizer=sf.AdamW(), batch_size=cfg.batch_size,
                         seed=cfg.seed, n_threads=n_threads)
         res = _evaluate(tr, cfg, n_threads)
         metrics[f"eval_loss@{length}"] = res["eval_loss"]
         metrics[f"eval_accuracy@{length}"] = res["eval_accuracy"]
-    finished = time.time()
-    metrics["cpu_seconds"] = time.process_time() - cpu0  # all threads of this process (one run at a time)
-    return dict(key=cfg.key, status=status, error=error, config=cfg.to_dict(), metrics=metrics, artifacts=artifacts,
-                history=history_rows, provenance=provenance(n_threads, cfg.seed), started=started, finished=finished,
-                duration=time.perf_counter() - t0)
 
 
 def execute_safely(config, n_threads: int = 1, progress=None) -> dict:
