@@ -50,7 +50,7 @@ def test_every_hashed_field_changes_the_key():
                    sharpness_subset=8, sharpness_subset_seed=1, eval_lengths=(9,), init="gaussian",
                    model_sensitivity=True, sensitivity_threshold=0.0, lr_schedule="cosine",
                    dynamic_spectrum=True, spectrum_samples=7, positional="sinusoidal", norm_type="rms",
-                   rope_base=500.0)
+                   rope_base=500.0, final_spectrum=True)
     hashed = {f.name for f in dataclasses.fields(RunConfig)} - {"tags"}
     with_target = {"target_table", "target_bits"}  # only valid with their target: checked below
     assert hashed | with_target == set(changes) | with_target, "a new field needs a case here"

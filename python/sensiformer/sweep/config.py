@@ -48,7 +48,7 @@ NORM_TYPES = tuple(_vocabulary.NORM_TYPES)
 POSITIONALS = tuple(sorted(_vocabulary.POSITIONALS, key=_vocabulary.POSITIONALS.get))
 #: fields added after the key's format was fixed, with the default at which they stay out of it
 LATE_FIELDS = {"lr_schedule": "constant", "target_bits": (), "dynamic_spectrum": False, "spectrum_samples": 1024,
-               "positional": "concat", "norm_type": "layer", "rope_base": 10000.0}
+               "positional": "concat", "norm_type": "layer", "rope_base": 10000.0, "final_spectrum": False}
 
 
 def _integer(value, name) -> int:
@@ -89,7 +89,9 @@ class RunConfig:
     Final probes (``measure``)
         ``measure_batches`` fresh batches: sharpness (sigma, R repeats, the same noise draws
         for every batch and every run, as the official code), LayerNorm blowup
-        (``blowup_definition``) and the parameter norm.
+        (``blowup_definition``) and the parameter norm; ``final_spectrum`` adds the trained model
+        function's Fourier weight per degree and average sensitivity (the ``spectrum`` metric: exact
+        for n <= 20, else Monte-Carlo from ``spectrum_samples`` inputs; the encoder model).
     Dynamics
         ``dynamic_every`` > 0 probes every that many steps on ``dynamic_batches`` fixed batches
         with ``dynamic_repeats`` noise draws (common random numbers over training);
@@ -126,6 +128,7 @@ class RunConfig:
     norm_type: str = "layer"
     positional: str = "concat"
     rope_base: float = 10000.0
+    final_spectrum: bool = False
     ln_eps: float = 1e-5
     dtype: str = "float32"
     n_positions: int | None = None
@@ -239,7 +242,7 @@ class RunConfig:
                            eval_lengths=bool(self.eval_lengths), save_predictions=self.save_predictions,
                            train_sharpness_repeats=bool(self.train_sharpness_repeats),
                            model_sensitivity=self.model_sensitivity, init=self.init != "pytorch",
-                           dynamic_spectrum=self.dynamic_spectrum)
+                           dynamic_spectrum=self.dynamic_spectrum, final_spectrum=self.final_spectrum)
         bad = sorted(k for k, v in unsupported.items() if v)
         if bad:
             raise ValueError(f"model='scratchpad' does not support {', '.join(bad)} (encoder-only options)")

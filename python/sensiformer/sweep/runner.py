@@ -151,15 +151,18 @@ def _measurement_data(trainer, batches):
 
 
 def _final_probes(model, trainer, cfg, n_threads):
-    """The final measurement: loss, sharpness, blowup and norm (the metric registry, as ``Measure``)."""
+    """The final measurement: loss, sharpness, blowup, norm and, asked for, the spectrum (the metric
+    registry, as ``Measure``)."""
     from ..metrics import Settings, measure
 
     x, y = _measurement_data(trainer, cfg.measure_batches)
     if trainer.labels == "pm1":
         y = 2 * y - 1
     settings = Settings(batch_size=trainer.batch_size, n_threads=n_threads, sigma=cfg.sharpness_sigma,
-                        repeats=cfg.sharpness_repeats, seed=cfg.sharpness_seed, definition=cfg.blowup_definition)
-    row = measure(model, x, y, ("loss", "sharpness", "blowup", "param_norm"), settings)
+                        repeats=cfg.sharpness_repeats, seed=cfg.sharpness_seed, definition=cfg.blowup_definition,
+                        labels=trainer.labels, spectrum_samples=cfg.spectrum_samples)
+    names = ("loss", "sharpness", "blowup", "param_norm") + (("spectrum",) if cfg.final_spectrum else ())
+    row = measure(model, x, y, names, settings)
     return {k: v if k == "param_norm" else _finite(v) for k, v in row.items()}
 
 
