@@ -6,9 +6,6 @@ plumbing a new option needs (names, files, determinism, decoding, bad input)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,19 +13,10 @@ import sensiformer as sf
 from sensiformer import interop, probes
 from sensiformer.tests._support import randomize
 
-
-def _sibling(name):
-    """A neighbouring test module, for its torch references (pytest runs with --import-mode=importlib)."""
-    spec = importlib.util.spec_from_file_location(f"_rms_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-test_hvp = _sibling("test_hvp")
-test_seq2seq_hessian = _sibling("test_seq2seq_hessian")
-test_seq2seq_torch = _sibling("test_seq2seq_torch")
-test_torch_equivalence = _sibling("test_torch_equivalence")
+import test_hvp  # the PyTorch references, made importable by conftest.py
+import test_seq2seq_hessian
+import test_seq2seq_torch
+import test_torch_equivalence
 
 ENCODER_VARIANTS = [dict(norm="post"), dict(norm="pre"), dict(norm="pre", final_norm=True)]
 # narrow heads (the narrow attention kernel) and wide heads with B > 2 (layer 0 on the distinct rows,
