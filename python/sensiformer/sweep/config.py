@@ -213,18 +213,10 @@ class RunConfig:
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
         if not (math.isfinite(self.rope_base) and self.rope_base > 0):
             raise ValueError(f"rope_base must be finite and > 0, got {self.rope_base}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.norm_type not in NORM_TYPES:
-            raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {self.norm_type!r}")
-        if self.positional not in POSITIONALS:
-            raise ValueError(f"positional must be one of {POSITIONALS}, got {self.positional!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        for name, choices in (("dtype", DTYPES), ("norm", NORMS), ("norm_type", NORM_TYPES),
+                              ("positional", POSITIONALS), ("lr_schedule", LR_SCHEDULES), ("init", INITS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.blowup_definition not in ("official", "theory"):
             raise ValueError(f"blowup_definition must be 'official' or 'theory', got {self.blowup_definition!r}")
         if self.model == "scratchpad":
