@@ -9,21 +9,27 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-
-def _importable_as(name, stem):
-    """Make tests/<stem>.py importable as ``name``: pytest imports test files with
-    --import-mode=importlib, so they cannot import each other directly."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{stem}.py"))
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
+if "sf_fuzz_runner" not in sys.modules:
+    # the fuzz modules import their runner as sf_fuzz_runner, the name their child interpreter gives it
+    _spec = importlib.util.spec_from_file_location("sf_fuzz_runner", Path(__file__).with_name("test_fuzz_runner.py"))
+    sys.modules["sf_fuzz_runner"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["sf_fuzz_runner"])
 
 
-# the fuzz modules import their runner as sf_fuzz_runner, the name their child interpreter gives it
-_importable_as("sf_fuzz_runner", "test_fuzz_runner")
-# the PyTorch references that the tests of model options (RMSNorm, positional encodings) reuse
-for _stem in ("test_hvp", "test_seq2seq_hessian", "test_seq2seq_torch", "test_torch_equivalence"):
-    _importable_as(_stem, _stem)
+class _ReferenceModules:
+    """Lets a test file ``import test_hvp`` (and the other PyTorch references that the tests of model
+    options reuse): pytest imports test files with --import-mode=importlib, so they cannot import each
+    other. Loaded on first import only, so nothing is added to start-up."""
+
+    names = ("test_hvp", "test_seq2seq_hessian", "test_seq2seq_torch", "test_torch_equivalence")
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.names:
+            return importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        return None
+
+
+sys.meta_path.append(_ReferenceModules())
 
 try:
     from hypothesis import settings
