@@ -35,6 +35,46 @@ static void fill_tokens(uint8_t *x, int n, unsigned seed) {
     for (int i = 0; i < n; i++) x[i] = (uint8_t)((seed = seed * 1103515245u + 12345u) >> 16 & 1);
 }
 
+/* Worst over every stride-th parameter of the float64 loss's central difference (h = 1e-6) against
+ * grad, the engine's gradient, relative to 1e-6 |grad| + 1e-8 (truncation ~h^2, rounding ~1e-16/h):
+ * below 1 passes. The parameters are left as they were. */
+static double gradient_fd_error(sf_model *m, const sf_seq_data *d, const double *grad, int64_t stride) {
+    double *p = sf_model_params(m), worst = 0, lp, lm;
+    const double h = 1e-6;
+    for (int64_t i = 0; i < sf_model_num_params(m); i += stride) {
+        const double keep = p[i];
+        p[i] = keep + h;
+        sf_loss_and_grad(m, d, SF_LOSS_MSE, 0, &lp, NULL, 1);
+        p[i] = keep - h;
+        sf_loss_and_grad(m, d, SF_LOSS_MSE, 0, &lm, NULL, 1);
+        p[i] = keep;
+        const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
+        if (err > worst) worst = err;
+    }
+    return worst;
+}
+
+/* Worst over the parameters of the gradient's central difference along v (h = 1e-5) against hv,
+ * relative to 1e-5 |hv| + 1e-7: below 1 passes. The parameters are left as they were; the gradient
+ * buffer holds the gradient at theta - h v. */
+static double hvp_fd_error(sf_model *m, const sf_seq_data *d, const double *v, const double *hv) {
+    const int64_t n = sf_model_num_params(m);
+    double *p = sf_model_params(m), *g = sf_model_grads(m), *gp = malloc(n * sizeof *gp), loss, worst = 0;
+    const double h = 1e-5;
+    for (int64_t i = 0; i < n; i++) p[i] += h * v[i];
+    sf_loss_and_grad(m, d, SF_LOSS_MSE, 1, &loss, NULL, 1);
+    memcpy(gp, g, n * sizeof *g);
+    for (int64_t i = 0; i < n; i++) p[i] -= 2 * h * v[i];
+    sf_loss_and_grad(m, d, SF_LOSS_MSE, 1, &loss, NULL, 1);
+    for (int64_t i = 0; i < n; i++) {
+        p[i] += h * v[i];
+        const double fd = (gp[i] - g[i]) / (2 * h), err = fabs(fd - hv[i]) / (1e-5 * fabs(hv[i]) + 1e-7);
+        if (err > worst) worst = err;
+    }
+    free(gp);
+    return worst;
+}
+
 /* Central differences of the float64 loss against the engine's gradient, on a few entries. With
  * d_model = 32 the heads are 16 wide: layer 0 takes its scores from the (token, position) table. */
 static void test_gradient(sf_norm norm, int d_model) {
@@ -45,25 +85,13 @@ static void test_gradient(sf_norm norm, int d_model) {
     if (!m) return;
     enum { B = 3, T = 6 };
     uint8_t x[B * T];
-    double y[B] = {0.3, -0.2, 1.0}, loss, lp, lm;
+    double y[B] = {0.3, -0.2, 1.0}, loss;
     fill_tokens(x, B * T, 7);
     CHECK(sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 1, &loss, NULL, 1) == SF_OK, "loss_and_grad");
-    double *p = sf_model_params(m), *g = sf_model_grads(m);
     const int64_t n = sf_model_num_params(m);
     double *grad = malloc((size_t)n * sizeof *grad);
-    memcpy(grad, g, (size_t)n * sizeof *grad);
-    double worst = 0;
-    for (int64_t i = 0; i < n; i += 17) {
-        const double keep = p[i], h = 1e-6;
-        p[i] = keep + h;
-        sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 0, &lp, NULL, 1);
-        p[i] = keep - h;
-        sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 0, &lm, NULL, 1);
-        p[i] = keep;
-        /* truncation ~h^2, rounding ~1e-16/h: allow 1e-6 relative plus 1e-8 absolute */
-        const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
-        if (err > worst) worst = err;
-    }
+    memcpy(grad, sf_model_grads(m), (size_t)n * sizeof *grad);
+    const double worst = gradient_fd_error(m, ENC(x, y, B, T), grad, 17);
     CHECK(worst < 1, "finite differences (norm %d, d_model %d): worst relative error %g", norm, d_model, worst);
     free(grad);
     sf_model_free(m);
@@ -186,20 +214,11 @@ static void test_seq2seq(sf_norm norm, sf_dtype dtype) {
     CHECK(sf_forward(m, &d, out, 2) == SF_OK, "seq2seq forward");
     CHECK(sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &loss, NULL, 2) == SF_OK, "seq2seq loss_and_grad");
     if (dtype == SF_F64) {
-        double *p = sf_model_params(m), *g = sf_model_grads(m), worst = 0;
+        double *p = sf_model_params(m), *g = sf_model_grads(m);
         const int64_t n = sf_model_num_params(m);
         double *grad = malloc((size_t)n * sizeof *grad);
         memcpy(grad, g, (size_t)n * sizeof *grad);
-        for (int64_t i = 0; i < n; i += 13) {
-            const double keep = p[i], h = 1e-6;
-            p[i] = keep + h;
-            sf_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lp, NULL, 1);
-            p[i] = keep - h;
-            sf_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lm, NULL, 1);
-            p[i] = keep;
-            const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
-            if (err > worst) worst = err;
-        }
+        const double worst = gradient_fd_error(m, &d, grad, 13);
         CHECK(worst < 1, "seq2seq finite differences (norm %d): worst relative error %g", norm, worst);
         /* H v against central differences of the gradient along v */
         double *v = malloc((size_t)n * sizeof *v), *hv = malloc((size_t)n * sizeof *hv);
@@ -520,26 +539,16 @@ static void test_hvp_logits_reinit(void) {
     const int64_t n = sf_model_num_params(m);
     enum { B = 4, T = 7 };
     uint8_t x[B * T];
-    double y[B] = {0.2, 0.9, -0.3, 0.5}, loss, h = 1e-5;
+    double y[B] = {0.2, 0.9, -0.3, 0.5}, loss;
     fill_tokens(x, B * T, 21);
-    double *v = malloc(n * sizeof *v), *hv = malloc(n * sizeof *hv), *gp = malloc(n * sizeof *gp);
-    double *grad_before = malloc(n * sizeof *grad_before), *p = sf_model_params(m), *g = sf_model_grads(m);
+    double *v = malloc(n * sizeof *v), *hv = malloc(n * sizeof *hv);
+    double *grad_before = malloc(n * sizeof *grad_before), *g = sf_model_grads(m);
     for (int64_t i = 0; i < n; i++) v[i] = sin(0.37 * i);
     CHECK(sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 1, &loss, NULL, 1) == SF_OK, "gradient");
     memcpy(grad_before, g, n * sizeof *g);
     CHECK(sf_hvp(m, ENC(x, y, B, T), 1, SF_LOSS_MSE, v, 1, hv, NULL, 2, NULL, NULL) == SF_OK, "hvp");
     CHECK(memcmp(grad_before, g, n * sizeof *g) == 0, "hvp leaves the gradient buffer alone");
-    for (int64_t i = 0; i < n; i++) p[i] += h * v[i];
-    sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 1, &loss, NULL, 1);
-    memcpy(gp, g, n * sizeof *g);
-    for (int64_t i = 0; i < n; i++) p[i] -= 2 * h * v[i];
-    sf_loss_and_grad(m, ENC(x, y, B, T), SF_LOSS_MSE, 1, &loss, NULL, 1);
-    for (int64_t i = 0; i < n; i++) p[i] += h * v[i];
-    double worst = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double fd = (gp[i] - g[i]) / (2 * h), err = fabs(fd - hv[i]) / (1e-5 * fabs(hv[i]) + 1e-7);
-        if (err > worst) worst = err;
-    }
+    const double worst = hvp_fd_error(m, ENC(x, y, B, T), v, hv);
     CHECK(worst < 1, "hvp against central differences: worst relative error %g", worst);
     double maxs[2 * 2], means[2 * 2];
     CHECK(sf_attention_logits(m, ENC(x, NULL, B, T), maxs, means, 2) == SF_OK, "attention logits");
@@ -552,7 +561,7 @@ static void test_hvp_logits_reinit(void) {
     uint8_t longer[B * (T + 1)];
     fill_tokens(longer, B * (T + 1), 4);
     CHECK(sf_attention_logits(m, ENC(longer, NULL, B, T + 1), maxs, means, 1) == SF_EINVAL, "length beyond n_positions");
-    free(v), free(hv), free(gp), free(grad_before);
+    free(v), free(hv), free(grad_before);
     sf_model_free(other);
     sf_model_free(m);
 }
@@ -566,42 +575,21 @@ static void check_options(sf_config c, const char *what) {
     if (!m) return;
     enum { B = 3, T = 6, S = 7 };
     uint8_t x[B * T], dec[B * S];
-    double y[B * T], loss, lp, lm, h = 1e-6;
+    double y[B * T], loss;
     fill_tokens(x, B * T, 9);
     fill_tokens(dec, B * S, 13);
     for (int i = 0; i < B * T; i++) y[i] = 0.1 * (i % 7) - 0.2;
     const int s2s = c.kind == SF_MODEL_SEQ2SEQ;
     sf_seq_data d = s2s ? (sf_seq_data){x, dec, y, B, T, S, T} : (sf_seq_data){x, NULL, y, B, T, 0, 1};
     const int64_t n = sf_model_num_params(m);
-    double *p = sf_model_params(m), *g = sf_model_grads(m), worst = 0;
     double *grad = malloc(n * sizeof *grad), *v = malloc(n * sizeof *v), *hv = malloc(n * sizeof *hv);
-    double *gp = malloc(n * sizeof *gp);
     CHECK(sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &loss, NULL, 2) == SF_OK, "loss_and_grad (%s)", what);
-    memcpy(grad, g, n * sizeof *g);
-    for (int64_t i = 0; i < n; i += n / 60 + 1) { /* about 60 entries: cheap under valgrind */
-        const double keep = p[i];
-        p[i] = keep + h;
-        sf_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lp, NULL, 1);
-        p[i] = keep - h;
-        sf_loss_and_grad(m, &d, SF_LOSS_MSE, 0, &lm, NULL, 1);
-        p[i] = keep;
-        const double fd = (lp - lm) / (2 * h), err = fabs(fd - grad[i]) / (1e-6 * fabs(grad[i]) + 1e-8);
-        if (err > worst) worst = err;
-    }
+    memcpy(grad, sf_model_grads(m), n * sizeof *grad);
+    double worst = gradient_fd_error(m, &d, grad, n / 60 + 1); /* about 60 entries: cheap under valgrind */
     CHECK(worst < 1, "finite differences (%s): worst relative error %g", what, worst);
     for (int64_t i = 0; i < n; i++) v[i] = sin(0.37 * (double)i);
     CHECK(sf_hvp(m, &d, 1, SF_LOSS_MSE, v, 1, hv, NULL, 2, NULL, NULL) == SF_OK, "hvp (%s)", what);
-    h = 1e-5, worst = 0;
-    for (int64_t i = 0; i < n; i++) p[i] += h * v[i];
-    sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lp, NULL, 1);
-    memcpy(gp, g, n * sizeof *g);
-    for (int64_t i = 0; i < n; i++) p[i] -= 2 * h * v[i];
-    sf_loss_and_grad(m, &d, SF_LOSS_MSE, 1, &lm, NULL, 1);
-    for (int64_t i = 0; i < n; i++) {
-        p[i] += h * v[i];
-        const double fd = (gp[i] - g[i]) / (2 * h), err = fabs(fd - hv[i]) / (1e-5 * fabs(hv[i]) + 1e-7);
-        if (err > worst) worst = err;
-    }
+    worst = hvp_fd_error(m, &d, v, hv);
     CHECK(worst < 1, "hvp against central differences (%s): worst relative error %g", what, worst);
     if (s2s) {
         uint8_t tok_c[B * S], tok_f[B * S];
@@ -610,7 +598,7 @@ static void check_options(sf_config c, const char *what) {
                   memcmp(tok_c, tok_f, sizeof tok_c) == 0,
               "the cache gives the recomputed tokens (%s)", what);
     }
-    free(grad), free(v), free(hv), free(gp);
+    free(grad), free(v), free(hv);
     sf_model_free(m);
 }
 
