@@ -55,13 +55,14 @@ typedef struct {
 static void tabled_task(const void *args, long task, real *v) {
     const tabled_args *a = args;
     const long T = a->T, d = a->d, H = a->H, dh = d / H, U = 2 * T, b = task / H, h = task % H;
+    const head_slices sl = head_slices_of(task, H, T, T, T, d);
     const real scale = (real)(1.0 / sqrt((double)dh));
     const uint8_t *xb = a->x + b * T;
-    real *p = a->P + task * T * T;
+    real *p = a->P + sl.p;
     sf_par one = {1, 0};
     for (long i = 0; i < T; i++) softmax_gathered_row(p + i * T, a->stab + (h * U + xb[i] * T + i) * U, xb, T, scale);
     gather_values(v, a->Vu, a->ldv, xb, T, dh, h);
-    SF(gemm)(T, dh, T, p, T, 1, v, dh, a->ctx + b * T * d + h * dh, d, NULL, 0, &one);
+    SF(gemm)(T, dh, T, p, T, 1, v, dh, a->ctx + sl.q, d, NULL, 0, &one);
 }
 
 void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *Vu, long ldv,

@@ -142,13 +142,11 @@ static void distinct_inproj_forward(const sf_config *c, const params *p, layer_a
                                     sf_par *par) {
     const long d = c->d_model, B = a->B, T = a->T, Tq = s->Tq, U = a->U, H = c->n_heads, dh = d / H;
     const layer_params *w = &p->layer[0];
-    for (long u = 0; u < U; u++) /* row u: token u / T at position u % T */
-        embed_row(a->u_emb + u * d, p->tok, position_table(p), u / T, u % T, d, concat_positions(c));
+    embed_distinct_rows(a->u_emb, p->tok, position_table(p), U, T, d, concat_positions(c));
     if (c->norm == SF_NORM_PRE)
         SF(layernorm_forward)(a->u_ain, a->u_mean, a->u_rstd, a->u_emb, w->g1, w->be1, c->ln_eps, U, d, par);
     SF(linear_forward)(a->u_qkv, a->u_ain, w->w_in, w->b_in, U, d, 3 * d, a->wt, par);
-    rope_heads(c, p->rope, a->u_qkv, 3 * d, 2, T, T, 0, par); /* U = 2T rows: token u / T at position u % T */
-    rope_heads(c, p->rope, a->u_qkv + d, 3 * d, 2, T, T, 0, par);
+    rope_distinct_rows(c, p->rope, a->u_qkv, T, 0, par);
     if (s->tabled) {
         for (long hd = 0; hd < H; hd++) /* s_tab[h] = Q_h K_h^T over the distinct rows */
             SF(gemm_bt)(U, U, dh, a->u_qkv + hd * dh, 3 * d, 1, a->u_qkv + d + hd * dh, 3 * d, a->s_tab + hd * U * U, U,
@@ -352,8 +350,7 @@ static void distinct_inproj_backward(const sf_config *c, const params *p, layer_
         SF(gemm)(U, dh, U, ds, 1, U, q, 3 * d, a->u_grad + d + h * dh, 3 * d, NULL, 0, par);
     }
     /* the gradients of the rotated queries and keys, back through RoPE (per distinct row: its position) */
-    rope_heads(c, p->rope, a->u_grad, 3 * d, 2, T, T, 1, par);
-    rope_heads(c, p->rope, a->u_grad + d, 3 * d, 2, T, T, 1, par);
+    rope_distinct_rows(c, p->rope, a->u_grad, T, 1, par);
     SF(linear_backward)(a->u_gain, 0, gw->w_in, gw->b_in, a->u_grad, a->u_ain, w->w_in, U, d, 3 * d, par);
     if (c->norm == SF_NORM_PRE)
         SF(layernorm_backward)(a->u_gemb, NULL, gw->g1, gw->be1, a->u_gain, a->u_emb, a->u_mean, a->u_rstd, w->g1, U, d,
@@ -512,8 +509,7 @@ void SF(stack_backward)(const sf_config *c, const params *p, params *g, const ui
         g_in = t;
     }
     SF(embedding_backward_add)(g->tok, g->pos, g_emb, x, B, T, 2, d, concat_positions(c), par);
-    for (long u = 0; u < a->U; u++) /* row u is token u / T at position u % T */
-        embed_row_backward_add(g->tok, g->pos, a->u_gemb + u * d, u / T, u % T, d, concat_positions(c));
+    add_distinct_rows_grad(g->tok, g->pos, a->u_gemb, a->U, T, d, concat_positions(c));
 }
 
 void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par) {

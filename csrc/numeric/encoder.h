@@ -138,6 +138,23 @@ static inline void rope_heads(const sf_config *c, const double *rope, real *X, l
                       par);
 }
 
+/* Layer 0's 2T distinct rows (row u: token u / T at position u % T): their embeddings (U,d) from the
+ * tables; their gradients (U,d) added to the tables' gradients; their queries and keys, columns
+ * [0,2d) of rows 3d wide (q|k|v), turned by RoPE (inverse: back). */
+static inline void embed_distinct_rows(real *u_emb, const real *tok, const real *pos, long U, long T, long d,
+                                       int concat) {
+    for (long u = 0; u < U; u++) embed_row(u_emb + u * d, tok, pos, u / T, u % T, d, concat);
+}
+static inline void add_distinct_rows_grad(real *dtok, real *dpos, const real *u_grad, long U, long T, long d,
+                                          int concat) {
+    for (long u = 0; u < U; u++) embed_row_backward_add(dtok, dpos, u_grad + u * d, u / T, u % T, d, concat);
+}
+static inline void rope_distinct_rows(const sf_config *c, const double *rope, real *u_qkv, long T, int inverse,
+                                      sf_par *par) {
+    rope_heads(c, rope, u_qkv, 3 * c->d_model, 2, T, T, inverse, par);
+    rope_heads(c, rope, u_qkv + c->d_model, 3 * c->d_model, 2, T, T, inverse, par);
+}
+
 /* Zero the embedding tables' gradient views (their uses add into them). */
 static inline void zero_embedding_grads(const sf_model *m, params *g) {
     memset(g->tok, 0, (size_t)m->tensors[0].size * sizeof(real));

@@ -51,15 +51,13 @@ static void distinct_inproj_tangent_forward(const sf_config *c, const params *p,
                                             acts *t, const uint8_t *x, sf_par *par) {
     const layer_params *w = &p->layer[0], *v = &pv->layer[0];
     const long d = c->d_model, B = a->B, T = a->T, U = a->U;
-    for (long u = 0; u < U; u++) /* row u: token u / T at position u % T (a fixed table has no tangent) */
-        embed_row(t->u_emb + u * d, pv->tok, pv->pos, u / T, u % T, d, concat_positions(c));
+    embed_distinct_rows(t->u_emb, pv->tok, pv->pos, U, T, d, concat_positions(c)); /* a fixed table: no tangent */
     if (c->norm == SF_NORM_PRE)
         SF(layernorm_tangent_forward)(t->u_ain, t->u_mean, t->u_rstd, cdual_of(a->u_emb, t->u_emb), a->u_mean,
                                       a->u_rstd, cdual_of(w->g1, v->g1), v->be1, U, d, par);
     SF(linear_tangent_forward)(t->u_qkv, cdual_of(a->u_ain, t->u_ain), cdual_of(w->w_in, v->w_in), v->b_in, U, d,
                                3 * d, t->wt, par);
-    rope_heads(c, p->rope, t->u_qkv, 3 * d, 2, T, T, 0, par);
-    rope_heads(c, p->rope, t->u_qkv + d, 3 * d, 2, T, T, 0, par);
+    rope_distinct_rows(c, p->rope, t->u_qkv, T, 0, par);
     SF(gather_distinct)(t->layer[0].q, t->layer[0].kv, t->u_qkv, x, B, T, a->layer[0].Tq, d);
 }
 
@@ -128,10 +126,8 @@ static void distinct_inproj_tangent_backward(const sf_config *c, const params *p
     const long d = c->d_model, T = a->T, U = a->U;
     SF(sum_by_distinct_row)(a, &a->layer[0], x, d, par);
     SF(sum_by_distinct_row)(t, &a->layer[0], x, d, par);
-    for (int k = 0; k < 2; k++) { /* per distinct row: its position turns back */
-        rope_heads(c, p->rope, (k ? t : a)->u_grad, 3 * d, 2, T, T, 1, par);
-        rope_heads(c, p->rope, (k ? t : a)->u_grad + d, 3 * d, 2, T, T, 1, par);
-    }
+    rope_distinct_rows(c, p->rope, a->u_grad, T, 1, par); /* per distinct row: its position turns back */
+    rope_distinct_rows(c, p->rope, t->u_grad, T, 1, par);
     SF(linear_tangent_backward)(dual_of(a->u_gain, t->u_gain), 0, hv->w_in, hv->b_in, cdual_of(a->u_grad, t->u_grad),
                                 cdual_of(a->u_ain, t->u_ain), cdual_of(w->w_in, v->w_in), U, d, 3 * d, par);
     if (c->norm == SF_NORM_PRE)
@@ -238,8 +234,7 @@ void SF(stack_tangent_backward)(const sf_config *c, const params *p, const param
         g_out = g_in, g_in = swap;
     }
     SF(embedding_backward_add)(hv->tok, hv->pos, g_out.t, x, B, T, 2, d, concat_positions(c), par);
-    for (long u = 0; u < a->U; u++) /* layer 0's distinct rows: row u is token u / T at position u % T */
-        embed_row_backward_add(hv->tok, hv->pos, t->u_gemb + u * d, u / T, u % T, d, concat_positions(c));
+    add_distinct_rows_grad(hv->tok, hv->pos, t->u_gemb, a->U, T, d, concat_positions(c)); /* layer 0's distinct rows */
 }
 
 /* The encoder model: the stack and its readout. */
