@@ -85,7 +85,7 @@ def main():
     torch.set_num_threads(args.threads)
     paths = harness.parse_paths(args.path)
     if len(paths) == 1:
-        sf._engine.select_cpu_path(paths[0])
+        sf._native.select_cpu_path(paths[0])
     machine = harness.describe_machine(args.threads)
     repeats = 1 if args.quick else args.repeats
     sources = (bench_train_step.jobs, bench_probes.jobs, mc_sensitivity_jobs, truth_table_jobs,

@@ -63,10 +63,10 @@ def measure(job: Job, repeats: int, peak_gflops: Optional[float] = None) -> dict
 
 def on_path(path: str, fn: Callable[[], object]) -> Callable[[], object]:
     """fn with every engine call on CPU path ``path`` (the process-wide path is switched before each call)."""
-    from sensiformer import _engine
+    from sensiformer import _native
 
     def run():
-        _engine.select_cpu_path(path)
+        _native.select_cpu_path(path)
         return fn()
 
     return run
@@ -75,7 +75,7 @@ def on_path(path: str, fn: Callable[[], object]) -> Callable[[], object]:
 def measure_paths(job: Job, paths, repeats: int, peak_gflops: Optional[float] = None) -> dict:
     """The job's sensiformer side on each CPU path and the other side, interleaved (p1 p2 ... other, p1 p2 ...
     other, ...) after a warm-up of each; medians per path and each path's ratio to the other side."""
-    from sensiformer import _engine
+    from sensiformer import _native
 
     sides = {path: on_path(path, job.ours) for path in paths}
     if job.theirs is not None:
@@ -86,7 +86,7 @@ def measure_paths(job: Job, paths, repeats: int, peak_gflops: Optional[float] = 
     for _ in range(repeats):
         for name, fn in sides.items():
             times[name].append(seconds(fn))
-    _engine.select_cpu_path("auto")
+    _native.select_cpu_path("auto")
     med = {name: statistics.median(t) for name, t in times.items()}
     theirs = med.get(job.theirs_label) if job.theirs is not None else None
     row = dict(job=job.name, config=job.config, theirs=job.theirs_label if theirs else None,

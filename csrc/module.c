@@ -3,85 +3,6 @@
 #define SF_MODULE_MAIN
 #include "py_util.h"
 
-PyObject *sf_py_raise(sf_status st) {
-    PyObject *type = PyExc_RuntimeError;
-    if (st == SF_EINVAL) type = PyExc_ValueError;
-    else if (st == SF_ENOMEM) type = PyExc_MemoryError;
-    else if (st == SF_ENUMERIC) type = PyExc_FloatingPointError;
-    PyErr_SetString(type, sf_last_error());
-    return NULL;
-}
-
-PyArrayObject *sf_py_array(PyObject *obj, int typenum, int ndim, const char *what) {
-    if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a NumPy array", what);
-        return NULL;
-    }
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (PyArray_TYPE(a) != typenum) {
-        PyArray_Descr *want = PyArray_DescrFromType(typenum);
-        PyErr_Format(PyExc_TypeError, "%s must have dtype %S, got %S", what, (PyObject *)want,
-                     (PyObject *)PyArray_DESCR(a));
-        Py_XDECREF(want);
-        return NULL;
-    }
-    if (PyArray_NDIM(a) != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must have %d dimension(s), got %d", what, ndim, PyArray_NDIM(a));
-        return NULL;
-    }
-    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) || !PyArray_ISNOTSWAPPED(a)) {
-        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous, aligned and in native byte order", what);
-        return NULL;
-    }
-    Py_INCREF(a);
-    return a;
-}
-
-sf_seq_data sf_py_seq_data(PyArrayObject *x, PyArrayObject *dec, PyArrayObject *y) {
-    const sf_seq_data d = {PyArray_DATA(x), dec ? PyArray_DATA(dec) : NULL, y ? PyArray_DATA(y) : NULL,
-                           (int)PyArray_DIM(x, 0), (int)PyArray_DIM(x, 1), dec ? (int)PyArray_DIM(dec, 1) : 0,
-                           !y ? 0 : PyArray_NDIM(y) == 2 ? (int)PyArray_DIM(y, 1) : 1};
-    return d;
-}
-
-int sf_py_token_arrays(PyObject *xo, PyObject *deco, int decoder_optional, PyArrayObject **x, PyArrayObject **dec) {
-    *dec = NULL;
-    if (!(*x = sf_py_array(xo, NPY_UINT8, 2, "x"))) return -1;
-    if (decoder_optional && deco == Py_None) return 0;
-    if (!(*dec = sf_py_array(deco, NPY_UINT8, 2, "decoder_input"))) {
-        Py_CLEAR(*x);
-        return -1;
-    }
-    if (PyArray_DIM(*dec, 0) != PyArray_DIM(*x, 0)) {
-        PyErr_Format(PyExc_ValueError, "decoder_input has %zd rows for %zd inputs", (Py_ssize_t)PyArray_DIM(*dec, 0),
-                     (Py_ssize_t)PyArray_DIM(*x, 0));
-        Py_CLEAR(*x);
-        Py_CLEAR(*dec);
-        return -1;
-    }
-    return 0;
-}
-
-PyObject *sf_py_view(PyObject *owner, void *data, int ndim, npy_intp *shape, int typenum, int writeable) {
-    PyObject *arr = PyArray_New(&PyArray_Type, ndim, shape, typenum, NULL, data, 0,
-                                writeable ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO, NULL);
-    if (!arr) return NULL;
-    Py_INCREF(owner);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) {
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
-}
-
-int sf_py_stop_hook(void *ctx) {
-    sf_py_unlocked *u = ctx;
-    PyEval_RestoreThread(u->saved);
-    int stop = PyErr_CheckSignals() != 0;
-    u->saved = PyEval_SaveThread();
-    return stop;
-}
-
 /* ---- module-level functions ------------------------------------------------------------------ */
 
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
@@ -116,15 +37,24 @@ static PyObject *py_set_memory_limit(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_measure_peak(PyObject *self, PyObject *args) {
-    int dbl, nt;
-    double budget;
-    if (!PyArg_ParseTuple(args, "pid", &dbl, &nt, &budget)) return NULL;
-    double gflops;
-    Py_BEGIN_ALLOW_THREADS
-    gflops = sf_measure_peak_gflops(dbl, nt, budget, NULL);
-    Py_END_ALLOW_THREADS
-    return PyFloat_FromDouble(gflops);
+struct peak_call {
+    int float64, n_threads;
+    double seconds, gflops;
+};
+
+static sf_status peak_body(void *p, sf_stop_hook stop, void *stop_ctx) {
+    struct peak_call *c = p;
+    c->gflops = sf_measure_peak_gflops(c->float64, c->n_threads, c->seconds, NULL);
+    return SF_OK;
+}
+
+/* measure_peak(float64, n_threads, seconds) -> GFLOP/s */
+static PyObject *py_measure_peak(PyObject *self, PyObject *args, PyObject *kw) {
+    struct peak_call c = {0};
+    const sf_py_arg table[] = {SF_ARG("float64", SF_ARG_BOOL, &c.float64), SF_ARG("n_threads", SF_ARG_INT, &c.n_threads),
+                               SF_ARG("seconds", SF_ARG_DOUBLE, &c.seconds)};
+    if (sf_py_parse("measure_peak", args, kw, SF_ARGS(table)) < 0 || sf_py_run(NULL, 0, peak_body, &c) < 0) return NULL;
+    return PyFloat_FromDouble(c.gflops);
 }
 
 /* vocabulary() -> {list: {name: value}}: the engine's enumerations and limits (sf.h), so that Python never
@@ -158,7 +88,7 @@ static PyObject *py_select_cpu_path(PyObject *self, PyObject *arg) {
 static PyMethodDef module_methods[] = {
     {"vocabulary", py_vocabulary, METH_NOARGS, "vocabulary() -> {list: {name: value}}: the engine's enumerations"},
     {"select_cpu_path", py_select_cpu_path, METH_O, "select_cpu_path(name) -> the path now in use (private)"},
-    {"measure_peak", py_measure_peak, METH_VARARGS, "measure_peak(float64, n_threads, seconds) -> GFLOP/s"},
+    {"measure_peak", SF_PY_KEYWORDS(py_measure_peak), "measure_peak(float64, n_threads, seconds) -> GFLOP/s"},
     {"build_info", py_build_info, METH_NOARGS, "Facts about this build: OpenMP, CPU path, flags, threads, memory limit."},
     {"set_default_threads", py_set_default_threads, METH_O, "Default thread count (<= 0: OpenMP's default)."},
     {"resolve_threads", py_resolve_threads, METH_O, "The thread count a call with n_threads=n would use."},
@@ -177,10 +107,10 @@ PyMODINIT_FUNC PyInit__engine(void) {
     static PyMethodDef all[64];
     int n = 0;
     for (PyMethodDef *d = module_methods; d->ml_name; d++) all[n++] = *d;
+    for (PyMethodDef *d = sf_ops_methods; d->ml_name; d++) all[n++] = *d;
+    for (PyMethodDef *d = sf_probe_methods; d->ml_name; d++) all[n++] = *d;
     for (PyMethodDef *d = sf_train_methods; d->ml_name; d++) all[n++] = *d;
     for (PyMethodDef *d = sf_boolean_methods; d->ml_name; d++) all[n++] = *d;
-    for (PyMethodDef *d = sf_probe_methods; d->ml_name; d++) all[n++] = *d;
-    for (PyMethodDef *d = sf_seq2seq_methods; d->ml_name; d++) all[n++] = *d;
     for (PyMethodDef *d = sf_kernel_methods; d->ml_name; d++) all[n++] = *d;
     engine_module.m_methods = all;
     /* One CPU path for every kernel of the process, chosen before any model exists. */

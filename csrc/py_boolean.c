@@ -4,196 +4,113 @@
 #include "boolean.h"
 #include "py_util.h"
 
-/* Borrow a float64 truth table of 2^n entries (0 <= n <= SF_BOOLEAN_MAX_N). New reference. */
-static PyArrayObject *table_arg(PyObject *obj, const char *what, int *n) {
-    PyArrayObject *a = sf_py_array(obj, NPY_FLOAT64, 1, what);
-    if (!a) return NULL;
+/* The transforms and measures of a truth table (boolean.c), one Python function each, read and run
+ * by one routine: the table of operations says what each one reads and returns. */
+typedef enum { OP_FWHT, OP_FOURIER, OP_SPECTRUM, OP_DEGREE_STATS, OP_INFLUENCES, OP_POINT_SENSITIVITY, OP_PROFILE } op_kind;
+enum { LEN_ALL, LEN_DEGREES, LEN_BITS }; /* an output's length: 2^n, n + 1 or n */
+
+static const struct {
+    const char *name, *input; /* the function and its table argument */
+    int map01;                /* reads the map01 flag */
+    int outputs, length, typenum;
+    const char *what; /* a 2^n output, counted against the memory limit before it is made */
+} OPS[] = {
+    [OP_FWHT] = {"fwht", "a", 0, 0, 0, 0, NULL},
+    [OP_FOURIER] = {"fourier", "truth_table", 1, 1, LEN_ALL, NPY_FLOAT64, "the Fourier coefficients"},
+    [OP_SPECTRUM] = {"spectrum", "truth_table", 1, 2, LEN_DEGREES, NPY_FLOAT64, NULL},
+    [OP_DEGREE_STATS] = {"degree_stats", "coefficients", 0, 2, LEN_DEGREES, NPY_FLOAT64, NULL},
+    [OP_INFLUENCES] = {"influences", "truth_table", 0, 1, LEN_BITS, NPY_FLOAT64, NULL},
+    [OP_POINT_SENSITIVITY] = {"point_sensitivity", "truth_table", 0, 1, LEN_ALL, NPY_FLOAT64,
+                              "the per-input sensitivities"},
+    [OP_PROFILE] = {"sensitivity_profile", "truth_table", 0, 1, LEN_DEGREES, NPY_INT64, NULL},
+};
+
+struct boolean_call {
+    op_kind op;
+    double *table;
+    int n, map01, n_threads;
+    void *out[2];
+};
+
+static sf_status boolean_body(void *p, sf_stop_hook stop, void *stop_ctx) {
+    struct boolean_call *c = p;
+    switch (c->op) {
+    case OP_FWHT: return sf_fwht(c->table, c->n, c->n_threads);
+    case OP_FOURIER: return sf_fourier(c->out[0], c->table, c->n, c->map01, c->n_threads);
+    case OP_SPECTRUM: return sf_spectrum(c->out[0], c->out[1], c->table, c->n, c->map01, c->n_threads);
+    case OP_DEGREE_STATS: return sf_degree_stats(c->out[0], c->out[1], c->table, c->n, c->n_threads);
+    case OP_INFLUENCES: return sf_influences(c->out[0], c->table, c->n, c->n_threads);
+    case OP_POINT_SENSITIVITY: return sf_point_sensitivity(c->out[0], c->table, c->n, c->n_threads);
+    case OP_PROFILE: return sf_sensitivity_profile(c->out[0], c->table, c->n, c->n_threads);
+    }
+    return SF_EINVAL;
+}
+
+/* n with len == 2^n, 0 <= n <= SF_BOOLEAN_MAX_N; -1 with an exception naming the table otherwise. */
+static int table_bits(PyArrayObject *a, const char *what) {
     const npy_intp len = PyArray_DIM(a, 0);
     int k = 0;
     while (k <= SF_BOOLEAN_MAX_N && ((npy_intp)1 << k) < len) k++;
     if (k > SF_BOOLEAN_MAX_N || ((npy_intp)1 << k) != len) {
         PyErr_Format(PyExc_ValueError, "%s must have 2**n entries with n <= %d, got %zd", what, SF_BOOLEAN_MAX_N,
                      (Py_ssize_t)len);
-        Py_DECREF(a);
+        return -1;
+    }
+    return k;
+}
+
+/* OPS[op](table float64 (2^n,), [map01,] n_threads): fwht in place (None); else its outputs */
+static PyObject *run_op(op_kind op, PyObject *args, PyObject *kw) {
+    PyArrayObject *table;
+    struct boolean_call c = {.op = op};
+    const sf_py_arg spec[] = {{OPS[op].input, SF_ARG_ARRAY, &table, 0, NPY_FLOAT64, 1, op == OP_FWHT},
+                              SF_ARG("n_threads", SF_ARG_INT, &c.n_threads), SF_ARG("map01", SF_ARG_BOOL, &c.map01)};
+    if (sf_py_parse(OPS[op].name, args, kw, spec, OPS[op].map01 ? 3 : 2) < 0 ||
+        (c.n = table_bits(table, OPS[op].input)) < 0)
         return NULL;
+    c.table = PyArray_DATA(table);
+    npy_intp len = OPS[op].length == LEN_ALL ? (npy_intp)1 << c.n : OPS[op].length == LEN_DEGREES ? c.n + 1 : c.n;
+    if (OPS[op].what) {
+        sf_status st = sf_check_budget((size_t)len * 8, OPS[op].what);
+        if (st) return sf_py_raise(st);
     }
-    *n = k;
-    return a;
-}
-
-/* A new float64 array of `len` entries, refused before allocation when over the memory limit. */
-static PyObject *new_output(npy_intp len, int typenum, const char *what) {
-    sf_status st = sf_check_budget((size_t)len * 8, what);
-    if (st) return sf_py_raise(st);
-    return PyArray_SimpleNew(1, &len, typenum);
-}
-
-/* fwht(a, n_threads): in place. */
-static PyObject *py_fwht(PyObject *self, PyObject *args) {
-    PyObject *ao;
-    int nt, n;
-    if (!PyArg_ParseTuple(args, "Oi", &ao, &nt)) return NULL;
-    PyArrayObject *a = table_arg(ao, "a", &n);
-    if (!a) return NULL;
-    if (!PyArray_ISWRITEABLE(a)) {
-        Py_DECREF(a);
-        return PyErr_Format(PyExc_ValueError, "a must be writeable (the transform is in place)");
+    PyObject *out[2] = {NULL, NULL}, *result = NULL;
+    for (int i = 0; i < OPS[op].outputs; i++) {
+        if (!(out[i] = PyArray_SimpleNew(1, &len, OPS[op].typenum))) goto done;
+        c.out[i] = PyArray_DATA((PyArrayObject *)out[i]);
     }
-    sf_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = sf_fwht(PyArray_DATA(a), n, nt);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(a);
-    if (st) return sf_py_raise(st);
-    Py_RETURN_NONE;
-}
-
-/* fourier(values, map01, n_threads) -> coefficients */
-static PyObject *py_fourier(PyObject *self, PyObject *args) {
-    PyObject *vo;
-    int map01, nt, n;
-    if (!PyArg_ParseTuple(args, "Opi", &vo, &map01, &nt)) return NULL;
-    PyArrayObject *v = table_arg(vo, "truth_table", &n);
-    if (!v) return NULL;
-    PyObject *out = new_output(PyArray_DIM(v, 0), NPY_FLOAT64, "the Fourier coefficients");
-    if (out) {
-        sf_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = sf_fourier(PyArray_DATA((PyArrayObject *)out), PyArray_DATA(v), n, map01, nt);
-        Py_END_ALLOW_THREADS
-        if (st) {
-            Py_CLEAR(out);
-            sf_py_raise(st);
-        }
-    }
-    Py_DECREF(v);
-    return out;
-}
-
-/* Shared by spectrum and degree_stats: (weights, maxabs), each n + 1 long. */
-static PyObject *stats_result(PyArrayObject *v, int n, int map01, int from_coefficients, int nt) {
-    npy_intp K = n + 1;
-    PyObject *w = PyArray_SimpleNew(1, &K, NPY_FLOAT64), *m = PyArray_SimpleNew(1, &K, NPY_FLOAT64);
-    PyObject *result = NULL;
-    if (w && m) {
-        double *wd = PyArray_DATA((PyArrayObject *)w), *md = PyArray_DATA((PyArrayObject *)m);
-        const double *vd = PyArray_DATA(v);
-        sf_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = from_coefficients ? sf_degree_stats(wd, md, vd, n, nt) : sf_spectrum(wd, md, vd, n, map01, nt);
-        Py_END_ALLOW_THREADS
-        if (st) sf_py_raise(st);
-        else result = PyTuple_Pack(2, w, m);
-    }
-    Py_XDECREF(w);
-    Py_XDECREF(m);
+    if (sf_py_run(NULL, 0, boolean_body, &c) < 0) goto done;
+    result = OPS[op].outputs == 0 ? Py_NewRef(Py_None) : OPS[op].outputs == 1 ? Py_NewRef(out[0])
+                                                                              : PyTuple_Pack(2, out[0], out[1]);
+done:
+    Py_XDECREF(out[0]);
+    Py_XDECREF(out[1]);
     return result;
 }
 
-/* spectrum(values, map01, n_threads) -> (weights, maxabs) by degree */
-static PyObject *py_spectrum(PyObject *self, PyObject *args) {
-    PyObject *vo;
-    int map01, nt, n;
-    if (!PyArg_ParseTuple(args, "Opi", &vo, &map01, &nt)) return NULL;
-    PyArrayObject *v = table_arg(vo, "truth_table", &n);
-    if (!v) return NULL;
-    PyObject *result = stats_result(v, n, map01, 0, nt);
-    Py_DECREF(v);
-    return result;
-}
+#define BOOLEAN_FUNCTION(fn, op)                                                                                      \
+    static PyObject *py_##fn(PyObject *self, PyObject *args, PyObject *kw) { return run_op(op, args, kw); }
+BOOLEAN_FUNCTION(fwht, OP_FWHT)
+BOOLEAN_FUNCTION(fourier, OP_FOURIER)
+BOOLEAN_FUNCTION(spectrum, OP_SPECTRUM)
+BOOLEAN_FUNCTION(degree_stats, OP_DEGREE_STATS)
+BOOLEAN_FUNCTION(influences, OP_INFLUENCES)
+BOOLEAN_FUNCTION(point_sensitivity, OP_POINT_SENSITIVITY)
+BOOLEAN_FUNCTION(sensitivity_profile, OP_PROFILE)
 
-/* degree_stats(coefficients, n_threads) -> (weights, maxabs) by degree */
-static PyObject *py_degree_stats(PyObject *self, PyObject *args) {
-    PyObject *co;
-    int nt, n;
-    if (!PyArg_ParseTuple(args, "Oi", &co, &nt)) return NULL;
-    PyArrayObject *c = table_arg(co, "coefficients", &n);
-    if (!c) return NULL;
-    PyObject *result = stats_result(c, n, 0, 1, nt);
-    Py_DECREF(c);
-    return result;
-}
-
-/* influences(values, n_threads) -> (n,) raw E[(v(x) - v(x xor e_j))^2] */
-static PyObject *py_influences(PyObject *self, PyObject *args) {
-    PyObject *vo;
-    int nt, n;
-    if (!PyArg_ParseTuple(args, "Oi", &vo, &nt)) return NULL;
-    PyArrayObject *v = table_arg(vo, "truth_table", &n);
-    if (!v) return NULL;
-    npy_intp len = n;
-    PyObject *out = PyArray_SimpleNew(1, &len, NPY_FLOAT64);
-    if (out) {
-        sf_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = sf_influences(PyArray_DATA((PyArrayObject *)out), PyArray_DATA(v), n, nt);
-        Py_END_ALLOW_THREADS
-        if (st) {
-            Py_CLEAR(out);
-            sf_py_raise(st);
-        }
-    }
-    Py_DECREF(v);
-    return out;
-}
-
-/* point_sensitivity(values, n_threads) -> (2^n,) raw sum_j (v(x) - v(x xor e_j))^2 */
-static PyObject *py_point_sensitivity(PyObject *self, PyObject *args) {
-    PyObject *vo;
-    int nt, n;
-    if (!PyArg_ParseTuple(args, "Oi", &vo, &nt)) return NULL;
-    PyArrayObject *v = table_arg(vo, "truth_table", &n);
-    if (!v) return NULL;
-    PyObject *out = new_output(PyArray_DIM(v, 0), NPY_FLOAT64, "the per-input sensitivities");
-    if (out) {
-        sf_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = sf_point_sensitivity(PyArray_DATA((PyArrayObject *)out), PyArray_DATA(v), n, nt);
-        Py_END_ALLOW_THREADS
-        if (st) {
-            Py_CLEAR(out);
-            sf_py_raise(st);
-        }
-    }
-    Py_DECREF(v);
-    return out;
-}
-
-/* sensitivity_profile(values, n_threads) -> int64 (n + 1,) counts */
-static PyObject *py_sensitivity_profile(PyObject *self, PyObject *args) {
-    PyObject *vo;
-    int nt, n;
-    if (!PyArg_ParseTuple(args, "Oi", &vo, &nt)) return NULL;
-    PyArrayObject *v = table_arg(vo, "truth_table", &n);
-    if (!v) return NULL;
-    npy_intp K = n + 1;
-    PyObject *out = PyArray_SimpleNew(1, &K, NPY_INT64);
-    if (out) {
-        sf_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = sf_sensitivity_profile(PyArray_DATA((PyArrayObject *)out), PyArray_DATA(v), n, nt);
-        Py_END_ALLOW_THREADS
-        if (st) {
-            Py_CLEAR(out);
-            sf_py_raise(st);
-        }
-    }
-    Py_DECREF(v);
-    return out;
-}
-
-/* label_noise(seed, step, B, p) -> uint8 (B,): rows whose label the training stream flips */
-static PyObject *py_label_noise(PyObject *self, PyObject *args) {
-    unsigned long long seed;
-    long long step;
-    Py_ssize_t B;
+/* label_noise(seed, step, rows, p) -> uint8 (rows,): rows whose label the training stream flips */
+static PyObject *py_label_noise(PyObject *self, PyObject *args, PyObject *kw) {
+    uint64_t seed;
+    int64_t step, rows;
     double p;
-    if (!PyArg_ParseTuple(args, "KLnd", &seed, &step, &B, &p)) return NULL;
-    if (B < 0) return PyErr_Format(PyExc_ValueError, "the number of rows must be >= 0");
-    npy_intp len = B;
+    const sf_py_arg table[] = {SF_ARG("seed", SF_ARG_UINT64, &seed), SF_ARG("step", SF_ARG_INT64, &step),
+                               SF_ARG("rows", SF_ARG_INT64, &rows), SF_ARG("p", SF_ARG_DOUBLE, &p)};
+    if (sf_py_parse("label_noise", args, kw, SF_ARGS(table)) < 0) return NULL;
+    if (rows < 0) return PyErr_Format(PyExc_ValueError, "rows must be >= 0");
+    npy_intp len = rows;
     PyObject *out = PyArray_SimpleNew(1, &len, NPY_UINT8);
     if (!out) return NULL;
-    sf_status st = sf_label_noise(PyArray_DATA((PyArrayObject *)out), seed, step, B, p);
+    sf_status st = sf_label_noise(PyArray_DATA((PyArrayObject *)out), seed, step, rows, p);
     if (st) {
         Py_DECREF(out);
         return sf_py_raise(st);
@@ -273,13 +190,18 @@ int sf_py_target_options(PyObject *options, sf_target *t, sf_py_target_refs *r) 
 }
 
 PyMethodDef sf_boolean_methods[] = {
-    {"fwht", py_fwht, METH_VARARGS, "fwht(a, n_threads): in-place unnormalised Walsh-Hadamard transform"},
-    {"fourier", py_fourier, METH_VARARGS, "fourier(values, map01, n_threads) -> coefficients"},
-    {"spectrum", py_spectrum, METH_VARARGS, "spectrum(values, map01, n_threads) -> (weights, maxabs) by degree"},
-    {"degree_stats", py_degree_stats, METH_VARARGS, "degree_stats(coefficients, n_threads) -> (weights, maxabs)"},
-    {"influences", py_influences, METH_VARARGS, "influences(values, n_threads) -> raw squared flip differences"},
-    {"point_sensitivity", py_point_sensitivity, METH_VARARGS, "point_sensitivity(values, n_threads) -> (2^n,)"},
-    {"sensitivity_profile", py_sensitivity_profile, METH_VARARGS, "sensitivity_profile(values, n_threads) -> counts"},
-    {"label_noise", py_label_noise, METH_VARARGS, "label_noise(seed, step, B, p) -> uint8 flips of the training stream"},
+    {"fwht", SF_PY_KEYWORDS(py_fwht), "fwht(*, a, n_threads): in-place unnormalised Walsh-Hadamard transform"},
+    {"fourier", SF_PY_KEYWORDS(py_fourier), "fourier(*, truth_table, map01, n_threads) -> coefficients"},
+    {"spectrum", SF_PY_KEYWORDS(py_spectrum),
+     "spectrum(*, truth_table, map01, n_threads) -> (weights, maxabs) by degree"},
+    {"degree_stats", SF_PY_KEYWORDS(py_degree_stats), "degree_stats(*, coefficients, n_threads) -> (weights, maxabs)"},
+    {"influences", SF_PY_KEYWORDS(py_influences),
+     "influences(*, truth_table, n_threads) -> raw squared flip differences"},
+    {"point_sensitivity", SF_PY_KEYWORDS(py_point_sensitivity),
+     "point_sensitivity(*, truth_table, n_threads) -> (2^n,)"},
+    {"sensitivity_profile", SF_PY_KEYWORDS(py_sensitivity_profile),
+     "sensitivity_profile(*, truth_table, n_threads) -> counts"},
+    {"label_noise", SF_PY_KEYWORDS(py_label_noise),
+     "label_noise(*, seed, step, rows, p) -> uint8 flips of the training stream"},
     {NULL, NULL, 0, NULL},
 };

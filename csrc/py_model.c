@@ -1,4 +1,5 @@
-/* sensiformer._engine.Model: owns an sf_model; parameters are exposed as zero-copy views. */
+/* sensiformer._engine.Model: owns an sf_model; parameters are exposed as zero-copy views; a busy flag
+ * lets one call at a time use it. (Its operations are the functions of py_ops.c and py_probes.c.) */
 #include "py_util.h"
 
 #include <time.h>
@@ -38,22 +39,27 @@ int sf_py_model_acquire_waiting(SfModelObject *m) {
 
 void sf_py_model_release(SfModelObject *m) { m->busy = 0; }
 
+/* Model(*, n_positions, d_model, n_heads, n_layers, d_ff, norm, final_norm, ln_eps, activation, dtype, seed,
+ *       identical_layers, kind=encoder, n_decoder_layers=0, norm_type=layer, positional=concat,
+ *       rope_base=10000) */
 static int model_init(SfModelObject *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"n_positions", "d_model", "n_heads", "n_layers", "d_ff", "norm", "final_norm", "ln_eps",
-                            "activation", "dtype", "seed", "identical_layers", "kind", "n_decoder_layers", "norm_type",
-                            "positional", "rope_base", NULL};
-    sf_config c = {0};
-    int norm, act, dtype, final_norm, identical, kind = SF_MODEL_ENCODER, norm_type = SF_NORM_LAYER;
-    int positional = SF_POS_CONCAT;
-    c.rope_base = 10000.0;
-    unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiiipdiiKp|iiiid", names, &c.n_positions, &c.d_model, &c.n_heads,
-                                     &c.n_layers, &c.d_ff, &norm, &final_norm, &c.ln_eps, &act, &dtype, &seed,
-                                     &identical, &kind, &c.n_decoder_layers, &norm_type, &positional,
-                                     &c.rope_base))
-        return -1;
-    c.norm = norm, c.final_norm = final_norm, c.activation = act, c.dtype = dtype, c.kind = kind;
-    c.norm_type = norm_type, c.positional = positional;
+    sf_config c = {.kind = SF_MODEL_ENCODER, .norm_type = SF_NORM_LAYER, .positional = SF_POS_CONCAT,
+                   .rope_base = 10000.0};
+    int norm, act, dtype, kind = c.kind, norm_type = c.norm_type, positional = c.positional, identical;
+    uint64_t seed;
+    const sf_py_arg table[] = {
+        SF_ARG("n_positions", SF_ARG_INT, &c.n_positions), SF_ARG("d_model", SF_ARG_INT, &c.d_model),
+        SF_ARG("n_heads", SF_ARG_INT, &c.n_heads), SF_ARG("n_layers", SF_ARG_INT, &c.n_layers),
+        SF_ARG("d_ff", SF_ARG_INT, &c.d_ff), SF_ARG("norm", SF_ARG_INT, &norm),
+        SF_ARG("final_norm", SF_ARG_BOOL, &c.final_norm), SF_ARG("ln_eps", SF_ARG_DOUBLE, &c.ln_eps),
+        SF_ARG("activation", SF_ARG_INT, &act), SF_ARG("dtype", SF_ARG_INT, &dtype),
+        SF_ARG("seed", SF_ARG_UINT64, &seed), SF_ARG("identical_layers", SF_ARG_BOOL, &identical),
+        SF_ARG_OPTIONAL("kind", SF_ARG_INT, &kind), SF_ARG_OPTIONAL("n_decoder_layers", SF_ARG_INT, &c.n_decoder_layers),
+        SF_ARG_OPTIONAL("norm_type", SF_ARG_INT, &norm_type), SF_ARG_OPTIONAL("positional", SF_ARG_INT, &positional),
+        SF_ARG_OPTIONAL("rope_base", SF_ARG_DOUBLE, &c.rope_base)};
+    if (sf_py_parse("Model", args, kw, SF_ARGS(table)) < 0) return -1;
+    c.norm = norm, c.activation = act, c.dtype = dtype, c.kind = kind, c.norm_type = norm_type;
+    c.positional = positional;
     if (self->model) {
         PyErr_SetString(PyExc_RuntimeError, "Model is already initialised");
         return -1;
@@ -104,84 +110,25 @@ static PyObject *model_flat(SfModelObject *self, PyObject *arg) {
     return sf_py_view((PyObject *)self, data, 1, &n, sf_py_typenum(sf_model_config(self->model)->dtype), 1);
 }
 
-static PyObject *model_forward(SfModelObject *self, PyObject *args) {
-    PyObject *xo;
-    int nt;
-    if (!PyArg_ParseTuple(args, "Oi", &xo, &nt)) return NULL;
-    if (sf_py_model_ready(self) < 0) return NULL;
-    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x");
-    if (!x) return NULL;
-    npy_intp B = PyArray_DIM(x, 0);
-    PyObject *out = PyArray_SimpleNew(1, &B, sf_py_typenum(sf_model_config(self->model)->dtype));
-    if (!out || sf_py_model_acquire(self) < 0) {
-        Py_DECREF(x);
-        Py_XDECREF(out);
-        return NULL;
-    }
-    const sf_seq_data d = sf_py_seq_data(x, NULL, NULL);
-    sf_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = sf_forward(self->model, &d, PyArray_DATA((PyArrayObject *)out), nt);
-    Py_END_ALLOW_THREADS
-    sf_py_model_release(self);
-    Py_DECREF(x);
-    if (st) {
-        Py_DECREF(out);
-        return sf_py_raise(st);
-    }
-    return out;
-}
-
-static PyObject *model_loss_and_grad(SfModelObject *self, PyObject *args) {
-    PyObject *xo, *yo;
-    int loss_kind, grad, nt;
-    if (!PyArg_ParseTuple(args, "OOipi", &xo, &yo, &loss_kind, &grad, &nt)) return NULL;
-    if (sf_py_model_ready(self) < 0) return NULL;
-    const sf_config *c = sf_model_config(self->model);
-    PyArrayObject *x = sf_py_array(xo, NPY_UINT8, 2, "x");
-    PyArrayObject *y = x ? sf_py_array(yo, sf_py_typenum(c->dtype), 1, "y") : NULL;
-    if (!y) {
-        Py_XDECREF(x);
-        return NULL;
-    }
-    npy_intp B = PyArray_DIM(x, 0);
-    if (PyArray_DIM(y, 0) != B) {
-        Py_DECREF(x);
-        Py_DECREF(y);
-        return PyErr_Format(PyExc_ValueError, "y has %zd labels for %zd inputs", (Py_ssize_t)PyArray_DIM(y, 0),
-                            (Py_ssize_t)B);
-    }
-    PyObject *out = PyArray_SimpleNew(1, &B, sf_py_typenum(c->dtype));
-    if (!out || sf_py_model_acquire(self) < 0) {
-        Py_DECREF(x);
-        Py_DECREF(y);
-        Py_XDECREF(out);
-        return NULL;
-    }
-    const sf_seq_data d = sf_py_seq_data(x, NULL, y);
-    double loss = 0;
-    sf_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = sf_loss_and_grad(self->model, &d, loss_kind, grad, &loss, PyArray_DATA((PyArrayObject *)out), nt);
-    Py_END_ALLOW_THREADS
-    sf_py_model_release(self);
-    Py_DECREF(x);
-    Py_DECREF(y);
-    if (st) {
-        Py_DECREF(out);
-        return sf_py_raise(st);
-    }
-    return Py_BuildValue("(dN)", loss, out);
-}
-
-static PyObject *model_reinit(SfModelObject *self, PyObject *args) {
-    unsigned long long seed;
+struct reinit_call {
+    sf_model *model;
+    uint64_t seed;
     int identical;
-    if (!PyArg_ParseTuple(args, "Kp", &seed, &identical)) return NULL;
-    if (sf_py_model_acquire(self) < 0) return NULL;
-    sf_status st = sf_model_reinit(self->model, seed, identical);
-    sf_py_model_release(self);
-    if (st) return sf_py_raise(st);
+};
+
+static sf_status reinit_body(void *p, sf_stop_hook stop, void *stop_ctx) {
+    struct reinit_call *c = p;
+    return sf_model_reinit(c->model, c->seed, c->identical);
+}
+
+/* reinit(*, seed, identical_layers): draw the parameters again */
+static PyObject *model_reinit(SfModelObject *self, PyObject *args, PyObject *kw) {
+    struct reinit_call c = {0};
+    const sf_py_arg table[] = {SF_ARG("seed", SF_ARG_UINT64, &c.seed),
+                               SF_ARG("identical_layers", SF_ARG_BOOL, &c.identical)};
+    if (sf_py_model_ready(self) < 0 || sf_py_parse("reinit", args, kw, SF_ARGS(table)) < 0) return NULL;
+    c.model = self->model;
+    if (sf_py_run(self, 0, reinit_body, &c) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -217,10 +164,7 @@ static PyObject *model_get_workspace_bytes(SfModelObject *self, void *closure) {
 static PyMethodDef model_methods[] = {
     {"tensors", (PyCFunction)model_tensors, METH_NOARGS, "[(name, shape, offset, size, kind, layer), ...]"},
     {"flat", (PyCFunction)model_flat, METH_O, "flat('params' | 'grads'): a writable view of the whole buffer"},
-    {"forward", (PyCFunction)model_forward, METH_VARARGS, "forward(x uint8 (B,T), n_threads) -> (B,)"},
-    {"loss_and_grad", (PyCFunction)model_loss_and_grad, METH_VARARGS,
-     "loss_and_grad(x, y, loss_kind, grad, n_threads) -> (loss, outputs); fills the gradient buffer"},
-    {"reinit", (PyCFunction)model_reinit, METH_VARARGS, "reinit(seed, identical_layers)"},
+    {"reinit", SF_PY_KEYWORDS(model_reinit), "reinit(*, seed, identical_layers)"},
     {"acquire", (PyCFunction)model_acquire, METH_NOARGS,
      "acquire(): take the busy flag (RuntimeError if another call holds it); pair with release()"},
     {"release", (PyCFunction)model_release, METH_NOARGS, "release(): give the busy flag back"},

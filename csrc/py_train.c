@@ -5,28 +5,29 @@
 
 /* ---- Optimizer ------------------------------------------------------------------------------- */
 
-static int parse_optim_config(PyObject *args, PyObject *kw, sf_optim_config *c, PyObject **model) {
-    static char *names[] = {"model", "kind", "lr", "beta1", "beta2", "eps", "weight_decay", "momentum",
-                            "dampening", "nesterov", "decay_all", "schedule", "warmup_steps", "total_steps",
-                            "min_lr", "clip_norm", NULL};
-    int kind, nesterov, decay_all, schedule;
-    long long warmup, total;
+/* Optimizer(*, model, kind, lr, beta1, beta2, eps, weight_decay, momentum, dampening, nesterov, decay_all,
+ *           schedule, warmup_steps, total_steps, min_lr, clip_norm) */
+static int parse_optim_config(PyObject *args, PyObject *kw, sf_optim_config *c, SfModelObject **model) {
+    int kind, schedule;
     memset(c, 0, sizeof *c);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!idddddddppiLLdd", names, &SfModelType, model, &kind, &c->lr,
-                                     &c->beta1, &c->beta2, &c->eps, &c->weight_decay, &c->momentum, &c->dampening,
-                                     &nesterov, &decay_all, &schedule, &warmup, &total, &c->min_lr, &c->clip_norm))
-        return -1;
-    c->kind = kind, c->nesterov = nesterov, c->decay_norm_bias_embedding = decay_all;
-    c->schedule = schedule, c->warmup_steps = warmup, c->total_steps = total;
+    const sf_py_arg table[] = {
+        SF_ARG("model", SF_ARG_MODEL, model), SF_ARG("kind", SF_ARG_INT, &kind), SF_ARG("lr", SF_ARG_DOUBLE, &c->lr),
+        SF_ARG("beta1", SF_ARG_DOUBLE, &c->beta1), SF_ARG("beta2", SF_ARG_DOUBLE, &c->beta2),
+        SF_ARG("eps", SF_ARG_DOUBLE, &c->eps), SF_ARG("weight_decay", SF_ARG_DOUBLE, &c->weight_decay),
+        SF_ARG("momentum", SF_ARG_DOUBLE, &c->momentum), SF_ARG("dampening", SF_ARG_DOUBLE, &c->dampening),
+        SF_ARG("nesterov", SF_ARG_BOOL, &c->nesterov), SF_ARG("decay_all", SF_ARG_BOOL, &c->decay_norm_bias_embedding),
+        SF_ARG("schedule", SF_ARG_INT, &schedule), SF_ARG("warmup_steps", SF_ARG_INT64, &c->warmup_steps),
+        SF_ARG("total_steps", SF_ARG_INT64, &c->total_steps), SF_ARG("min_lr", SF_ARG_DOUBLE, &c->min_lr),
+        SF_ARG("clip_norm", SF_ARG_DOUBLE, &c->clip_norm)};
+    if (sf_py_parse("Optimizer", args, kw, SF_ARGS(table)) < 0) return -1;
+    c->kind = kind, c->schedule = schedule;
     return 0;
 }
 
 static int optimizer_init(SfOptimizerObject *self, PyObject *args, PyObject *kw) {
     sf_optim_config c;
-    PyObject *model;
-    if (parse_optim_config(args, kw, &c, &model) < 0) return -1;
-    SfModelObject *mo = (SfModelObject *)model;
-    if (sf_py_model_ready(mo) < 0) return -1;
+    SfModelObject *mo;
+    if (parse_optim_config(args, kw, &c, &mo) < 0) return -1;
     if (self->opt) {
         PyErr_SetString(PyExc_RuntimeError, "Optimizer is already initialised");
         return -1;
@@ -55,18 +56,25 @@ static int optimizer_ready(SfOptimizerObject *self) {
     return 0;
 }
 
-static PyObject *optimizer_step(SfOptimizerObject *self, PyObject *args) {
-    int nt;
-    if (!PyArg_ParseTuple(args, "i", &nt) || optimizer_ready(self) < 0) return NULL;
-    if (sf_py_model_acquire(self->owner) < 0) return NULL;
-    double norm = 0;
-    sf_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = sf_optimizer_step(self->opt, &norm, nt);
-    Py_END_ALLOW_THREADS
-    sf_py_model_release(self->owner);
-    if (st) return sf_py_raise(st);
-    return PyFloat_FromDouble(norm);
+struct step_call {
+    sf_optimizer *opt;
+    double norm;
+    int n_threads;
+};
+
+static sf_status step_body(void *p, sf_stop_hook stop, void *stop_ctx) {
+    struct step_call *c = p;
+    return sf_optimizer_step(c->opt, &c->norm, c->n_threads);
+}
+
+/* step(*, n_threads) -> the gradient norm before clipping */
+static PyObject *optimizer_step(SfOptimizerObject *self, PyObject *args, PyObject *kw) {
+    struct step_call c = {0};
+    const sf_py_arg table[] = {SF_ARG("n_threads", SF_ARG_INT, &c.n_threads)};
+    if (optimizer_ready(self) < 0 || sf_py_parse("step", args, kw, SF_ARGS(table)) < 0) return NULL;
+    c.opt = self->opt;
+    if (sf_py_run(self->owner, 0, step_body, &c) < 0) return NULL;
+    return PyFloat_FromDouble(c.norm);
 }
 
 static PyObject *optimizer_state(SfOptimizerObject *self, PyObject *arg) {
@@ -104,7 +112,7 @@ static int optimizer_set_step(SfOptimizerObject *self, PyObject *value, void *cl
 }
 
 static PyMethodDef optimizer_methods[] = {
-    {"step", (PyCFunction)optimizer_step, METH_VARARGS, "step(n_threads) -> gradient norm before clipping"},
+    {"step", SF_PY_KEYWORDS(optimizer_step), "step(*, n_threads) -> gradient norm before clipping"},
     {"state", (PyCFunction)optimizer_state, METH_O, "state(0 | 1): view of the first/second moment buffer"},
     {"lr_at", (PyCFunction)optimizer_lr_at, METH_O, "learning rate of the update after `step` updates"},
     {NULL, NULL, 0, NULL},
@@ -200,51 +208,67 @@ static int data_spec_parse(PyObject *target, PyObject *sampler, data_spec *s) {
     return 0;
 }
 
-static PyObject *py_target_eval(PyObject *self, PyObject *args) {
-    PyObject *target, *xo;
-    if (!PyArg_ParseTuple(args, "OO", &target, &xo)) return NULL;
+struct target_call {
+    const sf_target *target;
+    const sf_sampler *sampler;
+    const uint8_t *x_in;
+    uint64_t seed;
+    int64_t step;
+    int B, T;
+    uint8_t *x;
+    double *y;
+};
+
+static sf_status target_eval_body(void *p, sf_stop_hook stop, void *stop_ctx) {
+    struct target_call *c = p;
+    return sf_target_eval(c->target, c->x_in, c->B, c->T, c->y);
+}
+
+/* target_eval(target (kind, n, table[, options]), x uint8 (B,T)) -> float64 (B,), or (B,T) for a prefix target */
+static PyObject *py_target_eval(PyObject *self, PyObject *args, PyObject *kw) {
+    PyObject *target;
+    PyArrayObject *x;
+    const sf_py_arg table[] = {SF_ARG("target", SF_ARG_OBJECT, &target), SF_ARRAY("x", &x, NPY_UINT8, 2)};
+    if (sf_py_parse("target_eval", args, kw, SF_ARGS(table)) < 0) return NULL;
     data_spec s;
-    PyArrayObject *x = NULL;
     PyObject *y = NULL;
-    if (data_spec_parse(target, NULL, &s) == 0 && (x = sf_py_array(xo, NPY_UINT8, 2, "x"))) {
-        npy_intp shape[2] = {PyArray_DIM(x, 0), PyArray_DIM(x, 1)}, B = shape[0];
+    if (data_spec_parse(target, NULL, &s) == 0) {
+        npy_intp shape[2] = {PyArray_DIM(x, 0), PyArray_DIM(x, 1)};
         if ((y = PyArray_SimpleNew(s.target.prefix ? 2 : 1, shape, NPY_FLOAT64))) {
-            sf_status st;
-            Py_BEGIN_ALLOW_THREADS
-            st = sf_target_eval(&s.target, PyArray_DATA(x), B, (int)PyArray_DIM(x, 1), PyArray_DATA((PyArrayObject *)y));
-            Py_END_ALLOW_THREADS
-            if (st) {
-                Py_CLEAR(y);
-                sf_py_raise(st);
-            }
+            struct target_call c = {&s.target, NULL, PyArray_DATA(x), 0, 0, (int)shape[0], (int)shape[1], NULL,
+                                    PyArray_DATA((PyArrayObject *)y)};
+            if (sf_py_run(NULL, 0, target_eval_body, &c) < 0) Py_CLEAR(y);
         }
     }
-    Py_XDECREF(x);
     data_spec_release(&s);
     return y;
 }
 
-static PyObject *py_sample_batch(PyObject *self, PyObject *args) {
+static sf_status sample_batch_body(void *p, sf_stop_hook stop, void *stop_ctx) {
+    struct target_call *c = p;
+    return sf_sample_batch(c->target, c->sampler, c->seed, c->step, c->B, c->T, c->x, c->y);
+}
+
+/* sample_batch(target, sampler (kind, subset, data_x, data_y), seed, step, batch_size, seq_len) -> (x, y):
+ * batch `step` of the training stream */
+static PyObject *py_sample_batch(PyObject *self, PyObject *args, PyObject *kw) {
     PyObject *target, *sampler;
-    unsigned long long seed;
-    long long step;
-    int B, T;
-    if (!PyArg_ParseTuple(args, "OOKLii", &target, &sampler, &seed, &step, &B, &T)) return NULL;
-    if (B < 1 || T < 1) return PyErr_Format(PyExc_ValueError, "batch size and length must be >= 1");
+    struct target_call c = {0};
+    const sf_py_arg table[] = {SF_ARG("target", SF_ARG_OBJECT, &target), SF_ARG("sampler", SF_ARG_OBJECT, &sampler),
+                               SF_ARG("seed", SF_ARG_UINT64, &c.seed), SF_ARG("step", SF_ARG_INT64, &c.step),
+                               SF_ARG("batch_size", SF_ARG_INT, &c.B), SF_ARG("seq_len", SF_ARG_INT, &c.T)};
+    if (sf_py_parse("sample_batch", args, kw, SF_ARGS(table)) < 0) return NULL;
+    if (c.B < 1 || c.T < 1) return PyErr_Format(PyExc_ValueError, "batch_size and seq_len must be >= 1");
     data_spec s;
     PyObject *result = NULL;
     if (data_spec_parse(target, sampler, &s) == 0) {
-        npy_intp shape[2] = {B, T};
+        npy_intp shape[2] = {c.B, c.T};
         PyObject *x = PyArray_SimpleNew(2, shape, NPY_UINT8);
-        PyObject *y = PyArray_SimpleNew(s.target.prefix ? 2 : 1, shape, NPY_FLOAT64);
-        if (x && y) {
-            sf_status st;
-            Py_BEGIN_ALLOW_THREADS
-            st = sf_sample_batch(&s.target, &s.sampler, seed, step, B, T, PyArray_DATA((PyArrayObject *)x),
-                                 PyArray_DATA((PyArrayObject *)y));
-            Py_END_ALLOW_THREADS
-            if (st) sf_py_raise(st);
-            else result = Py_BuildValue("(OO)", x, y);
+        PyObject *y = x ? PyArray_SimpleNew(s.target.prefix ? 2 : 1, shape, NPY_FLOAT64) : NULL;
+        if (y) {
+            c.target = &s.target, c.sampler = &s.sampler;
+            c.x = PyArray_DATA((PyArrayObject *)x), c.y = PyArray_DATA((PyArrayObject *)y);
+            if (sf_py_run(NULL, 0, sample_batch_body, &c) == 0) result = Py_BuildValue("(OO)", x, y);
         }
         Py_XDECREF(x);
         Py_XDECREF(y);
@@ -253,77 +277,84 @@ static PyObject *py_sample_batch(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* train(model, optimizer, target, sampler, loss, pm1, batch_size, seq_len, seed, threshold,
- *       first_step, n_steps, n_threads, record float64 (4, n_steps), done int64 (1,))
- * -> (status, message, pending_exception)
+/* The exception a signal handler raised during training (with its traceback), taken out of the
+ * error indicator to hand back to the caller; a new reference, None when there is none. */
+static PyObject *pending_exception(void) {
+    if (!PyErr_Occurred()) return Py_NewRef(Py_None);
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value) PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value ? value : Py_NewRef(Py_None);
+}
+
+struct train_call {
+    sf_model *model;
+    sf_optimizer *opt;
+    const data_spec *spec;
+    sf_train_config config;
+    int64_t first, n_steps;
+    double *record;
+    int64_t stride, *done;
+    int n_threads;
+};
+
+static sf_status train_body(void *p, sf_stop_hook stop, void *stop_ctx) {
+    struct train_call *c = p;
+    double *r = c->record;
+    return sf_train(c->model, c->opt, &c->spec->target, &c->spec->sampler, &c->config, c->first, c->n_steps, r,
+                    r + c->stride, r + 2 * c->stride, r + 3 * c->stride, c->done, c->n_threads, stop, stop_ctx);
+}
+
+/* train(model, optimizer, target, sampler, loss, pm1, batch_size, seq_len, seed, threshold, first_step,
+ *       n_steps, n_threads, record float64 (4, n_steps), done int64 (1,)) -> (status, message, pending_exception)
  * The loop writes each finished step's loss, accuracy, lr and gradient norm into `record` and
  * the count of finished steps into `done` as it goes, so the caller's bookkeeping survives an
  * interrupt at any moment. An interrupt or divergence returns normally; the caller re-raises. */
-static PyObject *py_train(PyObject *self, PyObject *args) {
-    PyObject *mo, *oo, *target, *sampler, *recordo, *doneo;
-    int loss_kind, pm1, B, T, nt;
-    unsigned long long seed;
-    double threshold;
-    long long first, n_steps;
-    if (!PyArg_ParseTuple(args, "O!O!OOipiiKdLLiOO", &SfModelType, &mo, &SfOptimizerType, &oo, &target, &sampler,
-                          &loss_kind, &pm1, &B, &T, &seed, &threshold, &first, &n_steps, &nt, &recordo, &doneo))
-        return NULL;
-    SfModelObject *model = (SfModelObject *)mo;
-    SfOptimizerObject *opt = (SfOptimizerObject *)oo;
-    if (sf_py_model_ready(model) < 0 || optimizer_ready(opt) < 0) return NULL;
+static PyObject *py_train(PyObject *self, PyObject *args, PyObject *kw) {
+    SfModelObject *model;
+    SfOptimizerObject *opt;
+    PyObject *target, *sampler;
+    PyArrayObject *record, *done;
+    struct train_call c = {0};
+    int loss;
+    const sf_py_arg table[] = {
+        SF_ARG("model", SF_ARG_MODEL, &model), SF_ARG("optimizer", SF_ARG_OPTIMIZER, &opt),
+        SF_ARG("target", SF_ARG_OBJECT, &target), SF_ARG("sampler", SF_ARG_OBJECT, &sampler),
+        SF_ARG("loss", SF_ARG_INT, &loss), SF_ARG("pm1", SF_ARG_BOOL, &c.config.pm1_labels),
+        SF_ARG("batch_size", SF_ARG_INT, &c.config.batch_size), SF_ARG("seq_len", SF_ARG_INT, &c.config.seq_len),
+        SF_ARG("seed", SF_ARG_UINT64, &c.config.seed), SF_ARG("threshold", SF_ARG_DOUBLE, &c.config.threshold),
+        SF_ARG("first_step", SF_ARG_INT64, &c.first), SF_ARG("n_steps", SF_ARG_INT64, &c.n_steps),
+        SF_ARG("n_threads", SF_ARG_INT, &c.n_threads), SF_ARRAY_OUT("record", &record, NPY_FLOAT64, 2),
+        SF_ARRAY_OUT("done", &done, NPY_INT64, 1)};
+    if (sf_py_parse("train", args, kw, SF_ARGS(table)) < 0) return NULL;
+    c.config.loss = loss;
     if (opt->owner != model) return PyErr_Format(PyExc_ValueError, "the optimizer belongs to another model");
-    if (n_steps < 0 || first < 0) return PyErr_Format(PyExc_ValueError, "steps must be >= 0");
-    PyArrayObject *record = sf_py_array(recordo, NPY_FLOAT64, 2, "record");
-    PyArrayObject *done = record ? sf_py_array(doneo, NPY_INT64, 1, "done") : NULL;
-    PyObject *result = NULL;
+    if (c.n_steps < 0 || c.first < 0) return PyErr_Format(PyExc_ValueError, "steps must be >= 0");
+    if (PyArray_DIM(record, 0) != 4 || PyArray_DIM(record, 1) < c.n_steps || PyArray_DIM(done, 0) != 1)
+        return PyErr_Format(PyExc_ValueError, "record must be (4, n_steps) and done (1,)");
     data_spec s;
-    if (!done) goto out_arrays;
-    if (PyArray_DIM(record, 0) != 4 || PyArray_DIM(record, 1) < n_steps || PyArray_DIM(done, 0) != 1 ||
-        !PyArray_ISWRITEABLE(record) || !PyArray_ISWRITEABLE(done)) {
-        PyErr_SetString(PyExc_ValueError, "record must be writable (4, n_steps) and done writable (1,)");
-        goto out_arrays;
+    PyObject *result = NULL;
+    if (data_spec_parse(target, sampler, &s) == 0) {
+        c.model = model->model, c.opt = opt->opt, c.spec = &s;
+        c.record = PyArray_DATA(record), c.stride = PyArray_DIM(record, 1), c.done = PyArray_DATA(done);
+        const int st = sf_py_run(model, SF_PY_WAIT | SF_PY_REPORT, train_body, &c);
+        if (st >= 0) {
+            PyObject *pending = pending_exception();
+            result = Py_BuildValue("(isN)", st, st ? sf_last_error() : "", pending);
+        }
     }
-    if (data_spec_parse(target, sampler, &s) < 0) goto out_spec;
-    if (sf_py_model_acquire_waiting(model) < 0) goto out_spec;
-    sf_train_config tc = {loss_kind, pm1, B, T, seed, threshold};
-    double *rec = PyArray_DATA(record);
-    const npy_intp stride = PyArray_DIM(record, 1);
-    sf_py_unlocked u;
-    u.saved = PyEval_SaveThread();
-    sf_status st = sf_train(model->model, opt->opt, &s.target, &s.sampler, &tc, first, n_steps, rec, rec + stride,
-                            rec + 2 * stride, rec + 3 * stride, (int64_t *)PyArray_DATA(done), nt, sf_py_stop_hook, &u);
-    PyEval_RestoreThread(u.saved);
-    sf_py_model_release(model);
-    if (st == SF_EINVAL || st == SF_ENOMEM) {
-        sf_py_raise(st);
-        goto out_spec;
-    }
-    PyObject *pending = Py_None;
-    if (st == SF_EINTR && PyErr_Occurred()) { /* the exception raised by a signal handler */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        if (tb && value) PyException_SetTraceback(value, tb);
-        Py_XDECREF(type);
-        Py_XDECREF(tb);
-        pending = value ? value : Py_None;
-        if (!value) Py_INCREF(Py_None);
-    } else {
-        Py_INCREF(pending);
-    }
-    result = Py_BuildValue("(isN)", (int)st, st ? sf_last_error() : "", pending);
-out_spec:
     data_spec_release(&s);
-out_arrays:
-    Py_XDECREF(record);
-    Py_XDECREF(done);
     return result;
 }
 
 PyMethodDef sf_train_methods[] = {
-    {"train", py_train, METH_VARARGS, "Run the C training loop (see py_train.c)."},
-    {"target_eval", py_target_eval, METH_VARARGS, "target_eval((kind, n, table), x uint8 (B,T)) -> float64 (B,)"},
-    {"sample_batch", py_sample_batch, METH_VARARGS,
-     "sample_batch(target, sampler, seed, step, B, T) -> (x, y): batch `step` of the training stream"},
+    {"train", SF_PY_KEYWORDS(py_train), "Run the C training loop (see py_train.c)."},
+    {"target_eval", SF_PY_KEYWORDS(py_target_eval), "target_eval(*, target, x uint8 (B,T)) -> float64 (B,)"},
+    {"sample_batch", SF_PY_KEYWORDS(py_sample_batch),
+     "sample_batch(*, target, sampler, seed, step, batch_size, seq_len) -> (x, y): batch `step` of the training "
+     "stream"},
     {NULL, NULL, 0, NULL},
 };

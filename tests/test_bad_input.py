@@ -47,12 +47,24 @@ _PRELUDE = """
 import json, os, sys, warnings
 import numpy as np
 import sensiformer as sf
-from sensiformer import _engine, targets
+from sensiformer import _native, targets
 WORKDIR = os.environ["SF_TEST_WORKDIR"]
 def uninit_model():
-    return _engine.Model.__new__(_engine.Model)
+    return _native.Model.__new__(_native.Model)
 def uninit_optimizer():
-    return _engine.Optimizer.__new__(_engine.Optimizer)
+    return _native.Optimizer.__new__(_native.Optimizer)
+def forward(m, x):
+    return _native.forward(model=m._engine, x=x, n_threads=1)
+def loss(m, y, kind=0):
+    return _native.loss_and_grad(model=m._engine, x=U8, y=y, loss=kind, grad=True, n_threads=1)
+ADAMW = dict(kind=0, lr=1e-3, beta1=.9, beta2=.999, eps=1e-8, weight_decay=0., momentum=0., dampening=0.,
+             nesterov=False, decay_all=True, schedule=0, warmup_steps=0, total_steps=0, min_lr=0., clip_norm=0.)
+def train(m, o, sampler=(0, None, None, None)):
+    return _native.train(model=m, optimizer=o, target=(0, 4, None), sampler=sampler, loss=0, pm1=False,
+                         batch_size=2, seq_len=4, seed=0, threshold=0.5, first_step=0, n_steps=1, n_threads=1,
+                         record=np.zeros((4, 1)), done=np.zeros(1, np.int64))
+def sample(sampler, target=(0, 4, None)):
+    return _native.sample_batch(target=target, sampler=sampler, seed=0, step=0, batch_size=2, seq_len=4)
 U8 = np.zeros((2, 4), np.uint8)
 """
 
@@ -74,15 +86,17 @@ for name, code in cases:
 # name -> (code, expected exception type name or None for "must not raise", regex for the message)
 ISOLATED = {
     # --- the private engine objects used uninitialised must raise, not dereference NULL ---
-    "uninit Model.forward": ("uninit_model().forward(U8, 1)", "RuntimeError", r"not initialised"),
-    "uninit Model.loss_and_grad": ("uninit_model().loss_and_grad(U8, np.zeros(2, np.float32), 0, True, 1)",
-                                   "RuntimeError", r"not initialised"),
+    "forward on uninit Model": ("_native.forward(model=uninit_model(), x=U8, n_threads=1)", "RuntimeError",
+                                r"not initialised"),
+    "loss_and_grad on uninit Model": (
+        "_native.loss_and_grad(model=uninit_model(), x=U8, y=np.zeros(2, np.float32), loss=0, grad=True, n_threads=1)",
+        "RuntimeError", r"not initialised"),
     "uninit Model.flat": ("uninit_model().flat('params')", "RuntimeError", r"not initialised"),
     "uninit Model.tensors": ("uninit_model().tensors()", "RuntimeError", r"not initialised"),
-    "uninit Model.reinit": ("uninit_model().reinit(0, True)", "RuntimeError", r"not initialised"),
+    "uninit Model.reinit": ("uninit_model().reinit(seed=0, identical_layers=True)", "RuntimeError", r"not initialised"),
     "uninit Model.num_params": ("uninit_model().num_params", "RuntimeError", r"not initialised"),
     "uninit Model.last_threads": ("uninit_model().last_threads", "RuntimeError", r"not initialised"),
-    "uninit Optimizer.step": ("uninit_optimizer().step(1)", "RuntimeError", r"optimizer was not initialised"),
+    "uninit Optimizer.step": ("uninit_optimizer().step(n_threads=1)", "RuntimeError", r"optimizer was not initialised"),
     "uninit Optimizer.state": ("uninit_optimizer().state(0)", "RuntimeError", r"optimizer was not initialised"),
     "uninit Optimizer.lr_at": ("uninit_optimizer().lr_at(0)", "RuntimeError", r"optimizer was not initialised"),
     "uninit Optimizer.step_count": ("uninit_optimizer().step_count", "RuntimeError",
@@ -90,61 +104,59 @@ ISOLATED = {
     "uninit Optimizer.step_count set": ("o = uninit_optimizer(); o.step_count = 3", "RuntimeError",
                                         r"optimizer was not initialised"),
     "Optimizer on uninit Model": (
-        "_engine.Optimizer(uninit_model(), 0, 1e-3, .9, .999, 1e-8, 0., 0., 0., False, True, 0, 0, 0, 0., 0.)",
+        "_native.Optimizer(model=uninit_model(), **ADAMW)",
         "RuntimeError", r"model was not initialised"),
     "train with uninit optimizer": (
-        "m = sf.Transformer(4, d_model=8)\n"
-        "_engine.train(m._engine, uninit_optimizer(), (0, 4, None), (0, None, None, None), 0, False, 2, 4, 0,"
-        " 0.5, 0, 1, 1, np.zeros((4, 1)), np.zeros(1, np.int64))", "RuntimeError", r"optimizer was not initialised"),
+        "m = sf.Transformer(4, d_model=8)\ntrain(m._engine, uninit_optimizer())", "TypeError",
+        r"optimizer must be an initialised engine Optimizer"),
     "train with uninit model": (
-        "m = sf.Transformer(4, d_model=8); o = sf.AdamW().bind(m)\n"
-        "_engine.train(uninit_model(), o._engine, (0, 4, None), (0, None, None, None), 0, False, 2, 4, 0,"
-        " 0.5, 0, 1, 1, np.zeros((4, 1)), np.zeros(1, np.int64))", "RuntimeError", r"model was not initialised"),
+        "m = sf.Transformer(4, d_model=8); o = sf.AdamW().bind(m)\ntrain(uninit_model(), o._engine)",
+        "RuntimeError", r"model was not initialised"),
     "Model initialised twice": ("m = sf.Transformer(4, d_model=8)\n"
-                                "m._engine.__init__(4, 8, 2, 2, 8, 0, False, 1e-5, 0, 0, 0, True)",
+                                "m._engine.__init__(n_positions=4, d_model=8, n_heads=2, n_layers=2, d_ff=8, norm=0, "
+                                "final_norm=False, ln_eps=1e-5, activation=0, dtype=0, seed=0, identical_layers=True)",
                                 "RuntimeError", r"already initialised"),
     # --- raw arrays handed to the engine: the C boundary checks dtype, ndim, layout and values ---
     "engine forward non-contiguous": ("m = sf.Transformer(4, d_model=8)\n"
-                                      "m._engine.forward(np.zeros((2, 8), np.uint8)[:, ::2], 1)",
+                                      "forward(m, np.zeros((2, 8), np.uint8)[:, ::2])",
                                       "ValueError", r"x must be C-contiguous"),
     "engine forward Fortran order": ("m = sf.Transformer(4, d_model=8)\n"
-                                     "m._engine.forward(np.asfortranarray(np.zeros((3, 4), np.uint8)), 1)",
+                                     "forward(m, np.asfortranarray(np.zeros((3, 4), np.uint8)))",
                                      "ValueError", r"x must be C-contiguous"),
-    "engine forward int64": ("m = sf.Transformer(4, d_model=8)\nm._engine.forward(np.zeros((2, 4), np.int64), 1)",
+    "engine forward int64": ("m = sf.Transformer(4, d_model=8)\nforward(m, np.zeros((2, 4), np.int64))",
                              "TypeError", r"x must have dtype"),
-    "engine forward list": ("m = sf.Transformer(4, d_model=8)\nm._engine.forward([[0, 1, 0, 1]], 1)",
+    "engine forward list": ("m = sf.Transformer(4, d_model=8)\nforward(m, [[0, 1, 0, 1]])",
                             "TypeError", r"x must be a NumPy array"),
-    "engine forward 1-D": ("m = sf.Transformer(4, d_model=8)\nm._engine.forward(np.zeros(4, np.uint8), 1)",
+    "engine forward 1-D": ("m = sf.Transformer(4, d_model=8)\nforward(m, np.zeros(4, np.uint8))",
                            "ValueError", r"x must have 2 dimension"),
     "engine forward token 255": ("m = sf.Transformer(4, d_model=8)\n"
-                                 "m._engine.forward(np.full((2, 4), 255, np.uint8), 1)",
+                                 "forward(m, np.full((2, 4), 255, np.uint8))",
                                  "ValueError", r"x must hold tokens 0 or 1"),
-    "engine forward too long": ("m = sf.Transformer(4, d_model=8)\nm._engine.forward(np.zeros((2, 5), np.uint8), 1)",
+    "engine forward too long": ("m = sf.Transformer(4, d_model=8)\nforward(m, np.zeros((2, 5), np.uint8))",
                                 "ValueError", r"n_positions=4"),
     "engine forward empty batch": ("m = sf.Transformer(4, d_model=8)\n"
-                                   "m._engine.forward(np.zeros((0, 4), np.uint8), 1)",
+                                   "forward(m, np.zeros((0, 4), np.uint8))",
                                    "ValueError", r"batch size must be >= 1"),
     "engine loss wrong y dtype": ("m = sf.Transformer(4, d_model=8)\n"
-                                  "m._engine.loss_and_grad(U8, np.zeros(2, np.float64), 0, True, 1)",
+                                  "loss(m, np.zeros(2, np.float64))",
                                   "TypeError", r"y must have dtype"),
     "engine loss y length": ("m = sf.Transformer(4, d_model=8)\n"
-                             "m._engine.loss_and_grad(U8, np.zeros(3, np.float32), 0, True, 1)",
-                             "ValueError", r"y has 3 labels for 2 inputs"),
+                             "loss(m, np.zeros(3, np.float32))",
+                             "ValueError", r"y has 3 rows for 2 inputs"),
     "engine loss unknown kind": ("m = sf.Transformer(4, d_model=8)\n"
-                                 "m._engine.loss_and_grad(U8, np.zeros(2, np.float32), 9, True, 1)",
+                                 "loss(m, np.zeros(2, np.float32), 9)",
                                  "ValueError", r"unknown loss"),
-    "engine table too short": ("_engine.target_eval((4, 4, np.zeros(3)), U8)", "ValueError", r"2\*\*n entries"),
+    "engine table too short": ("_native.target_eval(target=(4, 4, np.zeros(3)), x=U8)", "ValueError", r"2\*\*n entries"),
     "engine subset out of range": (
-        "_engine.sample_batch((0, 4, None), (1, np.array([99], np.int64), None, None), 0, 0, 2, 4)",
+        "sample((1, np.array([99], np.int64), None, None))",
         "ValueError", r"train_subset holds 99"),
     "engine dataset tokens outside 0/1": (
         "m = sf.Transformer(4, d_model=8); o = sf.AdamW().bind(m)\n"
-        "_engine.train(m._engine, o._engine, (0, 4, None), (2, None, np.full((3, 4), 5, np.uint8), np.zeros(3)),"
-        " 0, False, 2, 4, 0, 0.5, 0, 1, 1, np.zeros((4, 1)), np.zeros(1, np.int64))", "ValueError",
+        "train(m._engine, o._engine, (2, None, np.full((3, 4), 5, np.uint8), np.zeros(3)))", "ValueError",
         r"token.*\b5\b|\b5\b.*outside"),
     # data_x has 2 columns but the batch asks for length 4: refused (no over-read)
     "engine dataset width mismatch": pytest.param(
-        "_engine.sample_batch((0, 4, None), (2, None, np.zeros((3, 2), np.uint8), np.zeros(3)), 0, 0, 2, 4)",
+        "sample((2, None, np.zeros((3, 2), np.uint8), np.zeros(3)))",
         "ValueError", r"(length|width|columns)"),
     # --- files ---
     "load non-model npz": ("p = os.path.join(WORKDIR, 'other.npz'); np.savez(p, a=np.zeros(3)); sf.load(p)",

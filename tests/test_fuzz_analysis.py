@@ -29,7 +29,7 @@ ALLOWED, check_error, fuzz_settings, is_int, is_real, as_array = (R.ALLOWED, R.c
                                                                    R.is_real, R.as_array)
 
 import sensiformer as sf  # noqa: E402
-from sensiformer import _engine, analysis, targets  # noqa: E402
+from sensiformer import _native, analysis, targets  # noqa: E402
 
 R.setup_child(__name__)
 
@@ -521,7 +521,8 @@ def fuzz_targets(case):
         assert table.shape == (2**n,)
         np.testing.assert_allclose(table, target(targets.all_inputs(n)), rtol=1e-12, atol=1e-12)
         if not target.noise:
-            bx, by = _engine.sample_batch(target.engine_spec(), (0, None, None, None), seed, 0, 8, n)
+            bx, by = _native.sample_batch(target=target.engine_spec(), sampler=(0, None, None, None), seed=seed,
+                                          step=0, batch_size=8, seq_len=n)
             np.testing.assert_allclose(by, target(bx), rtol=1e-12, atol=1e-12)
 
 

@@ -1,5 +1,5 @@
 """Hypothesis fuzzing of the model, training, optimizer and probe API -- and of the private C
-boundary (``sensiformer._engine``) underneath it.
+boundary (``sensiformer._engine``, reached through ``sensiformer._native``) underneath it.
 
 Every ``fuzz_*`` target draws valid and invalid arguments and arrays (dtypes from bool to object
 and strings, 0-d to 3-d, empty, Fortran, strided, reversed, broadcast, read-only, unaligned,
@@ -34,7 +34,7 @@ ALLOWED, MEMORY_LIMIT, check_error, fuzz_settings = R.ALLOWED, R.MEMORY_LIMIT, R
 is_bool, is_int, is_real, as_array = R.is_bool, R.is_int, R.is_real, R.as_array
 
 import sensiformer as sf  # noqa: E402
-from sensiformer import _engine, targets  # noqa: E402
+from sensiformer import _native, targets  # noqa: E402
 
 R.setup_child(__name__)
 
@@ -281,7 +281,7 @@ def fuzz_forward_tokens(i, x, n_threads, call):
     else:
         assert valid, "invalid tokens or n_threads accepted"
         xc = canonical_tokens(x)
-        ref = model._engine.forward(xc, 1)
+        ref = _native.forward(model=model._engine, x=xc, n_threads=1)
         assert out.shape == (xc.shape[0],) and out.dtype == model.dtype
         assert np.all(np.isfinite(out))
         assert np.array_equal(out, ref), "forward on this layout differs from its contiguous uint8 copy"
@@ -331,7 +331,8 @@ def fuzz_loss_labels(case):
     else:
         assert valid, "invalid (x, y, loss, n_threads) accepted"
         xc, yc = canonical_tokens(x), canonical_labels(y, model.dtype)
-        ref, _ = model._engine.loss_and_grad(xc, yc, {"mse": 0, "bce": 1}[loss], True, 1)
+        ref, _ = _native.loss_and_grad(model=model._engine, x=xc, y=yc, loss={"mse": 0, "bce": 1}[loss], grad=True,
+                                       n_threads=1)
         assert isinstance(value, float) and value == value2 == ref
         assert np.array_equal(model.flat_grad, np.concatenate([v.ravel() for v in g.values()]))
         if np.max(np.abs(yc), initial=0) <= 1e15:
@@ -867,7 +868,7 @@ def fuzz_settings_calls(threads, limit):
     note_case(threads=threads, limit=limit)
     model = cached_model(0)
     x = np.zeros((3, 6), np.uint8)
-    ref = model._engine.forward(x, 1)
+    ref = _native.forward(model=model._engine, x=x, n_threads=1)
     try:
         try:
             sf.set_num_threads(threads)
@@ -961,7 +962,7 @@ def fuzz_seq2seq(case):
             dc = np.ascontiguousarray(np.asarray(dec).astype(np.uint8))
             assert np.all(np.asarray(dec) >= 0) and np.all(np.asarray(dec) <= 2)
             assert out.shape == dc.shape and out.dtype == model.dtype and np.all(np.isfinite(out))
-            assert np.array_equal(out, _engine.seq2seq_forward(model._engine, xc, dc, 1))
+            assert np.array_equal(out, _native.forward(model=model._engine, x=xc, decoder_input=dc, n_threads=1))
         elif call == "loss":
             assert math.isfinite(value) or np.max(np.abs(np.asarray(y, dtype=float))) > 1e15
         else:
@@ -1029,15 +1030,48 @@ RAW_CALLS = ["Model", "forward", "loss_and_grad", "reinit", "flat", "tensors", "
              "opt_lr_at", "opt_step_count", "train", "target_eval", "sample_batch", "label_noise", "sharpness",
              "ln_blowup", "hvp", "attention_logits", "fwht", "fourier", "spectrum", "degree_stats", "influences",
              "point_sensitivity", "sensitivity_profile", "resolve_threads", "set_default_threads",
-             "set_memory_limit", "build_info", "seq2seq_forward", "seq2seq_loss_and_grad", "generate",
-             "seq2seq_ln_counts", "measure_peak", "num_params", "last_threads", "workspace_bytes", "kernel_gemm",
-             "select_cpu_path", "vocabulary", "acquire", "release"]
+             "set_memory_limit", "build_info", "generate", "seq2seq_ln_counts", "measure_peak", "num_params",
+             "last_threads", "workspace_bytes", "kernel_gemm", "select_cpu_path", "vocabulary", "acquire", "release"]
 # raw call -> the engine entry point it reaches (identity for the module functions)
-RAW_ENTRY = {"forward": "Model.forward", "loss_and_grad": "Model.loss_and_grad", "reinit": "Model.reinit",
-             "flat": "Model.flat", "tensors": "Model.tensors", "num_params": "Model.num_params",
-             "last_threads": "Model.last_threads", "workspace_bytes": "Model.workspace_bytes", "opt_step": "Optimizer.step", "opt_state": "Optimizer.state",
-             "opt_lr_at": "Optimizer.lr_at", "opt_step_count": "Optimizer.step_count", "acquire": "Model.acquire",
-             "release": "Model.release"}
+RAW_ENTRY = {"reinit": "Model.reinit", "flat": "Model.flat", "tensors": "Model.tensors", "num_params": "Model.num_params",
+             "last_threads": "Model.last_threads", "workspace_bytes": "Model.workspace_bytes",
+             "opt_step": "Optimizer.step", "opt_state": "Optimizer.state", "opt_lr_at": "Optimizer.lr_at",
+             "opt_step_count": "Optimizer.step_count", "acquire": "Model.acquire", "release": "Model.release"}
+# The keyword functions: the keywords the drawn arguments fill, in order (model, optimizer, target and
+# sampler are added by _raw). Optional ones are passed only when an argument was drawn for them.
+RAW_KEYWORDS = {
+    "Model": ("n_positions", "d_model", "n_heads", "n_layers", "d_ff", "norm", "final_norm", "ln_eps", "activation",
+              "dtype", "seed", "identical_layers", "kind", "n_decoder_layers"),
+    "forward": ("x", "decoder_input", "n_threads"),
+    "loss_and_grad": ("x", "y", "decoder_input", "loss", "grad", "n_threads"),
+    "reinit": ("seed", "identical_layers"),
+    "Optimizer": ("kind", "lr", "beta1", "beta2", "eps", "weight_decay", "momentum", "dampening", "nesterov",
+                  "decay_all", "schedule", "warmup_steps", "total_steps", "min_lr", "clip_norm"),
+    "opt_step": ("n_threads",),
+    "train": ("loss", "pm1", "batch_size", "seq_len", "seed", "threshold", "first_step", "n_steps", "n_threads",
+              "record", "done"),
+    "target_eval": ("x",),
+    "sample_batch": ("seed", "step", "batch_size", "seq_len"),
+    "label_noise": ("seed", "step", "rows", "p"),
+    "sharpness": ("x", "y", "batch_size", "loss", "sigma", "repeats", "seed", "mask", "noise", "shared_draws",
+                  "n_threads", "decoder_input"),
+    "ln_blowup": ("x", "theory", "n_threads", "decoder_input"),
+    "hvp": ("x", "y", "batch_size", "loss", "v", "n_threads", "decoder_input"),
+    "attention_logits": ("x", "n_threads", "decoder_input"),
+    "fwht": ("a", "n_threads"),
+    "degree_stats": ("coefficients", "n_threads"),
+    "influences": ("truth_table", "n_threads"),
+    "point_sensitivity": ("truth_table", "n_threads"),
+    "sensitivity_profile": ("truth_table", "n_threads"),
+    "fourier": ("truth_table", "map01", "n_threads"),
+    "spectrum": ("truth_table", "map01", "n_threads"),
+    "generate": ("x", "steps", "cache", "threshold", "n_threads"),
+    "measure_peak": ("float64", "n_threads", "seconds"),
+    "kernel_gemm": ("path", "a", "b", "c", "bias", "accumulate", "transpose_a", "transpose_b", "n_threads"),
+}
+RAW_OPTIONAL = {"decoder_input", "noise", "bias", "kind", "n_decoder_layers"}
+SEQ2SEQ_CALLS = ("forward", "loss_and_grad", "sharpness", "ln_blowup", "hvp", "attention_logits", "generate",
+                 "seq2seq_ln_counts")
 
 
 RAW_TARGET, RAW_SAMPLER = raw_target(), raw_sampler()
@@ -1049,7 +1083,7 @@ RAW_CALL = st.sampled_from(RAW_CALLS)
 def raw_case(draw):
     call = draw(RAW_CALL)
     args = draw(RAW_ARGS)
-    return call, draw(model_index), args, draw(RAW_TARGET), draw(RAW_SAMPLER)
+    return call, draw(model_index), args, draw(RAW_TARGET), draw(RAW_SAMPLER), draw(ONE_IN_TEN)
 
 
 def _bounded(v, parsed_as_int=True):
@@ -1061,18 +1095,50 @@ def _bounded(v, parsed_as_int=True):
     return v
 
 
-def _raw(call, model, opt, args, target, sampler):
+def _keywords(call, args, mangle, rng):
+    """The drawn arguments as ``call``'s keywords; with ``mangle`` 0-2 one call in ten is malformed: a required
+    keyword missing, an unknown one added, or an argument passed positionally (each must raise TypeError)."""
+    a = list(args) + [0] * 16
+    kw = {name: a[j] for j, name in enumerate(RAW_KEYWORDS[call]) if j < len(args) or name not in RAW_OPTIONAL}
+    positional = ()
+    if mangle == 0 and kw:
+        kw.pop(list(kw)[int(rng.integers(len(kw)))])
+    elif mangle == 1:
+        kw["bogus"] = a[0]
+    elif mangle == 2 and kw:
+        positional = (kw.pop(list(kw)[0]),)
+    return positional, kw
+
+
+def _raw(call, model, opt, args, target, sampler, mangle, rng):
     """Call one engine entry point with mostly well-formed, partly junk arguments."""
     a = list(args) + [0] * 16
     m = model._engine
-    if call == "Model":
-        return _engine.Model(*args[:12])
-    if call == "forward":
-        return m.forward(a[0], a[1])
-    if call == "loss_and_grad":
-        return m.loss_and_grad(a[0], a[1], a[2], a[3], a[4])
-    if call == "reinit":
-        return m.reinit(a[0], a[1])
+    if call in RAW_KEYWORDS:
+        positional, kw = _keywords(call, args, mangle, rng)
+        if call in ("sample_batch", "generate", "sharpness"):  # sizes of fresh outputs: see _bounded
+            for name in ("batch_size", "seq_len", "steps", "repeats"):
+                if name in kw:
+                    kw[name] = _bounded(kw[name])
+        if call == "label_noise" and "rows" in kw:
+            kw["rows"] = _bounded(kw["rows"], parsed_as_int=False)
+        if call == "measure_peak":  # the budget is seconds of busy work: keep it tiny
+            kw["seconds"] = kw.get("seconds") if isinstance(kw.get("seconds"), float) and 0 <= kw["seconds"] < 0.002 \
+                else 0.001
+            kw["n_threads"] = kw.get("n_threads") if isinstance(kw.get("n_threads"), int) and kw["n_threads"] <= 2 \
+                else 1
+        if call == "train" and not isinstance(kw.get("record"), np.ndarray):
+            kw["record"] = np.zeros((4, 8))
+        if call in ("forward", "loss_and_grad", "reinit", "sharpness", "ln_blowup", "hvp", "attention_logits",
+                    "generate", "Optimizer", "train"):
+            kw = dict(model=m, **kw) if call != "reinit" else kw
+        if call == "train":
+            kw.update(optimizer=opt, target=target, sampler=sampler)
+        if call in ("target_eval", "sample_batch"):
+            kw.update(target=target, **({"sampler": sampler} if call == "sample_batch" else {}))
+        fn = {"reinit": m.reinit, "opt_step": opt.step, "Model": _native.Model, "Optimizer": _native.Optimizer}.get(
+            call) or getattr(_native, call)
+        return fn(*positional, **kw)
     if call == "flat":
         return m.flat(a[0] if args else "params")
     if call == "acquire":  # the busy flag: taken, a second take refused, given back
@@ -1088,10 +1154,6 @@ def _raw(call, model, opt, args, target, sampler):
         return m.release(*args[:1])
     if call == "tensors":
         return m.tensors(*args[:1])
-    if call == "Optimizer":
-        return _engine.Optimizer(m, *args[:15])
-    if call == "opt_step":
-        return opt.step(a[0])
     if call == "opt_state":
         return opt.state(a[0])
     if call == "opt_lr_at":
@@ -1099,49 +1161,17 @@ def _raw(call, model, opt, args, target, sampler):
     if call == "opt_step_count":
         opt.step_count = a[0]
         return opt.step_count
-    if call == "train":
-        return _engine.train(m, opt, target, sampler, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8],
-                             a[9] if isinstance(a[9], np.ndarray) else np.zeros((4, 8)), a[10])
-    if call == "target_eval":
-        return _engine.target_eval(target, a[0])
-    if call == "sample_batch":
-        return _engine.sample_batch(target, sampler, a[0], a[1], _bounded(a[2]), _bounded(a[3]))
-    if call == "label_noise":
-        return _engine.label_noise(a[0], a[1], _bounded(a[2], parsed_as_int=False), a[3])
-    if call == "sharpness":
-        return _engine.sharpness(m, a[0], a[1], a[2], a[3], a[4], _bounded(a[5]), a[6], a[7], a[8], a[9], a[10])
-    if call == "ln_blowup":
-        return _engine.ln_blowup(m, a[0], a[1], a[2])
-    if call == "hvp":
-        return _engine.hvp(m, a[0], a[1], a[2], a[3], a[4], a[5])
-    if call == "attention_logits":
-        return _engine.attention_logits(m, a[0], a[1])
-    if call in ("fwht", "degree_stats", "influences", "point_sensitivity", "sensitivity_profile"):
-        return getattr(_engine, call)(a[0], a[1])
-    if call in ("fourier", "spectrum"):
-        return getattr(_engine, call)(a[0], a[1], a[2])
     if call in ("resolve_threads", "set_default_threads", "set_memory_limit"):
-        return getattr(_engine, call)(a[0])
-    if call == "seq2seq_forward":
-        return _engine.seq2seq_forward(m, a[0], a[1], a[2])
-    if call == "seq2seq_loss_and_grad":
-        return _engine.seq2seq_loss_and_grad(m, a[0], a[1], a[2], a[3], a[4], a[5])
-    if call == "generate":
-        return _engine.generate(m, a[0], _bounded(a[1]), a[2], a[3], a[4])
+        return getattr(_native, call)(a[0])
     if call == "seq2seq_ln_counts":
-        return _engine.seq2seq_ln_counts(m, *args[:1])
+        return _native.seq2seq_ln_counts(*(args[:1] or [m]))
     if call in ("num_params", "last_threads", "workspace_bytes"):
         return getattr(m, call)
-    if call == "kernel_gemm":
-        return _engine.kernel_gemm(*a[:9])
     if call == "select_cpu_path":
-        return _engine.select_cpu_path(a[0])
+        return _native.select_cpu_path(a[0])
     if call == "vocabulary":
-        return _engine.vocabulary()
-    if call == "measure_peak":  # the budget is seconds of busy work: keep it tiny
-        budget = a[2] if isinstance(a[2], float) and 0 <= a[2] < 0.002 else 0.001
-        return _engine.measure_peak(a[0], a[1] if isinstance(a[1], int) and a[1] <= 2 else 1, budget)
-    return _engine.build_info()
+        return _native.vocabulary()
+    return _native.build_info()
 
 
 def _well_formed(call, model, draw_args, rng):
@@ -1151,23 +1181,22 @@ def _well_formed(call, model, draw_args, rng):
     n_pos = model.n_positions
     B = int(rng.integers(1, 5))
     x = rng.integers(0, 2, size=(B, int(rng.integers(1, n_pos + 1))), dtype=np.uint8)
-    y = rng.normal(size=B).astype(model.dtype)
+    s2s = isinstance(model, sf.Seq2SeqTransformer)
+    dec = np.full((B, 2), 2, np.uint8) if s2s else None  # the seq2seq model's decoder input
+    y = rng.normal(size=(B, 2) if s2s else B).astype(model.dtype)
     mask = np.ones(len(model.tensor_info), np.uint8)
     table = rng.integers(0, 2, size=2 ** int(rng.integers(1, 5))).astype(np.float64)
-    typical = {
-        "forward": [x, 1], "loss_and_grad": [x, y, 0, True, 1], "reinit": [3, True],
-        "sharpness": [x, y, B, 0, 0.02, 2, 0, mask, None, False, 1],
-        "ln_blowup": [x, False, 1], "hvp": [x, y, B, 0, rng.normal(size=(1, P)).astype(model.dtype), 1],
-        "attention_logits": [x, 1], "fwht": [table.copy(), 1], "degree_stats": [table, 1], "influences": [table, 1],
-        "point_sensitivity": [table, 1], "sensitivity_profile": [table, 1], "fourier": [table, True, 1],
-        "spectrum": [table, False, 1], "label_noise": [5, 3, B, 0.25], "target_eval": [x],
+    typical = {  # in RAW_KEYWORDS order
+        "forward": [x, dec, 1], "loss_and_grad": [x, y, dec, 0, True, 1], "reinit": [3, True],
+        "sharpness": [x, y, B, 0, 0.02, 2, 0, mask, None, False, 1, dec],
+        "ln_blowup": [x, False, 1, dec], "hvp": [x, y, B, 0, rng.normal(size=(1, P)).astype(model.dtype), 1, dec],
+        "attention_logits": [x, 1, dec], "fwht": [table.copy(), 1], "degree_stats": [table, 1],
+        "influences": [table, 1], "point_sensitivity": [table, 1], "sensitivity_profile": [table, 1],
+        "fourier": [table, True, 1], "spectrum": [table, False, 1], "label_noise": [5, 3, B, 0.25], "target_eval": [x],
         "sample_batch": [1, 2, B, x.shape[1]], "opt_step": [1], "opt_state": [1], "opt_lr_at": [3],
         "train": [0, False, B, x.shape[1], 1, 0.5, 0, 3, 1, np.zeros((4, 3)), np.zeros(1, np.int64)],
         "Optimizer": [0, 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, False, True, 0, 0, 0, 0.0, 0.0],
         "Model": [6, 4, 2, 1, 4, 0, False, 1e-5, 0, 1, 0, True],
-        "seq2seq_forward": [x, np.full((B, 2), 2, np.uint8), 1],
-        "seq2seq_loss_and_grad": [x, np.full((B, 2), 2, np.uint8), rng.normal(size=(B, 2)).astype(model.dtype), 0,
-                                  True, 1],
         "generate": [x, 2, True, 0.5, 1],
         "select_cpu_path": [str(rng.choice(["auto", "baseline", "x86-64-v3", "x86-64-v4", "avx"]))],
         "kernel_gemm": [str(rng.choice(["baseline", "x86-64-v3", "x86-64-v4", "avx"])),
@@ -1186,26 +1215,29 @@ def _well_formed(call, model, draw_args, rng):
 @fuzz_settings(600)
 @given(raw_case(), st.integers(0, 2**32 - 1), st.booleans())
 def fuzz_engine_raw(case, seed, shaped):
-    call, i, args, target, sampler = case
-    model = fresh_model(i) if not (call.startswith("seq2seq") or call == "generate") or seed % 4 == 0 else \
-        sf.Seq2SeqTransformer(5, d_model=4, n_heads=2, n_layers=1, dtype=("float32", "float64")[seed % 2])
+    call, i, args, target, sampler, mangle = case
+    seq2seq = call in SEQ2SEQ_CALLS and (seed % 4 != 0 if call in ("generate", "seq2seq_ln_counts") else seed % 2)
+    model = sf.Seq2SeqTransformer(5, d_model=4, n_heads=2, n_layers=1, dtype=("float32", "float64")[seed % 3 % 2]) \
+        if seq2seq else fresh_model(i)
     rng = np.random.default_rng(seed)
     if shaped:
         args = _well_formed(call, model, args, rng)
         if call in ("target_eval", "sample_batch", "train") and rng.random() < 0.5:
             target = (int(rng.integers(0, 8)), args[3] if call == "sample_batch" and is_int(args[3]) else 4, None)
             sampler = (0, None, None, None)
-    note_case(call=call, model=i, args=args, target=target, sampler=sampler)
-    opt = _engine.Optimizer(model._engine, 0, 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, False, True, 0, 0, 0, 0.0, 0.0)
+    note_case(call=call, model=i, seq2seq=seq2seq, args=args, target=target, sampler=sampler, mangle=mangle)
+    opt = _native.Optimizer(model=model._engine, kind=0, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                            momentum=0.0, dampening=0.0, nesterov=False, decay_all=True, schedule=0, warmup_steps=0,
+                            total_steps=0, min_lr=0.0, clip_norm=0.0)
     try:
         with np.errstate(all="ignore"):
-            _raw(call, model, opt, args, target, sampler)
+            _raw(call, model, opt, args, target, sampler, mangle, rng)
         outcome("returned")
     except Exception:
         outcome("raised")  # any Python exception is fine here: the point is that the process survives
     finally:
-        _engine.set_default_threads(1)
-        _engine.set_memory_limit(MEMORY_LIMIT)
+        _native.set_default_threads(1)
+        _native.set_memory_limit(MEMORY_LIMIT)
     # the model is still usable and consistent afterwards
     zeros = np.zeros((2, model.n_positions), np.uint8)
     if isinstance(model, sf.Seq2SeqTransformer):
@@ -1224,6 +1256,8 @@ TARGETS = ["fuzz_transformer_config", "fuzz_forward_tokens", "fuzz_loss_labels",
 
 def test_raw_fuzz_reaches_every_engine_entry_point():
     """A new engine function or method must join fuzz_engine_raw (and so the sanitized run)."""
+    from sensiformer import _engine
+
     entry_points = {n for n in dir(_engine) if not n.startswith("_")}
     for cls in ("Model", "Optimizer"):
         entry_points |= {f"{cls}.{n}" for n in dir(getattr(_engine, cls)) if not n.startswith("_")}

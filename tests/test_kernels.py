@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sensiformer as sf
-from sensiformer import _engine
+from sensiformer import _native
 
 PATHS = sf.show_config(print_out=False)["cpu_paths"]
 VECTOR_PATHS = [p for p in PATHS if p != "baseline"]
@@ -29,8 +29,8 @@ def gemm(path, a, b, bias=None, c=None, transpose_a=False, transpose_b=False, n_
     m = a.shape[1] if transpose_a else a.shape[0]
     n = b.shape[0] if transpose_b else b.shape[1]
     out = np.zeros((m, n), a.dtype) if c is None else c.copy()
-    _engine.kernel_gemm(path, np.ascontiguousarray(a), np.ascontiguousarray(b), out, bias, c is not None,
-                        transpose_a, transpose_b, n_threads)
+    _native.kernel_gemm(path=path, a=np.ascontiguousarray(a), b=np.ascontiguousarray(b), c=out, bias=bias,
+                        accumulate=c is not None, transpose_a=transpose_a, transpose_b=transpose_b, n_threads=n_threads)
     return out
 
 
@@ -111,8 +111,6 @@ def test_unknown_path_is_refused(bad):
 
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="shapes"):
-        _engine.kernel_gemm("baseline", np.ones((2, 3)), np.ones((2, 2)), np.zeros((2, 2)), None, False, False, False,
-                            1)
+        gemm("baseline", np.ones((2, 3)), np.ones((2, 2)), c=np.zeros((2, 2)))
     with pytest.raises(TypeError, match="b must have dtype"):
-        _engine.kernel_gemm("baseline", np.ones((2, 2)), np.ones((2, 2), np.float32), np.zeros((2, 2)), None, False,
-                            False, False, 1)
+        gemm("baseline", np.ones((2, 2)), np.ones((2, 2), np.float32))

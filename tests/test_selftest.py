@@ -44,15 +44,15 @@ def test_a_perturbed_gemm_edge_fails_naming_path_and_check(tmp_path, monkeypatch
     """The children load a plugin that adds 1e-3 to the last element of every GEMM with a partial
     column tile (N % 16 != 0), as a kernel with a broken edge case would."""
     plugin(tmp_path, monkeypatch, "break_gemm_edge", """
-        from sensiformer import _engine
-        _gemm = _engine.kernel_gemm
+        from sensiformer import _native
+        _gemm = _native.kernel_gemm
 
-        def broken(path, a, b, c, *args):
-            _gemm(path, a, b, c, *args)
-            if c.shape[1] % 16:
-                c[-1, -1] += 1e-3
+        def broken(**kw):
+            _gemm(**kw)
+            if kw["c"].shape[1] % 16:
+                kw["c"][-1, -1] += 1e-3
 
-        _engine.kernel_gemm = broken
+        _native.kernel_gemm = broken
     """)
     report = _selftest.run(paths=[PATH], extra_argv=["-p", "break_gemm_edge", "-k", "gemm"])
     assert not report["passed"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import sensiformer as sf
-from sensiformer import _engine
+from sensiformer import _native
 
 PARITY_N = 6
 
@@ -165,20 +165,27 @@ def test_the_engine_guards_itself():
     model = small()
     x, y = batch(rows=3)
     dec = model.teacher_forcing(y)
+    fwd = lambda m, x, dec=None: _native.forward(model=m._engine, x=x, decoder_input=dec, n_threads=1)  # noqa: E731
     with pytest.raises(ValueError, match="SOS=2"):
-        _engine.seq2seq_forward(model._engine, x, np.full_like(dec, 3), 1)
+        fwd(model, x, np.full_like(dec, 3))
     with pytest.raises(ValueError, match="n_positions\\+1"):
-        _engine.seq2seq_forward(model._engine, x, np.zeros((3, PARITY_N + 2), np.uint8), 1)
+        fwd(model, x, np.zeros((3, PARITY_N + 2), np.uint8))
     with pytest.raises(ValueError, match="labels for 1 to S"):
-        _engine.seq2seq_loss_and_grad(model._engine, x, np.ascontiguousarray(dec[:, :2]), y, 0, True, 1)
+        _native.loss_and_grad(model=model._engine, x=x, y=y, decoder_input=np.ascontiguousarray(dec[:, :2]), loss=0,
+                              grad=True, n_threads=1)
     with pytest.raises(ValueError, match="rows"):
-        _engine.seq2seq_forward(model._engine, x, dec[:2], 1)
-    with pytest.raises(ValueError, match="seq2seq model"):  # the encoder's entry points
-        model._engine.forward(x, 1)
+        fwd(model, x, dec[:2])
+    with pytest.raises(ValueError, match="seq2seq model"):  # the seq2seq model without decoder inputs
+        fwd(model, x)
     with pytest.raises(ValueError, match="encoder model"):
-        _engine.generate(sf.Transformer(4, d_model=8)._engine, np.ascontiguousarray(x[:, :4]), 3, True, 0.5, 1)
-    with pytest.raises(ValueError, match="seq2seq model"):  # the encoder's HVP without decoder inputs
-        _engine.hvp(model._engine, x, y[:, 0].copy(), 3, 0, np.zeros((1, model.num_parameters)), 1)
+        _native.generate(model=sf.Transformer(4, d_model=8)._engine, x=np.ascontiguousarray(x[:, :4]), steps=3,
+                         cache=True, threshold=0.5, n_threads=1)
+    with pytest.raises(ValueError, match="seq2seq model"):  # the HVP without decoder inputs
+        _native.hvp(model=model._engine, x=x, y=y[:, 0].copy(), batch_size=3, loss=0,
+                    v=np.zeros((1, model.num_parameters)), n_threads=1)
+    with pytest.raises(ValueError, match="decoder inputs"):  # the encoder model given decoder inputs
+        _native.forward(model=sf.Transformer(4, d_model=8)._engine, x=np.ascontiguousarray(x[:, :4]),
+                        decoder_input=dec, n_threads=1)
 
 
 # ---- targets -------------------------------------------------------------------------------------
@@ -203,7 +210,8 @@ def test_prefix_targets():
 
 def test_training_stream_labels_and_noise():
     t = sf.targets.PrefixParity(7, noise=0.2)
-    x, y = _engine.sample_batch(t.engine_spec(), (0, None, None, None), 3, 11, 64, 7)
+    x, y = _native.sample_batch(target=t.engine_spec(), sampler=(0, None, None, None), seed=3, step=11, batch_size=64,
+                                seq_len=7)
     assert y.shape == (64, 7)
     np.testing.assert_array_equal(y, t.noisy(x, seed=3, step=11))
     flips = y != sf.targets.PrefixParity(7)(x)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import sensiformer as sf
-from sensiformer import analysis, targets
+from sensiformer import _native, analysis, targets
 
 BUSY = r"being used by another call"
 
@@ -65,7 +65,7 @@ def test_engine_errors_stay_with_their_thread():
     def hammer(engine, x, expected):
         for _ in range(300):
             try:
-                engine.forward(x, 1)
+                _native.forward(model=engine, x=x, n_threads=1)
             except ValueError as err:
                 if expected not in str(err):
                     mixed.append(str(err))

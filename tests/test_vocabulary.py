@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import sensiformer as sf
-from sensiformer import _engine, _vocabulary, optim, seq2seq, targets, trainer
+from sensiformer import _native, _vocabulary, optim, seq2seq, targets, trainer
 
 
 def test_every_list_is_exported_with_values_0_to_k():
-    words = _engine.vocabulary()
+    words = _native.vocabulary()
     assert set(words) == {"status", "dtype", "norm", "norm_type", "positional", "activation", "model_kind", "tensor_kind", "loss",
                           "target_kind", "sampler_kind", "optimizer_kind", "schedule_kind", "limit"}
     for name, values in words.items():

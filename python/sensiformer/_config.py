@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from . import _engine
+from . import _native
 from ._validation import check_count, check_int
 
 
@@ -20,17 +20,17 @@ def set_num_threads(n: int | None) -> None:
     Each call also takes ``n_threads`` to override it. Results never depend on the
     thread count: the same seed gives the same bits with 1 thread or many.
     """
-    _engine.set_default_threads(0 if n is None else check_int(n, "n", 1, 512))
+    _native.set_default_threads(0 if n is None else check_int(n, "n", 1, 512))
 
 
 def get_num_threads() -> int:
     """The thread count a call with ``n_threads=None`` uses."""
-    return _engine.resolve_threads(0)
+    return _native.resolve_threads(0)
 
 
 def set_memory_limit(nbytes: int | None) -> None:
     """Refuse workspaces larger than ``nbytes`` (``None``: 80% of physical memory)."""
-    _engine.set_memory_limit(0 if nbytes is None else check_count(nbytes, "nbytes", 1))
+    _native.set_memory_limit(0 if nbytes is None else check_count(nbytes, "nbytes", 1))
 
 
 def measure_peak(dtype="float32", n_threads=None, seconds=0.5) -> float:
@@ -39,7 +39,8 @@ def measure_peak(dtype="float32", n_threads=None, seconds=0.5) -> float:
     from ._validation import check_choice, check_float, resolve_threads
 
     check_choice(dtype, "dtype", ("float32", "float64"))
-    return _engine.measure_peak(dtype == "float64", resolve_threads(n_threads), check_float(seconds, "seconds", 0.01))
+    return _native.measure_peak(float64=dtype == "float64", n_threads=resolve_threads(n_threads),
+                                seconds=check_float(seconds, "seconds", 0.01))
 
 
 def show_config(print_out: bool = True, peak: bool = False) -> dict:
@@ -60,7 +61,7 @@ def show_config(print_out: bool = True, peak: bool = False) -> dict:
 
     import os
 
-    info = dict(_engine.build_info())
+    info = dict(_native.build_info())
     info["version"] = __version__
     info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     if peak:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _engine
+from . import _native
 
 ALL_PATHS = ("x86-64-v4", "x86-64-v3", "baseline")  # every path the engine knows (cpu_paths: the runnable)
 CHILD_TIMEOUT = 900  # seconds per child; the whole self-test takes well under a minute per path
@@ -41,7 +41,7 @@ filterwarnings =
 
 def cpu_paths() -> tuple:
     """The CPU paths this build and this CPU can run, widest first."""
-    return tuple(_engine.build_info()["cpu_paths"])
+    return tuple(_native.build_info()["cpu_paths"])
 
 
 # ---- the child: one pytest run, results as JSON -------------------------------------------------

@@ -79,9 +79,9 @@ def quiet_cast(arr, dtype):
 
 def check_memory(nbytes, what):
     """Refuse a Python-side buffer beyond the memory limit the engine enforces on its own."""
-    from . import _engine
+    from . import _native
 
-    limit = _engine.build_info()["memory_limit"]
+    limit = _native.build_info()["memory_limit"]
     if nbytes > limit:
         raise MemoryError(f"{what} needs {nbytes / 2**30:.3g} GB, more than the memory limit of "
                           f"{limit / 2**30:.3g} GB (sensiformer.set_memory_limit)")
@@ -142,11 +142,11 @@ def as_values(y, name, length, dtype):
 
 def resolve_threads(n_threads):
     """None -> the package default; otherwise a positive integer."""
-    from . import _engine
+    from . import _native
 
     if n_threads is None:
         return 0
-    return _engine.resolve_threads(check_int(n_threads, "n_threads", 1, 512))
+    return _native.resolve_threads(check_int(n_threads, "n_threads", 1, 512))
 
 
 # ---- Boolean truth tables (sensiformer.analysis and sensiformer.targets) -------------------------

@@ -1,11 +1,11 @@
 """The engine's vocabulary (csrc/sf.h): every enumeration the C API takes and the limits it enforces,
-read from the engine (``_engine.vocabulary()``), so the Python layer never mirrors them by hand."""
+read from the engine (``_native.vocabulary()``), so the Python layer never mirrors them by hand."""
 
 from __future__ import annotations
 
-from . import _engine
+from . import _native
 
-_WORDS = _engine.vocabulary()
+_WORDS = _native.vocabulary()
 
 
 def _ordered(name: str) -> tuple:

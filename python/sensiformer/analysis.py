@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _engine
+from . import _native
 from ._config import tqdm_env_disabled
 from ._validation import (MAX_TABLE_N, as_truth_table, check_bool, check_boolean_table, check_choice, check_float,
                           check_int, check_memory, check_seed, resolve_threads)
@@ -88,7 +88,7 @@ def fwht(a: ArrayLike, n_threads: int | None = None) -> np.ndarray:
     if not (a.flags.c_contiguous and a.flags.writeable):
         raise ValueError("a must be C-contiguous and writeable (the transform is in place)")
     work, _ = as_truth_table(a, "a")  # shape and finiteness; an aligned copy only if a is unaligned
-    _engine.fwht(work, resolve_threads(n_threads))
+    _native.fwht(a=work, n_threads=resolve_threads(n_threads))
     if work is not a:
         a[...] = work
     return a
@@ -111,7 +111,7 @@ def fourier(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = N
         ``c[S] = E_x[g(x) chi_S(x)]``; ``sum(c**2) == E[g^2]`` (Parseval).
     """
     table, _ = _table(truth_table, scale)
-    return _engine.fourier(table, scale == "01", resolve_threads(n_threads))
+    return _native.fourier(truth_table=table, map01=scale == "01", n_threads=resolve_threads(n_threads))
 
 
 def inverse_fourier(coefficients: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
@@ -120,13 +120,13 @@ def inverse_fourier(coefficients: ArrayLike, scale: str = "01", n_threads: int |
     check_choice(scale, "scale", SCALES)
     g, _ = as_truth_table(coefficients, "coefficients")
     g = g.copy()
-    _engine.fwht(g, resolve_threads(n_threads))
+    _native.fwht(a=g, n_threads=resolve_threads(n_threads))
     return to_01(g) if scale == "01" else g
 
 
 def _spectrum(truth_table, scale, n_threads):
     table, n = _table(truth_table, scale)
-    weights, maxabs = _engine.spectrum(table, scale == "01", resolve_threads(n_threads))
+    weights, maxabs = _native.spectrum(truth_table=table, map01=scale == "01", n_threads=resolve_threads(n_threads))
     return weights, maxabs, n
 
 
@@ -174,7 +174,7 @@ def influences(truth_table: ArrayLike, scale: str = "01", n_threads: int | None 
     They sum to ``average_sensitivity``. For a Boolean function, ``Inf_i = Pr[f(x) != f(x xor e_i)]``.
     """
     table, _ = _table(truth_table, scale)
-    return _engine.influences(table, resolve_threads(n_threads)) * _flip_factor(scale)
+    return _native.influences(truth_table=table, n_threads=resolve_threads(n_threads)) * _flip_factor(scale)
 
 
 def average_sensitivity(truth_table: ArrayLike, scale: str = "01", method: str = "flips",
@@ -207,7 +207,7 @@ def sensitivity(truth_table: ArrayLike, scale: str = "01", n_threads: int | None
     For a Boolean function, the number of bits whose flip changes f(x). Its mean is as_n.
     """
     table, _ = _table(truth_table, scale)
-    return _engine.point_sensitivity(table, resolve_threads(n_threads)) * _flip_factor(scale)
+    return _native.point_sensitivity(truth_table=table, n_threads=resolve_threads(n_threads)) * _flip_factor(scale)
 
 
 def sensitivity_profile(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
@@ -218,7 +218,7 @@ def sensitivity_profile(truth_table: ArrayLike, scale: str = "01", n_threads: in
     table, _ = _table(truth_table, scale, boolean=True)
     if scale == "pm1":
         table = to_01(table)
-    return _engine.sensitivity_profile(table, resolve_threads(n_threads))
+    return _native.sensitivity_profile(truth_table=table, n_threads=resolve_threads(n_threads))
 
 
 def max_sensitivity(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> int:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _engine
+from . import _native
 from ._validation import (as_finite_array, check_choice, check_float, check_int, check_memory, check_seed,
                           resolve_threads)
 from .blocks import block_indices
@@ -85,9 +85,10 @@ class HessianOperator:
         rows = max(1, _CHUNK_BYTES // (P * self.model.dtype.itemsize))
         out = []
         for start in range(0, V.shape[0], rows):
-            hv, self.loss = _engine.hvp(self.model._engine, self.x, self.y, self.batch_size, self.loss_code,
-                                        np.ascontiguousarray(V[start:start + rows], dtype=self.model.dtype),
-                                        self.n_threads, self.dec)
+            hv, self.loss = _native.hvp(model=self.model._engine, x=self.x, y=self.y, decoder_input=self.dec,
+                                        batch_size=self.batch_size, loss=self.loss_code,
+                                        v=np.ascontiguousarray(V[start:start + rows], dtype=self.model.dtype),
+                                        n_threads=self.n_threads)
             out.append(hv)
         self.n_hvp += V.shape[0]
         return np.concatenate(out) if len(out) > 1 else out[0]

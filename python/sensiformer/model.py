@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _engine
+from . import _native
 from ._files import save_npz_atomically
 from ._vocabulary import (ACTIVATIONS, DTYPES, LOSSES, MAX_D_FF, MAX_D_MODEL, MAX_LAYERS, MAX_POSITIONS, NORM_TYPES,
                           NORMS, POSITIONALS, TENSOR_KINDS)
@@ -233,7 +233,7 @@ class _EngineModel:
     def reinitialize(self, seed: int | None = None) -> None:
         """Draw fresh initial parameters (with ``seed``, default the constructor's)."""
         seed = self._config["seed"] if seed is None else check_seed(seed)
-        self._engine.reinit(seed, self._config["identical_layers"])
+        self._engine.reinit(seed=seed, identical_layers=self._config["identical_layers"])
 
     def save(self, path: PathLike) -> None:
         """Write the config and parameters to an ``.npz`` file (no pickle); ``sensiformer.load`` reads it.
@@ -253,7 +253,8 @@ class _EngineModel:
         x, dec, y = self._probe_data(x, y, decoder_input)
         if loss == "bce" and not np.all((y >= 0) & (y <= 1)):
             raise ValueError("loss='bce' needs labels in [0, 1]")
-        return self._engine_loss(x, dec, y, LOSSES[loss], grad, resolve_threads(n_threads))
+        return _native.loss_and_grad(model=self._engine, x=x, y=y, decoder_input=dec, loss=LOSSES[loss], grad=grad,
+                                     n_threads=resolve_threads(n_threads))
 
     def loss(self, x: ArrayLike, y: ArrayLike, decoder_input: ArrayLike | None = None, *, loss: str = "mse",
              n_threads: int | None = None) -> float:
@@ -372,10 +373,11 @@ class Transformer(_EngineModel):
                             seed=seed, final_norm=bool(final_norm), identical_layers=bool(identical_layers),
                             norm_type=norm_type, positional=positional,
                             rope_base=rope_base)
-        self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, NORMS[norm], bool(final_norm),
-                                     ln_eps, ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
-                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional],
-                                     rope_base=rope_base)
+        self._engine = _native.Model(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                                     d_ff=d_ff, norm=NORMS[norm], final_norm=final_norm, ln_eps=ln_eps,
+                                     activation=ACTIVATIONS[activation], dtype=DTYPES[dtype], seed=seed,
+                                     identical_layers=identical_layers, norm_type=NORM_TYPES[norm_type],
+                                     positional=POSITIONALS[positional], rope_base=rope_base)
         self._bind_buffers()
 
     def __repr__(self):
@@ -388,12 +390,9 @@ class Transformer(_EngineModel):
     def forward(self, x: ArrayLike, n_threads: int | None = None) -> np.ndarray:
         """Outputs (batch,) for tokens ``x`` (batch, length), length <= n_positions."""
         x = as_tokens(x, "x", self.n_positions)
-        return self._engine.forward(x, resolve_threads(n_threads))
+        return _native.forward(model=self._engine, x=x, n_threads=resolve_threads(n_threads))
 
     __call__ = forward
-
-    def _engine_loss(self, x, decoder_input, y, loss, grad, n_threads):
-        return self._engine.loss_and_grad(x, y, loss, grad, n_threads)
 
 
 def _restore_model(cls, config, flat):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _engine
+from . import _native
 from ._validation import as_finite_array, check_bool, check_choice, check_count, check_float, resolve_threads
 from ._vocabulary import OPTIMIZERS, SCHEDULES
 
@@ -72,10 +72,8 @@ class Optimizer:
                 raise ValueError("this optimizer is already bound to another model; create a new one")
             return self
         h = self.hyper
-        self._engine = _engine.Optimizer(
-            model._engine, OPTIMIZERS[self._kind], h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"],
-            h["momentum"], h["dampening"], h["nesterov"], h["decay_all"], SCHEDULES[h["schedule"]],
-            h["warmup_steps"], h["total_steps"], h["min_lr"], h["clip_norm"])
+        self._engine = _native.Optimizer(model=model._engine, kind=OPTIMIZERS[self._kind],
+                                         **dict(h, schedule=SCHEDULES[h["schedule"]]))
         self._model = model
         return self
 
@@ -101,7 +99,7 @@ class Optimizer:
 
     def step(self, n_threads: int | None = None) -> float:
         """One update from the model's gradient buffer; returns the gradient norm (pre-clipping)."""
-        return self._bound().step(resolve_threads(n_threads))
+        return self._bound().step(n_threads=resolve_threads(n_threads))
 
     def zero_grad(self) -> None:
         """Kept for PyTorch habits: gradients are overwritten by every backward, so a no-op."""

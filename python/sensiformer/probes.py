@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _engine
+from . import _native
 from ._validation import (as_finite_array, check_bool, check_choice, check_float, check_int,
                           check_seed, resolve_threads)
 from .estimate import Estimate
@@ -132,8 +132,9 @@ def sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, sigma: float | Non
                              f"got {shape}")
     shared = check_bool(paper_compatible, "paper_compatible") or noise is not None
     as_pm1 = check_bool(as_pm1, "as_pm1")
-    base, perturbed = _engine.sharpness(model._engine, x, y, batch_size, LOSSES[loss], sigma, repeats, seed, mask,
-                                        noise, shared, resolve_threads(n_threads), dec)
+    base, perturbed = _native.sharpness(model=model._engine, x=x, y=y, decoder_input=dec, batch_size=batch_size,
+                                        loss=LOSSES[loss], sigma=sigma, repeats=repeats, seed=seed, mask=mask,
+                                        noise=noise, shared_draws=shared, n_threads=resolve_threads(n_threads))
     if not (np.isfinite(base).all() and np.isfinite(perturbed).all()):
         raise FloatingPointError(f"sharpness: the perturbed loss is not finite in {model.dtype.name} (sigma={sigma!r} "
                                  "overflows the parameters or the loss); use a smaller sigma or rho")
@@ -189,8 +190,8 @@ def ln_blowup(model: EngineModel, x: ArrayLike, definition: str = "official", pe
     names = model._ln_names()
     if not names:
         raise ValueError("the model has norm='none': there is no LayerNorm to probe")
-    extra = () if dec is None else (dec,)
-    maxs, means = _engine.ln_blowup(model._engine, x, definition == "theory", resolve_threads(n_threads), *extra)
+    maxs, means = _native.ln_blowup(model=model._engine, x=x, decoder_input=dec, theory=definition == "theory",
+                                    n_threads=resolve_threads(n_threads))
     result = {}
     for name, mx, mn in zip(names, maxs, means):
         result[f"{name}/max"] = float(mx.mean())
@@ -265,8 +266,8 @@ def attention_logit_scale(model: EngineModel, x: ArrayLike, n_threads: int | Non
     """
     model.require_finite("attention_logit_scale")
     x, dec = model._probe_inputs(x, decoder_input, y, "attention_logit_scale")
-    extra = () if dec is None else (dec,)
-    maxs, means = _engine.attention_logits(model._engine, x, resolve_threads(n_threads), *extra)
+    maxs, means = _native.attention_logits(model=model._engine, x=x, decoder_input=dec,
+                                           n_threads=resolve_threads(n_threads))
     modules = model._attention_modules()
     return {"max": maxs, "mean": means} if modules is None else {"max": maxs, "mean": means, "modules": modules}
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _engine
+from . import _native
 from ._validation import (REAL_KINDS, as_tokens, check_bool, check_choice, check_float, check_int, check_seed,
                           quiet_cast, resolve_threads)
 from ._vocabulary import ACTIVATIONS, DTYPES, MAX_LAYERS, MODEL_KINDS, NORM_TYPES, NORMS, POSITIONALS, SOS
@@ -134,11 +134,12 @@ class Seq2SeqTransformer(_EngineModel):
                             activation=activation, dtype=dtype, seed=seed, identical_layers=bool(identical_layers),
                             norm_type=norm_type, positional=positional,
                             rope_base=rope_base)
-        self._engine = _engine.Model(n_positions, d_model, n_heads, n_layers, d_ff, _NORMS[norm], True, ln_eps,
-                                     ACTIVATIONS[activation], DTYPES[dtype], seed, bool(identical_layers),
-                                     kind=MODEL_KINDS["seq2seq"], n_decoder_layers=n_decoder_layers,
-                                     norm_type=NORM_TYPES[norm_type], positional=POSITIONALS[positional],
-                                     rope_base=rope_base)
+        self._engine = _native.Model(n_positions=n_positions, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                                     d_ff=d_ff, norm=_NORMS[norm], final_norm=True, ln_eps=ln_eps,
+                                     activation=ACTIVATIONS[activation], dtype=DTYPES[dtype], seed=seed,
+                                     identical_layers=identical_layers, kind=MODEL_KINDS["seq2seq"],
+                                     n_decoder_layers=n_decoder_layers, norm_type=NORM_TYPES[norm_type],
+                                     positional=POSITIONALS[positional], rope_base=rope_base)
         self._bind_buffers()
 
     def __repr__(self):
@@ -177,7 +178,7 @@ class Seq2SeqTransformer(_EngineModel):
 
     def _ln_groups(self):
         """(key prefix, rows) of the blowup's aggregates: each stack, complete and official."""
-        bounds = np.cumsum((0,) + _engine.seq2seq_ln_counts(self._engine))
+        bounds = np.cumsum((0,) + _native.seq2seq_ln_counts(self._engine))
         parts = ("encoder", "decoder", "official/encoder", "official/decoder")
         return [(f"{part}/", slice(bounds[g], bounds[g + 1])) for g, part in enumerate(parts)]
 
@@ -209,12 +210,9 @@ class Seq2SeqTransformer(_EngineModel):
         if decoder_input is None:
             raise TypeError("forward needs decoder_input (e.g. model.teacher_forcing(y)); use generate(x) to decode")
         x, dec = self._inputs(x, decoder_input)
-        return _engine.seq2seq_forward(self._engine, x, dec, resolve_threads(n_threads))
+        return _native.forward(model=self._engine, x=x, decoder_input=dec, n_threads=resolve_threads(n_threads))
 
     __call__ = forward
-
-    def _engine_loss(self, x, decoder_input, y, loss, grad, n_threads):
-        return _engine.seq2seq_loss_and_grad(self._engine, x, decoder_input, y, loss, grad, n_threads)
 
     def generate(self, x: ArrayLike, steps: int | None = None, cache: bool = True, threshold: float = 0.5,
                  return_outputs: bool = False,
@@ -231,8 +229,8 @@ class Seq2SeqTransformer(_EngineModel):
         x = as_tokens(x, "x", self.n_positions)
         steps = x.shape[1] if steps is None else check_int(steps, "steps", 1, self.n_positions + 1)
         threshold = check_float(threshold, "threshold")
-        tokens, outputs = _engine.generate(self._engine, x, steps, check_bool(cache, "cache"), threshold,
-                                           resolve_threads(n_threads))
+        tokens, outputs = _native.generate(model=self._engine, x=x, steps=steps, cache=check_bool(cache, "cache"),
+                                           threshold=threshold, n_threads=resolve_threads(n_threads))
         return (tokens, outputs) if return_outputs else tokens
 
     def autoregressive_accuracy(self, x: ArrayLike, y: ArrayLike, threshold: float = 0.5, cache: bool = True,

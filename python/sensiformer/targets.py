@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _engine
+from . import _native
 from ._validation import (MAX_TABLE_N, as_tokens, as_truth_table, check_choice, check_count, check_float,
                           check_int, check_memory, check_seed)
 from ._vocabulary import TARGET_KINDS
@@ -99,7 +99,7 @@ class Target:
         return x
 
     def __call__(self, x, scale="01") -> np.ndarray:
-        return _on_scale(_engine.target_eval(self.engine_spec(), self._inputs(x)), scale)
+        return _on_scale(_native.target_eval(target=self.engine_spec(), x=self._inputs(x)), scale)
 
     def noisy(self, x, seed=0, step=0) -> np.ndarray:
         """Labels of ``x`` with the training stream's label noise ({0,1} scale).
@@ -108,7 +108,7 @@ class Target:
         ``seed``, so ``noisy(x_batch, seed, step)`` reproduces that batch's labels.
         """
         y = self(x)
-        flips = _engine.label_noise(check_seed(seed), check_count(step, "step"), y.shape[0], self.noise)
+        flips = _native.label_noise(seed=check_seed(seed), step=check_count(step, "step"), rows=y.shape[0], p=self.noise)
         return np.where(flips.astype(bool), 1.0 - y, y)
 
     def truth_table(self, scale="01") -> np.ndarray:
@@ -403,7 +403,7 @@ class FourierFunction(Target):
 
     def truth_table(self, scale="01") -> np.ndarray:
         g = self.dense_coefficients()
-        _engine.fwht(g, 0)  # g(x) = sum_S c_S chi_S(x): the unnormalised transform
+        _native.fwht(a=g, n_threads=0)  # g(x) = sum_S c_S chi_S(x): the unnormalised transform
         y = (g < 0).astype(np.float64) if self.output == "sign" else to_01(g)
         return _on_scale(y, scale)
 
@@ -551,7 +551,7 @@ class Prefix(Target):
     def noisy(self, x, seed=0, step=0) -> np.ndarray:
         """Labels (batch, n) of ``x`` with the training stream's label noise ({0,1} scale)."""
         y = self(x)
-        flips = _engine.label_noise(check_seed(seed), check_count(step, "step"), y.size, self.noise)
+        flips = _native.label_noise(seed=check_seed(seed), step=check_count(step, "step"), rows=y.size, p=self.noise)
         return np.where(flips.reshape(y.shape).astype(bool), 1.0 - y, y)
 
     def truth_table(self, scale="01") -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from . import _engine
+from . import _native
 from ._validation import (MAX_INT64, as_tokens, as_values, check_bool, check_choice, check_count, check_int,
                           check_seed, resolve_threads)
 from ._vocabulary import LOSSES, SAMPLERS
@@ -177,7 +177,7 @@ class Trainer:
             if target.engine_spec()[2] is not None and self.seq_len != target.n:
                 raise ValueError(f"seq_len={self.seq_len} but the target's truth table is for n={target.n}")
             try:  # the engine knows which positions a target reads (SparseParity, Junta, FourierFunction)
-                _engine.target_eval(target.engine_spec(), np.zeros((1, self.seq_len), np.uint8))
+                _native.target_eval(target=target.engine_spec(), x=np.zeros((1, self.seq_len), np.uint8))
             except ValueError as err:
                 raise ValueError(f"seq_len={self.seq_len} does not fit {target!r}: {err}") from err
             if train_subset is not None:
@@ -239,7 +239,8 @@ class Trainer:
             if self.target is None:
                 raise ValueError("uniform=True needs a target to label the inputs; this trainer samples from data")
             sampler = (_UNIFORM, None, None, None)
-        return _engine.sample_batch(self._target_spec, sampler, self.seed, step, self.batch_size, self.seq_len)
+        return _native.sample_batch(target=self._target_spec, sampler=sampler, seed=self.seed, step=step,
+                                    batch_size=self.batch_size, seq_len=self.seq_len)
 
     # ---- training --------------------------------------------------------------------------
     def fit(self, steps: int, log_every: int = 100,
@@ -306,10 +307,11 @@ class Trainer:
             chunk = min(boundaries) - self.step_count
             record, done = np.zeros((4, chunk)), np.zeros(1, dtype=np.int64)
             self._chunk = (self.step_count, record, done)
-            status, message, pending = _engine.train(
-                self.model._engine, self.optimizer._engine, self._target_spec, self._sampler, LOSSES[self.loss],
-                self.labels == "pm1", self.batch_size, self.seq_len, self.seed, self._threshold,
-                self.step_count, chunk, resolve_threads(self.n_threads), record, done)
+            status, message, pending = _native.train(
+                model=self.model._engine, optimizer=self.optimizer._engine, target=self._target_spec,
+                sampler=self._sampler, loss=LOSSES[self.loss], pm1=self.labels == "pm1", batch_size=self.batch_size,
+                seq_len=self.seq_len, seed=self.seed, threshold=self._threshold, first_step=self.step_count,
+                n_steps=chunk, n_threads=resolve_threads(self.n_threads), record=record, done=done)
             finished = self._absorb_chunk(window)
             bar.update(finished)
             if status != _OK:
@@ -415,8 +417,9 @@ class Trainer:
                 batches = check_int(batches, "batches", 1)
                 bs = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", 1, _MAX_BATCH)
                 eval_seed = (check_seed(self.seed if seed is None else seed) ^ 0x5EEDE7A1) & (2**64 - 1)
-                pairs = [_engine.sample_batch(self._target_spec, (_UNIFORM, None, None, None), eval_seed, k, bs,
-                                              self.seq_len) for k in range(batches)]
+                pairs = [_native.sample_batch(target=self._target_spec, sampler=(_UNIFORM, None, None, None),
+                                              seed=eval_seed, step=k, batch_size=bs, seq_len=self.seq_len)
+                         for k in range(batches)]
                 x = np.concatenate([p[0] for p in pairs])
             y = self._clean_labels(x)
         y_used = 2 * y - 1 if self.labels == "pm1" else y
@@ -445,7 +448,7 @@ class Trainer:
             return self.target(x)
         kind, n, table, *options = self._target_spec
         options = {k: v for k, v in (options[0] if options else {}).items() if k != "noise"}
-        return _engine.target_eval((kind, n, table, options), x)
+        return _native.target_eval(target=(kind, n, table, options), x=x)
 
     def _evaluate_seq2seq(self, x, y, y_used) -> dict:
         """Teacher-forced loss and token accuracy, and the autoregressive accuracies, in chunks."""

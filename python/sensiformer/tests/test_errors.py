@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import sensiformer as sf
-from sensiformer import _engine, analysis
+from sensiformer import _native, analysis
 from sensiformer.sweep import RunConfig
 
 from ._support import current_path
@@ -51,8 +51,9 @@ BAD_INPUTS = {
                 "v must have shape"),
     "settings": (lambda: sf.set_num_threads(0), ValueError, "n must be >= 1"),
     "sweep config": (lambda: RunConfig(target="parity", n=0), ValueError, "n must be >= 1"),
-    "engine kernel": (lambda: _engine.kernel_gemm(current_path(), np.ones((2, 3)), np.ones((2, 2)), np.zeros((2, 2)),
-                                                  None, False, False, False, 1), ValueError, "shapes"),
+    "engine kernel": (lambda: _native.kernel_gemm(path=current_path(), a=np.ones((2, 3)), b=np.ones((2, 2)),
+                                                  c=np.zeros((2, 2)), accumulate=False, transpose_a=False,
+                                                  transpose_b=False, n_threads=1), ValueError, "shapes"),
 }
 
 

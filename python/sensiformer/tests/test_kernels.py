@@ -5,7 +5,7 @@ operands, bias, accumulation) and gives the same bits on 1 and 2 threads."""
 import numpy as np
 import pytest
 
-from sensiformer import _engine
+from sensiformer import _native
 
 from ._support import cpu_paths, current_path, forced_path
 
@@ -26,8 +26,8 @@ def gemm(a, b, *, c=None, bias=None, transpose_a=False, transpose_b=False, n_thr
     m = a.shape[1] if transpose_a else a.shape[0]
     n = b.shape[0] if transpose_b else b.shape[1]
     out = np.zeros((m, n), a.dtype) if c is None else c.copy()
-    _engine.kernel_gemm(current_path(), np.ascontiguousarray(a), np.ascontiguousarray(b), out, bias, c is not None,
-                        transpose_a, transpose_b, n_threads)
+    _native.kernel_gemm(path=current_path(), a=np.ascontiguousarray(a), b=np.ascontiguousarray(b), c=out, bias=bias,
+                        accumulate=c is not None, transpose_a=transpose_a, transpose_b=transpose_b, n_threads=n_threads)
     return out
 
 
