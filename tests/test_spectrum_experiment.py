@@ -87,7 +87,7 @@ def test_figure_draws_the_mean_share_per_degree_and_says_when_a_target_has_no_ru
     rows = [dict(key=f"r{s}", target="parity", seed=s, step=step, measure_loss=0.2, model_as=1.0, model_as_real=0.5,
                  sharpness=0.01, blowup_maxs_prod=1.0, fourier_weight_0=1.0, fourier_weight_1=0.0,
                  fourier_weight_2=float(s + 1)) for s in range(2) for step in (10, 20)]
-    fig = plot.spectrum_figure(pd.DataFrame(rows), spectra, n, {"parity": "2/2 runs converged"}, title="T")
+    fig = plot.spectrum_figure(pd.DataFrame(rows), spectra, n=n, runs_labels={"parity": "2/2 runs converged"}, title="T")
     assert fig.get_suptitle().startswith("T\n") and len(fig.legends) == 1
     top = fig.axes[0]
     assert top.get_title() == "PARITY (2/2 runs converged)"
