@@ -313,13 +313,13 @@ def test_scratchpad_axes_log2_lengths_and_data_fitted_y():
 @pytest.mark.parametrize("store_kind", ["empty", "other sweep"])
 def test_cli_plot_without_matching_runs_fails_and_writes_nothing(tmp_path, capsys, store_kind):
     from sensiformer.cli import main
-    from sensiformer.sweep import RunConfig, Store, run_configs
+    from sensiformer.sweep import FinalMeasurement, RunConfig, Store, run_configs
 
     db, png = tmp_path / "r.db", tmp_path / "fig.png"
     store = Store(db)
     if store_kind == "other sweep":  # runs of another experiment: scaling/ci matches nothing
-        run_configs([RunConfig(n=3, d_model=8, batch_size=8, steps=2, measure_batches=1, eval_batches=1)], store,
-                    executor="serial", progress=False, sweep="mine")
+        tiny = RunConfig(n=3, d_model=8, batch_size=8, steps=2, final=FinalMeasurement(batches=1), eval_batches=1)
+        run_configs([tiny], store, executor="serial", progress=False, sweep="mine")
     assert main(["plot", "scaling", "--preset", "ci", "--store", str(db), "--out", str(png)]) != 0
     err = capsys.readouterr().err
     assert "no finished runs of scaling/ci" in err and "no figure written" in err

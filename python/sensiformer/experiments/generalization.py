@@ -24,11 +24,14 @@ which only draws y = 4x, so this figure leaves random completions out of that pa
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
 from ..plot import SINGLE_COLUMN, _axes, _caption, _figure_legend, _legend, _note, _plt, converged
 from ..sweep.config import RunConfig, hex_to_table, table_to_hex
+from ..sweep.probe_config import Predictions, TrainSharpness
 from ._base import PAPER, Experiment, Stage, average_sensitivity, resolve, run_fields
 
 N = 10
@@ -140,11 +143,12 @@ def refit_configs(manifest: pd.DataFrame, params: dict) -> list[RunConfig]:
         for seed in params["refit_seeds"]:
             for idx, e in entries.iterrows():
                 learned = e["kind"] == "learned"
+                # the parent's training set, for a learned completion (a random one has none)
+                train_sharpness = TrainSharpness(repeats=params["train_sharpness_repeats"], subset=int(e["m"]),
+                                                 subset_seed=int(e["seed"])) if learned else TrainSharpness()
                 configs.append(RunConfig(
                     target="table", n=params["n"], target_table=e["table"], seed=seed, **fields,
-                    train_sharpness_repeats=params["train_sharpness_repeats"] if learned else 0,
-                    sharpness_subset=int(e["m"]) if learned else None,
-                    sharpness_subset_seed=int(e["seed"]) if learned else None,
+                    train_sharpness=train_sharpness,
                     tags=dict(experiment="generalization", group=group, file_idx=int(idx), kind=e["kind"],
                               m=int(e["m"]), parent=e["parent"], parent_seed=int(e["seed"]),
                               target_seed_parent=int(e["target_seed"]),
@@ -155,10 +159,11 @@ def refit_configs(manifest: pd.DataFrame, params: dict) -> list[RunConfig]:
 def fit_configs(params: dict) -> list[RunConfig]:
     """Stage 1: the official first-step grids (m=256 first, then the other sizes)."""
     fields = run_fields(params)
-    fields.update(measure=False)
+    fields["final"] = dataclasses.replace(fields["final"], enabled=False)  # the refits measure
     sizes = sorted(params["subset_sizes"], key=lambda m: (m not in params["random_completion_sizes"], m))
-    return [RunConfig(target="random", n=params["n"], target_seed=ts, seed=s, train_subset=m, save_predictions=True,
-                      **fields, tags=dict(experiment="generalization", stage="fit", m=m))
+    return [RunConfig(target="random", n=params["n"], target_seed=ts, seed=s, train_subset=m,
+                      predictions=Predictions(save=True), **fields,
+                      tags=dict(experiment="generalization", stage="fit", m=m))
             for m in sizes for s in params["seeds"] for ts in params["target_seeds"]]
 
 

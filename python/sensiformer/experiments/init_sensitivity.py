@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..plot import BAND, SINGLE_COLUMN, _caption, _figure_legend, _integer_ticks, _legend, _mean_band, _plt, _style
 from ..sweep.config import INITS, RunConfig
+from ..sweep.probe_config import FinalMeasurement, ModelSensitivity
 from ._base import PAPER, Experiment, Stage, resolve
 
 _INIT = dict(n_heads=2, batch_size=PAPER["batch_size"], dtype="float32", threshold=0.0)
@@ -35,7 +36,8 @@ def init_sensitivity(preset: str = "ci", **overrides) -> Experiment:
 
     def build(store=None):
         return [RunConfig(target="parity", n=n, d_model=d, n_layers=L, n_heads=params["n_heads"], init=init, seed=s,
-                          steps=0, measure=False, model_sensitivity=True, sensitivity_threshold=params["threshold"],
+                          steps=0, final=FinalMeasurement(enabled=False),
+                          sensitivity=ModelSensitivity(enabled=True, threshold=params["threshold"]),
                           dtype=params["dtype"], batch_size=params["batch_size"], eval_batches=1,
                           tags=dict(experiment="init_sensitivity"))
                 for n in params["lengths"] for d in params["widths"] for L in params["depths"]

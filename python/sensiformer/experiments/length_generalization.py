@@ -18,6 +18,7 @@ import pandas as pd
 from ..plot import (BAND, LABELS, SINGLE_COLUMN, _axes, _caption, _figure_legend, _integer_ticks, _legend, _mean_band,
                     _note, _plt, _targets)
 from ..sweep.config import LATE_FIELDS, POSITIONALS, RunConfig
+from ..sweep.probe_config import LengthEvaluation
 from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
 TARGETS = ("parity", "majority", "first")
@@ -70,7 +71,8 @@ def length_generalization(preset: str = "ci", **overrides) -> Experiment:
     def build(store=None):
         n_train = max(params["train_lengths"])
         return [RunConfig(target=t, n=n_train, seed=s, positional=p, train_lengths=params["train_lengths"],
-                          eval_lengths=params["eval_lengths"], length_chunk=params["length_chunk"],
+                          length_evaluation=LengthEvaluation(lengths=params["eval_lengths"]),
+                          length_chunk=params["length_chunk"],
                           **run_fields(params), tags=dict(experiment="length_generalization"))
                 for t in params["targets"] for p in params["positionals"] for s in params["seeds"]]
 

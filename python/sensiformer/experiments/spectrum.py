@@ -10,6 +10,8 @@ target's degree grows by orders of magnitude.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
@@ -61,11 +63,11 @@ def spectrum(preset: str = "ci", **overrides) -> Experiment:
     params, changed = resolve("spectrum", PRESETS, preset, overrides)
     fields = run_fields(params)
     fields.pop("weight_decay")
+    fields["dynamics"] = dataclasses.replace(fields["dynamics"], spectrum=True)
 
     def build(store=None):
         return [RunConfig(target=t, target_bits=params["sparse_bits"] if t == "sparse_parity" else (), n=params["n"],
-                          seed=s, weight_decay=wd, dynamic_spectrum=True, spectrum_samples=params["spectrum_samples"],
-                          **fields, tags=dict(experiment="spectrum"))
+                          seed=s, weight_decay=wd, **fields, tags=dict(experiment="spectrum"))
                 for t in params["targets"] for s in params["seeds"] for wd in params["weight_decays"]]
 
     return Experiment(name="spectrum", preset=preset, params=params, overrides=changed, stages=[Stage("train", build)],
