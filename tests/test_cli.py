@@ -14,13 +14,14 @@ import pytest
 
 from sensiformer import __version__
 from sensiformer.cli import _experiment, build_parser, main
-from sensiformer.sweep import RunConfig, Store
+from sensiformer.sweep import FinalMeasurement, RunConfig, Store
 
 CI_SWEEP = ["sweep", "scaling", "--preset", "ci", "--executor", "serial", "--no-progress"]
 
 
 def tiny(**kw):
-    return RunConfig(**{**dict(n=4, d_model=8, batch_size=16, steps=20, measure_batches=1, eval_batches=1), **kw})
+    return RunConfig(**{**dict(n=4, d_model=8, batch_size=16, steps=20, final=FinalMeasurement(batches=1),
+                                eval_batches=1), **kw})
 
 
 @pytest.mark.parametrize("option, message", [

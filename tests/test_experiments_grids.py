@@ -8,15 +8,18 @@ import pandas as pd
 import pytest
 
 from sensiformer import experiments as E
+from sensiformer import sweep
 from sensiformer.sweep import table_to_hex
+from sensiformer.sweep.config import flatten
 
 DEFAULTS = dict(d_model=128, n_heads=2, n_layers=2, batch_size=1024, lr=3e-4, weight_decay=0.1, steps=10_000,
                 sharpness_sigma=0.02, sharpness_repeats=10, blowup_definition="official", dtype="float32")
 
 
 def settings(c, **expected):
-    want = dict(DEFAULTS, **expected)
-    return {k: getattr(c, k) for k in want} == want
+    """The official sweep's settings, by their flat names."""
+    want, flat = dict(DEFAULTS, **expected), flatten(c)
+    return {k: flat[k] for k in want} == want
 
 
 def test_length_scaling_1():
@@ -25,7 +28,7 @@ def test_length_scaling_1():
     got = [(c.n, c.seed, c.target) for c in configs]
     want = list(itertools.product(range(4, 31), range(10), ("parity", "majority", "first", "mean")))
     assert got == want
-    assert all(settings(c) and c.measure and c.measure_batches == 1000 for c in configs)
+    assert all(settings(c) and c.final.enabled and c.final.batches == 1000 for c in configs)
     assert len({c.key for c in configs}) == 1080
 
 
@@ -79,7 +82,7 @@ def test_dynamic_metrics(variant, count, wds, steps):
     assert len(configs) == count
     assert {(c.seed, c.weight_decay) for c in configs} == set(itertools.product(range(101), wds))
     assert all(settings(c, weight_decay=c.weight_decay, steps=steps) and c.target == "parity" and c.n == 25
-               and c.dynamic_every == 100 and c.dynamic_batches == 1 and c.dynamic_repeats == 500 and not c.measure
+               and c.dynamics == sweep.Dynamics(every=100, batches=1, repeats=500) and not c.final.enabled
                for c in configs)
 
 
@@ -92,7 +95,7 @@ def test_scratchpad():
     assert {(c.n, c.seed) for c in configs} == set(itertools.product(lengths, range(10)))
     assert [(c.n, c.seed) for c in configs] == list(itertools.product(lengths, range(10))), "the grid's order"
     assert all(settings(c, d_model=32, batch_size=128) and c.model == "scratchpad" and c.target == "parity"
-               and c.measure and c.measure_batches == 1000 and c.eval_batches == 1000 and c.log_every == 100
+               and c.final.enabled and c.final.batches == 1000 and c.eval_batches == 1000 and c.log_every == 100
                for c in configs)
     assert len({c.key for c in configs}) == 300
 
@@ -104,7 +107,7 @@ def test_generalization_first_step():
     assert by_m == {256: 100, 128: 100, 512: 100, 1024: 100}
     assert {(c.seed, c.target_seed) for c in configs if c.train_subset == 256} == set(
         itertools.product(range(10), range(10)))
-    assert all(c.n == 10 and c.target == "random" and c.save_predictions and not c.measure for c in configs)
+    assert all(c.n == 10 and c.target == "random" and c.predictions.save and not c.final.enabled for c in configs)
 
 
 def test_generalization_second_step_from_a_full_manifest():
@@ -126,9 +129,10 @@ def test_generalization_second_step_from_a_full_manifest():
     groups = collections.Counter(c.tags["group"] for c in configs)
     assert groups == {"256_random": 1000, "128_512": 1500}
     assert {c.seed for c in configs} == set(range(5))
-    assert all(c.target == "table" and c.train_subset is None and c.measure and c.steps == 10_000 for c in configs)
+    assert all(c.target == "table" and c.train_subset is None and c.final.enabled and c.steps == 10_000
+               for c in configs)
     learned = [c for c in configs if c.tags["kind"] == "learned"]
-    assert all(c.train_sharpness_repeats == 100 and c.sharpness_subset == c.tags["m"] for c in learned)
+    assert all(c.train_sharpness.repeats == 100 and c.train_sharpness.subset == c.tags["m"] for c in learned)
 
 
 def test_presets_and_overrides():

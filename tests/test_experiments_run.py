@@ -189,11 +189,12 @@ def test_cli_sweep_from_a_jsonl_file(tmp_path, capsys, monkeypatch):
     import json
 
     from sensiformer.cli import main
-    from sensiformer.sweep import RunConfig
+    from sensiformer.sweep import FinalMeasurement, RunConfig
 
     path = tmp_path / "configs.jsonl"
-    path.write_text("\n".join(json.dumps(RunConfig(n=4, d_model=8, batch_size=16, steps=20, seed=s, measure_batches=1,
-                                                   eval_batches=1).to_dict()) for s in range(2)))
+    path.write_text("\n".join(json.dumps(RunConfig(n=4, d_model=8, batch_size=16, steps=20, seed=s,
+                                                   final=FinalMeasurement(batches=1), eval_batches=1).to_dict())
+                              for s in range(2)))
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert main(["sweep", str(path), "--store", str(tmp_path / "r.db"), "--executor", "serial", "--no-progress",
                  "--run-progress"]) == 0

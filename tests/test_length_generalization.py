@@ -31,7 +31,7 @@ def test_every_preset_has_the_positional_axis(preset, encodings, runs):
                         for p in encodings}
         assert per_encoding == {p: list(exp.params["seeds"]) for p in encodings}, "every (target, encoding, seed)"
     assert len({c.key for c in configs}) == runs
-    assert all(c.n == max(c.train_lengths) and c.positions == max(c.eval_lengths) for c in configs), \
+    assert all(c.n == max(c.train_lengths) and c.positions == max(c.length_evaluation.lengths) for c in configs), \
         "learned tables get rows for every evaluated length"
 
 

@@ -7,6 +7,7 @@ import sensiformer as sf
 from sensiformer import metrics
 from sensiformer.sweep import runner
 from sensiformer.sweep.config import RunConfig
+from sensiformer.sweep.probe_config import FinalMeasurement
 
 
 @pytest.fixture
@@ -42,8 +43,8 @@ def test_measure_flags_name_the_registered_metrics():
 
 def test_the_final_measurement_of_a_run_uses_the_same_registry(monkeypatch):
     monkeypatch.setitem(metrics.METRICS, "param_norm", lambda model, x, y, s: {"param_norm": -1.0})
-    cfg = RunConfig(target="parity", n=5, seed=0, steps=5, d_model=8, batch_size=16, measure_batches=1,
-                    sharpness_repeats=2)
+    cfg = RunConfig(target="parity", n=5, seed=0, steps=5, d_model=8, batch_size=16,
+                    final=FinalMeasurement(batches=1, sharpness_repeats=2))
     model, _, trainer, _ = runner._build(cfg, 1)
     out = runner._final_probes(model, trainer, cfg, 1)
     assert out["param_norm"] == -1.0 and {"measure_loss", "sharpness", "blowup_maxs_prod"} <= set(out)

@@ -313,13 +313,13 @@ def test_scratchpad_axes_log2_lengths_and_data_fitted_y():
 @pytest.mark.parametrize("store_kind", ["empty", "other sweep"])
 def test_cli_plot_without_matching_runs_fails_and_writes_nothing(tmp_path, capsys, store_kind):
     from sensiformer.cli import main
-    from sensiformer.sweep import RunConfig, Store, run_configs
+    from sensiformer.sweep import FinalMeasurement, RunConfig, Store, run_configs
 
     db, png = tmp_path / "r.db", tmp_path / "fig.png"
     store = Store(db)
     if store_kind == "other sweep":  # runs of another experiment: scaling/ci matches nothing
-        run_configs([RunConfig(n=3, d_model=8, batch_size=8, steps=2, measure_batches=1, eval_batches=1)], store,
-                    executor="serial", progress=False, sweep="mine")
+        tiny = RunConfig(n=3, d_model=8, batch_size=8, steps=2, final=FinalMeasurement(batches=1), eval_batches=1)
+        run_configs([tiny], store, executor="serial", progress=False, sweep="mine")
     assert main(["plot", "scaling", "--preset", "ci", "--store", str(db), "--out", str(png)]) != 0
     err = capsys.readouterr().err
     assert "no finished runs of scaling/ci" in err and "no figure written" in err
@@ -351,3 +351,20 @@ def test_frontier_shift_recovers_how_the_norm_needed_at_a_given_blowup_moves_wit
     assert table.loc["parity", "ci_low"] < 0.5 < table.loc["parity", "ci_high"] and table.loc["parity", "ci_low"] > 0.3
     assert table.loc["mean", "ci_low"] < 0 < table.loc["mean", "ci_high"]
     assert table.loc["parity", "per_decade"] == pytest.approx(-3, abs=0.2) and table.loc["parity", "runs"] == 60
+
+
+def test_each_experiment_owns_its_figure_and_plot_keeps_the_old_names():
+    """plot.py is the shared styling; a figure lives in its experiment's module, still reachable from plot."""
+    import importlib
+    import subprocess
+    import sys
+
+    for name, module in plot.MOVED.items():
+        owner = importlib.import_module(f"sensiformer.experiments.{module}")
+        assert getattr(plot, name) is getattr(owner, name), name
+        assert name in dir(plot)
+    with pytest.raises(AttributeError, match="no_such_figure"):
+        plot.no_such_figure
+    code = "import sys, sensiformer.plot; print(any(m.startswith('sensiformer.experiments') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", "importing plot imports no experiment (they import plot)"

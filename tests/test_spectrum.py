@@ -190,17 +190,17 @@ def test_spectrum_of_a_seq2seq_model_is_refused_by_measure():
 
 
 def test_a_sweep_run_can_measure_the_final_spectrum():
-    """RunConfig(final_spectrum=True) adds the trained model's spectrum to the final measurement: the
+    """RunConfig(final=FinalMeasurement(spectrum=True)) adds the trained model's spectrum to the final measurement: the
     weights of the real-valued output on the trainer's scale, equal to model_spectrum of that model;
     the default leaves the run's key and other metrics alone; the scratchpad model refuses it."""
     import dataclasses
 
-    from sensiformer.sweep import RunConfig, execute
+    from sensiformer.sweep import FinalMeasurement, RunConfig, execute
     from sensiformer.sweep.runner import _build
 
     base = RunConfig(target="parity", n=6, seed=1, d_model=16, batch_size=32, steps=40, log_every=20, eval_batches=2,
-                     measure_batches=2)
-    with_spectrum = dataclasses.replace(base, final_spectrum=True)
+                     final=FinalMeasurement(batches=2))
+    with_spectrum = dataclasses.replace(base, final=FinalMeasurement(batches=2, spectrum=True))
     assert with_spectrum.key != base.key and "final_spectrum" not in base.hashed_fields()
     plain, measured = execute(base)["metrics"], execute(with_spectrum)["metrics"]
     assert not any(k.startswith("fourier_weight") for k in plain)
@@ -213,4 +213,4 @@ def test_a_sweep_run_can_measure_the_final_spectrum():
     for k in range(7):
         assert measured[f"fourier_weight_{k}"] == pytest.approx(float(ref.weights[k]), rel=1e-12, abs=1e-15)
     with pytest.raises(ValueError, match="final_spectrum"):
-        RunConfig(target="parity", n=4, model="scratchpad", final_spectrum=True)
+        RunConfig(target="parity", n=4, model="scratchpad", final=FinalMeasurement(spectrum=True))

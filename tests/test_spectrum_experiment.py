@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from sensiformer import experiments as E
-from sensiformer.sweep import RunConfig, Store
+from sensiformer.sweep import Dynamics, RunConfig, Store
 from sensiformer.sweep.runner import _target
 
 S = importlib.import_module("sensiformer.experiments.spectrum")  # the package exports the function
@@ -17,8 +17,8 @@ def test_paper_and_quick_grids():
     configs = E.spectrum("paper").configs()
     assert len(configs) == 3 * 10
     assert {c.target for c in configs} == {"parity", "majority", "sparse_parity"}
-    assert all(c.dynamic_spectrum and c.n == 16 and c.d_model == 128 and c.batch_size == 1024 and c.lr == 3e-4
-               and c.dynamic_every == 100 and c.dynamic_repeats == 500 and not c.measure for c in configs)
+    assert all(c.dynamics.spectrum and c.n == 16 and c.d_model == 128 and c.batch_size == 1024 and c.lr == 3e-4
+               and c.dynamics.every == 100 and c.dynamics.repeats == 500 and not c.final.enabled for c in configs)
     assert {c.target_bits for c in configs} == {(), (2, 7, 13)}
     assert len({c.key for c in configs}) == 30
     quick = E.spectrum("quick").configs()
@@ -34,7 +34,7 @@ def test_sparse_parity_runs_train_on_the_sparse_parity():
     with pytest.raises(ValueError, match="target_bits is only used with target='sparse_parity'"):
         RunConfig(target="parity", n=6, target_bits=(1,))
     with pytest.raises(ValueError, match="dynamic_spectrum"):
-        RunConfig(model="scratchpad", target="parity", n=4, dynamic_spectrum=True)
+        RunConfig(model="scratchpad", target="parity", n=4, dynamics=Dynamics(spectrum=True))
 
 
 def test_hidden_progress_finds_the_plateau_and_the_growth_over_it():
@@ -87,7 +87,8 @@ def test_figure_draws_the_mean_share_per_degree_and_says_when_a_target_has_no_ru
     rows = [dict(key=f"r{s}", target="parity", seed=s, step=step, measure_loss=0.2, model_as=1.0, model_as_real=0.5,
                  sharpness=0.01, blowup_maxs_prod=1.0, fourier_weight_0=1.0, fourier_weight_1=0.0,
                  fourier_weight_2=float(s + 1)) for s in range(2) for step in (10, 20)]
-    fig = plot.spectrum_figure(pd.DataFrame(rows), spectra, n, {"parity": "2/2 runs converged"}, title="T")
+    fig = plot.spectrum_figure(pd.DataFrame(rows), spectra, n=n, runs_labels={"parity": "2/2 runs converged"},
+                               title="T")
     assert fig.get_suptitle().startswith("T\n") and len(fig.legends) == 1
     top = fig.axes[0]
     assert top.get_title() == "PARITY (2/2 runs converged)"

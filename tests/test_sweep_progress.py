@@ -6,13 +6,13 @@ import threading
 import pytest
 
 from sensiformer import sweep
-from sensiformer.sweep import RunConfig, Store
+from sensiformer.sweep import FinalMeasurement, RunConfig, Store
 from sensiformer.sweep.progress import REPORTS_PER_RUN, RunBars, RunReporter
 
 
 def tiny(seed=0, steps=400, **kw):
     return RunConfig(target="parity", n=4, seed=seed, d_model=8, batch_size=16, steps=steps, log_every=100,
-                     measure_batches=2, eval_batches=2, lr=3e-3, **kw)
+                     final=FinalMeasurement(batches=2), eval_batches=2, lr=3e-3, **kw)
 
 
 class Recorder:

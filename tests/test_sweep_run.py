@@ -13,12 +13,13 @@ import time
 import pytest
 
 from sensiformer import sweep
-from sensiformer.sweep import RunConfig, Store
+from sensiformer.sweep import FinalMeasurement, Predictions, RunConfig, Store
 
 
 def tiny(seed=0, target="parity", n=4, steps=60, **kw):
+    kw.setdefault("final", FinalMeasurement(batches=2))
     return RunConfig(target=target, n=n, seed=seed, d_model=8, batch_size=16, steps=steps, log_every=20,
-                     measure_batches=2, eval_batches=2, lr=3e-3, **kw)
+                     eval_batches=2, lr=3e-3, **kw)
 
 
 def comparable(df):
@@ -68,7 +69,7 @@ def test_scratchpad_runs_are_the_official_measurement(tmp_path):
     import sensiformer as sf
     from sensiformer.sweep.runner import _FINAL_STREAM
 
-    cfg = tiny(model="scratchpad", n=5, steps=200, sharpness_repeats=4)
+    cfg = tiny(model="scratchpad", n=5, steps=200, final=FinalMeasurement(batches=2, sharpness_repeats=4))
     res = sweep.execute(cfg)
     m = res["metrics"]
     assert res["status"] == "ok" and m["eval_exact"] and m["eval_inputs"] == 32
@@ -124,7 +125,7 @@ def test_scratchpad_configs_refuse_encoder_only_options():
     with pytest.raises(ValueError, match="train_subset"):
         tiny(model="scratchpad", train_subset=8)
     with pytest.raises(ValueError, match="init, save_predictions"):
-        tiny(model="scratchpad", init="gaussian", save_predictions=True)
+        tiny(model="scratchpad", init="gaussian", predictions=Predictions(save=True))
 
 
 @pytest.mark.parametrize("model", ["encoder", "scratchpad"])
@@ -166,7 +167,7 @@ def test_sigkill_midway_then_resume(tmp_path):
         from sensiformer import sweep
         from sensiformer.sweep import RunConfig
         configs = [RunConfig(target="parity", n=5, seed=s, d_model=8, batch_size=32, steps=400, log_every=20,
-                             measure_batches=2, eval_batches=2, lr=3e-3) for s in range(8)]
+                             final=sweep.FinalMeasurement(batches=2), eval_batches=2, lr=3e-3) for s in range(8)]
         sweep.run_configs(configs, {str(db)!r}, executor="serial", progress=False, sweep="killed")
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "TQDM_DISABLE": "1"})
@@ -187,7 +188,7 @@ def test_sigkill_midway_then_resume(tmp_path):
     assert set(hist.groupby("key").size()) == {20} and set(hist["key"]) == done, "no partial runs or histories"
     assert len(store.pending("killed")) == 8 - len(done)
     configs = [RunConfig(target="parity", n=5, seed=s, d_model=8, batch_size=32, steps=400, log_every=20,
-                         measure_batches=2, eval_batches=2, lr=3e-3) for s in range(8)]
+                         final=sweep.FinalMeasurement(batches=2), eval_batches=2, lr=3e-3) for s in range(8)]
     res = sweep.run_configs(configs, store, executor="serial", progress=False, sweep="killed")
     assert res.skipped == len(done) and res.executed == 8 - len(done)
     assert len(store) == 8 and store.pending("killed") == []
@@ -231,7 +232,7 @@ def test_ctrl_c_or_sigterm_stops_a_local_pool_and_its_workers(tmp_path, signum, 
         from sensiformer.sweep import RunConfig
         if __name__ == "__main__":
             configs = [RunConfig(target="parity", n=5, seed=s, d_model=8, batch_size=32, steps=100_000,
-                                 measure_batches=2, eval_batches=2) for s in range(4)]
+                                 final=sweep.FinalMeasurement(batches=2), eval_batches=2) for s in range(4)]
             try:
                 sweep.run_configs(configs, {str(db)!r}, executor="processes", max_workers=2, progress=False)
             except KeyboardInterrupt as err:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -10,23 +9,23 @@ from typing import Callable
 
 import numpy as np
 
-from ..sweep.config import RunConfig
+from ..sweep.config import RunConfig, flatten, grouped
 from ..sweep.plan import Stage, StagedSweep
 
 PRESETS = ("ci", "quick", "paper")
 
-#: The paper's model, training and probe settings: RunConfig's defaults (sweep/config.py is the one place
-#: they are written), the base of every experiment's paper preset.
-PAPER = {f.name: f.default for f in dataclasses.fields(RunConfig)
-         if f.name in ("d_model", "n_heads", "n_layers", "batch_size", "lr", "weight_decay", "steps", "log_every",
+#: The paper's model, training and probe settings: RunConfig's defaults (sweep/config.py and its probe groups in
+#: sweep/probe_config.py are the one place they are written), the base of every experiment's paper preset.
+PAPER = {name: value for name, value in flatten(RunConfig()).items()
+         if name in ("d_model", "n_heads", "n_layers", "batch_size", "lr", "weight_decay", "steps", "log_every",
                        "eval_batches", "measure_batches", "sharpness_sigma", "sharpness_repeats", "dtype",
                        "blowup_definition")}
 
-#: RunConfig fields an experiment passes through from its parameters unchanged.
+#: RunConfig settings (flat names: an experiment's parameters) an experiment passes through unchanged.
 RUN_FIELDS = ("d_model", "n_heads", "n_layers", "d_ff", "norm", "norm_type", "rope_base", "ln_eps", "dtype", "lr",
               "weight_decay", "batch_size", "steps", "log_every", "eval_batches", "measure", "measure_batches",
               "sharpness_sigma", "sharpness_repeats", "sharpness_seed", "blowup_definition", "dynamic_every",
-              "dynamic_batches", "dynamic_repeats")
+              "dynamic_batches", "dynamic_repeats", "spectrum_samples")
 
 
 def resolve(name: str, presets: dict, preset: str, overrides: dict) -> tuple[dict, dict]:
@@ -56,7 +55,9 @@ def _brief(value, width=24) -> str:
 
 
 def run_fields(params: dict) -> dict:
-    return {k: params[k] for k in RUN_FIELDS if k in params}
+    """RunConfig's keyword arguments from an experiment's parameters (``RUN_FIELDS``, flat names): the model and
+    training settings, and the probe groups they set (``sweep.config.grouped``: the group's defaults for the rest)."""
+    return grouped({k: params[k] for k in RUN_FIELDS if k in params})
 
 
 def _jsonable(v):

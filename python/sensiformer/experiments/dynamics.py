@@ -3,9 +3,12 @@ the convergence step."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
+from ..plot import SINGLE_COLUMN, _caption, _column, _log, _note, _plt, _style, converged
 from ..sweep.config import RunConfig
 from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
@@ -81,17 +84,13 @@ def aligned_history(history: pd.DataFrame, loss_column: str = "measure_loss",
 def filtered_history(exp, store) -> pd.DataFrame:
     """The histories of the runs the official plots keep (finished, eval loss < 1e-3), aligned at the
     convergence step; a run that never reached it is dropped by the figure as before."""
-    from ..plot import converged
-
     kept = set(converged(exp.results(store))["key"])
     hist = exp.history(store)
     return aligned_history(hist[hist["key"].isin(kept)] if len(hist) else hist)
 
 
 def _figure(exp, store, **kwargs):
-    from .. import plot
-
-    return plot.dynamics_figure(filtered_history(exp, store), **kwargs)
+    return dynamics_figure(filtered_history(exp, store), **kwargs)
 
 
 def _report(exp, store):
@@ -106,3 +105,67 @@ def _report(exp, store):
         lines.append(f"  weight decay {wd:g}: {len(c)}/{len(g)} converged (measurement loss < {CONVERGENCE_LOSS}), "
                      f"median convergence step {np.median(c) if len(c) else float('nan'):.0f}")
     return "\n".join(lines)
+
+
+# ---- figure and report ----------------------------------------------------------------------------
+DYNAMIC_PANELS = (("measure_loss", "loss", False), ("sharpness", "sharpness (×4)", False),
+                  ("blowup_maxs_prod", "LayerNorm blowup", True), ("param_norm", "weight norm", False))
+
+
+def dynamics_axes(history, *, weight_decay=None, axes=None, window=None, min_fraction=0.25):
+    """Fig. 3 / 12: loss, sharpness (×4), blowup (log) and weight norm against steps after
+    convergence (``experiments.aligned_history``). Individual runs faint; the bold line is the
+    mean over steps that at least ``min_fraction`` of the runs reach."""
+    plt = _plt()
+    if axes is None:
+        _, axes = plt.subplots(len(DYNAMIC_PANELS), 1, figsize=(SINGLE_COLUMN[0], 1.6 * len(DYNAMIC_PANELS)),
+                               sharex=True, layout="constrained")
+    df = history
+    if weight_decay is not None and len(df):
+        df = df[np.isclose(df["weight_decay"].astype(float), weight_decay)]
+    df = df.dropna(subset=["steps_after_convergence"]) if len(df) else df
+    if window is not None and len(df):
+        df = df[(df["steps_after_convergence"] >= window[0]) & (df["steps_after_convergence"] <= window[1])]
+    n_runs = df["key"].nunique() if len(df) else 0
+    for ax, (metric, label, log) in zip(axes, DYNAMIC_PANELS):
+        _style(ax)
+        if len(df) and metric in df:
+            sub = df.dropna(subset=[metric])
+            y = _column(sub, metric)
+            for _, g in sub.assign(_y=y).groupby("key"):
+                ax.plot(g["steps_after_convergence"], g["_y"], color="#1f77b4",
+                        alpha=max(0.05, min(0.5, 3.0 / max(n_runs, 1))), linewidth=0.8)
+            agg = sub.assign(_y=y).groupby("steps_after_convergence")["_y"].agg(["mean", "count"])
+            agg = agg[agg["count"] >= max(1, math.ceil(min_fraction * n_runs))]
+            ax.plot(agg.index, agg["mean"], color="#08306b", linewidth=1.8)
+        if not n_runs and ax is axes[0]:
+            _note(ax, "no converged run to draw")
+        ax.axvline(0, color="red", linestyle="--", linewidth=0.8)
+        if log:
+            _log(ax, "y")
+        ax.set_ylabel(label, fontsize="small")
+    axes[-1].set_xlabel("steps after convergence")
+    title = f"{n_runs} converged run{'' if n_runs == 1 else 's'}"
+    title += f", weight decay {weight_decay:g}" if weight_decay is not None else ""
+    axes[0].set_title(title, fontsize="small")
+    return axes
+
+
+#: how to read the dynamics figure
+DYNAMICS_CAPTION = ("runs that pass the official filter (eval MSE < 1e-3), aligned at their convergence step "
+                    "(measurement loss < 0.01; red line); "
+                    "faint: each run, bold: mean over the runs (steps reached by ≥ 25% of them)")
+
+
+def dynamics_figure(history, *, weight_decays=None, title=None):
+    """One column of the four dynamic panels per weight decay."""
+    plt = _plt()
+    if weight_decays is None:
+        weight_decays = sorted(set(history["weight_decay"].astype(float))) if len(history) else [None]
+    fig, axes = plt.subplots(len(DYNAMIC_PANELS), len(weight_decays),
+                             figsize=(SINGLE_COLUMN[0] * len(weight_decays), 1.6 * len(DYNAMIC_PANELS)),
+                             sharex="col", squeeze=False, layout="constrained")
+    for j, wd in enumerate(weight_decays):
+        dynamics_axes(history, weight_decay=wd, axes=axes[:, j])
+    _caption(fig, title, DYNAMICS_CAPTION)
+    return fig

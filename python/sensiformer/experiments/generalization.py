@@ -24,10 +24,14 @@ which only draws y = 4x, so this figure leaves random completions out of that pa
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
+from ..plot import SINGLE_COLUMN, _axes, _caption, _figure_legend, _legend, _note, _plt, converged
 from ..sweep.config import RunConfig, hex_to_table, table_to_hex
+from ..sweep.probe_config import Predictions, TrainSharpness
 from ._base import PAPER, Experiment, Stage, average_sensitivity, resolve, run_fields
 
 N = 10
@@ -139,11 +143,12 @@ def refit_configs(manifest: pd.DataFrame, params: dict) -> list[RunConfig]:
         for seed in params["refit_seeds"]:
             for idx, e in entries.iterrows():
                 learned = e["kind"] == "learned"
+                # the parent's training set, for a learned completion (a random one has none)
+                train_sharpness = TrainSharpness(repeats=params["train_sharpness_repeats"], subset=int(e["m"]),
+                                                 subset_seed=int(e["seed"])) if learned else TrainSharpness()
                 configs.append(RunConfig(
                     target="table", n=params["n"], target_table=e["table"], seed=seed, **fields,
-                    train_sharpness_repeats=params["train_sharpness_repeats"] if learned else 0,
-                    sharpness_subset=int(e["m"]) if learned else None,
-                    sharpness_subset_seed=int(e["seed"]) if learned else None,
+                    train_sharpness=train_sharpness,
                     tags=dict(experiment="generalization", group=group, file_idx=int(idx), kind=e["kind"],
                               m=int(e["m"]), parent=e["parent"], parent_seed=int(e["seed"]),
                               target_seed_parent=int(e["target_seed"]),
@@ -154,10 +159,11 @@ def refit_configs(manifest: pd.DataFrame, params: dict) -> list[RunConfig]:
 def fit_configs(params: dict) -> list[RunConfig]:
     """Stage 1: the official first-step grids (m=256 first, then the other sizes)."""
     fields = run_fields(params)
-    fields.update(measure=False)
+    fields["final"] = dataclasses.replace(fields["final"], enabled=False)  # the refits measure
     sizes = sorted(params["subset_sizes"], key=lambda m: (m not in params["random_completion_sizes"], m))
-    return [RunConfig(target="random", n=params["n"], target_seed=ts, seed=s, train_subset=m, save_predictions=True,
-                      **fields, tags=dict(experiment="generalization", stage="fit", m=m))
+    return [RunConfig(target="random", n=params["n"], target_seed=ts, seed=s, train_subset=m,
+                      predictions=Predictions(save=True), **fields,
+                      tags=dict(experiment="generalization", stage="fit", m=m))
             for m in sizes for s in params["seeds"] for ts in params["target_seeds"]]
 
 
@@ -203,9 +209,7 @@ def _results(exp, store):
 
 
 def _figure(exp, store, **kwargs):
-    from .. import plot
-
-    return plot.generalization_figure(exp.results(store), manifest(exp, store), **kwargs)
+    return generalization_figure(exp.results(store), manifest(exp, store), **kwargs)
 
 
 def _report(exp, store):
@@ -225,3 +229,103 @@ def _report(exp, store):
             lines.append(f"    {kind:8s} m={m:5d}: {len(ok)}/{len(g)} converged, their sharpness (x4) {sharp}, "
                          f"median eval MSE {g['eval_loss'].median():.2g}")
     return "\n".join(lines)
+
+
+# ---- figure and report ----------------------------------------------------------------------------
+GROUP_COLORS = {("learned", 128): "#9ecae1", ("learned", 256): "#3182bd", ("learned", 512): "#08519c",
+                ("learned", 1024): "#08306b", ("random", 256): "#e6550d"}
+
+
+def _group_label(kind, m):
+    return f"{kind} completion, m={m}"
+
+
+def _partial(df, include_m):
+    """Rows of completions from proper subsets (m < 2^n; the paper leaves out m=1024 at n=10)."""
+    if include_m is not None:
+        return df[df["m"].isin(include_m)]
+    return df[df["m"].astype(int) < 2 ** df["n"].astype(int)]
+
+
+def _scatter_groups(ax, df, x, y, converged_only, show_unconverged):
+    """One colour per (kind, m); converged runs filled, the others hollow (if shown)."""
+    ok = df["converged"].astype(bool) & (df["status"] == "ok") if len(df) else df.index == df.index
+    for (kind, m), g in df.groupby(["kind", "m"]):
+        color = GROUP_COLORS.get((kind, m))
+        good = g[ok.loc[g.index]]
+        if len(good):
+            ax.scatter(good[x], good[y], s=10, alpha=0.8, linewidths=0, color=color, label=_group_label(kind, m))
+        bad = g[~ok.loc[g.index]]
+        if len(bad) and (show_unconverged or not converged_only):
+            ax.scatter(bad[x], bad[y], s=12, alpha=0.8, facecolors="none", edgecolors=color, linewidths=0.8,
+                       label=_group_label(kind, m) + " (not converged)")
+
+
+def generalization_ax(refits, *, ax=None, converged_only=True, include_m=None, show_unconverged=False):
+    """Fig. 4: sharpness (×4) of the refitted transformer vs the average sensitivity of its
+    target function, per completion group (m = 2^n, e.g. 1024, excluded as in the paper).
+    Only converged refits count (filled); ``show_unconverged`` adds the others hollow."""
+    ax = _axes(ax)
+    df = _partial(refits, include_m) if len(refits) else refits
+    if len(df):
+        df = df.assign(_sharp4=4 * df["sharpness"].astype(float))
+        _scatter_groups(ax, df, "average_sensitivity", "_sharp4", converged_only, show_unconverged)
+        _legend(ax, "x-small")
+    if not ax.collections:
+        _note(ax, "no converged refit to draw" if len(df) else "no refit runs")
+    ax.set_xlabel("average sensitivity of the function")
+    ax.set_ylabel("sharpness (×4)")
+    return ax
+
+
+def sensitivity_hist_ax(manifest, *, ax=None, include_m=None):
+    """Distribution of average sensitivity of learned vs random completions (the jointplot's margin)."""
+    ax = _axes(ax)
+    if len(manifest):
+        df = _partial(manifest, include_m)
+        bins = np.linspace(0, max(6.0, float(df["average_sensitivity"].max()) + 0.1), 40)
+        for (kind, m), g in df.groupby(["kind", "m"]):
+            ax.hist(g["average_sensitivity"], bins=bins, alpha=0.6, color=GROUP_COLORS.get((kind, m)),
+                    label=_group_label(kind, m))
+        _legend(ax, "x-small")
+    ax.set_xlabel("average sensitivity")
+    ax.set_ylabel("functions")
+    return ax
+
+
+def train_sharpness_ax(refits, *, ax=None, converged_only=True, include_m=None, show_unconverged=False):
+    """Fig. 15, with the official plot's axes: sharpness (×4) on x, sharpness on the parent's training set
+    (not ×4, as the official plot) on y, for learned completions only (a random completion has no
+    training-set sharpness, and the official plot leaves random functions out too)."""
+    ax = _axes(ax)
+    df = _partial(refits, include_m) if len(refits) else refits
+    if len(df) and "train_sharpness" in df:
+        df = df[df["kind"] == "learned"]
+        df = df.assign(_train=df["train_sharpness"].astype(float), _sharp4=4 * df["sharpness"].astype(float))
+        _scatter_groups(ax, df.dropna(subset=["_train"]), "_sharp4", "_train", converged_only, show_unconverged)
+        _legend(ax, "x-small")
+    if not ax.collections:
+        _note(ax, "no learned completion's refit to draw")
+    ax.set_xlabel("sharpness (×4)")
+    ax.set_ylabel("training set sharpness (not ×4)")
+    return ax
+
+
+def generalization_figure(refits, manifest, *, show_unconverged=None, title=None):
+    """The sensitivity of learned vs random completions, Fig. 4 and Fig. 15, with one legend for
+    the three panels. Unconverged refits are drawn hollow when none converged
+    (``show_unconverged=None``), e.g. with a training budget too small for the MSE filter."""
+    plt = _plt()
+    if show_unconverged is None:
+        show_unconverged = not len(converged(refits))
+    fig, axes = plt.subplots(1, 3, figsize=(3 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.9), layout="constrained")
+    sensitivity_hist_ax(manifest, ax=axes[0])
+    generalization_ax(refits, ax=axes[1], show_unconverged=show_unconverged)
+    train_sharpness_ax(refits, ax=axes[2], show_unconverged=show_unconverged)
+    _figure_legend(fig, axes, ncols=3)
+    kept = len(converged(refits))
+    drawn = (f"refits: {kept} of {len(refits)} converged (eval MSE < 1e-3), drawn filled"
+             + ("; the others hollow" if show_unconverged else ""))
+    _caption(fig, title, f"left: every completion; middle and right: {drawn}, each dot a refit (m = 2^n left out, "
+                         "as in the paper); right: learned completions only")
+    return fig

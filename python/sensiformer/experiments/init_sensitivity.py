@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..plot import BAND, SINGLE_COLUMN, _caption, _figure_legend, _integer_ticks, _legend, _mean_band, _plt, _style
 from ..sweep.config import INITS, RunConfig
+from ..sweep.probe_config import FinalMeasurement, ModelSensitivity
 from ._base import PAPER, Experiment, Stage, resolve
 
 _INIT = dict(n_heads=2, batch_size=PAPER["batch_size"], dtype="float32", threshold=0.0)
@@ -34,7 +36,8 @@ def init_sensitivity(preset: str = "ci", **overrides) -> Experiment:
 
     def build(store=None):
         return [RunConfig(target="parity", n=n, d_model=d, n_layers=L, n_heads=params["n_heads"], init=init, seed=s,
-                          steps=0, measure=False, model_sensitivity=True, sensitivity_threshold=params["threshold"],
+                          steps=0, final=FinalMeasurement(enabled=False),
+                          sensitivity=ModelSensitivity(enabled=True, threshold=params["threshold"]),
                           dtype=params["dtype"], batch_size=params["batch_size"], eval_batches=1,
                           tags=dict(experiment="init_sensitivity"))
                 for n in params["lengths"] for d in params["widths"] for L in params["depths"]
@@ -58,9 +61,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _figure(exp, store, **kwargs):
-    from .. import plot
-
-    return plot.init_sensitivity_figure(exp.results(store), **kwargs)
+    return init_sensitivity_figure(exp.results(store), **kwargs)
 
 
 def _report(exp, store):
@@ -72,3 +73,42 @@ def _report(exp, store):
                 f"(a uniformly random function has n/2 and almost no zero-sensitivity inputs)\n"
                 + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
+
+# ---- figure and report ----------------------------------------------------------------------------
+INIT_COLORS = {"pytorch": "#1f77b4", "gaussian": "#ff7f0e", "uniform": "#2ca02c", "xavier_uniform": "#d62728",
+               "xavier_normal": "#9467bd"}
+
+
+def init_sensitivity_axes(runs, *, axes=None):
+    """Average sensitivity relative to a random function's n/2, and the fraction of
+    zero-sensitivity inputs K_0 / 2^n, vs n per initialisation (mean ± 2 SD + runs; the bands
+    clipped to the ranges the quantities can take, [0, 2] and [0, 1])."""
+    plt = _plt()
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0], SINGLE_COLUMN[1]), layout="constrained")
+    df = runs.assign(relative=runs["model_as"] / (runs["n"] / 2)) if len(runs) else runs
+    panels = (("relative", "average sensitivity / (n/2)", (0.0, 2.0)),
+              ("model_k0_fraction", "zero-sensitivity inputs $K_0/2^n$", (0.0, 1.0)))
+    for ax, (metric, label, limits) in zip(axes, panels):
+        _style(ax)
+        if len(df):
+            for init in [i for i in INIT_COLORS if i in set(df["init"])]:
+                _mean_band(ax, df[df["init"] == init], "n", metric, INIT_COLORS[init], init, limits=limits)
+        _integer_ticks(ax.xaxis)
+        ax.set_xlabel("input length $n$")
+        ax.set_ylabel(label)
+    _legend(axes[0], "x-small")
+    return axes
+
+
+def init_sensitivity_figure(runs, *, title=None):
+    """``init_sensitivity_axes`` with one legend for both panels and its caption."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.8), layout="constrained")
+    init_sensitivity_axes(runs, axes=axes)
+    _figure_legend(fig, axes, ncols=5)
+    pooled = [f"{k}={','.join(map(str, sorted(set(runs[k]))))}" for k in ("d_model", "n_layers")
+              if len(runs) and k in runs and runs[k].nunique() > 1]
+    band = BAND.format((" and " + ", ".join(pooled) if pooled else "") + ", clipped to the possible range")
+    _caption(fig, title, "untrained models, per initialisation; " + band)
+    return fig

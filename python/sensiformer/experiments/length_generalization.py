@@ -10,10 +10,15 @@ or none, when the encoder sees a multiset of tokens) and evaluated at every leng
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
+from ..plot import (BAND, LABELS, SINGLE_COLUMN, _axes, _caption, _figure_legend, _integer_ticks, _legend, _mean_band,
+                    _note, _plt, _targets)
 from ..sweep.config import LATE_FIELDS, POSITIONALS, RunConfig
+from ..sweep.probe_config import LengthEvaluation
 from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
 TARGETS = ("parity", "majority", "first")
@@ -66,7 +71,8 @@ def length_generalization(preset: str = "ci", **overrides) -> Experiment:
     def build(store=None):
         n_train = max(params["train_lengths"])
         return [RunConfig(target=t, n=n_train, seed=s, positional=p, train_lengths=params["train_lengths"],
-                          eval_lengths=params["eval_lengths"], length_chunk=params["length_chunk"],
+                          length_evaluation=LengthEvaluation(lengths=params["eval_lengths"]),
+                          length_chunk=params["length_chunk"],
                           **run_fields(params), tags=dict(experiment="length_generalization"))
                 for t in params["targets"] for p in params["positionals"] for s in params["seeds"]]
 
@@ -134,9 +140,7 @@ def summary(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def _figure(exp, store, **kwargs):
-    from .. import plot
-
-    return plot.length_generalization_figure(long_form(exp.results(store)), **kwargs)
+    return length_generalization_figure(long_form(exp.results(store)), **kwargs)
 
 
 def _report(exp, store):
@@ -159,3 +163,97 @@ def _report(exp, store):
         parts.append(by_length.to_string(float_format=number))
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         return "\n".join(parts)
+
+
+# ---- figure and report ----------------------------------------------------------------------------
+#: a colour per positional encoding; one the engine adds later gets the next of ``_SPARE_COLORS``
+POSITIONAL_COLORS = {"concat": "#1f77b4", "add": "#ff7f0e", "sinusoidal": "#2ca02c", "none": "#d62728",
+                     "rope": "#9467bd"}
+_SPARE_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#17becf")
+#: line styles and markers cycled over the encodings, so that lines lying on each other (all at accuracy 1)
+#: still show which encodings are there
+_POSITIONAL_LINES = (("-", "o"), ("--", "s"), ("-.", "^"), ((0, (1, 1.2)), "D"), ((0, (5, 1.5, 1, 1.5, 1, 1.5)), "v"))
+#: the shading of the trained lengths and the line at accuracy 0.5
+TRAINED_SHADE, HALF_LINE = "#e6e6e6", dict(color="#777777", linestyle="-", linewidth=0.7)
+
+
+def _positionals(df):
+    """Encodings present in ``df``, in the engine's order, then any others sorted."""
+    present = set(df["positional"])
+    return [p for p in POSITIONALS if p in present] + sorted(present - set(POSITIONALS))
+
+
+def _positional_color(name, order):
+    spare = [p for p in order if p not in POSITIONAL_COLORS]
+    return POSITIONAL_COLORS.get(name) or _SPARE_COLORS[spare.index(name) % len(_SPARE_COLORS)]
+
+
+def _trained_spans(lengths):
+    """Runs of consecutive trained lengths as (first, last) pairs: each is shaded from first-0.5 to last+0.5."""
+    spans = []
+    for k in sorted(set(lengths)):
+        if spans and k == spans[-1][1] + 1:
+            spans[-1][1] = k
+        else:
+            spans.append([k, k])
+    return [tuple(s) for s in spans]
+
+
+def length_generalization_ax(long_form, *, ax=None, metric="eval_accuracy", target=None):
+    """One target's accuracy by evaluation length, one line per positional encoding (runs stored without
+    one used the paper's, "concat"): mean ± 2 SD across seeds, the band clipped to [0, 1] for accuracy;
+    the trained lengths shaded, a thin grey line at accuracy 0.5. ``target``: which target of ``long_form``
+    (needed when it holds several)."""
+    ax = _axes(ax)
+    df = long_form
+    if len(df) and "positional" not in df:
+        df = df.assign(positional="concat")
+    if len(df):
+        targets = _targets(df)
+        if target is None and len(targets) > 1:
+            raise ValueError(f"long_form holds several targets {targets}: pass target= (or use "
+                             f"length_generalization_figure for a panel per target)")
+        target = targets[0] if target is None else target
+        df = df[df["target"] == target]
+    limits = (0.0, 1.0) if metric == "eval_accuracy" else (0.0, math.inf)
+    if len(df):
+        order = _positionals(df)
+        for i, p in enumerate(order):
+            linestyle, marker = _POSITIONAL_LINES[i % len(_POSITIONAL_LINES)]
+            _mean_band(ax, df[df["positional"] == p].rename(columns={"length": "n"}), "n", metric,
+                       _positional_color(p, order), p, limits=limits, linestyle=linestyle, marker=marker)
+        for first, last in _trained_spans(df.loc[df["trained"], "length"]):
+            ax.axvspan(first - 0.5, last + 0.5, color=TRAINED_SHADE, zorder=0, label="trained lengths")
+        if metric == "eval_accuracy":
+            ax.axhline(0.5, zorder=1, label="accuracy 0.5", **HALF_LINE)
+            ax.set_ylim(-0.03, 1.03)
+        _legend(ax, "x-small")
+    else:
+        _note(ax, "no finished runs" if target is None else f"no finished runs of {LABELS.get(target, target)}")
+    if target is not None:
+        ax.set_title(LABELS.get(target, target), fontsize="medium")
+    _integer_ticks(ax.xaxis)
+    ax.set_xlabel("evaluation length $n$")
+    ax.set_ylabel("accuracy" if metric == "eval_accuracy" else metric)
+    return ax
+
+
+def length_generalization_figure(long_form, *, title=None, metric="eval_accuracy"):
+    """A panel per target (``length_generalization_ax``), one legend for the encodings, the trained lengths
+    and the 0.5 line below them, and the caption (band, the trained lengths)."""
+    plt = _plt()
+    targets = _targets(long_form) or [None]
+    fig, axes = plt.subplots(1, len(targets), figsize=(max(SINGLE_COLUMN[0] + 0.5, 2.8 * len(targets)),
+                                                       SINGLE_COLUMN[1] + 0.9),
+                             layout="constrained", sharey=True, squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        length_generalization_ax(long_form, ax=ax, metric=metric, target=target)
+    for ax in axes[0][1:]:
+        ax.set_ylabel("")
+    _figure_legend(fig, axes[0], ncols=8)  # one row: the encodings, the shading, the 0.5 line
+    trained = sorted(set(long_form.loc[long_form["trained"], "length"])) if len(long_form) else []
+    spans = ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in _trained_spans(trained))
+    band = BAND.format(" clipped to [0,\u00a01]" if metric == "eval_accuracy" else "")  # no line break in [0, 1]
+    trained_note = f"; grey: the trained lengths ({spans}); a line per positional encoding" if spans else ""
+    _caption(fig, title, band + trained_note)
+    return fig

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
+from ..plot import (BAND, CONVERGED, LABELS, SINGLE_COLUMN, _caption, _figure_legend, _four_decimals, _missing, _plt,
+                    _targets, converged_counts, metric_vs_length_ax, slopes)
 from ..sweep.config import RunConfig
 from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
@@ -71,12 +77,79 @@ def scaling(preset: str = "ci", variant: str = "short", **overrides) -> Experime
 
 
 def _figure(exp, store, **kwargs):
-    from .. import plot
-
-    return plot.scaling_figure(exp.results(store), **kwargs)
+    return scaling_figure(exp.results(store), **kwargs)
 
 
 def _report(exp, store):
-    from .. import plot
+    return scaling_report(exp.results(store))
 
-    return plot.scaling_report(exp.results(store))
+
+# ---- figure and report ----------------------------------------------------------------------------
+def sharpness_vs_length_ax(runs, *, targets=None, ax=None, converged_only=True):
+    """Fig. 1 / 5: sharpness (×4) vs n."""
+    ax = metric_vs_length_ax(runs, "sharpness", targets, ax, converged_only, ylabel="sharpness (×4)")
+    ax.yaxis.set_major_formatter(_four_decimals())
+    return ax
+
+
+def blowup_vs_length_ax(runs, *, targets=None, ax=None, converged_only=True):
+    """Fig. 6/7: LayerNorm blowup (official ``maxs_prod``) vs n, log axis."""
+    return metric_vs_length_ax(runs, "blowup_maxs_prod", targets, ax, converged_only, log=True,
+                               ylabel="LayerNorm blowup")
+
+
+def norm_vs_length_ax(runs, *, targets=None, ax=None, converged_only=True):
+    """Fig. 7/8: parameter norm (positional embeddings excluded) vs n."""
+    return metric_vs_length_ax(runs, "param_norm", targets, ax, converged_only, ylabel="parameter norm")
+
+
+def scaling_report(runs) -> str:
+    """The printed summary of a scaling sweep: slopes with 95% CIs and converged-run counts."""
+    if not len(runs):
+        return "no finished runs"
+    s = slopes(runs)
+    lines = ["sharpness (×4) vs length: least-squares slope per target, converged runs only (eval MSE < 1e-3)"]
+    for r in s.itertuples():
+        lines.append(f"  {LABELS.get(r.target, r.target):9s} slope {r.slope:+.5f} per bit   95% CI "
+                     f"[{r.ci_low:+.5f}, {r.ci_high:+.5f}]   r={r.r:+.2f}   {r.runs} runs over {r.lengths} lengths")
+    verdict = parity_verdict(s)
+    if verdict:
+        lines.append(verdict)
+    lines.append("converged runs / finished runs per (target, n):")
+    lines.append(converged_counts(runs).to_string())
+    return "\n".join(lines)
+
+
+def parity_verdict(slope_table) -> str:
+    """Whether PARITY's slope is positive with a CI above every other target's CI."""
+    s = slope_table.set_index("target")
+    if "parity" not in s.index or not np.isfinite(s.loc["parity", "ci_low"]):
+        return ""
+    others = [t for t in s.index if t != "parity" and np.isfinite(s.loc[t, "ci_high"])]
+    above = all(s.loc["parity", "ci_low"] > s.loc[t, "ci_high"] for t in others)
+    positive = s.loc["parity", "ci_low"] > 0
+    return (f"PARITY's slope is {'positive' if positive else 'NOT significantly positive'} and its CI lies "
+            f"{'above' if above else 'NOT above'} the CIs of {', '.join(LABELS.get(t, t) for t in others)}")
+
+
+def scaling_figure(runs, *, targets=None, converged_only=True, title=None):
+    """Fig. 1 / 5–8 in one row: sharpness (×4), LayerNorm blowup (log) and parameter norm vs n,
+    one legend for the three panels. ``title`` (e.g. experiment and preset) heads the caption,
+    which says the filter and the band, names targets with no run to draw, and gives the
+    sharpness slopes ("n/a" where fewer than 3 runs over 2 lengths remain)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(3 * SINGLE_COLUMN[0], SINGLE_COLUMN[1] + 0.6), layout="constrained")
+    sharpness_vs_length_ax(runs, targets=targets, ax=axes[0], converged_only=converged_only)
+    blowup_vs_length_ax(runs, targets=targets, ax=axes[1], converged_only=converged_only)
+    norm_vs_length_ax(runs, targets=targets, ax=axes[2], converged_only=converged_only)
+    _figure_legend(fig, axes)
+    slope = slopes(runs, converged_only=converged_only).set_index("target")["slope"]
+    shown = targets or _targets(runs)
+    if shown:
+        text = "; ".join(f"{LABELS.get(t, t)} " + (f"{slope[t]:+.4f}" if np.isfinite(slope.get(t, math.nan)) else "n/a")
+                         for t in shown)
+        axes[0].set_title(f"slopes per bit: {text}", fontsize="x-small", loc="left")
+    details = "; ".join(t for t in ((CONVERGED if converged_only else "all finished runs"), BAND.format(""),
+                                    _missing(runs, targets, converged_only)) if t)
+    _caption(fig, title, details)
+    return fig

@@ -9,6 +9,8 @@ the runs whose autoregressive accuracy exceeds 0.999 (paper.md §3.2, §5).
 
 from __future__ import annotations
 
+from ..plot import (BAND, SINGLE_COLUMN, _caption, _four_decimals, _plt, converged, converged_counts,
+                    metric_vs_length_ax, slopes)
 from ..sweep.config import RunConfig
 from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
@@ -57,12 +59,50 @@ def scratchpad(preset: str = "ci", **overrides) -> Experiment:
 
 
 def _figure(exp, store, **kwargs):
-    from .. import plot
-
-    return plot.scratchpad_figure(exp.results(store), **kwargs)
+    return scratchpad_figure(exp.results(store), **kwargs)
 
 
 def _report(exp, store):
-    from .. import plot
+    return scratchpad_report(exp.results(store))
 
-    return plot.scratchpad_report(exp.results(store))
+
+# ---- figure and report ----------------------------------------------------------------------------
+#: Fig. 11's panels: (column, y label); the blowups are the official hooks' (paper.md §9.6)
+SCRATCHPAD_PANELS = (("sharpness", "sharpness (×4)"),
+                     ("blowup_official_encoder_maxs_prod", "encoder LayerNorm blowup"),
+                     ("blowup_official_decoder_maxs_prod", "decoder LayerNorm blowup"),
+                     ("param_norm", "parameter norm"))
+
+
+def scratchpad_figure(runs, *, converged_only=True, title=None):
+    """Fig. 11 in one row: sharpness (×4), encoder and decoder LayerNorm blowup and parameter
+    norm vs n (log2 axis: the lengths double), for runs whose autoregressive accuracy exceeds
+    0.999 (``converged``). The y axes fit the data (not from 0), so that growth shows; read
+    flatness from the tick values and the slopes of ``scratchpad_report``."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(SCRATCHPAD_PANELS), figsize=(len(SCRATCHPAD_PANELS) * 3.0, SINGLE_COLUMN[1] + 0.4),
+                             layout="constrained")
+    for ax, (metric, label) in zip(axes, SCRATCHPAD_PANELS):
+        metric_vs_length_ax(runs, metric, ["parity"], ax, converged_only, ylabel=label, log2_lengths=True)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    axes[0].yaxis.set_major_formatter(_four_decimals())
+    kept = len(converged(runs)) if converged_only else len(runs)
+    _caption(fig, title, f"PARITY with a scratchpad: {kept}/{len(runs)} runs with autoregressive accuracy > 0.999"
+             + (" (drawn)" if converged_only else "; all runs drawn") + "; " + BAND.format(""))
+    return fig
+
+
+def scratchpad_report(runs) -> str:
+    """Slopes vs n of every Fig. 11 quantity (converged runs) and the converged-run counts."""
+    if not len(runs):
+        return "no finished runs"
+    lines = ["PARITY with a scratchpad: least-squares slope vs length per panel, runs with autoregressive "
+             "accuracy > 0.999 only"]
+    for metric, label in SCRATCHPAD_PANELS:
+        r = next(slopes(runs, metric=metric).itertuples())
+        lines.append(f"  {label:26s} slope {r.slope:+.3g} per bit   95% CI [{r.ci_low:+.3g}, {r.ci_high:+.3g}]   "
+                     f"{r.runs} runs over {r.lengths} lengths")
+    lines.append("converged runs / finished runs per n:")
+    lines.append(converged_counts(runs).to_string())
+    return "\n".join(lines)

@@ -10,9 +10,12 @@ target's degree grows by orders of magnitude.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
+from ..plot import COLORS, LABELS, _axes, _caption, _column, _log, _note, _plt, _style, converged
 from ..sweep.config import RunConfig
 from ._base import PAPER, Experiment, Stage, resolve, run_fields
 from .dynamics import CONVERGENCE_LOSS
@@ -60,11 +63,11 @@ def spectrum(preset: str = "ci", **overrides) -> Experiment:
     params, changed = resolve("spectrum", PRESETS, preset, overrides)
     fields = run_fields(params)
     fields.pop("weight_decay")
+    fields["dynamics"] = dataclasses.replace(fields["dynamics"], spectrum=True)
 
     def build(store=None):
         return [RunConfig(target=t, target_bits=params["sparse_bits"] if t == "sparse_parity" else (), n=params["n"],
-                          seed=s, weight_decay=wd, dynamic_spectrum=True, spectrum_samples=params["spectrum_samples"],
-                          **fields, tags=dict(experiment="spectrum"))
+                          seed=s, weight_decay=wd, **fields, tags=dict(experiment="spectrum"))
                 for t in params["targets"] for s in params["seeds"] for wd in params["weight_decays"]]
 
     return Experiment(name="spectrum", preset=preset, params=params, overrides=changed, stages=[Stage("train", build)],
@@ -134,8 +137,6 @@ def hidden_progress(history: pd.DataFrame, spectra: dict, n: int) -> pd.DataFram
 def converged_history(exp, store):
     """The histories of the runs that pass the paper's filter (finished, eval MSE < 1e-3), and per target
     the text "k/m runs converged"."""
-    from ..plot import converged
-
     runs, hist = exp.results(store), exp.history(store)
     kept = set(converged(runs)["key"])
     labels = {t: f"{int(runs[runs['target'] == t]['key'].isin(kept).sum())}/{int((runs['target'] == t).sum())} "
@@ -144,15 +145,11 @@ def converged_history(exp, store):
 
 
 def _figure(exp, store, **kwargs):
-    from .. import plot
-
     hist, labels = converged_history(exp, store)
-    return plot.spectrum_figure(hist, target_spectra(exp.params), exp.params["n"], labels, **kwargs)
+    return spectrum_figure(hist, target_spectra(exp.params), n=exp.params["n"], runs_labels=labels, **kwargs)
 
 
 def _report(exp, store):
-    from ..plot import LABELS, converged
-
     runs, hist = exp.results(store), exp.history(store)
     if not len(hist):
         return f"{exp.sweep}: no finished runs"
@@ -197,3 +194,126 @@ def _spread(values, fmt):
 
 def _pct(v):
     return f"{100 * v:.1f}%"
+
+
+# ---- figure and report ----------------------------------------------------------------------------
+#: the spectrum figure's last rows, after the spectrum, loss and sensitivity: (column, y label, log axis)
+SPECTRUM_PANELS = (("sharpness", "sharpness (×4)", False), ("blowup_maxs_prod", "LayerNorm blowup", True))
+
+
+def _faint_and_mean(ax, df, metric, color, n_runs, linestyle="-", geometric=False):
+    """Each run faint, the mean over runs bold (geometric mean on log axes), against the step."""
+    sub = df.dropna(subset=[metric])
+    y = _column(sub, metric)
+    for _, g in sub.assign(_y=y).groupby("key"):
+        ax.plot(g["step"], g["_y"], color=color, alpha=max(0.1, min(0.4, 2.0 / max(n_runs, 1))), linewidth=0.7,
+                linestyle=linestyle)
+    values = np.log(y.clip(lower=1e-300)) if geometric else y
+    mean = pd.DataFrame({"step": sub["step"], "y": values}).groupby("step")["y"].mean()
+    ax.plot(mean.index, np.exp(mean.values) if geometric else mean.values, color=color, linewidth=1.6,
+            linestyle=linestyle)
+
+
+def spectrum_share_ax(history, *, ax=None):
+    """Each degree's share of the Fourier weight (``fourier_weight_k`` / their sum) against the step, stacked
+    (degree 0 at the bottom, viridis), averaged over the runs at each step: any history with the spectrum
+    columns (``Measure(spectrum=True)``'s, or a store's)."""
+    from matplotlib import colormaps
+
+    ax = _axes(ax)
+    n = max(int(c.rsplit("_", 1)[1]) for c in history if c.startswith("fourier_weight_") and c[-1].isdigit())
+    cols = [f"fourier_weight_{k}" for k in range(n + 1)]
+    df = history.dropna(subset=cols)
+    w = df[cols].to_numpy(float)
+    share = pd.DataFrame(w / w.sum(axis=1, keepdims=True), columns=cols).assign(step=df["step"].to_numpy())
+    mean_share = share.groupby("step").mean()
+    cmap = colormaps["viridis"]
+    ax.stackplot(mean_share.index, mean_share.to_numpy().T, colors=[cmap(k / max(n, 1)) for k in range(n + 1)],
+                 linewidth=0)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("share of Fourier\nweight per degree", fontsize="small")
+    return ax
+
+
+def spectrum_axes(history, *, target, target_weights, n, axes, runs_label=None):
+    """One target's column against the training step (log axis): the share of the Fourier weight per degree
+    (stacked, mean over runs), the loss (black) and the weight at the target's heaviest degree (log), the
+    average sensitivity (real-valued solid, thresholded dashed, the target's dotted), sharpness (×4) and
+    LayerNorm blowup (log); a red line at the runs' median convergence step (loss < 0.01)."""
+    df = history[history["target"] == target].dropna(subset=["fourier_weight_0"]) if len(history) else history
+    n_runs = df["key"].nunique() if len(df) else 0
+    for ax in axes:
+        _style(ax)
+    label = runs_label or f"{n_runs} run{'' if n_runs == 1 else 's'}"
+    axes[0].set_title(f"{LABELS.get(target, target)} ({label})", fontsize="small")
+    if not n_runs:
+        for ax in axes:
+            _note(ax, "no run to draw")
+        return axes
+    spectrum_share_ax(df, ax=axes[0]).set_xlabel("")  # the bottom row says it
+
+    color = COLORS.get(target, "#1f77b4")
+    k = int(np.argmax(target_weights))
+    _faint_and_mean(axes[1], df, "measure_loss", "black", n_runs, geometric=True)
+    _faint_and_mean(axes[1], df, f"fourier_weight_{k}", color, n_runs, geometric=True)
+    _log(axes[1], "y")
+    axes[1].set_ylabel(f"loss, $W_{{{k}}}$", fontsize="small")
+
+    _faint_and_mean(axes[2], df, "model_as_real", color, n_runs)
+    _faint_and_mean(axes[2], df, "model_as", color, n_runs, linestyle="--")
+    axes[2].axhline(float(np.dot(np.arange(n + 1), target_weights)), color="#555555", linewidth=0.9, linestyle=":")
+    axes[2].set_ylabel("average sensitivity", fontsize="small")
+    for ax, (metric, label, log) in zip(axes[3:], SPECTRUM_PANELS):
+        if metric in df:
+            _faint_and_mean(ax, df, metric, color, n_runs, geometric=log)
+        if log:
+            _log(ax, "y")
+        ax.set_ylabel(label, fontsize="small")
+    below = df[df["measure_loss"] < 0.01].groupby("key")["step"].min()
+    for ax in axes:
+        if len(below):
+            ax.axvline(float(np.median(below)), color="red", linestyle="--", linewidth=0.8)
+        _log(ax, "x")
+    axes[-1].set_xlabel("training step")
+    return axes
+
+
+def _spectrum_legend(fig):
+    """What the line styles mean, once for every column (the colours are the targets')."""
+    from matplotlib.lines import Line2D
+
+    entries = [(dict(color="black"), "loss (MSE)"), (dict(color="#666666"), "$W_k$ / real-valued output"),
+               (dict(color="#666666", linestyle="--"), "thresholded predictions"),
+               (dict(color="#555555", linestyle=":"), "the target's average sensitivity"),
+               (dict(color="red", linestyle="--", linewidth=0.8), "median convergence step")]
+    fig.legend([Line2D([], [], **style) for style, _ in entries], [text for _, text in entries],
+               loc="outside lower center", frameon=False, fontsize="small", ncols=len(entries))
+
+
+def spectrum_figure(history, target_spectra, *, n, runs_labels=None, title=None):
+    """One column per target of ``spectrum_axes``, a colour bar for the degrees, one legend and the caption.
+    ``target_spectra``: target -> its own weight per degree (the heaviest degree and the reference line);
+    ``runs_labels``: target -> the text after its name (e.g. "4/6 runs converged")."""
+    plt = _plt()
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm
+
+    targets = list(target_spectra)
+    rows = 3 + len(SPECTRUM_PANELS)
+    fig, axes = plt.subplots(rows, len(targets), figsize=(3.2 * len(targets) + 0.8, 1.55 * rows + 1.2),
+                             sharex=True, squeeze=False, layout="constrained")
+    for j, t in enumerate(targets):
+        spectrum_axes(history, target=t, target_weights=np.asarray(target_spectra[t]), n=n, axes=axes[:, j],
+                      runs_label=(runs_labels or {}).get(t))
+    norm = BoundaryNorm(np.arange(-0.5, n + 1.5), ncolors=256)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormaps["viridis"]), ax=axes[0, :].tolist(), pad=0.01,
+                       aspect=12)
+    bar.set_label("degree $k$", fontsize="small")
+    bar.set_ticks(sorted({0, n // 2, n}))
+    _spectrum_legend(fig)
+    _caption(fig, title, f"n={n}; top: mean over runs of each degree's share of the Fourier weight of the model's "
+                         "real-valued output (±1 scale); below: each run faint, the mean over runs bold (geometric "
+                         "on log axes); $W_k$: the weight at the target's heaviest degree k")
+    return fig

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
+import numpy as np
+import pandas as pd
+
+from ..plot import (COLORS, CONVERGED, LABELS, SINGLE_COLUMN, _axes, _caption, _legend, _log, _missing, _note, _plt,
+                    _t_quantile, _targets, converged)
 from ..sweep.config import RunConfig
 from ._base import PAPER, Experiment, Stage, resolve, run_fields
 
@@ -81,17 +86,13 @@ def tradeoff(preset: str = "ci", **overrides) -> Experiment:
 
 
 def _figure(exp, store, **kwargs):
-    from .. import plot
-
-    return plot.tradeoff_figure(exp.results(store), **kwargs)
+    return tradeoff_figure(exp.results(store), **kwargs)
 
 
 def _report(exp, store):
     df = exp.results(store)
     if not len(df):
         return f"{exp.sweep}: no finished runs"
-    from ..plot import LABELS, frontier_shift
-
     conv = df[df["converged"] == True]  # noqa: E712
     counts = conv.groupby("target").size().to_dict()
     lines = [f"{exp.sweep}: {len(df)} runs, {len(conv)} converged (eval MSE < 1e-3) by target: {counts}",
@@ -102,3 +103,78 @@ def _report(exp, store):
                      f"{r.ci_high:+.3f}]   b = {r.per_decade:+.2f} per decade of blowup   {r.runs} runs over "
                      f"{r.lengths} lengths")
     return "\n".join(lines)
+
+
+# ---- figure and report ----------------------------------------------------------------------------
+def frontier_shift(runs, *, converged_only=True, level=0.95) -> pd.DataFrame:
+    """How the norm/blowup tradeoff moves with n, per target: the least-squares fit
+    ``param_norm = a + b log10(blowup) + c n`` over the (converged) runs, with c's ``level``
+    confidence interval (t distribution). c > 0: at a given blowup, longer inputs need a larger
+    parameter norm, so the frontier moves outward with n (the paper's claim for PARITY)."""
+    df = converged(runs) if converged_only else runs
+    rows = []
+    for t in _targets(df):
+        sub = df[df["target"] == t].dropna(subset=["blowup_maxs_prod", "param_norm"])
+        sub = sub[sub["blowup_maxs_prod"].astype(float) > 0]
+        n, y = sub["n"].astype(float).to_numpy(), sub["param_norm"].astype(float).to_numpy()
+        X = np.column_stack([np.ones_like(n), np.log10(sub["blowup_maxs_prod"].astype(float).to_numpy()), n])
+        row = dict(target=t, per_bit=math.nan, ci_low=math.nan, ci_high=math.nan, per_decade=math.nan, runs=len(y),
+                   lengths=int(len(set(n))))
+        if len(y) > 3 and len(set(n)) >= 2 and np.linalg.matrix_rank(X) == 3:
+            coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+            dof = len(y) - 3
+            sigma2 = float(((y - X @ coef) ** 2).sum()) / dof
+            se = math.sqrt(sigma2 * np.linalg.inv(X.T @ X)[2, 2])
+            q = _t_quantile(0.5 + level / 2, dof)
+            row.update(per_bit=float(coef[2]), ci_low=float(coef[2] - q * se), ci_high=float(coef[2] + q * se),
+                       per_decade=float(coef[1]))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["target", "per_bit", "ci_low", "ci_high", "per_decade", "runs", "lengths"])
+
+
+def tradeoff_ax(runs, *, ax=None, target=None, color_by="n", converged_only=True, colorbar=True):
+    """Fig. 2/9/10: parameter norm vs LayerNorm blowup (log x axis); colour by n (plasma) or target."""
+    ax = _axes(ax)
+    df = converged(runs) if converged_only else runs
+    if target is not None and len(df):
+        df = df[df["target"] == target]
+    df = df.dropna(subset=["blowup_maxs_prod", "param_norm"]) if len(df) else df
+    if not len(df):
+        _note(ax, _missing(runs, [target] if target is not None else None, converged_only) or "no run to draw")
+    elif color_by == "n":
+        from matplotlib.colors import BoundaryNorm
+        from matplotlib.ticker import MaxNLocator
+
+        n = df["n"].astype(int)
+        # one colour per integer n, and integer ticks on the colour bar
+        norm = BoundaryNorm(np.arange(n.min() - 0.5, n.max() + 1.5), ncolors=256)
+        sc = ax.scatter(df["blowup_maxs_prod"], df["param_norm"], c=n, cmap="plasma", norm=norm, s=10, alpha=0.8,
+                        linewidths=0)
+        if colorbar:
+            bar = ax.figure.colorbar(sc, ax=ax, label="input length $n$")
+            bar.locator = MaxNLocator(integer=True)
+    else:
+        for t in _targets(df):
+            sub = df[df["target"] == t]
+            ax.scatter(sub["blowup_maxs_prod"], sub["param_norm"], color=COLORS.get(t), label=LABELS.get(t, t), s=10,
+                       alpha=0.8, linewidths=0)
+        _legend(ax, "small")
+    _log(ax, "x")
+    ax.set_xlabel("LayerNorm blowup")
+    ax.set_ylabel("parameter norm")
+    if target is not None:
+        ax.set_title(LABELS.get(target, target), fontsize="small")
+    return ax
+
+
+def tradeoff_figure(runs, *, converged_only=True, title=None):
+    """PARITY coloured by n, and every target at once (coloured by target); each dot a run."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(2 * SINGLE_COLUMN[0] + 0.8, SINGLE_COLUMN[1] + 0.5), layout="constrained")
+    tradeoff_ax(runs, ax=axes[0], target="parity", color_by="n", converged_only=converged_only)
+    tradeoff_ax(runs, ax=axes[1], color_by="target", converged_only=converged_only)
+    axes[1].set_title("all targets", fontsize="small")
+    kept = len(converged(runs)) if converged_only else len(runs)
+    _caption(fig, title, f"{CONVERGED if converged_only else 'all finished runs'}: {kept} of {len(runs)} runs, "
+                         "each dot a run")
+    return fig

@@ -25,13 +25,16 @@ from .._interrupt import Terminated, terminate_as_interrupt
 from .config import CONVERGED_MSE, HASH_VERSION, RunConfig, as_config, hex_to_table, table_to_hex
 from .executors import make_backend, usable_cpus
 from .plan import Stage, StagedSweep
+from .probe_config import (Dynamics, FinalMeasurement, LengthEvaluation, ModelSensitivity, Predictions, ProbeSettings,
+                           TrainSharpness)
 from .progress import RunBars, env_disabled
 from .runner import check_buildable, execute, provenance
 from .store import Store
 
-__all__ = ["CONVERGED_MSE", "HASH_VERSION", "RunConfig", "Stage", "StagedSweep", "Store", "SweepResult", "Terminated", "as_config",
-           "check_buildable", "execute", "hex_to_table", "provenance", "run", "run_configs", "table_to_hex",
-           "usable_cpus"]
+__all__ = ["CONVERGED_MSE", "HASH_VERSION", "Dynamics", "FinalMeasurement", "LengthEvaluation", "ModelSensitivity",
+           "Predictions", "ProbeSettings", "RunConfig", "Stage", "StagedSweep", "Store", "SweepResult", "Terminated",
+           "TrainSharpness", "as_config", "check_buildable", "execute", "hex_to_table", "provenance", "run",
+           "run_configs", "table_to_hex", "usable_cpus"]
 
 
 class SweepFailures(RuntimeWarning):

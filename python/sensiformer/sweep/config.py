@@ -1,12 +1,21 @@
 """One run of a sweep: its configuration and the key that identifies its results.
 
 A ``RunConfig`` holds everything that determines a run's results: target, model, optimiser,
-training length, evaluation and probe settings. Its ``key`` is a hash of exactly those
-fields, so a rerun of the same configuration finds the stored result and is skipped.
+training length, evaluation, and the probes to run with their settings (the groups of
+``probe_config``: ``FinalMeasurement``, ``Dynamics``, the extras). Its ``key`` is a hash of exactly
+those, so a rerun of the same configuration finds the stored result and is skipped.
+
+The flat form
+-------------
+A configuration is hashed, stored and sent to workers as one flat dict (``to_dict``): the probe
+groups' settings under their flat names (``FinalMeasurement.batches`` is ``measure_batches``),
+as RunConfig's fields were named before they were grouped, so every key and stored row stays
+valid. ``from_dict`` reads that form (stores, ``sensiformer sweep configs.jsonl``); the
+constructor takes the groups only, and names the group of a flat name it is given.
 
 What the key covers
 -------------------
-Every field of ``RunConfig`` except ``tags``; fields added later (``LATE_FIELDS``) only when
+Every setting of ``RunConfig`` (in the flat form) except ``tags``; fields added later (``LATE_FIELDS``) only when
 they differ from their default, so the keys of configurations that leave them alone, and the
 results stored under those keys, stay valid. In particular the seeds, the model and optimiser
 hyper-parameters, the number of steps and the logging interval (it decides which history rows
@@ -24,14 +33,16 @@ What it does not cover
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
-import numbers
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from .. import _vocabulary
+from .probe_config import (Dynamics, Extra, FinalMeasurement, LengthEvaluation, ModelSensitivity, Predictions,
+                           ProbeGroup, ProbeSettings, TrainSharpness, coerce_fields, flat_name)
 
 #: Bumped when the meaning of a field changes, so old keys can never collide with new runs.
 HASH_VERSION = 1
@@ -46,16 +57,9 @@ NORMS = ("post", "pre", "none")
 #: the engine's norm types and positional encodings (a new one in the engine is a valid value here at once)
 NORM_TYPES = tuple(_vocabulary.NORM_TYPES)
 POSITIONALS = tuple(sorted(_vocabulary.POSITIONALS, key=_vocabulary.POSITIONALS.get))
-#: fields added after the key's format was fixed, with the default at which they stay out of it
+#: settings (flat names) added after the key's format was fixed, with the default at which they stay out of it
 LATE_FIELDS = {"lr_schedule": "constant", "target_bits": (), "dynamic_spectrum": False, "spectrum_samples": 1024,
                "positional": "concat", "norm_type": "layer", "rope_base": 10000.0, "final_spectrum": False}
-
-
-def _integer(value, name) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or int(value) != value:
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -86,27 +90,16 @@ class RunConfig:
     Evaluation
         Exact over all 2^n inputs for n <= 16 (over the training subset with ``train_subset``,
         as the official code), else over ``eval_batches`` fresh batches.
-    Final probes (``measure``)
-        ``measure_batches`` fresh batches: sharpness (sigma, R repeats, the same noise draws
-        for every batch and every run, as the official code), LayerNorm blowup
-        (``blowup_definition``) and the parameter norm; ``final_spectrum`` adds the trained model
-        function's Fourier weight per degree and average sensitivity (the ``spectrum`` metric: exact
-        for n <= 20, else Monte-Carlo from ``spectrum_samples`` inputs; the encoder model).
-    Dynamics
-        ``dynamic_every`` > 0 probes every that many steps on ``dynamic_batches`` fixed batches
-        with ``dynamic_repeats`` noise draws (common random numbers over training);
-        ``dynamic_spectrum`` adds the model function's Fourier weight per degree and average
-        sensitivity to those rows (``Measure(spectrum=True)``: exact for n <= 20, else Monte-Carlo
-        from ``spectrum_samples`` inputs).
-    Extras
-        ``save_predictions`` stores the thresholded predictions on all 2^n inputs;
-        ``train_sharpness_repeats`` > 0 measures sharpness (R = that many draws) on one batch
-        holding a whole input subset: ``restricted_subset(n, sharpness_subset,
-        sharpness_subset_seed)`` if given (generalization: the parent run's training set),
-        else the training subset;
-        ``eval_lengths`` evaluates at these lengths too; ``model_sensitivity`` records the exact
-        average sensitivity and sensitivity profile of the Boolean function ``out >
-        sensitivity_threshold`` the final model computes on {0,1}^n (n <= 26).
+    Probes (``sweep.probe_config``)
+        ``probe_settings`` (``ProbeSettings``): what the probes share (sharpness noise and seed,
+        blowup definition, the spectrum's Monte-Carlo samples beyond n=20). ``final``
+        (``FinalMeasurement``): loss, sharpness, blowup and parameter norm of the trained model on
+        fresh batches, and its spectrum if asked. ``dynamics`` (``Dynamics``): the same every
+        ``every`` steps of training. The extras, run after the final measurement in this order
+        (``extras``): ``train_sharpness`` (``TrainSharpness``: sharpness on a whole input subset),
+        ``predictions`` (``Predictions``: the thresholded predictions on all 2^n inputs),
+        ``sensitivity`` (``ModelSensitivity``: the exact sensitivity profile of ``out > threshold``)
+        and ``length_evaluation`` (``LengthEvaluation``: the evaluation at other lengths).
     Initialisation
         ``init`` "pytorch" (the official model's init, seeded by ``seed``) or, for every weight
         matrix and embedding table with biases set to 0 and LayerNorms left at gain 1 / bias 0:
@@ -128,7 +121,6 @@ class RunConfig:
     norm_type: str = "layer"
     positional: str = "concat"
     rope_base: float = 10000.0
-    final_spectrum: bool = False
     ln_eps: float = 1e-5
     dtype: str = "float32"
     n_positions: int | None = None
@@ -144,45 +136,24 @@ class RunConfig:
     train_lengths: tuple = ()
     length_chunk: int = 10
     eval_batches: int = 1000
-    measure: bool = True
-    measure_batches: int = 1000
-    sharpness_sigma: float = 0.02
-    sharpness_repeats: int = 10
-    sharpness_seed: int = 0
-    blowup_definition: str = "official"
-    dynamic_every: int = 0
-    dynamic_batches: int = 1
-    dynamic_repeats: int = 500
-    dynamic_spectrum: bool = False
-    spectrum_samples: int = 1024
-    save_predictions: bool = False
-    train_sharpness_repeats: int = 0
-    sharpness_subset: int | None = None
-    sharpness_subset_seed: int | None = None
-    eval_lengths: tuple = ()
+    probe_settings: ProbeSettings = ProbeSettings()
+    final: FinalMeasurement = FinalMeasurement()
+    dynamics: Dynamics = Dynamics()
+    train_sharpness: TrainSharpness = TrainSharpness()
+    predictions: Predictions = Predictions()
+    sensitivity: ModelSensitivity = ModelSensitivity()
+    length_evaluation: LengthEvaluation = LengthEvaluation()
     init: str = "pytorch"
-    model_sensitivity: bool = False
-    sensitivity_threshold: float = 0.5
     tags: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
-        fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "tags":
-                if not isinstance(value, Mapping):
-                    raise TypeError(f"tags must be a mapping, got {value!r}")
-                fix("tags", dict(value))
-            elif f.type in ("int", "int | None") and value is not None:
-                fix(f.name, _integer(value, f.name))
-            elif f.type == "float":
-                if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                    raise TypeError(f"{f.name} must be a number, got {value!r}")
-                fix(f.name, float(value))
-            elif f.type == "bool":
-                fix(f.name, bool(value))
-            elif f.type == "tuple":
-                fix(f.name, tuple(_integer(v, f.name) for v in (value if isinstance(value, Iterable) else (value,))))
+        if not isinstance(self.tags, Mapping):
+            raise TypeError(f"tags must be a mapping, got {self.tags!r}")
+        object.__setattr__(self, "tags", dict(self.tags))
+        coerce_fields(self)
+        for name, kind in GROUPS.items():
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.model not in MODELS:
@@ -203,11 +174,10 @@ class RunConfig:
             raise ValueError("target_bits is only used with target='sparse_parity'")
         if self.train_subset is not None and not 1 <= self.train_subset <= 2**self.n:
             raise ValueError(f"train_subset must be in [1, 2**n], got {self.train_subset}")
-        for name in ("steps", "batch_size", "log_every", "eval_batches", "measure_batches", "sharpness_repeats",
-                     "dynamic_batches", "dynamic_repeats", "length_chunk", "spectrum_samples"):
+        for name in ("steps", "batch_size", "log_every", "eval_batches", "length_chunk"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "ln_eps", "sharpness_sigma"):
+        for name in ("lr", "weight_decay", "ln_eps"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
@@ -217,8 +187,6 @@ class RunConfig:
                               ("positional", POSITIONALS), ("lr_schedule", LR_SCHEDULES), ("init", INITS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if self.blowup_definition not in ("official", "theory"):
-            raise ValueError(f"blowup_definition must be 'official' or 'theory', got {self.blowup_definition!r}")
         if self.model == "scratchpad":
             self._check_scratchpad()
         if self.train_lengths and self.target not in ("parity", "majority", "first", "mean"):
@@ -231,19 +199,22 @@ class RunConfig:
         if self.norm not in ("post", "pre"):
             raise ValueError(f"model='scratchpad' has norm 'post' or 'pre', got {self.norm!r}")
         unsupported = dict(train_subset=self.train_subset is not None, train_lengths=bool(self.train_lengths),
-                           eval_lengths=bool(self.eval_lengths), save_predictions=self.save_predictions,
-                           train_sharpness_repeats=bool(self.train_sharpness_repeats),
-                           model_sensitivity=self.model_sensitivity, init=self.init != "pytorch",
-                           dynamic_spectrum=self.dynamic_spectrum, final_spectrum=self.final_spectrum)
-        bad = sorted(k for k, v in unsupported.items() if v)
+                           init=self.init != "pytorch")
+        bad = sorted([k for k, v in unsupported.items() if v]
+                     + [name for group in GROUPS for name in getattr(self, group).encoder_only()])
         if bad:
             raise ValueError(f"model='scratchpad' does not support {', '.join(bad)} (encoder-only options)")
 
+    @property
+    def extras(self) -> tuple:
+        """The extra probes' specs, in the order a run takes them (off ones included: see ``active``)."""
+        return tuple(getattr(self, name) for name, kind in GROUPS.items() if issubclass(kind, Extra))
+
     # ---- identity ---------------------------------------------------------------------------
     def hashed_fields(self) -> dict:
-        """The fields the key covers (all but ``tags``; ``LATE_FIELDS`` only away from their
-        defaults), JSON-ready."""
-        d = dataclasses.asdict(self)
+        """The settings the key covers, flat (all but ``tags``; ``LATE_FIELDS`` only away from
+        their defaults), JSON-ready."""
+        d = flatten(self)
         d.pop("tags")
         for name, default in LATE_FIELDS.items():
             if d[name] == default:
@@ -264,25 +235,80 @@ class RunConfig:
         """The model's n_positions: explicit, or the longest length it sees."""
         if self.n_positions is not None:
             return self.n_positions
-        return max((self.n, *self.train_lengths, *self.eval_lengths))
+        return max((self.n, *self.train_lengths, *self.length_evaluation.lengths))
 
     def to_dict(self) -> dict:
-        """Every field (late ones included), JSON-ready."""
-        d = self.hashed_fields()
-        d.update({name: getattr(self, name) for name in LATE_FIELDS})
+        """Every setting in the flat form (late ones included), JSON-ready: what stores keep."""
+        d, flat = self.hashed_fields(), flatten(self)
+        d.update({name: flat[name] for name in LATE_FIELDS})
         d["tags"] = dict(self.tags)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "RunConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        """A RunConfig from the flat form (``to_dict``'s, a store's, a configuration file's); the groups'
+        own fields (``final=FinalMeasurement(...)``) are taken too."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)} - set(FLAT_NAMES)
         if unknown:
             raise ValueError(f"unknown RunConfig fields: {sorted(unknown)}")
-        return cls(**dict(d))
+        return cls(**grouped(d))
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+# ---- the flat form: probe settings under their flat names -------------------------------------------
+#: RunConfig field -> its probe group's class
+GROUPS = {f.name: type(f.default) for f in dataclasses.fields(RunConfig) if isinstance(f.default, ProbeGroup)}
+#: flat name of a probe setting -> (RunConfig field, the group's field)
+FLAT_NAMES = {flat_name(g): (name, g.name) for name, kind in GROUPS.items() for g in dataclasses.fields(kind)}
+
+
+def flatten(cfg: RunConfig) -> dict:
+    """Every setting of ``cfg`` under its flat name (``tags`` included)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out.update(value.flat() if f.name in GROUPS else {f.name: value})
+    return out
+
+
+def grouped(settings: Mapping) -> dict:
+    """RunConfig's keyword arguments from flat names: each probe setting into its group (the group's defaults
+    for the settings not given); other names pass through."""
+    out, groups = {}, {}
+    for name, value in settings.items():
+        if name in FLAT_NAMES:
+            group, field_name = FLAT_NAMES[name]
+            groups.setdefault(group, {})[field_name] = value
+        else:
+            out[name] = value
+    for group, values in groups.items():
+        if group in out:
+            raise ValueError(f"{group} is given both as a {GROUPS[group].__name__} and as its flat settings "
+                             f"{sorted(k for k in settings if k in FLAT_NAMES and FLAT_NAMES[k][0] == group)}")
+        out[group] = GROUPS[group](**values)
+    return out
+
+
+def _refuse_flat_names(init):
+    """The constructor takes the probe groups; a flat name (``measure_batches=8``) gets a TypeError saying where
+    it went (``from_dict`` reads the flat form)."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        flat = sorted(set(kwargs) & set(FLAT_NAMES))
+        if flat:
+            where = "; ".join(f"{name} is {FLAT_NAMES[name][0]}={GROUPS[FLAT_NAMES[name][0]].__name__}"
+                              f"({FLAT_NAMES[name][1]}=...)" for name in flat)
+            raise TypeError(f"RunConfig() takes its probe settings in groups: {where} "
+                            f"(RunConfig.from_dict reads the flat names)")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+RunConfig.__init__ = _refuse_flat_names(RunConfig.__init__)
 
 
 def as_config(obj) -> RunConfig:

@@ -45,11 +45,11 @@ def _forward_passes(cfg) -> float:
     """Forward passes of a batch that a run's evaluation and probes make, roughly."""
     exact_inputs = 2**cfg.n if cfg.n <= 16 else 0
     evaluation = exact_inputs / cfg.batch_size if exact_inputs else cfg.eval_batches
-    probes = cfg.measure_batches * (cfg.sharpness_repeats + 3) if cfg.measure else 0
-    dynamics = (cfg.steps // cfg.dynamic_every) * cfg.dynamic_batches * (cfg.dynamic_repeats + 3) \
-        if cfg.dynamic_every else 0
-    extras = (len(cfg.eval_lengths) * evaluation + cfg.train_sharpness_repeats
-              + (2**cfg.n / cfg.batch_size if cfg.model_sensitivity or cfg.save_predictions else 0))
+    final, dyn = cfg.final, cfg.dynamics
+    probes = final.batches * (final.sharpness_repeats + 3) if final.active else 0
+    dynamics = (cfg.steps // dyn.every) * dyn.batches * (dyn.repeats + 3) if dyn.active else 0
+    extras = (len(cfg.length_evaluation.lengths) * evaluation + cfg.train_sharpness.repeats
+              + (2**cfg.n / cfg.batch_size if cfg.sensitivity.active or cfg.predictions.active else 0))
     return evaluation + probes + dynamics + extras
 
 

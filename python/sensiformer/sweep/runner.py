@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import targets
-from .config import CONVERGED_MSE, RunConfig, as_config, hex_to_table
+from .config import CONVERGED_MSE, RunConfig, as_config, hex_to_table, table_to_hex
+from .probe_config import LengthEvaluation, ModelSensitivity, Predictions, TrainSharpness
 from .progress import RunReporter
 
 # measurement batches come from a stream of their own, far from the training and Measure streams
@@ -151,33 +152,44 @@ def _measurement_data(trainer, batches):
 
 
 def _final_probes(model, trainer, cfg, n_threads):
-    """The final measurement: loss, sharpness, blowup, norm and, asked for, the spectrum (the metric
-    registry, as ``Measure``)."""
+    """The final measurement: ``cfg.final``'s metrics (the metric registry, as ``Measure``)."""
     from ..metrics import Settings, measure
 
-    x, y = _measurement_data(trainer, cfg.measure_batches)
+    final, shared = cfg.final, cfg.probe_settings
+    x, y = _measurement_data(trainer, final.batches)
     if trainer.labels == "pm1":
         y = 2 * y - 1
-    settings = Settings(batch_size=trainer.batch_size, n_threads=n_threads, sigma=cfg.sharpness_sigma,
-                        repeats=cfg.sharpness_repeats, seed=cfg.sharpness_seed, definition=cfg.blowup_definition,
-                        labels=trainer.labels, spectrum_samples=cfg.spectrum_samples)
-    names = ("loss", "sharpness", "blowup", "param_norm") + (("spectrum",) if cfg.final_spectrum else ())
-    row = measure(model, x, y, names, settings)
+    settings = Settings(batch_size=trainer.batch_size, n_threads=n_threads, sigma=shared.sharpness_sigma,
+                        repeats=final.sharpness_repeats, seed=shared.sharpness_seed,
+                        definition=shared.blowup_definition, labels=trainer.labels,
+                        spectrum_samples=shared.spectrum_samples)
+    row = measure(model, x, y, final.metrics, settings)
     return {k: v if k == "param_norm" else _finite(v) for k, v in row.items()}
 
 
 def _final_probes_seq2seq(trainer, cfg):
-    """The official scratchpad measurement (paper.md §3.2-3.3) on ``measure_batches`` fresh
+    """The official scratchpad measurement (paper.md §3.2-3.3) on ``cfg.final.batches`` fresh
     batches: teacher-forced loss and sharpness, encoder and decoder blowup (every LayerNorm,
     and the official hooks' subset as ``blowup_official_*``), parameter norm and the per-token
     autoregressive accuracy; ``Measure`` computes exactly these during training."""
     import sensiformer as sf
 
-    x, y = _measurement_data(trainer, cfg.measure_batches)
-    probe = sf.Measure(x=x, y=2 * y - 1 if trainer.labels == "pm1" else y, n_batches=cfg.measure_batches,
-                       sigma=cfg.sharpness_sigma, repeats=cfg.sharpness_repeats, seed=cfg.sharpness_seed,
-                       definition=cfg.blowup_definition)
+    final, shared = cfg.final, cfg.probe_settings
+    x, y = _measurement_data(trainer, final.batches)
+    probe = sf.Measure(x=x, y=2 * y - 1 if trainer.labels == "pm1" else y, n_batches=final.batches,
+                       sigma=shared.sharpness_sigma, repeats=final.sharpness_repeats, seed=shared.sharpness_seed,
+                       definition=shared.blowup_definition)
     return {k: _finite(v) for k, v in probe(trainer).items()}
+
+
+def _dynamic_probes(cfg):
+    """The ``Measure`` callback of ``cfg.dynamics``: its noise re-seeded with the run's seed, as the official code."""
+    import sensiformer as sf
+
+    dyn, shared = cfg.dynamics, cfg.probe_settings
+    return sf.Measure(every=dyn.every, n_batches=dyn.batches, repeats=dyn.repeats, sigma=shared.sharpness_sigma,
+                      seed=cfg.seed, definition=shared.blowup_definition, spectrum=dyn.spectrum,
+                      spectrum_samples=shared.spectrum_samples)
 
 
 def _model(cfg):
@@ -334,11 +346,8 @@ def _train_stage(run: _Run) -> None:
             _train_multi_length(run.model, cfg, run.optimizer, run.n_threads, run.history, run.reporter)
         else:
             callbacks = [run.reporter] if run.reporter else []
-            if cfg.dynamic_every:
-                callbacks.append(sf.Measure(every=cfg.dynamic_every, n_batches=cfg.dynamic_batches,
-                                            repeats=cfg.dynamic_repeats, sigma=cfg.sharpness_sigma, seed=cfg.seed,
-                                            definition=cfg.blowup_definition, spectrum=cfg.dynamic_spectrum,
-                                            spectrum_samples=cfg.spectrum_samples))
+            if cfg.dynamics.active:
+                callbacks.append(_dynamic_probes(cfg))
             trainer.fit(cfg.steps, log_every=cfg.log_every, callbacks=callbacks, progress=False)
     except sf.DivergenceError as err:
         run.status, run.error = "diverged", str(err)
@@ -361,7 +370,7 @@ def _evaluate_stage(run: _Run) -> None:
         run.reporter.send(metrics["steps_done"], metrics.get("final_train_loss"), phase="probing", force=True)
     metrics.update(_evaluate(run.trainer, cfg, run.n_threads))
     metrics["label_scale"] = run.trainer.labels  # "01": losses and sharpness on the {0,1} scale
-    if cfg.dynamic_every:
+    if cfg.dynamics.active:
         conv = [r["step"] for r in run.history if r.get("measure_loss") is not None and r["measure_loss"] < 0.01]
         metrics["convergence_step"] = conv[0] if conv else None
 
@@ -371,56 +380,80 @@ def _measure_stage(run: _Run) -> None:
     import sensiformer as sf
 
     cfg, metrics = run.cfg, run.metrics
-    if cfg.measure and run.status == "ok":
+    if cfg.final.active and run.status == "ok":
         if cfg.model == "scratchpad":
             metrics.update(_final_probes_seq2seq(run.trainer, cfg))
         else:
             metrics.update(_final_probes(run.model, run.trainer, cfg, run.n_threads))
-    elif cfg.measure:
+    elif cfg.final.active:
         metrics["param_norm"] = sf.probes.param_norm(run.model)
     metrics["converged"] = _converged(cfg, metrics)
     metrics["converge_threshold"] = CONVERGED_AUTOREGRESSIVE if cfg.model == "scratchpad" else CONVERGED_MSE
 
 
 def _extras_stage(run: _Run) -> None:
-    """What some experiments ask for: sharpness on the training set, predictions, the model's
-    sensitivity, accuracy at other lengths."""
+    """The extra probes the configuration asks for (``cfg.extras``, in order)."""
+    for spec in run.cfg.extras:
+        if spec.active:
+            EXTRAS[type(spec)](run, spec)
+
+
+def _train_sharpness(run: _Run, spec: TrainSharpness) -> None:
+    """Sharpness on one batch holding a whole input subset: ``spec.subset``'s, else the training subset (none:
+    nothing to measure)."""
+    import sensiformer as sf
+    from ..targets import inputs_from_indices
+
+    cfg = run.cfg
+    if spec.subset is not None:
+        probe_set = sf.restricted_subset(cfg.n, spec.subset, cfg.seed if spec.subset_seed is None else spec.subset_seed)
+    elif run.subset is not None:
+        probe_set = run.subset
+    else:
+        return
+    xs = inputs_from_indices(np.unique(probe_set), cfg.n)
+    est = sf.probes.sharpness(run.model, xs, run.trainer.target(xs), sigma=cfg.probe_settings.sharpness_sigma,
+                              repeats=spec.repeats, seed=cfg.probe_settings.sharpness_seed, n_threads=run.n_threads)
+    run.metrics.update(train_sharpness=_finite(est.value), train_sharpness_stderr=_finite(est.stderr))
+
+
+def _predictions(run: _Run, spec: Predictions) -> None:
+    """The thresholded predictions on all 2^n inputs, as a hex artifact."""
+    from ..targets import all_inputs
+
+    preds = (run.model.forward(all_inputs(run.cfg.n), run.n_threads) > 0.5).astype(np.uint8)
+    run.artifacts["predictions"] = table_to_hex(preds)
+
+
+def _model_sensitivity(run: _Run, spec: ModelSensitivity) -> None:
+    """The exact average sensitivity and sensitivity profile of ``out > spec.threshold``."""
+    from .. import analysis
+
+    n = run.cfg.n
+    res = analysis.model_sensitivity(run.model, n, threshold=spec.threshold, progress=False,
+                                     n_threads=run.n_threads)  # a worker: the driver draws the bars
+    profile = [int(k) for k in res.profile]
+    run.metrics.update(model_as=float(res.value), model_k0_fraction=profile[0] / 2**n,
+                       model_ones_fraction=float(np.mean(res.table > 0.5)) if res.table is not None else None)
+    run.artifacts["sensitivity_profile"] = profile
+
+
+def _length_evaluation(run: _Run, spec: LengthEvaluation) -> None:
+    """The evaluation at each of ``spec.lengths``: ``eval_loss@k``, ``eval_accuracy@k``."""
     import sensiformer as sf
 
-    cfg, model, metrics, n_threads = run.cfg, run.model, run.metrics, run.n_threads
-    if cfg.train_sharpness_repeats and (run.subset is not None or cfg.sharpness_subset is not None):
-        from ..targets import inputs_from_indices
+    cfg = run.cfg
+    for length in spec.lengths:
+        tr = sf.Trainer(run.model, _target(cfg, length), optimizer=sf.AdamW(), batch_size=cfg.batch_size,
+                        seed=cfg.seed, n_threads=run.n_threads)
+        res = _evaluate(tr, cfg, run.n_threads)
+        run.metrics[f"eval_loss@{length}"] = res["eval_loss"]
+        run.metrics[f"eval_accuracy@{length}"] = res["eval_accuracy"]
 
-        if cfg.sharpness_subset is not None:
-            probe_seed = cfg.seed if cfg.sharpness_subset_seed is None else cfg.sharpness_subset_seed
-            probe_set = sf.restricted_subset(cfg.n, cfg.sharpness_subset, probe_seed)
-        else:
-            probe_set = run.subset
-        xs = inputs_from_indices(np.unique(probe_set), cfg.n)
-        est = sf.probes.sharpness(model, xs, run.trainer.target(xs), sigma=cfg.sharpness_sigma,
-                                  repeats=cfg.train_sharpness_repeats, seed=cfg.sharpness_seed, n_threads=n_threads)
-        metrics.update(train_sharpness=_finite(est.value), train_sharpness_stderr=_finite(est.stderr))
-    if cfg.save_predictions:
-        from ..targets import all_inputs
-        from .config import table_to_hex
 
-        preds = (model.forward(all_inputs(cfg.n), n_threads) > 0.5).astype(np.uint8)
-        run.artifacts["predictions"] = table_to_hex(preds)
-    if cfg.model_sensitivity:
-        from .. import analysis
-
-        res = analysis.model_sensitivity(model, cfg.n, threshold=cfg.sensitivity_threshold, progress=False,
-                                         n_threads=n_threads)  # a worker: the driver draws the bars
-        profile = [int(k) for k in res.profile]
-        metrics.update(model_as=float(res.value), model_k0_fraction=profile[0] / 2**cfg.n,
-                       model_ones_fraction=float(np.mean(res.table > 0.5)) if res.table is not None else None)
-        run.artifacts["sensitivity_profile"] = profile
-    for length in cfg.eval_lengths:
-        tr = sf.Trainer(model, _target(cfg, length), optimizer=sf.AdamW(), batch_size=cfg.batch_size,
-                        seed=cfg.seed, n_threads=n_threads)
-        res = _evaluate(tr, cfg, n_threads)
-        metrics[f"eval_loss@{length}"] = res["eval_loss"]
-        metrics[f"eval_accuracy@{length}"] = res["eval_accuracy"]
+#: what runs each extra probe spec (``probe_config.Extra``) of a RunConfig
+EXTRAS = {TrainSharpness: _train_sharpness, Predictions: _predictions, ModelSensitivity: _model_sensitivity,
+          LengthEvaluation: _length_evaluation}
 
 
 def execute_safely(config, n_threads: int = 1, progress=None) -> dict:
