@@ -68,11 +68,11 @@ def test_boolean_tables_match_the_naive_reference(table):
 @example(np.random.default_rng(1).normal(size=2**10), "01")
 def test_real_tables_match_the_naive_reference(table, scale):
     ref = naive(table, scale)
-    np.testing.assert_allclose(A.fourier(table, scale), ref["coef"], atol=1e-12)
-    assert A.average_sensitivity(table, scale) == pytest.approx(ref["as_fourier"], rel=1e-12)
-    assert A.average_sensitivity(table, scale, method="fourier") == pytest.approx(ref["as_fourier"], rel=1e-12)
-    np.testing.assert_allclose(A.influences(table, scale), ref["influences"], rtol=1e-12)
-    np.testing.assert_allclose(A.sensitivity(table, scale), ref["point"], rtol=1e-12)
+    np.testing.assert_allclose(A.fourier(table, scale=scale), ref["coef"], atol=1e-12)
+    assert A.average_sensitivity(table, scale=scale) == pytest.approx(ref["as_fourier"], rel=1e-12)
+    assert A.average_sensitivity(table, scale=scale, method="fourier") == pytest.approx(ref["as_fourier"], rel=1e-12)
+    np.testing.assert_allclose(A.influences(table, scale=scale), ref["influences"], rtol=1e-12)
+    np.testing.assert_allclose(A.sensitivity(table, scale=scale), ref["point"], rtol=1e-12)
 
 
 # ---- closed forms --------------------------------------------------------------------------------
@@ -84,8 +84,9 @@ def test_parity_first_mean(n, method):
     assert A.average_sensitivity(T.First(n).truth_table(), method=method) == 1
     mean = T.Mean(n)
     assert A.average_sensitivity(mean.truth_table(), method=method) == pytest.approx(1 / n, rel=1e-12)
-    assert A.average_sensitivity(mean.truth_table(scale="pm1"), "pm1", method) == pytest.approx(1 / n, rel=1e-12)
-    assert A.average_sensitivity(T.Parity(n).truth_table(scale="pm1"), "pm1", method) == n
+    assert A.average_sensitivity(mean.truth_table(scale="pm1"), scale="pm1",
+                                 method=method) == pytest.approx(1 / n, rel=1e-12)
+    assert A.average_sensitivity(T.Parity(n).truth_table(scale="pm1"), scale="pm1", method=method) == n
 
 
 @pytest.mark.parametrize("n, expected", [(4, 1.5), (5, 1.875), (10, 2.461), (15, 3.142), (20, 3.524)])
@@ -131,10 +132,10 @@ def random_table(n, seed=0, boolean=True):
 @pytest.mark.parametrize("n", [3, 12, 18])
 def test_parseval_and_spectrum(n):
     for table, scale in [(random_table(n), "01"), (random_table(n, 1, False), "pm1"), (random_table(n, 2, False), "01")]:
-        coef = A.fourier(table, scale)
+        coef = A.fourier(table, scale=scale)
         g = 1 - 2 * table if scale == "01" else table
         assert np.sum(coef**2) == pytest.approx(np.mean(g**2), rel=1e-12)
-        assert A.degree_spectrum(table, scale).sum() == pytest.approx(np.mean(g**2), rel=1e-12)
+        assert A.degree_spectrum(table, scale=scale).sum() == pytest.approx(np.mean(g**2), rel=1e-12)
 
 
 @pytest.mark.parametrize("n", [1, 5, 13, 17])
@@ -157,7 +158,7 @@ def test_influences_sum_to_as_and_profile_sums_to_2n(n):
     assert (profile * np.arange(n + 1)).sum() / 2**n == pytest.approx(inf.sum(), rel=1e-12)
     assert A.sensitivity(table).mean() == pytest.approx(inf.sum(), rel=1e-12)
     real = random_table(n, 6, boolean=False)
-    assert A.influences(real, "pm1").sum() == pytest.approx(A.average_sensitivity(real, "pm1", "fourier"), rel=1e-10)
+    assert A.influences(real, scale="pm1").sum() == pytest.approx(A.average_sensitivity(real, scale="pm1", method="fourier"), rel=1e-10)
 
 
 def test_influences_of_fourier_weights():
@@ -176,10 +177,10 @@ def test_influences_of_fourier_weights():
 def test_scales_agree_for_boolean_functions():
     table = random_table(9, 8)
     pm1 = T.to_pm1(table)
-    assert A.average_sensitivity(pm1, "pm1") == A.average_sensitivity(table)
-    np.testing.assert_array_equal(A.fourier(pm1, "pm1"), A.fourier(table))
-    np.testing.assert_array_equal(A.sensitivity_profile(pm1, "pm1"), A.sensitivity_profile(table))
-    np.testing.assert_array_equal(A.influences(pm1, "pm1"), A.influences(table))
+    assert A.average_sensitivity(pm1, scale="pm1") == A.average_sensitivity(table)
+    np.testing.assert_array_equal(A.fourier(pm1, scale="pm1"), A.fourier(table))
+    np.testing.assert_array_equal(A.sensitivity_profile(pm1, scale="pm1"), A.sensitivity_profile(table))
+    np.testing.assert_array_equal(A.influences(pm1, scale="pm1"), A.influences(table))
 
 
 def test_methods_agree_on_large_tables():

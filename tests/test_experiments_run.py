@@ -226,7 +226,7 @@ def test_average_sensitivity():
     rng = np.random.default_rng(0)
     tables = rng.integers(0, 2, (5, 32))
     assert np.allclose(E.average_sensitivity(tables), [_fourier_as(t) for t in tables])
-    assert E.average_sensitivity(targets.RandomFunction(10, 0).table) == pytest.approx(5.0, abs=0.3)
+    assert E.average_sensitivity(targets.RandomFunction(10, seed=0).table) == pytest.approx(5.0, abs=0.3)
 
 
 def test_completion_manifest_follows_the_official_recipe():
@@ -234,10 +234,10 @@ def test_completion_manifest_follows_the_official_recipe():
 
     rows = []
     for m, ts, seed in itertools.product((16, 32), (0, 1), (0, 1)):
-        truth = targets.RandomFunction(6, ts).table
+        truth = targets.RandomFunction(6, seed=ts).table
         preds = truth.copy()
         if (m, ts, seed) == (32, 1, 1):
-            preds[targets.restricted_subset(6, m, seed)[0]] = 1 - preds[targets.restricted_subset(6, m, seed)[0]]
+            preds[targets.restricted_subset(6, m, seed=seed)[0]] = 1 - preds[targets.restricted_subset(6, m, seed=seed)[0]]
         rows.append(dict(key=f"k{m}{ts}{seed}", seed=seed, target_seed=ts, train_subset=m,
                          predictions=table_to_hex(preds)))
     fits = pd.DataFrame(rows).sample(frac=1, random_state=3)  # the manifest must not depend on row order
@@ -249,9 +249,9 @@ def test_completion_manifest_follows_the_official_recipe():
     for e in man[man["kind"] == "random"].itertuples():
         assert e.random_seed == legacy.randint(0, 10000)
         table = hex_to_table(e.table, 6)
-        subset = targets.restricted_subset(6, e.m, e.seed)
-        expected = targets.RandomFunction(6, e.random_seed).table.copy()
-        expected[subset] = targets.RandomFunction(6, e.target_seed).table[subset]
+        subset = targets.restricted_subset(6, e.m, seed=e.seed)
+        expected = targets.RandomFunction(6, seed=e.random_seed).table.copy()
+        expected[subset] = targets.RandomFunction(6, seed=e.target_seed).table[subset]
         assert np.array_equal(table, expected)
     assert man["average_sensitivity"].between(0, 6).all()
     again = completion_manifest(fits.sort_values("key"), random_completion_sizes=(16,), n=6, subset_sizes=(16, 32))

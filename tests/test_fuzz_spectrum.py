@@ -87,7 +87,7 @@ def fuzz_model_spectrum(case):
     if est.exact:
         table = analysis.truth_table(model, n)
         g = 1 - 2 * table if scale == "01" else table
-        np.testing.assert_allclose(est.weights, analysis.degree_spectrum(table, scale), rtol=1e-12, atol=0)
+        np.testing.assert_allclose(est.weights, analysis.degree_spectrum(table, scale=scale), rtol=1e-12, atol=0)
         assert math.isclose(est.weights.sum(), float(np.mean(g**2)), rel_tol=1e-9)
         assert not est.weights_stderr.any() and est.n_samples == 2**n
         assert 0 <= est.as_thresholded <= n and est.as_thresholded * 2**n == pytest.approx(round(est.as_thresholded

@@ -97,7 +97,7 @@ def test_blocks_give_the_sub_hessian(tiny, torch_hessian):
     model, x, y = tiny
     idx = block_indices(model)
     for block in ["encoders.layers.0.self_attn.q[head=1]", "layernorm", "embeddings", "encoders.layers.1.*"]:
-        sub = np.searchsorted(idx, block_indices(model, block))
+        sub = np.searchsorted(idx, block_indices(model, block=block))
         H_sub = torch_hessian[np.ix_(sub, sub)]
         assert np.allclose(sf.probes.hessian_matrix(model, x, y, block=block), H_sub, rtol=0,
                            atol=1e-12 * np.abs(torch_hessian).max())

@@ -145,7 +145,7 @@ def test_block_restriction_is_the_sub_hessian(random_model):
     v = np.random.default_rng(1).normal(size=model.num_parameters)
     for block in ["encoders.layers.0.self_attn.*", "encoders.layers.1.self_attn.k[head=1]", "layernorm",
                   "embeddings", ["encoders.layers.0.self_attn.o[head=0]", "linear_head.*"]]:
-        idx = block_indices(model, block)
+        idx = block_indices(model, block=block)
         masked = np.zeros_like(v)
         masked[idx] = v[idx]
         expected = np.zeros_like(v)
@@ -162,15 +162,15 @@ def test_named_head_blocks_select_packed_rows(random_model):
     w, b = info["encoders.layers.1.self_attn.in_proj_weight"], info["encoders.layers.1.self_attn.in_proj_bias"]
     d, dh = 8, 4
     for part, row0 in (("q", 0), ("k", d), ("v", 2 * d)):
-        idx = block_indices(model, f"encoders.layers.1.self_attn.{part}[head=1]")
+        idx = block_indices(model, block=f"encoders.layers.1.self_attn.{part}[head=1]")
         rows = np.arange(row0 + dh, row0 + 2 * dh)
         expected = np.concatenate([w["offset"] + (rows[:, None] * d + np.arange(d)).reshape(-1), b["offset"] + rows])
         assert np.array_equal(idx, np.sort(expected))
-    assert block_indices(model, "embeddings").size == info["embedding.weight"]["size"]  # positional excluded
+    assert block_indices(model, block="embeddings").size == info["embedding.weight"]["size"]  # positional excluded
     with pytest.raises(ValueError, match="heads"):
-        block_indices(model, "encoders.layers.0.self_attn.q[head=2]")
+        block_indices(model, block="encoders.layers.0.self_attn.q[head=2]")
     with pytest.raises(ValueError, match="matches no parameter"):
-        block_indices(model, "no.such.*")
+        block_indices(model, block="no.such.*")
 
 
 def test_float32_hvp_close_to_float64(random_model):

@@ -246,7 +246,7 @@ def test_missing_targets_are_named_not_left_blank():
     assert "PARITY n/a" in fig.axes[0].get_title(loc="left"), "no NaN slope"
     fig = plot.tradeoff_figure(runs)
     assert any("PARITY (0/8)" in t.get_text() for t in fig.axes[0].texts), "the empty PARITY panel says why"
-    ax = plot.metric_vs_length_ax(runs, "param_norm", ["parity"])
+    ax = plot.metric_vs_length_ax(runs, metric="param_norm", targets=["parity"])
     assert any("no converged run" in t.get_text() for t in ax.texts)
 
 

@@ -142,7 +142,7 @@ def test_landscape_probes_and_cross_attention_head_blocks():
     assert model.loss(x, y) == base  # every probe restores the parameters
     from sensiformer.blocks import block_indices
 
-    q1 = block_indices(model, "model.decoder.layers.0.multihead_attn.q[head=1]")
+    q1 = block_indices(model, block="model.decoder.layers.0.multihead_attn.q[head=1]")
     names = {model.tensor_info[i]["name"] for i in range(len(model.tensor_info))
              if model.tensor_info[i]["offset"] <= q1[0] < model.tensor_info[i]["offset"] + model.tensor_info[i]["size"]}
     assert names == {"model.decoder.layers.0.multihead_attn.in_proj_weight"} and q1.size == 4 * 8 + 4
@@ -161,7 +161,7 @@ def test_hessian_probes_take_decoder_input_for_pm1_labels():
     with pytest.raises(ValueError, match="0/1"):
         sf.probes.hessian_matrix(model, x, y, block=block)
     H = sf.probes.hessian_matrix(model, x, y, block=block, decoder_input=dec)
-    idx = block_indices(model, block)
+    idx = block_indices(model, block=block)
     h, fd = 1e-5, np.empty((idx.size, idx.size))
     for j, i in enumerate(idx):
         grads = []

@@ -107,7 +107,7 @@ def test_the_final_measurement_of_a_subset_trained_run_samples_uniform_inputs():
     from sensiformer.sweep import runner
 
     n = 8
-    subset = sf.restricted_subset(n, 4, 0)
+    subset = sf.restricted_subset(n, 4, seed=0)
     trainer = sf.Trainer(sf.Transformer(n, d_model=8), sf.targets.Parity(n), batch_size=64, train_subset=subset)
     x, y = runner._measurement_data(trainer, 2)
     index = (x.astype(np.int64) << np.arange(n - 1, -1, -1)).sum(axis=1)  # x_1 most significant

@@ -72,7 +72,7 @@ def test_fourier_function_round_trips_through_analysis():
     target = T.FourierFunction(dense)
     assert target.n == 7
     np.testing.assert_allclose(A.fourier(target.truth_table()), dense, atol=1e-14)
-    np.testing.assert_allclose(A.fourier(target.truth_table(scale="pm1"), "pm1"), dense, atol=1e-14)
+    np.testing.assert_allclose(A.fourier(target.truth_table(scale="pm1"), scale="pm1"), dense, atol=1e-14)
     np.testing.assert_array_equal(target.dense_coefficients(), dense)
     mapping = T.FourierFunction({(0, 2): 1.0}, n=3)  # g = chi_{x1, x3}: PARITY of x1, x3 on the +-1 scale
     np.testing.assert_array_equal(mapping(T.all_inputs(3)), T.SparseParity(3, [0, 2])(T.all_inputs(3)))

@@ -244,7 +244,7 @@ def test_train_subset_with_duplicates_and_any_integer_dtype():
 
 @pytest.mark.parametrize("n, seed", [(1, 0), (4, 7), (9, 2)])
 def test_random_function_table(n, seed):
-    f = targets.RandomFunction(n, seed)
+    f = targets.RandomFunction(n, seed=seed)
     expected = np.random.default_rng(seed).choice(2, size=2**n)
     np.testing.assert_array_equal(f.table, expected)
     x = all_inputs(n)

@@ -68,7 +68,7 @@ def _flip_factor(scale):
     return 1.0 if scale == "01" else 0.25
 
 
-def fwht(a: ArrayLike, n_threads: int | None = None) -> np.ndarray:
+def fwht(a: ArrayLike, *, n_threads: int | None = None) -> np.ndarray:
     """In-place unnormalised Walsh-Hadamard transform ``a[S] <- sum_x a[x] (-1)^|S & x|``.
 
     Parameters
@@ -94,7 +94,7 @@ def fwht(a: ArrayLike, n_threads: int | None = None) -> np.ndarray:
     return a
 
 
-def fourier(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
+def fourier(truth_table: ArrayLike, *, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """All 2^n Fourier coefficients, indexed like the truth table.
 
     Parameters
@@ -114,7 +114,7 @@ def fourier(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = N
     return _native.fourier(truth_table=table, map01=scale == "01", n_threads=resolve_threads(n_threads))
 
 
-def inverse_fourier(coefficients: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
+def inverse_fourier(coefficients: ArrayLike, *, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """The truth table ``g(x) = sum_S c[S] chi_S(x)`` of dense coefficients (the inverse of
     ``fourier``): on the "01" scale the values are ``(1 - g) / 2``."""
     check_choice(scale, "scale", SCALES)
@@ -130,7 +130,7 @@ def _spectrum(truth_table, scale, n_threads):
     return weights, maxabs, n
 
 
-def degree_spectrum(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
+def degree_spectrum(truth_table: ArrayLike, *, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """Fourier weight per degree, ``W[k] = sum_{|S| = k} g^(S)^2`` for k = 0..n.
 
     Sums to ``E[g^2]`` (1 for a Boolean function). See ``fourier`` for ``scale``.
@@ -138,7 +138,7 @@ def degree_spectrum(truth_table: ArrayLike, scale: str = "01", n_threads: int | 
     return _spectrum(truth_table, scale, n_threads)[0]
 
 
-def degree(truth_table: ArrayLike, scale: str = "01", tol: float = 1e-9, n_threads: int | None = None) -> int:
+def degree(truth_table: ArrayLike, *, scale: str = "01", tol: float = 1e-9, n_threads: int | None = None) -> int:
     """Fourier degree: the largest |S| with ``|g^(S)| > tol * ||g||_2`` (0 for g = 0).
 
     Boolean functions have coefficients that are multiples of 2^(1-n) and are transformed
@@ -150,25 +150,25 @@ def degree(truth_table: ArrayLike, scale: str = "01", tol: float = 1e-9, n_threa
     return int(above[-1]) if above.size else 0
 
 
-def noise_stability(truth_table: ArrayLike, rho: float, scale: str = "01", n_threads: int | None = None) -> float:
+def noise_stability(truth_table: ArrayLike, rho: float, *, scale: str = "01", n_threads: int | None = None) -> float:
     """``Stab_rho[g] = E[g(x) g(y)]`` for rho-correlated x, y: ``sum_k rho^k W[k]``, rho in [-1, 1]."""
     rho = check_float(rho, "rho", -1.0, 1.0)
-    weights = degree_spectrum(truth_table, scale, n_threads)
+    weights = degree_spectrum(truth_table, scale=scale, n_threads=n_threads)
     return float(np.sum(weights * rho ** np.arange(weights.size)))
 
 
-def noise_sensitivity(truth_table: ArrayLike, delta: float, scale: str = "01", n_threads: int | None = None) -> float:
+def noise_sensitivity(truth_table: ArrayLike, delta: float, *, scale: str = "01", n_threads: int | None = None) -> float:
     """``NS_delta = E[(g(x) - g(y))^2] / 4`` where y flips each bit of x with probability delta.
 
     Equals ``(E[g^2] - Stab_{1-2 delta}[g]) / 2``; for a Boolean function, ``Pr[f(x) != f(y)]``.
     """
     delta = check_float(delta, "delta", 0.0, 1.0)
-    weights = degree_spectrum(truth_table, scale, n_threads)
+    weights = degree_spectrum(truth_table, scale=scale, n_threads=n_threads)
     stab = np.sum(weights * (1.0 - 2.0 * delta) ** np.arange(weights.size))
     return float(0.5 * (weights.sum() - stab))
 
 
-def influences(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
+def influences(truth_table: ArrayLike, *, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """Per-bit influences ``Inf_i = E_x[(f(x) - f(x xor e_i))^2]`` ("01"; /4 on "pm1"), i = 1..n.
 
     They sum to ``average_sensitivity``. For a Boolean function, ``Inf_i = Pr[f(x) != f(x xor e_i)]``.
@@ -177,7 +177,7 @@ def influences(truth_table: ArrayLike, scale: str = "01", n_threads: int | None 
     return _native.influences(truth_table=table, n_threads=resolve_threads(n_threads)) * _flip_factor(scale)
 
 
-def average_sensitivity(truth_table: ArrayLike, scale: str = "01", method: str = "flips",
+def average_sensitivity(truth_table: ArrayLike, *, scale: str = "01", method: str = "flips",
                         n_threads: int | None = None) -> float:
     """The paper's average sensitivity as_n (total influence), exactly.
 
@@ -196,12 +196,12 @@ def average_sensitivity(truth_table: ArrayLike, scale: str = "01", method: str =
     """
     check_choice(method, "method", ("flips", "fourier"))
     if method == "fourier":
-        weights = degree_spectrum(truth_table, scale, n_threads)
+        weights = degree_spectrum(truth_table, scale=scale, n_threads=n_threads)
         return float(np.dot(np.arange(weights.size), weights))
-    return float(influences(truth_table, scale, n_threads).sum())
+    return float(influences(truth_table, scale=scale, n_threads=n_threads).sum())
 
 
-def sensitivity(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
+def sensitivity(truth_table: ArrayLike, *, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """Sensitivity at every input, ``s(x) = sum_i (f(x) - f(x xor e_i))^2`` ("01"; /4 on "pm1").
 
     For a Boolean function, the number of bits whose flip changes f(x). Its mean is as_n.
@@ -210,7 +210,7 @@ def sensitivity(truth_table: ArrayLike, scale: str = "01", n_threads: int | None
     return _native.point_sensitivity(truth_table=table, n_threads=resolve_threads(n_threads)) * _flip_factor(scale)
 
 
-def sensitivity_profile(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
+def sensitivity_profile(truth_table: ArrayLike, *, scale: str = "01", n_threads: int | None = None) -> np.ndarray:
     """``K[k] = #{x : s(x) = k}`` for k = 0..n, of a Boolean function (int64, sums to 2^n).
 
     The values must be Boolean on the given scale ({0, 1} or {-1, +1}).
@@ -221,9 +221,9 @@ def sensitivity_profile(truth_table: ArrayLike, scale: str = "01", n_threads: in
     return _native.sensitivity_profile(truth_table=table, n_threads=resolve_threads(n_threads))
 
 
-def max_sensitivity(truth_table: ArrayLike, scale: str = "01", n_threads: int | None = None) -> int:
+def max_sensitivity(truth_table: ArrayLike, *, scale: str = "01", n_threads: int | None = None) -> int:
     """``s(f) = max_x s(x)`` of a Boolean function (values Boolean on the given scale)."""
-    profile = sensitivity_profile(truth_table, scale, n_threads)
+    profile = sensitivity_profile(truth_table, scale=scale, n_threads=n_threads)
     return int(np.flatnonzero(profile)[-1])
 
 
@@ -281,7 +281,7 @@ def _batch_function(model, n, n_threads):
         if n > model.n_positions:
             raise ValueError(f"n={n} is longer than the model's n_positions={model.n_positions}")
         model.require_finite("the model's sensitivity")
-        return lambda x: np.asarray(model.forward(x, n_threads), dtype=np.float64)
+        return lambda x: np.asarray(model.forward(x, n_threads=n_threads), dtype=np.float64)
     if isinstance(model, Target):
         if model.n != n:
             raise ValueError(f"n={n} but the target {model!r} is defined on n={model.n} bits")
@@ -316,7 +316,7 @@ def _progress(total, progress, desc, unit):
     return tqdm(total=total, disable=not show or tqdm_env_disabled(), desc=desc, unit=unit, leave=False)
 
 
-def truth_table(model: AnalysedFunction, n: int, chunk_size: int | None = None, progress: bool = False,
+def truth_table(model: AnalysedFunction, n: int, *, chunk_size: int | None = None, progress: bool = False,
                 n_threads: int | None = None) -> np.ndarray:
     """Raw outputs of a model (or target, or vectorised callable) on all 2^n inputs.
 
@@ -364,15 +364,15 @@ def truth_table(model: AnalysedFunction, n: int, chunk_size: int | None = None, 
 
 def _analysed(table, threshold, scale):
     """Binarise with the threshold (then the "01" scale applies), or keep the raw values."""
-    return (table, scale) if threshold is None else (binarize(table, threshold), "01")
+    return (table, scale) if threshold is None else (binarize(table, threshold=threshold), "01")
 
 
 def _exact_result(table, n, threshold, scale, n_threads):
     values, scale = _analysed(table, threshold, scale)
-    inf = influences(values, scale, n_threads)
+    inf = influences(values, scale=scale, n_threads=n_threads)
     low = 0.0 if scale == "01" else -1.0
     boolean = bool(np.all((values == low) | (values == 1.0)))
-    profile = sensitivity_profile(values, scale, n_threads) if boolean else None
+    profile = sensitivity_profile(values, scale=scale, n_threads=n_threads) if boolean else None
     return SensitivityEstimate(float(inf.sum()), 0.0, 2**n, None, exact=True, n=n, scale=scale, threshold=threshold,
                                influences=inf, influence_stderr=np.zeros(n), profile=profile, table=values)
 
@@ -383,7 +383,7 @@ def _sample_block(seed, block, n):
     return np.random.default_rng([seed, block]).integers(0, 2, size=(_SAMPLE_BLOCK, n), dtype=np.uint8)
 
 
-def estimate_sensitivity(model: AnalysedFunction, n: int, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+def estimate_sensitivity(model: AnalysedFunction, n: int, *, samples: int = DEFAULT_SAMPLES, seed: int = 0,
                          threshold: float | None = None, scale: str = "01", chunk_size: int | None = None,
                          progress: bool = False, n_threads: int | None = None) -> SensitivityEstimate:
     """Monte-Carlo average sensitivity for any n: uniform inputs, each with all n flips.
@@ -438,7 +438,7 @@ def estimate_sensitivity(model: AnalysedFunction, n: int, samples: int = DEFAULT
                 batch = (x[:, None, :] ^ flips[None, :, :]).reshape(m * (n + 1), n)
                 out = fn(batch).reshape(m, n + 1)
                 if threshold is not None:
-                    out = binarize(out, threshold)
+                    out = binarize(out, threshold=threshold)
                 d2 = (out[:, 1:] - out[:, :1]) ** 2 * factor
                 s[start:start + m] = d2.sum(axis=1)
                 inf_sum += d2.sum(axis=0)
@@ -451,7 +451,7 @@ def estimate_sensitivity(model: AnalysedFunction, n: int, samples: int = DEFAULT
                                influences=inf, influence_stderr=inf_stderr)
 
 
-def model_sensitivity(model: AnalysedFunction, n: int, exact: bool = True, samples: int | None = None, seed: int = 0,
+def model_sensitivity(model: AnalysedFunction, n: int, *, exact: bool = True, samples: int | None = None, seed: int = 0,
                       threshold: float | None = 0.5, scale: str = "01", chunk_size: int | None = None,
                       progress: bool | None = None, n_threads: int | None = None) -> SensitivityEstimate:
     """Average sensitivity of the function a model computes on {0,1}^n.
@@ -492,11 +492,12 @@ def model_sensitivity(model: AnalysedFunction, n: int, exact: bool = True, sampl
         raise TypeError(f"exact must be a bool, got {exact!r}")
     threshold = None if threshold is None else check_float(threshold, "threshold")
     if not exact:
-        return estimate_sensitivity(model, n, DEFAULT_SAMPLES if samples is None else samples, seed, threshold, scale,
-                                    chunk_size, progress, n_threads)
+        return estimate_sensitivity(model, n, samples=DEFAULT_SAMPLES if samples is None else samples, seed=seed,
+                                    threshold=threshold, scale=scale, chunk_size=chunk_size, progress=progress,
+                                    n_threads=n_threads)
     if samples is not None:
         raise ValueError("samples applies to the Monte-Carlo mode only: pass exact=False with samples")
     check_choice(scale, "scale", SCALES)
     _check_exact_n(n, "model_sensitivity(exact=True)")
-    table = truth_table(model, n, chunk_size, progress, n_threads)
+    table = truth_table(model, n, chunk_size=chunk_size, progress=progress, n_threads=n_threads)
     return _exact_result(table, n, threshold, scale, n_threads)

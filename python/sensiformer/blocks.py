@@ -93,7 +93,7 @@ def _spec_indices(model, spec):
     return np.concatenate([_tensor_range(t) for t in chosen])
 
 
-def block_indices(model, block=None, exclude=("positional",)) -> np.ndarray:
+def block_indices(model, *, block=None, exclude=("positional",)) -> np.ndarray:
     """Sorted flat indices (into ``model.flat``) of a block, with the excluded tensors removed.
 
     Parameters
@@ -114,7 +114,7 @@ def block_indices(model, block=None, exclude=("positional",)) -> np.ndarray:
         idx = _spec_indices(model, block)
     keep = np.zeros(model.num_parameters, dtype=bool)
     keep[idx] = True
-    for t, included in zip(model.tensor_info, tensor_mask(model, exclude)):
+    for t, included in zip(model.tensor_info, tensor_mask(model, exclude=exclude)):
         if not included:
             keep[t["offset"]:t["offset"] + t["size"]] = False
     out = np.flatnonzero(keep).astype(np.int64)

@@ -170,7 +170,7 @@ def _checked_contents(trainer, path, state, contents):
 class Checkpoint:
     """A ``Trainer.fit`` callback that saves a checkpoint every ``every`` steps."""
 
-    def __init__(self, path, every=1000):
+    def __init__(self, path, *, every=1000):
         from ._validation import check_int
 
         self.path = Path(path)

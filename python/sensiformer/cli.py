@@ -33,7 +33,7 @@ def _target(name, n, seed):
     from . import targets
 
     if name == "random":
-        return targets.RandomFunction(n, seed)
+        return targets.RandomFunction(n, seed=seed)
     return {"parity": targets.Parity, "majority": targets.Majority, "first": targets.First,
             "mean": targets.Mean}[name](n)
 

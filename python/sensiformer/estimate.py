@@ -37,7 +37,7 @@ class Estimate:
         stderr = float(s.std(ddof=1) / np.sqrt(s.size)) if s.size > 1 else float("nan")
         return cls(float(s.mean()), stderr, int(s.size), s)
 
-    def interval(self, z: float = 1.96) -> tuple[float, float]:
+    def interval(self, *, z: float = 1.96) -> tuple[float, float]:
         """A normal-approximation confidence interval (default 95%)."""
         return (self.value - z * self.stderr, self.value + z * self.stderr)
 

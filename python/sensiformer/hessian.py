@@ -9,7 +9,7 @@
 
 H is the Hessian of the mean loss over the rows of ``x`` (split into ``batch_size`` batches,
 whose Hessians are averaged; equal batches give the same H as one big batch). Except for
-``hvp`` without a block, the probes act on ``block_indices(model, block, exclude)``: by default
+``hvp`` without a block, the probes act on ``block_indices(model, block=block, exclude=exclude)``: by default
 every parameter except the positional embeddings, the set ``probes.sharpness`` perturbs, so
 that ``sharpness ~ sigma^2 / 2 * hessian_trace``. Vectors and eigenvalues are float64.
 
@@ -60,7 +60,7 @@ class HessianOperator:
     direction). ``n_hvp`` counts the products taken.
     """
 
-    def __init__(self, model: EngineModel, x: ArrayLike, y: ArrayLike, block: BlockSpec = None,
+    def __init__(self, model: EngineModel, x: ArrayLike, y: ArrayLike, *, block: BlockSpec = None,
                  exclude: Exclude = ("positional",), loss: str = "mse", batch_size: int | None = None,
                  n_threads: int | None = None, full: bool = False, decoder_input: ArrayLike | None = None) -> None:
         check_choice(loss, "loss", tuple(LOSSES))
@@ -74,7 +74,7 @@ class HessianOperator:
         self.loss_code = LOSSES[loss]
         self.n_threads = resolve_threads(n_threads)
         self.index = (np.arange(model.num_parameters, dtype=np.int64) if full
-                      else block_indices(model, block, exclude))
+                      else block_indices(model, block=block, exclude=exclude))
         self.n = int(self.index.size)
         self.n_hvp = 0
         self.loss = float("nan")
@@ -110,7 +110,7 @@ class HessianOperator:
         return full
 
 
-def hvp(model: EngineModel, x: ArrayLike, y: ArrayLike, v: ArrayLike | Mapping[str, ArrayLike], loss: str = "mse",
+def hvp(model: EngineModel, x: ArrayLike, y: ArrayLike, v: ArrayLike | Mapping[str, ArrayLike], *, loss: str = "mse",
         block: BlockSpec = None, exclude: Exclude = ("positional",), batch_size: int | None = None,
         n_threads: int | None = None,
         decoder_input: ArrayLike | None = None) -> np.ndarray | OrderedDict[str, np.ndarray]:
@@ -123,7 +123,7 @@ def hvp(model: EngineModel, x: ArrayLike, y: ArrayLike, v: ArrayLike | Mapping[s
         Inputs (rows, length) and labels (rows,) on the scale the model was trained on.
     v : array (num_parameters,) or (k, num_parameters), or dict of arrays
         Directions laid out like ``model.flat`` (k = 0 gives an empty result). With a ``block``,
-        v may instead have the block's size (``len(block_indices(model, block, exclude))``) and
+        v may instead have the block's size (``len(block_indices(model, block=block, exclude=exclude))``) and
         the result then does too. A dict keyed like ``parameters()`` (e.g. the gradients that
         ``loss_and_grad`` returns) is one direction, and the result is such a dict too.
     loss : {"mse", "bce"}
@@ -142,7 +142,7 @@ def hvp(model: EngineModel, x: ArrayLike, y: ArrayLike, v: ArrayLike | Mapping[s
     numpy.ndarray or dict
         H v in the model dtype, shaped like v (a dict for a dict).
     """
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, full=block is None,
+    op = HessianOperator(model, x, y, block=block, exclude=exclude, loss=loss, batch_size=batch_size, n_threads=n_threads, full=block is None,
                          decoder_input=decoder_input)
     if isinstance(v, Mapping):
         return _as_tensor_dict(model, hvp(model, x, y, _flat_from_tensor_dict(model, v), loss=loss, block=block,
@@ -190,7 +190,7 @@ def _as_tensor_dict(model, flat):
                        for t in model.tensor_info)
 
 
-def hessian_matrix(model: EngineModel, x: ArrayLike, y: ArrayLike, block: BlockSpec = None,
+def hessian_matrix(model: EngineModel, x: ArrayLike, y: ArrayLike, *, block: BlockSpec = None,
                    exclude: Exclude = ("positional",), loss: str = "mse", batch_size: int | None = None,
                    n_threads: int | None = None, max_size: int = 8192,
                    decoder_input: ArrayLike | None = None) -> np.ndarray:
@@ -200,7 +200,7 @@ def hessian_matrix(model: EngineModel, x: ArrayLike, y: ArrayLike, block: BlockS
     ``max_size`` guards against accidentally asking for a huge matrix (n^2 values).
     """
     max_size = check_int(max_size, "max_size", 1)
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
+    op = HessianOperator(model, x, y, block=block, exclude=exclude, loss=loss, batch_size=batch_size, n_threads=n_threads, decoder_input=decoder_input)
     if op.n > max_size:
         raise ValueError(f"the block has {op.n} parameters, more than max_size={max_size}; "
                          "use hessian_eigenvalues / hessian_trace / hessian_density instead")
@@ -324,7 +324,7 @@ def _wanted(theta, k, which):
     return chosen[np.argsort(-theta[chosen], kind="stable")]
 
 
-def hessian_eigenvalues(model: EngineModel, x: ArrayLike, y: ArrayLike, k: int = 1, which: str = "largest",
+def hessian_eigenvalues(model: EngineModel, x: ArrayLike, y: ArrayLike, *, k: int = 1, which: str = "largest",
                         block: BlockSpec = None, exclude: Exclude = ("positional",), tol: float | None = None,
                         max_iter: int = 200, seed: int = 0, loss: str = "mse", batch_size: int | None = None,
                         n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> HessianEigen:
@@ -361,7 +361,7 @@ def hessian_eigenvalues(model: EngineModel, x: ArrayLike, y: ArrayLike, k: int =
     tol = (1e-6 if model.dtype == np.float64 else 1e-4) if tol is None else check_float(tol, "tol", 0.0)
     max_iter = check_int(max_iter, "max_iter", 1)
     rng = np.random.default_rng(check_seed(seed))
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
+    op = HessianOperator(model, x, y, block=block, exclude=exclude, loss=loss, batch_size=batch_size, n_threads=n_threads, decoder_input=decoder_input)
     need = k if which != "both" else 2 * k
     if need > op.n:
         raise ValueError(f"k={k} asks for {need} eigenvalues of a Hessian of size {op.n} (the parameters in the "
@@ -388,7 +388,7 @@ def hessian_eigenvalues(model: EngineModel, x: ArrayLike, y: ArrayLike, k: int =
 
 # ---- trace ---------------------------------------------------------------------------------------
 
-def hessian_trace(model: EngineModel, x: ArrayLike, y: ArrayLike, samples: int = 100, seed: int = 0,
+def hessian_trace(model: EngineModel, x: ArrayLike, y: ArrayLike, *, samples: int = 100, seed: int = 0,
                   block: BlockSpec = None, exclude: Exclude = ("positional",), loss: str = "mse",
                   batch_size: int | None = None, n_threads: int | None = None,
                   decoder_input: ArrayLike | None = None) -> Estimate:
@@ -406,7 +406,7 @@ def hessian_trace(model: EngineModel, x: ArrayLike, y: ArrayLike, samples: int =
     """
     samples = check_int(samples, "samples", 1, 1 << 24)
     seed = check_seed(seed)
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
+    op = HessianOperator(model, x, y, block=block, exclude=exclude, loss=loss, batch_size=batch_size, n_threads=n_threads, decoder_input=decoder_input)
     values = np.empty(samples)
     for first in range(0, samples, _TRACE_CHUNK):
         Z = _rademacher(seed, first, min(_TRACE_CHUNK, samples - first), op.n)
@@ -450,7 +450,7 @@ class SpectralDensity:
         return Estimate.from_samples((self.weights * self.nodes ** p).sum(axis=1))
 
 
-def hessian_density(model: EngineModel, x: ArrayLike, y: ArrayLike, probes: int = 10, steps: int = 50, seed: int = 0,
+def hessian_density(model: EngineModel, x: ArrayLike, y: ArrayLike, *, probes: int = 10, steps: int = 50, seed: int = 0,
                     block: BlockSpec = None, exclude: Exclude = ("positional",), grid_points: int = 1000,
                     sigma: float | None = None, loss: str = "mse", batch_size: int | None = None,
                     n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> SpectralDensity:
@@ -480,7 +480,7 @@ def hessian_density(model: EngineModel, x: ArrayLike, y: ArrayLike, probes: int 
     steps = check_int(steps, "steps", 1)
     grid_points = check_int(grid_points, "grid_points", 2)
     seed = check_seed(seed)
-    op = HessianOperator(model, x, y, block, exclude, loss, batch_size, n_threads, decoder_input=decoder_input)
+    op = HessianOperator(model, x, y, block=block, exclude=exclude, loss=loss, batch_size=batch_size, n_threads=n_threads, decoder_input=decoder_input)
     steps = min(steps, op.n)
     group = max(1, _CHUNK_BYTES // ((steps + 1) * op.n * 8))  # probes advancing together, by memory
     check_memory(min(group, probes) * (steps + 1) * op.n * 8, "hessian_density's Lanczos bases")

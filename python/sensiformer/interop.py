@@ -219,7 +219,7 @@ def scratchpad_module_class():
 _TorchScratchpad = None
 
 
-def to_torch(model, dtype=None):
+def to_torch(model, *, dtype=None):
     """A ``torch.nn.Module`` computing the same function as ``model`` (weights copied): for a
     ``Transformer`` the official ``TorchModel``, for a ``Seq2SeqTransformer`` the official
     ``TorchModelWithScratchpad`` (``forward(x, decoder_input)``).
@@ -240,7 +240,7 @@ def to_torch(model, dtype=None):
     return module
 
 
-def from_torch(module, n_positions=None, **config):
+def from_torch(module, *, n_positions=None, **config):
     """A sensiformer ``Transformer`` (or, for a ``TorchModelWithScratchpad``-shaped module, a
     ``Seq2SeqTransformer``) computing the same function as an official-architecture module, with
     its weights.

@@ -95,7 +95,7 @@ def _project(u, rho):
     return u if n <= rho else u * (rho / n)
 
 
-def worst_case_sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, rho: float, norm: str = "l2", steps: int = 20,
+def worst_case_sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, rho: float, *, norm: str = "l2", steps: int = 20,
                          restarts: int = 3, seed: int = 0, step_size: float | None = None, eta: float = 0.0,
                          block: BlockSpec = None, exclude: Exclude = ("positional",), loss: str = "mse",
                          n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> WorstCaseSharpness:
@@ -137,7 +137,7 @@ def worst_case_sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, rho: fl
     step = rho / 2 if step_size is None else check_float(step_size, "step_size", 0.0)
     rng = np.random.default_rng(check_seed(seed))
     x, y, extra = _data(model, x, y, loss, decoder_input)
-    idx = block_indices(model, block, exclude)
+    idx = block_indices(model, block=block, exclude=exclude)
     work, theta = _private_copy(model)
     s = np.ones(idx.size) if norm == "l2" else np.abs(theta[idx].astype(np.float64)) + eta
     full = np.zeros(model.num_parameters)
@@ -184,7 +184,7 @@ def worst_case_sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, rho: fl
 
 # ---- slices ----------------------------------------------------------------------------------------
 
-def random_direction(model: EngineModel, seed: int = 0, normalization: str | None = "filter",
+def random_direction(model: EngineModel, *, seed: int = 0, normalization: str | None = "filter",
                      ignore: str | None = "biasbn", exclude: Exclude = ("positional",),
                      block: BlockSpec = None) -> np.ndarray:
     """A random Gaussian direction scaled like the parameters (Li et al. 2018, loss-landscape's
@@ -214,7 +214,7 @@ def random_direction(model: EngineModel, seed: int = 0, normalization: str | Non
         elif normalization == "layer":
             rows_d *= np.linalg.norm(rows_w) / (np.linalg.norm(rows_d) + 1e-10)
     keep = np.zeros(model.num_parameters, dtype=bool)
-    keep[block_indices(model, block, exclude)] = True
+    keep[block_indices(model, block=block, exclude=exclude)] = True
     d[~keep] = 0.0
     return d
 
@@ -248,7 +248,8 @@ def _direction(model, x, y, spec, seed, normalization, ignore, exclude, block, l
     if isinstance(spec, str):
         check_choice(spec, "direction", ("random", "eigen"))
         if spec == "random":  # direction i uses seed + i
-            return [random_direction(model, (check_seed(seed) + i) % 2**64, normalization, ignore, exclude, block)
+            return [random_direction(model, seed=(check_seed(seed) + i) % 2**64, normalization=normalization, ignore=ignore,
+                                     exclude=exclude, block=block)
                     for i in range(count)]
         eig = hessian_eigenvalues(model, x, y, k=count, block=block, exclude=exclude, seed=seed, loss=loss,
                                   n_threads=n_threads, **extra)
@@ -272,7 +273,7 @@ def _grid(values, default, name):
     return arr
 
 
-def landscape_1d(model: EngineModel, x: ArrayLike, y: ArrayLike, direction: str | ArrayLike = "random",
+def landscape_1d(model: EngineModel, x: ArrayLike, y: ArrayLike, *, direction: str | ArrayLike = "random",
                  alphas: ArrayLike | None = None, target: EngineModel | ArrayLike | None = None, seed: int = 0,
                  normalization: str | None = "filter", ignore: str | None = "biasbn", block: BlockSpec = None,
                  exclude: Exclude = ("positional",), loss: str = "mse", n_threads: int | None = None,
@@ -314,7 +315,7 @@ def landscape_1d(model: EngineModel, x: ArrayLike, y: ArrayLike, direction: str 
     return Landscape(alphas=alphas, betas=None, losses=losses, directions=[d], base_loss=float(base))
 
 
-def landscape_2d(model: EngineModel, x: ArrayLike, y: ArrayLike, directions: str | Sequence[ArrayLike] = "random",
+def landscape_2d(model: EngineModel, x: ArrayLike, y: ArrayLike, *, directions: str | Sequence[ArrayLike] = "random",
                  alphas: ArrayLike | None = None, betas: ArrayLike | None = None, seed: int = 0,
                  normalization: str | None = "filter", ignore: str | None = "biasbn", block: BlockSpec = None,
                  exclude: Exclude = ("positional",), loss: str = "mse", n_threads: int | None = None,

@@ -63,7 +63,7 @@ class Measure(Callback):
         too), instead of the flags above; ``metric_settings`` go to user metrics as ``settings.extra``.
     """
 
-    def __init__(self, x=None, y=None, every=100, n_batches=1, sharpness=True, blowup=True, norm=True,
+    def __init__(self, x=None, y=None, *, every=100, n_batches=1, sharpness=True, blowup=True, norm=True,
                  sigma=probes.DEFAULT_SIGMA, repeats=10, seed=0, definition="official", hessian=False,
                  hessian_samples=20, hessian_iters=30, logit_scale=False, metrics=None, metric_settings=None,
                  spectrum=False, spectrum_samples=_spectrum.DEFAULT_SAMPLES, spectrum_exact=None):

@@ -348,7 +348,7 @@ class Transformer(_EngineModel):
         x = as_tokens(x, "x", self.n_positions)
         return x, None, as_values(y, "y", x.shape[0], self.dtype)
 
-    def __init__(self, n_positions: int, d_model: int = 128, n_heads: int = 2, n_layers: int = 2,
+    def __init__(self, n_positions: int, *, d_model: int = 128, n_heads: int = 2, n_layers: int = 2,
                  d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
                  dtype: DType = "float32", seed: int = 0, final_norm: bool = False,
                  identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat",
@@ -387,7 +387,7 @@ class Transformer(_EngineModel):
                 f"dtype={c['dtype']!r}, params={self.num_parameters})")
 
     # ---- computation ------------------------------------------------------------------------
-    def forward(self, x: ArrayLike, n_threads: int | None = None) -> np.ndarray:
+    def forward(self, x: ArrayLike, *, n_threads: int | None = None) -> np.ndarray:
         """Outputs (batch,) for tokens ``x`` (batch, length), length <= n_positions."""
         x = as_tokens(x, "x", self.n_positions)
         return _native.forward(model=self._engine, x=x, n_threads=resolve_threads(n_threads))

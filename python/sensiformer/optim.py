@@ -40,7 +40,7 @@ class Optimizer:
 
     _kind = ""
 
-    def __init__(self, lr: float, weight_decay: float, decay_all: bool = True, schedule: str = "constant",
+    def __init__(self, lr: float, weight_decay: float, *, decay_all: bool = True, schedule: str = "constant",
                  warmup_steps: int = 0, total_steps: int = 0, min_lr: float = 0.0, clip_norm: float | None = None,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.0,
                  dampening: float = 0.0, nesterov: bool = False) -> None:
@@ -97,7 +97,7 @@ class Optimizer:
             raise RuntimeError("bind(model) the optimizer first (Trainer does it for you)")
         return self._engine
 
-    def step(self, n_threads: int | None = None) -> float:
+    def step(self, *, n_threads: int | None = None) -> float:
         """One update from the model's gradient buffer; returns the gradient norm (pre-clipping)."""
         return self._bound().step(n_threads=resolve_threads(n_threads))
 
@@ -168,7 +168,7 @@ class AdamW(Optimizer):
 
     _kind = "adamw"
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, **kwargs: Any) -> None:
         super().__init__(lr, weight_decay, betas=betas, eps=eps, **kwargs)
 
@@ -178,7 +178,7 @@ class Adam(Optimizer):
 
     _kind = "adam"
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, **kwargs: Any) -> None:
         super().__init__(lr, weight_decay, betas=betas, eps=eps, **kwargs)
 
@@ -188,6 +188,6 @@ class SGD(Optimizer):
 
     _kind = "sgd"
 
-    def __init__(self, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+    def __init__(self, *, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, **kwargs: Any) -> None:
         super().__init__(lr, weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov, **kwargs)

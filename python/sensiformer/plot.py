@@ -186,8 +186,8 @@ def _mean_band(ax, df, x, metric, color, label, limits=(-math.inf, math.inf), li
     ax.scatter(df[x].astype(float), y, color=color, s=6, alpha=0.5, linewidths=0)
 
 
-def metric_vs_length_ax(runs, metric="sharpness", targets=None, ax=None, converged_only=True, log=False,
-                        ylabel=None, *, log2_lengths=False):
+def metric_vs_length_ax(runs, *, metric="sharpness", targets=None, ax=None, converged_only=True, log=False,
+                        ylabel=None, log2_lengths=False):
     """Any final metric vs input length n, one colour per target (mean ± 2 SD + runs);
     ``log2_lengths`` for lengths that double (4, 8, ..., 1024)."""
     ax = _axes(ax)
@@ -233,7 +233,7 @@ def _t_quantile(p, df):
         return z + g1 / df + g2 / df**2 + g3 / df**3
 
 
-def slopes(runs, metric="sharpness", x="n", converged_only=True, level=0.95) -> pd.DataFrame:
+def slopes(runs, *, metric="sharpness", x="n", converged_only=True, level=0.95) -> pd.DataFrame:
     """Least-squares slope of ``metric`` (sharpness ×4) vs ``x`` per target with a ``level``
     confidence interval (t distribution), r, and the number of runs used."""
     df = converged(runs) if converged_only else runs

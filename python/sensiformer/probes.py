@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 DEFAULT_SIGMA = 0.02
 
 
-def tensor_mask(model: EngineModel, exclude: Exclude = ("positional",)) -> np.ndarray:
+def tensor_mask(model: EngineModel, *, exclude: Exclude = ("positional",)) -> np.ndarray:
     """Per tensor 1 if it is included, 0 if excluded.
 
     ``exclude`` holds tensor kinds ("positional", "token_embedding", "weight", "bias",
@@ -69,7 +69,7 @@ def _included_size(model, mask):
     return int(sum(t["size"] for t, keep in zip(model.tensor_info, mask) if keep))
 
 
-def sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, sigma: float | None = None, rho: float | None = None,
+def sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, *, sigma: float | None = None, rho: float | None = None,
               repeats: int = 10, seed: int = 0, exclude: Exclude = ("positional",), noise: ArrayLike | None = None,
               batch_size: int | None = None, paper_compatible: bool = False, as_pm1: bool = False, loss: str = "mse",
               n_threads: int | None = None, decoder_input: ArrayLike | None = None) -> Estimate:
@@ -116,7 +116,7 @@ def sharpness(model: EngineModel, x: ArrayLike, y: ArrayLike, sigma: float | Non
     x, y, batch_size, dec = model._probe_batches(x, y, batch_size, decoder_input)
     repeats = check_int(repeats, "repeats", 1, 1 << 20)
     seed = check_seed(seed)
-    mask = tensor_mask(model, exclude)
+    mask = tensor_mask(model, exclude=exclude)
     if sigma is not None and rho is not None:
         raise ValueError("give sigma or rho, not both")
     if rho is not None:
@@ -159,7 +159,7 @@ def _aggregates(maxs, means):
                 maxs_sum=float(np.sum(maxs, axis=0).mean()), means_sum=float(np.sum(means, axis=0).mean()))
 
 
-def ln_blowup(model: EngineModel, x: ArrayLike, definition: str = "official", per_sample: bool = False,
+def ln_blowup(model: EngineModel, x: ArrayLike, *, definition: str = "official", per_sample: bool = False,
               n_threads: int | None = None, decoder_input: ArrayLike | None = None, y: ArrayLike | None = None) -> dict:
     """LayerNorm blowup: the normalisation factors 1/std of every LayerNorm's input.
 
@@ -203,7 +203,7 @@ def ln_blowup(model: EngineModel, x: ArrayLike, definition: str = "official", pe
     return result
 
 
-def autoregressive_accuracy(model: EngineModel, x: ArrayLike, y: ArrayLike, threshold: float = 0.5, cache: bool = True,
+def autoregressive_accuracy(model: EngineModel, x: ArrayLike, y: ArrayLike, *, threshold: float = 0.5, cache: bool = True,
                             n_threads: int | None = None) -> dict:
     """``token`` (the paper's ``autoregressive_accuracy``) and ``sequence`` accuracy of a
     ``Seq2SeqTransformer``'s autoregressive decoding of x against the label sequences y."""
@@ -212,10 +212,10 @@ def autoregressive_accuracy(model: EngineModel, x: ArrayLike, y: ArrayLike, thre
     return model.autoregressive_accuracy(x, y, threshold=threshold, cache=cache, n_threads=n_threads)
 
 
-def param_norm(model: EngineModel, exclude: Exclude = ("positional",)) -> float:
+def param_norm(model: EngineModel, *, exclude: Exclude = ("positional",)) -> float:
     """L2 norm of all parameters except the excluded ones (the paper excludes positional
     embeddings; its initial value is about 35.8 for the default d=128 model)."""
-    mask = tensor_mask(model, exclude)
+    mask = tensor_mask(model, exclude=exclude)
     flat = model.flat_snapshot()
     total = 0.0
     for t, keep in zip(model.tensor_info, mask):
@@ -230,7 +230,7 @@ def tensor_norms(model: EngineModel) -> dict:
     return {name: float(np.linalg.norm(p.astype(np.float64))) for name, p in model.state_dict().items()}
 
 
-def distance(model: EngineModel, reference: EngineModel | ArrayLike, exclude: Exclude = ("positional",)) -> float:
+def distance(model: EngineModel, reference: EngineModel | ArrayLike, *, exclude: Exclude = ("positional",)) -> float:
     """L2 distance between the parameters of two models of the same shape (e.g. from init), or
     between a model and a flat parameter array laid out like ``model.flat``."""
     # a model has tensor_info; NumPy arrays have a .flat too, so that cannot tell them apart
@@ -240,7 +240,7 @@ def distance(model: EngineModel, reference: EngineModel | ArrayLike, exclude: Ex
     if ref_flat.shape != flat.shape:
         raise ValueError(f"reference must have {model.flat.shape[0]} parameters (the model's), got shape "
                          f"{ref_flat.shape}")
-    mask = tensor_mask(model, exclude)
+    mask = tensor_mask(model, exclude=exclude)
     total = 0.0
     for t, keep in zip(model.tensor_info, mask):
         if keep:
@@ -250,7 +250,7 @@ def distance(model: EngineModel, reference: EngineModel | ArrayLike, exclude: Ex
     return float(np.sqrt(total))
 
 
-def attention_logit_scale(model: EngineModel, x: ArrayLike, n_threads: int | None = None,
+def attention_logit_scale(model: EngineModel, x: ArrayLike, *, n_threads: int | None = None,
                           decoder_input: ArrayLike | None = None, y: ArrayLike | None = None) -> dict:
     """Attention-logit scale |q.k| / sqrt(d_head), on which the paper's sensitivity bound
     depends exponentially.

@@ -110,7 +110,7 @@ class Seq2SeqTransformer(_EngineModel):
     _kind_name = "Seq2SeqTransformer"
     SOS = SOS
 
-    def __init__(self, n_positions: int, d_model: int = 32, n_heads: int = 2, n_layers: int = 2,
+    def __init__(self, n_positions: int, *, d_model: int = 32, n_heads: int = 2, n_layers: int = 2,
                  d_ff: int | None = None, norm: str = "post", ln_eps: float = 1e-5, activation: str = "relu",
                  dtype: DType = "float32", seed: int = 0, n_decoder_layers: int | None = None,
                  identical_layers: bool = True, norm_type: str = "layer", positional: str = "concat",
@@ -200,7 +200,7 @@ class Seq2SeqTransformer(_EngineModel):
         return x, dec, y
 
     # ---- computation --------------------------------------------------------------------------
-    def forward(self, x: ArrayLike, decoder_input: ArrayLike | None, n_threads: int | None = None) -> np.ndarray:
+    def forward(self, x: ArrayLike, decoder_input: ArrayLike | None, *, n_threads: int | None = None) -> np.ndarray:
         """Outputs (batch, S) at every decoder position.
 
         ``x`` (batch, n) holds 0/1 tokens (n <= n_positions); ``decoder_input`` (batch, S) holds
@@ -214,7 +214,7 @@ class Seq2SeqTransformer(_EngineModel):
 
     __call__ = forward
 
-    def generate(self, x: ArrayLike, steps: int | None = None, cache: bool = True, threshold: float = 0.5,
+    def generate(self, x: ArrayLike, *, steps: int | None = None, cache: bool = True, threshold: float = 0.5,
                  return_outputs: bool = False,
                  n_threads: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Autoregressive decoding from SOS: the generated bits (batch, steps) as uint8.
@@ -233,7 +233,7 @@ class Seq2SeqTransformer(_EngineModel):
                                            threshold=threshold, n_threads=resolve_threads(n_threads))
         return (tokens, outputs) if return_outputs else tokens
 
-    def autoregressive_accuracy(self, x: ArrayLike, y: ArrayLike, threshold: float = 0.5, cache: bool = True,
+    def autoregressive_accuracy(self, x: ArrayLike, y: ArrayLike, *, threshold: float = 0.5, cache: bool = True,
                                 n_threads: int | None = None) -> dict:
         """Accuracy of ``generate(x)`` against the label sequences ``y`` (batch, L), whose bits are
         ``y > threshold`` (0/1 labels with 0.5, or +-1 labels with 0).

@@ -84,7 +84,7 @@ def krawtchouk(n: int) -> np.ndarray:
 def _forward(model, x, n_threads):
     """The model's outputs on many rows, in chunks of the engine's token budget."""
     rows = max(1, FORWARD_TOKENS // x.shape[1])
-    return np.concatenate([np.asarray(model.forward(x[i:i + rows], n_threads), dtype=np.float64)
+    return np.concatenate([np.asarray(model.forward(x[i:i + rows], n_threads=n_threads), dtype=np.float64)
                            for i in range(0, len(x), rows)])
 
 
@@ -151,14 +151,14 @@ def model_spectrum(model: Transformer, n: int, *, exact: bool | None = None, sam
     model.require_finite("the model's spectrum")  # NaN weights would otherwise come out as NaN columns
     if exact:
         table = analysis.truth_table(model, n, n_threads=n_threads)
-        weights = analysis.degree_spectrum(table, scale, n_threads)
+        weights = analysis.degree_spectrum(table, scale=scale, n_threads=n_threads)
         zeros = np.zeros(n + 1)
         return SpectrumEstimate(n, True, 2**n, weights, zeros,
-                                as_real=analysis.average_sensitivity(table, scale, n_threads=n_threads),
-                                as_thresholded=analysis.average_sensitivity(binarize(table, threshold),
+                                as_real=analysis.average_sensitivity(table, scale=scale, n_threads=n_threads),
+                                as_thresholded=analysis.average_sensitivity(binarize(table, threshold=threshold),
                                                                             n_threads=n_threads))
     weights, stderr = _monte_carlo_weights(model, n, samples, seed, scale, n_threads)
-    real = analysis.estimate_sensitivity(model, n, samples, seed, scale=scale, n_threads=n_threads)
-    thresholded = analysis.estimate_sensitivity(model, n, samples, seed, threshold=threshold, n_threads=n_threads)
+    real = analysis.estimate_sensitivity(model, n, samples=samples, seed=seed, scale=scale, n_threads=n_threads)
+    thresholded = analysis.estimate_sensitivity(model, n, samples=samples, seed=seed, threshold=threshold, n_threads=n_threads)
     return SpectrumEstimate(n, False, samples, weights, stderr, as_real=real.value, as_real_stderr=real.stderr,
                             as_thresholded=thresholded.value, as_thresholded_stderr=thresholded.stderr)

@@ -52,7 +52,7 @@ def to_01(f) -> np.ndarray:
     return 0.5 * (1.0 - np.asarray(f, dtype=np.float64))
 
 
-def binarize(y, threshold=0.5) -> np.ndarray:
+def binarize(y, *, threshold=0.5) -> np.ndarray:
     """Real outputs -> {0,1} labels: 1.0 where ``y > threshold`` (the accuracy rule of training)."""
     return (np.asarray(y, dtype=np.float64) > check_float(threshold, "threshold")).astype(np.float64)
 
@@ -73,7 +73,7 @@ class Target:
     boolean = True  #: values are in {0, 1}
     sequence = False  #: one label per position (``Prefix``) instead of one per input
 
-    def __init__(self, n, noise=0.0):
+    def __init__(self, n, *, noise=0.0):
         self.n = check_int(n, "n", 1, 4096)
         self.noise = check_float(noise, "noise", 0.0, 1.0)
 
@@ -101,7 +101,7 @@ class Target:
     def __call__(self, x, scale="01") -> np.ndarray:
         return _on_scale(_native.target_eval(target=self.engine_spec(), x=self._inputs(x)), scale)
 
-    def noisy(self, x, seed=0, step=0) -> np.ndarray:
+    def noisy(self, x, *, seed=0, step=0) -> np.ndarray:
         """Labels of ``x`` with the training stream's label noise ({0,1} scale).
 
         Row b is flipped exactly when the C loop flips row b of batch ``step`` in a run with
@@ -111,7 +111,7 @@ class Target:
         flips = _native.label_noise(seed=check_seed(seed), step=check_count(step, "step"), rows=y.shape[0], p=self.noise)
         return np.where(flips.astype(bool), 1.0 - y, y)
 
-    def truth_table(self, scale="01") -> np.ndarray:
+    def truth_table(self, *, scale="01") -> np.ndarray:
         """All 2^n values in truth-table order (n <= 26), evaluated in chunks."""
         if self.n > MAX_TABLE_N:
             raise ValueError(f"a truth table needs n <= {MAX_TABLE_N}, but {self!r} has n={self.n}; "
@@ -182,8 +182,8 @@ class RandomFunction(_TableTarget):
     indexed with x_1 as the most significant bit.
     """
 
-    def __init__(self, n, seed=0, noise=0.0):
-        super().__init__(check_int(n, "n", 1, 30), noise)
+    def __init__(self, n, *, seed=0, noise=0.0):
+        super().__init__(check_int(n, "n", 1, 30), noise=noise)
         self.seed = check_seed(seed)
         check_memory(2**self.n * 16, f"RandomFunction(n={self.n})'s truth table")  # int64 draws, then float64
         self.table = np.random.default_rng(self.seed).choice(2, size=2**self.n).astype(np.float64)
@@ -198,9 +198,9 @@ class TruthTable(_TableTarget):
     ``boolean`` is True when every value is 0 or 1.
     """
 
-    def __init__(self, table, noise=0.0):
+    def __init__(self, table, *, noise=0.0):
         table, n = as_truth_table(table, "table")
-        super().__init__(n, noise)
+        super().__init__(n, noise=noise)
         self.table = table.copy()  # ours: later edits of the caller's array change nothing
         self.boolean = bool(np.all((self.table == 0) | (self.table == 1)))
 
@@ -250,8 +250,8 @@ class SparseParity(Target):
 
     _kind = _SPARSE_PARITY
 
-    def __init__(self, n, bits, noise=0.0):
-        super().__init__(n, noise)
+    def __init__(self, n, bits, *, noise=0.0):
+        super().__init__(n, noise=noise)
         self.bits = np.sort(_positions(bits, self.n))
 
     def _options(self):
@@ -283,8 +283,8 @@ class Junta(Target):
 
     _kind = _JUNTA
 
-    def __init__(self, n, k=None, bits=None, table=None, seed=0, noise=0.0):
-        super().__init__(n, noise)
+    def __init__(self, n, *, k=None, bits=None, table=None, seed=0, noise=0.0):
+        super().__init__(n, noise=noise)
         self.seed = check_seed(seed)
         rng = np.random.default_rng(self.seed)
         if (k is None) == (bits is None):
@@ -345,18 +345,18 @@ class FourierFunction(Target):
 
     _kind = _FOURIER
 
-    def __init__(self, coefficients, n=None, output="real", noise=0.0):
+    def __init__(self, coefficients, *, n=None, output="real", noise=0.0):
         output = check_choice(output, "output", ("real", "sign"))
         if isinstance(coefficients, Mapping):
             if n is None:
                 raise ValueError("n is required when coefficients is a mapping {positions: coefficient}")
-            super().__init__(n, noise)
+            super().__init__(n, noise=noise)
             sets, values = self._from_mapping(coefficients)
         else:
             dense, n_dense = as_truth_table(coefficients, "coefficients")
             if n is not None and check_int(n, "n", 1) != n_dense:
                 raise ValueError(f"coefficients has 2**{n_dense} entries but n={n}")
-            super().__init__(n_dense, noise)
+            super().__init__(n_dense, noise=noise)
             index = np.flatnonzero(dense)
             member = inputs_from_indices(index, self.n)  # (terms, n): is position j in the set?
             sets = [np.flatnonzero(row) for row in member]
@@ -401,7 +401,7 @@ class FourierFunction(Target):
         dense[index] = self.coefficients
         return dense
 
-    def truth_table(self, scale="01") -> np.ndarray:
+    def truth_table(self, *, scale="01") -> np.ndarray:
         g = self.dense_coefficients()
         _native.fwht(a=g, n_threads=0)  # g(x) = sum_S c_S chi_S(x): the unnormalised transform
         y = (g < 0).astype(np.float64) if self.output == "sign" else to_01(g)
@@ -436,14 +436,14 @@ class RandomDegree(FourierFunction):
 
     MAX_TERMS = 1 << 20
 
-    def __init__(self, n, k, seed=0, output="sign", noise=0.0):
+    def __init__(self, n, k, *, seed=0, output="sign", noise=0.0):
         n = check_int(n, "n", 1, 4096)
         k = check_int(k, "k", 0, n)
         m = sum(math.comb(n, j) for j in range(k + 1))
         if m > self.MAX_TERMS:
             raise ValueError(f"n={n}, k={k} gives {m} Fourier terms, more than {self.MAX_TERMS}; lower k")
         output = check_choice(output, "output", ("sign", "real"))
-        Target.__init__(self, n, noise)
+        Target.__init__(self, n, noise=noise)
         self.seed = check_seed(seed)
         self.k = k
         values = np.random.default_rng(self.seed).normal(scale=1 / np.sqrt(m), size=m)
@@ -474,10 +474,10 @@ class Callable(Target):
 
     _kind = _TABLE
 
-    def __init__(self, fn, n, noise=0.0):
+    def __init__(self, fn, n, *, noise=0.0):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        super().__init__(n, noise)
+        super().__init__(n, noise=noise)
         self.fn = fn
         self._cache = None
 
@@ -511,7 +511,7 @@ class Callable(Target):
         table = self._table()
         return bool(np.all((table == 0) | (table == 1)))
 
-    def truth_table(self, scale="01") -> np.ndarray:
+    def truth_table(self, *, scale="01") -> np.ndarray:
         table = self._table().copy() if self.n <= CALLABLE_TABLE_MAX_N else Target.truth_table(self)
         return _on_scale(table, scale)
 
@@ -540,7 +540,7 @@ class Prefix(Target):
     def __init__(self, target):
         if type(target) not in (Parity, Majority, First, Mean):
             raise TypeError(f"prefix labels exist for Parity, Majority, First and Mean, not {target!r}")
-        super().__init__(target.n, target.noise)
+        super().__init__(target.n, noise=target.noise)
         self.base = target
         self._kind = target._kind
         self.boolean = target.boolean
@@ -548,13 +548,13 @@ class Prefix(Target):
     def _options(self):
         return {"prefix": True}
 
-    def noisy(self, x, seed=0, step=0) -> np.ndarray:
+    def noisy(self, x, *, seed=0, step=0) -> np.ndarray:
         """Labels (batch, n) of ``x`` with the training stream's label noise ({0,1} scale)."""
         y = self(x)
         flips = _native.label_noise(seed=check_seed(seed), step=check_count(step, "step"), rows=y.size, p=self.noise)
         return np.where(flips.reshape(y.shape).astype(bool), 1.0 - y, y)
 
-    def truth_table(self, scale="01") -> np.ndarray:
+    def truth_table(self, *, scale="01") -> np.ndarray:
         raise TypeError(f"{self!r} has a label per position, not a truth table; see {self.base!r}.truth_table()")
 
     def _repr_args(self):
@@ -574,15 +574,15 @@ class PrefixParity(Prefix):
     """Prefix parities ``y_t = x_1 xor ... xor x_t`` (t = 1..n): the paper's scratchpad target;
     ``y_n`` is PARITY."""
 
-    def __init__(self, n, noise=0.0):
-        super().__init__(Parity(n, noise))
+    def __init__(self, n, *, noise=0.0):
+        super().__init__(Parity(n, noise=noise))
 
     def _repr_args(self):
         noise = f", noise={self.noise}" if self.noise else ""
         return f"n={self.n}{noise}"
 
 
-def restricted_subset(n, m, seed=0) -> np.ndarray:
+def restricted_subset(n, m, *, seed=0) -> np.ndarray:
     """The official ``RestrictedSampler`` training set: m distinct input indices of {0,1}^n.
 
     Equals ``numpy.random.default_rng(seed).choice(2**n, m, replace=False)``.

@@ -63,7 +63,7 @@ class Callback:
     ``Callback(fn, every=k)``.
     """
 
-    def __init__(self, fn: Callable[[Trainer], dict | None] | None = None, every: int = 100) -> None:
+    def __init__(self, fn: Callable[[Trainer], dict | None] | None = None, *, every: int = 100) -> None:
         self.every = check_int(every, "every", 1)
         self._fn = fn
 
@@ -108,7 +108,7 @@ class Trainer:
         Input length (default: the target's n or the data's width).
     """
 
-    def __init__(self, model: EngineModel, target: Target | None = None, loss: str = "mse",
+    def __init__(self, model: EngineModel, target: Target | None = None, *, loss: str = "mse",
                  optimizer: Optimizer | None = None, batch_size: int = 1024, seed: int = 0,
                  train_subset: ArrayLike | None = None, n_threads: int | None = None, labels: str = "01",
                  data: tuple[ArrayLike, ArrayLike] | None = None, seq_len: int | None = None) -> None:
@@ -243,7 +243,7 @@ class Trainer:
                                     batch_size=self.batch_size, seq_len=self.seq_len)
 
     # ---- training --------------------------------------------------------------------------
-    def fit(self, steps: int, log_every: int = 100,
+    def fit(self, steps: int, *, log_every: int = 100,
             callbacks: Sequence[Callback | Callable[[Trainer], dict | None]] = (),
             progress: bool = True) -> pd.DataFrame:
         """Train for ``steps`` more steps; returns the whole history so far.
@@ -362,7 +362,7 @@ class Trainer:
         """One update on the given batch; returns its loss (before the update). A seq2seq model takes
         label sequences y (batch, n) and teacher forcing."""
         value = self.model._loss(x, y, None, self.loss, True, self.n_threads)[0]
-        self.optimizer.step(self.n_threads)
+        self.optimizer.step(n_threads=self.n_threads)
         self._optimizer_offset += 1  # the data stream's position (step_count) did not move
         return value
 
@@ -390,7 +390,7 @@ class Trainer:
         return pd.DataFrame(self._rows)
 
     # ---- evaluation ------------------------------------------------------------------------
-    def evaluate(self, batches: int = 10, batch_size: int | None = None, exact: bool | None = None,
+    def evaluate(self, *, batches: int = 10, batch_size: int | None = None, exact: bool | None = None,
                  seed: int | None = None) -> dict:
         """Loss and accuracy of the current model on the training distribution.
 
@@ -426,7 +426,7 @@ class Trainer:
         if self._seq2seq:
             return self._evaluate_seq2seq(x, y, y_used)
         rows = max(1, FORWARD_TOKENS // self.seq_len)  # bounds the model's activation workspace
-        out = np.concatenate([self.model.forward(x[i:i + rows], self.n_threads)
+        out = np.concatenate([self.model.forward(x[i:i + rows], n_threads=self.n_threads)
                               for i in range(0, len(x), rows)]).astype(np.float64)
         loss = self._loss_sum(out, y_used) / len(out)
         label_threshold = 0.0 if self.labels == "pm1" else 0.5
@@ -457,7 +457,7 @@ class Trainer:
         loss_sum = correct = right_tokens = right_rows = 0.0
         for i in range(0, len(x), chunk):
             xs, ys, us = x[i:i + chunk], y[i:i + chunk], y_used[i:i + chunk]
-            out = self.model.forward(xs, self.model.teacher_forcing(ys), self.n_threads)[:, :-1].astype(np.float64)
+            out = self.model.forward(xs, self.model.teacher_forcing(ys), n_threads=self.n_threads)[:, :-1].astype(np.float64)
             loss_sum += self._loss_sum(out, us)
             correct += float(np.sum((out > self._threshold) == (us > label_threshold)))
             tokens = self.model.generate(xs, threshold=self._threshold, n_threads=self.n_threads)

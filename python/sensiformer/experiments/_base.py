@@ -120,7 +120,7 @@ class Experiment(StagedSweep):
                 return s
         raise KeyError(f"{self.name} has no stage {name!r}; stages: {[s.name for s in self.stages]}")
 
-    def configs(self, store=None) -> list[RunConfig]:
+    def configs(self, *, store=None) -> list[RunConfig]:
         """Configurations of every stage that can be built now (later stages need ``store``)."""
         out = []
         for s in self.stages:
@@ -129,7 +129,7 @@ class Experiment(StagedSweep):
             out.extend(s.build(store))
         return out
 
-    def run(self, store="results.db", executor=None, **kwargs):
+    def run(self, *, store="results.db", executor=None, **kwargs):
         """Run every stage (skipping finished runs); returns the Store."""
         from .. import sweep
 
@@ -157,7 +157,7 @@ class Experiment(StagedSweep):
             return f"{self.sweep}: {len(df)} finished runs"
         return self._report(self, store)
 
-    def plot(self, store, path=None, **kwargs):
+    def plot(self, store, *, path=None, **kwargs):
         """Draw this experiment's figure(s), captioned with ``title`` (pass ``title=`` to change
         it) and with the run filter and band; saves to ``path`` if given. Returns the Figure."""
         if self._plot is None:

@@ -36,7 +36,7 @@ PRESETS = {
 }
 
 
-def dynamics(preset: str = "ci", variant: str = "20k", **overrides) -> Experiment:
+def dynamics(preset: str = "ci", *, variant: str = "20k", **overrides) -> Experiment:
     """PARITY training with probes every ``dynamic_every`` steps (the Measure callback).
 
     Parameters
@@ -66,7 +66,7 @@ def dynamics(preset: str = "ci", variant: str = "20k", **overrides) -> Experimen
                       _report=_report)
 
 
-def aligned_history(history: pd.DataFrame, loss_column: str = "measure_loss",
+def aligned_history(history: pd.DataFrame, *, loss_column: str = "measure_loss",
                     threshold: float = CONVERGENCE_LOSS) -> pd.DataFrame:
     """Add ``convergence_step`` (the first logged step whose ``loss_column`` < threshold; NaN if
     never) and ``steps_after_convergence`` = step - convergence_step to each run's history."""

@@ -79,7 +79,7 @@ def _group(m, random_sizes, subset_sizes):
     return a if m in random_sizes else b
 
 
-def completion_manifest(fit_runs: pd.DataFrame, random_completion_sizes=(256,), n: int = N,
+def completion_manifest(fit_runs: pd.DataFrame, *, random_completion_sizes=(256,), n: int = N,
                         subset_sizes=(128, 256, 512, 1024)) -> pd.DataFrame:
     """The sorted explicit manifest of completions from the fit stage's runs.
 
@@ -99,8 +99,8 @@ def completion_manifest(fit_runs: pd.DataFrame, random_completion_sizes=(256,), 
         if not isinstance(r.predictions, str):
             continue
         preds = hex_to_table(r.predictions, n)
-        truth = targets.RandomFunction(n, int(r.target_seed)).table
-        subset = targets.restricted_subset(n, int(r.train_subset), int(r.seed))
+        truth = targets.RandomFunction(n, seed=int(r.target_seed)).table
+        subset = targets.restricted_subset(n, int(r.train_subset), seed=int(r.seed))
         if not np.array_equal(preds[subset], truth[subset]):
             continue  # the official pipeline keeps only runs that reproduce every training label
         base = dict(m=int(r.train_subset), target_seed=int(r.target_seed), seed=int(r.seed), parent=r.key)
@@ -109,7 +109,7 @@ def completion_manifest(fit_runs: pd.DataFrame, random_completion_sizes=(256,), 
     legacy = np.random.RandomState(0)
     for e in [e for e in entries if e["m"] in random_completion_sizes]:
         s = int(legacy.randint(0, 10000))
-        table = targets.RandomFunction(n, s).table.copy()
+        table = targets.RandomFunction(n, seed=s).table.copy()
         table[e["subset"]] = e["truth"][e["subset"]]
         entries.append(dict(e, kind="random", random_seed=s, table=table))
     rows = []
@@ -200,7 +200,8 @@ def manifest(exp, store) -> pd.DataFrame:
 
     store = store if isinstance(store, Store) else Store(store)
     fit = store.runs(sweep=exp.stage_sweep("fit"), artifacts=True)
-    return completion_manifest(fit, exp.params["random_completion_sizes"], exp.params["n"], exp.params["subset_sizes"])
+    return completion_manifest(fit, random_completion_sizes=exp.params["random_completion_sizes"], n=exp.params["n"],
+                               subset_sizes=exp.params["subset_sizes"])
 
 
 def _results(exp, store):

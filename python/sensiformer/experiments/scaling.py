@@ -43,7 +43,7 @@ PRESETS = {
 }
 
 
-def scaling(preset: str = "ci", variant: str = "short", **overrides) -> Experiment:
+def scaling(preset: str = "ci", *, variant: str = "short", **overrides) -> Experiment:
     """Sharpness (×4 in plots), LN blowup (official ``maxs_prod``) and parameter norm vs length.
 
     Parameters
@@ -87,20 +87,23 @@ def _report(exp, store):
 # ---- figure and report ----------------------------------------------------------------------------
 def sharpness_vs_length_ax(runs, *, targets=None, ax=None, converged_only=True):
     """Fig. 1 / 5: sharpness (×4) vs n."""
-    ax = metric_vs_length_ax(runs, "sharpness", targets, ax, converged_only, ylabel="sharpness (×4)")
+    ax = metric_vs_length_ax(runs, metric="sharpness", targets=targets, ax=ax, converged_only=converged_only,
+                             ylabel="sharpness (×4)")
     ax.yaxis.set_major_formatter(_four_decimals())
     return ax
 
 
 def blowup_vs_length_ax(runs, *, targets=None, ax=None, converged_only=True):
     """Fig. 6/7: LayerNorm blowup (official ``maxs_prod``) vs n, log axis."""
-    return metric_vs_length_ax(runs, "blowup_maxs_prod", targets, ax, converged_only, log=True,
+    return metric_vs_length_ax(runs, metric="blowup_maxs_prod", targets=targets, ax=ax, converged_only=converged_only,
+                               log=True,
                                ylabel="LayerNorm blowup")
 
 
 def norm_vs_length_ax(runs, *, targets=None, ax=None, converged_only=True):
     """Fig. 7/8: parameter norm (positional embeddings excluded) vs n."""
-    return metric_vs_length_ax(runs, "param_norm", targets, ax, converged_only, ylabel="parameter norm")
+    return metric_vs_length_ax(runs, metric="param_norm", targets=targets, ax=ax, converged_only=converged_only,
+                               ylabel="parameter norm")
 
 
 def scaling_report(runs) -> str:

@@ -83,7 +83,8 @@ def scratchpad_figure(runs, *, converged_only=True, title=None):
     fig, axes = plt.subplots(1, len(SCRATCHPAD_PANELS), figsize=(len(SCRATCHPAD_PANELS) * 3.0, SINGLE_COLUMN[1] + 0.4),
                              layout="constrained")
     for ax, (metric, label) in zip(axes, SCRATCHPAD_PANELS):
-        metric_vs_length_ax(runs, metric, ["parity"], ax, converged_only, ylabel=label, log2_lengths=True)
+        metric_vs_length_ax(runs, metric=metric, targets=["parity"], ax=ax, converged_only=converged_only,
+                            ylabel=label, log2_lengths=True)
         if ax.get_legend() is not None:
             ax.get_legend().remove()
     axes[0].yaxis.set_major_formatter(_four_decimals())

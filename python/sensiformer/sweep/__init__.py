@@ -77,7 +77,7 @@ def _result(backend, fut) -> dict:
             "forkserver/spawn and import the main module), or use executor='serial'") from err
 
 
-def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_threads=None, progress=True,
+def run_configs(configs, store, *, executor=None, sweep=None, max_workers=None, n_threads=None, progress=True,
                 tags=None, run_progress=False) -> SweepResult:
     """Run a list of configurations (RunConfig or dicts), skipping those already stored.
 
@@ -166,7 +166,7 @@ def run_configs(configs, store, executor=None, sweep=None, max_workers=None, n_t
     return result
 
 
-def run(experiment, store="results.db", executor=None, max_workers=None, n_threads=None, progress=True,
+def run(experiment, store="results.db", *, executor=None, max_workers=None, n_threads=None, progress=True,
         stages=None, run_progress=False) -> Store:
     """Run an experiment (``sensiformer.experiments.*``, or any ``StagedSweep``) or a list of configurations.
 

@@ -91,7 +91,7 @@ class _Table(targets.RandomFunction):
 def _target(cfg: RunConfig, n=None):
     n = cfg.n if n is None else n
     if cfg.target == "random":
-        return targets.RandomFunction(n, cfg.target_seed)
+        return targets.RandomFunction(n, seed=cfg.target_seed)
     if cfg.target == "table":
         return _Table(hex_to_table(cfg.target_table, n), n)
     if cfg.target == "sparse_parity":
@@ -247,7 +247,7 @@ def _build(cfg, n_threads):
     _initialise(model, cfg.init, cfg.seed)
     subset = None
     if cfg.train_subset is not None:
-        subset = sf.restricted_subset(cfg.n, cfg.train_subset, cfg.seed if cfg.subset_seed is None else cfg.subset_seed)
+        subset = sf.restricted_subset(cfg.n, cfg.train_subset, seed=cfg.seed if cfg.subset_seed is None else cfg.subset_seed)
     trainer = sf.Trainer(model, _target(cfg), optimizer=optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
                          train_subset=subset, n_threads=n_threads)
     return model, optimizer, trainer, subset
@@ -406,7 +406,7 @@ def _train_sharpness(run: _Run, spec: TrainSharpness) -> None:
 
     cfg = run.cfg
     if spec.subset is not None:
-        probe_set = sf.restricted_subset(cfg.n, spec.subset, cfg.seed if spec.subset_seed is None else spec.subset_seed)
+        probe_set = sf.restricted_subset(cfg.n, spec.subset, seed=cfg.seed if spec.subset_seed is None else spec.subset_seed)
     elif run.subset is not None:
         probe_set = run.subset
     else:
@@ -421,7 +421,7 @@ def _predictions(run: _Run, spec: Predictions) -> None:
     """The thresholded predictions on all 2^n inputs, as a hex artifact."""
     from ..targets import all_inputs
 
-    preds = (run.model.forward(all_inputs(run.cfg.n), run.n_threads) > 0.5).astype(np.uint8)
+    preds = (run.model.forward(all_inputs(run.cfg.n), n_threads=run.n_threads) > 0.5).astype(np.uint8)
     run.artifacts["predictions"] = table_to_hex(preds)
 
 

@@ -106,7 +106,7 @@ class Store:
     >>> store.runs(sweep="scaling/quick")      # doctest: +SKIP
     """
 
-    def __init__(self, path, timeout: float = 60.0):
+    def __init__(self, path, *, timeout: float = 60.0):
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"directory {self.path.parent} does not exist")
@@ -280,7 +280,7 @@ class Store:
             rec[c] = json.loads(rec[c])
         return rec
 
-    def runs(self, sweep: str | None = None, status: str | None = None, artifacts: bool = False) -> pd.DataFrame:
+    def runs(self, *, sweep: str | None = None, status: str | None = None, artifacts: bool = False) -> pd.DataFrame:
         """Finished runs as one flat DataFrame.
 
         Columns: ``key``, ``status``, every config field, every metric, the provenance columns
@@ -324,7 +324,7 @@ class Store:
             df = df[df["status"] == status].reset_index(drop=True)
         return df
 
-    def history(self, keys=None, sweep: str | None = None, config_columns=("target", "n", "seed", "weight_decay", "lr")
+    def history(self, keys=None, *, sweep: str | None = None, config_columns=("target", "n", "seed", "weight_decay", "lr")
                 ) -> pd.DataFrame:
         """Per-step histories in long form: ``key``, ``step``, the recorded metrics, and the given
         config columns of each run (for grouping in plots)."""
@@ -362,7 +362,7 @@ class Store:
         return pd.DataFrame([dict(idx=i, key=k, **json.loads(t)) for i, k, t in rows])
 
     # ---- export --------------------------------------------------------------------------------
-    def export(self, path, table: str = "runs", sweep: str | None = None) -> Path:
+    def export(self, path, *, table: str = "runs", sweep: str | None = None) -> Path:
         """Write ``runs`` or ``history`` to ``.csv`` or ``.parquet`` (needs pyarrow: the
         ``sensiformer[parquet]`` extra). Returns the path."""
         path = Path(path)

@@ -33,14 +33,14 @@ def test_analysis_matches_brute_force(errors, n):
     for kind, table, scale in (("boolean", rng.integers(0, 2, 2**n).astype(float), "01"),
                                ("real 01", rng.normal(size=2**n), "01"), ("real pm1", rng.normal(size=2**n), "pm1")):
         ref = brute_force(table, scale)
-        errors.check(f"{kind} fourier", np.max(np.abs(A.fourier(table, scale) - ref["coef"])), 1e-12)
+        errors.check(f"{kind} fourier", np.max(np.abs(A.fourier(table, scale=scale) - ref["coef"])), 1e-12)
         errors.check(f"{kind} degree spectrum",
-                     np.max(np.abs(A.degree_spectrum(table, scale) - ref["spectrum"])), 1e-12)
+                     np.max(np.abs(A.degree_spectrum(table, scale=scale) - ref["spectrum"])), 1e-12)
         for method in ("flips", "fourier"):
-            total = A.average_sensitivity(table, scale, method=method)
+            total = A.average_sensitivity(table, scale=scale, method=method)
             errors.check(f"{kind} average sensitivity ({method})", abs(total - ref["total"]) / ref["total"], 1e-12)
-        errors.check(f"{kind} influences", np.max(np.abs(A.influences(table, scale) - ref["influences"])), 1e-12)
-        errors.check(f"{kind} s(x)", np.max(np.abs(A.sensitivity(table, scale) - ref["point"])), 1e-12)
+        errors.check(f"{kind} influences", np.max(np.abs(A.influences(table, scale=scale) - ref["influences"])), 1e-12)
+        errors.check(f"{kind} s(x)", np.max(np.abs(A.sensitivity(table, scale=scale) - ref["point"])), 1e-12)
         if kind == "boolean":
             np.testing.assert_array_equal(A.sensitivity_profile(table), np.bincount(ref["point"].astype(int),
                                                                                     minlength=n + 1))
