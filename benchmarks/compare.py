@@ -13,12 +13,19 @@ comparison across commits.
 --path all) times each job's sensiformer side on every listed path, interleaved with PyTorch in
 one process, and prints a path-vs-path table.
 
+--torch-isa avx2 caps PyTorch's kernels (ATen, MKL, oneDNN) at AVX2 as well. With --path x86-64-v3
+on an AVX-512 machine, both sides then run the code an AVX2 host would run (at this machine's
+clock and caches): the closest this machine comes to measuring on an AVX2 host. The header
+reports PyTorch's capability.
+
     python benchmarks/compare.py [--quick] [--threads N] [--repeats R] [--json PATH] [--path P[,P...]]
+                                 [--torch-isa avx2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import bench_decode
 import bench_probes
@@ -77,9 +84,18 @@ def mc_sensitivity_jobs(threads, quick=False):
                                                             n_threads=threads), theirs, flops=flops)
 
 
+# what caps each of PyTorch's kernel libraries at AVX2 (read when torch loads)
+TORCH_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
 def main():
-    args = harness.add_common_args(argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)).parse_args()
+    parser = harness.add_common_args(argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser.add_argument("--torch-isa", choices=["default", "avx2"], default="default",
+                        help="cap PyTorch's kernels at AVX2 (with --path x86-64-v3: an AVX2 host, emulated)")
+    args = parser.parse_args()
+    if args.torch_isa == "avx2":
+        os.environ.update(TORCH_AVX2)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -87,6 +103,7 @@ def main():
     if len(paths) == 1:
         sf._native.select_cpu_path(paths[0])
     machine = harness.describe_machine(args.threads)
+    machine["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     repeats = 1 if args.quick else args.repeats
     sources = (bench_train_step.jobs, bench_probes.jobs, mc_sensitivity_jobs, truth_table_jobs,
                bench_decode.jobs, bench_sensitivity.jobs)
