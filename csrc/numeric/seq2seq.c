@@ -112,45 +112,78 @@ void SF(s2s_set_decoder)(s2s_acts *a, const uint8_t *dec, long S_given) {
 
 /* ---- sublayers: forward next to backward ------------------------------------------------------ */
 
-/* Attention sublayer over B*Tq query rows: keys and values from the branch input (mem == NULL,
- * self-attention, Tk == Tq) or from mem (B*Tk,d) (cross-attention). rope: the RoPE table for
- * self-attention (NULL: none; cross-attention has none). */
-static void attn_forward(const sf_config *c, const s2s_attn_w *w, const s2s_norm_w *nw, s2s_sub *s, const real *mem,
-                         long B, long Tq, long Tk, int causal, const double *rope, s2s_acts *a, sf_par *par) {
-    const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
-    const int pre = c->norm == SF_NORM_PRE;
-    if (pre) SF(layernorm_forward)(s->n_in, s->mean, s->rstd, s->x, nw->g, nw->b, c->ln_eps, Nq, d, par);
-    SF(linear_forward)(s->q, s->n_in, w->w_in, w->b_in, Nq, d, d, a->wt, par);
-    SF(linear_forward)(s->kv, mem ? mem : s->n_in, w->w_in + d * d, w->b_in + d, B * Tk, d, 2 * d, a->wt, par);
-    rope_heads(c, rope, s->q, d, B, Tq, Tq, 0, par);
-    rope_heads(c, rope, s->kv, 2 * d, B, Tk, Tk, 0, par);
-    SF(attention_forward_ex)(s->ctx, s->p, s->q, s->kv, B, Tk, Tq, d, H, causal, Tk, a->attn_scratch, par);
-    SF(linear_forward)(s->r, s->ctx, w->w_out, w->b_out, Nq, d, d, a->wt, par);
-    add_into(s->r, s->x, Nq * d);
-    if (!pre) SF(layernorm_forward)(s->out, s->mean, s->rstd, s->r, nw->g, nw->b, c->ln_eps, Nq, d, par);
+/* One attention sublayer of the decoder in one pass: its weights (and, in the backward, their
+ * gradients), its activations and its shape. Self-attention (causal, with RoPE when the model has it)
+ * reads its keys and values from the branch input; cross-attention from the encoder's memory, whose
+ * gradient it adds to g_mem. */
+typedef struct {
+    const s2s_attn_w *w;
+    s2s_attn_w *gw;
+    const s2s_norm_w *nw;
+    s2s_norm_w *gnw;
+    s2s_sub *s;
+    const real *mem; /* cross-attention: the memory (B*Tk,d); self-attention: NULL */
+    real *g_mem;
+    long B, Tq, Tk;
+    int causal;
+    const double *rope; /* the RoPE table, or NULL */
+} dec_attention;
+
+/* Decoder layer l's self- or cross-attention; g: the gradients' views (NULL in the forward). */
+static dec_attention decoder_attention(const s2s_params *p, s2s_params *g, s2s_acts *a, int l, int cross, real *g_mem) {
+    const s2s_layer_w *w = &p->dec[l];
+    return (dec_attention){cross ? &w->cross : &w->self,
+                           !g ? NULL : cross ? &g->dec[l].cross : &g->dec[l].self,
+                           &w->norm[cross ? 1 : 0],
+                           g ? &g->dec[l].norm[cross ? 1 : 0] : NULL,
+                           &a->dec_sub[l][cross ? S2S_CROSS : S2S_SELF],
+                           cross ? a->enc.final_out : NULL,
+                           cross ? g_mem : NULL,
+                           a->B,
+                           a->S,
+                           cross ? a->T : a->S,
+                           !cross,
+                           cross ? NULL : p->enc.rope};
 }
 
-/* g_out (Nq,d) -> g_x (Nq,d) overwritten (g_x != g_out); cross-attention adds its memory gradient
- * to g_mem (B*Tk,d). gw, gnw: the parameter gradients. */
-static void attn_backward(const sf_config *c, const s2s_attn_w *w, s2s_attn_w *gw, const s2s_norm_w *nw,
-                          s2s_norm_w *gnw, const s2s_sub *s, const real *mem, real *g_mem, const real *g_out,
-                          real *g_x, long B, long Tq, long Tk, const double *rope, s2s_acts *a, sf_par *par) {
-    const long d = c->d_model, H = c->n_heads, Nq = B * Tq;
+static void attn_forward(const sf_config *c, const dec_attention *at, s2s_acts *a, sf_par *par) {
+    const s2s_attn_w *w = at->w;
+    s2s_sub *s = at->s;
+    const long d = c->d_model, H = c->n_heads, B = at->B, Tq = at->Tq, Tk = at->Tk, Nq = B * Tq;
+    const int pre = c->norm == SF_NORM_PRE;
+    if (pre) SF(layernorm_forward)(s->n_in, s->mean, s->rstd, s->x, at->nw->g, at->nw->b, c->ln_eps, Nq, d, par);
+    SF(linear_forward)(s->q, s->n_in, w->w_in, w->b_in, Nq, d, d, a->wt, par);
+    SF(linear_forward)(s->kv, at->mem ? at->mem : s->n_in, w->w_in + d * d, w->b_in + d, B * Tk, d, 2 * d, a->wt, par);
+    rope_heads(c, at->rope, s->q, d, B, Tq, Tq, 0, par);
+    rope_heads(c, at->rope, s->kv, 2 * d, B, Tk, Tk, 0, par);
+    SF(attention_forward_ex)(s->ctx, s->p, s->q, s->kv, B, Tk, Tq, d, H, at->causal, Tk, a->attn_scratch, par);
+    SF(linear_forward)(s->r, s->ctx, w->w_out, w->b_out, Nq, d, d, a->wt, par);
+    add_into(s->r, s->x, Nq * d);
+    if (!pre) SF(layernorm_forward)(s->out, s->mean, s->rstd, s->r, at->nw->g, at->nw->b, c->ln_eps, Nq, d, par);
+}
+
+/* g_out (Nq,d) -> g_x (Nq,d) overwritten (g_x != g_out), the weights' gradients into at->gw, at->gnw. */
+static void attn_backward(const sf_config *c, const dec_attention *at, const real *g_out, real *g_x, s2s_acts *a,
+                          sf_par *par) {
+    const s2s_attn_w *w = at->w;
+    s2s_attn_w *gw = at->gw;
+    const s2s_sub *s = at->s;
+    const long d = c->d_model, H = c->n_heads, B = at->B, Tq = at->Tq, Tk = at->Tk, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE;
     const real *g_r = g_out;
     if (!pre) {
-        SF(layernorm_backward)(a->g_r, NULL, gnw->g, gnw->b, g_out, s->r, s->mean, s->rstd, nw->g, Nq, d,
+        SF(layernorm_backward)(a->g_r, NULL, at->gnw->g, at->gnw->b, g_out, s->r, s->mean, s->rstd, at->nw->g, Nq, d,
                                a->ln_partials, par);
         g_r = a->g_r;
     }
     SF(linear_backward)(a->g_ctx, 0, gw->w_out, gw->b_out, g_r, s->ctx, w->w_out, Nq, d, d, par);
     SF(attention_backward)(a->g_q, a->g_kv, a->g_ctx, s->p, s->q, s->kv, B, Tk, Tq, d, H, a->attn_scratch, par);
-    rope_heads(c, rope, a->g_q, d, B, Tq, Tq, 1, par);
-    rope_heads(c, rope, a->g_kv, 2 * d, B, Tk, Tk, 1, par);
+    rope_heads(c, at->rope, a->g_q, d, B, Tq, Tq, 1, par);
+    rope_heads(c, at->rope, a->g_kv, 2 * d, B, Tk, Tk, 1, par);
     real *g_nin = pre ? a->g_nin : g_x;
-    if (mem) {
-        SF(linear_backward)(g_mem, 1, gw->w_in + d * d, gw->b_in + d, a->g_kv, mem, w->w_in + d * d, B * Tk, d,
-                            2 * d, par);
+    if (at->mem) {
+        SF(linear_backward)(at->g_mem, 1, gw->w_in + d * d, gw->b_in + d, a->g_kv, at->mem, w->w_in + d * d, B * Tk,
+                            d, 2 * d, par);
         SF(linear_backward)(g_nin, 0, gw->w_in, gw->b_in, a->g_q, s->n_in, w->w_in, Nq, d, d, par);
     } else {
         SF(linear_backward)(g_nin, 0, gw->w_in + d * d, gw->b_in + d, a->g_kv, s->n_in, w->w_in + d * d, Nq, d,
@@ -158,7 +191,7 @@ static void attn_backward(const sf_config *c, const s2s_attn_w *w, s2s_attn_w *g
         SF(linear_backward)(g_nin, 1, gw->w_in, gw->b_in, a->g_q, s->n_in, w->w_in, Nq, d, d, par);
     }
     if (pre)
-        SF(layernorm_backward)(g_x, NULL, gnw->g, gnw->b, g_nin, s->x, s->mean, s->rstd, nw->g, Nq, d,
+        SF(layernorm_backward)(g_x, NULL, at->gnw->g, at->gnw->b, g_nin, s->x, s->mean, s->rstd, at->nw->g, Nq, d,
                                a->ln_partials, par);
     add_into(g_x, g_r, Nq * d); /* the residual path */
 }
@@ -204,15 +237,15 @@ void SF(s2s_encode)(const sf_model *m, const s2s_params *p, const uint8_t *x, s2
 
 void SF(s2s_decode)(const sf_model *m, const s2s_params *p, s2s_acts *a, sf_par *par) {
     const sf_config *c = &m->cfg;
-    const long B = a->B, T = a->T, S = a->S, d = c->d_model;
+    const long B = a->B, S = a->S, d = c->d_model;
     SF(embedding_forward)(a->dec_sub[0][S2S_SELF].x, a->dec, p->enc.tok, position_table(&p->enc), B, S, d,
                           concat_positions(c), par);
     for (int l = 0; l < c->n_decoder_layers; l++) {
-        const s2s_layer_w *w = &p->dec[l];
-        s2s_sub *s = a->dec_sub[l];
-        attn_forward(c, &w->self, &w->norm[0], &s[S2S_SELF], NULL, B, S, S, 1, p->enc.rope, a, par);
-        attn_forward(c, &w->cross, &w->norm[1], &s[S2S_CROSS], a->enc.final_out, B, S, T, 0, NULL, a, par);
-        ffn_forward(c, &w->ffn, &w->norm[2], &s[S2S_FFN], B * S, a, par);
+        const dec_attention self = decoder_attention(p, NULL, a, l, 0, NULL);
+        const dec_attention cross = decoder_attention(p, NULL, a, l, 1, NULL);
+        attn_forward(c, &self, a, par);
+        attn_forward(c, &cross, a, par);
+        ffn_forward(c, &p->dec[l].ffn, &p->dec[l].norm[2], &a->dec_sub[l][S2S_FFN], B * S, a, par);
     }
     SF(layernorm_forward)(a->z, a->z_mean, a->z_rstd, a->dec_sub[c->n_decoder_layers - 1][S2S_FFN].out,
                           p->dec_norm.g, p->dec_norm.b, c->ln_eps, B * S, d, par);
@@ -240,11 +273,11 @@ void SF(s2s_backward)(sf_model *m, const uint8_t *x, s2s_acts *a, sf_par *par) {
         const s2s_sub *s = a->dec_sub[l];
         ffn_backward(c, &w->ffn, &gw->ffn, &w->norm[2], &gw->norm[2], &s[S2S_FFN], g_out, g_in, Nd, a, par);
         SWAP;
-        attn_backward(c, &w->cross, &gw->cross, &w->norm[1], &gw->norm[1], &s[S2S_CROSS], a->enc.final_out, g_mem,
-                      g_out, g_in, B, S, T, NULL, a, par);
+        const dec_attention cross = decoder_attention(&p, &g, a, l, 1, g_mem);
+        attn_backward(c, &cross, g_out, g_in, a, par);
         SWAP;
-        attn_backward(c, &w->self, &gw->self, &w->norm[0], &gw->norm[0], &s[S2S_SELF], NULL, NULL, g_out, g_in, B,
-                      S, S, p.enc.rope, a, par);
+        const dec_attention self = decoder_attention(&p, &g, a, l, 0, NULL);
+        attn_backward(c, &self, g_out, g_in, a, par);
         SWAP;
     }
 #undef SWAP
