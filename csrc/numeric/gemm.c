@@ -25,6 +25,7 @@
 #define KSPLIT_MIN (16L * KC) /* weight gradients: K split in two halves from this depth ... */
 #define KSPLIT_MAX_C 262144L  /* ... when C has at most this many elements */
 #define STREAMED (1L << 19)   /* bytes of A and C rows beyond which they come from memory, not cache */
+#define SMALL_B 16384L        /* bytes spanned by a B block read in place whatever the row tiles reusing it */
 
 /* Copy B's block (kc rows from b, columns [0, n)) into contiguous kc x nr panels, the last one
  * partial: a tile then reads its panel from consecutive lines rather than one line per k at
@@ -157,11 +158,13 @@ GEMM_ISA static void gemm_tiles(long i0, long i1, long j0, long j1, long K, cons
                        const real *B, long sbk, long sbj, real *C, long ldc, const real *bias,
                        int accumulate, double *asum) {
     real panel[KC * NR] __attribute__((aligned(64)));
-    const long n = j1 - j0, block = sizeof(real) * (K < KC ? K : KC) * ((n + NR - 1) / NR) * NR;
-    /* B read in place when few row tiles reuse it, or it is one panel (which stays in L1) */
-    const int in_place = sbj == 1 && (i1 - i0 <= 3 * MR || n <= NR);
+    const long n = j1 - j0, kc0 = K < KC ? K : KC, block = sizeof(real) * kc0 * ((n + NR - 1) / NR) * NR;
+    /* B read in place when few row tiles reuse it, or it is one panel, or its block spans at most
+     * SMALL_B bytes (which stay in L1 whatever the stride: attention's per-head products) */
+    const int in_place = sbj == 1 && (i1 - i0 <= 3 * MR || n <= NR || (long)sizeof(real) * kc0 * sbk <= SMALL_B);
     const int streamed = sizeof(real) * (i1 - i0) * (K + n) > STREAMED; /* worth prefetching */
-    real *packed = !in_place && block <= PACK_LIMIT ? malloc(block) : NULL;
+    /* a packed block that fits the panel buffer goes there: no malloc for small products */
+    real *packed = in_place ? NULL : block <= (long)sizeof panel ? panel : block <= PACK_LIMIT ? malloc(block) : NULL;
     const long chunk = in_place || packed ? n : NR; /* columns packed at a time */
     for (long kb = 0; kb < K; kb += KC) {
         const long kc = K - kb < KC ? K - kb : KC;
@@ -199,7 +202,7 @@ GEMM_ISA static void gemm_tiles(long i0, long i1, long j0, long j1, long K, cons
             }
         }
     }
-    free(packed);
+    if (packed != panel) free(packed);
 }
 
 /* Weight gradients (small C, K = the batch's rows) in two fixed halves of K: C (+)= the first

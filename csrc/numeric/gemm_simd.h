@@ -133,7 +133,10 @@ GEMM_ISA static void tile_simd(long kc, const real *a, long sai, long sak, const
 GEMM_ISA static void tile_simd_edge(long mr, long nr, long kc, const real *a, long sai, long sak, const real *b, long ldb,
                            real *c, long ldc, const real *bias, int add) {
 #define EDGE_ROWS(R)                                                                                                  \
-    case R: tile_rows(R, 1, nr, kc, a, sai, sak, b, ldb, c, ldc, bias, add); break;
+    case R:                                                                                                           \
+        if (nr == 2 * V_LANES) tile_rows(R, 0, nr, kc, a, sai, sak, b, ldb, c, ldc, bias, add);                       \
+        else tile_rows(R, 1, nr, kc, a, sai, sak, b, ldb, c, ldc, bias, add);                                         \
+        break;
     switch (mr) {
         EDGE_ROWS(1) EDGE_ROWS(2) EDGE_ROWS(3) EDGE_ROWS(4) EDGE_ROWS(5) EDGE_ROWS(6)
 #if GEMM_MR > 6
