@@ -24,7 +24,7 @@
 #define PACK_LIMIT (1L << 20) /* bytes of a packed B block; wider B is packed one panel at a time */
 #define KSPLIT_MIN (16L * KC) /* weight gradients: K split in two halves from this depth ... */
 #define KSPLIT_MAX_C 262144L  /* ... when C has at most this many elements */
-#define STREAMED (1L << 19)   /* bytes of A and C rows beyond which they come from memory, not cache */
+#define STREAMED (1L << 20)   /* bytes of A and C rows beyond which they come from memory, not cache (L2: 1 MiB) */
 #define SMALL_B 16384L        /* bytes spanned by a B block read in place whatever the row tiles reusing it */
 
 /* Copy B's block (kc rows from b, columns [0, n)) into contiguous kc x nr panels, the last one
@@ -59,14 +59,39 @@ static inline void prefetch_slice(long t, long tiles, long rows, const real *bas
     for (long r = t * rows / tiles; r < (t + 1) * rows / tiles; r++) prefetch_row(base + r * stride, width);
 }
 
-/* Start loading the next row tile's A panel (mr x kc) and C rows while this one computes: large-M
- * shapes otherwise demand-miss them line by line at the start of every row tile. */
-static inline void prefetch_row_tile(long mr, long kc, const real *a, long sai, long sak, real *c, long ldc, long n) {
+/* Part t of `parts` of the next row tile's A panel (mr x kc, or none: a == NULL) and, when the
+ * tile will read them, its C rows (mr x n): start loading them while this row tile computes
+ * (large-M shapes otherwise demand-miss them line by line at the start of every row tile). Called
+ * once per panel of the row tile: a burst of ~50-100 lines at the row tile's start overflows the
+ * L1 miss buffers for a DRAM latency and starves the kernel's stream of B lines from L2; a few
+ * lines per panel, with the addresses' divisions pacing them, measured up to 10% faster on tall
+ * shapes at 256 bits (a division-free walk measured slower). With more than SPREAD_MAX lines per
+ * panel (512 bits, N <= 128: few panels) the divisions cost more than the pacing gains: there the
+ * whole row tile's lines go at the first panel, division-free. C that is only written is not
+ * prefetched (its stores need no data), nor a transposed A after the first K block (the previous
+ * block's prefetch_next_block brought it). */
+enum { SPREAD_MAX = 14 };
+static inline void prefetch_lines(long t, long parts, long rows, long width, const real *base, long stride, int rw) {
     enum { LINE = 64 / (int)sizeof(real) };
-    if (sak == 1) prefetch_slice(0, 1, mr, a, sai, kc);
-    else prefetch_slice(0, 1, kc, a, sak, mr); /* transposed: mr contiguous elements per k */
-    for (long r = 0; r < mr; r++)
-        for (long q = 0; q < n; q += LINE) __builtin_prefetch(c + r * ldc + q, 1, 2);
+    const long per_row = (width + LINE - 1) / LINE, lines = rows * per_row;
+    if (lines > SPREAD_MAX * parts) { /* all at once */
+        for (long r = 0; t == 0 && r < rows; r++)
+            for (long q = 0; q < width; q += LINE) {
+                if (rw) __builtin_prefetch(base + r * stride + q, 1, 2);
+                else __builtin_prefetch(base + r * stride + q, 0, 2);
+            }
+        return;
+    }
+    for (long l = t * lines / parts; l < (t + 1) * lines / parts; l++)
+        if (rw) __builtin_prefetch(base + l / per_row * stride + l % per_row * LINE, 1, 2);
+        else __builtin_prefetch(base + l / per_row * stride + l % per_row * LINE, 0, 2);
+}
+
+static inline void prefetch_row_tile(long t, long parts, long mr, long kc, const real *a, long sai, long sak,
+                                     const real *c, long ldc, long n) {
+    if (a && sak == 1) prefetch_lines(t, parts, mr, kc, a, sai, 0);
+    else if (a) prefetch_lines(t, parts, kc, mr, a, sak, 0); /* transposed: mr contiguous elements per k */
+    if (c) prefetch_lines(t, parts, mr, n, c, ldc, 1);
 }
 
 /* Slice t of `tiles` of the next K block (kn deep): all of B's (n columns), and A's when it is
@@ -181,17 +206,19 @@ GEMM_ISA static void gemm_tiles(long i0, long i1, long j0, long j1, long K, cons
             for (long i = i0; i < i1; i += MR) {
                 const long mr = i1 - i < MR ? i1 - i : MR;
                 const real *a = A + i * sai + kb * sak;
-                if (streamed && i + MR < i1)
-                    prefetch_row_tile(i1 - i - MR < MR ? i1 - i - MR : MR, kc, a + MR * sai, sai, sak,
-                                      C + (i + MR) * ldc + jc, ldc, nc);
                 if (asum && jc == j0) /* row sums of A, the K block's in k order, blocks added */
                     add_row_sums(asum + i, kb == 0, mr, kc, a, sai, sak);
                 if (streamed && kb + KC < K) /* the next K block's operands, a slice per row tile */
                     prefetch_next_block((i - i0) / MR, (i1 - i0 + MR - 1) / MR, K - kb - KC < KC ? K - kb - KC : KC,
                                         A + i0 * sai + (kb + KC) * sak, sai, sak, i1 - i0,
                                         B + (kb + KC) * sbk + jc * sbj, sbk, sbj, nc);
-                for (long p = 0; p * NR < nc; p++) {
+                const long panels = (nc + NR - 1) / NR;
+                for (long p = 0; p < panels; p++) {
                     const long j = jc + p * NR, nr = j1 - j < NR ? j1 - j : NR;
+                    if (streamed && i + MR < i1) /* panel p's share of the next row tile's A and C */
+                        prefetch_row_tile(p, panels, i1 - i - MR < MR ? i1 - i - MR : MR, kc,
+                                          sak != 1 && kb > 0 ? NULL : a + MR * sai, sai, sak,
+                                          add ? C + (i + MR) * ldc + jc : NULL, ldc, nc);
                     const real *b = bc + p * panel_stride, *bj = kb == 0 && bias ? bias + j : NULL;
                     real *c = C + i * ldc + j;
                     if (mr == MR && nr == NR)
