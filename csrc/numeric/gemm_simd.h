@@ -12,8 +12,10 @@
  * multiply-add per k, in k order, from zero; then added to C (when accumulating), then the bias.
  * Partial tiles (fewer rows, or columns cut by masks that never touch memory past the edge) run
  * the same code with the row count a compile-time constant, so they keep vector speed (attention
- * at T=20 has a partial tile in every product) and every element its arithmetic; a partial tile
- * with all its columns (fewer rows only) uses the unmasked loads.
+ * at T=20 has a partial tile in every product) and every element its arithmetic; at 256 bits a
+ * partial tile with all its columns (fewer rows only) uses the unmasked loads (AVX2's vmaskmov
+ * costs more than a load; AVX-512's masked loads do not, and there the variant measured ~3%
+ * slower on attention's (20, 64, 20), so 512 bits keep the masked code for every edge).
  *
  * The tile streams its B panel from L1/L2 and broadcasts A in place; gemm.c's tile loop issues the
  * software prefetch of the next row tile's operands a panel's share at a time, outside the k loop
@@ -140,7 +142,7 @@ GEMM_ISA static void tile_simd_edge(long mr, long nr, long kc, const real *a, lo
                            real *c, long ldc, const real *bias, int add) {
 #define EDGE_ROWS(R)                                                                                                  \
     case R:                                                                                                           \
-        if (nr == 2 * V_LANES) tile_rows(R, 0, nr, kc, a, sai, sak, b, ldb, c, ldc, bias, add);                       \
+        if (GEMM_BITS == 256 && nr == 2 * V_LANES) tile_rows(R, 0, nr, kc, a, sai, sak, b, ldb, c, ldc, bias, add);   \
         else tile_rows(R, 1, nr, kc, a, sai, sak, b, ldb, c, ldc, bias, add);                                         \
         break;
     switch (mr) {
