@@ -24,7 +24,9 @@
 #define PACK_LIMIT (1L << 20) /* bytes of a packed B block; wider B is packed one panel at a time */
 #define KSPLIT_MIN (16L * KC) /* weight gradients: K split in two halves from this depth ... */
 #define KSPLIT_MAX_C 262144L  /* ... when C has at most this many elements */
-#define STREAMED (1L << 19)   /* bytes of A and C rows beyond which they come from memory, not cache */
+#define STREAMED (1L << 16)   /* bytes of A and C rows beyond which the next row tile's are prefetched */
+#define STREAMED_K (1L << 19) /* ... and the next K block's operands (they come from memory, not cache) */
+#define SMALL_B 16384L        /* bytes spanned by a B block read in place whatever the row tiles reusing it */
 
 /* Copy B's block (kc rows from b, columns [0, n)) into contiguous kc x nr panels, the last one
  * partial: a tile then reads its panel from consecutive lines rather than one line per k at
@@ -58,14 +60,39 @@ static inline void prefetch_slice(long t, long tiles, long rows, const real *bas
     for (long r = t * rows / tiles; r < (t + 1) * rows / tiles; r++) prefetch_row(base + r * stride, width);
 }
 
-/* Start loading the next row tile's A panel (mr x kc) and C rows while this one computes: large-M
- * shapes otherwise demand-miss them line by line at the start of every row tile. */
-static inline void prefetch_row_tile(long mr, long kc, const real *a, long sai, long sak, real *c, long ldc, long n) {
+/* Part t of `parts` of the next row tile's A panel (mr x kc, or none: a == NULL) and, when the
+ * tile will read them, its C rows (mr x n): start loading them while this row tile computes
+ * (large-M shapes otherwise demand-miss them line by line at the start of every row tile). Called
+ * once per panel of the row tile: a burst of ~50-100 lines at the row tile's start overflows the
+ * L1 miss buffers for a DRAM latency and starves the kernel's stream of B lines from L2; a few
+ * lines per panel, with the addresses' divisions pacing them, measured up to 10% faster on tall
+ * shapes at 256 bits (a division-free walk measured slower). With more than SPREAD_MAX lines per
+ * panel (512 bits, N <= 128: few panels) the divisions cost more than the pacing gains: there the
+ * whole row tile's lines go at the first panel, division-free. C that is only written is not
+ * prefetched (its stores need no data), nor a transposed A after the first K block (the previous
+ * block's prefetch_next_block brought it). */
+enum { SPREAD_MAX = 14 };
+static inline void prefetch_lines(long t, long parts, long rows, long width, const real *base, long stride, int rw) {
     enum { LINE = 64 / (int)sizeof(real) };
-    if (sak == 1) prefetch_slice(0, 1, mr, a, sai, kc);
-    else prefetch_slice(0, 1, kc, a, sak, mr); /* transposed: mr contiguous elements per k */
-    for (long r = 0; r < mr; r++)
-        for (long q = 0; q < n; q += LINE) __builtin_prefetch(c + r * ldc + q, 1, 2);
+    const long per_row = (width + LINE - 1) / LINE, lines = rows * per_row;
+    if (lines > SPREAD_MAX * parts) { /* all at once */
+        for (long r = 0; t == 0 && r < rows; r++)
+            for (long q = 0; q < width; q += LINE) {
+                if (rw) __builtin_prefetch(base + r * stride + q, 1, 2);
+                else __builtin_prefetch(base + r * stride + q, 0, 2);
+            }
+        return;
+    }
+    for (long l = t * lines / parts; l < (t + 1) * lines / parts; l++)
+        if (rw) __builtin_prefetch(base + l / per_row * stride + l % per_row * LINE, 1, 2);
+        else __builtin_prefetch(base + l / per_row * stride + l % per_row * LINE, 0, 2);
+}
+
+static inline void prefetch_row_tile(long t, long parts, long mr, long kc, const real *a, long sai, long sak,
+                                     const real *c, long ldc, long n) {
+    if (a && sak == 1) prefetch_lines(t, parts, mr, kc, a, sai, 0);
+    else if (a) prefetch_lines(t, parts, kc, mr, a, sak, 0); /* transposed: mr contiguous elements per k */
+    if (c) prefetch_lines(t, parts, mr, n, c, ldc, 1);
 }
 
 /* Slice t of `tiles` of the next K block (kn deep): all of B's (n columns), and A's when it is
@@ -153,15 +180,20 @@ static void edge_base(long mr, long nr, long kc, const real *a, long sai, long s
  * is there, else one NR panel at a time in `panel`), then full MR x NR tiles run TILE and partial
  * tiles EDGE. A B contiguous along j and little reused is read in place. Packing
  * moves data only: every element gets the same arithmetic in every case. */
-GEMM_ISA static void gemm_tiles(long i0, long i1, long j0, long j1, long K, const real *A, long sai, long sak,
-                       const real *B, long sbk, long sbj, real *C, long ldc, const real *bias,
-                       int accumulate, double *asum) {
+GEMM_ISA static inline __attribute__((always_inline)) void
+gemm_tiles_body(const int prefetch, long i0, long i1, long j0, long j1, long K, const real *A, long sai, long sak,
+                const real *B, long sbk, long sbj, real *C, long ldc, const real *bias, int accumulate, double *asum) {
     real panel[KC * NR] __attribute__((aligned(64)));
-    const long n = j1 - j0, block = sizeof(real) * (K < KC ? K : KC) * ((n + NR - 1) / NR) * NR;
-    /* B read in place when few row tiles reuse it, or it is one panel (which stays in L1) */
-    const int in_place = sbj == 1 && (i1 - i0 <= 3 * MR || n <= NR);
-    const int streamed = sizeof(real) * (i1 - i0) * (K + n) > STREAMED; /* worth prefetching */
-    real *packed = !in_place && block <= PACK_LIMIT ? malloc(block) : NULL;
+    const long n = j1 - j0, kc0 = K < KC ? K : KC, block = sizeof(real) * kc0 * ((n + NR - 1) / NR) * NR;
+    /* B read in place when few row tiles reuse it, or it is one panel, or its block spans at most
+     * SMALL_B bytes (which stay in L1 whatever the stride: attention's per-head products) */
+    const int in_place = sbj == 1 && (i1 - i0 <= 3 * MR || n <= NR || (long)sizeof(real) * kc0 * sbk <= SMALL_B);
+    /* worth prefetching: A and C rows that may not be in L1 (a 192-row chunk's A written by the op
+     * before: measured +9-15% at 256 bits); the next K block when the operands exceed L2's half */
+    const long bytes = sizeof(real) * (i1 - i0) * (K + n);
+    const int streamed = prefetch && bytes > STREAMED, streamed_k = prefetch && bytes > STREAMED_K;
+    /* a packed block that fits the panel buffer goes there: no malloc for small products */
+    real *packed = in_place ? NULL : block <= (long)sizeof panel ? panel : block <= PACK_LIMIT ? malloc(block) : NULL;
     const long chunk = in_place || packed ? n : NR; /* columns packed at a time */
     for (long kb = 0; kb < K; kb += KC) {
         const long kc = K - kb < KC ? K - kb : KC;
@@ -178,17 +210,19 @@ GEMM_ISA static void gemm_tiles(long i0, long i1, long j0, long j1, long K, cons
             for (long i = i0; i < i1; i += MR) {
                 const long mr = i1 - i < MR ? i1 - i : MR;
                 const real *a = A + i * sai + kb * sak;
-                if (streamed && i + MR < i1)
-                    prefetch_row_tile(i1 - i - MR < MR ? i1 - i - MR : MR, kc, a + MR * sai, sai, sak,
-                                      C + (i + MR) * ldc + jc, ldc, nc);
                 if (asum && jc == j0) /* row sums of A, the K block's in k order, blocks added */
                     add_row_sums(asum + i, kb == 0, mr, kc, a, sai, sak);
-                if (streamed && kb + KC < K) /* the next K block's operands, a slice per row tile */
+                if (streamed_k && kb + KC < K) /* the next K block's operands, a slice per row tile */
                     prefetch_next_block((i - i0) / MR, (i1 - i0 + MR - 1) / MR, K - kb - KC < KC ? K - kb - KC : KC,
                                         A + i0 * sai + (kb + KC) * sak, sai, sak, i1 - i0,
                                         B + (kb + KC) * sbk + jc * sbj, sbk, sbj, nc);
-                for (long p = 0; p * NR < nc; p++) {
+                const long panels = (nc + NR - 1) / NR;
+                for (long p = 0; p < panels; p++) {
                     const long j = jc + p * NR, nr = j1 - j < NR ? j1 - j : NR;
+                    if (streamed && i + MR < i1) /* panel p's share of the next row tile's A and C */
+                        prefetch_row_tile(p, panels, i1 - i - MR < MR ? i1 - i - MR : MR, kc,
+                                          sak != 1 && kb > 0 ? NULL : a + MR * sai, sai, sak,
+                                          add ? C + (i + MR) * ldc + jc : NULL, ldc, nc);
                     const real *b = bc + p * panel_stride, *bj = kb == 0 && bias ? bias + j : NULL;
                     real *c = C + i * ldc + j;
                     if (mr == MR && nr == NR)
@@ -199,7 +233,18 @@ GEMM_ISA static void gemm_tiles(long i0, long i1, long j0, long j1, long K, cons
             }
         }
     }
-    free(packed);
+    if (packed != panel) free(packed);
+}
+
+/* Two copies of the tile loop: products too small to prefetch for (attention's per-head ones, a
+ * few hundred ns each) run one without the prefetch code (measured 3-4% faster at 512 bits). */
+GEMM_ISA static void gemm_tiles(long i0, long i1, long j0, long j1, long K, const real *A, long sai, long sak,
+                                const real *B, long sbk, long sbj, real *C, long ldc, const real *bias,
+                                int accumulate, double *asum) {
+    if ((long)sizeof(real) * (i1 - i0) * (K + j1 - j0) > STREAMED)
+        gemm_tiles_body(1, i0, i1, j0, j1, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
+    else
+        gemm_tiles_body(0, i0, i1, j0, j1, K, A, sai, sak, B, sbk, sbj, C, ldc, bias, accumulate, asum);
 }
 
 /* Weight gradients (small C, K = the batch's rows) in two fixed halves of K: C (+)= the first

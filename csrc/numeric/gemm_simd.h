@@ -12,7 +12,15 @@
  * multiply-add per k, in k order, from zero; then added to C (when accumulating), then the bias.
  * Partial tiles (fewer rows, or columns cut by masks that never touch memory past the edge) run
  * the same code with the row count a compile-time constant, so they keep vector speed (attention
- * at T=20 has a partial tile in every product) and every element its arithmetic. */
+ * at T=20 has a partial tile in every product) and every element its arithmetic; at 256 bits a
+ * partial tile with all its columns (fewer rows only) uses the unmasked loads (AVX2's vmaskmov
+ * costs more than a load; AVX-512's masked loads do not, and there the variant measured ~3%
+ * slower on attention's (20, 64, 20), so 512 bits keep the masked code for every edge).
+ *
+ * The tile streams its B panel from L1/L2 and broadcasts A in place; gemm.c's tile loop issues the
+ * software prefetch of the next row tile's operands a panel's share at a time, outside the k loop
+ * (a prefetch list drained inside the k loop, one line every few k steps, measured 3-15% slower
+ * at both widths: the extra work in the loop costs more than the pacing gains). */
 #ifndef SF_GEMM_SIMD_H
 #define SF_GEMM_SIMD_H
 
@@ -133,7 +141,10 @@ GEMM_ISA static void tile_simd(long kc, const real *a, long sai, long sak, const
 GEMM_ISA static void tile_simd_edge(long mr, long nr, long kc, const real *a, long sai, long sak, const real *b, long ldb,
                            real *c, long ldc, const real *bias, int add) {
 #define EDGE_ROWS(R)                                                                                                  \
-    case R: tile_rows(R, 1, nr, kc, a, sai, sak, b, ldb, c, ldc, bias, add); break;
+    case R:                                                                                                           \
+        if (GEMM_BITS == 256 && nr == 2 * V_LANES) tile_rows(R, 0, nr, kc, a, sai, sak, b, ldb, c, ldc, bias, add);   \
+        else tile_rows(R, 1, nr, kc, a, sai, sak, b, ldb, c, ldc, bias, add);                                         \
+        break;
     switch (mr) {
         EDGE_ROWS(1) EDGE_ROWS(2) EDGE_ROWS(3) EDGE_ROWS(4) EDGE_ROWS(5) EDGE_ROWS(6)
 #if GEMM_MR > 6
