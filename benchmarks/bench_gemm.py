@@ -1,4 +1,4 @@
-"""GEMM throughput of `_engine.kernel_gemm` on the paper default's shapes, optionally against
+"""GEMM throughput of `_native.kernel_gemm` on the paper default's shapes, optionally against
 another build of the engine loaded into the same process (old and new calls interleaved, so a
 busy neighbour on a shared machine slows both alike).
 
@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import sensiformer  # noqa: F401  (the package the engines belong to)
-from sensiformer import _engine
+from sensiformer import _native
 
 SHAPES = [  # name, M, N, K, transpose_a, transpose_b, 192-row chunks
     ("chunks 192 x 128 x 128", 20480, 128, 128, 0, 0, True),
@@ -44,6 +44,21 @@ def load_engine(path):
     return module
 
 
+def gemm_of(engine):
+    """engine.kernel_gemm as one positional function: builds from before the keyword boundary take positional
+    arguments, later ones keywords only."""
+    def by_keyword(path, a, b, c, bias, accumulate, transpose_a, transpose_b, n_threads):
+        engine.kernel_gemm(path=path, a=a, b=b, c=c, bias=bias, accumulate=accumulate, transpose_a=transpose_a,
+                           transpose_b=transpose_b, n_threads=n_threads)
+
+    one = np.ones((1, 1), np.float32)
+    try:
+        by_keyword("baseline", one, one, one.copy(), None, False, False, False, 1)
+        return by_keyword
+    except TypeError:
+        return engine.kernel_gemm
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old", help="another build's _engine .so to compare against")
@@ -51,9 +66,9 @@ def main():
     ap.add_argument("--threads", default="1")
     ap.add_argument("--reps", type=int, default=7)
     args = ap.parse_args()
-    engines = {"new": _engine}
+    engines = {"new": gemm_of(_native)}
     if args.old:
-        engines = {"old": load_engine(args.old), "new": _engine}
+        engines = {"old": gemm_of(load_engine(args.old)), "new": engines["new"]}
     paths = args.paths.split(",")  # kernel_gemm refuses a path this CPU cannot run
     rng = np.random.default_rng(0)
     for name, M, N, K, ta, tb, chunked in SHAPES:
@@ -69,12 +84,12 @@ def main():
                 for r in range(args.reps):
                     order = list(engines.items())
                     for key, eng in order if r % 2 == 0 else order[::-1]:
-                        eng.kernel_gemm(path, a if not chunked else calls[0][0], b, c if not chunked else calls[0][1],
+                        eng(path, a if not chunked else calls[0][0], b, c if not chunked else calls[0][1],
                                         bias, False, bool(ta), bool(tb), nt)
                         t0 = time.perf_counter()
                         for _ in range(repeat):
                             for av, cv in calls:
-                                eng.kernel_gemm(path, av, b, cv, bias, False, bool(ta), bool(tb), nt)
+                                eng(path, av, b, cv, bias, False, bool(ta), bool(tb), nt)
                         times[key].append((time.perf_counter() - t0) / repeat)
                 gf = {k: 2 * M * N * K / np.median(v) / 1e9 for k, v in times.items()}
                 best = {k: 2 * M * N * K / min(v) / 1e9 for k, v in times.items()}
