@@ -101,26 +101,45 @@ static void decode_attention(real *ctx, real *p, const real *q, const kv_cache *
     sf_par_note(par, nt);
 }
 
+/* One attention sublayer of a decoding step: its weights (in_proj and out_proj packed transposed),
+ * its norm, its cache; self-attention appends each step's key and value (turned by RoPE when the
+ * model has it), cross-attention reads the memory's, stored once. */
+typedef struct {
+    const s2s_attn_w *w;
+    const real *wt_in, *wt_out;
+    const s2s_norm_w *nw;
+    kv_cache *kv;
+    const double *rope;
+    int self;
+} step_sublayer;
+
+static step_sublayer step_attention(const s2s_params *p, layer_cache *k, int l, int cross) {
+    const s2s_layer_w *w = &p->dec[l];
+    return cross ? (step_sublayer){&w->cross, k->cross_in, k->cross_out, &w->norm[1], &k->cross, NULL, 0}
+                 : (step_sublayer){&w->self, k->self_in, k->self_out, &w->norm[0], &k->self, p->enc.rope, 1};
+}
+
 /* y (B,d) = one attention sublayer on the rows x: queries from these rows, keys/values from the
  * cache's first `filled` rows; self-attention first appends this row's key/value at row t. */
-static void step_attn(const sf_config *c, const s2s_attn_w *w, const real *wt_in, const real *wt_out,
-                      const s2s_norm_w *nw, const real *x, real *y, kv_cache *kv, long filled, const double *rope,
-                      int self, long t, long B, step_rows *s, sf_par *par) {
+static void step_attn(const sf_config *c, const step_sublayer *sub, const real *x, real *y, long filled, long t,
+                      long B, step_rows *s, sf_par *par) {
     const long d = c->d_model, H = c->n_heads;
     const int pre = c->norm == SF_NORM_PRE;
+    const s2s_attn_w *w = sub->w;
+    const s2s_norm_w *nw = sub->nw;
     const real *n = x;
     if (pre) SF(layernorm_forward)(s->n, s->mean, s->rstd, x, nw->g, nw->b, c->ln_eps, B, d, par), n = s->n;
-    SF(gemm)(B, d, d, n, d, 1, wt_in, 3 * d, s->q, d, w->b_in, 0, par);
-    if (self) { /* this row sits at position t: its query and key turn by t under RoPE */
-        SF(gemm)(B, 2 * d, d, n, d, 1, wt_in + d, 3 * d, s->kv, 2 * d, w->b_in + d, 0, par);
-        if (rope) {
-            SF(rope_rows)(s->q, d, B, 1, t, d, H, rope, 0, par);
-            SF(rope_rows)(s->kv, 2 * d, B, 1, t, d, H, rope, 0, par);
+    SF(gemm)(B, d, d, n, d, 1, sub->wt_in, 3 * d, s->q, d, w->b_in, 0, par);
+    if (sub->self) { /* this row sits at position t: its query and key turn by t under RoPE */
+        SF(gemm)(B, 2 * d, d, n, d, 1, sub->wt_in + d, 3 * d, s->kv, 2 * d, w->b_in + d, 0, par);
+        if (sub->rope) {
+            SF(rope_rows)(s->q, d, B, 1, t, d, H, sub->rope, 0, par);
+            SF(rope_rows)(s->kv, 2 * d, B, 1, t, d, H, sub->rope, 0, par);
         }
-        for (long b = 0; b < B; b++) cache_store(kv, s->kv + b * 2 * d, b, t, 1, d, H);
+        for (long b = 0; b < B; b++) cache_store(sub->kv, s->kv + b * 2 * d, b, t, 1, d, H);
     }
-    decode_attention(s->ctx, s->p, s->q, kv, filled, B, d, H, par);
-    SF(gemm)(B, d, d, s->ctx, d, 1, wt_out, d, s->r, d, w->b_out, 0, par);
+    decode_attention(s->ctx, s->p, s->q, sub->kv, filled, B, d, H, par);
+    SF(gemm)(B, d, d, s->ctx, d, 1, sub->wt_out, d, s->r, d, w->b_out, 0, par);
     add_into(s->r, x, B * d);
     if (pre) memcpy(y, s->r, (size_t)(B * d) * sizeof(real));
     else SF(layernorm_forward)(y, s->mean, s->rstd, s->r, nw->g, nw->b, c->ln_eps, B, d, par);
@@ -211,10 +230,9 @@ static sf_status generate_cached(sf_model *m, const uint8_t *x, long B, long T, 
         for (long l = 0; l < Ld; l++) {
             const s2s_layer_w *w = &p.dec[l];
             layer_cache *k = &lc[l];
-            step_attn(c, &w->self, k->self_in, k->self_out, &w->norm[0], s.x, s.y, &k->self, t + 1, p.enc.rope, 1, t,
-                      B, &s, par);
-            step_attn(c, &w->cross, k->cross_in, k->cross_out, &w->norm[1], s.y, s.x, &k->cross, T, NULL, 0, t, B, &s,
-                      par);
+            const step_sublayer self = step_attention(&p, k, (int)l, 0), cross = step_attention(&p, k, (int)l, 1);
+            step_attn(c, &self, s.x, s.y, t + 1, t, B, &s, par);
+            step_attn(c, &cross, s.y, s.x, T, t, B, &s, par);
             step_ffn(c, &w->ffn, k->w1, k->w2, &w->norm[2], s.x, s.y, B, &s, par);
             memcpy(s.x, s.y, (size_t)(B * d) * sizeof(real));
         }
