@@ -81,6 +81,17 @@ def test_fourier_function_round_trips_through_analysis():
     assert sign.boolean and not mapping.boolean and mapping.degree == 2
 
 
+def test_a_sign_fourier_functions_table_is_its_training_labels_where_rounding_decides():
+    """g = chi_1 + chi_2 + 1e-300 chi_12 is -1e-300 or +1e-300 where chi_1 and chi_2 cancel: the transform's
+    sum rounds it to 0 there, the training stream's term-by-term sum keeps its sign (found by the fuzzer)."""
+    target = T.FourierFunction(np.array([0.0, 1.0, 1.0, 1e-300]), output="sign")
+    np.testing.assert_array_equal(target.truth_table(), target(T.all_inputs(2)))
+    rng = np.random.default_rng(3)  # coefficients that cancel at many inputs, with rounding-level remainders
+    dense = rng.choice([0.0, 1.0, -1.0, 1e-17, -3e-17], size=2**8)
+    target = T.FourierFunction(dense, output="sign")
+    np.testing.assert_array_equal(target.truth_table(), target(T.all_inputs(8)))
+
+
 def test_random_degree():
     real = T.RandomDegree(10, 3, seed=1, output="real")
     assert real.coefficients.size == sum(math.comb(10, j) for j in range(4))
