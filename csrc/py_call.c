@@ -134,14 +134,14 @@ static int read_arg(PyObject *obj, const sf_py_arg *a, SfModelObject **model) {
         if (sf_py_model_ready((SfModelObject *)obj) < 0) return -1;
         *(SfModelObject **)a->dest = *model = (SfModelObject *)obj;
         return 0;
-    case SF_ARG_OPTIMIZER: {
-        if (!PyObject_TypeCheck(obj, &SfOptimizerType) || !((SfOptimizerObject *)obj)->opt) {
-            PyErr_Format(PyExc_TypeError, "%s must be an initialised engine Optimizer, got %R", a->name, obj);
+    case SF_ARG_OPTIMIZER:
+        if (!PyObject_TypeCheck(obj, &SfOptimizerType)) {
+            PyErr_Format(PyExc_TypeError, "%s must be an engine Optimizer, got %R", a->name, obj);
             return -1;
         }
+        if (sf_py_optimizer_ready((SfOptimizerObject *)obj) < 0) return -1;
         *(SfOptimizerObject **)a->dest = (SfOptimizerObject *)obj;
         return 0;
-    }
     case SF_ARG_ARRAY:
         if (a->dtype == SF_PY_MODEL_REAL && !*model) { /* a table-order mistake, not the caller's */
             PyErr_Format(PyExc_SystemError, "%s: the model must come before the arrays of its dtype", a->name);

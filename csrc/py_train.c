@@ -48,7 +48,7 @@ static void optimizer_dealloc(SfOptimizerObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int optimizer_ready(SfOptimizerObject *self) {
+int sf_py_optimizer_ready(SfOptimizerObject *self) {
     if (!self->opt) {
         PyErr_SetString(PyExc_RuntimeError, "the engine optimizer was not initialised");
         return -1;
@@ -71,14 +71,14 @@ static sf_status step_body(void *p, sf_stop_hook stop, void *stop_ctx) {
 static PyObject *optimizer_step(SfOptimizerObject *self, PyObject *args, PyObject *kw) {
     struct step_call c = {0};
     const sf_py_arg table[] = {SF_ARG("n_threads", SF_ARG_INT, &c.n_threads)};
-    if (optimizer_ready(self) < 0 || sf_py_parse("step", args, kw, SF_ARGS(table)) < 0) return NULL;
+    if (sf_py_optimizer_ready(self) < 0 || sf_py_parse("step", args, kw, SF_ARGS(table)) < 0) return NULL;
     c.opt = self->opt;
     if (sf_py_run(self->owner, 0, step_body, &c) < 0) return NULL;
     return PyFloat_FromDouble(c.norm);
 }
 
 static PyObject *optimizer_state(SfOptimizerObject *self, PyObject *arg) {
-    if (optimizer_ready(self) < 0) return NULL;
+    if (sf_py_optimizer_ready(self) < 0) return NULL;
     long which = PyLong_AsLong(arg);
     if (which == -1 && PyErr_Occurred()) return NULL;
     if (which != 0 && which != 1) return PyErr_Format(PyExc_ValueError, "state(0 | 1), got %ld", which);
@@ -88,19 +88,19 @@ static PyObject *optimizer_state(SfOptimizerObject *self, PyObject *arg) {
 }
 
 static PyObject *optimizer_lr_at(SfOptimizerObject *self, PyObject *arg) {
-    if (optimizer_ready(self) < 0) return NULL;
+    if (sf_py_optimizer_ready(self) < 0) return NULL;
     long long step = PyLong_AsLongLong(arg);
     if (step == -1 && PyErr_Occurred()) return NULL;
     return PyFloat_FromDouble(sf_optimizer_lr_at(self->opt, step));
 }
 
 static PyObject *optimizer_get_step(SfOptimizerObject *self, void *closure) {
-    if (optimizer_ready(self) < 0) return NULL;
+    if (sf_py_optimizer_ready(self) < 0) return NULL;
     return PyLong_FromLongLong(sf_optimizer_step_count(self->opt));
 }
 
 static int optimizer_set_step(SfOptimizerObject *self, PyObject *value, void *closure) {
-    if (optimizer_ready(self) < 0) return -1;
+    if (sf_py_optimizer_ready(self) < 0) return -1;
     long long step = value ? PyLong_AsLongLong(value) : -1;
     if (step == -1 && PyErr_Occurred()) return -1;
     if (step < 0) {

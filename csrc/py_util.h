@@ -33,6 +33,7 @@ typedef struct {
     sf_optimizer *opt;
     SfModelObject *owner;
 } SfOptimizerObject;
+int sf_py_optimizer_ready(SfOptimizerObject *o); /* -1 with an exception if uninitialised (py_train.c) */
 
 /* ---- one engine call (py_call.c) ------------------------------------------------------------
  * Every function of _engine reads its arguments by keyword (no positional ones), with one table per

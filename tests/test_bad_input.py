@@ -107,8 +107,8 @@ ISOLATED = {
         "_native.Optimizer(model=uninit_model(), **ADAMW)",
         "RuntimeError", r"model was not initialised"),
     "train with uninit optimizer": (
-        "m = sf.Transformer(4, d_model=8)\ntrain(m._engine, uninit_optimizer())", "TypeError",
-        r"optimizer must be an initialised engine Optimizer"),
+        "m = sf.Transformer(4, d_model=8)\ntrain(m._engine, uninit_optimizer())", "RuntimeError",
+        r"optimizer was not initialised"),
     "train with uninit model": (
         "m = sf.Transformer(4, d_model=8); o = sf.AdamW().bind(m)\ntrain(uninit_model(), o._engine)",
         "RuntimeError", r"model was not initialised"),
