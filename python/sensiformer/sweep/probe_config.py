@@ -171,7 +171,11 @@ class Dynamics(ProbeGroup):
 
 
 class Extra(ProbeGroup):
-    """A probe some experiments add after the final measurement (``RunConfig.extras``)."""
+    """A probe some experiments add after the final measurement (``RunConfig.extras``). Every extra is the
+    encoder model's only; its first setting is its switch, the name a refusal reports."""
+
+    def encoder_only(self):
+        return [flat_name(dataclasses.fields(self)[0])] if self.active else []
 
 
 @dataclass(frozen=True)
@@ -193,9 +197,6 @@ class TrainSharpness(Extra):
     def active(self):
         return self.repeats > 0
 
-    def encoder_only(self):
-        return ["train_sharpness_repeats"] if self.active else []
-
 
 @dataclass(frozen=True)
 class Predictions(Extra):
@@ -206,9 +207,6 @@ class Predictions(Extra):
     @property
     def active(self):
         return self.save
-
-    def encoder_only(self):
-        return ["save_predictions"] if self.save else []
 
 
 @dataclass(frozen=True)
@@ -223,9 +221,6 @@ class ModelSensitivity(Extra):
     def active(self):
         return self.enabled
 
-    def encoder_only(self):
-        return ["model_sensitivity"] if self.enabled else []
-
 
 @dataclass(frozen=True)
 class LengthEvaluation(Extra):
@@ -237,6 +232,3 @@ class LengthEvaluation(Extra):
     @property
     def active(self):
         return bool(self.lengths)
-
-    def encoder_only(self):
-        return ["eval_lengths"] if self.lengths else []
