@@ -139,8 +139,10 @@ SF_VECTOR_ISA static void attention_task_narrow_backward(real *dQ, real *dKV, co
 
 long SF(attention_scratch)(long T, long Tq, long d, long H, int nt) {
     const long dh = d / H;
-    /* wide: dP (Tq,T); the tabled backward's dP (T,T), reused for dV (T,dh), and V (T,dh) */
-    return (long)nt * (dh < SF_NARROW_HEAD ? 4 * dh * T + T : T * (Tq > dh ? Tq : dh) + T * dh);
+    /* wide: dP (Tq,T); the tabled backward's dP (T,T), reused for dV (T,dh), and V (T,dh); the
+     * folded forward's value rows (T,d) */
+    const long wide = T * (Tq > dh ? Tq : dh) + T * dh;
+    return (long)nt * (dh < SF_NARROW_HEAD ? 4 * dh * T + T : (wide > T * d ? wide : T * d));
 }
 
 static int attention_threads(long B, long T, long Tq, long d, long H, const sf_par *par) {

@@ -11,8 +11,15 @@
  * rows from the U distinct ones (Vu, rows of stride ldv) into a small buffer that stays in cache,
  * instead of reading a (B,T,d) copy from memory in the forward and again in the backward.
  *
- * The forward runs one task per (batch, head) as attention.c, the backward one task per fixed
- * group of sequences, so results never depend on the thread count. P (B,H,T,T). Wide heads only
+ * Callers that need no backward fold the out-projection in as well: the context only ever meets
+ * W_out, so each head's distinct value rows times its columns of W_out (U,d; a U-row GEMM) give
+ * the out-projected context directly, P_h VW_h summed over the heads: per query row H T d
+ * multiply-adds instead of T d for P V plus d^2 for the out-projection (at the paper's d = 128,
+ * T = 20, H = 2: about a quarter), and the context is never stored.
+ *
+ * The forward runs one task per (batch, head) as attention.c (folded: per sequence, its heads in
+ * order), the backward one task per fixed group of sequences, so results never depend on the
+ * thread count. P (B,H,T,T). Wide heads only
  * (narrow ones keep attention.c's form). Scratch: attention_scratch(T, T, d, H, threads). */
 #include "kernels.h"
 
@@ -46,30 +53,60 @@ static void gather_values(real *v, const real *Vu, long ldv, const uint8_t *x, l
 }
 
 typedef struct {
-    real *ctx, *P;
-    const real *stab, *Vu;
+    real *out, *P;
+    const real *stab, *Vu, *bias;
     const uint8_t *x;
     long ldv, T, d, H;
 } tabled_args;
 
+/* Head h's probabilities of sequence b's queries, P_bh (T,T), from the score table. */
+static void tabled_probabilities(real *p, const real *stab, const uint8_t *xb, long T, long h, real scale) {
+    const long U = 2 * T;
+    for (long i = 0; i < T; i++) softmax_gathered_row(p + i * T, stab + (h * U + xb[i] * T + i) * U, xb, T, scale);
+}
+
+static real score_scale(long d, long H) { return (real)(1.0 / sqrt((double)(d / H))); }
+
 static void tabled_task(const void *args, long task, real *v) {
     const tabled_args *a = args;
-    const long T = a->T, d = a->d, H = a->H, dh = d / H, U = 2 * T, b = task / H, h = task % H;
+    const long T = a->T, d = a->d, H = a->H, dh = d / H, b = task / H, h = task % H;
     const head_slices sl = head_slices_of(task, H, T, T, T, d);
-    const real scale = (real)(1.0 / sqrt((double)dh));
     const uint8_t *xb = a->x + b * T;
-    real *p = a->P + sl.p;
     sf_par one = {1, 0};
-    for (long i = 0; i < T; i++) softmax_gathered_row(p + i * T, a->stab + (h * U + xb[i] * T + i) * U, xb, T, scale);
+    tabled_probabilities(a->P + sl.p, a->stab, xb, T, h, score_scale(d, H));
     gather_values(v, a->Vu, a->ldv, xb, T, dh, h);
-    SF(gemm)(T, dh, T, p, T, 1, v, dh, a->ctx + sl.q, d, NULL, 0, &one);
+    SF(gemm)(T, dh, T, a->P + sl.p, T, 1, v, dh, a->out + sl.q, d, NULL, 0, &one);
 }
 
 void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *Vu, long ldv,
                                   long B, long T, long d, long H, real *scratch, sf_par *par) {
-    const tabled_args args = {ctx, P, stab, Vu, x, ldv, T, d, H};
+    const tabled_args args = {.out = ctx, .P = P, .stab = stab, .Vu = Vu, .x = x, .ldv = ldv, .T = T, .d = d, .H = H};
     const int nt = B * H > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
     SF(for_each_head_task)(B * H, nt, scratch, SF(attention_scratch)(T, T, d, H, 1), tabled_task, &args, par);
+}
+
+/* One sequence b: for each head, its probabilities, its T folded value rows gathered (T,d), and
+ * out_b (T,d) = bias + P_b0 VW_0[x] + P_b1 VW_1[x] + ..., head by head (the heads add into the
+ * same rows, so a task is a whole sequence). */
+static void folded_task(const void *args, long b, real *g) {
+    const tabled_args *a = args;
+    const long T = a->T, d = a->d, H = a->H, U = 2 * T;
+    const uint8_t *xb = a->x + b * T;
+    real *out = a->out + b * T * d;
+    sf_par one = {1, 0};
+    for (long h = 0; h < H; h++) {
+        real *p = a->P + (b * H + h) * T * T;
+        tabled_probabilities(p, a->stab, xb, T, h, score_scale(d, H));
+        gather_values(g, a->Vu + h * U * d, d, xb, T, d, 0);
+        SF(gemm)(T, d, T, p, T, 1, g, d, out, d, h ? NULL : a->bias, h > 0, &one);
+    }
+}
+
+void SF(attention_forward_folded)(real *out, real *P, const real *stab, const uint8_t *x, const real *VW,
+                                  const real *bias, long B, long T, long d, long H, real *scratch, sf_par *par) {
+    const tabled_args args = {.out = out, .P = P, .stab = stab, .Vu = VW, .bias = bias, .x = x, .T = T, .d = d, .H = H};
+    const int nt = B > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
+    SF(for_each_head_task)(B, nt, scratch, SF(attention_scratch)(T, T, d, H, 1), folded_task, &args, par);
 }
 
 long SF(score_table_groups)(long B, long T, long H) {
@@ -91,7 +128,7 @@ void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx
                                    long ldv, const uint8_t *x, long B, long T, long d, long H, real *scratch,
                                    sf_par *par) {
     const long dh = d / H, U = 2 * T, table = H * U * U, sums = U * d, groups = SF(score_table_groups)(B, T, H);
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(d, H);
     const int nt = groups > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)

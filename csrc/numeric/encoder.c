@@ -63,7 +63,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int every_position
     a->g_ain = take(&b, N * d);
     a->g_aq = take(&b, N * d);
     a->g_out = take(&b, B);
-    a->U = B > 2 ? 2 * T : 0;
+    a->U = B > 2 || d / H >= SF_NARROW_HEAD ? 2 * T : 0;
     a->u_emb = take(&b, a->U * d);
     a->u_ain = pre ? take(&b, a->U * d) : a->u_emb;
     a->u_mean = take_means(&b, c, a->U);
@@ -78,6 +78,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int every_position
     const long groups = table ? SF(score_table_groups)(B, T, H) : 0;
     a->ds_tab = table ? take(&b, table * groups) : NULL;
     a->dv_sum = table ? (double *)take(&b, groups * a->U * d * (long)(sizeof(double) / sizeof(real))) : NULL;
+    a->u_vw = table ? take(&b, H * a->U * d) : NULL;
     a->forward_only = a->loss_only = 0;
     a->pool_q = take(&b, B * H * d);
     a->pool_a = take(&b, B * H * d);
@@ -151,7 +152,10 @@ static void distinct_inproj_forward(const sf_config *c, const params *p, layer_a
         for (long hd = 0; hd < H; hd++) /* s_tab[h] = Q_h K_h^T over the distinct rows */
             SF(gemm_bt)(U, U, dh, a->u_qkv + hd * dh, 3 * d, 1, a->u_qkv + d + hd * dh, 3 * d, a->s_tab + hd * U * U, U,
                         NULL, 0, par);
-        return; /* the attention reads the values from u_qkv */
+        for (long hd = 0; s->folded && hd < H; hd++) /* u_vw[h] = V_h W_out,h^T (attention_table.c) */
+            SF(gemm_bt)(U, d, dh, a->u_qkv + 2 * d + hd * dh, 3 * d, 1, w->w_out + hd * dh, d, a->u_vw + hd * U * d, d,
+                        NULL, 0, par);
+        return; /* the attention reads the values from u_qkv, or u_vw */
     }
     SF(gather_distinct)(s->q, s->kv, a->u_qkv, x, B, T, Tq, d);
 }
@@ -215,17 +219,17 @@ static void pooled_attention_forward(const sf_config *c, const layer_params *w, 
 
 enum { TAIL_ROWS = 192 }; /* a multiple of every GEMM path's row tile (4, 6, 8) */
 
-/* The layer after its attention, for Nq rows: out-projection + residual, LN1 (post-norm) or LN2
- * (pre-norm), the FFN + residual, LN2 (post-norm). Run op by op over all rows, each op would
- * stream its arrays from memory; run chunk by chunk (TAIL_ROWS rows, one thread each), a
- * chunk's arrays stay in cache from one op to the next. Every op's arithmetic per row is the
- * same either way, and so are the bits. wt: room for W_out^T, W1^T and W2^T. */
+/* The layer after its attention, for Nq rows: out-projection (folded: the attention's) +
+ * residual, LN1 (post-norm) or LN2 (pre-norm), the FFN + residual, LN2 (post-norm). Run op by op
+ * over all rows, each op would stream its arrays from memory; run chunk by chunk (TAIL_ROWS rows,
+ * one thread each), a chunk's arrays stay in cache from one op to the next. Every op's arithmetic
+ * per row is the same either way, and so are the bits. wt: room for W_out^T, W1^T and W2^T. */
 static void layer_tail_forward(const sf_config *c, const layer_params *w, layer_acts *s, long Nq, real *wt,
                                sf_par *par) {
     const long d = c->d_model, F = c->d_ff, chunks = (Nq + TAIL_ROWS - 1) / TAIL_ROWS;
     const int pre = c->norm == SF_NORM_PRE, post = c->norm == SF_NORM_POST;
     real *wt_out = wt, *wt1 = wt + d * d, *wt2 = wt1 + d * F;
-    SF(transpose_weight)(wt_out, w->w_out, d, d);
+    if (!s->folded) SF(transpose_weight)(wt_out, w->w_out, d, d);
     SF(transpose_weight)(wt1, w->w1, F, d);
     SF(transpose_weight)(wt2, w->w2, d, F);
     const int nt = chunks > 1 && Nq * (d + F) >= 65536 ? par->nt : 1;
@@ -234,7 +238,7 @@ static void layer_tail_forward(const sf_config *c, const layer_params *w, layer_
     for (long chunk = 0; chunk < chunks; chunk++) {
         const long r = chunk * TAIL_ROWS, n = Nq - r < TAIL_ROWS ? Nq - r : TAIL_ROWS, rd = r * d;
         sf_par one = {1, 0};
-        SF(gemm)(n, d, d, s->ctx + rd, d, 1, wt_out, d, s->r1 + rd, d, w->b_out, 0, &one);
+        if (!s->folded) SF(gemm)(n, d, d, s->ctx + rd, d, 1, wt_out, d, s->r1 + rd, d, w->b_out, 0, &one);
         add_into(s->r1 + rd, s->xq + rd, n * d);
         if (post)
             SF(layernorm_forward)(s->h + rd, rows_from(s->ln1_mean, r), s->ln1_rstd + r, s->r1 + rd, w->g1, w->be1, c->ln_eps, n,
@@ -270,6 +274,7 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
     const int pooled = Tq == 1 && l == c->n_layers - 1 && !p->rope && (a->forward_only || (a->loss_only && !x));
     s->pooled = pooled;
     s->tabled = x && Tq == T && a->s_tab && (a->forward_only || a->loss_only);
+    s->folded = s->tabled && a->forward_only;
     if (x) {
         distinct_inproj_forward(c, p, s, a, x, par);
     } else {
@@ -281,6 +286,8 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
         }
     }
     if (pooled) pooled_attention_forward(c, w, s, a, par);
+    else if (s->folded)
+        SF(attention_forward_folded)(s->r1, s->p, a->s_tab, x, a->u_vw, w->b_out, B, T, d, H, a->attn_scratch, par);
     else if (s->tabled)
         SF(attention_forward_tabled)(s->ctx, s->p, a->s_tab, x, a->u_qkv + 2 * d, 3 * d, B, T, d, H, a->attn_scratch,
                                      par);

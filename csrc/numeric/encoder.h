@@ -36,7 +36,7 @@ typedef struct {
     real *q;                    /* (Nq,d) */
     real *kv;                   /* (N,2d) keys | values */
     real *p;                    /* (B,H,Tq,T) attention probabilities */
-    real *ctx;                  /* (Nq,d) heads concatenated */
+    real *ctx;                  /* (Nq,d) heads concatenated (not stored when folded) */
     real *r1;                   /* (Nq,d) xq + out_proj(ctx) */
     real *h;                    /* (Nq,d) LN1(r1) (post) or r1 */
     real *f_in;                 /* (Nq,d) FFN input: LN2(h) (pre) or h */
@@ -46,6 +46,7 @@ typedef struct {
     real *out;                  /* (Nq,d) LN2(r2) (post) or r2 */
     int pooled;                 /* attended in the input space (no keys or values; see encoder.c) */
     int tabled;                 /* layer 0: scores from a->s_tab; kv holds the values only */
+    int folded;                 /* tabled and forward only: r1's out-projection from a->u_vw */
 } layer_acts;
 
 typedef struct {
@@ -58,7 +59,8 @@ typedef struct {
     /* Layer 0's attention input is a function of (token, position) only: with U = 2T < N such
      * rows, its in-projection runs on the U distinct rows (row v*T + t: token v at position t)
      * and is gathered, and its backward aggregates the gradient per distinct row first. */
-    long U;                          /* 2T, or 0 when B <= 2 (no saving) */
+    long U;                          /* 2T, or 0 when B <= 2 (no saving) with narrow heads (with wide
+                                      * ones, forward-only outputs must not depend on B: the fold) */
     real *u_emb, *u_ain, *u_mean, *u_rstd; /* (U,d), (U,d), (U), (U) */
     real *u_qkv, *u_grad;            /* (U,3d) projections and their gradient */
     real *u_gain, *u_gemb;           /* (U,d) gradients of u_ain and u_emb */
@@ -72,6 +74,7 @@ typedef struct {
     real *s_tab, *ds_tab; /* (H,U,U) layer 0's score table and its gradient (wide heads, U > 0);
                            * ds_tab has room for the per-group sums (attention_table.c) */
     double *dv_sum;       /* (U,d) layer 0's value gradients per distinct row, with room for the groups */
+    real *u_vw;           /* (H,U,d) forward only: layer 0's distinct value rows out-projected per head */
     real *pool_q, *pool_a;   /* (B,H,d) W_k^T q per head, and the probability-weighted inputs */
     real *g_pool_q, *g_pool_a; /* (B,H,d) their gradients */
     /* backward scratch */

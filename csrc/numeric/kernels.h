@@ -148,6 +148,11 @@ void SF(attention_backward)(real *dQ, real *dKV, const real *dctx, const real *P
  * (H, 2T, 2T) of x (B,T) tokens and values from the 2T distinct rows Vu (rows of stride ldv). */
 void SF(attention_forward_tabled)(real *ctx, real *P, const real *stab, const uint8_t *x, const real *Vu, long ldv,
                                   long B, long T, long d, long H, real *scratch, sf_par *par);
+/* Forward only, layer 0's out-projection folded into its values: with VW (H, 2T, d) the distinct
+ * value rows of each head times that head's columns of W_out (VW_h = V_h W_out,h^T), out (B*T, d)
+ * = bias + sum_h P_h VW_h[x], the attention's context already out-projected. */
+void SF(attention_forward_folded)(real *out, real *P, const real *stab, const uint8_t *x, const real *VW,
+                                  const real *bias, long B, long T, long d, long H, real *scratch, sf_par *par);
 /* dstab (H, 2T, 2T) = the score gradients summed per table entry; dv_sum (2T, d) = the value
  * gradients summed per distinct (token, position) row, in double. Both have room for
  * score_table_groups(B, T, H) copies. scratch: attention_scratch(T, T, d, H, threads). */
