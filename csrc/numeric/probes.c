@@ -35,7 +35,22 @@ static double batch_loss(sf_model *m, const sf_seq_data *d, int b, int B, sf_los
  * draw, the tensor's index and the element's index in its tensor: a tensor's noise never depends on the
  * other tensors' sizes or the mask (a model with more positions, whose positional table is excluded, gets
  * the same noise on every other tensor), nor on the thread count. Normals come in Box-Muller pairs
- * (elements 2j, 2j+1 of a tensor), and the pairs of all masked tensors are split among the threads. */
+ * (elements 2j, 2j+1 of a tensor), drawn a block at a time (vectorised, rng.h), and the pairs of all
+ * masked tensors are split among the threads. */
+enum { NOISE_BLOCK = 64 }; /* pairs drawn at a time */
+
+SF_VECTOR_ISA static void perturb_pairs(real *theta, const real *backup, long size, long a, long b, double sigma,
+                                        const real *z, uint64_t key) {
+    double zz[2 * NOISE_BLOCK];
+    for (long j0 = a; j0 < b; j0 += NOISE_BLOCK) {
+        const long n = b - j0 < NOISE_BLOCK ? b - j0 : NOISE_BLOCK, i0 = 2 * j0;
+        const long elements = i0 + 2 * n <= size ? 2 * n : size - i0; /* an odd tensor's last pair has one */
+        if (!z) sf_normal_pairs(key, (uint64_t)j0, n, zz);
+        for (long e = 0; e < elements; e++)
+            theta[i0 + e] = (real)(backup[i0 + e] + sigma * (z ? (double)z[i0 + e] : zz[e]));
+    }
+}
+
 static void perturb(sf_model *m, real *theta, const real *backup, const unsigned char *mask, double sigma,
                     const real *z, uint64_t key, sf_par *par) {
     long pairs = 0; /* pair p of the masked tensors is pair p - first[t] of tensor t */
@@ -51,14 +66,9 @@ static void perturb(sf_model *m, real *theta, const real *backup, const unsigned
             if (!mask[t]) continue;
             const sf_tensor_info *ti = &m->tensors[t];
             const long n = (ti->size + 1) / 2, a = lo > first ? lo - first : 0, b = hi - first < n ? hi - first : n;
-            const uint64_t tensor_key = sf_rand64(key, (uint64_t)t);
-            for (long j = a; j < b; j++) {
-                double zz[2];
-                const long i = ti->offset + 2 * j, two = 2 * j + 1 < ti->size ? 2 : 1;
-                if (!z) sf_normal_pair(tensor_key, (uint64_t)j, zz);
-                for (long e = 0; e < two; e++)
-                    theta[i + e] = (real)(backup[i + e] + sigma * (z ? (double)z[i + e] : zz[e]));
-            }
+            if (a < b)
+                perturb_pairs(theta + ti->offset, backup + ti->offset, ti->size, a, b, sigma,
+                              z ? z + ti->offset : NULL, sf_rand64(key, (uint64_t)t));
             first += n;
         }
     }
