@@ -45,15 +45,24 @@ def executed_flops(d, n, batch, layers=2, d_ff=None, heads=2):
 
 
 def executed_forward_flops(d, n, batch, layers=2, d_ff=None, heads=2):
-    """FLOPs of sensiformer's forward-only pass (forward(), probes): layers 0..L-2 as in training
-    (layer 0's in-projection on its 2n distinct rows), and a last layer with no keys or values,
-    which scores and pools in the input space: per sequence the query, W_k^T q, W_v (pooled),
-    the out-projection, the FFN and the readout; per position 4 heads d."""
+    """FLOPs of sensiformer's forward-only pass (forward(), probes): layer 0 on its 2n distinct
+    (token, position) rows — with heads of at least 16 columns its scores from a 2n x 2n table per
+    head and its out-projection folded into the values (attention_table.c): per position the
+    folded values' mix (2 heads n d) and the FFN; else the in-projection alone on the distinct rows
+    (more than 2 sequences) — middle layers in full, and a last layer with no keys or values, which
+    scores and pools in the input space: per sequence the query, W_k^T q, W_v (pooled), the
+    out-projection, the FFN and the readout; per position 4 heads d."""
     f = d if d_ff is None else d_ff
     full = n * (8 * d * d + 4 * d * f + 4 * n * d)
-    distinct_rows_saving = (batch * n - 2 * n) * 6 * d * d if batch > 2 and layers >= 2 else 0
     last = 8 * d * d + 4 * d * f + 2 * d + n * 4 * heads * d
-    return float(batch * ((layers - 1) * full + last) - distinct_rows_saving)
+    if layers < 2:
+        return float(batch * last)
+    u = 2 * n
+    if d // heads >= 16:
+        first = u * 6 * d * d + 2 * u * u * d + 2 * u * d * d + batch * n * (2 * heads * n * d + 4 * d * f)
+    else:
+        first = batch * full - ((batch * n - u) * 6 * d * d if batch > 2 else 0)
+    return float(first + batch * ((layers - 2) * full + last))
 
 
 def sensiformer_steps(cfg, threads, steps):

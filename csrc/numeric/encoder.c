@@ -79,7 +79,7 @@ size_t SF(encoder_layout)(const sf_config *c, long B, long T, int every_position
     a->ds_tab = table ? take(&b, table * groups) : NULL;
     a->dv_sum = table ? (double *)take(&b, groups * a->U * d * (long)(sizeof(double) / sizeof(real))) : NULL;
     a->u_vw = table ? take(&b, H * a->U * d) : NULL;
-    a->forward_only = a->loss_only = 0;
+    a->forward_only = a->loss_only = a->pool_last = 0;
     a->pool_q = take(&b, B * H * d);
     a->pool_a = take(&b, B * H * d);
     a->g_pool_q = take(&b, B * H * d);
@@ -271,7 +271,8 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
     }
     /* self-attention: q from the query rows, k and v from every row (in_proj rows [0,d) and [d,3d)) */
     /* (the pooled form needs keys linear in the inputs: not with RoPE) */
-    const int pooled = Tq == 1 && l == c->n_layers - 1 && !p->rope && (a->forward_only || (a->loss_only && !x));
+    const int pooled =
+        Tq == 1 && l == c->n_layers - 1 && !p->rope && (a->forward_only || ((a->loss_only || a->pool_last) && !x));
     s->pooled = pooled;
     s->tabled = x && Tq == T && a->s_tab && (a->forward_only || a->loss_only);
     s->folded = s->tabled && a->forward_only;

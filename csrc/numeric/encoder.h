@@ -69,8 +69,9 @@ typedef struct {
      * backward follows the same path): the last layer attends without keys and values, with its
      * scores and pooling in the input space (pooled_attention_forward; with loss_only not on
      * layer 0's distinct rows), and layer 0 takes its scores from a table (attention_table.c).
-     * Callers that need the keys (the HVP, attention logits) set neither. */
-    int forward_only, loss_only;
+     * pool_last (the HVP, whose tangents of the pooled form are tangent_pooled.c): only the last
+     * layer pooled. Callers that need the keys (attention logits) set none. */
+    int forward_only, loss_only, pool_last;
     real *s_tab, *ds_tab; /* (H,U,U) layer 0's score table and its gradient (wide heads, U > 0);
                            * ds_tab has room for the per-group sums (attention_table.c) */
     double *dv_sum;       /* (U,d) layer 0's value gradients per distinct row, with room for the groups */
@@ -115,6 +116,16 @@ void SF(encoder_backward)(sf_model *m, const uint8_t *x, acts *a, sf_par *par);
  * a->u_grad (U,3d), in double and row order (s: layer 0's activations). */
 void SF(gather_distinct)(real *q, real *kv, const real *u_qkv, const uint8_t *x, long B, long T, long Tq, long d);
 void SF(sum_by_distinct_row)(acts *a, const layer_acts *s, const uint8_t *x, long d, sf_par *par);
+
+/* The pooled last layer's tangents (tangent_pooled.c), for the HVP: forward, ts->p, ts->ctx and
+ * t->pool_q, t->pool_a from the tangents of q and a_in; backward, from (a->g_ctx, t->g_ctx): the
+ * attention inputs' gradient and its tangent (g_ain, tg_ain (N,d), overwritten), (a->g_q, t->g_q)
+ * and hv's key and value rows of w_in and b_in. s, ts: the layer's activations and tangents. */
+void SF(pooled_attention_tangent_forward)(const sf_config *c, const layer_params *w, const layer_params *v,
+                                          const layer_acts *s, layer_acts *ts, const acts *a, acts *t, sf_par *par);
+void SF(pooled_attention_tangent_backward)(const sf_config *c, const layer_params *w, const layer_params *v,
+                                           layer_params *hv, const layer_acts *s, const layer_acts *ts, acts *a,
+                                           acts *t, real *g_ain, real *tg_ain, sf_par *par);
 
 /* The stack's tangents (hvp.c): t holds the tangents of a's activations for the direction v. */
 void SF(stack_tangent_forward)(const sf_config *c, const params *p, const params *v, const uint8_t *x, acts *a,

@@ -7,7 +7,8 @@
  * primal gradient and its tangent together, layer by layer; the tangents of the parameter
  * gradients are H v. The primal gradients of parameters are never formed, so the model's
  * gradient buffer is left alone. The last layer's readout-position shortcut (Tq = 1, see
- * encoder.c) carries over unchanged: no other position reaches the loss. */
+ * encoder.c) carries over unchanged: no other position reaches the loss; and so does its
+ * attention in the input space, without keys or values (tangent_pooled.c), except with RoPE. */
 #include "encoder.h"
 #include "tangent.h"
 
@@ -33,6 +34,7 @@ static sf_status hvp_reserve(sf_model *m, long B, long T, int nt, hvp_work *w) {
     SF(encoder_layout)(c, B, T, 0, nt, base, &w->a);
     SF(encoder_layout)(c, B, T, 0, nt, base + primal, &w->t);
     w->attn = (real *)(base + primal + tangent);
+    w->a.pool_last = 1; /* the last layer's keys and values are never formed (tangent_pooled.c) */
     return SF_OK;
 }
 
@@ -80,11 +82,14 @@ static void layer_tangent_forward(const sf_config *c, const params *p, const par
                                           WGT(g1, 0), v->be1, N, d, par);
         if (Tq < T && pre) gather_last(ts->aq, ts->a_in, B, T, d);
         SF(linear_tangent_forward)(ts->q, ACT(aq), WGT(w_in, 0), v->b_in, Nq, d, d, wt, par);
-        SF(linear_tangent_forward)(ts->kv, ACT(a_in), WGT(w_in, d * d), v->b_in + d, N, d, 2 * d, wt, par);
         rope_heads(c, p->rope, ts->q, d, B, Tq, T, 0, par); /* RoPE is linear: the tangents turn with the values */
-        rope_heads(c, p->rope, ts->kv, 2 * d, B, T, T, 0, par);
+        if (!s->pooled) {
+            SF(linear_tangent_forward)(ts->kv, ACT(a_in), WGT(w_in, d * d), v->b_in + d, N, d, 2 * d, wt, par);
+            rope_heads(c, p->rope, ts->kv, 2 * d, B, T, T, 0, par);
+        }
     }
-    SF(attention_tangent_forward)(ts->ctx, ts->p, ACT(q), ACT(kv), s->p, B, T, Tq, d, H, attn, par);
+    if (s->pooled) SF(pooled_attention_tangent_forward)(c, w, v, s, ts, a, t, par);
+    else SF(attention_tangent_forward)(ts->ctx, ts->p, ACT(q), ACT(kv), s->p, B, T, Tq, d, H, attn, par);
     SF(linear_tangent_forward)(ts->r1, ACT(ctx), WGT(w_out, 0), v->b_out, Nq, d, d, wt, par);
     add_into(ts->r1, ts->xq, Nq * d);
     if (post)
@@ -174,8 +179,12 @@ static void layer_tangent_backward(const sf_config *c, const params *p, const pa
         g_r1 = CGRAD(g_r1);
     }
     SF(linear_tangent_backward)(GRAD(g_ctx), 0, hv->w_out, hv->b_out, g_r1, ACT(ctx), WGT(w_out, 0), Nq, d, d, par);
-    SF(attention_tangent_backward)(GRAD(g_q), GRAD(g_kv), CGRAD(g_ctx), ACT(p), ACT(q), ACT(kv), B, T, Tq, d, H, attn,
-                                   par);
+    const dual g_ain = pre ? GRAD(g_ain) : g_x; /* the attention inputs' gradient */
+    if (s->pooled)
+        SF(pooled_attention_tangent_backward)(c, w, v, hv, s, ts, a, t, g_ain.v, g_ain.t, par);
+    else
+        SF(attention_tangent_backward)(GRAD(g_q), GRAD(g_kv), CGRAD(g_ctx), ACT(p), ACT(q), ACT(kv), B, T, Tq, d, H,
+                                       attn, par);
     if (x) { /* layer 0 on the distinct rows: g_x keeps only the residual path */
         distinct_inproj_tangent_backward(c, p, pv, hv, a, t, x, par);
         for (int k = 0; k < 2; k++) {
@@ -192,12 +201,12 @@ static void layer_tangent_backward(const sf_config *c, const params *p, const pa
     }
     for (int k = 0; k < 2; k++) { /* the gradients and their tangents back through RoPE */
         rope_heads(c, p->rope, (k ? t : a)->g_q, d, B, Tq, T, 1, par);
-        rope_heads(c, p->rope, (k ? t : a)->g_kv, 2 * d, B, T, T, 1, par);
+        if (!s->pooled) rope_heads(c, p->rope, (k ? t : a)->g_kv, 2 * d, B, T, T, 1, par);
     }
-    /* in_proj: weight rows [0,d) from the queries, [d,3d) from keys and values */
-    const dual g_ain = pre ? GRAD(g_ain) : g_x;
-    SF(linear_tangent_backward)(g_ain, 0, hv->w_in + d * d, hv->b_in + d, CGRAD(g_kv), ACT(a_in), WGT(w_in, d * d), N, d,
-                                2 * d, par);
+    /* in_proj: weight rows [0,d) from the queries, [d,3d) from keys and values (pooled: done) */
+    if (!s->pooled)
+        SF(linear_tangent_backward)(g_ain, 0, hv->w_in + d * d, hv->b_in + d, CGRAD(g_kv), ACT(a_in), WGT(w_in, d * d),
+                                    N, d, 2 * d, par);
     if (Tq == T) {
         SF(linear_tangent_backward)(g_ain, 1, hv->w_in, hv->b_in, CGRAD(g_q), ACT(aq), WGT(w_in, 0), Nq, d, d, par);
     } else {
