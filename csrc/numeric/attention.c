@@ -24,7 +24,10 @@ SF_VECTOR_ISA void SF(softmax_row)(real *p, long seen, long T, real scale) {
 }
 
 SF_VECTOR_ISA void SF(softmax_scaled_row)(real *p, long seen, long T) {
-    const real mx = row_max(p, seen);
+    SF(softmax_scaled_row_max)(p, seen, T, row_max(p, seen));
+}
+
+SF_VECTOR_ISA void SF(softmax_scaled_row_max)(real *p, long seen, long T, real mx) {
     for (long j = 0; j < seen; j++) p[j] = vexp(p[j] - mx);
     double s = 0;
 #pragma omp simd reduction(+ : s)

@@ -26,11 +26,17 @@
 #include <string.h>
 
 /* The probabilities of one query row: the scores s_j = row[x_j T + j] (a select between the
- * row's two halves, token 0 | token 1), scaled as softmax_row scales them, then its softmax. */
+ * row's two halves, token 0 | token 1), scaled as softmax_row scales them, and their maximum in
+ * the same pass, then its softmax. */
 SF_VECTOR_ISA static void softmax_gathered_row(real *p, const real *row, const uint8_t *x, long T, real scale) {
     const real *r0 = row, *r1 = row + T;
-    for (long j = 0; j < T; j++) p[j] = (x[j] ? r1[j] : r0[j]) * scale;
-    SF(softmax_scaled_row)(p, T, T);
+    real mx = (x[0] ? r1[0] : r0[0]) * scale;
+#pragma omp simd reduction(max : mx)
+    for (long j = 0; j < T; j++) {
+        p[j] = (x[j] ? r1[j] : r0[j]) * scale;
+        mx = p[j] > mx ? p[j] : mx;
+    }
+    SF(softmax_scaled_row_max)(p, T, T, mx);
 }
 
 /* The softmax backward of one query row, added into its table row: with g = dP's row and p = P's,

@@ -100,6 +100,7 @@ double SF(loss_forward_backward)(real *dout, const real *out, const real *y, lon
  * exactly 0. */
 void SF(softmax_row)(real *p, long seen, long T, real scale);
 void SF(softmax_scaled_row)(real *p, long seen, long T); /* the same, after the scaling */
+void SF(softmax_scaled_row_max)(real *p, long seen, long T, real mx); /* ... whose maximum is mx */
 /* g (T): the softmax backward of the probabilities p given dL/dp, then the score scale:
  * g_j = p_j (g_j - softmax_dot(g, p)) scale. */
 void SF(softmax_row_backward)(real *g, const real *p, long T, real scale);

@@ -17,7 +17,7 @@ static inline real vexp(real x) { return exp(x); }
 static inline real vexp(real x) {
     x = x < -87.0f ? -87.0f : x; /* maxps/minps patterns that keep a NaN (x < c is false) */
     x = x > 88.0f ? 88.0f : x;
-    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* nearest integer */
+    const float shifted = x * 1.44269504088896341f + 12582912.0f, n = shifted - 12582912.0f; /* nearest integer */
     const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;           /* x - n ln2, in two parts */
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -26,8 +26,11 @@ static inline real vexp(real x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    const float n_ok = n == n ? n : 0.0f; /* NaN (whose p is NaN) must not reach the int conversion */
-    const union { uint32_t i; float f; } two_n = {(uint32_t)((int32_t)n_ok + 127) << 23}; /* 2^n */
+    /* 2^n from shifted's bits, whose mantissa holds 1.5 * 2^23 + n exactly: no float-to-int
+     * conversion (nor its NaN guard); a NaN x has a NaN p, so the result is NaN whatever these
+     * bits. Bit for bit the former (int32_t)n + 127 form on all 2^32 inputs, vector and scalar. */
+    const union { float f; uint32_t i; } bits = {shifted};
+    const union { uint32_t i; float f; } two_n = {(bits.i - (0x4B400000u - 127u)) << 23};
     return p * two_n.f;
 }
 #endif
