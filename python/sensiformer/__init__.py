@@ -13,10 +13,15 @@ __version__ = "0.1.0"
 
 import os as _os
 
-# Before the engine loads libgomp: its default spin-waiting burns whole scheduler slices when the
-# machine is busy (2-thread steps measured 10x slower than 1 thread under load); sleeping waits
-# cost a few microseconds per parallel region instead. Set OMP_WAIT_POLICY=active to override.
-_os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# Before the engine loads libgomp: how its idle threads wait between parallel regions. libgomp's
+# own default (spin up to 300,000 times, then sleep) burns whole scheduler slices when the machine
+# is busy (2-thread steps measured 2-10x slower under load); sleeping at once (passive) costs a
+# wake-up per region, 6-11% of a training step on an idle machine. A short spin keeps both: with
+# 2 or 4 busy processes on 2 cores it measured within noise of passive, idle as fast as the long
+# spin (libgomp still cuts it to 100 when it has more threads than CPUs). A wait policy or spin
+# count of the user's own wins.
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "3000"
 
 from . import metrics, probes, targets
 from . import analysis

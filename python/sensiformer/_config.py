@@ -64,6 +64,7 @@ def show_config(print_out: bool = True, peak: bool = False) -> dict:
     info = dict(_native.build_info())
     info["version"] = __version__
     info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
+    info["omp_spin_count"] = os.environ.get("GOMP_SPINCOUNT", "")
     if peak:
         info["peak_gflops_fp32"] = round(measure_peak("float32"), 1)
         info["peak_gflops_fp64"] = round(measure_peak("float64"), 1)
