@@ -8,6 +8,7 @@ lot. Rows can be printed as a table and written as JSON to compare across commit
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import sensiformer as sf
+
+# sensiformer's import set GOMP_SPINCOUNT for its own libgomp, which has read it by now (README,
+# Threads); PyTorch, imported later into this process, keeps its own OpenMP defaults.
+for _key in sf._OMP_ENV_SET:
+    os.environ.pop(_key, None)
 
 
 @dataclass
@@ -138,7 +144,8 @@ def describe_machine(threads: int, peak: bool = True) -> dict:
         commit = None
     return dict(date=time.strftime("%Y-%m-%d %H:%M"), cpu=cpu_model(), threads=threads, cpu_path=info["cpu_path"],
                 vector_bits=info["vector_bits"], cpu_paths="/".join(info["cpu_paths"]), openmp=info["openmp"],
-                commit=commit, version=info["version"], peak_gflops_fp32=info.get("peak_gflops_fp32"),
+                commit=commit, version=info["version"], omp_spin_count=info["omp_spin_count"],
+                peak_gflops_fp32=info.get("peak_gflops_fp32"),
                 peak_gflops_fp64=info.get("peak_gflops_fp64"), peak_vector_bits=info["widest_vector_bits"])
 
 

@@ -20,8 +20,11 @@ import os as _os
 # 2 or 4 busy processes on 2 cores it measured within noise of passive, idle as fast as the long
 # spin (libgomp still cuts it to 100 when it has more threads than CPUs). A wait policy or spin
 # count of the user's own wins.
+_OMP_ENV_SET = {}  # what this import set, for tools that load a second OpenMP runtime (benchmarks/harness.py)
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
-    _os.environ["GOMP_SPINCOUNT"] = "3000"
+    _os.environ["GOMP_SPINCOUNT"] = _OMP_ENV_SET["GOMP_SPINCOUNT"] = "3000"
+# what the engine's libgomp reads when it loads (below), for show_config
+_OMP_ENV = {key: _os.environ.get(key, "") for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
 from . import metrics, probes, targets
 from . import analysis

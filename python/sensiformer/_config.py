@@ -57,14 +57,12 @@ def show_config(print_out: bool = True, peak: bool = False) -> dict:
     (about a second) at the widest vector width this CPU supports (``widest_vector_bits``).
     Returns the facts as a dict (and prints them unless ``print_out=False``).
     """
-    from . import __version__
-
-    import os
+    from . import _OMP_ENV, __version__
 
     info = dict(_native.build_info())
     info["version"] = __version__
-    info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
-    info["omp_spin_count"] = os.environ.get("GOMP_SPINCOUNT", "")
+    info["omp_wait_policy"] = _OMP_ENV["OMP_WAIT_POLICY"]  # as the engine's libgomp read them
+    info["omp_spin_count"] = _OMP_ENV["GOMP_SPINCOUNT"]
     if peak:
         info["peak_gflops_fp32"] = round(measure_peak("float32"), 1)
         info["peak_gflops_fp64"] = round(measure_peak("float64"), 1)
