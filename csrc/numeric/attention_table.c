@@ -19,8 +19,8 @@
  *
  * The forward runs one task per (batch, head) as attention.c (folded: per sequence, its heads in
  * order), the backward one task per fixed group of sequences, so results never depend on the
- * thread count. P (B,H,T,T). Wide heads only
- * (narrow ones keep attention.c's form). Scratch: attention_scratch(T, T, d, H, threads). */
+ * thread count. P (B,H,T,T). Wide heads only (narrow ones keep attention.c's form). Scratch:
+ * attention_scratch(T, T, d, H, threads). */
 #include "kernels.h"
 
 #include <string.h>
