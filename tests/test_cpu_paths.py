@@ -129,3 +129,40 @@ def test_the_baseline_agrees_with_the_vector_paths_to_rounding():
         a, b = np.array(a), np.array(b)
         tol = 1e-12 if config[5] == "float64" else 2e-5
         assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(a)), config
+
+
+# Forward-only outputs, the sharpness probe (its own noise) and Hessian-vector products, hashed, recorded at
+# d3613c4: the folded layer 0 (wide heads), the pooled last layer's tangents, the vectorised normals.
+PROBE_FINGERPRINTS = {
+    (12, 32, "post", "float32"): "8225008967f1f28e",
+    (12, 32, "pre", "float64"): "0eca0ca20fd8daa2",
+    (9, 8, "post", "float32"): "4571170c4183ce79",
+}
+
+PROBE_SCRIPT = r"""
+import hashlib, json, sys
+import numpy as np
+import sensiformer as sf
+
+def run(n, d, norm, dtype):
+    model = sf.Transformer(n_positions=n, d_model=d, n_heads=2, n_layers=2, norm=norm, dtype=dtype, seed=3)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 2, size=(48, n), dtype=np.uint8)
+    y = sf.targets.Parity(n)(x).astype(dtype)
+    v = rng.normal(size=model.num_parameters).astype(dtype)
+    parts = [model.forward(x, n_threads=2), sf.probes.sharpness(model, x, y, repeats=3, seed=5, n_threads=2).samples,
+             sf.probes.hvp(model, x, y, v, n_threads=2)]
+    return hashlib.sha256(b"".join(np.ascontiguousarray(p).tobytes() for p in parts)).hexdigest()[:16]
+
+configs = json.loads(sys.argv[1])
+print(json.dumps({"cpu_path": sf.show_config(print_out=False)["cpu_path"], "hashes": [run(*c) for c in configs]}))
+"""
+
+
+@pytest.mark.parametrize("path", [p for p in ("x86-64-v3", "x86-64-v4") if p in RUNNABLE] or
+                         [pytest.param("x86-64-v3", marks=pytest.mark.skip(reason="this CPU runs no vector path"))])
+def test_vector_paths_probe_to_the_recorded_bits(path):
+    proc = run_on_path(path, PROBE_SCRIPT, json.dumps([list(c) for c in PROBE_FINGERPRINTS]))
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cpu_path"] == path
+    assert out["hashes"] == list(PROBE_FINGERPRINTS.values())
