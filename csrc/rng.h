@@ -130,13 +130,6 @@ static inline void sf_normal_pairs(uint64_t key, uint64_t first, long n, double 
     }
 }
 
-/* The same pair by libm (the reference the tests hold sf_normal_pairs to). */
-static inline void sf_normal_pair(uint64_t key, uint64_t pair, double z[2]) {
-    const double u1 = ((double)(sf_rand64(key, 2 * pair) >> 11) + 0.5) * 0x1.0p-53; /* (0,1) */
-    const double u2 = sf_uniform(key, 2 * pair + 1), r = sqrt(-2.0 * log(u1)), a = 6.283185307179586476925 * u2;
-    z[0] = r * cos(a), z[1] = r * sin(a);
-}
-
 /* Uniform integer in [0, n) (n > 0), unbiased by rejection on a fixed counter sequence. */
 static inline uint64_t sf_below(uint64_t key, uint64_t counter, uint64_t n) {
     uint64_t limit = UINT64_MAX - UINT64_MAX % n;

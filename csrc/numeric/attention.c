@@ -55,7 +55,7 @@ static void gather_transposed(real *xt, const real *X, long T, long ld, long dh)
 static void attention_task_wide(real *ctx, real *P, const real *Q, const real *KV, long T, long Tq, long d,
                                 long dh, int causal) {
     sf_par one = {1, 0};
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     SF(gemm_bt)(Tq, T, dh, Q, d, 1, KV, 2 * d, P, T, NULL, 0, &one); /* S = Q K^T */
     for (long i = 0; i < Tq; i++) SF(softmax_row)(P + i * T, causal ? T - Tq + i + 1 : T, T, scale);
     SF(gemm)(Tq, dh, T, P, T, 1, KV + d, 2 * d, ctx, d, NULL, 0, &one);
@@ -64,7 +64,7 @@ static void attention_task_wide(real *ctx, real *P, const real *Q, const real *K
 static void attention_task_wide_backward(real *dQ, real *dKV, const real *dctx, const real *P, const real *Q,
                                          const real *KV, long T, long Tq, long d, long dh, real *work) {
     sf_par one = {1, 0};
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     real *dS = work;
     SF(gemm_bt)(Tq, T, dh, dctx, d, 1, KV + d, 2 * d, dS, T, NULL, 0, &one); /* dP (Tq,T) = dctx V^T */
     for (long i = 0; i < Tq; i++) SF(softmax_row_backward)(dS + i * T, P + i * T, T, scale);
@@ -79,7 +79,7 @@ static void attention_task_wide_backward(real *dQ, real *dKV, const real *dctx, 
 /* Same contract as the wide task; work: 2 dh T. */
 SF_VECTOR_ISA static void attention_task_narrow(real *ctx, real *P, const real *Q, const real *KV, long T, long Tq,
                                                    long d, long dh, int causal, real *work) {
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     real *kt = work, *vt = work + dh * T;
     gather_transposed(kt, KV, T, 2 * d, dh);
     gather_transposed(vt, KV + d, T, 2 * d, dh);
@@ -107,7 +107,7 @@ SF_VECTOR_ISA static void attention_task_narrow(real *ctx, real *P, const real *
 SF_VECTOR_ISA static void attention_task_narrow_backward(real *dQ, real *dKV, const real *dctx, const real *P,
                                                             const real *Q, const real *KV, long T, long Tq, long d,
                                                             long dh, real *work) {
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     real *kt = work, *vt = kt + dh * T, *dkt = vt + dh * T, *dvt = dkt + dh * T, *g = dvt + dh * T;
     gather_transposed(kt, KV, T, 2 * d, dh);
     gather_transposed(vt, KV + d, T, 2 * d, dh);

@@ -71,15 +71,13 @@ static void tabled_probabilities(real *p, const real *stab, const uint8_t *xb, l
     for (long i = 0; i < T; i++) softmax_gathered_row(p + i * T, stab + (h * U + xb[i] * T + i) * U, xb, T, scale);
 }
 
-static real score_scale(long d, long H) { return (real)(1.0 / sqrt((double)(d / H))); }
-
 static void tabled_task(const void *args, long task, real *v) {
     const tabled_args *a = args;
     const long T = a->T, d = a->d, H = a->H, dh = d / H, b = task / H, h = task % H;
     const head_slices sl = head_slices_of(task, H, T, T, T, d);
     const uint8_t *xb = a->x + b * T;
     sf_par one = {1, 0};
-    tabled_probabilities(a->P + sl.p, a->stab, xb, T, h, score_scale(d, H));
+    tabled_probabilities(a->P + sl.p, a->stab, xb, T, h, score_scale(d / H));
     gather_values(v, a->Vu, a->ldv, xb, T, dh, h);
     SF(gemm)(T, dh, T, a->P + sl.p, T, 1, v, dh, a->out + sl.q, d, NULL, 0, &one);
 }
@@ -102,7 +100,7 @@ static void folded_task(const void *args, long b, real *g) {
     sf_par one = {1, 0};
     for (long h = 0; h < H; h++) {
         real *p = a->P + (b * H + h) * T * T;
-        tabled_probabilities(p, a->stab, xb, T, h, score_scale(d, H));
+        tabled_probabilities(p, a->stab, xb, T, h, score_scale(d / H));
         gather_values(g, a->Vu + h * U * d, d, xb, T, d, 0);
         SF(gemm)(T, d, T, p, T, 1, g, d, out, d, h ? NULL : a->bias, h > 0, &one);
     }
@@ -134,7 +132,7 @@ void SF(attention_backward_tabled)(double *dv_sum, real *dstab, const real *dctx
                                    long ldv, const uint8_t *x, long B, long T, long d, long H, real *scratch,
                                    sf_par *par) {
     const long dh = d / H, U = 2 * T, table = H * U * U, sums = U * d, groups = SF(score_table_groups)(B, T, H);
-    const real scale = score_scale(d, H);
+    const real scale = score_scale(d / H);
     const int nt = groups > 1 && B * H * T * T * d >= 1048576 ? par->nt : 1;
     (void)nt; /* unused in a serial build */
 #pragma omp parallel num_threads(nt)

@@ -198,7 +198,7 @@ SF_VECTOR_ISA static void pool_head(real *p, real *pooled, const real *qk, const
 static void pooled_attention_forward(const sf_config *c, const layer_params *w, layer_acts *s, acts *a,
                                      sf_par *par) {
     const long d = c->d_model, H = c->n_heads, dh = d / H, B = a->B, T = a->T;
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     for (long h = 0; h < H; h++) /* pool_q (B,H,d): W_kh^T q_h */
         SF(gemm)(B, d, dh, s->q + h * dh, d, 1, w->w_in + (d + h * dh) * d, d, a->pool_q + h * d, H * d, NULL, 0, par);
     const int nt = B * H * T * d >= 131072 ? par->nt : 1;
@@ -400,7 +400,7 @@ SF_VECTOR_ISA static void pool_head_backward(real *g_rows, real *g_qk, const rea
 static void pooled_attention_backward(const sf_config *c, const layer_params *w, layer_params *gw,
                                       const layer_acts *s, acts *a, real *g_ain, sf_par *par) {
     const long d = c->d_model, H = c->n_heads, dh = d / H, B = a->B, T = a->T;
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     for (long h = 0; h < H; h++) {
         const long v_row = 2 * d + h * dh;
         /* ctx_h = W_vh pooled_h + b_vh: g_pooled_h = W_vh^T g_ctx_h, g_W_vh = sum_b g_ctx_h pooled_h^T */

@@ -96,6 +96,9 @@ void SF(readout_backward)(real *dX, real *dw, real *db, const real *dout, const 
 /* Mean loss over B outputs; dout (may be NULL) gets d(loss)/d(out). */
 double SF(loss_forward_backward)(real *dout, const real *out, const real *y, long B, sf_loss loss);
 
+/* The attention scores' scale for heads dh wide, 1/sqrt(dh), as every attention kernel rounds it. */
+static inline real score_scale(long dh) { return (real)(1.0 / sqrt((double)dh)); }
+
 /* p (T): softmax over the first `seen` entries of scale * p (vectorised exp); the rest become
  * exactly 0. */
 void SF(softmax_row)(real *p, long seen, long T, real scale);

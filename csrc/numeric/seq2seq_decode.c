@@ -76,7 +76,7 @@ static void cache_store(kv_cache *c, const real *kv, long b, long t0, long rows,
 static void decode_attention(real *ctx, real *p, const real *q, const kv_cache *c, long filled, long B, long d,
                              long H, sf_par *par) {
     const long dh = d / H;
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     const int nt = B * H > 1 && B * filled * d >= 65536 ? par->nt : 1;
     (void)nt; /* unused in a serial build */
 #pragma omp parallel for num_threads(nt) schedule(static)

@@ -26,7 +26,7 @@ static void task_tangent_forward(const void *args, long task, real *work) {
                *KV = a->KV.v + sl.kv;
     (void)work; /* the forward needs no scratch */
     sf_par one = {1, 0};
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     SF(gemm_bt)(Tq, T, dh, tQ, d, 1, KV, 2 * d, tP, T, NULL, 0, &one);
     SF(gemm_bt)(Tq, T, dh, Q, d, 1, tKV, 2 * d, tP, T, NULL, 1, &one);
     for (long i = 0; i < Tq; i++) {
@@ -49,7 +49,7 @@ static void task_tangent_backward(const void *args, long task, real *work) {
     const real *dctx = a->dctx.v + sl.q, *tdctx = a->dctx.t + sl.q, *P = a->P.v + sl.p, *tP = a->P.t + sl.p,
                *Q = a->Q.v + sl.q, *tQ = a->Q.t + sl.q, *KV = a->KV.v + sl.kv, *tKV = a->KV.t + sl.kv;
     sf_par one = {1, 0};
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     real *dS = work, *tdS = dS + Tq * T;
     SF(gemm_bt)(Tq, T, dh, dctx, d, 1, KV + d, 2 * d, dS, T, NULL, 0, &one);
     SF(gemm_bt)(Tq, T, dh, tdctx, d, 1, KV + d, 2 * d, tdS, T, NULL, 0, &one);

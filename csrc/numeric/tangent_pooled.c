@@ -41,7 +41,7 @@ SF_VECTOR_ISA static void pool_head_tangent(real *tp, real *tpa, const real *p, 
 void SF(pooled_attention_tangent_forward)(const sf_config *c, const layer_params *w, const layer_params *v,
                                           const layer_acts *s, layer_acts *ts, const acts *a, acts *t, sf_par *par) {
     const long d = c->d_model, H = c->n_heads, dh = d / H, B = a->B, T = a->T;
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     for (long h = 0; h < H; h++) { /* tpq = tW_k^T q + W_k^T tq */
         const long k_row = (d + h * dh) * d;
         SF(gemm)(B, d, dh, s->q + h * dh, d, 1, v->w_in + k_row, d, t->pool_q + h * d, H * d, NULL, 0, par);
@@ -106,7 +106,7 @@ void SF(pooled_attention_tangent_backward)(const sf_config *c, const layer_param
                                            layer_params *hv, const layer_acts *s, const layer_acts *ts, acts *a,
                                            acts *t, real *g_ain, real *tg_ain, sf_par *par) {
     const long d = c->d_model, H = c->n_heads, dh = d / H, B = a->B, T = a->T;
-    const real scale = (real)(1.0 / sqrt((double)dh));
+    const real scale = score_scale(dh);
     for (long h = 0; h < H; h++) {
         const long v_row = (2 * d + h * dh) * d;
         const real *gctx = a->g_ctx + h * dh, *tgctx = t->g_ctx + h * dh;
