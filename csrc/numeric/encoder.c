@@ -264,15 +264,19 @@ static void layer_forward(const sf_config *c, const params *p, int l, acts *a, c
     const long d = c->d_model, H = c->n_heads, B = a->B, T = a->T, N = B * T, Tq = s->Tq, Nq = B * Tq;
     const int pre = c->norm == SF_NORM_PRE;
     real *wt = a->wt;
-    if (pre) SF(layernorm_forward)(s->a_in, s->ln1_mean, s->ln1_rstd, s->x, w->g1, w->be1, c->ln_eps, N, d, par);
-    if (Tq < T) {
-        gather_last(s->xq, s->x, B, T, d);
-        if (pre) gather_last(s->aq, s->a_in, B, T, d);
-    }
-    /* self-attention: q from the query rows, k and v from every row (in_proj rows [0,d) and [d,3d)) */
     /* (the pooled form needs keys linear in the inputs: not with RoPE) */
     const int pooled =
         Tq == 1 && l == c->n_layers - 1 && !p->rope && (a->forward_only || ((a->loss_only || a->pool_last) && !x));
+    /* every row's LN1 (pre-norm): not on layer 0's distinct rows, which normalise their own, unless
+     * the pooled form reads the rows */
+    const int every_row_norm = pre && (!x || pooled);
+    if (every_row_norm)
+        SF(layernorm_forward)(s->a_in, s->ln1_mean, s->ln1_rstd, s->x, w->g1, w->be1, c->ln_eps, N, d, par);
+    if (Tq < T) {
+        gather_last(s->xq, s->x, B, T, d);
+        if (every_row_norm) gather_last(s->aq, s->a_in, B, T, d);
+    }
+    /* self-attention: q from the query rows, k and v from every row (in_proj rows [0,d) and [d,3d)) */
     s->pooled = pooled;
     s->tabled = x && Tq == T && a->s_tab && (a->forward_only || a->loss_only);
     s->folded = s->tabled && a->forward_only;
