@@ -63,34 +63,29 @@ void SF(pooled_attention_tangent_forward)(const sf_config *c, const layer_params
 }
 
 /* One (sequence, head) of the backward with its tangent, given gpa and tgpa (d): g_rows and
- * tg_rows (T,d) +=, gpq and tgpq (d) overwritten. */
-SF_VECTOR_ISA static void pool_head_tangent_backward(real *g_rows, real *tg_rows, real *gpq, real *tgpq, const real *p,
-                                       const real *tp, const real *gpa, const real *tgpa, const real *pq,
-                                       const real *tpq, const real *rows, const real *trows, long T, long d,
-                                       real scale) {
+ * tg_rows (T,d) +=, gpq and tgpq (d) overwritten; gp, tgp (T): scratch for gp_j and its tangent. */
+SF_VECTOR_ISA static void pool_head_tangent_backward(real *g_rows, real *tg_rows, real *gpq, real *tgpq, real *gp,
+                                                     real *tgp, const real *p, const real *tp, const real *gpa,
+                                                     const real *tgpa, const real *pq, const real *tpq,
+                                                     const real *rows, const real *trows, long T, long d, real scale) {
     double dot = 0, tdot = 0;
     for (long j = 0; j < T; j++) {
         const real *r = rows + j * d, *tr = trows + j * d;
-        real gp = 0, tgp = 0;
-#pragma omp simd reduction(+ : gp, tgp)
+        real g = 0, tg = 0;
+#pragma omp simd reduction(+ : g, tg)
         for (long k = 0; k < d; k++) {
-            gp += gpa[k] * r[k];
-            tgp += tgpa[k] * r[k] + gpa[k] * tr[k];
+            g += gpa[k] * r[k];
+            tg += tgpa[k] * r[k] + gpa[k] * tr[k];
         }
-        dot += (double)p[j] * gp;
-        tdot += (double)tp[j] * gp + (double)p[j] * tgp;
+        gp[j] = g, tgp[j] = tg;
+        dot += (double)p[j] * g;
+        tdot += (double)tp[j] * g + (double)p[j] * tg;
     }
     for (long k = 0; k < d; k++) gpq[k] = tgpq[k] = 0;
     for (long j = 0; j < T; j++) {
         const real *r = rows + j * d, *tr = trows + j * d;
-        real gp = 0, tgp = 0;
-#pragma omp simd reduction(+ : gp, tgp)
-        for (long k = 0; k < d; k++) {
-            gp += gpa[k] * r[k];
-            tgp += tgpa[k] * r[k] + gpa[k] * tr[k];
-        }
-        const real pj = p[j], tpj = tp[j], gs = pj * (gp - (real)dot) * scale,
-                   tgs = (tpj * (gp - (real)dot) + pj * (tgp - (real)tdot)) * scale;
+        const real pj = p[j], tpj = tp[j], gs = pj * (gp[j] - (real)dot) * scale,
+                   tgs = (tpj * (gp[j] - (real)dot) + pj * (tgp[j] - (real)tdot)) * scale;
         real *gr = g_rows + j * d, *tgr = tg_rows + j * d;
 #pragma omp simd
         for (long k = 0; k < d; k++) {
@@ -124,11 +119,11 @@ void SF(pooled_attention_tangent_backward)(const sf_config *c, const layer_param
     (void)nt; /* unused in a serial build */
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (long b = 0; b < B; b++) {
-        real *g_rows = g_ain + b * T * d, *tg_rows = tg_ain + b * T * d;
+        real *g_rows = g_ain + b * T * d, *tg_rows = tg_ain + b * T * d, gp[T], tgp[T];
         for (long i = 0; i < T * d; i++) g_rows[i] = tg_rows[i] = 0;
         for (long h = 0; h < H; h++) {
             const long task = b * H + h;
-            pool_head_tangent_backward(g_rows, tg_rows, a->g_pool_q + task * d, t->g_pool_q + task * d,
+            pool_head_tangent_backward(g_rows, tg_rows, a->g_pool_q + task * d, t->g_pool_q + task * d, gp, tgp,
                                        s->p + task * T, ts->p + task * T, a->g_pool_a + task * d,
                                        t->g_pool_a + task * d, a->pool_q + task * d, t->pool_q + task * d,
                                        s->a_in + b * T * d, ts->a_in + b * T * d, T, d, scale);
